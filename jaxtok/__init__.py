@@ -1,0 +1,3 @@
+"""jaxtok: image tokenizers, quantizers and token generators in JAX/Flax NNX."""
+
+__version__ = "0.1.0"
