@@ -1,0 +1,117 @@
+"""Logical sharding: one vocabulary of axis names for parameters and activations, mapped to mesh axes.
+
+Parameters are created with logical axis names as metadata (`logical_init`), never with mesh axes:
+the same model then runs on any mesh, and a rules table (in the config) decides the layout.
+
+Because jaxtok's names (`embed`, `mlp`, ...) are not mesh axes, Flax's eager sharding (which would try
+to place each variable on a mesh at creation) is switched off when this module is imported; shardings
+are derived from the metadata with `state_shardings` and applied by `jax.jit(..., out_shardings=...)`.
+
+Weight axes: embed, mlp, heads, kv, vocab, codebook, conv_in, conv_out, layers, patch.
+Activation axes: act_batch, act_seq, act_embed, act_heads, act_vocab.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+nnx.use_eager_sharding(False)
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Logical name -> mesh axis (or tuple of axes, or None for replicated). Batch goes over data and fsdp;
+# weights are split over fsdp along their embedding axis and over tensor along heads/mlp/vocab.
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    ("act_batch", ("data", "fsdp")),
+    ("act_seq", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("vocab", "tensor"),
+    ("codebook", None),
+    ("conv_in", None),
+    ("conv_out", "fsdp"),
+    ("layers", None),
+    ("patch", None),
+)
+
+
+def logical_init(init: Callable, *names: str | None) -> Callable:
+  """Wraps an initializer so the parameter it makes carries logical axis `names` (one per dim)."""
+  return nnx.with_partitioning(init, tuple(names))
+
+
+def make_mesh(spec: Sequence[tuple[str, int]] = (("data", -1), ("fsdp", 1), ("tensor", 1)),
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """Makes a mesh from [(axis_name, size)], where one size may be -1 to take the remaining devices.
+
+  Raises:
+    ValueError: if the sizes do not multiply to the device count or more than one size is -1.
+  """
+  devices = list(devices if devices is not None else jax.devices())
+  names = [name for name, _ in spec]
+  sizes = [int(size) for _, size in spec]
+  if sizes.count(-1) > 1:
+    raise ValueError(f"mesh spec may hold at most one -1 size, got {list(spec)}")
+  known = int(np.prod([s for s in sizes if s != -1]))
+  if -1 in sizes:
+    if len(devices) % known:
+      raise ValueError(f"mesh spec {list(spec)} does not divide the {len(devices)} devices")
+    sizes[sizes.index(-1)] = len(devices) // known
+  if int(np.prod(sizes)) != len(devices):
+    raise ValueError(
+        f"mesh spec {list(spec)} needs {int(np.prod(sizes))} devices, but {len(devices)} are given")
+  return Mesh(np.asarray(devices).reshape(sizes), tuple(names))
+
+
+def logical_to_mesh(names: Sequence[str | None] | P, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES,
+                    mesh: Mesh | None = None) -> P:
+  """Maps logical axis names to a PartitionSpec of mesh axes.
+
+  A mesh axis is used at most once (a later dimension that maps to an axis already taken stays
+  replicated), and axes absent from `mesh` or of size 1 are dropped.
+  """
+  table = dict(rules)
+  used: set[str] = set()
+  out = []
+  for name in tuple(names):
+    target = table.get(name) if name is not None else None
+    axes = (target,) if isinstance(target, str) else tuple(target or ())
+    keep = tuple(a for a in axes if a not in used and (mesh is None or mesh.shape.get(a, 1) > 1))
+    used.update(keep)
+    out.append(None if not keep else keep[0] if len(keep) == 1 else keep)
+  return P(*out)
+
+
+def state_shardings(state: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> Any:
+  """NamedShardings for an nnx.State (or abstract state) from its parameters' logical names.
+
+  Variables without names are replicated. A dimension whose size the mesh axes do not divide is left
+  replicated rather than failing at run time.
+  """
+  specs = nnx.get_partition_spec(state)
+
+  def to_sharding(leaf_spec, leaf):
+    shape = getattr(leaf, "shape", ())
+    spec = logical_to_mesh(leaf_spec if isinstance(leaf_spec, P) else P(), rules, mesh)
+    fixed = []
+    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+      group = (axes,) if isinstance(axes, str) else tuple(axes or ())
+      size = int(np.prod([mesh.shape[a] for a in group])) if group else 1
+      fixed.append(axes if size > 1 and dim % size == 0 else None)
+    return NamedSharding(mesh, P(*fixed))
+
+  return jax.tree.map(to_sharding, specs, state, is_leaf=lambda x: isinstance(x, P))
+
+
+def batch_sharding(mesh: Mesh, ndim: int, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> NamedSharding:
+  """Sharding of a batch of rank `ndim` split over the batch axis (`act_batch`) and replicated elsewhere."""
+  return NamedSharding(mesh, logical_to_mesh(("act_batch",) + (None,) * (ndim - 1), rules, mesh))
