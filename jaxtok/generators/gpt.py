@@ -1,0 +1,112 @@
+"""GPT-style causal transformer over image tokens, class-conditional or unconditional, with a KV cache.
+
+Id layout of the input embedding (one table, as 1d-tokenizer's generators do):
+  [0, K)          image tokens (the tokenizer's codebook)
+  K + c           class c, for c in [0, C)
+  K + C           the null class: unconditional start token, and the guidance-free condition
+The sequence fed to the network is [cond, t_0, ..., t_{N-2}] and the output at slot i predicts t_i,
+so a sequence of N tokens costs N positions. Class dropout (replacing the class by the null id with
+probability `class_dropout` in training) trains the unconditional model used by guidance.
+
+Generation runs in jaxtok.samplers.autoregressive; this module gives it the two callables over a
+preallocated cache (see `prefill` and `step`): the prompt [B, P] (usually just the condition id, P=1)
+fills slots [0, P), then each new token t_i is written at slot i + 1. Any prefix length can be
+generated, which is what FlexTok-style ordered tokens need.
+
+Dimension names: B batch, N tokens, K codebook size, C classes.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxtok.generators.transformer import LayerCache, Transformer
+
+
+class GPT(nnx.Module):
+  """Causal token model. Fields are plain values (see the module docstring for the id layout)."""
+
+  def __init__(self, *, codebook_size: int, seq_len: int, num_classes: int = 0, width: int = 768,
+               depth: int = 12, heads: int = 12, mlp_ratio: float = 4.0, class_dropout: float = 0.1,
+               dtype=jnp.float32, rngs: nnx.Rngs):
+    if codebook_size < 2:
+      raise ValueError(f"codebook_size must be >= 2, got {codebook_size}")
+    if seq_len < 1:
+      raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+    if num_classes < 0:
+      raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+    if not 0.0 <= class_dropout < 1.0:
+      raise ValueError(f"class_dropout must be in [0, 1), got {class_dropout}")
+    self.codebook_size, self.seq_len, self.num_classes = codebook_size, seq_len, num_classes
+    self.class_dropout = class_dropout
+    self.net = Transformer(input_vocab=codebook_size + num_classes + 1, output_vocab=codebook_size,
+                           width=width, depth=depth, heads=heads, mlp_ratio=mlp_ratio, causal=True,
+                           dtype=dtype, rngs=rngs)
+
+  @property
+  def null_id(self) -> int:
+    return self.codebook_size + self.num_classes
+
+  def condition_ids(self, labels: jax.Array | None, batch: int) -> jax.Array:
+    """Condition ids [B] int32: K + label, or the null id where labels is None or negative."""
+    if labels is None:
+      return jnp.full((batch,), self.null_id, jnp.int32)
+    labels = jnp.asarray(labels, jnp.int32)
+    return jnp.where(labels < 0, self.null_id, self.codebook_size + labels)
+
+  def __call__(self, tokens: jax.Array, labels: jax.Array | None = None, *, train: bool = False,
+               rng: jax.Array | None = None) -> jax.Array:
+    """Teacher-forced logits [B, N, K] float32 for tokens [B, N] int32 (N <= seq_len)."""
+    b, n = tokens.shape
+    if n > self.seq_len:
+      raise ValueError(f"tokens has {n} positions, more than seq_len={self.seq_len}")
+    cond = self.condition_ids(labels, b)
+    if train and self.class_dropout > 0 and self.num_classes > 0:
+      if rng is None:
+        raise ValueError("train=True with class_dropout > 0 needs rng")
+      drop = jax.random.bernoulli(rng, self.class_dropout, (b,))
+      cond = jnp.where(drop, self.null_id, cond)
+    ids = jnp.concatenate([cond[:, None], tokens[:, :-1].astype(jnp.int32)], axis=1)
+    return self.net(ids)
+
+  def init_cache(self, batch: int, dtype=None) -> tuple[LayerCache, ...]:
+    """A cache with seq_len slots per layer (condition + N - 1 tokens)."""
+    return self.net.init_cache(batch, self.seq_len, dtype)
+
+  def prefill(self, prompt: jax.Array, cache):
+    """Writes prompt ids [B, P] (condition id first) into slots [0, P).
+
+    Returns (logits [B, K] predicting the token at sequence index P - 1, new cache).
+    """
+    logits, cache = self.net.extend(prompt.astype(jnp.int32), 0, cache)
+    return logits[:, -1], cache
+
+  def step(self, token: jax.Array, position, cache):
+    """Writes token [B] (token t_{position-1}) at slot `position`; returns (logits [B, K] for
+    t_position, new cache). `position` is an int32 scalar and may be traced."""
+    logits, cache = self.net.extend(token[:, None].astype(jnp.int32), position, cache)
+    return logits[:, 0], cache
+
+
+def loss(model: GPT, tokens: jax.Array, labels: jax.Array | None, *, rng: jax.Array | None = None,
+         train: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Next-token cross-entropy (mean over tokens) and metrics {loss, accuracy}."""
+  logits = model(tokens, labels, train=train, rng=rng)
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  nll = -jnp.take_along_axis(logp, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  acc = jnp.mean((jnp.argmax(logits, -1) == tokens).astype(jnp.float32))
+  value = jnp.mean(nll)
+  return value, {"loss": value, "accuracy": acc}
+
+
+def make_model(cfg: Mapping, *, rngs: nnx.Rngs) -> GPT:
+  """Builds a GPT from a config mapping of the constructor's fields (extra keys such as name ignored)."""
+  fields = ("codebook_size", "seq_len", "num_classes", "width", "depth", "heads", "mlp_ratio",
+            "class_dropout")
+  kwargs = {k: cfg[k] for k in fields if k in cfg}
+  if cfg.get("dtype", "float32") == "bfloat16":
+    kwargs["dtype"] = jnp.bfloat16
+  return GPT(**kwargs, rngs=rngs)
