@@ -1,0 +1,253 @@
+"""Nearest-code search: exact (arg)min / top-k of distances to a codebook, in bounded memory.
+
+Dimension names: N query vectors, D code dimension, K codebook size, R rows of z per chunk,
+B codes per codebook block, k neighbours.
+
+Distances are computed in float32 with the highest matmul precision, so accelerator results equal a CPU
+brute force. At most `max_block_elements` distance entries ([R, B]) exist at any time: z is cut into row
+chunks (padded to equal size, mapped with `lax.map`) and, when K alone exceeds the budget, the codebook is
+cut into blocks scanned with a running (min, argmin) or running top-k. Ties resolve to the lowest code
+index, exactly as `jnp.argmin` / `lax.top_k` on the full [N, K] matrix.
+
+Metrics:
+  euclidean: squared distance ||z - c||^2 = ||z||^2 - 2 z.c + ||c||^2.
+  cosine: z and codes l2-normalised first; the distance is the squared distance of the unit vectors,
+    ||z/|z| - c/|c| ||^2 = 2 - 2 cos(z, c), in [0, 4] (so "sq_dist" means the same in both metrics).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxtok.quantizers import base
+
+METRICS = ("euclidean", "cosine")
+HIGHEST = jax.lax.Precision.HIGHEST
+# Below this norm a vector is treated as zero when normalising (avoids 0/0 for cosine).
+NORM_EPS = 1e-12
+
+
+def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
+  """x / max(||x||, 1e-12) along `axis`, in x's dtype (zero vectors stay zero)."""
+  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
+  return x / jnp.maximum(norm, NORM_EPS)
+
+
+def check_metric(metric: str) -> str:
+  if metric not in METRICS:
+    raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+  return metric
+
+
+def check_pair(z, codebook) -> None:
+  """Validates z [N, D] and codebook [K, D] (floating, rank 2, same D)."""
+  base.check_float_array("z", z, min_rank=2)
+  base.check_float_array("codebook", codebook, min_rank=2)
+  if z.ndim != 2:
+    raise ValueError(f"z must have rank 2 (shape [N, D]), got shape {tuple(z.shape)}")
+  if codebook.ndim != 2:
+    raise ValueError(f"codebook must have rank 2 (shape [K, D]), got shape {tuple(codebook.shape)}")
+  if z.shape[1] != codebook.shape[1]:
+    raise ValueError(
+        f"z and codebook must have the same last dimension D, got z shape {tuple(z.shape)} and "
+        f"codebook shape {tuple(codebook.shape)}")
+  if codebook.shape[0] < 1:
+    raise ValueError(f"codebook must hold at least one code, got shape {tuple(codebook.shape)}")
+
+
+def plan_blocks(n: int, k: int, max_block_elements: int) -> tuple[int, int]:
+  """Chooses (R rows per chunk, B codes per block) with R * B <= max_block_elements.
+
+  Whole codebook per block when it fits (then R = budget // K rows, balanced so the last chunk wastes
+  little padding); otherwise square-ish blocks of about sqrt(budget) rows and budget // R codes.
+  """
+  n = max(n, 1)
+  budget = max_block_elements
+  if k <= budget:
+    rows = min(n, max(1, budget // k))
+    codes = k
+  else:
+    rows = min(n, max(1, math.isqrt(budget)))
+    codes = max(1, budget // rows)
+  chunks = -(-n // rows)
+  rows = -(-n // chunks)  # same number of chunks, least padding
+  return rows, codes
+
+
+def prepare(z: jax.Array, codebook: jax.Array, metric: str) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """float32 (z, codebook, ||c||^2) ready for `scores`; normalised for cosine."""
+  z = z.astype(jnp.float32)
+  codebook = codebook.astype(jnp.float32)
+  if metric == "cosine":
+    z = l2_normalize(z)
+    codebook = l2_normalize(codebook)
+  return z, codebook, jnp.sum(jnp.square(codebook), axis=-1)
+
+
+def scores(z: jax.Array, codebook: jax.Array, code_sq_norm: jax.Array, metric: str) -> jax.Array:
+  """[R, B] float32 scores whose argmin is the nearest code: sq_dist minus the per-row ||z||^2 term.
+
+  euclidean: ||c||^2 - 2 z.c;  cosine: -2 z.c (unit vectors; the constant 2 is added back by
+  `to_sq_dist`). Multiplying the codebook by -2 is exact in floating point, so it costs nothing in
+  accuracy and saves a pass over the [R, B] block.
+  """
+  dots = jnp.matmul(z, (-2.0 * codebook).T, precision=HIGHEST)
+  if metric == "cosine":
+    return dots
+  return dots + code_sq_norm[None, :]
+
+
+def to_sq_dist(best_scores: jax.Array, z: jax.Array, metric: str) -> jax.Array:
+  """Adds the row term back (||z||^2, or 2 for unit vectors) and clamps rounding below zero."""
+  if metric == "cosine":
+    row = 2.0
+  else:
+    row = jnp.sum(jnp.square(z), axis=-1)
+    if best_scores.ndim == 2:
+      row = row[:, None]
+  return jnp.maximum(best_scores + row, 0.0)
+
+
+def _map_rows(fn: Callable, z: jax.Array, rows: int):
+  """Applies fn([R, D]) -> pytree of [R, ...] over row chunks of z (padded), returning [N, ...]."""
+  n = z.shape[0]
+  if rows >= n:
+    return fn(z)
+  chunks = -(-n // rows)
+  pad = chunks * rows - n
+  zc = jnp.pad(z, ((0, pad), (0, 0))).reshape(chunks, rows, z.shape[1])
+  out = jax.lax.map(fn, zc)
+  return jax.tree.map(lambda a: a.reshape((chunks * rows,) + a.shape[2:])[:n], out)
+
+
+def _code_blocks(codebook: jax.Array, code_sq_norm: jax.Array, codes: int):
+  """Codebook [K, D] -> [nb, B, D], norms [nb, B] (padded codes get +inf norm, never chosen), offsets."""
+  k, d = codebook.shape
+  nb = -(-k // codes)
+  pad = nb * codes - k
+  cb = jnp.pad(codebook, ((0, pad), (0, 0))).reshape(nb, codes, d)
+  cn = jnp.pad(code_sq_norm, (0, pad), constant_values=jnp.inf).reshape(nb, codes)
+  valid = (jnp.arange(nb * codes) < k).reshape(nb, codes)
+  offsets = jnp.arange(nb, dtype=jnp.int32) * codes
+  return cb, cn, valid, offsets
+
+
+def _validate(z, codebook, metric, max_block_elements) -> tuple[str, int]:
+  check_pair(z, codebook)
+  metric = check_metric(metric)
+  max_block_elements = base.check_positive_int("max_block_elements", max_block_elements)
+  return metric, max_block_elements
+
+
+def nearest(z: jax.Array, codebook: jax.Array, *, metric: str = "euclidean",
+            max_block_elements: int = 2**24) -> tuple[jax.Array, jax.Array]:
+  """Index of and distance to the nearest code of every row of z.
+
+  Args:
+    z: [N, D] floating queries (any float dtype; computed in float32).
+    codebook: [K, D] floating codes.
+    metric: "euclidean" (squared L2) or "cosine" (squared L2 of unit vectors = 2 - 2 cos).
+    max_block_elements: most distance entries held at once (R * B).
+
+  Returns:
+    indices: [N] int32, the lowest index among the closest codes (as jnp.argmin).
+    sq_dist: [N] float32 distance to that code (clamped at 0).
+  """
+  metric, budget = _validate(z, codebook, metric, max_block_elements)
+  z, codebook, cn = prepare(z, codebook, metric)
+  n, k = z.shape[0], codebook.shape[0]
+  rows, codes = plan_blocks(n, k, budget)
+
+  if codes >= k:
+    def chunk(zr):
+      s = scores(zr, codebook, cn, metric)
+      idx = jnp.argmin(s, axis=-1).astype(jnp.int32)
+      best = jnp.take_along_axis(s, idx[:, None], axis=-1)[:, 0]
+      return idx, best
+  else:
+    cb, cnb, valid, offsets = _code_blocks(codebook, cn, codes)
+
+    def chunk(zr):
+      def step(carry, block):
+        best, best_idx = carry
+        c, c_norm, ok, off = block
+        s = scores(zr, c, c_norm, metric)
+        if metric == "cosine":  # padded codes are zero vectors, not +inf: mask them out
+          s = jnp.where(ok[None, :], s, jnp.inf)
+        idx = jnp.argmin(s, axis=-1).astype(jnp.int32)
+        val = jnp.take_along_axis(s, idx[:, None], axis=-1)[:, 0]
+        # Strict < keeps the earlier (lower-index) block on ties.
+        better = val < best
+        return (jnp.where(better, val, best), jnp.where(better, idx + off, best_idx)), None
+
+      init = (jnp.full((zr.shape[0],), jnp.inf, jnp.float32), jnp.zeros((zr.shape[0],), jnp.int32))
+      (best, best_idx), _ = jax.lax.scan(step, init, (cb, cnb, valid, offsets))
+      return best_idx, best
+
+  def chunk_with_dist(zr):
+    idx, best = chunk(zr)
+    return idx, to_sq_dist(best, zr, metric)
+
+  return _map_rows(chunk_with_dist, z, rows)
+
+
+def knn(z: jax.Array, codebook: jax.Array, k: int, *, metric: str = "euclidean",
+        max_block_elements: int = 2**24) -> tuple[jax.Array, jax.Array]:
+  """The k nearest codes of every row of z, nearest first.
+
+  Args:
+    z: [N, D] floating queries.
+    codebook: [K, D] floating codes.
+    k: number of neighbours, 1 <= k <= K (static).
+    metric, max_block_elements: as in `nearest`. When the codebook is blocked, the running top-k adds
+      [R, 2k] entries on top of each [R, B] block.
+
+  Returns:
+    indices: [N, k] int32, ordered by increasing distance, ties by increasing index (as lax.top_k).
+    sq_dist: [N, k] float32 distances.
+  """
+  metric, budget = _validate(z, codebook, metric, max_block_elements)
+  num_codes = codebook.shape[0]
+  k = base.check_positive_int("k", k)
+  if k > num_codes:
+    raise ValueError(f"k must be in [1, K={num_codes}] (codebook size), got {k}")
+  z, codebook, cn = prepare(z, codebook, metric)
+  n = z.shape[0]
+  rows, codes = plan_blocks(n, num_codes, budget)
+
+  if codes >= num_codes:
+    def chunk(zr):
+      neg, idx = jax.lax.top_k(-scores(zr, codebook, cn, metric), k)
+      return idx.astype(jnp.int32), -neg
+  else:
+    cb, cnb, valid, offsets = _code_blocks(codebook, cn, codes)
+    kb = min(k, codes)
+
+    def chunk(zr):
+      def step(carry, block):
+        best_neg, best_idx = carry
+        c, c_norm, ok, off = block
+        neg = -scores(zr, c, c_norm, metric)
+        neg = jnp.where(ok[None, :], neg, -jnp.inf)
+        bneg, bidx = jax.lax.top_k(neg, kb)
+        # Running entries come first and have lower indices than this block's, and each part is
+        # ordered by (value desc, index asc); top_k prefers earlier positions on ties, so the merge
+        # keeps the global lowest-index tie-break.
+        all_neg = jnp.concatenate([best_neg, bneg], axis=-1)
+        all_idx = jnp.concatenate([best_idx, bidx.astype(jnp.int32) + off], axis=-1)
+        mneg, pos = jax.lax.top_k(all_neg, k)
+        return (mneg, jnp.take_along_axis(all_idx, pos, axis=-1)), None
+
+      r = zr.shape[0]
+      init = (jnp.full((r, k), -jnp.inf, jnp.float32), jnp.zeros((r, k), jnp.int32))
+      (best_neg, best_idx), _ = jax.lax.scan(step, init, (cb, cnb, valid, offsets))
+      return best_idx, -best_neg
+
+  def chunk_with_dist(zr):
+    idx, best = chunk(zr)
+    return idx, to_sq_dist(best, zr, metric)
+
+  return _map_rows(chunk_with_dist, z, rows)
