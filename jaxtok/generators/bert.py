@@ -1,0 +1,115 @@
+"""Bidirectional token transformer for MaskGIT-style parallel decoding, with an explicit mask id.
+
+Id layout of the input embedding:
+  [0, K)        image tokens
+  K             the mask token (`mask_id`, explicit: never -1 and never a wrap-around index)
+  K + 1 + c     class c, for c in [0, C)
+  K + 1 + C     the null class (unconditional / guidance-free condition)
+The class id is prepended to the sequence and its output dropped, so logits are [B, N, K]: the mask id
+can never be predicted.
+
+Training (`loss`) masks a random number of positions per sample following the MaskGIT schedule:
+r = schedule(u) with u ~ U(0, 1) (arccos by default, as 1d-tokenizer's TiTok generator), n = max(1,
+round(N r)) positions chosen uniformly without replacement, and cross-entropy with label smoothing on
+the masked positions (unmasked positions weighted by `unmasked_weight`, normalised by the weight sum,
+as 1d-tokenizer does).
+
+Dimension names: B batch, N tokens, K codebook size, C classes.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxtok.generators.transformer import Transformer
+
+
+class MaskGITTransformer(nnx.Module):
+  """Bidirectional token model (see the module docstring for the id layout)."""
+
+  def __init__(self, *, codebook_size: int, seq_len: int, num_classes: int = 0, width: int = 768,
+               depth: int = 12, heads: int = 12, mlp_ratio: float = 4.0, class_dropout: float = 0.1,
+               dtype=jnp.float32, rngs: nnx.Rngs):
+    if codebook_size < 2:
+      raise ValueError(f"codebook_size must be >= 2, got {codebook_size}")
+    if seq_len < 1:
+      raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+    if not 0.0 <= class_dropout < 1.0:
+      raise ValueError(f"class_dropout must be in [0, 1), got {class_dropout}")
+    self.codebook_size, self.seq_len, self.num_classes = codebook_size, seq_len, num_classes
+    self.class_dropout = class_dropout
+    self.net = Transformer(input_vocab=codebook_size + num_classes + 2, output_vocab=codebook_size,
+                           width=width, depth=depth, heads=heads, mlp_ratio=mlp_ratio, causal=False,
+                           dtype=dtype, rngs=rngs)
+
+  @property
+  def mask_id(self) -> int:
+    return self.codebook_size
+
+  @property
+  def null_id(self) -> int:
+    return self.codebook_size + 1 + self.num_classes
+
+  def condition_ids(self, labels, batch: int) -> jax.Array:
+    if labels is None:
+      return jnp.full((batch,), self.null_id, jnp.int32)
+    labels = jnp.asarray(labels, jnp.int32)
+    return jnp.where(labels < 0, self.null_id, self.codebook_size + 1 + labels)
+
+  def __call__(self, tokens: jax.Array, labels=None, *, train: bool = False, rng=None) -> jax.Array:
+    """Logits [B, N, K] float32 for tokens [B, N] int32 in [0, K] (K = mask id)."""
+    b, n = tokens.shape
+    if n != self.seq_len:
+      raise ValueError(f"tokens must have seq_len={self.seq_len} positions, got {n}")
+    cond = self.condition_ids(labels, b)
+    if train and self.class_dropout > 0 and self.num_classes > 0:
+      if rng is None:
+        raise ValueError("train=True with class_dropout > 0 needs rng")
+      cond = jnp.where(jax.random.bernoulli(rng, self.class_dropout, (b,)), self.null_id, cond)
+    ids = jnp.concatenate([cond[:, None], tokens.astype(jnp.int32)], axis=1)
+    return self.net(ids)[:, 1:]
+
+
+def arccos_schedule(u: jax.Array) -> jax.Array:
+  """MaskGIT arccos mask ratio arccos(u) / (pi / 2), clipped to [1e-6, 1]."""
+  return jnp.clip(jnp.arccos(u) / (math.pi / 2), 1e-6, 1.0)
+
+
+def random_mask(rng: jax.Array, batch: int, length: int, schedule=arccos_schedule) -> jax.Array:
+  """Training mask [B, N] bool: per sample n = max(1, round(N * schedule(u))) positions, u ~ U(0,1)."""
+  ru, rp = jax.random.split(rng)
+  ratio = schedule(jax.random.uniform(ru, (batch,)))
+  count = jnp.maximum(1, jnp.round(length * ratio)).astype(jnp.int32)
+  ranks = jnp.argsort(jnp.argsort(jax.random.uniform(rp, (batch, length)), axis=1), axis=1)
+  return ranks < count[:, None]
+
+
+def loss(model: MaskGITTransformer, tokens: jax.Array, labels, *, rng: jax.Array,
+         label_smoothing: float = 0.1, unmasked_weight: float = 0.1, train: bool = True):
+  """Masked-token cross-entropy and metrics {loss, masked_accuracy, mask_ratio}."""
+  r_mask, r_drop = jax.random.split(rng)
+  b, n = tokens.shape
+  mask = random_mask(r_mask, b, n)
+  inputs = jnp.where(mask, model.mask_id, tokens)
+  logits = model(inputs, labels, train=train, rng=r_drop)
+  k = model.codebook_size
+  target = jax.nn.one_hot(tokens, k) * (1 - label_smoothing) + label_smoothing / k
+  ce = -jnp.sum(target * jax.nn.log_softmax(logits, -1), axis=-1)
+  w = jnp.where(mask, 1.0, unmasked_weight)
+  value = jnp.sum(ce * w) / jnp.sum(w)
+  correct = (jnp.argmax(logits, -1) == tokens) & mask
+  return value, {"loss": value, "masked_accuracy": correct.sum() / mask.sum(),
+                 "mask_ratio": mask.mean()}
+
+
+def make_model(cfg: Mapping, *, rngs: nnx.Rngs) -> MaskGITTransformer:
+  fields = ("codebook_size", "seq_len", "num_classes", "width", "depth", "heads", "mlp_ratio",
+            "class_dropout")
+  kwargs = {k: cfg[k] for k in fields if k in cfg}
+  if cfg.get("dtype", "float32") == "bfloat16":
+    kwargs["dtype"] = jnp.bfloat16
+  return MaskGITTransformer(**kwargs, rngs=rngs)
