@@ -162,10 +162,15 @@ class Transformer(nnx.Module):
 
   def __call__(self, ids: jax.Array) -> jax.Array:
     """Logits [B, T, output_vocab] (float32) for input ids [B, T] int32."""
-    t = ids.shape[1]
+    return self.forward_embedded(self.embed(ids))
+
+  def forward_embedded(self, x: jax.Array) -> jax.Array:
+    """Logits [B, T, output_vocab] for already-embedded inputs x [B, T, W] (e.g. a projected condition
+    followed by token embeddings)."""
+    t = x.shape[1]
     positions = jnp.arange(t)
     mask = jnp.tril(jnp.ones((t, t), bool))[None, None] if self.causal else None
-    x = self.embed(ids)
+    x = x.astype(self.dtype)
     for block in self.blocks:
       x = block(x, positions, mask)
     return self.head(self.norm(x)).astype(jnp.float32)
@@ -184,8 +189,12 @@ class Transformer(nnx.Module):
 
     Returns (logits [B, T, output_vocab] float32, new cache). `start` may be traced.
     """
-    positions = start + jnp.arange(ids.shape[1])
-    x = self.embed(ids)
+    return self.extend_embedded(self.embed(ids), start, cache)
+
+  def extend_embedded(self, x: jax.Array, start, cache: tuple[LayerCache, ...]):
+    """`extend` for already-embedded inputs x [B, T, W]."""
+    positions = start + jnp.arange(x.shape[1])
+    x = x.astype(self.dtype)
     new = []
     for block, c in zip(self.blocks, cache):
       x, c = block.cached(x, positions, start, c)
