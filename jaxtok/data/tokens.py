@@ -1,0 +1,112 @@
+"""Pre-tokenized datasets: what tools/pretokenize.py writes and what generator training reads.
+
+A token dataset is a directory holding
+  tokens.npy   int32 [N, K] discrete tokens, or float32 [N, K, D] continuous tokens
+  labels.npy   int32 [N] class labels (-1 where unlabelled)
+  meta.json    {"num_examples", "token_shape", "token_dtype", "codebook_size", "tokenizer": {...}, ...}
+It is written atomically (into a temporary sibling directory, then renamed), read by memory mapping
+(no copy of the whole array per process), and loaded through grain so that iteration is
+deterministic, sharded per process, reshuffled every epoch and resumable from `get_state()`.
+
+Dimension names: N examples, K tokens per image, D token dimension (continuous tokens).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Mapping
+
+import grain
+import numpy as np
+
+
+def write_token_dataset(path: str, tokens: np.ndarray, labels: np.ndarray | None = None,
+                        meta: Mapping[str, Any] | None = None) -> None:
+  """Writes a token dataset directory atomically (an existing directory at `path` is replaced)."""
+  tokens = np.asarray(tokens)
+  if tokens.ndim not in (2, 3):
+    raise ValueError(f"tokens must be [N, K] (discrete) or [N, K, D] (continuous), got shape {tokens.shape}")
+  if tokens.ndim == 2:
+    if not np.issubdtype(tokens.dtype, np.integer):
+      raise TypeError(f"discrete tokens [N, K] must be integers, got {tokens.dtype}")
+    tokens = tokens.astype(np.int32)
+  else:
+    tokens = tokens.astype(np.float32)
+  n = tokens.shape[0]
+  labels = np.full((n,), -1, np.int32) if labels is None else np.asarray(labels).astype(np.int32)
+  if labels.shape != (n,):
+    raise ValueError(f"labels must have shape ({n},) to match tokens, got {labels.shape}")
+  info = dict(meta or {})
+  info.update(num_examples=n, token_shape=list(tokens.shape[1:]), token_dtype=str(tokens.dtype))
+  parent = os.path.dirname(os.path.abspath(path)) or "."
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=".tmp-tokens-", dir=parent)
+  try:
+    np.save(os.path.join(tmp, "tokens.npy"), tokens)
+    np.save(os.path.join(tmp, "labels.npy"), labels)
+    with open(os.path.join(tmp, "meta.json"), "w") as f:
+      json.dump(info, f, indent=2, sort_keys=True)
+    if os.path.exists(path):
+      shutil.rmtree(path)
+    os.replace(tmp, path)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+def read_meta(path: str) -> dict[str, Any]:
+  """The meta.json of a token dataset, with a clear error when the directory is not one."""
+  meta_path = os.path.join(path, "meta.json")
+  if not os.path.exists(meta_path):
+    raise FileNotFoundError(f"{path!r} is not a token dataset (no meta.json); write one with "
+                            "tools/pretokenize.py")
+  with open(meta_path) as f:
+    return json.load(f)
+
+
+class TokenSource:
+  """grain random-access source over a token dataset: item i is {"tokens": ..., "label": int32}."""
+
+  def __init__(self, path: str):
+    self.meta = read_meta(path)
+    self._tokens = np.load(os.path.join(path, "tokens.npy"), mmap_mode="r")
+    self._labels = np.load(os.path.join(path, "labels.npy"), mmap_mode="r")
+    if self._tokens.shape[0] != self.meta["num_examples"] or self._labels.shape[0] != self._tokens.shape[0]:
+      raise ValueError(f"token dataset {path!r} is inconsistent: meta says {self.meta['num_examples']} "
+                       f"examples, tokens.npy has {self._tokens.shape[0]}, labels.npy {self._labels.shape[0]}")
+
+  def __len__(self) -> int:
+    return self._tokens.shape[0]
+
+  def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+    return {"tokens": np.array(self._tokens[i]), "label": np.int32(self._labels[i])}
+
+
+def token_dataset(path: str, *, batch_size: int, seed: int, shard_index: int = 0, shard_count: int = 1,
+                  num_epochs: int | None = None) -> grain.MapDataset:
+  """Batches of a token dataset for one process: its shard, shuffled anew every epoch, repeated.
+
+  Args:
+    path: the dataset directory.
+    batch_size: per-process batch size (the last partial batch of a finite run is dropped).
+    seed: shuffle seed (the same on every process; shards are disjoint slices of the examples).
+    shard_index, shard_count: this process's slice, usually jax.process_index()/process_count().
+    num_epochs: None repeats forever.
+  """
+  if not 0 <= shard_index < shard_count:
+    raise ValueError(f"shard_index must be in [0, {shard_count}), got {shard_index}")
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  ds = grain.MapDataset.source(TokenSource(path))[shard_index::shard_count]
+  if len(ds) < batch_size:
+    raise ValueError(f"shard {shard_index} of {path!r} holds {len(ds)} examples, fewer than one batch "
+                     f"of {batch_size}")
+  return ds.shuffle(seed=seed).repeat(num_epochs).batch(batch_size, drop_remainder=True)
+
+
+def token_iterator(path: str, **kwargs) -> grain.DatasetIterator:
+  """A resumable iterator over `token_dataset(path, **kwargs)` (get_state / set_state)."""
+  ds = token_dataset(path, **kwargs)
+  return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
