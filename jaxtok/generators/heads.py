@@ -84,25 +84,33 @@ class FlowHead(nnx.Module):
     return self.out(self.final_norm(h) * (1 + scale) + shift)
 
 
-def flow_loss(head: FlowHead, x: jax.Array, z: jax.Array, rng: jax.Array, *, batch_mul: int = 4,
-              time_sampling: str = "uniform") -> jax.Array:
-  """Rectified-flow loss of the head on clean tokens x [N, D] with conditions z [N, W].
+def flow_loss_per_row(head: FlowHead, x: jax.Array, z: jax.Array, rng: jax.Array, *,
+                      batch_mul: int = 4, time_sampling: str = "uniform") -> jax.Array:
+  """Rectified-flow loss per token [N] of the head on clean tokens x [N, D] with conditions z [N, W].
 
   Each token is repeated `batch_mul` times with independent noise and times (MAR's diffusion batch
-  multiplier). time_sampling: "uniform" (t ~ U(0,1)) or "logit_normal" (t = sigmoid(n), n ~ N(0,1)).
-  Returns the mean squared velocity error (float32 scalar).
+  multiplier); the loss of a row is its mean squared velocity error over dimensions and repeats.
+  time_sampling: "uniform" (t ~ U(0,1)) or "logit_normal" (t = sigmoid(n), n ~ N(0,1)).
   """
   if time_sampling not in ("uniform", "logit_normal"):
     raise ValueError(f"time_sampling must be 'uniform' or 'logit_normal', got {time_sampling!r}")
-  x = jnp.repeat(x.astype(jnp.float32), batch_mul, axis=0)
-  z = jnp.repeat(z, batch_mul, axis=0)
-  rt, rn = jax.random.split(rng)
   n = x.shape[0]
-  t = (jax.random.uniform(rt, (n,)) if time_sampling == "uniform"
-       else jax.nn.sigmoid(jax.random.normal(rt, (n,))))
-  eps = jax.random.normal(rn, x.shape)
-  x_t = (1 - t)[:, None] * x + t[:, None] * eps
-  return jnp.mean((head(x_t, t, z) - (eps - x)) ** 2)
+  xr = jnp.repeat(x.astype(jnp.float32), batch_mul, axis=0)
+  zr = jnp.repeat(z, batch_mul, axis=0)
+  rt, rn = jax.random.split(rng)
+  m = xr.shape[0]
+  t = (jax.random.uniform(rt, (m,)) if time_sampling == "uniform"
+       else jax.nn.sigmoid(jax.random.normal(rt, (m,))))
+  eps = jax.random.normal(rn, xr.shape)
+  x_t = (1 - t)[:, None] * xr + t[:, None] * eps
+  err = jnp.mean((head(x_t, t, zr) - (eps - xr)) ** 2, axis=-1)
+  return err.reshape(n, batch_mul).mean(-1)
+
+
+def flow_loss(head: FlowHead, x: jax.Array, z: jax.Array, rng: jax.Array, *, batch_mul: int = 4,
+              time_sampling: str = "uniform") -> jax.Array:
+  """Mean of `flow_loss_per_row` over all tokens (float32 scalar)."""
+  return jnp.mean(flow_loss_per_row(head, x, z, rng, batch_mul=batch_mul, time_sampling=time_sampling))
 
 
 class DimwiseARHead(nnx.Module):
