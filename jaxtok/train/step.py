@@ -1,0 +1,226 @@
+"""One jitted training step for every tokenizer recipe: `train_step(state, batch, rng) -> (state, metrics)`.
+
+Abbreviations: B batch, H/W image height/width, K tokens, V proxy-code vocabulary.
+
+The generator (tokenizer) loss is
+
+  L = l1 * |x - x^| + l2 * (x - x^)^2 + perceptual * P(x, x^)          pixel terms, when recon exists
+      + sum(train_forward losses)                                     quantizer / KL / flow, weighted
+      + proxy * CE(proxy logits, teacher codes)                        TiTok stage 1
+      + gan_weight(step) * (-mean D(x^))                               hinge generator term
+
+and, when a discriminator is configured, the same step updates it with the hinge loss plus LeCAM
+(Yu et al. 2021: lecam * (mean((D(x) - ema_fake)^2) + mean((D(x^) - ema_real)^2))), active from
+`disc_start`. Recipes (TiTok two-stage / single-stage, One-D-Piece tail drop, FlexTok nested
+dropout + rectified flow) differ only in the loss weights here and in what the model's
+`train_forward` does (the tail drop and the flow loss live inside the model).
+
+The step folds `state["step"]` into the base rng inside the jit, donates the state, and returns
+metrics as device scalars (the loop fetches them only when it logs).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jaxtok.train import optim
+from jaxtok.train.state import ModelDef, TrainState
+
+f32 = jnp.float32
+
+
+# --------------------------------------------------------------------------------------------------
+# Small pure loss pieces (float32).
+
+
+def gan_weight(step: jax.Array, *, start: int, weight: float) -> jax.Array:
+  """0 before `start`, `weight` from `start` on (the TiTok/MaskGIT fixed GAN weight)."""
+  return jnp.where(step >= start, jnp.asarray(weight, f32), jnp.asarray(0.0, f32))
+
+
+def hinge_d_loss(logits_real: jax.Array, logits_fake: jax.Array) -> jax.Array:
+  """Discriminator hinge loss: mean(relu(1 - D(x))) + mean(relu(1 + D(x^))), halved (VQGAN)."""
+  return 0.5 * (jnp.mean(jax.nn.relu(1.0 - logits_real.astype(f32)))
+                + jnp.mean(jax.nn.relu(1.0 + logits_fake.astype(f32))))
+
+
+def lecam_penalty(logits_real: jax.Array, logits_fake: jax.Array, ema: dict) -> jax.Array:
+  """LeCAM regulariser: mean(relu(D(x) - ema_fake)^2) + mean(relu(ema_real - D(x^))^2)."""
+  return (jnp.mean(jnp.square(jax.nn.relu(logits_real.astype(f32) - ema["fake"])))
+          + jnp.mean(jnp.square(jax.nn.relu(ema["real"] - logits_fake.astype(f32)))))
+
+
+def proxy_code_loss(logits: jax.Array, codes: jax.Array) -> jax.Array:
+  """Mean cross-entropy between proxy-code logits [B, N, V] and teacher codes int [B, N]."""
+  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits.astype(f32), codes))
+
+
+def _images(batch: Any) -> jax.Array:
+  return batch["image"] if isinstance(batch, dict) else batch
+
+
+def _cfg(section: Any, key: str, default: Any) -> Any:
+  if section is None:
+    return default
+  value = section.get(key, default) if hasattr(section, "get") else getattr(section, key, default)
+  return default if value is None else value
+
+
+def _merge(graphdef: Any, params: nnx.State, model_state: nnx.State | None) -> nnx.Module:
+  # Fresh Variable objects for the non-parameter state: the model may write to them inside this trace.
+  if model_state is None:
+    return nnx.merge(graphdef, params)
+  return nnx.merge(graphdef, params, jax.tree.map(lambda x: x, model_state))
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def make_train_step(model: ModelDef, loss_cfg: Any, tx: optax.GradientTransformation, *,
+                    state_shardings: Any, ema_decay: float = 0.0,
+                    disc: ModelDef | None = None, disc_tx: optax.GradientTransformation | None = None,
+                    perceptual_fn: Callable[[Any, jax.Array, jax.Array], jax.Array] | None = None,
+                    teacher_fn: Callable[[Any, jax.Array], jax.Array] | None = None,
+                    frozen: Any = None, lr_schedule: Callable | None = None,
+                    on_trace: Callable[[], None] | None = None) -> Callable:
+  """Builds the jitted `train_step(state, batch, rng) -> (state, metrics)`.
+
+  Args:
+    model: graphdef + init of the tokenizer; its module has
+      `train_forward(images, *, rng, num_tokens=None) -> (recon [B,H,W,3] | None, losses, metrics)`.
+    loss_cfg: section with l1, l2, perceptual, proxy, gan, gan_start, disc_start, lecam, lecam_decay
+      (missing ones are 0 / off).
+    tx: the tokenizer optimizer (its state is state["opt_state"]).
+    state_shardings: NamedShardings of the TrainState (out_shardings of the step).
+    ema_decay: > 0 keeps state["ema_params"].
+    disc, disc_tx: discriminator (module `__call__(images [B,H,W,3]) -> logits`) and its optimizer.
+    perceptual_fn: `perceptual_fn(frozen["perceptual"], x, x^) -> scalar`, used when loss.perceptual > 0.
+    teacher_fn: `teacher_fn(frozen["teacher"], x) -> codes int32 [B, N]` (TiTok stage 1 proxy codes);
+      the model's train_forward must then put `proxy_logits [B, N, V]` in its metrics.
+    frozen: pytree of frozen parameters passed to perceptual_fn / teacher_fn (not donated).
+    lr_schedule: step -> learning rate, reported in the metrics.
+    on_trace: called each time the step is traced (tests count compilations with it).
+
+  Returns:
+    train_step(state, batch, rng): batch is images [B,H,W,3] float32 in [0,1] or {"image": ...};
+    rng is the run's base key (replicated); returns the new state and a dict of f32 scalars.
+  """
+  l1 = float(_cfg(loss_cfg, "l1", 0.0))
+  l2 = float(_cfg(loss_cfg, "l2", 0.0))
+  w_perc = float(_cfg(loss_cfg, "perceptual", 0.0))
+  w_proxy = float(_cfg(loss_cfg, "proxy", 0.0))
+  w_gan = float(_cfg(loss_cfg, "gan", 0.0))
+  gan_start = int(_cfg(loss_cfg, "gan_start", 0))
+  disc_start = int(_cfg(loss_cfg, "disc_start", gan_start))
+  w_lecam = float(_cfg(loss_cfg, "lecam", 0.0))
+  lecam_decay = float(_cfg(loss_cfg, "lecam_decay", 0.999))
+  for name, v in (("l1", l1), ("l2", l2), ("perceptual", w_perc), ("proxy", w_proxy), ("gan", w_gan),
+                  ("lecam", w_lecam)):
+    if v < 0:
+      raise ValueError(f"loss weight {name} must be >= 0, got {v}")
+  if w_perc > 0 and perceptual_fn is None:
+    raise ValueError("loss.perceptual > 0 needs a perceptual network (config.perceptual_weights)")
+  if w_proxy > 0 and teacher_fn is None:
+    raise ValueError("loss.proxy > 0 (TiTok stage 1) needs a teacher tokenizer (config.teacher)")
+  if w_gan > 0 and disc is None:
+    raise ValueError("loss.gan > 0 needs a discriminator (config.disc)")
+  if disc is not None and disc_tx is None:
+    raise ValueError("a discriminator needs its optimizer: disc_tx is None")
+  if not 0.0 <= ema_decay < 1.0:
+    raise ValueError(f"ema_decay must lie in [0, 1), got {ema_decay}")
+
+  def step_fn(state: TrainState, batch: Any, rng: jax.Array, frozen: Any):
+    if on_trace is not None:
+      on_trace()
+    images = _images(batch).astype(f32)
+    step = state["step"]
+    k_model, _ = jax.random.split(jax.random.fold_in(rng, step))
+    model_state = state.get("model_state")
+    disc_model = nnx.merge(disc.graphdef, state["disc_params"]) if disc is not None else None
+    codes = teacher_fn(frozen["teacher"], images) if w_proxy > 0 else None
+
+    def gen_loss(params):
+      m = _merge(model.graphdef, params, model_state)
+      out = m.train_forward(images, rng=k_model)
+      recon, model_losses, model_metrics = out[0], dict(out[1]), dict(out[2])
+      terms = {}
+      if recon is not None:
+        r = recon.astype(f32)
+        if l1 > 0:
+          terms["l1"] = l1 * jnp.mean(jnp.abs(r - images))
+        if l2 > 0:
+          terms["l2"] = l2 * jnp.mean(jnp.square(r - images))
+        if w_perc > 0:
+          terms["perceptual"] = w_perc * perceptual_fn(frozen["perceptual"], images, r).astype(f32)
+        if disc_model is not None and w_gan > 0:
+          terms["gan_g"] = gan_weight(step, start=gan_start, weight=w_gan) * -jnp.mean(
+              disc_model(r).astype(f32))
+      if w_proxy > 0:
+        if "proxy_logits" not in model_metrics:
+          raise ValueError("loss.proxy > 0 but the model's train_forward metrics have no 'proxy_logits'")
+        terms["proxy_ce"] = w_proxy * proxy_code_loss(model_metrics.pop("proxy_logits"), codes)
+      for k, v in model_losses.items():
+        terms[f"model/{k}"] = jnp.asarray(v, f32)
+      total = sum(terms.values()) if terms else jnp.zeros((), f32)
+      new_model_state = nnx.state(m, nnx.Not(nnx.Param)) if model_state is not None else None
+      return total, (terms, model_metrics, recon, new_model_state)
+
+    (total, (terms, model_metrics, recon, new_model_state)), grads = jax.value_and_grad(
+        gen_loss, has_aux=True)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    new = dict(state)
+    new.update(step=step + 1, params=params, opt_state=opt_state)
+    if new_model_state is not None:
+      new["model_state"] = new_model_state
+    if ema_decay > 0:
+      new["ema_params"] = optim.ema_update(state["ema_params"], params, ema_decay)
+
+    metrics = {"loss": total, "grad_norm": optax.tree.norm(grads)}
+    metrics.update({f"loss/{k}": v for k, v in terms.items()})
+    for k, v in model_metrics.items():
+      v = jnp.asarray(v)
+      if v.ndim == 0:  # only scalars are logged; histograms stay in the model's own tools.
+        metrics[f"model/{k}"] = v.astype(f32)
+    if lr_schedule is not None:
+      metrics["lr"] = jnp.asarray(lr_schedule(step), f32)
+
+    if disc is not None and recon is not None:
+      fake = jax.lax.stop_gradient(recon).astype(f32)
+      lecam_state = state["lecam_state"]
+
+      def disc_loss(d_params):
+        dm = nnx.merge(disc.graphdef, d_params)
+        lr_, lf_ = dm(images).astype(f32), dm(fake).astype(f32)
+        loss = hinge_d_loss(lr_, lf_)
+        if w_lecam > 0:
+          loss = loss + w_lecam * lecam_penalty(lr_, lf_, lecam_state)
+        return loss, (jnp.mean(lr_), jnp.mean(lf_))
+
+      (d_loss, (mean_real, mean_fake)), d_grads = jax.value_and_grad(disc_loss, has_aux=True)(
+          state["disc_params"])
+      d_updates, d_opt = disc_tx.update(d_grads, state["disc_opt_state"], state["disc_params"])
+      d_params = optax.apply_updates(state["disc_params"], d_updates)
+      active = step >= disc_start
+      # Before disc_start the discriminator and its optimizer stay exactly as initialised.
+      keep = lambda a, b: jax.tree.map(lambda x, y: jnp.where(active, x, y), a, b)
+      new["disc_params"] = keep(d_params, state["disc_params"])
+      new["disc_opt_state"] = keep(d_opt, state["disc_opt_state"])
+      new["lecam_state"] = keep(
+          {"real": lecam_decay * lecam_state["real"] + (1 - lecam_decay) * mean_real,
+           "fake": lecam_decay * lecam_state["fake"] + (1 - lecam_decay) * mean_fake}, lecam_state)
+      metrics.update({"disc/loss": d_loss, "disc/logits_real": mean_real,
+                      "disc/logits_fake": mean_fake, "disc/active": active.astype(f32)})
+    return new, metrics
+
+  jitted = jax.jit(step_fn, donate_argnums=(0,), out_shardings=(state_shardings, None))
+
+  def train_step(state: TrainState, batch: Any, rng: jax.Array):
+    return jitted(state, batch, rng, frozen)
+
+  train_step.jitted = jitted  # exposed for AOT lowering / cost analysis.
+  return train_step
