@@ -52,9 +52,10 @@ class Conv(nnx.Module):
   """k x k stride-1 convolution with TF SAME padding; kernel [k, k, Cin, Cout] (-, -, conv_in, conv_out)."""
 
   def __init__(self, in_channels: int, out_channels: int, kernel: int, *, use_bias: bool = True,
-               dtype=jnp.float32, rngs: nnx.Rngs):
+               dtype=jnp.float32, kernel_init=None, rngs: nnx.Rngs):
     self.dtype, self.use_bias = dtype, use_bias
-    self.kernel = nnx.Param(logical_init(_TORCH_CONV_INIT, None, None, "conv_in", "conv_out")(
+    kernel_init = kernel_init if kernel_init is not None else _TORCH_CONV_INIT
+    self.kernel = nnx.Param(logical_init(kernel_init, None, None, "conv_in", "conv_out")(
         rngs.params(), (kernel, kernel, in_channels, out_channels), jnp.float32))
     self.bias = nnx.Param(logical_init(nnx.initializers.zeros, "conv_out")(
         rngs.params(), (out_channels,), jnp.float32)) if use_bias else None

@@ -1,0 +1,233 @@
+"""The tokenizer contract and its functional facade.
+
+Every tokenizer module `jaxtok.tokenizers.<name>` defines an nnx.Module with
+  encode(images, *, num_tokens=None, rng=None, train=False) -> EncodeOutput
+  decode(tokens, *, rng=None, train=False) -> images [B, H, W, 3] float32 (nominally [0, 1])
+  train_forward(images, *, rng, num_tokens=None) -> TrainOutput
+and `make_model(cfg, *, rngs)`. `build(config)` returns a `Tokenizer`: the graphdef plus pure jitted
+functions of (params, inputs, rng) that `nnx.merge` inside `jax.jit`, so a training or evaluation
+loop never touches module objects. `num_tokens` is static: one compilation per (input shape, token
+count).
+
+Dimension names: B batch, H/W image size, K' kept tokens, D code dimension.
+"""
+from __future__ import annotations
+
+import collections
+import importlib
+from typing import Any, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxtok import sharding
+
+
+class EncodeOutput(NamedTuple):
+  """What `encode` returns (a pytree).
+
+  Attributes:
+    tokens: int32 [B, K'] (discrete) or float [B, K', D] (continuous).
+    codes: float [B, K', D] quantized vectors, straight-through to the encoder.
+    losses: dict of float32 scalars, already weighted (commitment, codebook, kl, ...).
+    metrics: dict of float32 scalars (usage, perplexity, ...).
+  """
+  tokens: jax.Array
+  codes: jax.Array
+  losses: dict[str, jax.Array]
+  metrics: dict[str, jax.Array]
+
+
+class TrainOutput(NamedTuple):
+  """What `train_forward` returns: recon [B, H, W, 3] float32 (or None), losses, metrics.
+
+  Pixel, perceptual and GAN losses are not included: the trainer adds them from `recon`.
+  """
+  recon: jax.Array | None
+  losses: dict[str, jax.Array]
+  metrics: dict[str, jax.Array]
+
+
+# config.name -> module under jaxtok.tokenizers (imported lazily, so a module may arrive later).
+MODULES = {
+    "titok": "titok",
+    "onedpiece": "titok",
+    "vqgan": "vqgan",
+    "vae": "vae",
+    "flextok": "flextok",
+}
+
+
+def check_images(images: Any, image_size: int | None = None, *, name: str = "images") -> None:
+  """Raises TypeError/ValueError naming `name` unless images is float [B, S, S, 3] with values in [0, 1].
+
+  The value range is checked only for concrete arrays (numpy or committed jax arrays); under a trace
+  only shapes and dtypes are checked.
+  """
+  if not hasattr(images, "shape") or not hasattr(images, "dtype"):
+    raise TypeError(f"{name} must be a jax or numpy array, got {type(images).__name__}")
+  if not jnp.issubdtype(images.dtype, jnp.floating):
+    raise TypeError(f"{name} must have a floating dtype with values in [0, 1] (e.g. uint8 / 255.), "
+                    f"got {images.dtype}")
+  if images.ndim != 4:
+    raise ValueError(f"{name} must have rank 4 [B, H, W, 3], got shape {tuple(images.shape)}")
+  if images.shape[-1] != 3:
+    raise ValueError(f"{name} must have 3 channels (channels-last [B, H, W, 3]), got shape "
+                     f"{tuple(images.shape)}")
+  if image_size is not None and tuple(images.shape[1:3]) != (image_size, image_size):
+    raise ValueError(f"{name} must be {image_size}x{image_size} (shape [B, {image_size}, "
+                     f"{image_size}, 3]), got shape {tuple(images.shape)}")
+  if isinstance(images, jax.core.Tracer) or images.size == 0:
+    return
+  lo, hi = float(jnp.min(images)), float(jnp.max(images))
+  if not (lo >= 0.0 and hi <= 1.0):
+    raise ValueError(f"{name} must have values in [0, 1], got min {lo} and max {hi}")
+
+
+def check_num_tokens(num_tokens: Any, max_tokens: int, *, name: str = "num_tokens") -> int | None:
+  """Returns num_tokens as an int (or None) or raises unless it is an int in [1, max_tokens]."""
+  if num_tokens is None:
+    return None
+  if isinstance(num_tokens, bool) or not isinstance(num_tokens, (int, np.integer)):
+    raise TypeError(f"{name} must be a Python int in [1, {max_tokens}] or None, got "
+                    f"{type(num_tokens).__name__} ({num_tokens!r})")
+  if not 1 <= int(num_tokens) <= max_tokens:
+    raise ValueError(f"{name} must be in [1, {max_tokens}], got {num_tokens}")
+  return int(num_tokens)
+
+
+def as_dict(config: Any) -> dict[str, Any]:
+  """A plain dict of a ml_collections.ConfigDict or Mapping."""
+  if hasattr(config, "to_dict"):
+    return dict(config.to_dict())
+  if isinstance(config, Mapping):
+    return dict(config)
+  raise TypeError(f"config must be a Mapping or ml_collections.ConfigDict, got {type(config).__name__}")
+
+
+def compute_dtype(value: Any) -> Any:
+  """'float32' / 'bfloat16' / a dtype -> a jnp dtype (None -> float32)."""
+  if value is None:
+    return jnp.float32
+  dt = jnp.dtype(value)
+  if not jnp.issubdtype(dt, jnp.floating):
+    raise ValueError(f"dtype must be a floating dtype (float32, bfloat16), got {value!r}")
+  return dt.type
+
+
+def model_module(name: str):
+  """The module `jaxtok.tokenizers.<module>` serving config name `name`."""
+  if name not in MODULES:
+    raise ValueError(f"config.name must be one of {sorted(MODULES)}, got {name!r}")
+  return importlib.import_module(f"jaxtok.tokenizers.{MODULES[name]}")
+
+
+class Tokenizer:
+  """A tokenizer as pure functions of its parameters.
+
+  Attributes:
+    config: the plain-dict config it was built from.
+    graphdef: the nnx GraphDef (static).
+    image_size: input side length the model expects (None if the model does not say).
+    max_tokens: K, the most tokens encode returns (None if the model does not say).
+    trace_counts: Counter of how many times each jitted function was traced (for tests/debugging).
+  """
+
+  def __init__(self, config: Any):
+    self.config = as_dict(config)
+    name = self.config.get("name")
+    self._module = model_module(name)
+    self._make = lambda rngs: self._module.make_model(self.config, rngs=rngs)
+    abstract_model = nnx.eval_shape(lambda: self._make(nnx.Rngs(0)))
+    self.graphdef, self._abstract = nnx.split(abstract_model)
+    self.image_size = getattr(abstract_model, "image_size", None)
+    self.max_tokens = getattr(abstract_model, "num_latent_tokens",
+                              getattr(abstract_model, "num_tokens", None))
+    self.trace_counts: collections.Counter = collections.Counter()
+    self._jit_encode = jax.jit(self._encode, static_argnames=("num_tokens",))
+    self._jit_decode = jax.jit(self._decode, static_argnames=("options",))
+    self._jit_reconstruct = jax.jit(self._reconstruct, static_argnames=("num_tokens",))
+
+  # ---- parameters
+
+  def init(self, rng: jax.Array, mesh: jax.sharding.Mesh | None = None,
+           rules=sharding.DEFAULT_RULES) -> nnx.State:
+    """Fresh float32 parameters; with `mesh`, created sharded by their logical axes."""
+    def make(r):
+      return nnx.split(self._make(nnx.Rngs(r)))[1]
+    out = None if mesh is None else sharding.state_shardings(self._abstract, mesh, rules)
+    return jax.jit(make, out_shardings=out)(rng)
+
+  def abstract_params(self) -> nnx.State:
+    """Shapes, dtypes and logical-axis metadata of the parameters, without allocating them."""
+    return self._abstract
+
+  def shardings(self, mesh: jax.sharding.Mesh, rules=sharding.DEFAULT_RULES):
+    """NamedShardings of the parameters on `mesh`."""
+    return sharding.state_shardings(self._abstract, mesh, rules)
+
+  # ---- jitted bodies
+
+  def _encode(self, params, images, rng, num_tokens):
+    self.trace_counts["encode"] += 1
+    return nnx.merge(self.graphdef, params).encode(images, num_tokens=num_tokens, rng=rng)
+
+  def _decode(self, params, tokens, rng, options):
+    self.trace_counts["decode"] += 1
+    return nnx.merge(self.graphdef, params).decode(tokens, rng=rng, **dict(options))
+
+  def _reconstruct(self, params, images, rng, num_tokens):
+    self.trace_counts["reconstruct"] += 1
+    model = nnx.merge(self.graphdef, params)
+    enc_rng, dec_rng = (None, None) if rng is None else jax.random.split(rng)
+    out = model.encode(images, num_tokens=num_tokens, rng=enc_rng)
+    return model.decode(out.tokens, rng=dec_rng)
+
+  # ---- public functions
+
+  def _check(self, images, num_tokens):
+    check_images(images, self.image_size)
+    if self.max_tokens is not None:
+      return check_num_tokens(num_tokens, self.max_tokens)
+    return num_tokens
+
+  def encode(self, params: nnx.State, images: jax.Array, num_tokens: int | None = None,
+             rng: jax.Array | None = None) -> EncodeOutput:
+    """images float [B, H, W, 3] in [0, 1] -> EncodeOutput with K' = num_tokens (default K) tokens."""
+    num_tokens = self._check(images, num_tokens)
+    return self._jit_encode(params, images, rng, num_tokens=num_tokens)
+
+  def decode(self, params: nnx.State, tokens: jax.Array, rng: jax.Array | None = None,
+             **kw: Any) -> jax.Array:
+    """tokens [B, K'] int32 (or [B, K', D] float) -> images [B, H, W, 3] float32.
+
+    Extra keyword options go to the model's decode as static (hashable) arguments.
+    """
+    if not hasattr(tokens, "shape") or tokens.ndim not in (2, 3):
+      raise ValueError(f"tokens must be an array [B, K'] or [B, K', D], got "
+                       f"{getattr(tokens, 'shape', type(tokens).__name__)}")
+    if self.max_tokens is not None and not 1 <= tokens.shape[1] <= self.max_tokens:
+      raise ValueError(f"tokens must hold between 1 and {self.max_tokens} tokens per image, got "
+                       f"shape {tuple(tokens.shape)}")
+    return self._jit_decode(params, tokens, rng, options=tuple(sorted(kw.items())))
+
+  def reconstruct(self, params: nnx.State, images: jax.Array, num_tokens: int | None = None,
+                  rng: jax.Array | None = None) -> jax.Array:
+    """decode(encode(images, num_tokens)) in one compiled function: [B, H, W, 3] float32."""
+    num_tokens = self._check(images, num_tokens)
+    return self._jit_reconstruct(params, images, rng, num_tokens=num_tokens)
+
+  def model(self, params: nnx.State) -> nnx.Module:
+    """The nnx module holding `params` (for eager use, e.g. train_forward inside a custom step)."""
+    return nnx.merge(self.graphdef, params)
+
+
+def build(config: Any) -> Tokenizer:
+  """A Tokenizer for `config` (ConfigDict or Mapping with `name` in MODULES and the model's fields).
+
+  Common fields: `dtype` ("float32" | "bfloat16", the compute dtype; parameters stay float32 and
+  quantizer math float32) and `remat` (recompute transformer blocks in the backward pass).
+  """
+  return Tokenizer(config)

@@ -1,0 +1,361 @@
+"""TiTok: a 1D image tokenizer (arXiv 2406.07550), with One-D-Piece tail-token drop as an option.
+
+Encoder (ViT): sequence [cls, patches (G), latents (K)] with learned class/positional embeddings
+(the latent tokens and their positions are learned too), ln_pre, pre-LN blocks, ln_post on the K
+latents, then a per-token projection W -> D (2D for the "vae" bottleneck). `legacy_reshape=True`
+reproduces the released TiTok-S/B/L and One-D-Piece checkpoints, which reshape the [B, K, W] latents
+row-major as [B, W, K] (no transpose) before that projection; False is the corrected path.
+
+Bottleneck (`quantizer`): "vq" (learned codebook [C, D] looked up l2-normalised when `use_l2_norm`,
+commitment `commitment_cost` + codebook loss, trained by gradient), "fsq" (levels, no parameters) or
+"vae" (diagonal Gaussian, see `vae.py`).
+
+Decoder (ViT): decoder_embed D -> W plus latent positions[:K'], sequence [cls, mask x G, latents (K')],
+ln_pre, blocks, ln_post on the G mask positions, then a head:
+  "pixels" (single-stage): per position W -> p*p*3, depth-to-space, 3x3 conv -> RGB.
+  "proxy_codes" (legacy two-stage): W -> 2W, tanh, 2W -> P logits over a 2D proxy codebook (the
+  MaskGIT VQGAN's 1024 codes); pixels come from the VQGAN decoder applied to the soft codes
+  softmax(logits) @ pixel_codebook (`vqgan.codes_to_pixels`). `decode_logits` exposes the logits for
+  stage-1 training (cross-entropy against the VQGAN's codes).
+
+One-D-Piece (`tail_drop=True`, config name "onedpiece"): `train_forward` keeps one prefix length
+n ~ U{1..K} per batch. Instead of cutting the sequence (a new shape per n) the decoder masks the
+latent keys at positions >= n in every attention layer; the kept outputs (the G mask positions) are
+then exactly those of the physically truncated sequence, because the dropped latents are never
+attended to and everything else is per-token. So `decode(tokens[:, :k])` == `decode(tokens,
+num_tokens=k)`; both work at inference for any k in [1, K] (the first recompiles per k, the second
+traces once).
+
+Images are float32 [B, H, W, 3] in [0, 1] and used as is (no mean/std normalisation), as in the
+reference. Parameters are float32; `dtype` is the compute dtype; quantizer math is float32.
+
+Dimension names: B batch, H/W image size, p patch size, G = (H/p)^2 grid positions, K latent tokens,
+K' kept tokens, W width, D token dimension, C codebook size, P proxy codebook size.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxtok.nn import conv as conv_lib
+from jaxtok.nn.embeddings import LearnedEmbedding, scaled_normal, trunc_normal
+from jaxtok.nn.transformer import Dense, LayerNorm, Transformer
+from jaxtok.nn.vit import PatchEmbed, unpatchify, vit_size
+from jaxtok.quantizers import fsq, vq
+from jaxtok.sharding import logical_init
+from jaxtok.tokenizers import vae as vae_lib
+from jaxtok.tokenizers import vqgan as vqgan_lib
+from jaxtok.tokenizers.api import (EncodeOutput, TrainOutput, as_dict, check_images,
+                                   check_num_tokens, compute_dtype)
+
+QUANTIZERS = ("vq", "fsq", "vae")
+HEADS = ("pixels", "proxy_codes")
+
+
+def _symmetric_uniform(bound: float):
+  """uniform(-bound, bound): the reference codebook init (bound 1/C)."""
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+class TiTokEncoder(nnx.Module):
+  """Images [B, H, W, 3] and latent tokens [K, W] -> latents [B, K, D_out] float32."""
+
+  def __init__(self, *, image_size, patch_size, width, depth, num_heads, num_latent_tokens,
+               out_dim, legacy_reshape, dtype, remat, rngs):
+    self.grid = image_size // patch_size
+    self.width, self.num_latent_tokens, self.legacy_reshape = width, num_latent_tokens, legacy_reshape
+    self.dtype = dtype
+    self.patch_embed = PatchEmbed(patch_size, width, dtype=dtype, rngs=rngs)
+    self.class_embedding = LearnedEmbedding(1, width, rngs=rngs)
+    self.positional_embedding = LearnedEmbedding(self.grid**2 + 1, width, rngs=rngs)
+    self.latent_token_positional_embedding = LearnedEmbedding(num_latent_tokens, width, rngs=rngs)
+    self.ln_pre = LayerNorm(width, dtype=dtype, rngs=rngs)
+    self.transformer = Transformer(width, depth, num_heads, dtype=dtype, remat=remat, rngs=rngs)
+    self.ln_post = LayerNorm(width, dtype=dtype, rngs=rngs)
+    self.conv_out = Dense(width, out_dim, ("embed", None), dtype=dtype, rngs=rngs)
+
+  def __call__(self, images: jax.Array, latent_tokens: jax.Array) -> jax.Array:
+    b = images.shape[0]
+    x = self.patch_embed(images)
+    cls = jnp.broadcast_to(self.class_embedding().astype(x.dtype), (b, 1, self.width))
+    x = jnp.concatenate([cls, x], axis=1) + self.positional_embedding().astype(x.dtype)
+    lat = latent_tokens + self.latent_token_positional_embedding()
+    lat = jnp.broadcast_to(lat.astype(x.dtype), (b,) + lat.shape)
+    x = self.ln_pre(jnp.concatenate([x, lat], axis=1))
+    x = self.transformer(x)
+    lat = self.ln_post(x[:, 1 + self.grid**2:])
+    if self.legacy_reshape:
+      # The released checkpoints reshape [B, K, W] as [B, W, K] (channels W, positions K) without a
+      # transpose before the 1x1 conv; in channels-last that is this raw reshape then a transpose.
+      lat = lat.reshape(b, self.width, self.num_latent_tokens).transpose(0, 2, 1)
+    return self.conv_out(lat).astype(jnp.float32)
+
+
+class TiTokDecoder(nnx.Module):
+  """Codes [B, K', D] -> head outputs on the grid: pixels [B, H, W, 3] or proxy logits [B, g, g, P]."""
+
+  def __init__(self, *, image_size, patch_size, width, depth, num_heads, num_latent_tokens,
+               token_size, head, proxy_codebook_size, dtype, remat, rngs):
+    self.grid, self.patch, self.width = image_size // patch_size, patch_size, width
+    self.num_latent_tokens, self.head, self.dtype = num_latent_tokens, head, dtype
+    self.decoder_embed = Dense(token_size, width, (None, "embed"), dtype=dtype, rngs=rngs)
+    self.class_embedding = LearnedEmbedding(1, width, rngs=rngs)
+    self.positional_embedding = LearnedEmbedding(self.grid**2 + 1, width, rngs=rngs)
+    self.mask_token = LearnedEmbedding(1, width, rngs=rngs)
+    self.latent_token_positional_embedding = LearnedEmbedding(num_latent_tokens, width, rngs=rngs)
+    self.ln_pre = LayerNorm(width, dtype=dtype, rngs=rngs)
+    self.transformer = Transformer(width, depth, num_heads, dtype=dtype, remat=remat, rngs=rngs)
+    self.ln_post = LayerNorm(width, dtype=dtype, rngs=rngs)
+    if head == "pixels":
+      self.ffn = Dense(width, patch_size * patch_size * 3, ("embed", None), dtype=dtype, rngs=rngs)
+      self.conv_out = conv_lib.Conv(3, 3, 3, dtype=dtype, kernel_init=trunc_normal(0.02), rngs=rngs)
+    else:
+      self.ffn = Dense(width, 2 * width, ("embed", "mlp"), dtype=dtype, rngs=rngs)
+      self.ffn_out = Dense(2 * width, proxy_codebook_size, ("mlp", "vocab"), dtype=dtype, rngs=rngs)
+
+  def __call__(self, codes: jax.Array, num_tokens: int | jax.Array | None = None) -> jax.Array:
+    b, k, _ = codes.shape
+    g2 = self.grid**2
+    x = self.decoder_embed(codes) + self.latent_token_positional_embedding(k).astype(self.dtype)
+    masks = jnp.broadcast_to(self.mask_token().astype(self.dtype), (b, g2, self.width))
+    cls = jnp.broadcast_to(self.class_embedding().astype(self.dtype), (b, 1, self.width))
+    prefix = jnp.concatenate([cls, masks], axis=1) + self.positional_embedding().astype(self.dtype)
+    seq = self.ln_pre(jnp.concatenate([prefix, x], axis=1))
+    mask = None
+    if num_tokens is not None:
+      n = jnp.asarray(num_tokens, jnp.int32).reshape(-1)  # [] or [B]
+      keep_latent = jnp.arange(k)[None, :] < n[:, None]  # [1 or B, K']
+      keep = jnp.concatenate(
+          [jnp.ones((keep_latent.shape[0], 1 + g2), bool), keep_latent], axis=1)
+      mask = keep[:, None, None, :]  # keys only: [B, 1, 1, S]
+    seq = self.transformer(seq, mask)
+    x = self.ln_post(seq[:, 1:1 + g2])
+    if self.head == "pixels":
+      x = unpatchify(self.ffn(x), self.patch, self.grid, self.grid)
+      return self.conv_out(x).astype(jnp.float32)
+    logits = self.ffn_out(jnp.tanh(self.ffn(x)))
+    return logits.astype(jnp.float32).reshape(b, self.grid, self.grid, -1)
+
+
+class TiTok(nnx.Module):
+  """TiTok / One-D-Piece / TiTok-VAE tokenizer (see the module docstring)."""
+
+  def __init__(self, *, image_size: int = 256, patch_size: int = 16,
+               encoder_width: int = 512, encoder_depth: int = 8, encoder_heads: int = 8,
+               decoder_width: int = 512, decoder_depth: int = 8, decoder_heads: int = 8,
+               num_latent_tokens: int = 128, token_size: int = 12, quantizer: str = "vq",
+               codebook_size: int = 4096, use_l2_norm: bool = True, commitment_cost: float = 0.25,
+               fsq_levels: Sequence[int] = (), kl_weight: float = 1e-6, vae_inference: str = "mode",
+               legacy_reshape: bool = False, decoder_head: str = "pixels",
+               proxy_codebook_size: int = 1024, pixel_ch: int = 128,
+               pixel_ch_mult: Sequence[int] = (1, 1, 2, 2, 4), pixel_num_res_blocks: int = 2,
+               pixel_z_channels: int = 256, pixel_num_groups: int = 32, tail_drop: bool = False,
+               dtype: Any = jnp.float32, remat: bool = False, rngs: nnx.Rngs):
+    if image_size % patch_size:
+      raise ValueError(f"image_size ({image_size}) must be divisible by patch_size ({patch_size})")
+    if quantizer not in QUANTIZERS:
+      raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {quantizer!r}")
+    if decoder_head not in HEADS:
+      raise ValueError(f"decoder_head must be one of {HEADS}, got {decoder_head!r}")
+    if vae_inference not in ("mode", "sample"):
+      raise ValueError(f"vae_inference must be 'mode' or 'sample', got {vae_inference!r}")
+    if quantizer == "fsq":
+      fsq_levels = fsq.check_levels(tuple(fsq_levels))
+      if len(fsq_levels) != token_size:
+        raise ValueError(f"fsq_levels must have token_size={token_size} entries, got {fsq_levels}")
+    if decoder_head == "proxy_codes" and 2**(len(pixel_ch_mult) - 1) != patch_size:
+      raise ValueError(f"the pixel decoder upsamples by 2**(len(pixel_ch_mult)-1) = "
+                       f"{2**(len(pixel_ch_mult) - 1)}, which must equal patch_size ({patch_size})")
+    dtype = compute_dtype(dtype)
+    self.image_size, self.patch_size, self.num_latent_tokens = image_size, patch_size, num_latent_tokens
+    self.token_size, self.quantizer, self.codebook_size = token_size, quantizer, codebook_size
+    self.use_l2_norm, self.commitment_cost = use_l2_norm, float(commitment_cost)
+    self.fsq_levels, self.kl_weight, self.vae_inference = tuple(fsq_levels), float(kl_weight), vae_inference
+    self.decoder_head, self.tail_drop, self.dtype = decoder_head, tail_drop, dtype
+    self.encoder = TiTokEncoder(
+        image_size=image_size, patch_size=patch_size, width=encoder_width, depth=encoder_depth,
+        num_heads=encoder_heads, num_latent_tokens=num_latent_tokens,
+        out_dim=2 * token_size if quantizer == "vae" else token_size,
+        legacy_reshape=legacy_reshape, dtype=dtype, remat=remat, rngs=rngs)
+    self.latent_tokens = nnx.Param(logical_init(scaled_normal(encoder_width), None, "embed")(
+        rngs.params(), (num_latent_tokens, encoder_width), jnp.float32))
+    if quantizer == "vq":
+      self.codebook = nnx.Param(logical_init(_symmetric_uniform(1.0 / codebook_size), "codebook",
+                                             None)(rngs.params(), (codebook_size, token_size),
+                                                   jnp.float32))
+    self.decoder = TiTokDecoder(
+        image_size=image_size, patch_size=patch_size, width=decoder_width, depth=decoder_depth,
+        num_heads=decoder_heads, num_latent_tokens=num_latent_tokens, token_size=token_size,
+        head=decoder_head, proxy_codebook_size=proxy_codebook_size, dtype=dtype, remat=remat,
+        rngs=rngs)
+    if decoder_head == "proxy_codes":
+      self.pixel_codebook = nnx.Param(logical_init(
+          _symmetric_uniform(1.0 / proxy_codebook_size), "codebook", None)(
+              rngs.params(), (proxy_codebook_size, pixel_z_channels), jnp.float32))
+      self.pixel_decoder = conv_lib.Decoder(
+          ch=pixel_ch, ch_mult=pixel_ch_mult, num_res_blocks=pixel_num_res_blocks,
+          z_channels=pixel_z_channels, num_groups=pixel_num_groups, dtype=dtype, rngs=rngs)
+
+  # ---- bottleneck
+
+  def _vq_state(self) -> vq.VQState:
+    codebook = self.codebook.get_value()
+    k = codebook.shape[0]
+    return vq.VQState(codebook=codebook, cluster_size=jnp.zeros((k,), jnp.float32),
+                      embed_sum=jnp.zeros_like(codebook), initialized=jnp.asarray(True))
+
+  def tokens_to_codes(self, tokens: jax.Array) -> jax.Array:
+    """Tokens int32 [B, K'] (vq/fsq) or float [B, K', D] (vae) -> codes [B, K', D] float32."""
+    if self.quantizer == "vq":
+      return vq.indices_to_codes(tokens, self._vq_state(), cosine=self.use_l2_norm)
+    if self.quantizer == "fsq":
+      return fsq.indices_to_codes(tokens, self.fsq_levels)
+    return tokens.astype(jnp.float32)
+
+  def _bottleneck(self, z, rng, train):
+    if self.quantizer == "vq":
+      out = vq.quantize(z, self._vq_state(), beta=self.commitment_cost, codebook_weight=1.0,
+                        cosine=self.use_l2_norm)
+      return out.indices, out.codes, dict(out.losses), dict(out.metrics)
+    if self.quantizer == "fsq":
+      out = fsq.quantize(z, self.fsq_levels)
+      return out.indices, out.codes, dict(out.losses), dict(out.metrics)
+    mean, logvar = vae_lib.split_moments(z)
+    kl = jnp.mean(vae_lib.kl_divergence(mean, logvar))
+    if train or self.vae_inference == "sample":
+      if rng is None:
+        raise ValueError("rng is required to sample the VAE posterior (train=True or "
+                         "vae_inference='sample'), got None")
+      codes = vae_lib.sample(mean, logvar, rng)
+    else:
+      codes = mean
+    metrics = {"kl": kl, "posterior_std": jnp.mean(jnp.exp(0.5 * logvar)),
+               "posterior_mean_abs": jnp.mean(jnp.abs(mean))}
+    return codes, codes, {"kl": self.kl_weight * kl}, metrics
+
+  # ---- contract
+
+  def encode(self, images: jax.Array, *, num_tokens: int | None = None,
+             rng: jax.Array | None = None, train: bool = False) -> EncodeOutput:
+    """images float [B, H, W, 3] in [0, 1] -> EncodeOutput over the first K' = num_tokens tokens.
+
+    Losses (already weighted) and metrics are computed over all K tokens.
+    """
+    check_images(images, self.image_size)
+    num_tokens = check_num_tokens(num_tokens, self.num_latent_tokens)
+    z = self.encoder(images, self.latent_tokens.get_value())
+    tokens, codes, losses, metrics = self._bottleneck(z, rng, train)
+    if num_tokens is not None:
+      tokens, codes = tokens[:, :num_tokens], codes[:, :num_tokens]
+    return EncodeOutput(tokens=tokens, codes=codes, losses=losses, metrics=metrics)
+
+  def _check_tokens(self, tokens):
+    continuous = self.quantizer == "vae"
+    rank = 3 if continuous else 2
+    if not hasattr(tokens, "shape") or tokens.ndim != rank:
+      raise ValueError(f"tokens must have shape {'[B, K, D] float' if continuous else '[B, K] int'}, "
+                       f"got {getattr(tokens, 'shape', type(tokens).__name__)}")
+    if continuous != bool(jnp.issubdtype(tokens.dtype, jnp.floating)):
+      raise TypeError(f"tokens must be {'float' if continuous else 'integer'} for quantizer "
+                      f"{self.quantizer!r}, got {tokens.dtype}")
+    if not 1 <= tokens.shape[1] <= self.num_latent_tokens:
+      raise ValueError(f"tokens must hold between 1 and {self.num_latent_tokens} tokens, got shape "
+                       f"{tuple(tokens.shape)}")
+
+  def decode_codes(self, codes: jax.Array, *, num_tokens: int | jax.Array | None = None,
+                   logits: bool = False) -> jax.Array:
+    """Codes [B, K', D] -> images [B, H, W, 3] float32 (or proxy logits [B, g, g, P] with logits=True).
+
+    num_tokens: optional int or int32 array ([] or [B]); latents at positions >= num_tokens are
+      masked out of the decoder's attention (tail drop), which equals decoding codes[:, :num_tokens].
+    """
+    out = self.decoder(codes.astype(jnp.float32), num_tokens)
+    if self.decoder_head == "pixels" or logits:
+      return out
+    return vqgan_lib.codes_to_pixels(self.pixel_decoder, self.pixel_codebook.get_value(),
+                                     jax.nn.softmax(out, axis=-1))
+
+  def decode(self, tokens: jax.Array, *, rng: jax.Array | None = None, train: bool = False,
+             num_tokens: int | jax.Array | None = None) -> jax.Array:
+    """Tokens [B, K'] int32 (or [B, K', D] float for vae), K' <= K -> images [B, H, W, 3] float32.
+
+    num_tokens: optional; decode only the first num_tokens of the given tokens (masking the rest).
+    """
+    del rng, train
+    self._check_tokens(tokens)
+    return self.decode_codes(self.tokens_to_codes(tokens), num_tokens=num_tokens)
+
+  def decode_logits(self, tokens: jax.Array, *, num_tokens: int | jax.Array | None = None) -> jax.Array:
+    """Proxy-code logits [B, g, g, P] float32 (decoder_head "proxy_codes"; stage-1 training target)."""
+    if self.decoder_head != "proxy_codes":
+      raise ValueError(f"decode_logits needs decoder_head='proxy_codes', got {self.decoder_head!r}")
+    self._check_tokens(tokens)
+    return self.decode_codes(self.tokens_to_codes(tokens), num_tokens=num_tokens, logits=True)
+
+  def train_forward(self, images: jax.Array, *, rng: jax.Array,
+                    num_tokens: int | None = None) -> TrainOutput:
+    """Training pass: encode (train=True), decode the kept prefix; recon [B, H, W, 3] float32.
+
+    With tail_drop and num_tokens None, one kept length n ~ U{1..K} is drawn from rng per batch
+    (metric `kept_tokens`) and the tail is masked in the decoder.
+    """
+    enc_rng, drop_rng = jax.random.split(rng)
+    out = self.encode(images, rng=enc_rng, train=True)
+    metrics = dict(out.metrics)
+    keep = check_num_tokens(num_tokens, self.num_latent_tokens)
+    if keep is None and self.tail_drop:
+      keep = jax.random.randint(drop_rng, (), 1, self.num_latent_tokens + 1)
+    if keep is not None:
+      metrics["kept_tokens"] = jnp.asarray(keep, jnp.float32)
+    recon = self.decode_codes(out.codes, num_tokens=keep)
+    return TrainOutput(recon=recon, losses=dict(out.losses), metrics=metrics)
+
+
+# ---- configs
+
+def _sizes(cfg: Mapping[str, Any], part: str) -> dict[str, int]:
+  size = cfg.get(f"{part}_size")
+  width, depth, heads = vit_size(size) if size is not None else (None, None, None)
+  out = {}
+  for key, default in (("width", width), ("depth", depth), ("heads", heads)):
+    value = cfg.get(f"{part}_{key}", default)
+    if value is None:
+      raise ValueError(f"config needs {part}_size (S, B, L) or {part}_{key}")
+    out[f"{part}_{key}"] = int(value)
+  return out
+
+
+_FIELDS = ("image_size", "patch_size", "num_latent_tokens", "token_size", "quantizer",
+           "codebook_size", "use_l2_norm", "commitment_cost", "fsq_levels", "kl_weight",
+           "vae_inference", "legacy_reshape", "decoder_head", "proxy_codebook_size", "pixel_ch",
+           "pixel_ch_mult", "pixel_num_res_blocks", "pixel_z_channels", "pixel_num_groups",
+           "tail_drop", "dtype", "remat")
+
+
+def make_model(cfg: Mapping[str, Any], *, rngs: nnx.Rngs) -> TiTok:
+  """A TiTok from a config of plain fields.
+
+  Fields: `encoder_size`/`decoder_size` ("S", "B", "L") or explicit `{encoder,decoder}_{width,
+  depth,heads}`; the TiTok keyword fields (image_size, patch_size, num_latent_tokens, token_size,
+  quantizer, codebook_size, ...). name "onedpiece" sets tail_drop=True; name "vae" sets quantizer
+  "vae". Unknown fields are ignored (configs also hold training fields).
+  """
+  cfg = as_dict(cfg)
+  kwargs = {k: cfg[k] for k in _FIELDS if k in cfg and cfg[k] is not None}
+  kwargs.update(_sizes(cfg, "encoder"))
+  kwargs.update(_sizes(cfg, "decoder"))
+  if cfg.get("name") == "onedpiece":
+    kwargs["tail_drop"] = True
+  if cfg.get("name") == "vae":
+    kwargs["quantizer"] = "vae"
+  for key in ("fsq_levels", "pixel_ch_mult"):
+    if key in kwargs:
+      kwargs[key] = tuple(int(v) for v in kwargs[key])
+  return TiTok(**kwargs, rngs=rngs)
