@@ -1,0 +1,90 @@
+"""Shared config pieces: argument parsing and the training/mesh defaults every config starts from.
+
+`get_config(arg)` in each config file takes a string like "size=S,tokens=128" or "tiny" and returns
+an `ml_collections.ConfigDict`; `parse_arg` turns the string into typed values using the defaults'
+types (booleans strictly), so a typo fails loudly.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from jaxtok import sharding
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+  """Parses "k1=v1,k2=v2,flag" into a ConfigDict over `defaults` (a bare word sets a bool True).
+
+  Raises:
+    ValueError: for an unknown key or a value that does not parse as the default's type.
+  """
+  out = dict(defaults)
+  for part in [p for p in (arg or "").split(",") if p.strip()]:
+    key, _, value = part.partition("=")
+    key = key.strip()
+    if key not in defaults:
+      raise ValueError(f"unknown config argument {key!r}; expected one of {sorted(defaults)}")
+    if not _:
+      if not isinstance(defaults[key], bool):
+        raise ValueError(f"config argument {key!r} needs a value ({key}=...)")
+      out[key] = True
+      continue
+    default = defaults[key]
+    value = value.strip()
+    if isinstance(default, bool):
+      if value.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(f"config argument {key!r} must be true/false, got {value!r}")
+      out[key] = value.lower() in ("true", "1")
+    elif isinstance(default, int):
+      try:
+        out[key] = int(value)
+      except ValueError:
+        raise ValueError(f"config argument {key!r} must be an int, got {value!r}") from None
+    elif isinstance(default, float):
+      try:
+        out[key] = float(value)
+      except ValueError:
+        raise ValueError(f"config argument {key!r} must be a float, got {value!r}") from None
+    else:
+      out[key] = value
+  return ml_collections.ConfigDict(out)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Training, data, mesh and logging defaults (the papers' AdamW recipe)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.total_steps = 1000
+  c.log_every = 50
+  c.eval_every = 500
+  c.ckpt_every = 500
+  c.keep_checkpoints = 3
+  c.step_delay_s = 0.0  # > 0 only in tests that interrupt a run between steps.
+  c.final_eval = True
+  c.ema_decay = 0.999
+  c.data = ml_collections.ConfigDict(dict(source="photos", image_size=32, batch_size=32, heldout=16,
+                                          max_scale=4))
+  c.optim = ml_collections.ConfigDict(dict(lr=1e-4, warmup_steps=100, end_lr=1e-5, b1=0.9, b2=0.99,
+                                           eps=1e-8, wd=1e-4, clip=1.0, mu_dtype=None))
+  c.loss = ml_collections.ConfigDict(dict(l1=0.0, l2=1.0, perceptual=0.0, proxy=0.0, gan=0.0,
+                                          gan_start=0, disc_start=0, lecam=0.0, lecam_decay=0.999))
+  c.disc = None
+  c.disc_optim = None
+  c.eval = ml_collections.ConfigDict(dict(token_counts=None))
+  # Mesh axes (data, fsdp, tensor); -1 takes the remaining devices. Rules map logical names to them.
+  c.mesh = [("data", -1), ("fsdp", 1), ("tensor", 1)]
+  c.sharding_rules = [list(r) for r in sharding.DEFAULT_RULES]
+  return c
+
+
+def tiny_training(c: ml_collections.ConfigDict, steps: int = 4) -> None:
+  """Shrinks a config so it trains a few steps on CPU in seconds (big_vision's `runlocal`)."""
+  c.total_steps = steps
+  c.log_every = 1
+  c.eval_every = steps
+  c.ckpt_every = 2
+  c.optim.warmup_steps = 1
+  c.data.image_size = 16
+  c.data.batch_size = 8
+  c.data.heldout = 4

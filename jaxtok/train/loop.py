@@ -1,0 +1,431 @@
+"""The training loop: sharded init or resume, the jitted step, logging, eval, checkpoints, final report.
+
+`train(config, workdir)` runs `config.total_steps` steps of `config.model` on `config.data`:
+
+  * resume: the newest intact checkpoint in `<workdir>/checkpoints` is restored straight into the
+    target shardings (with the data iterator state), else the state is initialised sharded;
+  * every step: the host batch of this process becomes a global array sharded over the batch axis
+    (`jax.make_array_from_process_local_data`), one call to the jitted `train_step`;
+  * every `log_every` steps: metrics are fetched (the only host sync), checked for NaN/inf (the error
+    names the step range since the last check), written to TensorBoard event files and
+    `<workdir>/metrics.jsonl`, and shown on a tqdm bar;
+  * every `eval_every` steps: held-out PSNR/SSIM and a PNG grid of reconstructions;
+  * every `ckpt_every` steps and at the end: an asynchronous checkpoint;
+  * at the end: `final_grid.png` (rows = held-out images, columns = original + each token count)
+    and `final_metrics.json` (PSNR/SSIM per token count), plus `final.json` with a params checksum.
+
+TensorBoard: neither tensorflow nor tensorboardX is a dependency, so `EventWriter` writes the event
+file format itself (TFRecord framing with masked CRC32C around hand-encoded `Event` protos holding
+scalar summaries); TensorBoard reads these files unchanged.
+
+Data: `PhotoCrops` draws random crops of the bundled photographs as a pure function of
+(seed, step, process), so its state is one integer and resuming is exact.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import struct
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxtok import sharding as shd
+from jaxtok.train import checkpoint as ckpt_lib
+from jaxtok.train import evaluate as eval_lib
+from jaxtok.train import optim
+from jaxtok.train import state as state_lib
+from jaxtok.train import step as step_lib
+
+log = logging.getLogger(__name__)
+
+
+# ==================================================================================================
+# TensorBoard event files without TensorFlow.
+
+
+def _crc32c_table() -> list[int]:
+  table = []
+  for i in range(256):
+    c = i
+    for _ in range(8):
+      c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+    table.append(c)
+  return table
+
+
+_CRC_TABLE = _crc32c_table()
+
+
+def crc32c(data: bytes) -> int:
+  """CRC-32C (Castagnoli), as TFRecord framing needs."""
+  c = 0xFFFFFFFF
+  for b in data:
+    c = _CRC_TABLE[(c ^ b) & 0xFF] ^ (c >> 8)
+  return c ^ 0xFFFFFFFF
+
+
+def _masked_crc(data: bytes) -> int:
+  c = crc32c(data)
+  return (((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _varint(n: int) -> bytes:
+  out = bytearray()
+  while True:
+    b = n & 0x7F
+    n >>= 7
+    out.append(b | (0x80 if n else 0))
+    if not n:
+      return bytes(out)
+
+
+def _field(num: int, wire: int, payload: bytes) -> bytes:
+  return _varint((num << 3) | wire) + payload
+
+
+def _bytes_field(num: int, data: bytes) -> bytes:
+  return _field(num, 2, _varint(len(data)) + data)
+
+
+def encode_event(wall_time: float, step: int, *, scalars: dict[str, float] | None = None,
+                 file_version: str | None = None) -> bytes:
+  """A serialized tensorflow.Event: wall_time (1, double), step (2, int64), file_version (3),
+  summary (5) = Summary{ repeated Value (1) = {tag (1), simple_value (2, float)} }."""
+  msg = _field(1, 1, struct.pack("<d", wall_time)) + _field(2, 0, _varint(int(step)))
+  if file_version is not None:
+    msg += _bytes_field(3, file_version.encode())
+  if scalars:
+    values = b"".join(
+        _bytes_field(1, _bytes_field(1, tag.encode()) + _field(2, 5, struct.pack("<f", float(v))))
+        for tag, v in scalars.items())
+    msg += _bytes_field(5, values)
+  return msg
+
+
+def tfrecord(data: bytes) -> bytes:
+  """TFRecord framing: length, masked crc of length, data, masked crc of data."""
+  length = struct.pack("<Q", len(data))
+  return (length + struct.pack("<I", _masked_crc(length)) + data
+          + struct.pack("<I", _masked_crc(data)))
+
+
+class EventWriter:
+  """Appends scalar summaries to `<logdir>/events.out.tfevents.<time>.<host>` and a JSONL twin."""
+
+  def __init__(self, logdir: str, *, enabled: bool = True):
+    self.enabled = enabled
+    if not enabled:
+      return
+    os.makedirs(logdir, exist_ok=True)
+    name = f"events.out.tfevents.{int(time.time())}.jaxtok"
+    self._f = open(os.path.join(logdir, name), "ab")
+    self._f.write(tfrecord(encode_event(time.time(), 0, file_version="brain.Event:2")))
+    self._jsonl = open(os.path.join(logdir, "metrics.jsonl"), "a")
+
+  def scalars(self, step: int, values: dict[str, float]) -> None:
+    if not self.enabled:
+      return
+    self._f.write(tfrecord(encode_event(time.time(), step, scalars=values)))
+    self._f.flush()
+    self._jsonl.write(json.dumps({"step": int(step), **{k: float(v) for k, v in values.items()}}) + "\n")
+    self._jsonl.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self._f.close()
+      self._jsonl.close()
+
+
+# ==================================================================================================
+# Data: deterministic, resumable random crops of the bundled photographs.
+
+
+def load_photos(image_size: int, heldout: int) -> tuple[list[np.ndarray], np.ndarray]:
+  """(train photos as uint8 [h, w, 3] arrays, held-out crops float32 [N, S, S, 3] in [0, 1]).
+
+  Uses `jaxtok.data.photos` when it provides `load_split` / `train_images` + `heldout_images`;
+  otherwise reads the colour photographs bundled with scikit-image and scikit-learn directly (the
+  same sources), holding out fixed centre crops of the last photographs.
+  """
+  try:
+    from jaxtok.data import photos as photos_lib  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    photos_lib = None
+  if photos_lib is not None and hasattr(photos_lib, "train_images") and hasattr(photos_lib, "heldout_images"):
+    train = [np.asarray(p) for p in photos_lib.train_images()]
+    held = np.asarray(photos_lib.heldout_images(image_size=image_size, count=heldout), np.float32)
+    return train, held
+  import skimage.data as skd  # pylint: disable=g-import-not-at-top
+  names = ["astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "motorcycle_left",
+           "retina", "skin", "lily", "colorwheel"]
+  photos = []
+  for n in names:
+    try:
+      im = skd.stereo_motorcycle()[0] if n == "motorcycle_left" else getattr(skd, n)()
+    except Exception:  # an optional image missing from this scikit-image build.
+      continue
+    im = np.asarray(im)
+    if im.ndim == 3 and im.shape[-1] >= 3:
+      photos.append(np.ascontiguousarray(im[..., :3]).astype(np.uint8))
+  try:
+    from sklearn.datasets import load_sample_images  # pylint: disable=g-import-not-at-top
+    photos += [np.asarray(im, np.uint8) for im in load_sample_images().images]
+  except Exception:
+    pass
+  if len(photos) < 3:
+    raise RuntimeError("fewer than 3 bundled photographs were found (scikit-image / scikit-learn)")
+  # Held out: a fixed grid of crops from the last two photographs, never used for training.
+  held_src, train = photos[-2:], photos[:-2]
+  crops = []
+  rng = np.random.default_rng(1234)
+  while len(crops) < heldout:
+    for p in held_src:
+      scale = max(1, min(p.shape[0], p.shape[1]) // (4 * image_size))
+      small = p[::scale, ::scale]
+      y = int(rng.integers(0, small.shape[0] - image_size + 1))
+      x = int(rng.integers(0, small.shape[1] - image_size + 1))
+      crops.append(small[y:y + image_size, x:x + image_size])
+  return train, np.stack(crops[:heldout]).astype(np.float32) / 255.0
+
+
+class PhotoCrops:
+  """Random crops (at a random down-scale from 1 to `max_scale`, random horizontal flip) of photos.
+
+  Batch `i` of the run is a pure function of (seed, i): every process computes the same global batch
+  and keeps its own rows, so multi-process runs read disjoint slices and resuming is exact.
+  State: {"step": i} (the next batch index).
+  """
+
+  def __init__(self, photos: list[np.ndarray], *, image_size: int, global_batch: int, seed: int,
+               max_scale: int = 4, process_index: int = 0, process_count: int = 1):
+    if global_batch % process_count:
+      raise ValueError(f"data.batch_size ({global_batch}) must be divisible by the process count "
+                       f"({process_count})")
+    self._scaled = []
+    for p in photos:
+      for s in range(1, max_scale + 1):
+        small = p[::s, ::s]
+        if small.shape[0] >= image_size and small.shape[1] >= image_size:
+          self._scaled.append(small)
+    if not self._scaled:
+      raise ValueError(f"no photograph is at least {image_size}x{image_size}")
+    self.image_size, self.global_batch, self.seed = image_size, global_batch, seed
+    self.local = global_batch // process_count
+    self.offset = process_index * self.local
+    self.step = 0
+
+  def get_state(self) -> dict:
+    return {"step": int(self.step)}
+
+  def set_state(self, state: dict) -> None:
+    self.step = int(state["step"])
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> np.ndarray:
+    rng = np.random.default_rng([self.seed, self.step])
+    s = self.image_size
+    out = np.empty((self.global_batch, s, s, 3), np.uint8)
+    for i in range(self.global_batch):
+      p = self._scaled[int(rng.integers(len(self._scaled)))]
+      y = int(rng.integers(0, p.shape[0] - s + 1))
+      x = int(rng.integers(0, p.shape[1] - s + 1))
+      crop = p[y:y + s, x:x + s]
+      out[i] = crop[:, ::-1] if rng.random() < 0.5 else crop
+    self.step += 1
+    return out[self.offset:self.offset + self.local].astype(np.float32) / 255.0
+
+
+# ==================================================================================================
+
+
+def params_checksum(params: Any) -> str:
+  """sha256 over the bytes of every parameter leaf (in tree order): equal iff bitwise equal."""
+  h = hashlib.sha256()
+  for leaf in jax.tree.leaves(jax.device_get(params)):
+    h.update(np.ascontiguousarray(leaf).tobytes())
+  return h.hexdigest()
+
+
+def _get(cfg: Any, key: str, default: Any) -> Any:
+  value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+  return default if value is None else value
+
+
+def _full_params(state: dict, use_ema: bool):
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  params = state["ema_params"] if use_ema and "ema_params" in state else state["params"]
+  if "model_state" in state:
+    return nnx.merge_state(params, state["model_state"])
+  return params
+
+
+def validate_config(config: Any) -> None:
+  """Raises ValueError naming the field for out-of-range training fields."""
+  checks = [("total_steps", 1), ("log_every", 1), ("eval_every", 1), ("ckpt_every", 1),
+            ("keep_checkpoints", 1)]
+  for key, low in checks:
+    v = config.get(key)
+    if not isinstance(v, int) or isinstance(v, bool) or v < low:
+      raise ValueError(f"config.{key} must be an int >= {low}, got {v!r}")
+  bs = config.data.get("batch_size")
+  if not isinstance(bs, int) or bs < 1:
+    raise ValueError(f"config.data.batch_size must be a positive int, got {bs!r}")
+  if bs % jax.device_count() and config.get("mesh") is not None:
+    n = jax.device_count()
+    raise ValueError(f"config.data.batch_size ({bs}) must be divisible by the device count ({n})")
+  if config.model.get("name") not in ("titok", "onedpiece", "vqgan", "vae", "flextok"):
+    raise ValueError(f"config.model.name must be one of titok, onedpiece, vqgan, vae, flextok, "
+                     f"got {config.model.get('name')!r}")
+  ema = config.get("ema_decay", 0.0)
+  if not 0.0 <= ema < 1.0:
+    raise ValueError(f"config.ema_decay must lie in [0, 1), got {ema}")
+
+
+def train(config: Any, workdir: str, *, show_progress: bool = True) -> dict:
+  """Trains (or resumes) `config` in `workdir`; returns the final report dict."""
+  from jaxtok.tokenizers import api as tok_api  # pylint: disable=g-import-not-at-top
+
+  validate_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  is_main = jax.process_index() == 0
+  mesh = state_lib.mesh_from_config(config)
+  rules = state_lib.rules_from_config(config)
+  total = int(config.total_steps)
+
+  tokenizer = tok_api.build(config.model)
+  model = state_lib.ModelDef(tokenizer.graphdef, tokenizer.init)
+  tx = optim.optimizer_from_config(config.optim, total)
+  schedule = optim.warmup_cosine(base_lr=float(config.optim.lr), total_steps=total,
+                                 warmup_steps=int(_get(config.optim, "warmup_steps", 0)),
+                                 end_lr=float(_get(config.optim, "end_lr", 0.0)))
+  disc = disc_tx = None
+  if config.get("disc") is not None:
+    from jaxtok.nn import discriminator as disc_lib  # pylint: disable=g-import-not-at-top
+    disc_cfg = dict(config.disc)
+    disc = state_lib.model_def(lambda rngs: disc_lib.make_discriminator(disc_cfg, rngs=rngs))
+    disc_tx = optim.optimizer_from_config(config.disc_optim, total)
+  ema_decay = float(config.get("ema_decay", 0.0))
+  init_fn = state_lib.make_init_fn(model, tx, ema=ema_decay > 0, disc=disc, disc_tx=disc_tx)
+  seed = int(config.get("seed", 0))
+  init_rng, step_rng = jax.random.split(jax.random.key(seed))
+  abstract, shardings = state_lib.abstract_train_state(init_fn, init_rng, mesh, rules)
+
+  # ---- data
+  image_size = int(config.data.image_size)
+  photos, heldout = load_photos(image_size, int(_get(config.data, "heldout", 16)))
+  data = PhotoCrops(photos, image_size=image_size, global_batch=int(config.data.batch_size),
+                    seed=seed, max_scale=int(_get(config.data, "max_scale", 4)),
+                    process_index=jax.process_index(), process_count=jax.process_count())
+  batch_sharding = shd.batch_sharding(mesh, 4, rules)
+
+  # ---- resume or init
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                               keep=int(config.keep_checkpoints))
+  restored = ckpt.restore(abstract)
+  if restored is not None:
+    state, data_state, start = restored
+    data.set_state(data_state)
+    if is_main:
+      log.info("resumed from step %d", start)
+  else:
+    state = jax.jit(init_fn, out_shardings=shardings)(init_rng)
+    start = 0
+  if is_main:
+    log.info("parameters: %d; mesh %s", state_lib.param_count(state), dict(mesh.shape))
+
+  train_step = step_lib.make_train_step(model, config.get("loss"), tx, state_shardings=shardings,
+                                        ema_decay=ema_decay, disc=disc, disc_tx=disc_tx,
+                                        lr_schedule=schedule)
+  writer = EventWriter(os.path.join(workdir, "tb"), enabled=is_main)
+  eval_counts = _token_counts(config, tokenizer)
+  use_ema = ema_decay > 0
+
+  def reconstruct(params):
+    def fn(images, k):
+      return tokenizer.reconstruct(params, images, num_tokens=k)
+    return fn
+
+  log_every, eval_every, ckpt_every = int(config.log_every), int(config.eval_every), int(config.ckpt_every)
+  delay = float(config.get("step_delay_s", 0.0))
+  bar = None
+  if show_progress and is_main:
+    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+    bar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True)
+  last_checked = start
+  t0, s0 = time.time(), start
+  metrics = None
+  for step in range(start, total):
+    local = next(data)
+    batch = jax.make_array_from_process_local_data(batch_sharding, local)
+    state, metrics = train_step(state, batch, step_rng)
+    done = step + 1
+    if delay:
+      time.sleep(delay)
+    if bar is not None:
+      bar.update(1)
+    if done % log_every == 0 or done == total:
+      host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      bad = [k for k, v in host.items() if not np.isfinite(v)]
+      if bad:
+        raise FloatingPointError(
+            f"non-finite metrics {bad} at a step in ({last_checked}, {done}] (metrics are fetched "
+            f"every {log_every} steps); last values: { {k: host[k] for k in bad} }")
+      last_checked = done
+      rate = (done - s0) / max(time.time() - t0, 1e-9)
+      host["steps_per_s"] = rate
+      writer.scalars(done, host)
+      if bar is not None:
+        bar.set_postfix(loss=f"{host['loss']:.4f}", sps=f"{rate:.2f}")
+    if done % eval_every == 0 and done != total:
+      params = _full_params(state, use_ema)
+      em, recons = eval_lib.evaluate(reconstruct(params), heldout[:8], [eval_counts[-1]])
+      key = next(iter(em))
+      writer.scalars(done, {"eval/psnr": em[key]["psnr"], "eval/ssim": em[key]["ssim"]})
+      if is_main:
+        eval_lib.save_png(os.path.join(workdir, "images", f"recon_{done:07d}.png"),
+                          eval_lib.image_grid(heldout[:8], [recons[key]]),
+                          scale=max(1, 64 // image_size))
+    if done % ckpt_every == 0 or done == total:
+      ckpt.save(done, state, data_state=data.get_state(), config=ckpt_lib.config_to_json(config))
+  if bar is not None:
+    bar.close()
+  ckpt.wait()
+
+  # ---- final report
+  params = _full_params(state, use_ema)
+  checksum = params_checksum(state["params"])
+  report = {"step": int(jax.device_get(state["step"])), "params_sha256": checksum}
+  if is_main:
+    with open(os.path.join(workdir, "final.json"), "w") as f:
+      json.dump(report, f)
+  if config.get("final_eval", True):
+    extra = {"step": report["step"], "weights": "ema" if use_ema else "params",
+             "train_seconds_this_run": time.time() - t0}
+    final = eval_lib.final_report(reconstruct(params), heldout, eval_counts, workdir, extra=extra) \
+        if is_main else {}
+    report.update(final)
+  ckpt.close()
+  writer.close()
+  print(f"FINAL step={report['step']} params_sha256={checksum}", flush=True)
+  return report
+
+
+def _token_counts(config: Any, tokenizer: Any) -> list[int | None]:
+  counts = config.get("eval", {}).get("token_counts", None) if config.get("eval") else None
+  k = tokenizer.max_tokens
+  if counts:
+    out = [int(c) for c in counts]
+    if k is not None:
+      bad = [c for c in out if not 1 <= c <= k]
+      if bad:
+        raise ValueError(f"config.eval.token_counts must lie in [1, {k}], got {bad}")
+    return out
+  return [None]
