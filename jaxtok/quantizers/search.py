@@ -16,6 +16,7 @@ Metrics:
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -157,6 +158,13 @@ def nearest(z: jax.Array, codebook: jax.Array, *, metric: str = "euclidean",
     sq_dist: [N] float32 distance to that code (clamped at 0).
   """
   metric, budget = _validate(z, codebook, metric, max_block_elements)
+  return _nearest(z, codebook, metric=metric, budget=budget)
+
+
+# Jitted bodies (checks stay in the Python wrappers): one compilation per shape and static setting when
+# called eagerly; inlined when the caller is already jitted.
+@functools.partial(jax.jit, static_argnames=("metric", "budget"))
+def _nearest(z, codebook, *, metric, budget):
   z, codebook, cn = prepare(z, codebook, metric)
   n, k = z.shape[0], codebook.shape[0]
   rows, codes = plan_blocks(n, k, budget)
@@ -214,6 +222,12 @@ def knn(z: jax.Array, codebook: jax.Array, k: int, *, metric: str = "euclidean",
   k = base.check_positive_int("k", k)
   if k > num_codes:
     raise ValueError(f"k must be in [1, K={num_codes}] (codebook size), got {k}")
+  return _knn(z, codebook, k=k, metric=metric, budget=budget)
+
+
+@functools.partial(jax.jit, static_argnames=("k", "metric", "budget"))
+def _knn(z, codebook, *, k, metric, budget):
+  num_codes = codebook.shape[0]
   z, codebook, cn = prepare(z, codebook, metric)
   n = z.shape[0]
   rows, codes = plan_blocks(n, num_codes, budget)

@@ -19,6 +19,7 @@ codes, losses and entropy live on the unit sphere (ViT-VQGAN / GigaTok conventio
 """
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import Any, NamedTuple
 
@@ -171,6 +172,13 @@ def soft_assignment_entropy(x: jax.Array, codebook: jax.Array, *, temperature: f
   search.check_pair(x, codebook)
   budget = base.check_positive_int("max_block_elements", max_block_elements)
   _check_number("temperature", temperature, minimum=0.0, exclusive=True)
+  return _soft_assignment_entropy(x, codebook, temperature, budget=budget)
+
+
+# Jitted bodies: checks stay in the Python wrappers; one compilation per shape and static setting when
+# called eagerly, inlined when the caller is already jitted.
+@functools.partial(jax.jit, static_argnames=("budget",))
+def _soft_assignment_entropy(x, codebook, temperature, *, budget):
   x, codebook, cn = search.prepare(x, codebook, "euclidean")
   n, k = x.shape[0], codebook.shape[0]
   rows, codes = search.plan_blocks(n, k, budget)
@@ -273,10 +281,19 @@ def quantize(z: jax.Array, state: VQState, *, rng: jax.Array | None = None, trai
   _check_number("entropy_temperature", entropy_temperature, minimum=0.0, exclusive=True)
   budget = base.check_positive_int("max_block_elements", max_block_elements)
   del rng, train
+  use_entropy = not isinstance(entropy_weight, numbers.Real) or entropy_weight > 0
+  return _quantize(z, state.codebook, beta, codebook_weight, entropy_weight, entropy_temperature,
+                   entropy_gamma, cosine=bool(cosine), rotation_trick=bool(rotation_trick),
+                   use_entropy=use_entropy, budget=budget)
 
+
+@functools.partial(jax.jit, static_argnames=("cosine", "rotation_trick", "use_entropy", "budget"))
+def _quantize(z, codebook, beta, codebook_weight, entropy_weight, entropy_temperature, entropy_gamma, *,
+              cosine, rotation_trick, use_entropy, budget):
+  k, d = codebook.shape
   batch_shape = z.shape[:-1]
   x = _flatten(z, d, cosine)
-  codebook = state.codebook.astype(jnp.float32)
+  codebook = codebook.astype(jnp.float32)
   if cosine:
     codebook = search.l2_normalize(codebook)
   # Both are already normalised when cosine; "euclidean" on unit vectors would re-add ||c||^2 ~ 1,
@@ -291,9 +308,8 @@ def quantize(z: jax.Array, state: VQState, *, rng: jax.Array | None = None, trai
   }
   metrics = dict(base.usage_metrics(idx, k))
   metrics["distortion"] = jnp.mean(sq_dist)
-  if not isinstance(entropy_weight, numbers.Real) or entropy_weight > 0:
-    per_sample, codebook_h = soft_assignment_entropy(
-        x, codebook, temperature=entropy_temperature, max_block_elements=budget)
+  if use_entropy:
+    per_sample, codebook_h = _soft_assignment_entropy(x, codebook, entropy_temperature, budget=budget)
     losses["entropy"] = entropy_weight * (per_sample - entropy_gamma * codebook_h)
     metrics["per_sample_entropy"] = per_sample
     metrics["codebook_entropy"] = codebook_h
@@ -362,7 +378,12 @@ def ema_update(state: VQState, z: jax.Array, indices: jax.Array, *, decay: float
         f"indices must have shape {tuple(z.shape[:-1])} (z's shape without D), got {tuple(indices.shape)}")
   _check_number("decay", decay, minimum=0.0, maximum=1.0)
   _check_number("eps", eps, minimum=0.0, exclusive=True)
+  return _ema_update(state, z, indices, decay, eps, cosine=bool(cosine))
 
+
+@functools.partial(jax.jit, static_argnames=("cosine",))
+def _ema_update(state, z, indices, decay, eps, *, cosine):
+  k, d = state.codebook.shape
   x = sg(_flatten(z, d, cosine))
   counts, sums = _counts_and_sums(x, indices.reshape(-1).astype(jnp.int32), k)
   cluster_size = decay * state.cluster_size.astype(jnp.float32) + (1.0 - decay) * counts
@@ -403,13 +424,22 @@ def lloyd(x: jax.Array, means: jax.Array, *, iters: int = 10, cosine: bool = Fal
     means [K, D] float32 after `iters` updates; counts [K] float32 of the last assignment (the one
     that produced these means).
   """
+  search.check_pair(x, means)
   iters = base.check_positive_int("iters", iters)
+  budget = base.check_positive_int("max_block_elements", max_block_elements)
+  return _lloyd(x, means, iters=iters, cosine=bool(cosine), budget=budget)
+
+
+@functools.partial(jax.jit, static_argnames=("iters", "cosine", "budget"))
+def _lloyd(x, means, *, iters, cosine, budget):
+  x = x.astype(jnp.float32)
+  means = means.astype(jnp.float32)
   k = means.shape[0]
   metric = "cosine" if cosine else "euclidean"
 
   def body(_, carry):
     means, _ = carry
-    idx, _ = search.nearest(x, means, metric=metric, max_block_elements=max_block_elements)
+    idx, _ = search.nearest(x, means, metric=metric, max_block_elements=budget)
     counts, sums = _counts_and_sums(x, idx, k)
     new = jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], means)
     if cosine:
@@ -437,9 +467,14 @@ def kmeans_init(state: VQState, z: jax.Array, rng: jax.Array, *, iters: int = 10
   base.check_float_array("z", z, min_rank=1, last_dim=d)
   iters = base.check_positive_int("iters", iters)
   budget = base.check_positive_int("max_block_elements", max_block_elements)
+  return _kmeans_init(state, z, rng, iters=iters, cosine=bool(cosine), budget=budget)
+
+
+@functools.partial(jax.jit, static_argnames=("iters", "cosine", "budget"))
+def _kmeans_init(state, z, rng, *, iters, cosine, budget):
+  k, d = state.codebook.shape
   x = sg(_flatten(z, d, cosine))
-  means, counts = lloyd(x, sample_vectors(rng, x, k), iters=iters, cosine=cosine,
-                        max_block_elements=budget)
+  means, counts = _lloyd(x, sample_vectors(rng, x, k), iters=iters, cosine=cosine, budget=budget)
   return VQState(codebook=means, cluster_size=counts, embed_sum=means * counts[:, None],
                  initialized=jnp.asarray(True))
 
@@ -472,6 +507,12 @@ def restart_dead_codes(state: VQState, z: jax.Array, rng: jax.Array, *, threshol
   k, d = _check_state(state, full=True)
   base.check_float_array("z", z, min_rank=1, last_dim=d)
   _check_number("threshold", threshold, minimum=0.0, exclusive=True)
+  return _restart_dead_codes(state, z, rng, threshold, cosine=bool(cosine))
+
+
+@functools.partial(jax.jit, static_argnames=("cosine",))
+def _restart_dead_codes(state, z, rng, threshold, *, cosine):
+  k, d = state.codebook.shape
   x = sg(_flatten(z, d, cosine))
   candidates = sample_vectors(rng, x, k)
   cluster_size = state.cluster_size.astype(jnp.float32)
