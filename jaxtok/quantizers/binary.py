@@ -28,8 +28,9 @@ Metrics treat every bit as a 2-level quantizer, averaged over bits (like the per
 mean of exp(H(bit)) in [1, 2]. `joint_perplexity_bound` = exp(sum of the bit entropies) bounds the
 perplexity of whole codes from above (equal when bits are independent).
 
-The release's default `train_temp` is 1.0 in `BinaryQuantizer.__init__`, set from the training
-configuration, which is not part of the release; the 0.1 default here follows the brief and the notes.
+Temperature: `BinaryQuantizer.__init__` defaults `train_temp` to 1.0 and `bae/ae_model.py` passes
+`config.train_temp`, which the released `configs/bae_config.py` does not set; the 0.1 default here
+follows the project's reference notes (shared/reference, A.8) and should be checked against the paper.
 The release's autoencoder training loop is also not released, so the weight of the aux loss is unknown;
 `aux_weight` defaults to 1.0 (the loss as the quantizer returns it).
 
