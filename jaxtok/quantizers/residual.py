@@ -5,8 +5,8 @@ Dimension names: N flattened vectors, D code dimension, Q number of levels (quan
 size of level i.
 
 Level i quantizes the residual r_i = r_{i-1} - q_{i-1} (r_0 = x) and the reconstruction is
-sum_i q_i. As in SoundStream and vector-quantize-pytorch, the residual passed on is detached from the
-codes (r_{i+1} = r_i - stop_gradient(q_i)): level i's losses reach the encoder through r_i (whose
+sum_i q_i. As in vector-quantize-pytorch's ResidualVQ (default quant_grad_frac = 0), the residual
+passed on is detached from the codes (r_{i+1} = r_i - stop_gradient(q_i)): level i's losses reach the encoder through r_i (whose
 gradient with respect to x is the identity) but never the earlier codebooks. The output is
 straight-through overall, x + stop_gradient(sum q_i - x) (or the rotation trick applied to the sum),
 so the reconstruction gradient reaches the encoder once, not once per level.
