@@ -81,7 +81,9 @@ def check_images(images: Any, image_size: int | None = None, *, name: str = "ima
                      f"{image_size}, 3]), got shape {tuple(images.shape)}")
   if isinstance(images, jax.core.Tracer) or images.size == 0:
     return
-  lo, hi = float(jnp.min(images)), float(jnp.max(images))
+  # A concrete array closed over by a traced function would otherwise be staged into the trace.
+  with jax.ensure_compile_time_eval():
+    lo, hi = float(jnp.min(images)), float(jnp.max(images))
   if not (lo >= 0.0 and hi <= 1.0):
     raise ValueError(f"{name} must have values in [0, 1], got min {lo} and max {hi}")
 
