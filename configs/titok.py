@@ -56,7 +56,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Stage 1: CE against the teacher's codes + the quantizer loss (from train_forward).
     c.loss.update(l2=0.0, proxy=1.0)
     c.teacher = ml_collections.ConfigDict(dict(
-        model=dict(name="vqgan", image_size=a.res), checkpoint=""))
+        model=dict(name="vqgan", image_size=a.res, codebook_size=1024), checkpoint="",
+        random_init_for_smoke_test=False))
   c.eval.token_counts = [a.tokens]
   if a.tiny:
     common.tiny_training(c)
@@ -67,4 +68,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.decoder_size = None
     c.eval.token_counts = [2, 8]
     c.ema_decay = 0.9
+    if a.recipe == "two_stage":
+      # Proxy head over a 4x4 grid of a tiny random VQGAN teacher (plumbing only, see loop._teacher).
+      c.model.update(proxy_codebook_size=32, pixel_ch=8, pixel_ch_mult=(1, 1, 2),
+                     pixel_num_res_blocks=1, pixel_z_channels=8, pixel_num_groups=4)
+      c.teacher.model = ml_collections.ConfigDict(dict(
+          name="vqgan", image_size=16, ch=8, ch_mult=(1, 1, 2), num_res_blocks=1, z_channels=8,
+          codebook_size=32, num_groups=4))
+      c.teacher.random_init_for_smoke_test = True
   return c

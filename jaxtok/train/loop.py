@@ -162,8 +162,9 @@ def load_photos(image_size: int, heldout: int) -> tuple[list[np.ndarray], np.nda
     held = np.asarray(photos_lib.heldout_images(image_size=image_size, count=heldout), np.float32)
     return train, held
   import skimage.data as skd  # pylint: disable=g-import-not-at-top
+  # Only photographs shipped inside the scikit-image wheel (others would need a download).
   names = ["astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "motorcycle_left",
-           "retina", "skin", "lily", "colorwheel"]
+           "retina", "hubble_deep_field"]
   photos = []
   for n in names:
     try:
@@ -260,11 +261,25 @@ def _get(cfg: Any, key: str, default: Any) -> Any:
 
 
 def _full_params(state: dict, use_ema: bool):
+  """The evaluation weights (EMA if kept) with the model's non-parameter state, on this host.
+
+  With several processes the sharded weights are all-gathered (a collective every process joins) and
+  put on this process's first device, so evaluation then runs locally without further collectives.
+  """
   from flax import nnx  # pylint: disable=g-import-not-at-top
   params = state["ema_params"] if use_ema and "ema_params" in state else state["params"]
   if "model_state" in state:
-    return nnx.merge_state(params, state["model_state"])
+    params = nnx.merge_state(params, state["model_state"])
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    params = jax.device_put(multihost_utils.process_allgather(params, tiled=True),
+                            jax.local_devices()[0])
   return params
+
+
+def params_summary(params: Any) -> list[float]:
+  """Sum of each parameter leaf in float64 (tree order): for comparing runs up to rounding."""
+  return [float(np.sum(np.asarray(x, np.float64))) for x in jax.tree.leaves(params)]
 
 
 def validate_config(config: Any) -> None:
@@ -341,9 +356,12 @@ def train(config: Any, workdir: str, *, show_progress: bool = True) -> dict:
   if is_main:
     log.info("parameters: %d; mesh %s", state_lib.param_count(state), dict(mesh.shape))
 
+  teacher_fn, frozen = None, {}
+  if float(_get(config.get("loss"), "proxy", 0.0)) > 0:
+    teacher_fn, frozen["teacher"] = _teacher(config, mesh)
   train_step = step_lib.make_train_step(model, config.get("loss"), tx, state_shardings=shardings,
                                         ema_decay=ema_decay, disc=disc, disc_tx=disc_tx,
-                                        lr_schedule=schedule)
+                                        teacher_fn=teacher_fn, frozen=frozen, lr_schedule=schedule)
   writer = EventWriter(os.path.join(workdir, "tb"), enabled=is_main)
   eval_counts = _token_counts(config, tokenizer)
   use_ema = ema_decay > 0
@@ -389,6 +407,8 @@ def train(config: Any, workdir: str, *, show_progress: bool = True) -> dict:
       em, recons = eval_lib.evaluate(reconstruct(params), heldout[:8], [eval_counts[-1]])
       key = next(iter(em))
       writer.scalars(done, {"eval/psnr": em[key]["psnr"], "eval/ssim": em[key]["ssim"]})
+      if bar is not None:
+        bar.write(f"step {done}: held-out PSNR {em[key]['psnr']:.2f} dB, SSIM {em[key]['ssim']:.4f}")
       if is_main:
         eval_lib.save_png(os.path.join(workdir, "images", f"recon_{done:07d}.png"),
                           eval_lib.image_grid(heldout[:8], [recons[key]]),
@@ -401,8 +421,10 @@ def train(config: Any, workdir: str, *, show_progress: bool = True) -> dict:
 
   # ---- final report
   params = _full_params(state, use_ema)
-  checksum = params_checksum(state["params"])
-  report = {"step": int(jax.device_get(state["step"])), "params_sha256": checksum}
+  raw = _full_params(state, False)
+  checksum = params_checksum(raw)
+  report = {"step": int(jax.device_get(state["step"])), "params_sha256": checksum,
+            "params_sums": params_summary(raw)}
   if is_main:
     with open(os.path.join(workdir, "final.json"), "w") as f:
       json.dump(report, f)
@@ -416,6 +438,43 @@ def train(config: Any, workdir: str, *, show_progress: bool = True) -> dict:
   writer.close()
   print(f"FINAL step={report['step']} params_sha256={checksum}", flush=True)
   return report
+
+
+def load_params(path: str, tokenizer: Any, sharding: Any = None):
+  """Restores an nnx.State of `tokenizer`'s parameters from an orbax checkpoint directory."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  abstract = tokenizer.abstract_params()
+  if sharding is not None:
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                            abstract)
+  with ocp.StandardCheckpointer() as ckptr:
+    return ckptr.restore(os.path.abspath(path), abstract)
+
+
+def _teacher(config: Any, mesh: Any):
+  """The frozen TiTok stage-1 teacher (a VQGAN): (codes_fn(params, images) -> [B, g*g], params)."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from jaxtok.tokenizers import api as tok_api  # pylint: disable=g-import-not-at-top
+  tcfg = config.get("teacher")
+  if tcfg is None:
+    raise ValueError("loss.proxy > 0 (TiTok stage 1) needs config.teacher (model + checkpoint)")
+  teacher = tok_api.build(tcfg.model)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  if tcfg.get("checkpoint"):
+    params = load_params(tcfg.checkpoint, teacher, replicated)
+  elif tcfg.get("random_init_for_smoke_test", False):
+    # Only the tiny smoke config does this: it exercises the stage-1 plumbing, not the recipe.
+    log.warning("TiTok stage 1 with a RANDOMLY INITIALISED teacher (smoke test only)")
+    params = jax.device_put(teacher.init(jax.random.key(int(config.get("seed", 0)) + 17)), replicated)
+  else:
+    raise ValueError("config.teacher.checkpoint is empty: TiTok stage 1 needs the trained VQGAN "
+                     "teacher's parameters (an orbax checkpoint of its nnx.State)")
+  graphdef = teacher.graphdef
+
+  def codes_fn(p, images):
+    return nnx.merge(graphdef, p).encode(images).tokens
+
+  return codes_fn, params
 
 
 def _token_counts(config: Any, tokenizer: Any) -> list[int | None]:

@@ -77,6 +77,28 @@ def _merge(graphdef: Any, params: nnx.State, model_state: nnx.State | None) -> n
   return nnx.merge(graphdef, params, jax.tree.map(lambda x: x, model_state))
 
 
+def _proxy_forward(m: Any, images: jax.Array, rng: jax.Array):
+  """TiTok stage 1: encode (train), decode the kept prefix to proxy-code logits [B, g*g, P].
+
+  Uses the TiTok module's `encode` and `decode_codes(..., logits=True)` (decoder_head "proxy_codes");
+  with One-D-Piece tail drop one kept length n ~ U{1..K} per batch is drawn, as in train_forward.
+  There are no pixels in stage 1, so recon is None.
+  """
+  if getattr(m, "decoder_head", None) != "proxy_codes":
+    raise ValueError("loss.proxy > 0 (TiTok stage 1) needs model.decoder_head='proxy_codes', got "
+                     f"{getattr(m, 'decoder_head', None)!r}")
+  enc_rng, drop_rng = jax.random.split(rng)
+  enc = m.encode(images, rng=enc_rng, train=True)
+  metrics = dict(enc.metrics)
+  keep = None
+  if getattr(m, "tail_drop", False):
+    keep = jax.random.randint(drop_rng, (), 1, m.num_latent_tokens + 1)
+    metrics["kept_tokens"] = keep.astype(f32)
+  logits = m.decode_codes(enc.codes, num_tokens=keep, logits=True)
+  logits = logits.reshape(logits.shape[0], -1, logits.shape[-1])
+  return None, dict(enc.losses), metrics, logits
+
+
 # --------------------------------------------------------------------------------------------------
 
 
@@ -99,8 +121,8 @@ def make_train_step(model: ModelDef, loss_cfg: Any, tx: optax.GradientTransforma
     ema_decay: > 0 keeps state["ema_params"].
     disc, disc_tx: discriminator (module `__call__(images [B,H,W,3]) -> logits`) and its optimizer.
     perceptual_fn: `perceptual_fn(frozen["perceptual"], x, x^) -> scalar`, used when loss.perceptual > 0.
-    teacher_fn: `teacher_fn(frozen["teacher"], x) -> codes int32 [B, N]` (TiTok stage 1 proxy codes);
-      the model's train_forward must then put `proxy_logits [B, N, V]` in its metrics.
+    teacher_fn: `teacher_fn(frozen["teacher"], x) -> codes int32 [B, N]` (TiTok stage 1 proxy codes,
+      N = g*g row-major); the student's logits come from `_proxy_forward`.
     frozen: pytree of frozen parameters passed to perceptual_fn / teacher_fn (not donated).
     lr_schedule: step -> learning rate, reported in the metrics.
     on_trace: called each time the step is traced (tests count compilations with it).
@@ -145,9 +167,13 @@ def make_train_step(model: ModelDef, loss_cfg: Any, tx: optax.GradientTransforma
 
     def gen_loss(params):
       m = _merge(model.graphdef, params, model_state)
-      out = m.train_forward(images, rng=k_model)
-      recon, model_losses, model_metrics = out[0], dict(out[1]), dict(out[2])
       terms = {}
+      if w_proxy > 0:
+        recon, model_losses, model_metrics, logits = _proxy_forward(m, images, k_model)
+        terms["proxy_ce"] = w_proxy * proxy_code_loss(logits, codes)
+      else:
+        out = m.train_forward(images, rng=k_model)
+        recon, model_losses, model_metrics = out[0], dict(out[1]), dict(out[2])
       if recon is not None:
         r = recon.astype(f32)
         if l1 > 0:
@@ -159,10 +185,6 @@ def make_train_step(model: ModelDef, loss_cfg: Any, tx: optax.GradientTransforma
         if disc_model is not None and w_gan > 0:
           terms["gan_g"] = gan_weight(step, start=gan_start, weight=w_gan) * -jnp.mean(
               disc_model(r).astype(f32))
-      if w_proxy > 0:
-        if "proxy_logits" not in model_metrics:
-          raise ValueError("loss.proxy > 0 but the model's train_forward metrics have no 'proxy_logits'")
-        terms["proxy_ce"] = w_proxy * proxy_code_loss(model_metrics.pop("proxy_logits"), codes)
       for k, v in model_losses.items():
         terms[f"model/{k}"] = jnp.asarray(v, f32)
       total = sum(terms.values()) if terms else jnp.zeros((), f32)

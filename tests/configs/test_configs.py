@@ -1,0 +1,93 @@
+"""Every config parses, its tiny variant builds, One-D-Piece and TiTok tiny train 2 steps, bad values fail."""
+import importlib
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs import common
+from jaxtok.tokenizers import api
+from jaxtok.train import loop
+
+NAMES = ["titok", "onedpiece", "vqgan", "vae", "flextok"]
+
+
+def _module_exists(name):
+  try:
+    api.model_module(name)
+    return True
+  except ImportError:
+    return False
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_tiny_variant_builds(name):
+  c = importlib.import_module(f"configs.{name}").get_config("tiny")
+  assert c.model.name == name and c.total_steps <= 8 and c.data.image_size == 16
+  loop.validate_config(c)
+  if not _module_exists(name):
+    pytest.skip(f"jaxtok.tokenizers module for {name!r} is not in this checkout yet")
+  tok = api.build(c.model)
+  leaves = jax.tree.leaves(tok.abstract_params())
+  assert leaves and sum(int(np.prod(x.shape)) for x in leaves) < 2_000_000
+
+
+def test_full_size_configs_parse():
+  titok = importlib.import_module("configs.titok")
+  c = titok.get_config("size=B,tokens=64,recipe=two_stage")
+  assert c.model.encoder_size == "B" and c.model.num_latent_tokens == 64
+  assert c.model.decoder_head == "proxy_codes" and c.loss.proxy == 1.0
+  c = importlib.import_module("configs.onedpiece").get_config("size=S,tokens=256")
+  assert c.model.name == "onedpiece" and c.eval.token_counts == [32, 64, 128, 256]
+  main = importlib.import_module("configs.onedpiece").get_config("main")
+  assert main.model.num_latent_tokens == 32 and main.eval.token_counts[-1] == 32
+  loop.validate_config(main)
+
+
+def test_bad_values_raise():
+  titok = importlib.import_module("configs.titok")
+  with pytest.raises(ValueError, match="unknown config argument 'sise'"):
+    titok.get_config("sise=S")
+  with pytest.raises(ValueError, match="size must be one of"):
+    titok.get_config("size=XL")
+  with pytest.raises(ValueError, match="'tokens' must be an int"):
+    titok.get_config("tokens=many")
+  with pytest.raises(ValueError, match="'tiny' must be true/false"):
+    common.parse_arg("tiny=maybe", tiny=False)
+  c = titok.get_config("tiny")
+  c.total_steps = 0
+  with pytest.raises(ValueError, match="config.total_steps"):
+    loop.validate_config(c)
+  c = titok.get_config("tiny")
+  c.model.name = "resnet"
+  with pytest.raises(ValueError, match="config.model.name"):
+    loop.validate_config(c)
+  c = titok.get_config("tiny")
+  c.data.batch_size = 6  # 8 devices
+  with pytest.raises(ValueError, match="batch_size"):
+    loop.validate_config(c)
+
+
+@pytest.mark.parametrize("name,arg", [("onedpiece", "tiny"), ("titok", "tiny"),
+                                      ("titok", "tiny,recipe=two_stage")])
+def test_tiny_trains_two_steps(name, arg, tmp_path):
+  c = importlib.import_module(f"configs.{name}").get_config(arg)
+  c.total_steps = 2
+  c.final_eval = name == "onedpiece"
+  c.eval.token_counts = [2, 8] if name == "onedpiece" else [8]
+  report = loop.train(c, str(tmp_path), show_progress=False)
+  assert report["step"] == 2
+  lines = [json.loads(l) for l in open(tmp_path / "tb" / "metrics.jsonl")]
+  assert [l["step"] for l in lines] == [1, 2] and all(np.isfinite(l["loss"]) for l in lines)
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tb"))
+  if "two_stage" in arg:
+    # Stage 1: cross-entropy against the teacher's proxy codes, no pixel loss.
+    assert "loss/proxy_ce" in lines[0] and "loss/l2" not in lines[0]
+    assert lines[0]["loss/proxy_ce"] > 0
+  if name == "onedpiece":
+    assert "model/kept_tokens" in lines[0]
+    final = json.load(open(tmp_path / "final_metrics.json"))
+    assert list(final["per_token_count"]) == ["2", "8"]
+    assert os.path.getsize(tmp_path / "final_grid.png") > 0
