@@ -4,10 +4,11 @@ Dimension names: N query vectors, D code dimension, K codebook size, R rows of z
 B codes per codebook block, k neighbours.
 
 Distances are computed in float32 with the highest matmul precision, so accelerator results equal a CPU
-brute force. At most `max_block_elements` distance entries ([R, B]) exist at any time: z is cut into row
-chunks (padded to equal size, mapped with `lax.map`) and, when K alone exceeds the budget, the codebook is
-cut into blocks scanned with a running (min, argmin) or running top-k. Ties resolve to the lowest code
-index, exactly as `jnp.argmin` / `lax.top_k` on the full [N, K] matrix.
+brute force. At most `max_block_elements` distance entries ([R, B]) exist at any time: z is cut into
+strided row chunks (padded to equal size, mapped with `lax.map`; strided so that a batch sharding of z
+is kept) and, when K alone exceeds the budget, the codebook is cut into blocks scanned with a running
+(min, argmin) or running top-k. Ties resolve to the lowest code index, exactly as `jnp.argmin` /
+`lax.top_k` on the full [N, K] matrix.
 
 Metrics:
   euclidean: squared distance ||z - c||^2 = ||z||^2 - 2 z.c + ||c||^2.
@@ -112,16 +113,32 @@ def to_sq_dist(best_scores: jax.Array, z: jax.Array, metric: str) -> jax.Array:
   return jnp.maximum(best_scores + row, 0.0)
 
 
+def strided_chunks(x: jax.Array, rows: int) -> jax.Array:
+  """[N, ...] -> [C, R, ...] (zero-padded to C * R rows), chunk c holding rows r * C + c.
+
+  Strided rather than contiguous chunks: a batch sharding of N becomes a sharding of R inside every
+  chunk, so under jit each device searches its own rows (contiguous chunks would make XLA all-gather z).
+  """
+  n = x.shape[0]
+  chunks = -(-n // rows)
+  pad = chunks * rows - n
+  x = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1))
+  return x.reshape((rows, chunks) + x.shape[1:]).swapaxes(0, 1)
+
+
+def unstrided(x: jax.Array, n: int) -> jax.Array:
+  """Inverse of `strided_chunks`: [C, R, ...] -> [N, ...]."""
+  x = x.swapaxes(0, 1)
+  return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])[:n]
+
+
 def _map_rows(fn: Callable, z: jax.Array, rows: int):
-  """Applies fn([R, D]) -> pytree of [R, ...] over row chunks of z (padded), returning [N, ...]."""
+  """Applies fn([R, D]) -> pytree of [R, ...] over row chunks of z, returning [N, ...]."""
   n = z.shape[0]
   if rows >= n:
     return fn(z)
-  chunks = -(-n // rows)
-  pad = chunks * rows - n
-  zc = jnp.pad(z, ((0, pad), (0, 0))).reshape(chunks, rows, z.shape[1])
-  out = jax.lax.map(fn, zc)
-  return jax.tree.map(lambda a: a.reshape((chunks * rows,) + a.shape[2:])[:n], out)
+  out = jax.lax.map(fn, strided_chunks(z, rows))
+  return jax.tree.map(lambda a: unstrided(a, n), out)
 
 
 def _code_blocks(codebook: jax.Array, code_sq_norm: jax.Array, codes: int):

@@ -182,9 +182,8 @@ def _soft_assignment_entropy(x, codebook, temperature, *, budget):
   x, codebook, cn = search.prepare(x, codebook, "euclidean")
   n, k = x.shape[0], codebook.shape[0]
   rows, codes = search.plan_blocks(n, k, budget)
-  chunks = -(-n // rows)
-  xc = jnp.pad(x, ((0, chunks * rows - n), (0, 0))).reshape(chunks, rows, x.shape[1])
-  row_ok = (jnp.arange(chunks * rows) < n).reshape(chunks, rows).astype(jnp.float32)
+  xc = search.strided_chunks(x, rows)
+  row_ok = search.strided_chunks(jnp.ones((n,), jnp.float32), rows)
   # The dropped per-row ||x||^2 term shifts every logit of a row equally: softmax is unchanged.
   inv_t = 1.0 / temperature
 

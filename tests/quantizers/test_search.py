@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxtok import sharding
 from jaxtok.quantizers import search
 
 
@@ -118,13 +119,29 @@ def test_jit_vmap_and_sharded():
   np.testing.assert_allclose(out[1], ref[1], rtol=1e-6)
   vm = jax.vmap(lambda z: search.nearest(z, c, max_block_elements=40))(z.reshape(4, 8, 3))
   np.testing.assert_array_equal(vm[0].reshape(-1), ref[0])
-  from jaxtok import sharding
   mesh = sharding.make_mesh()
   zs = jax.device_put(z, sharding.batch_sharding(mesh, 2))
   out = jax.jit(lambda z, c: search.knn(z, c, 3, max_block_elements=40))(zs, c)
   ref = search.knn(z, c, 3, max_block_elements=40)
   np.testing.assert_array_equal(out[0], ref[0])
   np.testing.assert_allclose(out[1], ref[1], rtol=1e-6)
+
+
+def test_sharded_rows_stay_sharded_without_all_gather():
+  # 64 rows in row chunks (and code blocks): strided chunks keep the batch sharding inside each chunk,
+  # so every device searches its own rows and z is never gathered.
+  mesh = sharding.make_mesh()
+  # (K, budget): 16 rows x all 24 codes per chunk; 8 rows x 8 codes per block (100 codes > budget).
+  # Chunks need at least one row per device (R >= 8) for this to hold.
+  for k, budget in ((24, 24 * 16), (100, 64)):
+    z, c = _random(64, k, 3, seed=6)
+    zs = jax.device_put(z, sharding.batch_sharding(mesh, 2))
+    assert search.plan_blocks(64, k, budget)[0] >= 8
+    fn = jax.jit(lambda z, c: search.nearest(z, c, max_block_elements=budget))
+    assert "all-gather" not in fn.lower(zs, c).compile().as_text()
+    idx, _ = fn(zs, c)
+    assert idx.sharding.spec == sharding.batch_sharding(mesh, 1).spec
+    np.testing.assert_array_equal(idx, _np_dist(z, c, "euclidean").argmin(1))
 
 
 def test_plan_blocks_respects_budget():
