@@ -291,14 +291,15 @@ def _quantize(z, codebook, beta, codebook_weight, entropy_weight, entropy_temper
               cosine, rotation_trick, use_entropy, budget):
   k, d = codebook.shape
   batch_shape = z.shape[:-1]
-  x = _flatten(z, d, cosine)
+  x = _flatten(z, d, cosine=False)
   codebook = codebook.astype(jnp.float32)
-  if cosine:
-    codebook = search.l2_normalize(codebook)
-  # Both are already normalised when cosine; "euclidean" on unit vectors would re-add ||c||^2 ~ 1,
-  # "cosine" uses exactly 2 - 2 x.c, the same numbers as `search.nearest(..., metric="cosine")`.
+  # The search gets the raw vectors and normalises them itself for cosine, so indices are exactly
+  # those of `search.nearest(z, codebook, metric=...)` (2 - 2 x.c, not ||c||^2 - 2 x.c + ||x||^2).
   idx, sq_dist = search.nearest(sg(x), sg(codebook), metric="cosine" if cosine else "euclidean",
                                 max_block_elements=budget)
+  if cosine:
+    x = search.l2_normalize(x)
+    codebook = search.l2_normalize(codebook)
   q = jnp.take(codebook, idx, axis=0)
 
   losses = {

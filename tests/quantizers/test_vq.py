@@ -97,6 +97,21 @@ def test_ties_with_tiny_blocks_lowest_index():
     np.testing.assert_array_equal(out.indices, d.argmin(1))
 
 
+def test_cosine_same_direction_ties_and_search_agreement():
+  from jaxtok.quantizers import search
+  rng = np.random.default_rng(6)
+  c = rng.normal(size=(8, 3)).astype(np.float32)
+  c[6] = 2.0 * c[2]  # same direction (exactly, after normalising): index 2 must win
+  c[0] = 4.0 * c[5]  # same direction, lower index: index 0 must win over 5
+  z = np.concatenate([c[[2, 5, 6]] * 0.5, rng.normal(size=(20, 3))]).astype(np.float32)
+  for budget in (2**24, 4):
+    out = vq.quantize(jnp.asarray(z), _state(c), cosine=True, max_block_elements=budget)
+    idx, _ = search.nearest(jnp.asarray(z), jnp.asarray(c), metric="cosine", max_block_elements=budget)
+    np.testing.assert_array_equal(out.indices, idx)
+    np.testing.assert_array_equal(out.indices[:3], [2, 0, 2])
+    assert not np.any(np.isin(np.asarray(out.indices), [5, 6]))
+
+
 def test_codebook_of_2_pow_18():
   state = vq.init_state(jax.random.key(0), 2**18, 3)
   assert state.codebook.shape == (2**18, 3) and state.cluster_size.shape == (2**18,)
