@@ -263,6 +263,11 @@ def test_ema_update_closed_form_and_laplace_sum():
   np.testing.assert_allclose(new.codebook, s / smoothed[:, None], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(vq.laplace_smooth(new.cluster_size, 1e-3).sum(), n.sum(), rtol=1e-6)
   assert bool(new.initialized)
+  # Out-of-range indices (-1 marks dropped residual levels) contribute nothing.
+  extra = vq.ema_update(state, jnp.asarray(np.concatenate([z, z[:2] + 50.0])),
+                        jnp.asarray(np.concatenate([idx, [-1, k]]).astype(np.int32)), decay=0.9, eps=1e-3)
+  for a, b in zip(extra, new):
+    np.testing.assert_allclose(a, b, rtol=1e-6)
   # A step that leaves the codebook where the data already is: codes at the cluster means, decay 0.
   fresh = vq.ema_update(state, jnp.asarray(z), jnp.asarray(idx), decay=0.0, eps=1e-12)
   used = counts > 0
