@@ -64,25 +64,27 @@ def test_bound_is_zero_at_zero_and_rounds_into_range():
     np.testing.assert_array_equal(jnp.round(b)[:, 0], [-hw, levels[0] - 1 - hw])
 
 
-@pytest.mark.parametrize("symmetric,level,expected", [
-    (False, 3, [-1, 0, 1]),
-    (False, 4, [-1, -0.5, 0, 0.5]),
-    (False, 5, [-1, -0.5, 0, 0.5, 1]),
-    (False, 6, [-1, -2 / 3, -1 / 3, 0, 1 / 3, 2 / 3]),
-    (False, 8, [-1, -0.75, -0.5, -0.25, 0, 0.25, 0.5, 0.75]),
-    (True, 2, [-1, 1]),
-    (True, 3, [-1, 0, 1]),
-    (True, 4, [-1, -1 / 3, 1 / 3, 1]),
-    (True, 8, [-1, -5 / 7, -3 / 7, -1 / 7, 1 / 7, 3 / 7, 5 / 7, 1]),
-])
-def test_level_sets_and_sweep(symmetric, level, expected):
-  np.testing.assert_allclose(fsq.implicit_codebook((level,), symmetric)[:, 0], expected, rtol=1e-6,
-                             atol=1e-7)
-  # A sweep over z reaches every level, in increasing order.
-  z = jnp.linspace(-8.0, 8.0, 4001)[:, None]
-  codes = np.asarray(_quantize(z, (level,), symmetric=symmetric).codes[:, 0])
-  assert np.all(np.diff(codes) >= 0)
-  np.testing.assert_allclose(np.unique(codes), expected, rtol=1e-6, atol=1e-7)
+_LEVEL_SETS = {
+    False: {3: [-1, 0, 1], 4: [-1, -0.5, 0, 0.5], 5: [-1, -0.5, 0, 0.5, 1],
+            6: [-1, -2 / 3, -1 / 3, 0, 1 / 3, 2 / 3], 8: [-1, -0.75, -0.5, -0.25, 0, 0.25, 0.5, 0.75]},
+    True: {2: [-1, 1], 3: [-1, 0, 1], 4: [-1, -1 / 3, 1 / 3, 1],
+           8: [-1, -5 / 7, -3 / 7, -1 / 7, 1 / 7, 3 / 7, 5 / 7, 1]},
+}
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_level_sets_and_sweep(symmetric):
+  # One channel per level count (one compile per variant).
+  levels = tuple(_LEVEL_SETS[symmetric])
+  book = np.asarray(fsq.implicit_codebook(levels, symmetric))
+  z = jnp.linspace(-8.0, 8.0, 4001)[:, None] * jnp.ones((1, len(levels)))
+  codes = np.asarray(_quantize(z, levels, symmetric=symmetric).codes)
+  for i, level in enumerate(levels):
+    expected = _LEVEL_SETS[symmetric][level]
+    np.testing.assert_allclose(np.unique(book[:, i]), expected, rtol=1e-6, atol=1e-7)
+    # A sweep over z reaches every level, in increasing order.
+    assert np.all(np.diff(codes[:, i]) >= 0)
+    np.testing.assert_allclose(np.unique(codes[:, i]), expected, rtol=1e-6, atol=1e-7)
 
 
 def test_symmetric_grid_is_exactly_symmetric_and_ties_go_up():
