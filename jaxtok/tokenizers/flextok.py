@@ -15,7 +15,8 @@ rectified-flow transformer.
 Flow convention (the release's MinRF): x_t = t * noise + (1 - t) * x0, t in (0, 1), t = 1 is pure noise;
 the network predicts v = noise - x0 and training minimises mean((v_pred - (noise - x0))^2), with
 t = sigmoid(N(0, 1)) (logit-normal). Sampling is Euler from t = 1 to 0: x <- x - v(x, t) / T at
-t = i/T for i = T..1; classifier-free guidance u + s (c - u), u computed with the null condition.
+t = i/T for i = T..1; guidance (u computed with the null condition) is classifier-free u + s (c - u)
+or the release's APG variant.
 
 Decoding k < K tokens keeps the decoder's K register slots and fills slots >= k with the mask token,
 exactly as the release's `detokenize` does (so truncation is what nested dropout trained for).
@@ -108,21 +109,52 @@ def cfg_combine(cond: jax.Array, uncond: jax.Array, scale: float) -> jax.Array:
   return uncond + scale * (cond - uncond)
 
 
-def euler_sample(velocity_fn: Callable[[jax.Array, jax.Array], jax.Array], x1: jax.Array,
-                 num_steps: int) -> jax.Array:
+def apg_combine(cond: jax.Array, uncond: jax.Array, scale: float, average: jax.Array, *,
+                momentum: float = -0.5, eta: float = 0.0,
+                norm_threshold: float = 2.5) -> tuple[jax.Array, jax.Array]:
+  """Adaptive projected guidance (APG, Sadat et al. 2024, arXiv 2410.02416) as the release applies it.
+
+  With d = cond - uncond: average <- d + momentum * average (the release's MomentumBuffer, starting
+  at 0) and d = average; d is rescaled per sample to norm <= norm_threshold (norm over all non-batch
+  axes); d is split into the part parallel to `cond` and the orthogonal rest; the result is
+  cond + (scale - 1) (d_orth + eta d_par). The release projects in float64; this runs in float32.
+
+  Returns (guided [B, ...] float32, new average [B, ...] float32).
+  """
+  cond, uncond = cond.astype(jnp.float32), uncond.astype(jnp.float32)
+  axes = tuple(range(1, cond.ndim))
+  average = (cond - uncond) + momentum * average
+  d = average
+  if norm_threshold > 0:
+    norm = jnp.sqrt(jnp.sum(jnp.square(d), axis=axes, keepdims=True))
+    d = d * jnp.minimum(1.0, norm_threshold / norm)
+  unit = cond / jnp.maximum(jnp.sqrt(jnp.sum(jnp.square(cond), axis=axes, keepdims=True)), 1e-12)
+  par = jnp.sum(d * unit, axis=axes, keepdims=True) * unit
+  return cond + (scale - 1.0) * ((d - par) + eta * par), average
+
+
+def euler_sample(velocity_fn: Callable, x1: jax.Array, num_steps: int, carry: Any = None) -> jax.Array:
   """Euler integration of dx/dt = v(x, t) from t = 1 (x1, noise) down to t = 0.
 
   Step i = T..1 evaluates v at t = i/T and sets x <- x - v / T (the release's MinRF pipeline).
-  velocity_fn(x, t) takes t as a float32 scalar. Runs in one `lax.fori_loop`; returns float32.
+  velocity_fn(x, t) takes t as a float32 scalar; with `carry` (a pytree, e.g. APG's momentum)
+  it is velocity_fn(x, t, carry) -> (v, carry). Runs in one `lax.fori_loop`; returns float32 x0.
   """
   num_steps = base.check_positive_int("num_steps", num_steps)
   dt = 1.0 / num_steps
+  stateful = carry is not None
 
-  def body(i, x):
+  def body(i, state):
+    x, c = state
     t = (num_steps - i).astype(jnp.float32) * dt
-    return x - dt * velocity_fn(x, t).astype(jnp.float32)
+    if stateful:
+      v, c = velocity_fn(x, t, c)
+    else:
+      v = velocity_fn(x, t)
+    return x - dt * v.astype(jnp.float32), c
 
-  return jax.lax.fori_loop(0, num_steps, body, x1.astype(jnp.float32))
+  x, _ = jax.lax.fori_loop(0, num_steps, body, (x1.astype(jnp.float32), carry))
+  return x
 
 
 def flow_targets(x0: jax.Array, noise: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -314,12 +346,13 @@ class FlexTok(nnx.Module):
     return EncodeOutput(tokens=q.indices, codes=q.codes, losses=dict(q.losses), metrics=q.metrics)
 
   def decode(self, tokens: jax.Array, *, rng: jax.Array | None = None, num_steps: int = 25,
-             cfg_scale: float = 1.0, train: bool = False) -> jax.Array:
+             cfg_scale: float = 1.0, guidance: str = "cfg", train: bool = False) -> jax.Array:
     """tokens int [B, K'] (any prefix length 1 <= K' <= K) -> images float32 [B, S, S, 3] in [0, 1].
 
-    Euler sampling with `num_steps` steps from noise drawn with `rng` (None: key 0, deterministic);
-    cfg_scale != 1 adds an unconditional pass per step (registers replaced by the null condition) and
-    combines u + s (c - u). `train` is accepted for the contract; decoding is the same in both modes.
+    Euler sampling with `num_steps` steps from noise drawn with `rng` (None: key 0, deterministic).
+    cfg_scale != 1 adds an unconditional pass per step (registers replaced by the null condition),
+    combined by `guidance`: "cfg" u + s (c - u), or "apg" (`apg_combine`, the release README's
+    choice with cfg_scale 7.5). `train` is accepted for the contract; decoding is the same in both.
     """
     del train
     base.check_int_array("tokens", tokens)
@@ -329,6 +362,8 @@ class FlexTok(nnx.Module):
     num_steps = base.check_positive_int("num_steps", num_steps)
     if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, (int, float)):
       raise TypeError(f"cfg_scale must be a Python float (static), got {type(cfg_scale).__name__}")
+    if guidance not in ("cfg", "apg"):
+      raise ValueError(f"guidance must be 'cfg' or 'apg', got {guidance!r}")
     b, k = tokens.shape
     codes = fsq.indices_to_codes(tokens, self.fsq_levels)
     codes = jnp.pad(codes, ((0, 0), (0, self.num_tokens - k), (0, 0)))
@@ -337,17 +372,24 @@ class FlexTok(nnx.Module):
     x1 = jax.random.normal(rng, (b, self.latent_size, self.latent_size, self.latent_channels))
     guided = float(cfg_scale) != 1.0
 
-    def velocity_fn(x, t):
-      tt = jnp.full((b,), t, jnp.float32)
-      if not guided:
-        return self.velocity(x, tt, codes, keep, jnp.zeros((b,), bool))
+    def cond_uncond(x, t):
       # One batched pass: first half conditional, second half with the null condition.
+      tt = jnp.full((2 * b,), t, jnp.float32)
       two = lambda a: jnp.concatenate([a, a], axis=0)
       null = jnp.concatenate([jnp.zeros((b,), bool), jnp.ones((b,), bool)])
-      v = self.velocity(two(x), two(tt), two(codes), two(keep), null)
-      return cfg_combine(v[:b], v[b:], float(cfg_scale))
+      v = self.velocity(two(x), tt, two(codes), two(keep), null)
+      return v[:b], v[b:]
 
-    return self.latents_to_images(euler_sample(velocity_fn, x1, num_steps))
+    if not guided:
+      fn = lambda x, t: self.velocity(x, jnp.full((b,), t, jnp.float32), codes, keep,
+                                      jnp.zeros((b,), bool))
+      x0 = euler_sample(fn, x1, num_steps)
+    elif guidance == "cfg":
+      x0 = euler_sample(lambda x, t: cfg_combine(*cond_uncond(x, t), float(cfg_scale)), x1, num_steps)
+    else:
+      apg = lambda x, t, avg: apg_combine(*cond_uncond(x, t), float(cfg_scale), avg)
+      x0 = euler_sample(apg, x1, num_steps, carry=jnp.zeros_like(x1))
+    return self.latents_to_images(x0)
 
   def train_forward(self, images: jax.Array, *, rng: jax.Array,
                     num_tokens: int | None = None) -> TrainOutput:

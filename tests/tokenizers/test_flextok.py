@@ -191,6 +191,47 @@ def test_decode_integrates_the_velocity_and_applies_cfg_with_the_null_condition(
   np.testing.assert_allclose(F.cfg_combine(jnp.float32(c), jnp.float32(u), 1.0), c)
 
 
+def test_apg_combine_hand_values():
+  cond = jnp.array([[1.0, 0.0]])
+  zero = jnp.zeros_like(cond)
+  # Difference orthogonal to cond: kept, scaled by (s - 1).
+  g, avg = F.apg_combine(cond, jnp.array([[1.0, -1.0]]), 3.0, zero)
+  np.testing.assert_allclose(g, [[1.0, 2.0]], atol=1e-6)
+  np.testing.assert_allclose(avg, [[0.0, 1.0]], atol=1e-6)
+  # Difference parallel to cond: removed (eta = 0); eta = 1 keeps it.
+  g, _ = F.apg_combine(cond, jnp.array([[0.5, 0.0]]), 3.0, zero)
+  np.testing.assert_allclose(g, cond, atol=1e-6)
+  g, _ = F.apg_combine(cond, jnp.array([[0.5, 0.0]]), 3.0, zero, eta=1.0)
+  np.testing.assert_allclose(g, [[2.0, 0.0]], atol=1e-6)
+  # Norm above the threshold 2.5 is rescaled to 2.5.
+  g, _ = F.apg_combine(cond, jnp.array([[1.0, -10.0]]), 3.0, zero)
+  np.testing.assert_allclose(g, [[1.0, 5.0]], atol=1e-5)
+  # Momentum -0.5: average = diff - 0.5 * previous average.
+  g, avg = F.apg_combine(cond, jnp.array([[1.0, -1.0]]), 3.0, jnp.array([[0.0, 2.0]]))
+  np.testing.assert_allclose(avg, [[0.0, 0.0]], atol=1e-6)
+  np.testing.assert_allclose(g, cond, atol=1e-6)
+
+
+def test_decode_apg_follows_the_momentum_recursion(monkeypatch):
+  model = _model()
+  rng = jax.random.key(4)
+  noise = jax.random.normal(rng, (2, 32, 32, 3))
+  c, s, delta = 0.3, 2.0, 0.01
+  e = jnp.array([delta, -delta, 0.0])  # orthogonal to the constant conditional field, norm < 2.5
+
+  def fake_velocity(self, x_t, t, codes, keep_k, null):
+    return jnp.where(null[:, None, None, None], c - e, c) * jnp.ones_like(x_t)
+
+  monkeypatch.setattr(F.FlexTok, "velocity", fake_velocity)
+  out = model.decode(jnp.zeros((2, 2), jnp.int32), rng=rng, num_steps=3, cfg_scale=s,
+                     guidance="apg")
+  # Averages over the 3 steps: e, e - e/2, e - e/4 -> mean (1 + 0.5 + 0.75) / 3.
+  x0 = noise - c - (s - 1) * (2.25 / 3) * e
+  np.testing.assert_allclose(out, jnp.clip((x0 + 1) / 2, 0, 1), atol=1e-6)
+  with pytest.raises(ValueError, match="guidance"):
+    model.decode(jnp.zeros((2, 2), jnp.int32), rng=rng, guidance="pag")
+
+
 def test_decode_equals_euler_over_the_conditional_velocity_for_any_prefix():
   graphdef, state, encode = _tiny()
   tokens = encode(state, _images(seed=4)).tokens
