@@ -247,6 +247,17 @@ class PhotoCrops:
 # ==================================================================================================
 
 
+def check_finite(metrics: dict[str, float], last_checked: int, step: int) -> None:
+  """NaN guard: raises FloatingPointError naming the step range (last_checked, step] and the metrics.
+
+  Metrics are fetched only every log_every steps, so the first bad step is somewhere in that range.
+  """
+  bad = {k: v for k, v in metrics.items() if not np.isfinite(v)}
+  if bad:
+    raise FloatingPointError(f"non-finite metrics {sorted(bad)} first seen at a step in "
+                             f"({last_checked}, {step}]: {bad}")
+
+
 def params_checksum(params: Any) -> str:
   """sha256 over the bytes of every parameter leaf (in tree order): equal iff bitwise equal."""
   h = hashlib.sha256()
@@ -391,11 +402,7 @@ def train(config: Any, workdir: str, *, show_progress: bool = True) -> dict:
       bar.update(1)
     if done % log_every == 0 or done == total:
       host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      bad = [k for k, v in host.items() if not np.isfinite(v)]
-      if bad:
-        raise FloatingPointError(
-            f"non-finite metrics {bad} at a step in ({last_checked}, {done}] (metrics are fetched "
-            f"every {log_every} steps); last values: { {k: host[k] for k in bad} }")
+      check_finite(host, last_checked, done)
       last_checked = done
       rate = (done - s0) / max(time.time() - t0, 1e-9)
       host["steps_per_s"] = rate
