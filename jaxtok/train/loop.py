@@ -146,7 +146,7 @@ class EventWriter:
 # Data: deterministic, resumable random crops of the bundled photographs.
 
 
-def load_photos(image_size: int, heldout: int) -> tuple[list[np.ndarray], np.ndarray]:
+def load_photos(image_size: int, heldout: int, max_scale: int = 4) -> tuple[list[np.ndarray], np.ndarray]:
   """(train photos as uint8 [h, w, 3] arrays, held-out crops float32 [N, S, S, 3] in [0, 1]).
 
   Uses `jaxtok.data.photos` when it provides `load_split` / `train_images` + `heldout_images`;
@@ -181,13 +181,14 @@ def load_photos(image_size: int, heldout: int) -> tuple[list[np.ndarray], np.nda
     pass
   if len(photos) < 3:
     raise RuntimeError("fewer than 3 bundled photographs were found (scikit-image / scikit-learn)")
-  # Held out: a fixed grid of crops from the last two photographs, never used for training.
+  # Held out: fixed crops of the last two photographs (never used for training), drawn from the same
+  # distribution as the training crops (down-scale 1..max_scale) with a fixed seed.
   held_src, train = photos[-2:], photos[:-2]
   crops = []
   rng = np.random.default_rng(1234)
   while len(crops) < heldout:
     for p in held_src:
-      scale = max(1, min(p.shape[0], p.shape[1]) // (4 * image_size))
+      scale = int(rng.integers(1, max_scale + 1))
       small = p[::scale, ::scale]
       y = int(rng.integers(0, small.shape[0] - image_size + 1))
       x = int(rng.integers(0, small.shape[1] - image_size + 1))
@@ -346,7 +347,8 @@ def train(config: Any, workdir: str, *, show_progress: bool = True) -> dict:
 
   # ---- data
   image_size = int(config.data.image_size)
-  photos, heldout = load_photos(image_size, int(_get(config.data, "heldout", 16)))
+  photos, heldout = load_photos(image_size, int(_get(config.data, "heldout", 16)),
+                                int(_get(config.data, "max_scale", 4)))
   data = PhotoCrops(photos, image_size=image_size, global_batch=int(config.data.batch_size),
                     seed=seed, max_scale=int(_get(config.data, "max_scale", 4)),
                     process_index=jax.process_index(), process_count=jax.process_count())
