@@ -210,6 +210,9 @@ class FlexTok(nnx.Module):
     if nested_dropout_mode != "uniform" and num_tokens & (num_tokens - 1):
       raise ValueError(f"nested_dropout_mode {nested_dropout_mode!r} needs num_tokens a power of two, "
                        f"got {num_tokens}")
+    if enc_width % 4 or dec_width % 4:
+      raise ValueError(f"enc_width and dec_width must be divisible by 4 (2D sin-cos positions), got "
+                       f"{enc_width}, {dec_width}")
     if not 0.0 <= cond_dropout < 1.0:
       raise ValueError(f"cond_dropout must be in [0, 1), got {cond_dropout}")
     self.fsq_levels = fsq.check_levels(tuple(int(v) for v in fsq_levels))

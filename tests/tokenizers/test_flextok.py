@@ -399,3 +399,7 @@ def test_bad_inputs_raise_naming_the_argument():
     F.make_model({"size": "tiny", "image_size": 36}, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="size"):
     F.make_model({"size": "d99"}, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="enc_width"):
+    F.make_model({"size": "tiny", "enc_width": 30, "head_dim": 10}, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="cond_dropout"):
+    F.make_model({"size": "tiny", "cond_dropout": 1.0}, rngs=nnx.Rngs(0))
