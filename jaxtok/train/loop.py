@@ -335,7 +335,14 @@ def train(config: Any, workdir: str, *, show_progress: bool = True) -> dict:
                                  end_lr=float(_get(config.optim, "end_lr", 0.0)))
   disc = disc_tx = None
   if config.get("disc") is not None:
-    from jaxtok.nn import discriminator as disc_lib  # pylint: disable=g-import-not-at-top
+    try:
+      from jaxtok.nn import discriminator as disc_lib  # pylint: disable=g-import-not-at-top
+    except ImportError as err:
+      raise ValueError("config.disc is set but jaxtok.nn.discriminator is not available") from err
+    if not hasattr(disc_lib, "make_discriminator"):
+      raise ValueError("config.disc needs jaxtok.nn.discriminator.make_discriminator(cfg, *, rngs)")
+    if config.get("disc_optim") is None:
+      raise ValueError("config.disc needs config.disc_optim (the discriminator's AdamW fields)")
     disc_cfg = dict(config.disc)
     disc = state_lib.model_def(lambda rngs: disc_lib.make_discriminator(disc_cfg, rngs=rngs))
     disc_tx = optim.optimizer_from_config(config.disc_optim, total)
