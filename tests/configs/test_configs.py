@@ -70,6 +70,7 @@ def test_bad_values_raise():
     loop.validate_config(c)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,arg", [("onedpiece", "tiny"), ("titok", "tiny"),
                                       ("titok", "tiny,recipe=two_stage")])
 def test_tiny_trains_two_steps(name, arg, tmp_path):
