@@ -151,7 +151,7 @@ def load_photos(image_size: int, heldout: int, max_scale: int = 4) -> tuple[list
 
   Uses `jaxtok.data.photos` when it provides `load_split` / `train_images` + `heldout_images`;
   otherwise reads the colour photographs bundled with scikit-image and scikit-learn directly (the
-  same sources), holding out fixed centre crops of the last photographs.
+  same sources), holding out the right quarter of every photograph (fixed crops from it).
   """
   try:
     from jaxtok.data import photos as photos_lib  # pylint: disable=g-import-not-at-top
@@ -181,18 +181,27 @@ def load_photos(image_size: int, heldout: int, max_scale: int = 4) -> tuple[list
     pass
   if len(photos) < 3:
     raise RuntimeError("fewer than 3 bundled photographs were found (scikit-image / scikit-learn)")
-  # Held out: fixed crops of the last two photographs (never used for training), drawn from the same
-  # distribution as the training crops (down-scale 1..max_scale) with a fixed seed.
-  held_src, train = photos[-2:], photos[:-2]
+  # Held out: the right quarter of every photograph (never used for training), so the held-out crops
+  # come from the same scenes and colour statistics as the training crops without overlapping them.
+  # Crops are drawn like the training crops (down-scale 1..max_scale) with a fixed seed.
+  train, held_src = [], []
+  for p in photos:
+    cut = (3 * p.shape[1]) // 4
+    train.append(p[:, :cut])
+    held_src.append(p[:, cut:])
   crops = []
   rng = np.random.default_rng(1234)
   while len(crops) < heldout:
-    for p in held_src:
-      scale = int(rng.integers(1, max_scale + 1))
-      small = p[::scale, ::scale]
-      y = int(rng.integers(0, small.shape[0] - image_size + 1))
-      x = int(rng.integers(0, small.shape[1] - image_size + 1))
-      crops.append(small[y:y + image_size, x:x + image_size])
+    p = held_src[len(crops) % len(held_src)]
+    fits = [sc for sc in range(1, max_scale + 1)
+            if p.shape[0] // sc >= image_size and p.shape[1] // sc >= image_size]
+    if not fits:
+      raise ValueError(f"held-out strips are smaller than image_size={image_size}")
+    scale = fits[int(rng.integers(len(fits)))]
+    small = p[::scale, ::scale]
+    y = int(rng.integers(0, small.shape[0] - image_size + 1))
+    x = int(rng.integers(0, small.shape[1] - image_size + 1))
+    crops.append(small[y:y + image_size, x:x + image_size])
   return train, np.stack(crops[:heldout]).astype(np.float32) / 255.0
 
 
