@@ -55,7 +55,8 @@ class MaskGITTransformer(nnx.Module):
     return self.codebook_size + 1 + self.num_classes
 
   def condition_ids(self, labels, batch: int) -> jax.Array:
-    if labels is None:
+    # An unconditional model (num_classes == 0) ignores labels.
+    if labels is None or self.num_classes == 0:
       return jnp.full((batch,), self.null_id, jnp.int32)
     labels = jnp.asarray(labels, jnp.int32)
     return jnp.where(labels < 0, self.null_id, self.codebook_size + 1 + labels)

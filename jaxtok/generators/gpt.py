@@ -52,7 +52,8 @@ class GPT(nnx.Module):
 
   def condition_ids(self, labels: jax.Array | None, batch: int) -> jax.Array:
     """Condition ids [B] int32: K + label, or the null id where labels is None or negative."""
-    if labels is None:
+    # An unconditional model (num_classes == 0) ignores labels.
+    if labels is None or self.num_classes == 0:
       return jnp.full((batch,), self.null_id, jnp.int32)
     labels = jnp.asarray(labels, jnp.int32)
     return jnp.where(labels < 0, self.null_id, self.codebook_size + labels)

@@ -58,7 +58,7 @@ class MAR(nnx.Module):
     b, n, d = tokens.shape
     if n != self.seq_len or d != self.token_dim:
       raise ValueError(f"tokens must be [B, {self.seq_len}, {self.token_dim}], got {tuple(tokens.shape)}")
-    cond = (jnp.full((b,), self.null_id, jnp.int32) if labels is None
+    cond = (jnp.full((b,), self.null_id, jnp.int32) if labels is None or self.num_classes == 0
             else jnp.where(jnp.asarray(labels) < 0, self.null_id, jnp.asarray(labels, jnp.int32)))
     if train and self.class_dropout > 0 and self.num_classes > 0:
       if rng is None:

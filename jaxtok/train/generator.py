@@ -1,0 +1,174 @@
+"""Training generators on pre-tokenized data: one jitted step, sharded state, checkpoints, resume.
+
+Generators (config.generator.name):
+  gpt       causal AR over discrete tokens      (jaxtok.generators.gpt)   e.g. FlexTok tokens
+  maskgit   bidirectional masked over discrete  (jaxtok.generators.bert)  e.g. TiTok tokens
+  mar       masked over continuous tokens       (jaxtok.generators.mar)   e.g. VAE tokens
+Each module has `make_model(cfg, *, rngs)` and `loss(model, tokens, labels, *, rng, train) -> (loss,
+metrics)`. The data are a token dataset written by tools/pretokenize.py (jaxtok.data.tokens), read by
+grain, one slice per process. The state, its sharding, the optimizer and the checkpoints are the
+tokenizer trainer's (jaxtok.train.state / optim / checkpoint), so a generator run resumes exactly
+like a tokenizer run: the per-step key is fold_in(base, step) and the iterator state is checkpointed.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxtok import sharding as shd
+from jaxtok.data import tokens as token_data
+from jaxtok.train import checkpoint as ckpt_lib
+from jaxtok.train import optim
+from jaxtok.train import state as state_lib
+
+log = logging.getLogger(__name__)
+
+GENERATORS = {"gpt": "jaxtok.generators.gpt", "maskgit": "jaxtok.generators.bert",
+              "mar": "jaxtok.generators.mar"}
+
+
+def generator_module(name: str):
+  if name not in GENERATORS:
+    raise ValueError(f"generator name must be one of {sorted(GENERATORS)}, got {name!r}")
+  return importlib.import_module(GENERATORS[name])
+
+
+def make_train_step(name: str, model: state_lib.ModelDef, tx: optax.GradientTransformation, *,
+                    ema_decay: float = 0.0) -> Callable:
+  """`train_step(state, batch, rng) -> (state, metrics)` for generator `name` (not yet jitted).
+
+  batch: {"tokens": int32 [B, N] or float [B, N, D], "label": int32 [B] (-1 = unconditional)}.
+  """
+  module = generator_module(name)
+
+  def step(state, batch, rng):
+    rng = jax.random.fold_in(rng, state["step"])
+
+    def loss_fn(params):
+      net = nnx.merge(model.graphdef, params)
+      return module.loss(net, batch["tokens"], batch["label"], rng=rng, train=True)
+
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    new = dict(state, step=state["step"] + 1, params=params, opt_state=opt_state)
+    if "ema_params" in state:
+      new["ema_params"] = optim.ema_update(state["ema_params"], params, ema_decay)
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
+    return new, metrics
+
+  return step
+
+
+def build(config: Any, total_steps: int):
+  """(ModelDef, optimizer, init_fn, step_fn) of a generator config."""
+  gcfg = config.generator
+  module = generator_module(gcfg.name)
+  model = state_lib.model_def(lambda rngs: module.make_model(gcfg, rngs=rngs))
+  tx = optim.optimizer_from_config(config.optim, total_steps)
+  ema_decay = float(config.get("ema_decay", 0.0))
+  init_fn = state_lib.make_init_fn(model, tx, ema=ema_decay > 0)
+  step_fn = make_train_step(gcfg.name, model, tx, ema_decay=ema_decay)
+  return model, tx, init_fn, step_fn
+
+
+def check_batch(batch: dict, num_classes: int, gcfg: Any) -> None:
+  """Host-side range checks (an embedding lookup out of range would silently give NaN on device)."""
+  labels = np.asarray(batch["label"])
+  if num_classes > 0 and labels.max(initial=-1) >= num_classes:
+    raise ValueError(f"data labels must be < generator.num_classes={num_classes}, got {labels.max()}")
+  tokens = np.asarray(batch["tokens"])
+  k = gcfg.get("codebook_size", None)
+  if k is not None and (tokens.min() < 0 or tokens.max() >= k):
+    raise ValueError(f"data tokens must lie in [0, codebook_size={k}), got [{tokens.min()}, {tokens.max()}]")
+  want = gcfg.get("seq_len", None)
+  if want is not None and tokens.shape[1] != want:
+    raise ValueError(f"data tokens have {tokens.shape[1]} positions, generator.seq_len is {want}")
+
+
+def _global_batch(batch: dict, mesh, rules) -> dict:
+  return {k: jax.make_array_from_process_local_data(shd.batch_sharding(mesh, np.ndim(v), rules),
+                                                    np.asarray(v))
+          for k, v in batch.items()}
+
+
+def train(config: Any, workdir: str, *, progress: bool = True, stop_at: int | None = None) -> dict[str, float]:
+  """Trains a generator for config.total_steps on config.data.path; resumes from workdir.
+
+  stop_at: leave after this many steps (checkpointing there), as a preempted run would; the
+  schedule still follows config.total_steps, so running again continues the same run.
+
+  Returns the last logged metrics (floats).
+  """
+  total = int(config.total_steps)
+  mesh = state_lib.mesh_from_config(config)
+  rules = state_lib.rules_from_config(config)
+  model, _, init_fn, step_fn = build(config, total)
+  base_rng = jax.random.key(int(config.seed))
+  per_process = int(config.batch_size) // jax.process_count()
+  it = token_data.token_iterator(config.data.path, batch_size=per_process, seed=int(config.seed),
+                                 shard_index=jax.process_index(), shard_count=jax.process_count())
+  ckpt = ckpt_lib.Checkpointer(f"{workdir}/checkpoints", keep=int(config.get("keep_checkpoints", 2)))
+  abstract, shardings = state_lib.abstract_train_state(init_fn, base_rng, mesh, rules)
+  restored = ckpt.restore(abstract)
+  with jax.set_mesh(mesh):
+    if restored is None:
+      state = jax.jit(init_fn, out_shardings=shardings)(base_rng)
+    else:
+      state, data_state, step = restored
+      it.set_state(data_state)
+      log.info("resumed from step %d", step)
+    jstep = jax.jit(step_fn, out_shardings=(shardings, None), donate_argnums=(0,))
+    start = int(state["step"])
+    metrics: dict[str, float] = {}
+    bar = None
+    if progress and jax.process_index() == 0:
+      from tqdm import tqdm
+      bar = tqdm(total=total, initial=start, desc=f"train {config.generator.name}")
+    t0 = time.perf_counter()
+    num_classes = int(config.generator.get("num_classes", 0))
+    end = total if stop_at is None else min(int(stop_at), total)
+    for step in range(start, end):
+      host_batch = next(it)
+      check_batch(host_batch, num_classes, config.generator)
+      batch = _global_batch(host_batch, mesh, rules)
+      state, m = jstep(state, batch, base_rng)
+      if (step + 1) % int(config.get("log_every", 50)) == 0 or step + 1 == total:
+        metrics = {k: float(v) for k, v in jax.device_get(m).items()}
+        if not all(np.isfinite(v) for v in metrics.values()):
+          raise FloatingPointError(f"non-finite generator metrics at step {step + 1}: {metrics}")
+        metrics["steps_per_s"] = (step + 1 - start) / (time.perf_counter() - t0)
+        if bar is not None:
+          bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+      if (step + 1) % int(config.get("checkpoint_every", 500)) == 0 or step + 1 == end:
+        ckpt.save(step + 1, state, data_state=it.get_state(), config=ckpt_lib.config_to_json(config))
+      if bar is not None:
+        bar.update(1)
+    if bar is not None:
+      bar.close()
+  ckpt.close()
+  return metrics
+
+
+def load_params(config: Any, workdir: str, *, use_ema: bool = True):
+  """(graphdef, params) of the newest checkpoint in workdir (EMA parameters when present)."""
+  mesh = state_lib.mesh_from_config(config)
+  model, _, init_fn, _ = build(config, int(config.total_steps))
+  abstract, _ = state_lib.abstract_train_state(init_fn, jax.random.key(0), mesh,
+                                               state_lib.rules_from_config(config))
+  ckpt = ckpt_lib.Checkpointer(f"{workdir}/checkpoints")
+  restored = ckpt.restore(abstract)
+  ckpt.close()
+  if restored is None:
+    raise FileNotFoundError(f"no generator checkpoint in {workdir}/checkpoints")
+  state = restored[0]
+  params = state["ema_params"] if use_ema and "ema_params" in state else state["params"]
+  return model.graphdef, params
