@@ -349,10 +349,12 @@ class FlexTok(nnx.Module):
     return EncodeOutput(tokens=q.indices, codes=q.codes, losses=dict(q.losses), metrics=q.metrics)
 
   def decode(self, tokens: jax.Array, *, rng: jax.Array | None = None, num_steps: int = 25,
-             cfg_scale: float = 1.0, guidance: str = "cfg", train: bool = False) -> jax.Array:
+             cfg_scale: float = 1.0, guidance: str = "cfg", train: bool = False,
+             noise: jax.Array | None = None) -> jax.Array:
     """tokens int [B, K'] (any prefix length 1 <= K' <= K) -> images float32 [B, S, S, 3] in [0, 1].
 
-    Euler sampling with `num_steps` steps from noise drawn with `rng` (None: key 0, deterministic).
+    Euler sampling with `num_steps` steps from noise drawn with `rng` (None: key 0, deterministic),
+    or from `noise` float [B, h, w, C] when given (e.g. to replay another implementation's draw).
     cfg_scale != 1 adds an unconditional pass per step (registers replaced by the null condition),
     combined by `guidance`: "cfg" u + s (c - u), or "apg" (`apg_combine`, the release README's
     choice with cfg_scale 7.5). `train` is accepted for the contract; decoding is the same in both.
@@ -371,8 +373,15 @@ class FlexTok(nnx.Module):
     codes = fsq.indices_to_codes(tokens, self.fsq_levels)
     codes = jnp.pad(codes, ((0, 0), (0, self.num_tokens - k), (0, 0)))
     keep = jnp.full((b,), k, jnp.int32)
-    rng = jax.random.key(0) if rng is None else rng
-    x1 = jax.random.normal(rng, (b, self.latent_size, self.latent_size, self.latent_channels))
+    shape = (b, self.latent_size, self.latent_size, self.latent_channels)
+    if noise is None:
+      x1 = jax.random.normal(jax.random.key(0) if rng is None else rng, shape)
+    else:
+      base.check_float_array("noise", noise)
+      if tuple(noise.shape) != shape:
+        raise ValueError(f"noise must have shape {shape} (tokens' batch, latent size, latent "
+                         f"channels), got {tuple(noise.shape)}")
+      x1 = noise.astype(jnp.float32)
     guided = float(cfg_scale) != 1.0
 
     def cond_uncond(x, t):

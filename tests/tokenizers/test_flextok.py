@@ -255,6 +255,21 @@ def test_decode_equals_euler_over_the_conditional_velocity_for_any_prefix():
   assert float(jnp.abs(dec(state, tokens, rng, 3.0) - outs[K]).max()) > 1e-4
 
 
+def test_decode_from_given_noise_equals_decode_from_its_rng():
+  graphdef, state, encode = _tiny()
+  tokens = encode(state, _images(seed=4)).tokens[:, :3]
+  rng = jax.random.key(3)
+  dec = jax.jit(lambda s, t, r, n: nnx.merge(graphdef, s).decode(t, rng=r, num_steps=2, noise=n))
+  noise = jax.random.normal(rng, (2, 32, 32, 3))
+  np.testing.assert_array_equal(dec(state, tokens, rng, None), dec(state, tokens, None, noise))
+  assert float(jnp.abs(dec(state, tokens, None, noise + 1.0) - dec(state, tokens, None, noise)).max()) > 1e-3
+  model = nnx.merge(graphdef, state)
+  with pytest.raises(ValueError, match="noise must have shape"):
+    model.decode(tokens, noise=noise[:1])
+  with pytest.raises(TypeError, match="noise"):
+    model.decode(tokens, noise=jnp.zeros((2, 32, 32, 3), jnp.int32))
+
+
 def test_flow_targets_convention():
   x0, n = jnp.full((2, 1), 2.0), jnp.full((2, 1), -1.0)
   xt, v = F.flow_targets(x0, n, jnp.array([0.0, 1.0]))
