@@ -1,4 +1,4 @@
-"""Loop pieces: TensorBoard framing (CRC32C), NaN guard, resumable per-process photo crops, eval grid."""
+"""Loop pieces: TensorBoard framing (CRC32C), NaN guard, data wiring, eval grid."""
 import struct
 
 import numpy as np
@@ -38,21 +38,11 @@ def test_nan_guard_names_step_range():
     loop.check_finite({"loss": float("nan"), "lr": 1.0}, 10, 20)
 
 
-def test_photo_crops_resume_and_process_slices():
-  rng = np.random.default_rng(0)
-  photos = [rng.integers(0, 255, (40, 50, 3), np.uint8), rng.integers(0, 255, (64, 64, 3), np.uint8)]
-  full = loop.PhotoCrops(photos, image_size=16, global_batch=4, seed=3, max_scale=2)
-  batches = [next(full) for _ in range(3)]
-  assert batches[0].shape == (4, 16, 16, 3) and batches[0].dtype == np.float32
-  assert not np.array_equal(batches[0], batches[1])
-  resumed = loop.PhotoCrops(photos, image_size=16, global_batch=4, seed=3, max_scale=2)
-  resumed.set_state({"step": 2})
-  np.testing.assert_array_equal(next(resumed), batches[2])
-  halves = [loop.PhotoCrops(photos, image_size=16, global_batch=4, seed=3, max_scale=2,
-                            process_index=i, process_count=2) for i in range(2)]
-  np.testing.assert_array_equal(np.concatenate([next(h) for h in halves]), batches[0])
-  with pytest.raises(ValueError, match="batch_size"):
-    loop.PhotoCrops(photos, image_size=16, global_batch=3, seed=0, process_count=2)
+def test_loop_reexports_the_photo_dataset():
+  # The crops themselves are tested in tests/data/test_photos.py; the loop reads them through
+  # jaxtok.data.pipeline.from_config (data.source = "photos").
+  from jaxtok.data import photos  # pylint: disable=g-import-not-at-top
+  assert loop.PhotoCrops is photos.PhotoCrops and loop.load_photos is photos.load_photos
 
 
 def test_metrics_and_grid():

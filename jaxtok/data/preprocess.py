@@ -1,0 +1,182 @@
+"""Image preprocessing as pure numpy functions (host side, inside the data pipeline).
+
+Images are channels-last arrays [H, W, C] (uint8 or float); randomness comes from an explicit
+`np.random.Generator` (the pipeline derives one per example from (seed, example index), so the same
+example gets the same augmentation in every run and after a resume).
+
+  resize             separable antialiased resize (triangle filter widened by the down-scale factor,
+                     taps outside the image dropped and the weights renormalised: PIL's BILINEAR resize)
+  resize_short       resize so the shorter side is `size`, keeping the aspect ratio (rounded)
+  center_crop        the central [h, w] window (offset floor((H - h) / 2))
+  random_crop        a uniformly placed [h, w] window
+  random_resized_crop  Inception-style: area fraction in `scale`, log-uniform aspect ratio in `ratio`,
+                     10 tries then a center crop of the clamped ratio; then resized to [h, w]
+  random_flip        horizontal flip with probability p
+  to_float           uint8 [0, 255] -> float32 [0, 1]
+
+`resize` also accepts jax arrays (`xp=jax.numpy`), since it is two matrix products.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def _check_image(image: Any, name: str = "image") -> None:
+  if not hasattr(image, "shape") or len(image.shape) != 3:
+    raise ValueError(f"{name} must be an [H, W, C] array, got shape {getattr(image, 'shape', None)} "
+                     f"({type(image).__name__})")
+
+
+def _size2(size: int | Sequence[int], name: str = "size") -> tuple[int, int]:
+  if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+    size = (int(size), int(size))
+  try:
+    h, w = (int(s) for s in size)  # type: ignore[union-attr]
+  except (TypeError, ValueError):
+    raise ValueError(f"{name} must be an int or (height, width), got {size!r}") from None
+  if h < 1 or w < 1:
+    raise ValueError(f"{name} must be positive, got {size!r}")
+  return h, w
+
+
+def resize_weights(in_size: int, out_size: int, *, antialias: bool = True) -> np.ndarray:
+  """[out_size, in_size] float32 interpolation matrix (rows sum to 1).
+
+  Output pixel i has its centre at c = (i + 0.5) * in/out - 0.5 in input coordinates; input pixel j
+  gets weight max(0, 1 - |j - c| / s) with s = max(in/out, 1) when antialiasing (else s = 1), taps
+  outside [0, in) are dropped and the row renormalised.
+  """
+  if in_size < 1 or out_size < 1:
+    raise ValueError(f"sizes must be positive, got in_size={in_size}, out_size={out_size}")
+  scale = in_size / out_size
+  support = max(scale, 1.0) if antialias else 1.0
+  centres = (np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5
+  j = np.arange(in_size, dtype=np.float64)
+  w = np.maximum(0.0, 1.0 - np.abs(j[None, :] - centres[:, None]) / support)
+  total = w.sum(axis=1, keepdims=True)
+  # A row can only be empty when no tap is within the support; take the nearest pixel then.
+  empty = total[:, 0] == 0
+  if np.any(empty):
+    nearest = np.clip(np.round(centres[empty]).astype(int), 0, in_size - 1)
+    w[empty] = 0.0
+    w[np.nonzero(empty)[0], nearest] = 1.0
+    total = w.sum(axis=1, keepdims=True)
+  return (w / total).astype(np.float32)
+
+
+def resize(image: Any, size: int | Sequence[int], *, antialias: bool = True, xp: Any = np) -> Any:
+  """Resizes [H, W, C] to [h, w, C] (float32; uint8 input is not rescaled, values stay in [0, 255])."""
+  _check_image(image)
+  h, w = _size2(size)
+  wy = xp.asarray(resize_weights(image.shape[0], h, antialias=antialias))
+  wx = xp.asarray(resize_weights(image.shape[1], w, antialias=antialias))
+  x = xp.asarray(image).astype(xp.float32)
+  return xp.einsum("ij,jkc,lk->ilc", wy, x, wx)
+
+
+def resize_short(image: Any, size: int, *, antialias: bool = True) -> np.ndarray:
+  """Resizes so the shorter side is `size` (the other side rounded to keep the aspect ratio)."""
+  _check_image(image)
+  size = _size2(size)[0]
+  hh, ww = image.shape[:2]
+  if hh <= ww:
+    out = (size, max(1, int(round(ww * size / hh))))
+  else:
+    out = (max(1, int(round(hh * size / ww))), size)
+  return resize(image, out, antialias=antialias)
+
+
+def _fits(image, h, w, name):
+  if image.shape[0] < h or image.shape[1] < w:
+    raise ValueError(f"{name}: image {tuple(image.shape[:2])} is smaller than the crop {(h, w)}")
+
+
+def center_crop(image: Any, size: int | Sequence[int]) -> Any:
+  """The central [h, w] window: rows floor((H - h) / 2) .. + h, columns likewise."""
+  _check_image(image)
+  h, w = _size2(size)
+  _fits(image, h, w, "center_crop")
+  y, x = (image.shape[0] - h) // 2, (image.shape[1] - w) // 2
+  return image[y:y + h, x:x + w]
+
+
+def random_crop(image: Any, size: int | Sequence[int], rng: np.random.Generator) -> Any:
+  """A [h, w] window at a uniformly drawn position (y ~ U{0..H-h}, then x ~ U{0..W-w})."""
+  _check_image(image)
+  h, w = _size2(size)
+  _fits(image, h, w, "random_crop")
+  y = int(rng.integers(0, image.shape[0] - h + 1))
+  x = int(rng.integers(0, image.shape[1] - w + 1))
+  return image[y:y + h, x:x + w]
+
+
+def crop_window(height: int, width: int, rng: np.random.Generator, *,
+                scale: tuple[float, float] = (0.08, 1.0),
+                ratio: tuple[float, float] = (3 / 4, 4 / 3), tries: int = 10) -> tuple[int, int, int, int]:
+  """(y, x, h, w) of an Inception-style crop (torchvision RandomResizedCrop's sampling rule)."""
+  if not 0 < scale[0] <= scale[1] <= 1:
+    raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {scale}")
+  if not 0 < ratio[0] <= ratio[1]:
+    raise ValueError(f"ratio must satisfy 0 < min <= max, got {ratio}")
+  area = height * width
+  log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+  for _ in range(tries):
+    target = area * rng.uniform(scale[0], scale[1])
+    aspect = math.exp(rng.uniform(log_lo, log_hi))
+    w = int(round(math.sqrt(target * aspect)))
+    h = int(round(math.sqrt(target / aspect)))
+    if 0 < w <= width and 0 < h <= height:
+      y = int(rng.integers(0, height - h + 1))
+      x = int(rng.integers(0, width - w + 1))
+      return y, x, h, w
+  # Fallback: the whole image, cropped centrally to the nearest allowed aspect ratio.
+  in_ratio = width / height
+  if in_ratio < ratio[0]:
+    w, h = width, int(round(width / ratio[0]))
+  elif in_ratio > ratio[1]:
+    h, w = height, int(round(height * ratio[1]))
+  else:
+    h, w = height, width
+  return (height - h) // 2, (width - w) // 2, h, w
+
+
+def random_resized_crop(image: Any, size: int | Sequence[int], rng: np.random.Generator, *,
+                        scale: tuple[float, float] = (0.08, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> np.ndarray:
+  """A random window (see `crop_window`) resized (antialiased) to [h, w]; float32."""
+  _check_image(image)
+  y, x, h, w = crop_window(image.shape[0], image.shape[1], rng, scale=scale, ratio=ratio)
+  return resize(image[y:y + h, x:x + w], size)
+
+
+def random_flip(image: Any, rng: np.random.Generator, p: float = 0.5) -> Any:
+  """Horizontal flip (the width axis reversed) when u < p, u ~ U[0, 1)."""
+  _check_image(image)
+  if not 0.0 <= p <= 1.0:
+    raise ValueError(f"p must lie in [0, 1], got {p}")
+  return image[:, ::-1] if rng.random() < p else image
+
+
+def to_float(image: Any) -> np.ndarray:
+  """uint8 [0, 255] -> float32 [0, 1] (x / 255); float input is returned as float32 unchanged."""
+  arr = np.asarray(image)
+  if arr.dtype == np.uint8:
+    return arr.astype(np.float32) / 255.0
+  if np.issubdtype(arr.dtype, np.floating):
+    return arr.astype(np.float32)
+  raise TypeError(f"image must be uint8 or floating, got {arr.dtype}")
+
+
+def to_rgb(image: Any) -> np.ndarray:
+  """[H, W] or [H, W, 1] grey -> [H, W, 3]; [H, W, 4] RGBA -> RGB; [H, W, 3] unchanged."""
+  arr = np.asarray(image)
+  if arr.ndim == 2:
+    arr = arr[..., None]
+  if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
+    raise ValueError(f"image must be [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], got {arr.shape}")
+  if arr.shape[-1] == 1:
+    return np.repeat(arr, 3, axis=-1)
+  return arr[..., :3]
