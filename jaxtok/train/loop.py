@@ -18,8 +18,11 @@ TensorBoard: neither tensorflow nor tensorboardX is a dependency, so `EventWrite
 file format itself (TFRecord framing with masked CRC32C around hand-encoded `Event` protos holding
 scalar summaries); TensorBoard reads these files unchanged.
 
-Data: `PhotoCrops` draws random crops of the bundled photographs as a pure function of
-(seed, step, process), so its state is one integer and resuming is exact.
+Data (`jaxtok.data.pipeline.from_config`): `config.data.source = "photos"` (default) draws random
+crops of the bundled photographs (`jaxtok.data.photos.PhotoCrops`) as a pure function of
+(seed, step, process), so its state is one integer and resuming is exact; `"tfds"` reads a named
+tensorflow-datasets dataset through `tfds.data_source` with a grain pipeline whose iterator state is
+checkpointed the same way.
 """
 from __future__ import annotations
 
@@ -36,6 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtok import sharding as shd
+from jaxtok.data import pipeline as data_pipeline
+from jaxtok.data.photos import PhotoCrops, load_photos  # noqa: F401  (re-exported)
 from jaxtok.train import checkpoint as ckpt_lib
 from jaxtok.train import evaluate as eval_lib
 from jaxtok.train import optim
@@ -140,118 +145,6 @@ class EventWriter:
     if self.enabled:
       self._f.close()
       self._jsonl.close()
-
-
-# ==================================================================================================
-# Data: deterministic, resumable random crops of the bundled photographs.
-
-
-def load_photos(image_size: int, heldout: int, max_scale: int = 4) -> tuple[list[np.ndarray], np.ndarray]:
-  """(train photos as uint8 [h, w, 3] arrays, held-out crops float32 [N, S, S, 3] in [0, 1]).
-
-  Uses `jaxtok.data.photos` when it provides `load_split` / `train_images` + `heldout_images`;
-  otherwise reads the colour photographs bundled with scikit-image and scikit-learn directly (the
-  same sources), holding out the right quarter of every photograph (fixed crops from it).
-  """
-  try:
-    from jaxtok.data import photos as photos_lib  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    photos_lib = None
-  if photos_lib is not None and hasattr(photos_lib, "train_images") and hasattr(photos_lib, "heldout_images"):
-    train = [np.asarray(p) for p in photos_lib.train_images()]
-    held = np.asarray(photos_lib.heldout_images(image_size=image_size, count=heldout), np.float32)
-    return train, held
-  import skimage.data as skd  # pylint: disable=g-import-not-at-top
-  # Only photographs shipped inside the scikit-image wheel (others would need a download).
-  names = ["astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "motorcycle_left",
-           "retina", "hubble_deep_field"]
-  photos = []
-  for n in names:
-    try:
-      im = skd.stereo_motorcycle()[0] if n == "motorcycle_left" else getattr(skd, n)()
-    except Exception:  # an optional image missing from this scikit-image build.
-      continue
-    im = np.asarray(im)
-    if im.ndim == 3 and im.shape[-1] >= 3:
-      photos.append(np.ascontiguousarray(im[..., :3]).astype(np.uint8))
-  try:
-    from sklearn.datasets import load_sample_images  # pylint: disable=g-import-not-at-top
-    photos += [np.asarray(im, np.uint8) for im in load_sample_images().images]
-  except Exception:
-    pass
-  if len(photos) < 3:
-    raise RuntimeError("fewer than 3 bundled photographs were found (scikit-image / scikit-learn)")
-  # Held out: the right quarter of every photograph (never used for training), so the held-out crops
-  # come from the same scenes and colour statistics as the training crops without overlapping them.
-  # Crops are drawn like the training crops (down-scale 1..max_scale) with a fixed seed.
-  train, held_src = [], []
-  for p in photos:
-    cut = (3 * p.shape[1]) // 4
-    train.append(p[:, :cut])
-    held_src.append(p[:, cut:])
-  crops = []
-  rng = np.random.default_rng(1234)
-  while len(crops) < heldout:
-    p = held_src[len(crops) % len(held_src)]
-    fits = [sc for sc in range(1, max_scale + 1)
-            if p.shape[0] // sc >= image_size and p.shape[1] // sc >= image_size]
-    if not fits:
-      raise ValueError(f"held-out strips are smaller than image_size={image_size}")
-    scale = fits[int(rng.integers(len(fits)))]
-    small = p[::scale, ::scale]
-    y = int(rng.integers(0, small.shape[0] - image_size + 1))
-    x = int(rng.integers(0, small.shape[1] - image_size + 1))
-    crops.append(small[y:y + image_size, x:x + image_size])
-  return train, np.stack(crops[:heldout]).astype(np.float32) / 255.0
-
-
-class PhotoCrops:
-  """Random crops (at a random down-scale from 1 to `max_scale`, random horizontal flip) of photos.
-
-  Batch `i` of the run is a pure function of (seed, i): every process computes the same global batch
-  and keeps its own rows, so multi-process runs read disjoint slices and resuming is exact.
-  State: {"step": i} (the next batch index).
-  """
-
-  def __init__(self, photos: list[np.ndarray], *, image_size: int, global_batch: int, seed: int,
-               max_scale: int = 4, process_index: int = 0, process_count: int = 1):
-    if global_batch % process_count:
-      raise ValueError(f"data.batch_size ({global_batch}) must be divisible by the process count "
-                       f"({process_count})")
-    self._scaled = []
-    for p in photos:
-      for s in range(1, max_scale + 1):
-        small = p[::s, ::s]
-        if small.shape[0] >= image_size and small.shape[1] >= image_size:
-          self._scaled.append(small)
-    if not self._scaled:
-      raise ValueError(f"no photograph is at least {image_size}x{image_size}")
-    self.image_size, self.global_batch, self.seed = image_size, global_batch, seed
-    self.local = global_batch // process_count
-    self.offset = process_index * self.local
-    self.step = 0
-
-  def get_state(self) -> dict:
-    return {"step": int(self.step)}
-
-  def set_state(self, state: dict) -> None:
-    self.step = int(state["step"])
-
-  def __iter__(self):
-    return self
-
-  def __next__(self) -> np.ndarray:
-    rng = np.random.default_rng([self.seed, self.step])
-    s = self.image_size
-    out = np.empty((self.global_batch, s, s, 3), np.uint8)
-    for i in range(self.global_batch):
-      p = self._scaled[int(rng.integers(len(self._scaled)))]
-      y = int(rng.integers(0, p.shape[0] - s + 1))
-      x = int(rng.integers(0, p.shape[1] - s + 1))
-      crop = p[y:y + s, x:x + s]
-      out[i] = crop[:, ::-1] if rng.random() < 0.5 else crop
-    self.step += 1
-    return out[self.offset:self.offset + self.local].astype(np.float32) / 255.0
 
 
 # ==================================================================================================
@@ -363,11 +256,9 @@ def train(config: Any, workdir: str, *, show_progress: bool = True) -> dict:
 
   # ---- data
   image_size = int(config.data.image_size)
-  photos, heldout = load_photos(image_size, int(_get(config.data, "heldout", 16)),
-                                int(_get(config.data, "max_scale", 4)))
-  data = PhotoCrops(photos, image_size=image_size, global_batch=int(config.data.batch_size),
-                    seed=seed, max_scale=int(_get(config.data, "max_scale", 4)),
-                    process_index=jax.process_index(), process_count=jax.process_count())
+  data, heldout = data_pipeline.from_config(config.data, seed=seed,
+                                            process_index=jax.process_index(),
+                                            process_count=jax.process_count())
   batch_sharding = shd.batch_sharding(mesh, 4, rules)
 
   # ---- resume or init
@@ -385,12 +276,18 @@ def train(config: Any, workdir: str, *, show_progress: bool = True) -> dict:
   if is_main:
     log.info("parameters: %d; mesh %s", state_lib.param_count(state), dict(mesh.shape))
 
-  teacher_fn, frozen = None, {}
+  teacher_fn, perceptual_fn, frozen = None, None, {}
   if float(_get(config.get("loss"), "proxy", 0.0)) > 0:
     teacher_fn, frozen["teacher"] = _teacher(config, mesh)
+  if float(_get(config.get("loss"), "perceptual", 0.0)) > 0:
+    from jaxtok.losses import perceptual  # pylint: disable=g-import-not-at-top
+    perceptual_fn, weights = perceptual.from_config(config.get("loss"), config)
+    frozen["perceptual"] = jax.device_put(
+        weights, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
   train_step = step_lib.make_train_step(model, config.get("loss"), tx, state_shardings=shardings,
                                         ema_decay=ema_decay, disc=disc, disc_tx=disc_tx,
-                                        teacher_fn=teacher_fn, frozen=frozen, lr_schedule=schedule)
+                                        perceptual_fn=perceptual_fn, teacher_fn=teacher_fn,
+                                        frozen=frozen, lr_schedule=schedule)
   writer = EventWriter(os.path.join(workdir, "tb"), enabled=is_main)
   eval_counts = _token_counts(config, tokenizer)
   use_ema = ema_decay > 0
