@@ -2,6 +2,9 @@
 
 Usage:
   python tools/benchmark.py --suite quantizers [--compare-torch] [--out benchmarks/RESULTS.md]
+  python tools/benchmark.py --suite tokenizers [--models titok_s128,titok_b64] [--batch 8]
+  python tools/benchmark.py --suite train [--models main,titok_b64,flextok] [--batch 32]
+  python tools/benchmark.py --suite samplers [--ar-recompute-steps 4]
 
 Each case is timed as the median of `--repeats` calls after a compile/warm-up call, with
 `block_until_ready` (JAX) or inside `torch.no_grad()` (PyTorch). Results go to stdout as a markdown
@@ -19,9 +22,11 @@ import sys
 import time
 from typing import Callable
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
 
 def time_call(fn: Callable[[], object], repeats: int, block: Callable[[object], object]) -> float:
@@ -42,8 +47,20 @@ def jax_time(fn: Callable, *args, repeats: int) -> float:
 
 def torch_time(fn: Callable[[], object], repeats: int) -> float:
   import torch
+
+  def block(out):
+    if torch.cuda.is_available():
+      torch.cuda.synchronize()
+    return out
+
   with torch.no_grad():
-    return time_call(fn, repeats, lambda out: out)
+    return time_call(fn, repeats, block)
+
+
+def torch_device() -> str:
+  """cuda when JAX runs on a GPU and torch sees one (same device for both), else cpu."""
+  import torch
+  return "cuda" if jax.devices()[0].platform == "gpu" and torch.cuda.is_available() else "cpu"
 
 
 def machine_description() -> str:
@@ -101,26 +118,27 @@ def torch_quantizers(args, z, cb, zf, zl, levels, ours) -> list[tuple[str, str, 
   import vector_quantize_pytorch as vqp
 
   torch.set_num_threads(os.cpu_count() or 1)
+  dev = torch_device()
   rows = []
   n, d = z.shape
   k = cb.shape[0]
-  model = vqp.VectorQuantize(dim=d, codebook_size=k, decay=0.99).eval()
+  model = vqp.VectorQuantize(dim=d, codebook_size=k, decay=0.99).eval().to(dev)
   with torch.no_grad():
-    model._codebook.embed.copy_(torch.from_numpy(cb)[None])
+    model._codebook.embed.copy_(torch.from_numpy(cb)[None].to(dev))
     model._codebook.initted.fill_(True)
-  zt = torch.from_numpy(z)[None]
+  zt = torch.from_numpy(z)[None].to(dev)
   t = torch_time(lambda: model(zt), args.repeats)
-  rows.append((f"VQ lookup {n}x{d} vs {k} codes", f"vector-quantize-pytorch {vqp_version()} VectorQuantize",
+  rows.append((f"VQ lookup {n}x{d} vs {k} codes", f"vector-quantize-pytorch {vqp_version()} VectorQuantize ({dev})",
                t * 1e3, f"jaxtok vq.quantize is {t / ours['vq']:.1f}x faster"))
-  fsq_model = vqp.FSQ(levels=list(levels)).eval()
-  zft = torch.from_numpy(zf)[None]
+  fsq_model = vqp.FSQ(levels=list(levels)).eval().to(dev)
+  zft = torch.from_numpy(zf)[None].to(dev)
   t = torch_time(lambda: fsq_model(zft), args.repeats)
-  rows.append((f"FSQ {tuple(levels)} on {n} vectors", "vector-quantize-pytorch FSQ", t * 1e3,
+  rows.append((f"FSQ {tuple(levels)} on {n} vectors", f"vector-quantize-pytorch FSQ ({dev})", t * 1e3,
                f"jaxtok is {t / ours['fsq']:.1f}x faster"))
-  lfq_model = vqp.LFQ(dim=zl.shape[1], codebook_size=2**zl.shape[1], entropy_loss_weight=0.0).eval()
-  zlt = torch.from_numpy(zl)[None]
+  lfq_model = vqp.LFQ(dim=zl.shape[1], codebook_size=2**zl.shape[1], entropy_loss_weight=0.0).eval().to(dev)
+  zlt = torch.from_numpy(zl)[None].to(dev)
   t = torch_time(lambda: lfq_model(zlt), args.repeats)
-  rows.append((f"LFQ 16 bits on {n} vectors (no entropy)", "vector-quantize-pytorch LFQ (eval)", t * 1e3,
+  rows.append((f"LFQ 16 bits on {n} vectors (no entropy)", f"vector-quantize-pytorch LFQ, eval ({dev})", t * 1e3,
                f"jaxtok is {t / ours['lfq']:.1f}x faster"))
   return rows
 
@@ -130,7 +148,240 @@ def vqp_version() -> str:
   return version("vector-quantize-pytorch")
 
 
-SUITES = {"quantizers": quantizer_suite}
+# ---- tokenizers: encode / decode throughput
+
+# name -> (config file, config arg); the official sizes at 256x256 unless the name says otherwise.
+TOKENIZER_MODELS = {
+    "titok_s128": ("titok", "size=S,tokens=128"),
+    "titok_b64": ("titok", "size=B,tokens=64"),
+    "titok_l32": ("titok", "size=L,tokens=32"),
+    "onedpiece_s256": ("onedpiece", "size=S,tokens=256"),
+    "vqgan": ("vqgan", ""),
+    "vae_b64": ("vae", "size=B,tokens=64"),
+    "flextok": ("flextok", "size=d18_d28"),
+    "flextok_d12": ("flextok", "size=d12_d12"),
+    "main": ("onedpiece", "main"),
+}
+
+
+def load_config(name: str):
+  import importlib
+  if name not in TOKENIZER_MODELS:
+    raise ValueError(f"--models entries must be in {sorted(TOKENIZER_MODELS)}, got {name!r}")
+  module, arg = TOKENIZER_MODELS[name]
+  return importlib.import_module(f"configs.{module}").get_config(arg or None)
+
+
+def _model_names(args, default: str) -> list[str]:
+  return [m for m in (args.models or default).split(",") if m]
+
+
+def tokenizer_suite(args) -> list[tuple[str, str, float, str]]:
+  """Encode and decode throughput (images/s) per model at --batch, parameters in --dtype."""
+  from jaxtok import tokenizers
+
+  rows = []
+  for name in _model_names(args, "titok_s128,titok_b64,vqgan"):
+    try:
+      rows += _tokenizer_one(name, args)
+    except Exception as err:  # noqa: BLE001 -- e.g. out of memory at this batch: record and go on.
+      rows.append((f"{name}, batch {args.batch}", "jaxtok", float("nan"),
+                   f"failed: {type(err).__name__}: {str(err).splitlines()[0][:160]}"))
+  return rows
+
+
+def _tokenizer_one(name, args):
+  from jaxtok import tokenizers
+  rows = []
+  c = load_config(name)
+  if args.dtype:
+    c.model.dtype = args.dtype
+  tok = tokenizers.build(c.model)
+  params = tok.init(jax.random.key(0))
+  s = tok.image_size or int(c.data.image_size)
+  images = jnp.asarray(np.random.default_rng(0).random((args.batch, s, s, 3)), jnp.float32)
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  t_enc = time_call(lambda: tok.encode(params, images).tokens, args.repeats, jax.block_until_ready)
+  tokens = tok.encode(params, images).tokens
+  opts = {"num_steps": args.flow_steps} if c.model.name == "flextok" else {}
+  t_dec = time_call(lambda: tok.decode(params, tokens, **opts), args.repeats, jax.block_until_ready)
+  note = f"{n_params / 1e6:.1f}M params, {s}px, {tokens.shape[1]} tokens, {c.model.get('dtype', 'float32')}"
+  rows.append((f"{name} encode, batch {args.batch}", "jaxtok", t_enc * 1e3,
+               f"{args.batch / t_enc:.1f} images/s; {note}"))
+  extra = f"; {args.flow_steps} Euler steps" if opts else ""
+  rows.append((f"{name} decode, batch {args.batch}", "jaxtok", t_dec * 1e3,
+               f"{args.batch / t_dec:.1f} images/s{extra}"))
+  return rows
+
+
+# ---- training steps: steps/s, images/s and model FLOPs utilisation
+
+# Dense bf16 peak (TFLOP/s) of accelerators we report MFU on.
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+def transformer_flops(seq: int, width: int, depth: int, mlp: int) -> float:
+  """Forward matmul FLOPs of `depth` pre-LN blocks over `seq` tokens (QKV+out 4W^2, MLP 2WM,
+  scores and values 2 S^2 W per token-pair set), multiply-add = 2 FLOPs."""
+  per_layer = 2 * seq * (4 * width * width + 2 * width * mlp) + 4 * seq * seq * width
+  return float(depth * per_layer)
+
+
+def analytic_train_flops(c, batch: int) -> float:
+  """Training FLOPs per step (forward x 3) of the transformer stacks, from the config alone."""
+  m = c.model
+  if m.name in ("titok", "onedpiece", "vae"):
+    from jaxtok.nn.vit import vit_size
+    g = (int(m.image_size) // int(m.patch_size)) ** 2
+    seq = 1 + g + int(m.num_latent_tokens)
+    total = 0.0
+    for part in ("encoder", "decoder"):
+      size = m.get(f"{part}_size")
+      w, d, _ = vit_size(size) if size else (m[f"{part}_width"], m[f"{part}_depth"], None)
+      total += transformer_flops(seq, int(w), int(d), 4 * int(w))
+    return 3.0 * batch * total
+  if m.name == "flextok":
+    from jaxtok.tokenizers import flextok
+    cfg = dict(flextok.CONFIGS[m.size])
+    k = int(m.get("num_tokens", cfg.get("num_tokens", 256)))
+    lat = int(m.image_size) // 8 if cfg.get("use_vae", True) else int(m.image_size)
+    g = (lat // int(cfg.get("patch_size", 2))) ** 2
+    enc = transformer_flops(g + k, cfg["enc_width"], cfg["enc_depth"], 4 * cfg["enc_width"])
+    dec = transformer_flops(g + k, cfg["dec_width"], cfg["dec_depth"], 4 * cfg["dec_width"])
+    return 3.0 * batch * (enc + dec)
+  return float("nan")
+
+
+def train_suite(args) -> list[tuple[str, str, float, str]]:
+  """Median step time of the jitted train_step (state donated) on synthetic batches."""
+  rows = []
+  dev = jax.devices()[0]
+  kind = getattr(dev, "device_kind", "")
+  peak = next((v for k, v in PEAK_TFLOPS.items() if k in kind), None)
+  for name in _model_names(args, "main"):
+    try:
+      rows.append(_train_one(name, args, peak))
+    except Exception as err:  # noqa: BLE001 -- e.g. out of memory at this batch: record and go on.
+      rows.append((f"train {name}, batch {args.batch}", "jaxtok train_step", float("nan"),
+                   f"failed: {type(err).__name__}: {str(err).splitlines()[0][:160]}"))
+  return rows
+
+
+def _train_one(name, args, peak):
+  from jaxtok import sharding, tokenizers
+  from jaxtok.train import optim, state as state_lib, step as step_lib
+  c = load_config(name)
+  if args.dtype:
+    c.model.dtype = args.dtype
+  batch = args.batch or int(c.data.batch_size)
+  c.data.batch_size = batch
+  mesh = state_lib.mesh_from_config(c)
+  rules = state_lib.rules_from_config(c)
+  tok = tokenizers.build(c.model)
+  model = state_lib.ModelDef(tok.graphdef, tok.init)
+  tx = optim.optimizer_from_config(c.optim, max(int(c.total_steps), int(c.optim.warmup_steps) + 1))
+  ema = float(c.get("ema_decay", 0.0))
+  init_fn = state_lib.make_init_fn(model, tx, ema=ema > 0)
+  _, shardings = state_lib.abstract_train_state(init_fn, jax.random.key(0), mesh, rules)
+  state = jax.jit(init_fn, out_shardings=shardings)(jax.random.key(0))
+  train_step = step_lib.make_train_step(model, c.get("loss"), tx, state_shardings=shardings,
+                                        ema_decay=ema)
+  s = int(c.data.image_size)
+  images = jnp.asarray(np.random.default_rng(0).random((batch, s, s, 3)), jnp.float32)
+  images = jax.device_put(images, sharding.batch_sharding(mesh, 4, rules))
+  rng = jax.random.key(1)
+  box = [state]
+
+  def one():
+    box[0], metrics = train_step(box[0], images, rng)
+    return metrics
+
+  t = time_call(one, args.repeats, jax.block_until_ready)
+  flops = analytic_train_flops(c, batch)
+  note = f"{1 / t:.2f} steps/s, {batch / t:.1f} images/s, {c.model.get('dtype', 'float32')}"
+  if peak and np.isfinite(flops):
+    note += f"; {flops / 1e12:.2f} TFLOP/step (analytic), MFU {flops / t / (peak * 1e12) * 100:.1f}%"
+  return (f"train {name}, batch {batch}", "jaxtok train_step", t * 1e3, note)
+
+
+# ---- samplers: tokens/s
+
+def sampler_suite(args) -> list[tuple[str, str, float, str]]:
+  """AR with KV cache vs recomputing the prefix (12 layers, width 768, batch 16, 256 tokens by
+  default), then the other samplers' tokens/s."""
+  from flax import nnx
+  from jaxtok.generators import gpt
+  from jaxtok.samplers import autoregressive as ar
+
+  rows = []
+  b, n, vocab = args.ar_batch, args.ar_tokens, 4096
+  model = gpt.GPT(codebook_size=vocab, seq_len=n, num_classes=1000, width=768, depth=12, heads=12,
+                  dtype=jnp.dtype(args.dtype or "float32"), rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(model)
+  prompt = jnp.full((b, 1), vocab + 1, jnp.int32)  # class 1's id
+
+  @jax.jit
+  def kv_sample(params, rng):
+    m = nnx.merge(graphdef, params)
+    return ar.sample(rng, m.prefill, m.step, m.init_cache(b), prompt, num_tokens=n)
+
+  t_kv = time_call(lambda: kv_sample(params, jax.random.key(0)), max(1, args.repeats // 3),
+                   jax.block_until_ready)
+  rows.append((f"AR sample {n} tokens, batch {b}, 12x768", "KV cache (lax.scan)", t_kv * 1e3,
+               f"{b * n / t_kv:.0f} tokens/s"))
+
+  # Recompute: every step runs the full static-shape forward over all n positions, so the whole
+  # sampler costs n of these forwards; time one and multiply (the sampler loop adds nothing).
+  @jax.jit
+  def full_forward(params, seq):
+    return nnx.merge(graphdef, params)(seq)[:, -1]
+
+  seq = jnp.zeros((b, n), jnp.int32)
+  t_fwd = time_call(lambda: full_forward(params, seq), args.repeats, jax.block_until_ready)
+  t_re = t_fwd * n
+  rows.append((f"AR sample {n} tokens, batch {b}, 12x768", "recompute prefix each step",
+               t_re * 1e3, f"{b * n / t_re:.0f} tokens/s ({n} x {t_fwd * 1e3:.1f} ms full forward); "
+               f"KV cache is {t_re / t_kv:.1f}x faster"))
+  if args.ar_recompute_steps:
+    @jax.jit
+    def re_sample(params, rng):
+      m = nnx.merge(graphdef, params)
+      return ar.sample_recompute(rng, lambda s, length: m(s)[:, length - 1], prompt,
+                                 num_tokens=args.ar_recompute_steps)
+    t = time_call(lambda: re_sample(params, jax.random.key(0)), 2, jax.block_until_ready)
+    rows.append((f"AR recompute check: {args.ar_recompute_steps} steps", "sample_recompute",
+                 t * 1e3, f"{t / args.ar_recompute_steps * 1e3:.1f} ms/step measured"))
+  rows += _other_samplers(args)
+  return rows
+
+
+def _other_samplers(args) -> list[tuple[str, str, float, str]]:
+  from flax import nnx
+  from jaxtok.generators import bert
+  from jaxtok.samplers import maskgit
+
+  rows = []
+  b, k, vocab = args.ar_batch, 64, 4096
+  m = bert.MaskGITTransformer(codebook_size=vocab, seq_len=k, num_classes=1000, width=768, depth=12,
+                              heads=12, rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(m)
+  mask_id = m.mask_id
+  labels = jnp.zeros((b,), jnp.int32)
+
+  @jax.jit
+  def mg(params, rng):
+    model = nnx.merge(graphdef, params)
+    start = jnp.full((b, k), mask_id, jnp.int32)
+    return maskgit.sample(rng, lambda t: model(t, labels), start, mask_id=mask_id, steps=8)[0]
+
+  t = time_call(lambda: mg(params, jax.random.key(0)), max(1, args.repeats // 3), jax.block_until_ready)
+  rows.append((f"MaskGIT {k} tokens, 8 steps, batch {b}, 12x768", "maskgit.sample", t * 1e3,
+               f"{b * k / t:.0f} tokens/s"))
+  return rows
+
+
+SUITES = {"quantizers": quantizer_suite, "tokenizers": tokenizer_suite, "train": train_suite,
+          "samplers": sampler_suite}
 
 
 def main(argv=None) -> int:
@@ -140,8 +391,18 @@ def main(argv=None) -> int:
   parser.add_argument("--vq-vectors", type=int, default=16384)
   parser.add_argument("--compare-torch", action="store_true",
                       help="also time vector-quantize-pytorch (pip install '.[bench]')")
+  parser.add_argument("--models", default=None, help="comma-separated names (tokenizers/train)")
+  parser.add_argument("--batch", type=int, default=None, help="batch size (tokenizers/train)")
+  parser.add_argument("--dtype", default=None, help="compute dtype override, e.g. bfloat16")
+  parser.add_argument("--flow-steps", type=int, default=25, help="FlexTok decoder Euler steps")
+  parser.add_argument("--ar-batch", type=int, default=16)
+  parser.add_argument("--ar-tokens", type=int, default=256)
+  parser.add_argument("--ar-recompute-steps", type=int, default=0,
+                      help="also run sample_recompute for this many steps (checks the estimate)")
   parser.add_argument("--out", default=None, help="append the table to this markdown file")
   args = parser.parse_args(argv)
+  if args.suite == "tokenizers" and args.batch is None:
+    args.batch = 8
   rows = SUITES[args.suite](args)
   command = "python tools/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
   header = (f"### {args.suite} — {datetime.date.today().isoformat()} — {machine_description()}\n\n"
