@@ -4,7 +4,7 @@ Usage:
   python tools/benchmark.py --suite quantizers [--compare-torch] [--out benchmarks/RESULTS.md]
   python tools/benchmark.py --suite tokenizers [--models titok_s128,titok_b64] [--batch 8]
   python tools/benchmark.py --suite train [--models main,titok_b64,flextok] [--batch 32]
-  python tools/benchmark.py --suite samplers [--ar-recompute-steps 4]
+  python tools/benchmark.py --suite samplers
 
 Each case is timed as the median of `--repeats` calls after a compile/warm-up call, with
 `block_until_ready` (JAX) or inside `torch.no_grad()` (PyTorch). Results go to stdout as a markdown
@@ -342,15 +342,6 @@ def sampler_suite(args) -> list[tuple[str, str, float, str]]:
   rows.append((f"AR sample {n} tokens, batch {b}, 12x768", "recompute prefix each step",
                t_re * 1e3, f"{b * n / t_re:.0f} tokens/s ({n} x {t_fwd * 1e3:.1f} ms full forward); "
                f"KV cache is {t_re / t_kv:.1f}x faster"))
-  if args.ar_recompute_steps:
-    @jax.jit
-    def re_sample(params, rng):
-      m = nnx.merge(graphdef, params)
-      return ar.sample_recompute(rng, lambda s, length: m(s)[:, length - 1], prompt,
-                                 num_tokens=args.ar_recompute_steps)
-    t = time_call(lambda: re_sample(params, jax.random.key(0)), 2, jax.block_until_ready)
-    rows.append((f"AR recompute check: {args.ar_recompute_steps} steps", "sample_recompute",
-                 t * 1e3, f"{t / args.ar_recompute_steps * 1e3:.1f} ms/step measured"))
   rows += _other_samplers(args)
   return rows
 
@@ -397,8 +388,6 @@ def main(argv=None) -> int:
   parser.add_argument("--flow-steps", type=int, default=25, help="FlexTok decoder Euler steps")
   parser.add_argument("--ar-batch", type=int, default=16)
   parser.add_argument("--ar-tokens", type=int, default=256)
-  parser.add_argument("--ar-recompute-steps", type=int, default=0,
-                      help="also run sample_recompute for this many steps (checks the estimate)")
   parser.add_argument("--out", default=None, help="append the table to this markdown file")
   args = parser.parse_args(argv)
   if args.suite == "tokenizers" and args.batch is None:
