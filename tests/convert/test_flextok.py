@@ -132,6 +132,11 @@ def test_encoder_registers_and_tokens_match_official():
   assert _max_err(z, io["enc_registers"]) < TOL
   np.testing.assert_array_equal(np.asarray(out.tokens), io["tokens"])
   assert _max_err(out.codes, io["quants"]) < TOL
+  # The release always runs all registers at inference; by its causal register mask a prefix is the
+  # same, which jaxtok uses to encode fewer tokens.
+  _, tok, params = _loaded()
+  np.testing.assert_array_equal(np.asarray(tok.encode(params, images01, num_tokens=5).tokens),
+                                io["tokens"][:, :5])
 
 
 def test_decoder_velocity_matches_official():
@@ -197,6 +202,26 @@ def test_a_truncated_or_foreign_file_is_refused(tmp_path):
   # A state dict that is not FlexTok's.
   with pytest.raises(ValueError, match="has no 'encoder.module_dict.enc_patch_emb.patch_proj.weight'"):
     C.infer_config({"a.weight": np.zeros((2, 2))})
+
+
+def test_bfloat16_and_float16_safetensors_are_read_without_torch(tmp_path):
+  import ml_dtypes
+  a = np.linspace(-2, 2, 12, dtype=np.float32).reshape(3, 4)
+  tensors = {"x": ("BF16", a.astype(ml_dtypes.bfloat16)), "y": ("F16", a.astype(np.float16))}
+  header, blobs, offset = {"__metadata__": {"k": "1"}}, [], 0
+  for key, (dtype, arr) in tensors.items():
+    raw = arr.tobytes()
+    header[key] = {"dtype": dtype, "shape": list(arr.shape), "data_offsets": [offset, offset + len(raw)]}
+    blobs.append(raw)
+    offset += len(raw)
+  h = json.dumps(header).encode()
+  path = tmp_path / "half.safetensors"
+  path.write_bytes(len(h).to_bytes(8, "little") + h + b"".join(blobs))
+  sd, meta = C.read_checkpoint(path)
+  assert meta == {"k": "1"}
+  np.testing.assert_array_equal(sd["x"].astype(np.float32), a.astype(ml_dtypes.bfloat16).astype(np.float32))
+  np.testing.assert_array_equal(sd["y"].astype(np.float32), a.astype(np.float16).astype(np.float32))
+  assert _max_err(sd["x"], a) > 0  # bfloat16 really was read as bfloat16
 
 
 def test_layouts_jaxtok_cannot_reproduce_are_refused():
