@@ -36,7 +36,8 @@ VAE's latent channels (16) and the released files' other settings were not check
 `load(..., name=...)` therefore compares the table with what the file itself says (its shapes and
 embedded config) and raises on any disagreement, so a wrong entry cannot load silently.
 
-Reading never unpickles: safetensors, or `torch.load(weights_only=True)` (torch imported lazily).
+Reading never unpickles (jaxtok.convert.common: safetensors parsed directly, or
+`torch.load(weights_only=True)` with torch imported lazily).
 """
 from __future__ import annotations
 
@@ -47,6 +48,8 @@ import re
 from typing import Any, Callable, Mapping
 
 import numpy as np
+
+from jaxtok.convert import common
 
 # ----------------------------------------------------------------------------- released models
 
@@ -74,87 +77,10 @@ _RELEASE_CHECKED = ("patch_size", "head_dim", "mlp_ratio", "num_tokens", "fsq_le
 # ----------------------------------------------------------------------------- reading
 
 
-# Minimal readers/fillers kept here: jaxtok.convert.common (the shared helpers) was not available
-# when this converter was written.
-_ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64,
-              "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
-
-
-def _read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-  """The safetensors format read directly (8-byte header length, JSON header, raw little-endian
-  data), so that bfloat16 works without torch (through ml_dtypes, which jax ships)."""
-  import json
-  with open(path, "rb") as f:
-    data = f.read()
-  if len(data) < 8:
-    raise ValueError(f"{path}: not a safetensors file (only {len(data)} bytes)")
-  n = int.from_bytes(data[:8], "little")
-  try:
-    header = json.loads(data[8:8 + n])
-  except (ValueError, UnicodeDecodeError) as e:
-    raise ValueError(f"{path}: not a safetensors file (bad header: {e})") from None
-  metadata = header.pop("__metadata__", None) or {}
-  tensors = {}
-  for key, info in header.items():
-    dtype = info.get("dtype")
-    if dtype == "BF16":
-      import ml_dtypes
-      np_dtype = np.dtype(ml_dtypes.bfloat16)
-    elif dtype in _ST_DTYPES:
-      np_dtype = np.dtype(_ST_DTYPES[dtype])
-    else:
-      raise ValueError(f"{path}: tensor {key!r} has unsupported dtype {dtype!r}")
-    start, end = info["data_offsets"]
-    buf = data[8 + n + start:8 + n + end]
-    shape = tuple(info["shape"])
-    if len(buf) != int(np.prod(shape, dtype=np.int64)) * np_dtype.itemsize:
-      raise ValueError(f"{path}: tensor {key!r} is truncated ({len(buf)} bytes for {dtype} {shape})")
-    tensors[key] = np.frombuffer(buf, np_dtype.newbyteorder("<")).reshape(shape)
-  return tensors, dict(metadata)
-
-
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-  """(tensors as numpy arrays, safetensors metadata) from a .safetensors file, or from a PyTorch
-  file through `torch.load(weights_only=True)` (torch imported only then; metadata empty). A full
-  `FlexTok` pickle or a dict under "state_dict"/"model" is unwrapped. Never unpickles code."""
-  path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise ValueError(f"checkpoint {path!r} does not exist")
-  if path.endswith(".safetensors"):
-    return _read_safetensors(path)
-  import torch  # only for PyTorch files
-  obj = torch.load(path, map_location="cpu", weights_only=True)
-  for key in ("state_dict", "model"):
-    if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-      obj = obj[key]
-  if not isinstance(obj, dict):
-    raise ValueError(f"{path}: expected a state dict, got {type(obj).__name__}")
-  return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy()
-          for k, v in obj.items() if hasattr(v, "numpy")}, {}
-
-
-def fill_state(abstract, flat: Mapping[str, np.ndarray], *, source: str):
-  """An nnx.State shaped like `abstract` with every parameter taken from `flat` (keys: the
-  parameter paths joined by '.'), as float32 jax arrays of the parameters' dtypes.
-
-  Raises ValueError naming every parameter `flat` lacks, every key it has in excess and every
-  shape that differs.
-  """
-  import jax.numpy as jnp
-  from flax import nnx
-  entries = list(nnx.to_flat_state(abstract))
-  names = {".".join(str(k) for k in path): (path, var) for path, var in entries}
-  missing = sorted(set(names) - set(flat))
-  unexpected = sorted(set(flat) - set(names))
-  bad = [f"{k}: {tuple(np.shape(flat[k]))} vs jaxtok {tuple(v.shape)}"
-         for k, (_, v) in sorted(names.items()) if k in flat and tuple(np.shape(flat[k])) != tuple(v.shape)]
-  if missing or unexpected or bad:
-    parts = ([f"jaxtok parameters not set: {missing}"] if missing else []) + (
-        [f"converted keys with no jaxtok parameter: {unexpected}"] if unexpected else []) + (
-        [f"shape mismatches: {bad}"] if bad else [])
-    raise ValueError(f"{source} -> jaxtok: " + "; ".join(parts))
-  return nnx.from_flat_state([(path, var.replace(jnp.asarray(flat[k], var.dtype)))
-                              for k, (path, var) in names.items()])
+  """(tensors, safetensors metadata) of an official checkpoint: `jaxtok.convert.common.read_checkpoint`
+  (safetensors parsed directly, PyTorch files through torch.load(weights_only=True))."""
+  return common.read_checkpoint(path)
 
 
 def parse_metadata(metadata: Mapping[str, str]) -> dict[str, Any]:
@@ -620,7 +546,7 @@ def to_params(flat: Mapping[str, np.ndarray], cfg: Mapping[str, Any]):
   checking that every parameter is set exactly once with its shape."""
   from jaxtok.tokenizers import api
   tok = api.build({k: v for k, v in cfg.items() if k != "null_cond"})
-  return tok, fill_state(tok.abstract_params(), flat, source="official FlexTok")
+  return tok, common.fill_state(tok.abstract_params(), flat, source="official FlexTok")
 
 
 def load(path: str | os.PathLike, *, name: str | None = None, **overrides: Any):
