@@ -33,7 +33,10 @@ flextok_d18_d28_in1k, flextok_d18_d28_dfn. Their sizes here (width = 64 x depth,
 256 registers, 2x2 patches on the f8 VAE at 256 px, FSQ 8-8-8-5-5-5) come from the reference notes
 and third-party copies of the configs, not from the checkpoints; the d12 width is inferred, and the
 VAE's latent channels (16) and the released files' other settings were not checked here (no network).
-`load(..., name=...)` therefore compares the table with what the file itself says (its shapes and
+Likewise the decoder's register positions are taken to be a 1D `learnable_sum` table and the null
+condition a `LearnedNullCond` (ZeroNullCond is also handled); the module names follow third-party
+quotes of the released configs. A real file laid out otherwise is refused with the offending
+module or keys named, not converted. `load(..., name=...)` therefore compares the table with what the file itself says (its shapes and
 embedded config) and raises on any disagreement, so a wrong entry cannot load silently.
 
 Reading never unpickles (jaxtok.convert.common: safetensors parsed directly, or
