@@ -1,52 +1,120 @@
-"""Autoregressive token sampling with a preallocated cache carried through one lax.scan.
+"""Autoregressive token sampling with a preallocated cache carried through one lax.while_loop.
 
-B: batch, P: prompt length, N: generated tokens, V: vocabulary.
-Contract:
-  ``prefill_fn(tokens int32 [B, P], cache) -> (logits [B, V] for position P, cache)``
-  ``step_fn(token int32 [B], position int32 scalar, cache) -> (logits [B, V] for position+1, cache)``
-  where ``position`` is the index of ``token`` in the sequence.
-Step i draws its noise from ``fold_in(rng, i)`` in both samplers, so they agree token for token.
+B: batch, P: prompt length, N: generated tokens (static maximum), V: vocabulary.
+Contract (``jaxtok.generators.gpt.GPT.prefill`` / ``.step`` satisfy it):
+  ``prefill_fn(tokens int32 [B', P], cache) -> (logits [B', V] for sequence index P, cache)``
+  ``step_fn(token int32 [B'], position int32 scalar, cache) -> (logits [B', V] for position+1, cache)``
+  where ``position`` is the sequence index of ``token`` (prompt first) and B' is B, or 2B with
+  guidance.
+
+Guidance: pass ``uncond_prompt_tokens`` [B, P] (e.g. the null class id); the prompt and it run as
+one batch of 2B through the callables ([cond; uncond], so the cache must be made for 2B), each
+drawn token is fed to both halves, and the logits are combined with ``guidance.cfg_uncond_base`` at
+the scale ``guidance.scale_at(cfg_schedule, cfg_scale, i / N, cfg_power)`` for token i (RAR's
+progress convention). Filters apply after guidance: logits / temperature -> top-k -> top-p.
+
+Variable length (FlexTok / One-D-Piece ordered tokens, any prefix is decodable): ``lengths`` int32
+[B] gives each sample's number of tokens; the loop stops after max(lengths) tokens (later steps are
+never computed) and positions >= lengths[b] hold ``pad_id``. Since token i always uses the noise
+``fold_in(rng, i)``, a sample of length L is the first L tokens of the full-length sample: decode
+``tokens[:, :L]`` or pass the lengths as the decoder's keep count.
 """
 import jax
 import jax.numpy as jnp
 
-from jaxtok.samplers import categorical
+from jaxtok.samplers import _checks, categorical, guidance
 
 
-def _check(num_tokens):
-  if num_tokens < 1:
-    raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
+def _check(num_tokens, lengths, uncond, prompt, cfg_schedule):
+  _checks.positive_int("num_tokens", num_tokens)
+  guidance.check_schedule(cfg_schedule)
+  if uncond is not None and tuple(uncond.shape) != tuple(prompt.shape):
+    raise ValueError(f"uncond_prompt_tokens must have the prompt's shape {tuple(prompt.shape)}, "
+                     f"got {tuple(uncond.shape)}")
+  if lengths is not None:
+    if tuple(jnp.shape(lengths)) != (prompt.shape[0],):
+      raise ValueError(f"lengths must have shape ({prompt.shape[0]},), got {tuple(jnp.shape(lengths))}")
+    if _checks.is_concrete(lengths):
+      lo, hi = int(jnp.min(lengths)), int(jnp.max(lengths))
+      if lo < 1 or hi > num_tokens:
+        raise ValueError(f"lengths must be in [1, num_tokens={num_tokens}], got min {lo}, max {hi}")
 
 
-def sample(rng, prefill_fn, step_fn, cache, prompt_tokens, *, num_tokens,
-           temperature=1.0, top_k=None):
-  """Returns generated tokens int32 [B, N]."""
-  _check(num_tokens)
-  p = prompt_tokens.shape[1]
-  logits, cache = prefill_fn(prompt_tokens, cache)
-
-  def body(carry, i):
-    logits, cache = carry
-    tok = categorical.sample(jax.random.fold_in(rng, i), logits,
-                             temperature=temperature, top_k=top_k)
-    logits, cache = step_fn(tok, p + i, cache)
-    return (logits, cache), tok
-
-  return jax.lax.scan(body, (logits, cache), jnp.arange(num_tokens))[1].T
+def length_mask(lengths, num_tokens):
+  """bool [B, N]: True where position < lengths[b] (the generated part of each sample)."""
+  return jnp.arange(num_tokens)[None, :] < jnp.asarray(lengths)[:, None]
 
 
-def sample_recompute(rng, logits_fn, prompt_tokens, *, num_tokens, temperature=1.0,
-                     top_k=None):
-  """Reference sampler: ``logits_fn(seq int32 [B, P+N], length) -> logits [B, V]`` for the
-  token at ``length`` given ``seq[:, :length]`` (later entries are padding)."""
-  _check(num_tokens)
+def _drawer(rng, b, num_tokens, guided, *, temperature, top_k, top_p, cfg_scale, cfg_schedule,
+            cfg_power):
+  """draw(logits [B', V], i) -> token int32 [B] for token index i (noise fold_in(rng, i))."""
+  def draw(logits, i):
+    if guided:
+      s = guidance.scale_at(cfg_schedule, cfg_scale, i / num_tokens, cfg_power)
+      logits = guidance.cfg_uncond_base(logits[:b], logits[b:], s)
+    return categorical.sample(jax.random.fold_in(rng, i), logits, temperature=temperature,
+                              top_k=top_k, top_p=top_p)
+  return draw
+
+
+def _finish(out, lengths, num_tokens, pad_id):
+  if lengths is None:
+    return out
+  return jnp.where(length_mask(lengths, num_tokens), out, jnp.int32(pad_id))
+
+
+def sample(rng, prefill_fn, step_fn, cache, prompt_tokens, *, num_tokens, temperature=1.0,
+           top_k=None, top_p=None, uncond_prompt_tokens=None, cfg_scale=1.0,
+           cfg_schedule="constant", cfg_power=1.0, lengths=None, pad_id=0):
+  """Returns generated tokens int32 [B, N] (see the module docstring for every option).
+
+  cache: the callables' cache for B rows (2B with ``uncond_prompt_tokens``), any pytree.
+  temperature >= 0 (0 = greedy), top_k in [1, V], top_p in (0, 1].
+  """
+  _check(num_tokens, lengths, uncond_prompt_tokens, prompt_tokens, cfg_schedule)
   b, p = prompt_tokens.shape
-  seq = jnp.concatenate([prompt_tokens, jnp.zeros((b, num_tokens), jnp.int32)], 1)
+  guided = uncond_prompt_tokens is not None
+  draw = _drawer(rng, b, num_tokens, guided, temperature=temperature, top_k=top_k, top_p=top_p,
+                 cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, cfg_power=cfg_power)
+  feed = (lambda t: jnp.concatenate([t, t])) if guided else (lambda t: t)
+  prompt = jnp.concatenate([prompt_tokens, uncond_prompt_tokens]) if guided else prompt_tokens
+  logits, cache = prefill_fn(prompt.astype(jnp.int32), cache)
+  first = draw(logits, 0)
+  out = jnp.zeros((b, num_tokens), jnp.int32).at[:, 0].set(first)
+  stop = num_tokens if lengths is None else jnp.max(lengths)
+
+  # Token i comes from the logits of step_fn(token i-1); no call is made after the last token.
+  def body(carry):
+    i, prev, cache, out = carry
+    logits, cache = step_fn(feed(prev), p + i - 1, cache)
+    tok = draw(logits, i)
+    return i + 1, tok, cache, out.at[:, i].set(tok)
+
+  carry = (jnp.int32(1), first, cache, out)
+  out = jax.lax.while_loop(lambda c: c[0] < stop, body, carry)[3]
+  return _finish(out, lengths, num_tokens, pad_id)
+
+
+def sample_recompute(rng, logits_fn, prompt_tokens, *, num_tokens, temperature=1.0, top_k=None,
+                     top_p=None, uncond_prompt_tokens=None, cfg_scale=1.0, cfg_schedule="constant",
+                     cfg_power=1.0, lengths=None, pad_id=0):
+  """Reference sampler without a cache, same options and same draws as `sample`.
+
+  ``logits_fn(seq int32 [B', P+N], length) -> logits [B', V]`` for the token at sequence index
+  ``length`` given ``seq[:, :length]`` (later entries are padding). All N steps run (a scan).
+  """
+  _check(num_tokens, lengths, uncond_prompt_tokens, prompt_tokens, cfg_schedule)
+  b, p = prompt_tokens.shape
+  guided = uncond_prompt_tokens is not None
+  draw = _drawer(rng, b, num_tokens, guided, temperature=temperature, top_k=top_k, top_p=top_p,
+                 cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, cfg_power=cfg_power)
+  prompt = jnp.concatenate([prompt_tokens, uncond_prompt_tokens]) if guided else prompt_tokens
+  seq = jnp.concatenate([prompt.astype(jnp.int32), jnp.zeros((prompt.shape[0], num_tokens), jnp.int32)], 1)
 
   def body(seq, i):
-    logits = logits_fn(seq, p + i)
-    tok = categorical.sample(jax.random.fold_in(rng, i), logits,
-                             temperature=temperature, top_k=top_k)
-    return seq.at[:, p + i].set(tok), None
+    tok = draw(logits_fn(seq, p + i), i)
+    tok2 = jnp.concatenate([tok, tok]) if guided else tok
+    return seq.at[:, p + i].set(tok2), None
 
-  return jax.lax.scan(body, seq, jnp.arange(num_tokens))[0][:, p:]
+  out = jax.lax.scan(body, seq, jnp.arange(num_tokens))[0][:b, p:]
+  return _finish(out, lengths, num_tokens, pad_id)

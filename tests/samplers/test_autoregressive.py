@@ -1,33 +1,163 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
+from flax import nnx
 
+from jaxtok.generators import gpt
 from jaxtok.samplers import autoregressive as ar
 
-V = 7
+V, N = 7, 6
+NULL = 2  # condition ids 0, 1; 2 = null
 TABLE = jax.random.normal(jax.random.key(1), (V, V)) * 2
+COND = jax.random.normal(jax.random.key(2), (3, V)) * 2
+POS = jax.random.normal(jax.random.key(3), (N + 3, V))
+
+# Toy model: logits for sequence index L = TABLE[token L-1] + COND[condition] + POS[L]. The prompt
+# is [condition, start token]; the "cache" carries the condition id of each row.
 
 
 def prefill(tokens, cache):
-  return TABLE[tokens[:, -1]], cache + 1
+  p = tokens.shape[1]
+  return TABLE[tokens[:, -1]] + COND[tokens[:, 0]] + POS[p], tokens[:, 0]
 
 
 def step(tok, pos, cache):
-  return TABLE[tok], cache + 1
+  return TABLE[tok] + COND[cache] + POS[pos + 1], cache
 
 
 def logits_fn(seq, length):
-  return TABLE[jax.lax.dynamic_index_in_dim(seq, length - 1, 1, keepdims=False)]
+  prev = jax.lax.dynamic_index_in_dim(seq, length - 1, 1, keepdims=False)
+  return TABLE[prev] + COND[seq[:, 0]] + POS[length]
 
 
-def test_cached_equals_recompute_and_greedy():
-  prompt = jnp.array([[1, 2], [3, 4]], jnp.int32)
-  a = jax.jit(lambda r: ar.sample(r, prefill, step, jnp.zeros(()), prompt, num_tokens=6))(jax.random.key(0))
-  b = ar.sample_recompute(jax.random.key(0), logits_fn, prompt, num_tokens=6)
+PROMPT = jnp.array([[0, 1], [1, 3], [0, 5]], jnp.int32)
+UNCOND = PROMPT.at[:, 0].set(NULL)
+
+
+@functools.partial(jax.jit, static_argnames=("kw",))
+def _both(rng, kw):
+  kw = dict(kw)
+  guided = kw.get("uncond_prompt_tokens") is not None
+  if guided:
+    kw["uncond_prompt_tokens"] = UNCOND
+  b2 = PROMPT.shape[0] * (2 if guided else 1)
+  a = ar.sample(rng, prefill, step, jnp.zeros((b2,), jnp.int32), PROMPT, num_tokens=N, **kw)
+  b = ar.sample_recompute(rng, logits_fn, PROMPT, num_tokens=N, **kw)
+  return a, b
+
+
+CONFIGS = [
+    (),
+    (("temperature", 0.7), ("top_k", 3), ("top_p", 0.8)),
+    (("uncond_prompt_tokens", True), ("cfg_scale", 3.0), ("cfg_schedule", "power-cosine"),
+     ("cfg_power", 2.0), ("top_p", 0.9)),
+    (("uncond_prompt_tokens", True), ("cfg_scale", 2.0), ("cfg_schedule", "linear")),
+]
+
+
+@pytest.mark.parametrize("kw", CONFIGS)
+def test_cached_equals_recompute(kw):
+  a, b = _both(jax.random.key(0), kw)
   np.testing.assert_array_equal(a, b)
-  g = ar.sample(jax.random.key(5), prefill, step, jnp.zeros(()), prompt, num_tokens=4, top_k=1)
-  t = np.asarray(TABLE)
-  prev = np.asarray(prompt[:, -1])
+  assert a.shape == (3, N) and a.dtype == jnp.int32
+  assert np.all((np.asarray(a) >= 0) & (np.asarray(a) < V))
+  a2, _ = _both(jax.random.key(0), kw)  # reproducible from rng
+  np.testing.assert_array_equal(a, a2)
+  a3, _ = _both(jax.random.key(1), kw)
+  assert not np.array_equal(a, a3)
+
+
+def test_greedy_follows_argmax_chain():
+  g = jax.jit(lambda r: ar.sample(r, prefill, step, jnp.zeros((3,), jnp.int32), PROMPT,
+                                  num_tokens=4, temperature=0.0))(jax.random.key(5))
+  t, c, pos = np.asarray(TABLE), np.asarray(COND), np.asarray(POS)
+  prev = np.asarray(PROMPT[:, -1])
   for i in range(4):
-    prev = t[prev].argmax(-1)
+    prev = (t[prev] + c[np.asarray(PROMPT[:, 0])] + pos[2 + i]).argmax(-1)
     np.testing.assert_array_equal(g[:, i], prev)
+
+
+def test_top_k_one_is_greedy_and_top_p_tiny_is_greedy():
+  f = jax.jit(lambda r, **kw: ar.sample(r, prefill, step, jnp.zeros((3,), jnp.int32), PROMPT,
+                                        num_tokens=N, **kw), static_argnames=("top_k", "top_p", "temperature"))
+  greedy = f(jax.random.key(0), temperature=0.0)
+  np.testing.assert_array_equal(f(jax.random.key(3), top_k=1), greedy)
+  np.testing.assert_array_equal(f(jax.random.key(4), top_p=1e-6), greedy)
+
+
+def test_neutral_guidance_equals_conditional():
+  @jax.jit
+  def run(rng):
+    plain = ar.sample(rng, prefill, step, jnp.zeros((3,), jnp.int32), PROMPT, num_tokens=N)
+    neutral = ar.sample(rng, prefill, step, jnp.zeros((6,), jnp.int32), PROMPT, num_tokens=N,
+                        uncond_prompt_tokens=UNCOND, cfg_scale=1.0)
+    strong = ar.sample(rng, prefill, step, jnp.zeros((6,), jnp.int32), PROMPT, num_tokens=N,
+                       uncond_prompt_tokens=UNCOND, cfg_scale=1.0, cfg_schedule="power-cosine")
+    return plain, neutral, strong
+  plain, neutral, pc = run(jax.random.key(7))
+  np.testing.assert_array_equal(plain, neutral)
+  np.testing.assert_array_equal(plain, pc)  # power-cosine of g = 1 is 1 at every step
+
+
+def test_variable_lengths_are_prefixes_of_full_samples():
+  lengths = jnp.array([2, 6, 4], jnp.int32)
+
+  @jax.jit
+  def run(rng, lengths):
+    full = ar.sample(rng, prefill, step, jnp.zeros((3,), jnp.int32), PROMPT, num_tokens=N)
+    short = ar.sample(rng, prefill, step, jnp.zeros((3,), jnp.int32), PROMPT, num_tokens=N,
+                      lengths=lengths, pad_id=-1)
+    ref = ar.sample_recompute(rng, logits_fn, PROMPT, num_tokens=N, lengths=lengths, pad_id=-1)
+    return full, short, ref
+  full, short, ref = map(np.asarray, run(jax.random.key(2), lengths))
+  keep = np.asarray(ar.length_mask(lengths, N))
+  np.testing.assert_array_equal(keep.sum(1), lengths)
+  np.testing.assert_array_equal(short[keep], full[keep])
+  assert np.all(short[~keep] == -1)
+  np.testing.assert_array_equal(short, ref)
+
+
+def test_errors():
+  cache = jnp.zeros((3,), jnp.int32)
+  run = lambda **kw: ar.sample(jax.random.key(0), prefill, step, cache, PROMPT, **kw)
+  with pytest.raises(ValueError, match="num_tokens must be an int >= 1, got 0"):
+    run(num_tokens=0)
+  with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\], got 0.0"):
+    run(num_tokens=2, top_p=0.0)
+  with pytest.raises(ValueError, match=r"top_k must be an int in \[1, 7\].*got 8"):
+    run(num_tokens=2, top_k=8)
+  with pytest.raises(ValueError, match="temperature must be >= 0"):
+    run(num_tokens=2, temperature=-0.5)
+  with pytest.raises(ValueError, match=r"lengths must be in \[1, num_tokens=2\], got min 0, max 3"):
+    run(num_tokens=2, lengths=jnp.array([0, 1, 3]))
+  with pytest.raises(ValueError, match="uncond_prompt_tokens must have the prompt's shape"):
+    run(num_tokens=2, uncond_prompt_tokens=UNCOND[:2])
+  with pytest.raises(ValueError, match="cfg_schedule must be one of"):
+    run(num_tokens=2, cfg_schedule="cosine")
+
+
+def test_drives_gpt_kv_cache_with_guidance_and_top_p():
+  """The real GPT's prefill/step through the cached sampler equals recomputing the full sequence."""
+  model = gpt.GPT(codebook_size=11, seq_len=5, num_classes=3, width=32, depth=2, heads=2,
+                  rngs=nnx.Rngs(0))
+  graphdef, state = nnx.split(model)
+  labels = jnp.array([0, 2])
+  prompt = model.condition_ids(labels, 2)[:, None]
+  uncond = jnp.full_like(prompt, model.null_id)
+  kw = dict(num_tokens=5, top_p=0.9, temperature=1.3, uncond_prompt_tokens=uncond, cfg_scale=2.5,
+            cfg_schedule="power-cosine", cfg_power=1.5)
+
+  @jax.jit
+  def run(state, rng):
+    m = nnx.merge(graphdef, state)
+    cached = ar.sample(rng, m.prefill, m.step, m.init_cache(4), prompt, **kw)
+    recompute = ar.sample_recompute(
+        rng, lambda seq, n: jnp.take(m.net(seq), n - 1, axis=1), prompt, **kw)
+    return cached, recompute
+
+  cached, recompute = run(state, jax.random.key(3))
+  np.testing.assert_array_equal(cached, recompute)
+  assert np.all((np.asarray(cached) >= 0) & (np.asarray(cached) < 11))
