@@ -18,9 +18,11 @@ import optax
 
 # Path fragments (regular expressions, searched in the "/"-joined lower-case key path) of parameters
 # that never decay. One-dimensional parameters (biases, norm scales) never decay whatever their name.
+# `^vae/` is FlexTok's VAE: frozen (its outputs are stop-gradient'ed, so Adam's update is exactly 0)
+# and loaded from the release, so decoupled weight decay must not shrink it either.
 NO_DECAY_PATTERNS: tuple[str, ...] = (
     r"bias", r"norm", r"(^|[/_])ln", r"embed", r"latent_token", r"mask_token", r"codebook",
-    r"register", r"cls_token", r"class_token", r"pos_emb", r"gamma",
+    r"register", r"cls_token", r"class_token", r"pos_emb", r"gamma", r"^vae/",
 )
 
 
@@ -55,6 +57,13 @@ def decay_mask(params: Any, patterns: Sequence[str] = NO_DECAY_PATTERNS) -> Any:
   return jax.tree_util.tree_map_with_path(decide, params)
 
 
+def frozen_mask(params: Any, patterns: Sequence[str]) -> Any:
+  """Bool tree, True where a path fragment in `patterns` matches (the frozen parameters)."""
+  compiled = [re.compile(p) for p in patterns]
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: any(c.search(path_to_str(path).lower()) for c in compiled), params)
+
+
 def warmup_cosine(*, base_lr: float, total_steps: int, warmup_steps: int = 0, end_lr: float = 0.0,
                   init_lr: float = 0.0) -> optax.Schedule:
   """Learning rate: linear from `init_lr` to `base_lr` over `warmup_steps`, then a half cosine to
@@ -82,10 +91,13 @@ def warmup_cosine(*, base_lr: float, total_steps: int, warmup_steps: int = 0, en
 def make_optimizer(*, base_lr: float, total_steps: int, warmup_steps: int = 0, end_lr: float = 0.0,
                    b1: float = 0.9, b2: float = 0.99, eps: float = 1e-8, weight_decay: float = 1e-4,
                    grad_clip: float | None = 1.0, mu_dtype: Any = None,
-                   no_decay_patterns: Sequence[str] = NO_DECAY_PATTERNS) -> optax.GradientTransformation:
+                   no_decay_patterns: Sequence[str] = NO_DECAY_PATTERNS,
+                   frozen_patterns: Sequence[str] = ()) -> optax.GradientTransformation:
   """Global-norm clipping then AdamW with the warmup-cosine schedule and the decay mask.
 
   Args:
+    frozen_patterns: path regular expressions (as `no_decay_patterns`) of parameters that never change:
+      no weight decay and a zero update whatever their gradient (a final `optax.masked` zeroing).
     mu_dtype: dtype of Adam's first moment (e.g. "bfloat16" to halve its memory); None keeps the
       parameter dtype.
     grad_clip: maximum global gradient norm; None or <= 0 disables clipping.
@@ -97,25 +109,29 @@ def make_optimizer(*, base_lr: float, total_steps: int, warmup_steps: int = 0, e
     raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
   schedule = warmup_cosine(base_lr=base_lr, total_steps=total_steps, warmup_steps=warmup_steps,
                            end_lr=end_lr)
-  patterns = tuple(no_decay_patterns)
+  frozen = tuple(frozen_patterns)
+  patterns = tuple(no_decay_patterns) + frozen
   adamw = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
                       mu_dtype=jnp.dtype(mu_dtype) if mu_dtype else None,
                       mask=lambda params: decay_mask(params, patterns))
-  if grad_clip is not None and grad_clip > 0:
-    return optax.chain(optax.clip_by_global_norm(grad_clip), adamw)
-  return adamw
+  parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip is not None and grad_clip > 0 else []
+  parts.append(adamw)
+  if frozen:
+    parts.append(optax.masked(optax.set_to_zero(), lambda params: frozen_mask(params, frozen)))
+  return optax.chain(*parts) if len(parts) > 1 else adamw
 
 
 def optimizer_from_config(cfg: Any, total_steps: int) -> optax.GradientTransformation:
   """`make_optimizer` from a config section with fields lr, warmup_steps, end_lr, b1, b2, wd, clip,
-  mu_dtype (the missing ones take the defaults)."""
+  mu_dtype, no_decay_patterns, frozen_patterns (the missing ones take the defaults)."""
   get = lambda k, d: cfg.get(k, d) if hasattr(cfg, "get") else getattr(cfg, k, d)
   return make_optimizer(
       base_lr=float(get("lr", 1e-4)), total_steps=int(total_steps),
       warmup_steps=int(get("warmup_steps", 0)), end_lr=float(get("end_lr", 0.0)),
       b1=float(get("b1", 0.9)), b2=float(get("b2", 0.99)), eps=float(get("eps", 1e-8)),
       weight_decay=float(get("wd", 1e-4)), grad_clip=get("clip", 1.0), mu_dtype=get("mu_dtype", None),
-      no_decay_patterns=tuple(get("no_decay_patterns", NO_DECAY_PATTERNS)))
+      no_decay_patterns=tuple(get("no_decay_patterns", NO_DECAY_PATTERNS)),
+      frozen_patterns=tuple(get("frozen_patterns", None) or ()))
 
 
 def ema_update(ema: Any, params: Any, decay: float | jax.Array) -> Any:

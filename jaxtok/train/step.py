@@ -10,8 +10,22 @@ The generator (tokenizer) loss is
       + gan_weight(step) * (-mean D(x^))                               hinge generator term
 
 and, when a discriminator is configured, the same step updates it with the hinge loss plus LeCAM
-(Yu et al. 2021: lecam * (mean((D(x) - ema_fake)^2) + mean((D(x^) - ema_real)^2))), active from
-`disc_start`. Recipes (TiTok two-stage / single-stage, One-D-Piece tail drop, FlexTok nested
+(Tseng et al. 2021: lecam * (mean(relu(D(x) - ema_fake)^2) + mean(relu(ema_real - D(x^))^2)), with
+EMAs of the mean logits), from `disc_start` on (default `gan_start`): before it the discriminator's
+parameters, optimizer state and LeCAM EMAs stay exactly as initialised (its update is skipped with
+`lax.cond`) and the generator's GAN weight is 0. The GAN pieces are `jaxtok.losses.gan`; the
+perceptual term is `perceptual_fn` (e.g. `jaxtok.losses.perceptual.lpips_loss` with weights loaded
+from a file, passed in `frozen["perceptual"]`).
+
+RobusTok latent perturbation (`loss.perturb`, a dict: alpha, beta, delta, and optionally
+anneal_start, anneal_end, end_ratio in steps): for a VQ TiTok / One-D-Piece, the step encodes,
+quantizes (the quantizer losses see the clean tokens), then replaces tokens of the first
+floor(B * beta) images by one of their delta nearest codes with probability alpha
+(`jaxtok.quantizers.perturb`, scheduled by `perturb.schedule` on the step) before decoding, so the
+reconstruction, perceptual and GAN terms see the perturbed tokens. The codebook gets no gradient
+through the replacement (the release's z + sg(e - z)).
+
+Recipes (TiTok two-stage / single-stage, One-D-Piece tail drop, FlexTok nested
 dropout + rectified flow) differ only in the loss weights here and in what the model's
 `train_forward` does (the tail drop and the flow loss live inside the model).
 
@@ -27,6 +41,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from jaxtok.losses import gan
+from jaxtok.quantizers import perturb as perturb_lib
 from jaxtok.train import optim
 from jaxtok.train.state import ModelDef, TrainState
 
@@ -34,24 +50,7 @@ f32 = jnp.float32
 
 
 # --------------------------------------------------------------------------------------------------
-# Small pure loss pieces (float32).
-
-
-def gan_weight(step: jax.Array, *, start: int, weight: float) -> jax.Array:
-  """0 before `start`, `weight` from `start` on (the TiTok/MaskGIT fixed GAN weight)."""
-  return jnp.where(step >= start, jnp.asarray(weight, f32), jnp.asarray(0.0, f32))
-
-
-def hinge_d_loss(logits_real: jax.Array, logits_fake: jax.Array) -> jax.Array:
-  """Discriminator hinge loss: mean(relu(1 - D(x))) + mean(relu(1 + D(x^))), halved (VQGAN)."""
-  return 0.5 * (jnp.mean(jax.nn.relu(1.0 - logits_real.astype(f32)))
-                + jnp.mean(jax.nn.relu(1.0 + logits_fake.astype(f32))))
-
-
-def lecam_penalty(logits_real: jax.Array, logits_fake: jax.Array, ema: dict) -> jax.Array:
-  """LeCAM regulariser: mean(relu(D(x) - ema_fake)^2) + mean(relu(ema_real - D(x^))^2)."""
-  return (jnp.mean(jnp.square(jax.nn.relu(logits_real.astype(f32) - ema["fake"])))
-          + jnp.mean(jnp.square(jax.nn.relu(ema["real"] - logits_fake.astype(f32)))))
+# Small pure pieces (float32). The GAN losses live in jaxtok.losses.gan.
 
 
 def proxy_code_loss(logits: jax.Array, codes: jax.Array) -> jax.Array:
@@ -99,6 +98,80 @@ def _proxy_forward(m: Any, images: jax.Array, rng: jax.Array):
   return None, dict(enc.losses), metrics, logits
 
 
+
+
+PERTURB_KEYS = ("alpha", "beta", "delta", "anneal_start", "anneal_end", "end_ratio")
+
+
+def perturb_settings(section: Any) -> dict | None:
+  """The validated `loss.perturb` dict (alpha, beta, delta [, anneal_start, anneal_end, end_ratio]),
+  or None when it is unset / empty."""
+  if section is None:
+    return None
+  cfg = dict(section.items()) if hasattr(section, "items") else None
+  if cfg is None:
+    raise TypeError(f"loss.perturb must be a dict of {PERTURB_KEYS}, got {type(section).__name__}")
+  if not cfg:
+    return None
+  unknown = sorted(set(cfg) - set(PERTURB_KEYS))
+  if unknown:
+    raise ValueError(f"loss.perturb has unknown fields {unknown}; expected some of {PERTURB_KEYS}")
+  for key in ("alpha", "beta", "delta"):
+    if key not in cfg:
+      raise ValueError(f"loss.perturb needs {key!r} (fields alpha, beta, delta), got {sorted(cfg)}")
+  alpha, beta, delta = float(cfg["alpha"]), float(cfg["beta"]), cfg["delta"]
+  if not 0.0 <= alpha <= 1.0:
+    raise ValueError(f"loss.perturb.alpha must lie in [0, 1], got {alpha}")
+  if not 0.0 <= beta <= 1.0:
+    raise ValueError(f"loss.perturb.beta must lie in [0, 1], got {beta}")
+  if not isinstance(delta, int) or isinstance(delta, bool) or delta < 1:
+    raise ValueError(f"loss.perturb.delta must be an int >= 1, got {delta!r}")
+  out = {"alpha": alpha, "beta": beta, "delta": delta}
+  if ("anneal_start" in cfg) != ("anneal_end" in cfg):
+    raise ValueError("loss.perturb needs both anneal_start and anneal_end (or neither), got "
+                     f"{sorted(cfg)}")
+  if "anneal_start" in cfg:
+    out.update(anneal_start=float(cfg["anneal_start"]), anneal_end=float(cfg["anneal_end"]),
+               end_ratio=float(cfg.get("end_ratio", 0.5)))
+    # Validates the schedule fields now rather than at trace time.
+    perturb_lib.schedule(0, alpha0=alpha, delta0=delta, anneal_start=out["anneal_start"],
+                         anneal_end=out["anneal_end"], end_ratio=out["end_ratio"])
+  return out
+
+
+def _perturbed_forward(m: Any, images: jax.Array, rng: jax.Array, settings: dict, step: jax.Array):
+  """A VQ TiTok's `train_forward` with RobusTok perturbation between quantizer and decoder.
+
+  Uses the TiTok module's encoder, latent tokens, `_bottleneck` (so the quantizer losses are those of
+  `train_forward`), codebook and `decode_codes`; tail drop as in `train_forward`.
+  """
+  if getattr(m, "quantizer", None) != "vq" or not hasattr(m, "codebook") or not hasattr(m, "encoder"):
+    raise ValueError("loss.perturb needs a VQ TiTok / One-D-Piece tokenizer (model.quantizer='vq'), "
+                     f"got {type(m).__name__} with quantizer {getattr(m, 'quantizer', None)!r}")
+  enc_rng, drop_rng, p_rng = jax.random.split(rng, 3)
+  z = m.encoder(images, m.latent_tokens.get_value())
+  tokens, codes, losses, metrics = m._bottleneck(z, enc_rng, True)  # pylint: disable=protected-access
+  metrics = dict(metrics)
+  if "anneal_start" in settings:
+    alpha, delta = perturb_lib.schedule(step, alpha0=settings["alpha"], delta0=settings["delta"],
+                                        anneal_start=settings["anneal_start"],
+                                        anneal_end=settings["anneal_end"],
+                                        end_ratio=settings["end_ratio"])
+  else:
+    alpha, delta = settings["alpha"], settings["delta"]
+  codes, _, info = perturb_lib.perturb(
+      z, codes, tokens, jax.lax.stop_gradient(m.codebook.get_value()), p_rng, alpha=alpha,
+      beta=settings["beta"], delta=delta, max_delta=settings["delta"], cosine=bool(m.use_l2_norm))
+  metrics["perturb/change_rate"] = info["change_rate"]
+  metrics["perturb/alpha"] = jnp.asarray(alpha, f32)
+  keep = None
+  if getattr(m, "tail_drop", False):
+    keep = jax.random.randint(drop_rng, (), 1, m.num_latent_tokens + 1)
+    metrics["kept_tokens"] = keep.astype(f32)
+  recon = m.decode_codes(codes, num_tokens=keep)
+  return recon, dict(losses), metrics
+
+
 # --------------------------------------------------------------------------------------------------
 
 
@@ -114,8 +187,8 @@ def make_train_step(model: ModelDef, loss_cfg: Any, tx: optax.GradientTransforma
   Args:
     model: graphdef + init of the tokenizer; its module has
       `train_forward(images, *, rng, num_tokens=None) -> (recon [B,H,W,3] | None, losses, metrics)`.
-    loss_cfg: section with l1, l2, perceptual, proxy, gan, gan_start, disc_start, lecam, lecam_decay
-      (missing ones are 0 / off).
+    loss_cfg: section with l1, l2, perceptual, proxy, gan, gan_start, disc_start, lecam, lecam_decay,
+      perturb (missing ones are 0 / off; see the module docstring).
     tx: the tokenizer optimizer (its state is state["opt_state"]).
     state_shardings: NamedShardings of the TrainState (out_shardings of the step).
     ema_decay: > 0 keeps state["ema_params"].
@@ -145,11 +218,20 @@ def make_train_step(model: ModelDef, loss_cfg: Any, tx: optax.GradientTransforma
     if v < 0:
       raise ValueError(f"loss weight {name} must be >= 0, got {v}")
   if w_perc > 0 and perceptual_fn is None:
-    raise ValueError("loss.perceptual > 0 needs a perceptual network (config.perceptual_weights)")
+    raise ValueError("loss.perceptual > 0 needs a perceptual network loaded from a weights file "
+                     "(config.loss.perceptual_weights), got perceptual_fn=None")
   if w_proxy > 0 and teacher_fn is None:
     raise ValueError("loss.proxy > 0 (TiTok stage 1) needs a teacher tokenizer (config.teacher)")
   if w_gan > 0 and disc is None:
     raise ValueError("loss.gan > 0 needs a discriminator (config.disc)")
+  if gan_start < 0 or disc_start < 0:
+    raise ValueError(f"loss.gan_start and loss.disc_start must be >= 0, got {gan_start}, {disc_start}")
+  if not 0.0 <= lecam_decay < 1.0:
+    raise ValueError(f"loss.lecam_decay must lie in [0, 1), got {lecam_decay}")
+  perturb_cfg = perturb_settings(_cfg(loss_cfg, "perturb", None))
+  if perturb_cfg is not None and w_proxy > 0:
+    raise ValueError("loss.perturb applies to pixel training; it cannot be combined with loss.proxy > 0 "
+                     "(TiTok stage 1)")
   if disc is not None and disc_tx is None:
     raise ValueError("a discriminator needs its optimizer: disc_tx is None")
   if not 0.0 <= ema_decay < 1.0:
@@ -171,6 +253,8 @@ def make_train_step(model: ModelDef, loss_cfg: Any, tx: optax.GradientTransforma
       if w_proxy > 0:
         recon, model_losses, model_metrics, logits = _proxy_forward(m, images, k_model)
         terms["proxy_ce"] = w_proxy * proxy_code_loss(logits, codes)
+      elif perturb_cfg is not None:
+        recon, model_losses, model_metrics = _perturbed_forward(m, images, k_model, perturb_cfg, step)
       else:
         out = m.train_forward(images, rng=k_model)
         recon, model_losses, model_metrics = out[0], dict(out[1]), dict(out[2])
@@ -183,8 +267,7 @@ def make_train_step(model: ModelDef, loss_cfg: Any, tx: optax.GradientTransforma
         if w_perc > 0:
           terms["perceptual"] = w_perc * perceptual_fn(frozen["perceptual"], images, r).astype(f32)
         if disc_model is not None and w_gan > 0:
-          terms["gan_g"] = gan_weight(step, start=gan_start, weight=w_gan) * -jnp.mean(
-              disc_model(r).astype(f32))
+          terms["gan_g"] = gan.gan_weight(step, gan_start, w_gan) * gan.hinge_g_loss(disc_model(r))
       for k, v in model_losses.items():
         terms[f"model/{k}"] = jnp.asarray(v, f32)
       total = sum(terms.values()) if terms else jnp.zeros((), f32)
@@ -213,30 +296,39 @@ def make_train_step(model: ModelDef, loss_cfg: Any, tx: optax.GradientTransforma
 
     if disc is not None and recon is not None:
       fake = jax.lax.stop_gradient(recon).astype(f32)
-      lecam_state = state["lecam_state"]
 
-      def disc_loss(d_params):
+      def disc_loss(d_params, lecam_state):
         dm = nnx.merge(disc.graphdef, d_params)
-        lr_, lf_ = dm(images).astype(f32), dm(fake).astype(f32)
-        loss = hinge_d_loss(lr_, lf_)
+        real_logits, fake_logits = dm(images), dm(fake)
+        loss = gan.hinge_d_loss(real_logits, fake_logits)
         if w_lecam > 0:
-          loss = loss + w_lecam * lecam_penalty(lr_, lf_, lecam_state)
-        return loss, (jnp.mean(lr_), jnp.mean(lf_))
+          loss = loss + w_lecam * gan.lecam_loss(real_logits, fake_logits, lecam_state)
+        return loss, (real_logits, fake_logits)
 
-      (d_loss, (mean_real, mean_fake)), d_grads = jax.value_and_grad(disc_loss, has_aux=True)(
-          state["disc_params"])
-      d_updates, d_opt = disc_tx.update(d_grads, state["disc_opt_state"], state["disc_params"])
-      d_params = optax.apply_updates(state["disc_params"], d_updates)
+      def update(operands):
+        d_params, d_opt, lecam_state = operands
+        (d_loss, (real_logits, fake_logits)), d_grads = jax.value_and_grad(disc_loss, has_aux=True)(
+            d_params, lecam_state)
+        d_updates, d_opt = disc_tx.update(d_grads, d_opt, d_params)
+        d_params = optax.apply_updates(d_params, d_updates)
+        lecam_state = gan.lecam_update(lecam_state, real_logits, fake_logits, decay=lecam_decay)
+        stats = {"disc/loss": d_loss, "disc/logits_real": jnp.mean(real_logits.astype(f32)),
+                 "disc/logits_fake": jnp.mean(fake_logits.astype(f32)),
+                 "disc/grad_norm": optax.tree.norm(d_grads).astype(f32)}
+        return (d_params, d_opt, lecam_state), stats
+
+      def skip(operands):
+        zero = jnp.zeros((), f32)
+        return operands, {"disc/loss": zero, "disc/logits_real": zero, "disc/logits_fake": zero,
+                          "disc/grad_norm": zero}
+
       active = step >= disc_start
-      # Before disc_start the discriminator and its optimizer stay exactly as initialised.
-      keep = lambda a, b: jax.tree.map(lambda x, y: jnp.where(active, x, y), a, b)
-      new["disc_params"] = keep(d_params, state["disc_params"])
-      new["disc_opt_state"] = keep(d_opt, state["disc_opt_state"])
-      new["lecam_state"] = keep(
-          {"real": lecam_decay * lecam_state["real"] + (1 - lecam_decay) * mean_real,
-           "fake": lecam_decay * lecam_state["fake"] + (1 - lecam_decay) * mean_fake}, lecam_state)
-      metrics.update({"disc/loss": d_loss, "disc/logits_real": mean_real,
-                      "disc/logits_fake": mean_fake, "disc/active": active.astype(f32)})
+      # Before disc_start the discriminator, its optimizer and the LeCAM EMAs stay as initialised.
+      (d_params, d_opt, lecam_state), d_metrics = jax.lax.cond(
+          active, update, skip, (state["disc_params"], state["disc_opt_state"], state["lecam_state"]))
+      new.update(disc_params=d_params, disc_opt_state=d_opt, lecam_state=lecam_state)
+      metrics.update(d_metrics)
+      metrics["disc/active"] = active.astype(f32)
     return new, metrics
 
   jitted = jax.jit(step_fn, donate_argnums=(0,), out_shardings=(state_shardings, None))

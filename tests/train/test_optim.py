@@ -90,3 +90,23 @@ def test_ema_closed_form():
   # bf16 EMA is accumulated in float32 then cast back.
   out = optim.ema_update({"a": jnp.ones((2,), jnp.bfloat16)}, {"a": jnp.zeros((2,))}, 0.5)
   assert out["a"].dtype == jnp.bfloat16 and float(out["a"][0]) == 0.5
+
+
+def test_flextok_vae_is_not_decayed_and_frozen_patterns_zero_updates():
+  # FlexTok's VAE lives under "vae/": never decayed (its gradients are zero, so it stays exact).
+  params = {"vae": {"conv": {"kernel": jnp.ones((3, 3))}}, "enc": {"kernel": jnp.ones((3, 3))}}
+  mask = optim.decay_mask(params)
+  assert mask["vae"]["conv"]["kernel"] is False and mask["enc"]["kernel"] is True
+  tx = optim.make_optimizer(base_lr=0.1, total_steps=10, weight_decay=0.5, grad_clip=None)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  upd, _ = tx.update(zeros, tx.init(params), params)
+  np.testing.assert_array_equal(upd["vae"]["conv"]["kernel"], 0.0)
+  np.testing.assert_allclose(upd["enc"]["kernel"], -0.1 * 0.5, rtol=1e-6)
+  # frozen_patterns: zero update even with a non-zero gradient, and no decay.
+  tx = optim.make_optimizer(base_lr=0.1, total_steps=10, weight_decay=0.5, frozen_patterns=("^enc/",))
+  ones = jax.tree.map(jnp.ones_like, params)
+  upd, _ = tx.update(ones, tx.init(params), params)
+  np.testing.assert_array_equal(upd["enc"]["kernel"], 0.0)
+  assert float(jnp.abs(upd["vae"]["conv"]["kernel"]).min()) > 0  # not frozen: Adam moves it
+  assert optim.frozen_mask(params, ("^enc/",)) == {"vae": {"conv": {"kernel": False}},
+                                                    "enc": {"kernel": True}}
