@@ -9,11 +9,15 @@ from flax import nnx
 from jaxtok.generators import gpt
 from jaxtok.samplers import autoregressive as ar
 
+# rbg keys: the samplers work with any key implementation, and threefry's unrolled rounds cost
+# seconds of XLA compile per random call on a shared 2-core CPU.
+KEY = functools.partial(jax.random.key, impl="rbg")
+
 V, N = 7, 6
 NULL = 2  # condition ids 0, 1; 2 = null
-TABLE = jax.random.normal(jax.random.key(1), (V, V)) * 2
-COND = jax.random.normal(jax.random.key(2), (3, V)) * 2
-POS = jax.random.normal(jax.random.key(3), (N + 3, V))
+TABLE = jax.random.normal(KEY(1), (V, V)) * 2
+COND = jax.random.normal(KEY(2), (3, V)) * 2
+POS = jax.random.normal(KEY(3), (N + 3, V))
 
 # Toy model: logits for sequence index L = TABLE[token L-1] + COND[condition] + POS[L]. The prompt
 # is [condition, start token]; the "cache" carries the condition id of each row.
@@ -60,19 +64,19 @@ CONFIGS = [
 
 @pytest.mark.parametrize("kw", CONFIGS)
 def test_cached_equals_recompute(kw):
-  a, b = _both(jax.random.key(0), kw)
+  a, b = _both(KEY(0), kw)
   np.testing.assert_array_equal(a, b)
   assert a.shape == (3, N) and a.dtype == jnp.int32
   assert np.all((np.asarray(a) >= 0) & (np.asarray(a) < V))
-  a2, _ = _both(jax.random.key(0), kw)  # reproducible from rng
+  a2, _ = _both(KEY(0), kw)  # reproducible from rng
   np.testing.assert_array_equal(a, a2)
-  a3, _ = _both(jax.random.key(1), kw)
+  a3, _ = _both(KEY(1), kw)
   assert not np.array_equal(a, a3)
 
 
 def test_greedy_follows_argmax_chain():
   g = jax.jit(lambda r: ar.sample(r, prefill, step, jnp.zeros((3,), jnp.int32), PROMPT,
-                                  num_tokens=4, temperature=0.0))(jax.random.key(5))
+                                  num_tokens=4, temperature=0.0))(KEY(5))
   t, c, pos = np.asarray(TABLE), np.asarray(COND), np.asarray(POS)
   prev = np.asarray(PROMPT[:, -1])
   for i in range(4):
@@ -83,9 +87,9 @@ def test_greedy_follows_argmax_chain():
 def test_top_k_one_is_greedy_and_top_p_tiny_is_greedy():
   f = jax.jit(lambda r, **kw: ar.sample(r, prefill, step, jnp.zeros((3,), jnp.int32), PROMPT,
                                         num_tokens=N, **kw), static_argnames=("top_k", "top_p", "temperature"))
-  greedy = f(jax.random.key(0), temperature=0.0)
-  np.testing.assert_array_equal(f(jax.random.key(3), top_k=1), greedy)
-  np.testing.assert_array_equal(f(jax.random.key(4), top_p=1e-6), greedy)
+  greedy = f(KEY(0), temperature=0.0)
+  np.testing.assert_array_equal(f(KEY(3), top_k=1), greedy)
+  np.testing.assert_array_equal(f(KEY(4), top_p=1e-6), greedy)
 
 
 def test_neutral_guidance_equals_conditional():
@@ -97,7 +101,7 @@ def test_neutral_guidance_equals_conditional():
     strong = ar.sample(rng, prefill, step, jnp.zeros((6,), jnp.int32), PROMPT, num_tokens=N,
                        uncond_prompt_tokens=UNCOND, cfg_scale=1.0, cfg_schedule="power-cosine")
     return plain, neutral, strong
-  plain, neutral, pc = run(jax.random.key(7))
+  plain, neutral, pc = run(KEY(7))
   np.testing.assert_array_equal(plain, neutral)
   np.testing.assert_array_equal(plain, pc)  # power-cosine of g = 1 is 1 at every step
 
@@ -112,7 +116,7 @@ def test_variable_lengths_are_prefixes_of_full_samples():
                       lengths=lengths, pad_id=-1)
     ref = ar.sample_recompute(rng, logits_fn, PROMPT, num_tokens=N, lengths=lengths, pad_id=-1)
     return full, short, ref
-  full, short, ref = map(np.asarray, run(jax.random.key(2), lengths))
+  full, short, ref = map(np.asarray, run(KEY(2), lengths))
   keep = np.asarray(ar.length_mask(lengths, N))
   np.testing.assert_array_equal(keep.sum(1), lengths)
   np.testing.assert_array_equal(short[keep], full[keep])
@@ -122,7 +126,7 @@ def test_variable_lengths_are_prefixes_of_full_samples():
 
 def test_errors():
   cache = jnp.zeros((3,), jnp.int32)
-  run = lambda **kw: ar.sample(jax.random.key(0), prefill, step, cache, PROMPT, **kw)
+  run = lambda **kw: ar.sample(KEY(0), prefill, step, cache, PROMPT, **kw)
   with pytest.raises(ValueError, match="num_tokens must be an int >= 1, got 0"):
     run(num_tokens=0)
   with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\], got 0.0"):
@@ -142,7 +146,7 @@ def test_errors():
 def test_drives_gpt_kv_cache_with_guidance_and_top_p():
   """The real GPT's prefill/step through the cached sampler equals recomputing the full sequence."""
   model = gpt.GPT(codebook_size=11, seq_len=5, num_classes=3, width=32, depth=2, heads=2,
-                  rngs=nnx.Rngs(0))
+                  rngs=nnx.Rngs(KEY(0)))
   graphdef, state = nnx.split(model)
   labels = jnp.array([0, 2])
   prompt = model.condition_ids(labels, 2)[:, None]
@@ -158,6 +162,6 @@ def test_drives_gpt_kv_cache_with_guidance_and_top_p():
         rng, lambda seq, n: jnp.take(m.net(seq), n - 1, axis=1), prompt, **kw)
     return cached, recompute
 
-  cached, recompute = run(state, jax.random.key(3))
+  cached, recompute = run(state, KEY(3))
   np.testing.assert_array_equal(cached, recompute)
   assert np.all((np.asarray(cached) >= 0) & (np.asarray(cached) < 11))
