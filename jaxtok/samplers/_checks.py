@@ -17,7 +17,9 @@ def positive_int(name, value):
 
 
 def temperature(value, *, allow_zero=True):
-  """temperature >= 0 (0 = greedy) or, with allow_zero=False, > 0."""
+  """temperature >= 0 (0 = greedy) or, with allow_zero=False, > 0 (skipped when traced)."""
+  if not is_concrete(value):
+    return
   if allow_zero and not value >= 0:
     raise ValueError(f"temperature must be >= 0 (0 = greedy), got {value}")
   if not allow_zero and not value > 0:
