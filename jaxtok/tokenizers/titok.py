@@ -46,6 +46,7 @@ from jaxtok.nn.transformer import Dense, LayerNorm, Transformer
 from jaxtok.nn.vit import PatchEmbed, unpatchify, vit_size
 from jaxtok.quantizers import fsq, vq
 from jaxtok.sharding import logical_init
+from jaxtok.tokenizers import flextok as flextok_lib
 from jaxtok.tokenizers import vae as vae_lib
 from jaxtok.tokenizers import vqgan as vqgan_lib
 from jaxtok.tokenizers.api import (EncodeOutput, TrainOutput, as_dict, check_images,
@@ -157,7 +158,7 @@ class TiTok(nnx.Module):
                proxy_codebook_size: int = 1024, pixel_ch: int = 128,
                pixel_ch_mult: Sequence[int] = (1, 1, 2, 2, 4), pixel_num_res_blocks: int = 2,
                pixel_z_channels: int = 256, pixel_num_groups: int = 32, tail_drop: bool = False,
-               dtype: Any = jnp.float32, remat: bool = False, rngs: nnx.Rngs):
+               tail_drop_mode: str = "uniform", dtype: Any = jnp.float32, remat: bool = False, rngs: nnx.Rngs):
     if image_size % patch_size:
       raise ValueError(f"image_size ({image_size}) must be divisible by patch_size ({patch_size})")
     if quantizer not in QUANTIZERS:
@@ -173,7 +174,13 @@ class TiTok(nnx.Module):
     if decoder_head == "proxy_codes" and 2**(len(pixel_ch_mult) - 1) != patch_size:
       raise ValueError(f"the pixel decoder upsamples by 2**(len(pixel_ch_mult)-1) = "
                        f"{2**(len(pixel_ch_mult) - 1)}, which must equal patch_size ({patch_size})")
+    if tail_drop_mode not in flextok_lib.KEEP_K_MODES:
+      raise ValueError(f"tail_drop_mode must be one of {flextok_lib.KEEP_K_MODES}, got {tail_drop_mode!r}")
+    if tail_drop_mode != "uniform" and num_latent_tokens & (num_latent_tokens - 1):
+      raise ValueError(f"tail_drop_mode {tail_drop_mode!r} needs num_latent_tokens a power of two, got "
+                       f"{num_latent_tokens}")
     dtype = compute_dtype(dtype)
+    self.tail_drop_mode = tail_drop_mode
     self.image_size, self.patch_size, self.num_latent_tokens = image_size, patch_size, num_latent_tokens
     self.token_size, self.quantizer, self.codebook_size = token_size, quantizer, codebook_size
     self.use_l2_norm, self.commitment_cost = use_l2_norm, float(commitment_cost)
@@ -303,15 +310,18 @@ class TiTok(nnx.Module):
                     num_tokens: int | None = None) -> TrainOutput:
     """Training pass: encode (train=True), decode the kept prefix; recon [B, H, W, 3] float32.
 
-    With tail_drop and num_tokens None, one kept length n ~ U{1..K} is drawn from rng per batch
-    (metric `kept_tokens`) and the tail is masked in the decoder.
+    With tail_drop and num_tokens None, one kept length n is drawn from rng per batch (U{1..K} with
+    tail_drop_mode "uniform", U{1, 2, 4, ..., K} with "pow2"; metric `kept_tokens`) and the tail is
+    masked in the decoder.
     """
     enc_rng, drop_rng = jax.random.split(rng)
     out = self.encode(images, rng=enc_rng, train=True)
     metrics = dict(out.metrics)
     keep = check_num_tokens(num_tokens, self.num_latent_tokens)
     if keep is None and self.tail_drop:
-      keep = jax.random.randint(drop_rng, (), 1, self.num_latent_tokens + 1)
+      # One kept length per batch (One-D-Piece); "pow2" draws it from {1, 2, 4, ..., K} (FlexTok's
+      # alternative), which trains the long prefixes far more often than uniform's 1/K.
+      keep = flextok_lib.sample_keep_k(drop_rng, 1, self.num_latent_tokens, self.tail_drop_mode)[0]
     if keep is not None:
       metrics["kept_tokens"] = jnp.asarray(keep, jnp.float32)
     recon = self.decode_codes(out.codes, num_tokens=keep)
@@ -336,7 +346,7 @@ _FIELDS = ("image_size", "patch_size", "num_latent_tokens", "token_size", "quant
            "codebook_size", "use_l2_norm", "commitment_cost", "fsq_levels", "kl_weight",
            "vae_inference", "legacy_reshape", "decoder_head", "proxy_codebook_size", "pixel_ch",
            "pixel_ch_mult", "pixel_num_res_blocks", "pixel_z_channels", "pixel_num_groups",
-           "tail_drop", "dtype", "remat")
+           "tail_drop", "tail_drop_mode", "dtype", "remat")
 
 
 def make_model(cfg: Mapping[str, Any], *, rngs: nnx.Rngs) -> TiTok:

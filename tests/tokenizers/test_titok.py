@@ -224,3 +224,23 @@ def test_param_count_titok_s128():
 def test_param_count_titok_b64_l32(size, k, total):
   s = _abstract(encoder_size=size, decoder_size=size, num_latent_tokens=k, **LEGACY)
   assert abs(_count(s) / total - 1) < 0.01
+
+
+def test_onedpiece_pow2_tail_drop_draws_only_powers_of_two():
+  cfg = dict(TINY, name="onedpiece", num_latent_tokens=8, tail_drop_mode="pow2")
+  m = titok.make_model(cfg, rngs=nnx.Rngs(0))
+  assert m.tail_drop and m.tail_drop_mode == "pow2"
+  g, s = nnx.split(m)
+  x = _images()
+  kept = jax.jit(jax.vmap(lambda r: nnx.merge(g, s).train_forward(x, rng=r).metrics["kept_tokens"]))(
+      jax.random.split(jax.random.key(0), 64))
+  values = set(np.asarray(kept).astype(int).tolist())
+  # All four lengths {1, 2, 4, 8} appear in 64 draws (each is missed with probability (3/4)^64).
+  assert values == {1, 2, 4, 8}
+
+
+def test_tail_drop_mode_errors():
+  with pytest.raises(ValueError, match="tail_drop_mode must be one of"):
+    titok.make_model(dict(TINY, name="onedpiece", tail_drop_mode="geometric"), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="power of two, got 6"):
+    titok.make_model(dict(TINY, name="onedpiece", tail_drop_mode="pow2"), rngs=nnx.Rngs(0))
