@@ -33,6 +33,7 @@ def list_images(folder: str, *, flag: str = "--input") -> list[str]:
     for name in sorted(files):
       if name.lower().endswith(EXTENSIONS) and not name.startswith("."):
         out.append(os.path.relpath(os.path.join(root, name), folder))
+  out.sort()
   if not out:
     raise ValueError(f"{flag}: expected at least one image ({', '.join(EXTENSIONS)}) in {folder!r}, "
                      f"found 0")

@@ -1,0 +1,131 @@
+"""One jitted `sample(rng, labels) -> tokens` per generator kind, over a trained generator's weights.
+
+  gpt      jaxtok.samplers.autoregressive.sample with the GPT's preallocated KV cache (prefill the
+           condition id, then one cached step per token); `num_tokens` <= seq_len generates only a
+           prefix (ordered tokens, FlexTok / One-D-Piece, decode any prefix);
+  maskgit  jaxtok.samplers.maskgit.sample from all-mask tokens (mask id = codebook size);
+  mar      jaxtok.samplers.mar.sample with the MAR transformer as the condition function and its
+           FlowHead (t = 1 noise) adapted by `flow.flip_time`; DiSA step annealing of the head.
+Labels int32 [B], -1 = unconditional. Classifier-free guidance runs only when the generator is
+class-conditional (num_classes > 0) and cfg_scale != 1; the null condition is the model's null id.
+
+`Options` gathers the knobs; `options_from_config(config.sampling, **overrides)` fills it from a
+generator config's `sampling` block (None overrides keep the config's value).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  temperature: float = 1.0
+  top_k: int | None = None          # None / 0: no top-k filter
+  top_p: float | None = None        # None / 1.0: no nucleus filter
+  cfg_scale: float = 1.0
+  cfg_schedule: str | None = None  # None: the sampler's default (constant; MAR: linear)
+  steps: int | None = None          # MaskGIT steps / MAR iterations (None: the config's)
+  schedule: str = "cosine"          # MaskGIT mask schedule
+  choice_temperature: float = 4.5   # MaskGIT re-masking noise
+  head_steps: int = 50              # MAR: the head's flow steps at the first iteration (DiSA upper)
+  head_steps_lower: int | None = None  # MAR: at the last iteration (None: = head_steps, no annealing)
+  annealing: str = "linear"         # MAR: DiSA strategy
+  num_tokens: int | None = None     # GPT: generate this prefix only (None: seq_len)
+
+
+def options_from_config(sampling: Any, **overrides: Any) -> Options:
+  """Options from a config's `sampling` block (names as in configs/*), then non-None overrides."""
+  s = dict(sampling or {})
+  kw: dict[str, Any] = {}
+  for key in ("temperature", "top_k", "top_p", "cfg_scale", "cfg_schedule", "schedule",
+              "choice_temperature", "annealing"):
+    if key in s:
+      kw[key] = s[key]
+  if "num_steps" in s:
+    kw["steps"] = s["num_steps"]
+  if "num_iters" in s:
+    kw["steps"] = s["num_iters"]
+  if "head_steps_upper" in s:
+    kw["head_steps"] = s["head_steps_upper"]
+  if "head_steps_lower" in s:
+    kw["head_steps_lower"] = s["head_steps_lower"]
+  kw.update({k: v for k, v in overrides.items() if v is not None})
+  if kw.get("top_k") in (0,):
+    kw["top_k"] = None
+  if kw.get("top_p") is not None and float(kw["top_p"]) >= 1.0:
+    kw["top_p"] = None
+  return Options(**kw)
+
+
+def _guided(model, opts: Options) -> bool:
+  return int(getattr(model, "num_classes", 0)) > 0 and float(opts.cfg_scale) != 1.0
+
+
+def _gpt(model, rng, labels, opts: Options):
+  from jaxtok.samplers import autoregressive  # pylint: disable=g-import-not-at-top
+  b = labels.shape[0]
+  n = opts.num_tokens or model.seq_len
+  if not 1 <= n <= model.seq_len:
+    raise ValueError(f"--num_tokens must be in [1, seq_len={model.seq_len}], got {n}")
+  prompt = model.condition_ids(labels, b)[:, None]
+  guided = _guided(model, opts)
+  uncond = jnp.full_like(prompt, model.null_id) if guided else None
+  cache = model.init_cache(2 * b if guided else b)
+  return autoregressive.sample(rng, model.prefill, model.step, cache, prompt, num_tokens=n,
+                               temperature=opts.temperature, top_k=opts.top_k, top_p=opts.top_p,
+                               uncond_prompt_tokens=uncond, cfg_scale=opts.cfg_scale,
+                               cfg_schedule=opts.cfg_schedule or "constant")
+
+
+def _maskgit(model, rng, labels, opts: Options):
+  from jaxtok.samplers import maskgit  # pylint: disable=g-import-not-at-top
+  b = labels.shape[0]
+  tokens = jnp.full((b, model.seq_len), model.mask_id, jnp.int32)
+  guided = _guided(model, opts)
+  out, _ = maskgit.sample(rng, lambda tok, cond: model(tok, cond), tokens, mask_id=model.mask_id,
+                          steps=opts.steps or min(8, model.seq_len), schedule=opts.schedule,
+                          temperature=opts.temperature, choice_temperature=opts.choice_temperature,
+                          top_k=opts.top_k, top_p=opts.top_p, cond=labels,
+                          uncond=jnp.full_like(labels, -1) if guided else None,
+                          cfg_scale=opts.cfg_scale, cfg_schedule=opts.cfg_schedule or "constant")
+  return out
+
+
+def _mar(model, rng, labels, opts: Options):
+  from jaxtok.samplers import flow, mar, schedules  # pylint: disable=g-import-not-at-top
+  b = labels.shape[0]
+  steps = opts.steps or min(64, model.seq_len)
+  lower = opts.head_steps_lower or opts.head_steps
+  head_steps = schedules.disa_steps(opts.annealing, steps, opts.head_steps, lower) \
+      if lower != opts.head_steps else opts.head_steps
+  head = flow.flip_time(lambda x, t, z: model.head(x, jnp.full((x.shape[0],), t), z))
+  guided = _guided(model, opts)
+  out = mar.sample(rng, lambda tok, mask, cond: model.condition(tok, mask, cond), head, batch=b,
+                   num_tokens=model.seq_len, token_dim=model.token_dim, steps=steps,
+                   head_steps=head_steps, cond=labels,
+                   uncond=jnp.full_like(labels, -1) if guided else None,
+                   cfg_scale=opts.cfg_scale,
+                   cfg_schedule=opts.cfg_schedule or "linear",
+                   temperature=opts.temperature)
+  return out.tokens
+
+
+SAMPLERS = {"gpt": _gpt, "maskgit": _maskgit, "mar": _mar}
+
+
+def make_sampler(name: str, graphdef: Any, params: Any, opts: Options) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """A jitted `sample(rng, labels int32 [B]) -> tokens` (int32 [B, N], or float32 [B, N, D] for mar)."""
+  if name not in SAMPLERS:
+    raise ValueError(f"config.generator.name must be one of {sorted(SAMPLERS)}, got {name!r}")
+  body = SAMPLERS[name]
+
+  @jax.jit
+  def sample(params, rng, labels):
+    return body(nnx.merge(graphdef, params), rng, jnp.asarray(labels, jnp.int32), opts)
+
+  return lambda rng, labels: sample(params, rng, labels)

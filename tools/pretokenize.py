@@ -1,0 +1,140 @@
+"""Tokenizes a dataset into the token-dataset format that generator training reads.
+
+  python tools/pretokenize.py --config configs/titok.py:tiny --checkpoint runs/titok --out runs/titok_tokens
+  python tools/pretokenize.py --checkpoint runs/titok --source folder --folder imgs/ --out runs/tok
+  python tools/pretokenize.py --checkpoint runs/titok --source tfds --tfds_name imagenet2012 --out runs/tok
+
+Sources (--source):
+  photos  the bundled photographs through the training data code (`jaxtok.data.pipeline.Pipeline`
+          over `jaxtok.data.photos.PhotoSource`: Inception-style random crops of the training part
+          of each photo, --num_examples of them); label = the photo's index;
+  folder  every image under --folder, fitted like tools/tokenize.py (--fit); label = index of the
+          sorted class subfolder (`folder/<class>/x.png`), -1 for files directly in --folder;
+  tfds    a prepared tensorflow-datasets dataset (--tfds_name, --split, --data_dir) read without
+          TensorFlow, short side resized and centre-cropped; label = the record's `label`.
+Writes a directory (`jaxtok.data.tokens.write_token_dataset`): tokens.npy (int32 [N, K'] or float32
+[N, K', D]), labels.npy (int32 [N]) and meta.json, which records the tokenizer (its model config,
+the checkpoint path and weights) so tools/sample.py can decode what a generator trained on it makes.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from jaxtok.eval import cli  # noqa: E402
+from jaxtok.eval import images as img_lib  # noqa: E402
+
+log = logging.getLogger("pretokenize")
+SOURCES = ("photos", "folder", "tfds")
+
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("checkpoint", None, "tokenizer weights: training workdir, checkpoint dir or "
+                    "orbax parameter dir", flag_values=FLAGS)
+config_flags.DEFINE_config_file("config", None, "tokenizer config file[:arg] (optional for training "
+                                "checkpoints)", flag_values=FLAGS, lock_config=False)
+flags.DEFINE_string("out", None, "output token-dataset directory", flag_values=FLAGS)
+flags.DEFINE_enum("source", "photos", list(SOURCES), "where the images come from", flag_values=FLAGS)
+flags.DEFINE_string("folder", None, "image folder (--source folder)", flag_values=FLAGS)
+flags.DEFINE_string("tfds_name", None, "tfds dataset name (--source tfds)", flag_values=FLAGS)
+flags.DEFINE_string("split", "train", "tfds split (--source tfds)", flag_values=FLAGS)
+flags.DEFINE_string("data_dir", None, "tfds data_dir (--source tfds)", flag_values=FLAGS)
+flags.DEFINE_integer("num_examples", None, "examples to tokenize (photos: required crops, default "
+                     "1024; folder/tfds: default all)", flag_values=FLAGS)
+flags.DEFINE_integer("num_tokens", None, "tokens kept per image (default: all K)", flag_values=FLAGS)
+flags.DEFINE_integer("batch_size", 32, "images per jitted call", flag_values=FLAGS)
+flags.DEFINE_enum("fit", "crop", list(img_lib.FITS), "folder images: how they are fitted",
+                  flag_values=FLAGS)
+flags.DEFINE_integer("seed", 0, "photos: crop seed", flag_values=FLAGS)
+flags.DEFINE_bool("use_ema", True, "use the EMA weights of a training checkpoint", flag_values=FLAGS)
+
+
+def photo_images(size: int, count: int, seed: int, batch_size: int) -> tuple[np.ndarray, np.ndarray, dict]:
+  """`count` random crops of the training photographs: (images, labels, source meta)."""
+  from jaxtok.data import photos, pipeline  # pylint: disable=g-import-not-at-top
+  train, _ = photos.split_photos(photos.bundled_photos())
+  pipe = pipeline.Pipeline(photos.PhotoSource(train), batch_size=batch_size, seed=seed,
+                           preprocess=pipeline.image_preprocess(size, augment="random_resized_crop"),
+                           shard=(0, 1), num_threads=0, prefetch=0)
+  imgs, labels = [], []
+  for _ in range(math.ceil(count / batch_size)):
+    batch = next(pipe)
+    imgs.append(batch["image"])
+    labels.append(batch["label"])
+  meta = {"source": "photos", "num_classes": len(train), "seed": seed,
+          "augment": "random_resized_crop of the training part of each photo"}
+  return np.concatenate(imgs)[:count], np.concatenate(labels)[:count], meta
+
+
+def folder_images(folder: str, size: int, count: int | None, fit: str):
+  paths = img_lib.list_images(folder, flag="--folder")[:count]
+  labels, classes = img_lib.folder_labels(paths)
+  meta = {"source": "folder", "folder": os.path.abspath(folder), "names": paths,
+          "class_names": classes, "num_classes": len(classes), "fit": fit}
+  return img_lib.load_images(folder, paths, size, fit), labels, meta
+
+
+def tfds_images(name: str, split: str, data_dir: str | None, size: int, count: int | None):
+  from jaxtok.data import pipeline, tfds_source  # pylint: disable=g-import-not-at-top
+  src = tfds_source.source(name, split=split, data_dir=data_dir)
+  n = len(src) if count is None else min(count, len(src))
+  images = pipeline.eval_images(src, image_size=size, count=n)
+  labels = np.asarray([int(src[i].get("label", -1)) if isinstance(src[i], dict) else -1
+                       for i in range(n)], np.int32)
+  meta = {"source": "tfds", "tfds_name": name, "split": split, "num_classes": int(labels.max(initial=-1)) + 1}
+  return images, labels, meta
+
+
+def main(argv) -> str:
+  cli.parse(FLAGS, argv, __doc__)
+  cli.setup_logging()
+  from jaxtok.data import tokens as token_data  # pylint: disable=g-import-not-at-top
+  from jaxtok.eval import checkpoints  # pylint: disable=g-import-not-at-top
+  if not FLAGS.out:
+    raise ValueError("--out is required: the token-dataset directory to write")
+  if FLAGS.num_examples is not None and FLAGS.num_examples < 1:
+    raise ValueError(f"--num_examples must be >= 1, got {FLAGS.num_examples}")
+  tokenizer, params, info = checkpoints.load_tokenizer(FLAGS.config, FLAGS.checkpoint,
+                                                       use_ema=FLAGS.use_ema)
+  num_tokens = cli.check_num_tokens(tokenizer, FLAGS.num_tokens)
+  size = tokenizer.image_size
+  if FLAGS.source == "photos":
+    images, labels, meta = photo_images(size, FLAGS.num_examples or 1024, FLAGS.seed, FLAGS.batch_size)
+  elif FLAGS.source == "folder":
+    images, labels, meta = folder_images(FLAGS.folder, size, FLAGS.num_examples, FLAGS.fit)
+  else:
+    if not FLAGS.tfds_name:
+      raise ValueError("--source tfds needs --tfds_name (e.g. cifar10), got none")
+    images, labels, meta = tfds_images(FLAGS.tfds_name, FLAGS.split, FLAGS.data_dir, size,
+                                       FLAGS.num_examples)
+  if len(images) == 0:
+    raise ValueError(f"--source {FLAGS.source}: expected at least one image, found 0")
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  bar = tqdm(total=len(images), desc="tokenize", dynamic_ncols=True)
+
+  def encode(x):
+    bar.update(len(x))
+    return tokenizer.encode(params, jnp.asarray(x), num_tokens=num_tokens).tokens
+
+  tokens = cli.batched(encode, images, FLAGS.batch_size)
+  bar.close()
+  meta.update(codebook_size=checkpoints.codebook_size(tokenizer), image_size=int(size),
+              tokenizer={"config": info["model_config"], "checkpoint": info["path"],
+                         "weights": info["weights"], "step": info["step"],
+                         "num_tokens": int(tokens.shape[1])})
+  token_data.write_token_dataset(FLAGS.out, tokens, labels, meta)
+  print(f"wrote {FLAGS.out}: tokens {tokens.dtype} {tokens.shape}, labels in "
+        f"[{labels.min()}, {labels.max()}]", flush=True)
+  return FLAGS.out
+
+
+if __name__ == "__main__":
+  main(sys.argv)

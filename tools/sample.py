@@ -1,0 +1,168 @@
+"""Samples tokens from a trained generator and decodes them to images with its tokenizer.
+
+  python tools/sample.py --config configs/maskgit_titok.py:tiny --workdir runs/maskgit \
+      --config.generator.codebook_size=64 --num_samples 16 --cfg_scale 2.0 --out runs/maskgit/samples
+
+The sampler follows config.generator.name (`jaxtok.eval.generate`): gpt -> autoregressive with the
+KV cache (--num_tokens: generate only a prefix of ordered tokens), maskgit -> MaskGIT parallel
+decoding (--steps, --schedule, --choice_temperature), mar -> MAR random order with the flow head
+(--steps iterations, --head_steps / --head_steps_lower DiSA annealing). Defaults come from the
+config's `sampling` block; --temperature, --top_k, --top_p, --cfg_scale, --cfg_schedule override
+them. Guidance needs a class-conditional generator (num_classes > 0).
+
+The tokenizer is the one the training data were made with (`<workdir>/data_meta.json`, written by
+tools/train_generator.py from the dataset's meta.json), unless --tokenizer_checkpoint (and
+--tokenizer_config) say otherwise. Writes `<out>/tokens.npz` (tokens, labels, options),
+`<out>/images/<i>.png` (one per sample; a folder tools/evaluate.py --samples reads for gFID) and
+`<out>/grid.png`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from jaxtok.eval import cli  # noqa: E402
+from jaxtok.eval import images as img_lib  # noqa: E402
+
+log = logging.getLogger("sample")
+
+FLAGS = flags.FlagValues()
+config_flags.DEFINE_config_file("config", None, "generator config file[:arg] (as trained)",
+                                flag_values=FLAGS, lock_config=False)
+flags.DEFINE_string("workdir", None, "the generator's run directory", flag_values=FLAGS)
+flags.DEFINE_string("out", None, "output folder (default <workdir>/samples)", flag_values=FLAGS)
+flags.DEFINE_string("tokenizer_checkpoint", None, "tokenizer weights (default: from "
+                    "<workdir>/data_meta.json)", flag_values=FLAGS)
+config_flags.DEFINE_config_file("tokenizer_config", None, "tokenizer config file[:arg] (default: "
+                                "the one recorded with the data)", flag_values=FLAGS, lock_config=False)
+flags.DEFINE_integer("num_samples", 16, "images to generate", flag_values=FLAGS)
+flags.DEFINE_integer("batch_size", 16, "samples per jitted call", flag_values=FLAGS)
+flags.DEFINE_string("labels", None, "comma-separated class ids, cycled (-1 = unconditional); default: "
+                    "random classes for a class-conditional generator, else unconditional",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("seed", 0, "sampling seed", flag_values=FLAGS)
+flags.DEFINE_float("temperature", None, "sampling temperature", flag_values=FLAGS)
+flags.DEFINE_integer("top_k", None, "keep the k most likely tokens (0 = off)", flag_values=FLAGS)
+flags.DEFINE_float("top_p", None, "nucleus filter (1 = off)", flag_values=FLAGS)
+flags.DEFINE_float("cfg_scale", None, "classifier-free guidance scale (1 = off)", flag_values=FLAGS)
+flags.DEFINE_string("cfg_schedule", None, "guidance scale schedule (jaxtok.samplers.guidance)",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("steps", None, "MaskGIT steps / MAR iterations", flag_values=FLAGS)
+flags.DEFINE_string("schedule", None, "MaskGIT mask schedule (cosine, arccos, linear, ...)",
+                    flag_values=FLAGS)
+flags.DEFINE_float("choice_temperature", None, "MaskGIT re-masking temperature", flag_values=FLAGS)
+flags.DEFINE_integer("head_steps", None, "MAR: flow-head steps (first iteration)", flag_values=FLAGS)
+flags.DEFINE_integer("head_steps_lower", None, "MAR: flow-head steps at the last iteration (DiSA)",
+                     flag_values=FLAGS)
+flags.DEFINE_integer("num_tokens", None, "GPT: generate only this many leading tokens",
+                     flag_values=FLAGS)
+flags.DEFINE_bool("use_ema", True, "use EMA weights when kept", flag_values=FLAGS)
+
+
+def sample_labels(spec: str | None, n: int, num_classes: int, seed: int) -> np.ndarray:
+  """int32 [n]: the --labels list cycled, or random classes / -1 (see the flag)."""
+  if spec:
+    try:
+      values = [int(v) for v in spec.split(",") if v.strip()]
+    except ValueError:
+      raise ValueError(f"--labels must be comma-separated ints, got {spec!r}") from None
+    bad = [v for v in values if v < -1 or (num_classes > 0 and v >= num_classes)
+           or (num_classes == 0 and v != -1)]
+    if bad or not values:
+      hi = f"[-1, {num_classes - 1}]" if num_classes else "-1 only (unconditional generator)"
+      raise ValueError(f"--labels must lie in {hi}, got {values}")
+    return np.resize(np.asarray(values, np.int32), n)
+  if num_classes > 0:
+    return np.random.default_rng(seed).integers(0, num_classes, n).astype(np.int32)
+  return np.full((n,), -1, np.int32)
+
+
+def data_meta(config, workdir: str) -> dict:
+  """The token dataset's meta.json the generator was trained on ({} when it cannot be found)."""
+  path = os.path.join(workdir, "data_meta.json")
+  if not os.path.exists(path) and config.data.get("path"):
+    path = os.path.join(config.data.path, "meta.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  return {}
+
+
+def main(argv) -> dict:
+  cli.parse(FLAGS, argv, __doc__)
+  cli.setup_logging()
+  config = FLAGS.config
+  if config is None:
+    raise ValueError("--config is required: the generator's config file (as trained)")
+  if not FLAGS.workdir or not os.path.isdir(os.path.join(FLAGS.workdir, "checkpoints")):
+    raise FileNotFoundError(f"--workdir: expected a generator run directory with checkpoints/ "
+                            f"(tools/train_generator.py), got {FLAGS.workdir!r}")
+  if FLAGS.num_samples < 1 or FLAGS.batch_size < 1:
+    raise ValueError(f"--num_samples and --batch_size must be >= 1, got {FLAGS.num_samples} and "
+                     f"{FLAGS.batch_size}")
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxtok.eval import checkpoints, generate  # pylint: disable=g-import-not-at-top
+  from jaxtok.train import generator  # pylint: disable=g-import-not-at-top
+
+  meta = data_meta(config, FLAGS.workdir)
+  tok_info = meta.get("tokenizer", {})
+  tok_ckpt = FLAGS.tokenizer_checkpoint or tok_info.get("checkpoint")
+  if not tok_ckpt:
+    raise ValueError("--tokenizer_checkpoint is required: the generator's workdir records no tokenizer "
+                     "(no data_meta.json from tools/train_generator.py)")
+  tok_cfg = FLAGS.tokenizer_config
+  if tok_cfg is None and not FLAGS.tokenizer_checkpoint:
+    tok_cfg = tok_info.get("config")
+  tokenizer, tok_params, _ = checkpoints.load_tokenizer(tok_cfg, tok_ckpt, flag="--tokenizer_checkpoint",
+                                                        config_flag="--tokenizer_config")
+  try:
+    graphdef, params = generator.load_params(config, FLAGS.workdir, use_ema=FLAGS.use_ema)
+  except FileNotFoundError as err:
+    raise FileNotFoundError(f"--workdir: {err}") from None
+  gcfg = config.generator
+  seq_len = int(gcfg.seq_len)
+  if tokenizer.max_tokens is not None and seq_len > tokenizer.max_tokens:
+    raise ValueError(f"the generator makes {seq_len} tokens, the tokenizer decodes at most "
+                     f"{tokenizer.max_tokens} (--tokenizer_checkpoint / --config mismatch)")
+  opts = generate.options_from_config(
+      config.get("sampling"), temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p,
+      cfg_scale=FLAGS.cfg_scale, cfg_schedule=FLAGS.cfg_schedule, steps=FLAGS.steps,
+      schedule=FLAGS.schedule, choice_temperature=FLAGS.choice_temperature,
+      head_steps=FLAGS.head_steps, head_steps_lower=FLAGS.head_steps_lower,
+      num_tokens=FLAGS.num_tokens)
+  num_classes = int(gcfg.get("num_classes", 0))
+  if num_classes == 0 and opts.cfg_scale != 1.0:
+    log.warning("cfg_scale %s ignored: the generator is unconditional (num_classes = 0)", opts.cfg_scale)
+  labels = sample_labels(FLAGS.labels, FLAGS.num_samples, num_classes, FLAGS.seed)
+  sampler = generate.make_sampler(gcfg.name, graphdef, params, opts)
+  key = jax.random.key(FLAGS.seed)
+  counter = iter(range(1 << 30))
+  tokens = cli.batched(lambda lab: sampler(jax.random.fold_in(key, next(counter)), lab), labels,
+                       FLAGS.batch_size)
+  from jaxtok.eval import tokenize_cli  # pylint: disable=g-import-not-at-top
+  decoded = tokenize_cli.decode_tokens(tokenizer, tok_params, tokens, batch_size=FLAGS.batch_size,
+                                       seed=FLAGS.seed)
+  out = FLAGS.out or os.path.join(FLAGS.workdir, "samples")
+  os.makedirs(out, exist_ok=True)
+  np.savez(os.path.join(out, "tokens.npz"), tokens=tokens, labels=labels,
+           names=np.asarray([f"{i:05d}" for i in range(len(tokens))]),
+           options=json.dumps(dataclasses.asdict(opts)), generator=str(gcfg.name))
+  for i, image in enumerate(decoded):
+    img_lib.save_png(os.path.join(out, "images", f"{i:05d}.png"), image)
+  img_lib.save_png(os.path.join(out, "grid.png"), img_lib.grid(decoded),
+                   scale=max(1, 64 // decoded.shape[1]))
+  print(f"{len(tokens)} samples ({gcfg.name}, tokens {tokens.shape}) -> {out}", flush=True)
+  return {"tokens": tokens, "labels": labels, "images": decoded, "out": out}
+
+
+if __name__ == "__main__":
+  main(sys.argv)
