@@ -36,6 +36,7 @@ from flax import nnx
 
 from jaxtok.nn import flextok_layers as L
 from jaxtok.quantizers import base, fsq
+from jaxtok.samplers import guidance
 from jaxtok.sharding import logical_init
 from jaxtok.tokenizers import flextok_vae
 from jaxtok.tokenizers.api import (EncodeOutput, TrainOutput, as_dict, check_images, check_num_tokens,
@@ -104,33 +105,11 @@ def nested_dropout(x: jax.Array, keep_k: jax.Array, mask_token: jax.Array) -> ja
   return jnp.where(keep, x, mask_token.astype(x.dtype))
 
 
-def cfg_combine(cond: jax.Array, uncond: jax.Array, scale: float) -> jax.Array:
-  """Classifier-free guidance in the u + s (c - u) convention (the release's CFG; s = 1 is c)."""
-  return uncond + scale * (cond - uncond)
-
-
-def apg_combine(cond: jax.Array, uncond: jax.Array, scale: float, average: jax.Array, *,
-                momentum: float = -0.5, eta: float = 0.0,
-                norm_threshold: float = 2.5) -> tuple[jax.Array, jax.Array]:
-  """Adaptive projected guidance (APG, Sadat et al. 2024, arXiv 2410.02416) as the release applies it.
-
-  With d = cond - uncond: average <- d + momentum * average (the release's MomentumBuffer, starting
-  at 0) and d = average; d is rescaled per sample to norm <= norm_threshold (norm over all non-batch
-  axes); d is split into the part parallel to `cond` and the orthogonal rest; the result is
-  cond + (scale - 1) (d_orth + eta d_par). The release projects in float64; this runs in float32.
-
-  Returns (guided [B, ...] float32, new average [B, ...] float32).
-  """
-  cond, uncond = cond.astype(jnp.float32), uncond.astype(jnp.float32)
-  axes = tuple(range(1, cond.ndim))
-  average = (cond - uncond) + momentum * average
-  d = average
-  if norm_threshold > 0:
-    norm = jnp.sqrt(jnp.sum(jnp.square(d), axis=axes, keepdims=True))
-    d = d * jnp.minimum(1.0, norm_threshold / norm)
-  unit = cond / jnp.maximum(jnp.sqrt(jnp.sum(jnp.square(cond), axis=axes, keepdims=True)), 1e-12)
-  par = jnp.sum(d * unit, axis=axes, keepdims=True) * unit
-  return cond + (scale - 1.0) * ((d - par) + eta * par), average
+# Guidance formulas live in jaxtok.samplers.guidance (one definition for every sampler); these names
+# keep FlexTok's decoder readable. cfg_combine: u + s (c - u), exactly c at s = 1. apg_combine: the
+# release's APG (momentum -0.5, eta 0, norm threshold 2.5 by default); returns (guided, new average).
+cfg_combine = guidance.cfg_uncond_base
+apg_combine = guidance.apg
 
 
 def euler_sample(velocity_fn: Callable, x1: jax.Array, num_steps: int, carry: Any = None) -> jax.Array:
