@@ -1,0 +1,105 @@
+"""Official PyTorch checkpoints -> jaxtok parameters, and converted checkpoints on disk.
+
+  convert(model, weights, config=None) -> (jaxtok config dict, nnx.State)
+  save_converted(out_dir, config, params)   writes out_dir/params (orbax) and out_dir/config.json
+  load_converted(out_dir) -> (config, params)
+
+`model` (the kind of official checkpoint):
+  "titok"     TiTok two-stage (S/B/L) and single-stage VQ / VAE      convert/titok.py
+  "onedpiece" One-D-Piece (TiTok layout; config name "onedpiece")  convert/titok.py
+  "vqgan"     the MaskGIT VQGAN                                      convert/vqgan.py
+  "maskgit"   TiTok's MaskGIT generators (ImageBert, UViTBert)       convert/maskgit.py
+  "flextok"   FlexTok                                                convert/flextok.py
+`config`: a released model name (e.g. "tokenizer_titok_l32_imagenet"), a jaxtok config (mapping,
+JSON string or file), an official config (with a "model" key, e.g. the HF config.json), or None to
+read what the tensor shapes show. Every converter raises ValueError naming the missing, unexpected
+and mis-shaped tensors of a wrong or incomplete file.
+
+A saved tokenizer loads back with `jaxtok.train.loop.load_params(out_dir + "/params",
+jaxtok.tokenizers.api.build(config))` or simply `load_converted(out_dir)`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+MODELS = ("titok", "onedpiece", "vqgan", "maskgit", "flextok")
+
+
+def convert(model: str, weights: str | os.PathLike, config: Any = None):
+  """(jaxtok config, nnx.State) of the official checkpoint file `weights` (see the module doc)."""
+  if model in ("titok", "onedpiece"):
+    from jaxtok.convert import titok
+    cfg, params = titok.load(weights, config)
+    if model == "onedpiece":  # the same layout; the name switches on tail drop for training
+      if cfg.get("decoder_head") != "proxy_codes":
+        raise ValueError("One-D-Piece checkpoints have the legacy TiTok layout (proxy-code head); "
+                         f"this config has decoder_head {cfg.get('decoder_head')!r}")
+      cfg = dict(cfg, name="onedpiece")
+    return cfg, params
+  if model == "vqgan":
+    from jaxtok.convert import vqgan
+    return vqgan.load(weights, config)
+  if model == "maskgit":
+    from jaxtok.convert import maskgit
+    return maskgit.load(weights, config)
+  if model == "flextok":
+    from jaxtok.convert import flextok
+    cfg, _, params = flextok.load(weights) if config is None else flextok.load(weights, name=config)
+    return cfg, params
+  raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+
+
+def resolve_config(config: Any, flat, *, released, aliases, infer, from_official) -> dict:
+  """Shared by the converters: None -> infer(flat); a released name (or its alias) -> its config;
+  JSON file / string or mapping -> that config, an official one (with a "model" key and no "name")
+  translated by from_official."""
+  from jaxtok.convert import common
+  if config is None:
+    if flat is None:
+      raise ValueError("a config is needed (none given and no state dict to infer it from)")
+    return infer(flat)
+  if isinstance(config, str) and config in aliases:
+    config = aliases[config]
+  config = common.config_arg(config, released)
+  if "model" in config and "name" not in config:
+    return from_official(config)
+  return config
+
+
+def _abstract(config: dict):
+  if config.get("name") == "maskgit_official":
+    from jaxtok.convert import maskgit
+    return maskgit.abstract_params(config)
+  from jaxtok.tokenizers import api
+  return api.build(config).abstract_params()
+
+
+def save_converted(out_dir: str | os.PathLike, config: dict, params) -> str:
+  """Writes out_dir/params (an orbax StandardCheckpointer checkpoint of the nnx.State) and
+  out_dir/config.json; returns out_dir. Refuses to overwrite existing params."""
+  import orbax.checkpoint as ocp
+  out_dir = os.path.abspath(os.fspath(out_dir))
+  if os.path.exists(os.path.join(out_dir, "params")):
+    raise ValueError(f"{out_dir}/params already exists; choose an empty output directory")
+  os.makedirs(out_dir, exist_ok=True)
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(os.path.join(out_dir, "params"), params)
+  with open(os.path.join(out_dir, "config.json"), "w") as f:
+    json.dump(config, f, indent=2, sort_keys=True, default=list)
+  return out_dir
+
+
+def load_converted(out_dir: str | os.PathLike):
+  """(config, nnx.State) written by `save_converted` (tokenizer or generator)."""
+  import orbax.checkpoint as ocp
+  out_dir = os.path.abspath(os.fspath(out_dir))
+  path = os.path.join(out_dir, "config.json")
+  if not os.path.isfile(path):
+    raise ValueError(f"{out_dir} holds no config.json (not written by save_converted)")
+  with open(path) as f:
+    config = json.load(f)
+  with ocp.StandardCheckpointer() as ckptr:
+    params = ckptr.restore(os.path.join(out_dir, "params"), _abstract(config))
+  return config, params

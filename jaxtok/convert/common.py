@@ -8,6 +8,8 @@ The API is small on purpose (other converters build on it):
   state_shapes(abstract)              -> {name: shape} of an nnx.State (names: path joined by '.')
   fill_state(abstract, flat, source=) -> an nnx.State shaped like `abstract`, filled from `flat`
                                          (checked with check_keys first)
+  config_arg(config, released=)       -> a config mapping from a released name, a JSON file or
+                                         string, or a mapping / ConfigDict
 
 Reading never unpickles code: `.safetensors` files are parsed directly (bfloat16 through ml_dtypes,
 which jax ships), and PyTorch files (`.bin`, `.pt`, `.pth`, `.ckpt`) go through
@@ -22,7 +24,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-__all__ = ["read_checkpoint", "check_keys", "state_shapes", "fill_state", "TORCH_SUFFIXES"]
+__all__ = ["read_checkpoint", "check_keys", "state_shapes", "fill_state", "config_arg",
+           "TORCH_SUFFIXES"]
 
 TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
@@ -152,3 +155,26 @@ def fill_state(abstract, flat: Mapping[str, Any], *, source: str = "checkpoint")
   check_keys({_name(p): tuple(v.shape) for p, v in entries}, flat, source=source)
   return nnx.from_flat_state([(p, v.replace(jnp.asarray(np.asarray(flat[_name(p)]), v.dtype)))
                               for p, v in entries])
+
+
+def config_arg(config: Any, released: Mapping[str, Mapping[str, Any]] | None = None) -> dict:
+  """A config dict from a name in `released`, a path to a JSON file, a JSON object as a string, or
+  a mapping / ConfigDict (copied). Raises ValueError for anything else."""
+  released = released or {}
+  if isinstance(config, (str, os.PathLike)):
+    text = os.fspath(config)
+    if text in released:
+      return dict(released[text])
+    if os.path.isfile(text):
+      with open(text) as f:
+        config = json.load(f)
+    elif text.lstrip().startswith("{"):
+      config = json.loads(text)
+    else:
+      known = f"a released name ({', '.join(sorted(released))}), " if released else ""
+      raise ValueError(f"config {text!r} is neither {known}a JSON file nor a JSON object")
+  if hasattr(config, "to_dict"):
+    config = config.to_dict()
+  if not isinstance(config, Mapping):
+    raise ValueError(f"config must be a mapping, a name or JSON, got {type(config).__name__}")
+  return dict(config)

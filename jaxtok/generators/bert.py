@@ -63,6 +63,10 @@ class MaskGITTransformer(nnx.Module):
 
   def __call__(self, tokens: jax.Array, labels=None, *, train: bool = False, rng=None) -> jax.Array:
     """Logits [B, N, K] float32 for tokens [B, N] int32 in [0, K] (K = mask id)."""
+    return self.net(self.input_ids(tokens, labels, train=train, rng=rng))[:, 1:]
+
+  def input_ids(self, tokens: jax.Array, labels=None, *, train: bool = False, rng=None) -> jax.Array:
+    """[condition id, tokens] int32 [B, 1 + N], with class dropout when train=True."""
     b, n = tokens.shape
     if n != self.seq_len:
       raise ValueError(f"tokens must have seq_len={self.seq_len} positions, got {n}")
@@ -71,8 +75,7 @@ class MaskGITTransformer(nnx.Module):
       if rng is None:
         raise ValueError("train=True with class_dropout > 0 needs rng")
       cond = jnp.where(jax.random.bernoulli(rng, self.class_dropout, (b,)), self.null_id, cond)
-    ids = jnp.concatenate([cond[:, None], tokens.astype(jnp.int32)], axis=1)
-    return self.net(ids)[:, 1:]
+    return jnp.concatenate([cond[:, None], tokens.astype(jnp.int32)], axis=1)
 
 
 def arccos_schedule(u: jax.Array) -> jax.Array:

@@ -1,0 +1,218 @@
+"""TiTok's released MaskGIT generators (bytedance/1d-tokenizer `modeling/maskgit.py`: ImageBert and
+UViTBert; One-D-Piece's MaskGIT generators are ImageBert too) -> `generators.maskgit_official`.
+
+Key map, ImageBert (arch "bert"; prefix model., an HF BertModel plus lm_head; Linear [O, I] ->
+kernel [I, O]; LayerNorm weight -> scale):
+  embeddings.word_embeddings / position_embeddings / token_type_embeddings .weight
+                                                   word_embeddings / position_embeddings /
+                                                   token_type_embeddings .embedding
+  embeddings.LayerNorm                             emb_norm
+  encoder.layer.i.attention.self.{query,key,value} layers.i.attn.{query,key,value} [W, H, E] (+ _bias [H, E])
+  encoder.layer.i.attention.output.dense           layers.i.attn.out [H, E, W] (+ out_bias)
+  encoder.layer.i.attention.output.LayerNorm       layers.i.attn_norm
+  encoder.layer.i.intermediate.dense / output.dense layers.i.intermediate / output
+  encoder.layer.i.output.LayerNorm                 layers.i.out_norm
+  lm_head                                          lm_head
+  embeddings.position_ids / token_type_ids         (index buffers of older transformers; dropped)
+UViTBert (arch "uvit"):
+  embeddings.weight / pos_embed [1, N+1, W]        word_embeddings / position_embeddings .embedding
+  {in_blocks.i, mid_block, out_blocks.i}.{norm1, norm2, attn.qkv, attn.proj, skip_linear}   same
+  ....mlp.fc1 / mlp.fc2                            ....fc1 / fc2
+  norm / lm_head                                   norm / lm_head
+
+Head counts are not in the tensors: they come from the config (RELEASED, transcribed from the
+official configs, or `from_official` of an official config).
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Mapping
+
+import numpy as np
+
+from jaxtok.convert import common
+
+_BUFFERS = ("model.embeddings.position_ids", "model.embeddings.token_type_ids")
+
+
+def from_official(official: Mapping[str, Any]) -> dict[str, Any]:
+  """A `generators.maskgit_official` config from an official one (model.generator + codebook_size
+  from model.vq_model; image_seq_len defaults to vq_model.num_latent_tokens, as its ${} does)."""
+  try:
+    gen, vq = dict(official["model"]["generator"]), dict(official["model"]["vq_model"])
+  except (KeyError, TypeError):
+    raise ValueError("an official generator config needs model.generator and model.vq_model") from None
+  arch = {"ViT": "bert", "UViT": "uvit"}.get(gen.get("model_type", "ViT"))
+  if arch is None:
+    raise ValueError(f"unsupported official generator model_type {gen.get('model_type')!r} "
+                     "(ViT or UViT)")
+  seq = gen.get("image_seq_len", vq.get("num_latent_tokens"))
+  if not isinstance(seq, int):
+    seq = vq.get("num_latent_tokens")
+  return dict(name="maskgit_official", arch=arch, codebook_size=int(vq["codebook_size"]),
+              seq_len=int(seq), num_classes=int(gen["condition_num_classes"]),
+              width=int(gen["hidden_size"]), depth=int(gen["num_hidden_layers"]),
+              heads=int(gen["num_attention_heads"]), intermediate=int(gen["intermediate_size"]),
+              class_dropout=float(gen.get("class_label_dropout", 0.1)))
+
+
+def _gen(model_type, width, depth, heads, inter, k):
+  return {"model": {"vq_model": {"codebook_size": 4096, "num_latent_tokens": k},
+                    "generator": {"model_type": model_type, "hidden_size": width,
+                                  "num_hidden_layers": depth, "num_attention_heads": heads,
+                                  "intermediate_size": inter, "condition_num_classes": 1000,
+                                  "class_label_dropout": 0.1}}}
+
+
+# bytedance/1d-tokenizer configs/infer/TiTok/titok_{l32,b64,s128}.yaml and One-D-Piece
+# configs/training/generator/maskgit_one-d-piece_{l,b,s}256.yaml (model fields only).
+OFFICIAL: dict[str, dict[str, Any]] = {
+    "yucornetto/generator_titok_l32_imagenet": _gen("ViT", 768, 24, 16, 3072, 32),
+    "yucornetto/generator_titok_b64_imagenet": _gen("ViT", 768, 24, 16, 3072, 64),
+    "yucornetto/generator_titok_s128_imagenet": _gen("UViT", 1024, 20, 16, 4096, 128),
+    "turing-motors/MaskGIT_One-D-Piece-L-256": _gen("ViT", 768, 24, 16, 3072, 256),
+    "turing-motors/MaskGIT_One-D-Piece-B-256": _gen("ViT", 768, 24, 16, 3072, 256),
+    "turing-motors/MaskGIT_One-D-Piece-S-256": _gen("ViT", 768, 24, 16, 3072, 256),
+}
+RELEASED = {name: from_official(c) for name, c in OFFICIAL.items()}
+ALIASES = {n.split("/", 1)[1]: n for n in OFFICIAL}
+
+
+def released(name: str) -> dict[str, Any]:
+  full = ALIASES.get(name, name)
+  if full not in RELEASED:
+    raise ValueError(f"unknown released MaskGIT generator {name!r}; known: {sorted(ALIASES)}")
+  return dict(RELEASED[full])
+
+
+def _lin(name, w, b=None):
+  return {name + ".kernel": np.asarray(w).T} if b is None else {name + ".bias": np.asarray(b)}
+
+
+def _bert(flat, heads):
+  out = {}
+  for key, v in flat.items():
+    v = np.asarray(v)
+    if key in _BUFFERS:
+      continue
+    m = re.fullmatch(r"model\.embeddings\.(word|position|token_type)_embeddings\.weight", key)
+    if m:
+      out[f"{m.group(1)}_embeddings.embedding"] = v
+      continue
+    m = re.fullmatch(r"model\.encoder\.layer\.(\d+)\.(.+)\.(weight|bias)", key)
+    if m:
+      pre, name, kind = f"layers.{m.group(1)}.", m.group(2), m.group(3)
+      qkv = re.fullmatch(r"attention\.self\.(query|key|value)", name)
+      if qkv:
+        tgt = pre + "attn." + qkv.group(1)
+        out[tgt if kind == "weight" else tgt + "_bias"] = (
+            v.T.reshape(v.shape[1], heads, -1) if kind == "weight" else v.reshape(heads, -1))
+      elif name == "attention.output.dense":
+        out[pre + ("attn.out" if kind == "weight" else "attn.out_bias")] = (
+            v.T.reshape(heads, -1, v.shape[0]) if kind == "weight" else v)
+      elif name.endswith("LayerNorm"):
+        tgt = pre + {"attention.output.LayerNorm": "attn_norm", "output.LayerNorm": "out_norm"}.get(name, name)
+        out[tgt + (".scale" if kind == "weight" else ".bias")] = v
+      elif name in ("intermediate.dense", "output.dense"):
+        tgt = pre + name.split(".")[0]
+        out[tgt + (".kernel" if kind == "weight" else ".bias")] = v.T if kind == "weight" else v
+      else:
+        out[key] = v
+      continue
+    if key == "model.embeddings.LayerNorm.weight":
+      out["emb_norm.scale"] = v
+    elif key == "model.embeddings.LayerNorm.bias":
+      out["emb_norm.bias"] = v
+    elif key == "model.lm_head.weight":
+      out["lm_head.kernel"] = v.T
+    elif key == "model.lm_head.bias":
+      out["lm_head.bias"] = v
+    else:
+      out[key] = v  # unexpected
+  return out
+
+
+def _uvit(flat):
+  out = {}
+  for key, v in flat.items():
+    v = np.asarray(v)
+    if key == "embeddings.weight":
+      out["word_embeddings.embedding"] = v
+    elif key == "pos_embed":
+      out["position_embeddings.embedding"] = v.reshape(-1, v.shape[-1])
+    else:
+      name = key.replace(".mlp.fc", ".fc")
+      if re.search(r"(^|\.)norm\d?\.weight$", name):
+        name = name[:-len("weight")] + "scale"
+      elif name.endswith(".weight"):
+        name, v = name[:-len("weight")] + "kernel", v.T
+      out[name] = v
+  return out
+
+
+def convert(flat: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """Official ImageBert / UViTBert state dict -> {jaxtok parameter name: array} for `config`."""
+  if config.get("arch", "bert") == "bert":
+    return _bert(flat, int(config["heads"]))
+  return _uvit(flat)
+
+
+def infer_config(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
+  """A config read off the shapes. The head count is not in them: every released generator has 16
+  heads (at widths 768 and 1024), which this assumes; prefer a RELEASED name or an official config."""
+  if "model.embeddings.word_embeddings.weight" in flat:
+    arch, lm = "bert", "model.lm_head.weight"
+    width = int(flat["model.embeddings.word_embeddings.weight"].shape[1])
+    seq = int(flat["model.embeddings.position_embeddings.weight"].shape[0]) - 1
+    depth = len({k.split(".")[3] for k in flat if k.startswith("model.encoder.layer.")})
+    inter = int(flat["model.encoder.layer.0.intermediate.dense.weight"].shape[0])
+    vocab = int(flat["model.embeddings.word_embeddings.weight"].shape[0])
+  elif "embeddings.weight" in flat and "pos_embed" in flat:
+    arch, lm = "uvit", "lm_head.weight"
+    width = int(flat["embeddings.weight"].shape[1])
+    seq = int(flat["pos_embed"].shape[1]) - 1
+    depth = 2 * len({k.split(".")[1] for k in flat if k.startswith("in_blocks.")})
+    inter = int(flat["mid_block.mlp.fc1.weight"].shape[0])
+    vocab = int(flat["embeddings.weight"].shape[0])
+  else:
+    raise ValueError("not an official MaskGIT generator state dict (no model.embeddings.* or "
+                     f"embeddings.weight/pos_embed); keys start with {sorted({k.split('.')[0] for k in flat})}")
+  k = int(flat[lm].shape[0])
+  return dict(name="maskgit_official", arch=arch, codebook_size=k, seq_len=seq,
+              num_classes=vocab - k - 2, width=width, depth=depth, heads=16, intermediate=inter)
+
+
+def resolve_config(config: Any, flat: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
+  """A generator config from a released name, a JSON file/string, a mapping (jaxtok or official
+  with a "model" key) or None (inferred from `flat`, assuming 16 heads)."""
+  from jaxtok import convert
+  cfg = convert.resolve_config(config, flat, released=RELEASED, aliases=ALIASES,
+                               infer=infer_config, from_official=from_official)
+  return dict(cfg, name="maskgit_official")
+
+
+def abstract_params(config: Mapping[str, Any]):
+  """The abstract nnx.State of the generator `config` describes (no allocation)."""
+  from flax import nnx
+  from jaxtok.generators import maskgit_official
+  return nnx.split(nnx.eval_shape(lambda: maskgit_official.make_model(config, rngs=nnx.Rngs(0))))[1]
+
+
+def build(config: Mapping[str, Any], params=None):
+  """The `generators.maskgit_official` module for `config`, holding `params` when given."""
+  from flax import nnx
+  from jaxtok.generators import maskgit_official
+  model = nnx.eval_shape(lambda: maskgit_official.make_model(config, rngs=nnx.Rngs(0)))
+  graphdef, _ = nnx.split(model)
+  if params is None:
+    return maskgit_official.make_model(config, rngs=nnx.Rngs(0))
+  return nnx.merge(graphdef, params)
+
+
+def load(path: str | os.PathLike, config: Any = None):
+  """(config, nnx.State of a `generators.maskgit_official.OfficialMaskGIT`) from an official file.
+  Raises ValueError naming every missing, unexpected or mis-shaped tensor."""
+  flat, _ = common.read_checkpoint(path)
+  cfg = resolve_config(config, flat)
+  return cfg, common.fill_state(abstract_params(cfg), convert(flat, cfg), source=os.fspath(path))

@@ -1,0 +1,168 @@
+"""TiTok's released MaskGIT generators (bytedance/1d-tokenizer `modeling/maskgit.py`), layer for layer.
+
+jaxtok's own `generators.bert` is a Llama-style stack (RMSNorm, SwiGLU, rotary positions); the
+released generator checkpoints use two other layouts, reproduced here exactly so that they load
+(`jaxtok.convert.maskgit`):
+
+  arch "bert" (`ImageBert`, TiTok-L-32 / B-64, One-D-Piece): a post-LN BERT encoder (HF BertModel):
+    x = LN_emb(word[ids] + position[0..N] + token_type[0])
+    per layer: x = LN_1(x + attn(x)); x = LN_2(x + W_o gelu(W_i x))   (biases everywhere, erf GELU,
+    LayerNorm eps 1e-12), then lm_head (Linear W -> K with bias).
+  arch "uvit" (`UViTBert`, TiTok-S-128): x = embed[ids] + pos; depth//2 "in" blocks whose outputs
+    are kept, a mid block, depth//2 "out" blocks each starting with skip = Linear(concat(x, kept.pop()))
+    (2W -> W); blocks are pre-LN (LayerNorm eps 1e-5) with qkv without bias and an output projection
+    with bias, MLP fc1 -> erf GELU -> fc2; a final LayerNorm, then lm_head.
+
+The interface is `generators.bert.MaskGITTransformer`'s (same id layout: image tokens [0, K), mask
+id K, class c at K + 1 + c, null class K + 1 + C; the class id is prepended and its output dropped),
+so `generators.bert.loss` and `samplers.maskgit` take these models unchanged. Dropout (0.1 in the
+released training config) is not implemented: the forward pass is the inference one; class dropout
+(`class_dropout`) is applied when train=True.
+
+Dimension names: B batch, N tokens, K codebook size, C classes, W width, I MLP width.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxtok.generators.bert import MaskGITTransformer
+from jaxtok.nn.attention import MultiHeadAttention, dot_product_attention
+from jaxtok.nn.embeddings import LearnedEmbedding, trunc_normal
+from jaxtok.nn.transformer import Dense, LayerNorm
+
+ARCHS = ("bert", "uvit")
+
+
+class BertLayer(nnx.Module):
+  """Post-LN BERT layer [B, T, W] -> [B, T, W]."""
+
+  def __init__(self, width, heads, intermediate, *, eps, dtype, rngs):
+    self.attn = MultiHeadAttention(width, heads, fused_qkv=False, dtype=dtype,
+                                   qkv_init=trunc_normal(0.02), rngs=rngs)
+    self.attn_norm = LayerNorm(width, eps=eps, dtype=dtype, rngs=rngs)
+    self.intermediate = Dense(width, intermediate, ("embed", "mlp"), dtype=dtype, rngs=rngs)
+    self.output = Dense(intermediate, width, ("mlp", "embed"), dtype=dtype, rngs=rngs)
+    self.out_norm = LayerNorm(width, eps=eps, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x):
+    x = self.attn_norm(x + self.attn(x))
+    return self.out_norm(x + self.output(jax.nn.gelu(self.intermediate(x), approximate=False)))
+
+
+class UViTAttention(nnx.Module):
+  """Self-attention with a fused qkv [W, 3, H, E] without bias and an output projection with bias."""
+
+  def __init__(self, width, heads, *, dtype, rngs):
+    if width % heads:
+      raise ValueError(f"width must be divisible by heads, got width={width}, heads={heads}")
+    self.heads, self.dtype = heads, dtype
+    self.qkv = Dense(width, 3 * width, ("embed", "heads"), use_bias=False, dtype=dtype, rngs=rngs)
+    self.proj = Dense(width, width, ("heads", "embed"), dtype=dtype, rngs=rngs)
+
+  def __call__(self, x):
+    b, t, w = x.shape
+    qkv = self.qkv(x).reshape(b, t, 3, self.heads, w // self.heads)
+    y = dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
+    return self.proj(y.reshape(b, t, w))
+
+
+class UViTBlock(nnx.Module):
+  """Pre-LN block, optionally preceded by the long skip Linear(concat(x, skip)) [2W -> W]."""
+
+  def __init__(self, width, heads, intermediate, *, skip, dtype, rngs):
+    self.skip_linear = Dense(2 * width, width, (None, "embed"), dtype=dtype,
+                             rngs=rngs) if skip else None
+    self.norm1 = LayerNorm(width, dtype=dtype, rngs=rngs)
+    self.attn = UViTAttention(width, heads, dtype=dtype, rngs=rngs)
+    self.norm2 = LayerNorm(width, dtype=dtype, rngs=rngs)
+    self.fc1 = Dense(width, intermediate, ("embed", "mlp"), dtype=dtype, rngs=rngs)
+    self.fc2 = Dense(intermediate, width, ("mlp", "embed"), dtype=dtype, rngs=rngs)
+
+  def __call__(self, x, skip=None):
+    if self.skip_linear is not None:
+      x = self.skip_linear(jnp.concatenate([x, skip.astype(x.dtype)], axis=-1))
+    x = x + self.attn(self.norm1(x))
+    return x + self.fc2(jax.nn.gelu(self.fc1(self.norm2(x)), approximate=False))
+
+
+class OfficialMaskGIT(nnx.Module):
+  """ImageBert ("bert") or UViTBert ("uvit"): tokens [B, N] (+ labels [B]) -> logits [B, N, K]."""
+
+  def __init__(self, *, arch: str = "bert", codebook_size: int, seq_len: int,
+               num_classes: int = 1000, width: int = 768, depth: int = 24, heads: int = 16,
+               intermediate: int = 3072, class_dropout: float = 0.1, dtype=jnp.float32,
+               rngs: nnx.Rngs):
+    if arch not in ARCHS:
+      raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+    if codebook_size < 2 or seq_len < 1:
+      raise ValueError(f"need codebook_size >= 2 and seq_len >= 1, got {codebook_size}, {seq_len}")
+    if arch == "uvit" and depth % 2:
+      raise ValueError(f"the uvit arch needs an even depth (in/out block pairs), got {depth}")
+    if not 0.0 <= class_dropout < 1.0:
+      raise ValueError(f"class_dropout must be in [0, 1), got {class_dropout}")
+    self.arch, self.codebook_size, self.seq_len = arch, codebook_size, seq_len
+    self.num_classes, self.class_dropout, self.dtype = num_classes, class_dropout, dtype
+    vocab = codebook_size + num_classes + 2
+    emb = trunc_normal(0.02)
+    self.word_embeddings = LearnedEmbedding(vocab, width, init=emb, rngs=rngs)
+    self.position_embeddings = LearnedEmbedding(seq_len + 1, width, init=emb, rngs=rngs)
+    if arch == "bert":
+      self.token_type_embeddings = LearnedEmbedding(2, width, init=emb, rngs=rngs)
+      self.emb_norm = LayerNorm(width, eps=1e-12, dtype=dtype, rngs=rngs)
+      self.layers = nnx.List([BertLayer(width, heads, intermediate, eps=1e-12, dtype=dtype,
+                                        rngs=rngs) for _ in range(depth)])
+    else:
+      half = depth // 2
+      self.in_blocks = nnx.List([UViTBlock(width, heads, intermediate, skip=False, dtype=dtype,
+                                           rngs=rngs) for _ in range(half)])
+      self.mid_block = UViTBlock(width, heads, intermediate, skip=False, dtype=dtype, rngs=rngs)
+      self.out_blocks = nnx.List([UViTBlock(width, heads, intermediate, skip=True, dtype=dtype,
+                                            rngs=rngs) for _ in range(half)])
+      self.norm = LayerNorm(width, dtype=dtype, rngs=rngs)
+    self.lm_head = Dense(width, codebook_size, ("embed", "vocab"), dtype=dtype, rngs=rngs)
+
+  mask_id = MaskGITTransformer.mask_id
+  null_id = MaskGITTransformer.null_id
+  condition_ids = MaskGITTransformer.condition_ids
+  input_ids = MaskGITTransformer.input_ids
+
+  def __call__(self, tokens: jax.Array, labels=None, *, train: bool = False, rng=None) -> jax.Array:
+    """Logits [B, N, K] float32 for tokens [B, N] int32 in [0, K] (K = mask id); labels int [B]
+    (negative = null class) or None (all null)."""
+    ids = self.input_ids(tokens, labels, train=train, rng=rng)
+    x = self.word_embeddings()[ids] + self.position_embeddings()[None]
+    if self.arch == "bert":
+      x = self.emb_norm(x + self.token_type_embeddings()[0])
+      for layer in self.layers:
+        x = layer(x)
+    else:
+      x = x.astype(self.dtype)
+      skips = []
+      for blk in self.in_blocks:
+        x = blk(x)
+        skips.append(x)
+      x = self.mid_block(x)
+      for blk in self.out_blocks:
+        x = blk(x, skips.pop())
+      x = self.norm(x)
+    return self.lm_head(x[:, 1:]).astype(jnp.float32)
+
+
+_FIELDS = ("arch", "codebook_size", "seq_len", "num_classes", "width", "depth", "heads",
+           "intermediate", "class_dropout")
+
+
+def make_model(cfg: Mapping[str, Any], *, rngs: nnx.Rngs) -> OfficialMaskGIT:
+  """An OfficialMaskGIT from plain fields (_FIELDS, dtype "float32" | "bfloat16"); others ignored."""
+  kwargs = {k: cfg[k] for k in _FIELDS if k in cfg and cfg[k] is not None}
+  if cfg.get("dtype", "float32") == "bfloat16":
+    kwargs["dtype"] = jnp.bfloat16
+  return OfficialMaskGIT(**kwargs, rngs=rngs)
+
+
+# `generators.bert.loss` works on this model as is.
+from jaxtok.generators.bert import loss  # noqa: E402,F401  pylint: disable=g-import-not-at-top

@@ -1,0 +1,88 @@
+"""Parity of converted official TiTok MaskGIT generators (ImageBert, UViTBert) with PyTorch.
+
+tests/fixtures/official/maskgit_{imagebert,uvit}.safetensors: tiny random official generators
+(width 32, 2 heads, MLP 64, 16 codes, 10 classes, 6 tokens; ImageBert 2 layers on transformers'
+BertModel, UViT 4 = 2 in + mid + 2 out blocks) and their logits for fixed tokens (some masked) with
+the class (cond_drop_prob 0) and with the null class (cond_drop_prob 1); see make_fixtures.py.txt.
+"""
+import functools
+import gzip
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxtok.convert import common
+from jaxtok.convert import maskgit as M
+from jaxtok.generators import bert
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures", "official")
+TOL = 1e-4
+TINY = dict(codebook_size=16, seq_len=6, num_classes=10, width=32, heads=2, intermediate=64)
+CONFIGS = {"maskgit_imagebert": dict(TINY, arch="bert", depth=2),
+           "maskgit_uvit": dict(TINY, arch="uvit", depth=4)}
+
+
+@functools.lru_cache(maxsize=None)
+def _io(name):
+  with np.load(os.path.join(FIXTURES, f"{name}_outputs.npz")) as f:
+    return {k: f[k] for k in f.files}
+
+
+def _path(name):
+  return os.path.join(FIXTURES, f"{name}.safetensors")
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_logits_match_official_with_class_and_null_class(name):
+  cfg, params = M.load(_path(name), CONFIGS[name])
+  model = M.build(cfg, params)
+  io = _io(name)
+  tokens = jnp.asarray(io["tokens"])
+  assert int(tokens.max()) == model.mask_id  # the fixture holds mask tokens
+  cond = model(tokens, jnp.asarray(io["labels"]))
+  null = model(tokens, None)
+  assert cond.shape == (2, 6, 16)
+  assert float(np.max(np.abs(np.asarray(cond) - io["logits"]))) < TOL
+  assert float(np.max(np.abs(np.asarray(null) - io["null_logits"]))) < TOL
+  assert float(np.max(np.abs(io["logits"] - io["null_logits"]))) > 3 * TOL  # the class shows
+  # jaxtok's MaskGIT training loss runs on it unchanged.
+  import jax
+  value, _ = bert.loss(model, jnp.zeros((2, 6), jnp.int32), jnp.asarray([1, 2]), rng=jax.random.key(0))
+  assert np.isfinite(float(value))
+
+
+def test_shapes_give_the_sizes_and_wrong_configs_are_refused():
+  flat, _ = common.read_checkpoint(_path("maskgit_imagebert"))
+  got = M.infer_config(flat)
+  assert {k: got[k] for k in ("arch", "codebook_size", "seq_len", "num_classes", "width", "depth",
+                              "intermediate")} == {k: CONFIGS["maskgit_imagebert"][k] for k in (
+      "arch", "codebook_size", "seq_len", "num_classes", "width", "depth", "intermediate")}
+  with pytest.raises(ValueError, match=r"layers\.0\.intermediate\.kernel: \[32, 64\] vs expected \[32, 128\]"):
+    M.load(_path("maskgit_imagebert"), dict(CONFIGS["maskgit_imagebert"], intermediate=128))
+  with pytest.raises(ValueError, match=r"missing keys \[.*in_blocks\.2\."):
+    M.load(_path("maskgit_uvit"), dict(CONFIGS["maskgit_uvit"], depth=6))
+  with pytest.raises(ValueError, match="not an official MaskGIT generator"):
+    M.infer_config({"x.weight": np.zeros(2)})
+  # Index buffers of older transformers versions are dropped, other extra tensors are not.
+  flat2 = dict(flat, **{"model.embeddings.position_ids": np.arange(7)[None]})
+  conv = M.convert(flat2, CONFIGS["maskgit_imagebert"])
+  assert "model.embeddings.position_ids" not in conv
+
+
+@pytest.mark.parametrize("name", sorted(M.RELEASED))
+def test_every_released_generator_maps_onto_its_config(name):
+  with gzip.open(os.path.join(FIXTURES, "release_shapes.json.gz"), "rt") as f:
+    shapes = json.load(f)[name]
+  cfg = M.released(name)
+  flat = {k: np.broadcast_to(np.float32(0), tuple(s)) for k, s in shapes.items()}
+  got = M.infer_config(flat)
+  assert {k: got[k] for k in got if k != "name"} == {k: cfg[k] for k in got if k != "name"}
+  # Every tensor and shape, with the stacks cut to 2 layers (layers all map alike) to keep it fast.
+  keep = ("model.encoder.layer.0.", "model.encoder.layer.1.", "in_blocks.0.", "out_blocks.0.")
+  short = {k: v for k, v in flat.items()
+           if not k.startswith(("model.encoder.layer.", "in_blocks.", "out_blocks.")) or k.startswith(keep)}
+  small = dict(cfg, depth=2)
+  common.check_keys(common.state_shapes(M.abstract_params(small)), M.convert(short, small), source=name)
