@@ -31,7 +31,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
 from jaxtok.eval import cli  # noqa: E402
 from jaxtok.eval import images as img_lib  # noqa: E402
@@ -40,21 +39,14 @@ log = logging.getLogger("evaluate")
 DATASETS = ("photos", "folder", "tfds")
 
 FLAGS = flags.FlagValues()
-flags.DEFINE_string("checkpoint", None, "tokenizer weights: training workdir, checkpoint dir or "
-                    "orbax parameter dir", flag_values=FLAGS)
-config_flags.DEFINE_config_file("config", None, "tokenizer config file[:arg] (optional for training "
-                                "checkpoints)", flag_values=FLAGS, lock_config=False)
+cli.define_tokenizer_flags(FLAGS)
+cli.define_tfds_flags(FLAGS, split="validation")
 flags.DEFINE_string("out", None, "output folder for metrics.json and plots", flag_values=FLAGS)
 flags.DEFINE_enum("dataset", "photos", list(DATASETS), "evaluation images", flag_values=FLAGS)
 flags.DEFINE_string("folder", None, "image folder (--dataset folder)", flag_values=FLAGS)
-flags.DEFINE_string("tfds_name", None, "tfds dataset (--dataset tfds)", flag_values=FLAGS)
-flags.DEFINE_string("split", "validation", "tfds split", flag_values=FLAGS)
-flags.DEFINE_string("data_dir", None, "tfds data_dir", flag_values=FLAGS)
 flags.DEFINE_integer("num_images", 64, "images evaluated (photos: held-out crops)", flag_values=FLAGS)
-flags.DEFINE_enum("fit", "crop", list(img_lib.FITS), "folder images: how they are fitted", flag_values=FLAGS)
 flags.DEFINE_string("token_counts", None, "comma-separated token counts (default: config.eval."
                     "token_counts, else all K)", flag_values=FLAGS)
-flags.DEFINE_integer("batch_size", 32, "images per jitted call", flag_values=FLAGS)
 flags.DEFINE_string("inception_weights", None, "FID Inception weights file: enables rFID / pFID / gFID",
                     flag_values=FLAGS)
 flags.DEFINE_float("pfid_p", 0.1, "pFID: probability a token draws a neighbour", flag_values=FLAGS)
@@ -63,7 +55,6 @@ flags.DEFINE_float("pfid_fraction", 1.0, "pFID: fraction of each batch's images 
                    flag_values=FLAGS)
 flags.DEFINE_integer("codec_images", 16, "images for the JPEG/WebP comparison (0 = skip)",
                      flag_values=FLAGS)
-flags.DEFINE_bool("use_ema", True, "use the EMA weights of a training checkpoint", flag_values=FLAGS)
 flags.DEFINE_integer("seed", 0, "rng seed (stochastic decoders, pFID perturbation)", flag_values=FLAGS)
 flags.DEFINE_string("samples", None, "gFID mode: folder of generated images", flag_values=FLAGS)
 flags.DEFINE_string("reference", None, "gFID mode: folder of real images or statistics .npz",
@@ -216,7 +207,6 @@ def evaluate_samples() -> dict:
 
 def main(argv) -> dict:
   cli.parse(FLAGS, argv, __doc__)
-  cli.setup_logging()
   if not FLAGS.out:
     raise ValueError("--out is required: the folder for metrics.json and the plots")
   os.makedirs(FLAGS.out, exist_ok=True)

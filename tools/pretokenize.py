@@ -27,7 +27,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
 from jaxtok.eval import cli  # noqa: E402
 from jaxtok.eval import images as img_lib  # noqa: E402
@@ -36,24 +35,15 @@ log = logging.getLogger("pretokenize")
 SOURCES = ("photos", "folder", "tfds")
 
 FLAGS = flags.FlagValues()
-flags.DEFINE_string("checkpoint", None, "tokenizer weights: training workdir, checkpoint dir or "
-                    "orbax parameter dir", flag_values=FLAGS)
-config_flags.DEFINE_config_file("config", None, "tokenizer config file[:arg] (optional for training "
-                                "checkpoints)", flag_values=FLAGS, lock_config=False)
+cli.define_tokenizer_flags(FLAGS)
+cli.define_tfds_flags(FLAGS, split="train")
 flags.DEFINE_string("out", None, "output token-dataset directory", flag_values=FLAGS)
 flags.DEFINE_enum("source", "photos", list(SOURCES), "where the images come from", flag_values=FLAGS)
 flags.DEFINE_string("folder", None, "image folder (--source folder)", flag_values=FLAGS)
-flags.DEFINE_string("tfds_name", None, "tfds dataset name (--source tfds)", flag_values=FLAGS)
-flags.DEFINE_string("split", "train", "tfds split (--source tfds)", flag_values=FLAGS)
-flags.DEFINE_string("data_dir", None, "tfds data_dir (--source tfds)", flag_values=FLAGS)
-flags.DEFINE_integer("num_examples", None, "examples to tokenize (photos: required crops, default "
-                     "1024; folder/tfds: default all)", flag_values=FLAGS)
+flags.DEFINE_integer("num_examples", None, "examples to tokenize (photos: crops, default 1024; "
+                     "folder/tfds: default all)", flag_values=FLAGS)
 flags.DEFINE_integer("num_tokens", None, "tokens kept per image (default: all K)", flag_values=FLAGS)
-flags.DEFINE_integer("batch_size", 32, "images per jitted call", flag_values=FLAGS)
-flags.DEFINE_enum("fit", "crop", list(img_lib.FITS), "folder images: how they are fitted",
-                  flag_values=FLAGS)
 flags.DEFINE_integer("seed", 0, "photos: crop seed", flag_values=FLAGS)
-flags.DEFINE_bool("use_ema", True, "use the EMA weights of a training checkpoint", flag_values=FLAGS)
 
 
 def photo_images(size: int, count: int, seed: int, batch_size: int) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -94,7 +84,6 @@ def tfds_images(name: str, split: str, data_dir: str | None, size: int, count: i
 
 def main(argv) -> str:
   cli.parse(FLAGS, argv, __doc__)
-  cli.setup_logging()
   from jaxtok.data import tokens as token_data  # pylint: disable=g-import-not-at-top
   from jaxtok.eval import checkpoints  # pylint: disable=g-import-not-at-top
   if not FLAGS.out:

@@ -28,7 +28,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
 from jaxtok.eval import cli  # noqa: E402
 from jaxtok.eval import images as img_lib  # noqa: E402
@@ -36,14 +35,13 @@ from jaxtok.eval import images as img_lib  # noqa: E402
 log = logging.getLogger("sample")
 
 FLAGS = flags.FlagValues()
-config_flags.DEFINE_config_file("config", None, "generator config file[:arg] (as trained)",
-                                flag_values=FLAGS, lock_config=False)
+cli.define_config(FLAGS, "config", "generator config file[:arg] (as trained)")
 flags.DEFINE_string("workdir", None, "the generator's run directory", flag_values=FLAGS)
 flags.DEFINE_string("out", None, "output folder (default <workdir>/samples)", flag_values=FLAGS)
 flags.DEFINE_string("tokenizer_checkpoint", None, "tokenizer weights (default: from "
                     "<workdir>/data_meta.json)", flag_values=FLAGS)
-config_flags.DEFINE_config_file("tokenizer_config", None, "tokenizer config file[:arg] (default: "
-                                "the one recorded with the data)", flag_values=FLAGS, lock_config=False)
+cli.define_config(FLAGS, "tokenizer_config", "tokenizer config file[:arg] (default: the one "
+                  "recorded with the data)")
 flags.DEFINE_integer("num_samples", 16, "images to generate", flag_values=FLAGS)
 flags.DEFINE_integer("batch_size", 16, "samples per jitted call", flag_values=FLAGS)
 flags.DEFINE_string("labels", None, "comma-separated class ids, cycled (-1 = unconditional); default: "
@@ -99,7 +97,6 @@ def data_meta(config, workdir: str) -> dict:
 
 def main(argv) -> dict:
   cli.parse(FLAGS, argv, __doc__)
-  cli.setup_logging()
   config = FLAGS.config
   if config is None:
     raise ValueError("--config is required: the generator's config file (as trained)")

@@ -22,13 +22,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
 from jaxtok.eval import cli  # noqa: E402
 
 FLAGS = flags.FlagValues()
-config_flags.DEFINE_config_file("config", None, "generator config file[:arg]", flag_values=FLAGS,
-                                lock_config=False)
+cli.define_config(FLAGS, "config", "generator config file[:arg]")
 flags.DEFINE_string("workdir", None, "run directory (checkpoints, data_meta.json)", flag_values=FLAGS)
 flags.DEFINE_string("data", None, "token dataset directory (tools/pretokenize.py); overrides "
                     "config.data.path", flag_values=FLAGS)
@@ -75,7 +73,6 @@ def check_data(config, meta: dict, path: str) -> None:
 
 def main(argv) -> dict:
   cli.parse(FLAGS, argv, __doc__)
-  cli.setup_logging()
   config = FLAGS.config
   if config is None:
     raise ValueError("--config is required: a generator config, e.g. configs/maskgit_titok.py:tiny")

@@ -22,19 +22,108 @@ def repo_root_on_path(tool_file: str) -> None:
     sys.path.insert(0, root)
 
 
+def define_config(flag_values: flags.FlagValues, name: str, help_string: str) -> None:
+  """A config-file flag `--name=file.py[:arg]` whose fields `--name.a.b=value` are overridden by
+  `parse` (ml_collections only honours overrides present in sys.argv when the flag is defined, so
+  the tools apply them themselves: main(argv) then works from tests as from the shell)."""
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  config_flags.DEFINE_config_file(name, None, help_string, flag_values=flag_values, lock_config=False,
+                                  sys_argv=[name])
+
+
+def _convert(text: str, old: Any, flag: str) -> Any:
+  import ast  # pylint: disable=g-import-not-at-top
+  try:
+    if isinstance(old, bool):
+      if text.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(text)
+      return text.lower() in ("true", "1")
+    if isinstance(old, int):
+      return int(text)
+    if isinstance(old, float):
+      return float(text)
+    if isinstance(old, str):
+      return text
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      if old is None:
+        return text
+      raise
+    return tuple(value) if isinstance(old, tuple) and isinstance(value, list) else value
+  except (ValueError, SyntaxError):
+    raise ValueError(f"{flag}: expected a value of type {type(old).__name__} (like {old!r}), got "
+                     f"{text!r}") from None
+
+
+def apply_override(config: Any, path: str, text: str, flag: str) -> None:
+  """Sets config.<path> (dotted, an existing field) from its command-line text."""
+  *parents, leaf = path.split(".")
+  node = config
+  for part in parents:
+    if not hasattr(node, "keys") or part not in node.keys():
+      raise ValueError(f"{flag}: the config has no field {path!r}")
+    node = node[part]
+  if not hasattr(node, "keys") or leaf not in node.keys():
+    raise ValueError(f"{flag}: the config has no field {path!r}")
+  node[leaf] = _convert(text, node[leaf], flag)
+
+
 def parse(flag_values: flags.FlagValues, argv: Sequence[str], doc: str | None = None) -> None:
-  """Parses argv[1:] into `flag_values` from the defaults; `--help` prints the flags and exits."""
+  """Parses argv[1:] into `flag_values` from the defaults, then applies `--<config>.a.b=v` overrides
+  to the loaded configs; `--help` prints the flags and exits."""
   argv = list(argv) if argv else ["tool"]
   if any(a in ("--help", "-h", "--helpshort", "--helpfull") for a in argv[1:]):
     print((doc or "").strip() + "\n\n" + flag_values.get_help())
     raise SystemExit(0)
+  config_names = [n for n, f in flag_values._flags().items()  # pylint: disable=protected-access
+                  if type(f).__name__ == "_ConfigFlag"]
+  rest, overrides = [argv[0]], []
+  for a in argv[1:]:
+    head = a[2:].split("=", 1)[0] if a.startswith("--") else ""
+    name = head.split(".", 1)[0]
+    if "." in head and name in config_names:
+      if "=" not in a:
+        raise SystemExit(f"{argv[0]}: {a} needs a value ({a}=...)")
+      overrides.append((name, head.split(".", 1)[1], a.split("=", 1)[1], a.split("=", 1)[0]))
+    else:
+      rest.append(a)
   flag_values.unparse_flags()
   try:
-    rest = flag_values(argv)
+    left = flag_values(rest)
   except flags.Error as err:
     raise SystemExit(f"{argv[0]}: {err}\nPass --help for the flags.") from None
-  if len(rest) > 1:
-    raise SystemExit(f"{argv[0]}: unexpected positional arguments {rest[1:]}")
+  if len(left) > 1:
+    raise SystemExit(f"{argv[0]}: unexpected positional arguments {left[1:]}")
+  for name, path, text, flag in overrides:
+    config = flag_values[name].value
+    if config is None:
+      raise ValueError(f"{flag} needs --{name}=<config file> to override")
+    apply_override(config, path, text, flag)
+  setup_logging()
+
+
+def define_tokenizer_flags(flag_values: flags.FlagValues, *, fit: bool = True) -> None:
+  """--checkpoint, --config, --use_ema, --batch_size (and --fit) of the tools that load a tokenizer."""
+  from jaxtok.eval import images  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string("checkpoint", None, "tokenizer weights: training workdir, checkpoint dir or "
+                      "orbax parameter dir", flag_values=flag_values)
+  define_config(flag_values, "config", "tokenizer config file[:arg] (optional for training "
+                "checkpoints, which store theirs)")
+  flags.DEFINE_bool("use_ema", True, "use the EMA weights of a training checkpoint",
+                    flag_values=flag_values)
+  flags.DEFINE_integer("batch_size", 32, "images per jitted call", flag_values=flag_values)
+  if fit:
+    flags.DEFINE_enum("fit", "crop", list(images.FITS), "how image files are fitted to the model "
+                      "size (crop: short side + centre crop; stretch)", flag_values=flag_values)
+
+
+def define_tfds_flags(flag_values: flags.FlagValues, *, split: str) -> None:
+  """--tfds_name, --split, --data_dir (a prepared tensorflow-datasets dataset, read without TF)."""
+  flags.DEFINE_string("tfds_name", None, "tfds dataset name, e.g. cifar10", flag_values=flag_values)
+  flags.DEFINE_string("split", split, "tfds split", flag_values=flag_values)
+  flags.DEFINE_string("data_dir", None, "tfds data_dir (default ~/tensorflow_datasets)",
+                      flag_values=flag_values)
 
 
 def setup_logging() -> None:

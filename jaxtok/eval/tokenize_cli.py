@@ -21,7 +21,6 @@ import os
 
 import numpy as np
 from absl import flags
-from ml_collections import config_flags
 
 from jaxtok.eval import cli
 from jaxtok.eval import images as img_lib
@@ -29,19 +28,12 @@ from jaxtok.eval import images as img_lib
 log = logging.getLogger(__name__)
 
 FLAGS = flags.FlagValues()
-flags.DEFINE_string("checkpoint", None, "tokenizer weights: training workdir, checkpoint dir or "
-                    "orbax parameter dir", flag_values=FLAGS)
-config_flags.DEFINE_config_file("config", None, "tokenizer config file[:arg] (optional for training "
-                                "checkpoints, which store theirs)", flag_values=FLAGS, lock_config=False)
+cli.define_tokenizer_flags(FLAGS)
 flags.DEFINE_string("input", None, "folder of images to encode", flag_values=FLAGS)
 flags.DEFINE_string("tokens", None, "a tokens .npz to decode instead of encoding --input", flag_values=FLAGS)
 flags.DEFINE_string("output", None, "output folder", flag_values=FLAGS)
 flags.DEFINE_integer("num_tokens", None, "tokens kept per image (default: all K)", flag_values=FLAGS)
 flags.DEFINE_bool("decode", False, "also decode the tokens to PNGs", flag_values=FLAGS)
-flags.DEFINE_integer("batch_size", 32, "images per jitted call", flag_values=FLAGS)
-flags.DEFINE_enum("fit", "crop", list(img_lib.FITS), "how images are fitted to the model size",
-                  flag_values=FLAGS)
-flags.DEFINE_bool("use_ema", True, "use the EMA weights of a training checkpoint", flag_values=FLAGS)
 flags.DEFINE_integer("seed", 0, "rng seed for stochastic decoders (FlexTok's flow)", flag_values=FLAGS)
 flags.DEFINE_integer("grid_images", 16, "images in the decoded grid", flag_values=FLAGS)
 
@@ -99,7 +91,6 @@ def load_token_file(path: str, *, flag: str = "--tokens") -> dict:
 
 def main(argv) -> dict:
   cli.parse(FLAGS, argv, __doc__)
-  cli.setup_logging()
   from jaxtok.eval import checkpoints  # pylint: disable=g-import-not-at-top
   if not FLAGS.output:
     raise ValueError("--output is required: the folder for tokens.npz and decoded PNGs")
