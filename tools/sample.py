@@ -110,6 +110,9 @@ def main(argv) -> dict:
   from jaxtok.eval import checkpoints, generate  # pylint: disable=g-import-not-at-top
   from jaxtok.train import generator  # pylint: disable=g-import-not-at-top
 
+  gcfg = config.generator
+  num_classes = int(gcfg.get("num_classes", 0))
+  labels = sample_labels(FLAGS.labels, FLAGS.num_samples, num_classes, FLAGS.seed)
   meta = data_meta(config, FLAGS.workdir)
   tok_info = meta.get("tokenizer", {})
   tok_ckpt = FLAGS.tokenizer_checkpoint or tok_info.get("checkpoint")
@@ -125,7 +128,6 @@ def main(argv) -> dict:
     graphdef, params = generator.load_params(config, FLAGS.workdir, use_ema=FLAGS.use_ema)
   except FileNotFoundError as err:
     raise FileNotFoundError(f"--workdir: {err}") from None
-  gcfg = config.generator
   seq_len = int(gcfg.seq_len)
   if tokenizer.max_tokens is not None and seq_len > tokenizer.max_tokens:
     raise ValueError(f"the generator makes {seq_len} tokens, the tokenizer decodes at most "
@@ -136,10 +138,8 @@ def main(argv) -> dict:
       schedule=FLAGS.schedule, choice_temperature=FLAGS.choice_temperature,
       head_steps=FLAGS.head_steps, head_steps_lower=FLAGS.head_steps_lower,
       num_tokens=FLAGS.num_tokens)
-  num_classes = int(gcfg.get("num_classes", 0))
   if num_classes == 0 and opts.cfg_scale != 1.0:
     log.warning("cfg_scale %s ignored: the generator is unconditional (num_classes = 0)", opts.cfg_scale)
-  labels = sample_labels(FLAGS.labels, FLAGS.num_samples, num_classes, FLAGS.seed)
   sampler = generate.make_sampler(gcfg.name, graphdef, params, opts)
   key = jax.random.key(FLAGS.seed)
   counter = iter(range(1 << 30))

@@ -121,11 +121,6 @@ def test_sample_gpt_prefix_with_kv_cache(tiny_titok, token_dir, tmp_path):
   assert res["tokens"].shape == (4, 5) and res["tokens"].max() < 64
   assert res["images"].shape == (4, 16, 16, 3)
   assert os.path.exists(os.path.join(workdir, "samples", "grid.png"))
-  # Same seed, same tokens; the 5-token prefix is the start of the 8-token sample.
-  full = load_tool("sample").main(["sample", cfg, f"--workdir={workdir}", "--num_samples=4",
-                                   "--top_k=10", "--top_p=0.9", "--config.generator.codebook_size=64",
-                                   f"--out={tmp_path / 'full'}"])
-  np.testing.assert_array_equal(full["tokens"][:, :5], res["tokens"])
 
 
 def test_sample_mar_continuous_tokens(tmp_path):
