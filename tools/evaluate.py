@@ -1,4 +1,4 @@
-"""Evaluates a tokenizer checkpoint on a dataset, or generator samples against a reference (gFID).
+r"""Evaluates a tokenizer checkpoint on a dataset, or generator samples against a reference (gFID).
 
 Tokenizer (default):
   python tools/evaluate.py --checkpoint runs/odp --dataset photos --num_images 64 --out runs/odp/eval \

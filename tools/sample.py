@@ -1,4 +1,4 @@
-"""Samples tokens from a trained generator and decodes them to images with its tokenizer.
+r"""Samples tokens from a trained generator and decodes them to images with its tokenizer.
 
   python tools/sample.py --config configs/maskgit_titok.py:tiny --workdir runs/maskgit \
       --config.generator.codebook_size=64 --num_samples 16 --cfg_scale 2.0 --out runs/maskgit/samples

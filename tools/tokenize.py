@@ -1,4 +1,4 @@
-"""Encodes a folder of images to tokens, and decodes tokens back to PNGs.
+r"""Encodes a folder of images to tokens, and decodes tokens back to PNGs.
 
   python tools/tokenize.py --config configs/titok.py:tiny --checkpoint /tmp/titok_tiny \
       --input photos/ --output /tmp/tok --num_tokens 4 --decode

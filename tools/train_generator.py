@@ -1,4 +1,4 @@
-"""Trains a token generator on a pre-tokenized dataset.
+r"""Trains a token generator on a pre-tokenized dataset.
 
   python tools/pretokenize.py --config configs/titok.py:tiny --checkpoint runs/titok --out runs/titok_tokens
   python tools/train_generator.py --config configs/maskgit_titok.py:tiny --data runs/titok_tokens \
