@@ -86,10 +86,6 @@ def released(name: str) -> dict[str, Any]:
   return dict(RELEASED[full])
 
 
-def _lin(name, w, b=None):
-  return {name + ".kernel": np.asarray(w).T} if b is None else {name + ".bias": np.asarray(b)}
-
-
 def _bert(flat, heads):
   out = {}
   for key, v in flat.items():
@@ -200,14 +196,14 @@ def abstract_params(config: Mapping[str, Any]):
 
 
 def build(config: Mapping[str, Any], params=None):
-  """The `generators.maskgit_official` module for `config`, holding `params` when given."""
+  """The `generators.maskgit_official` module for `config`: holding `params` when given, freshly
+  initialised otherwise."""
   from flax import nnx
   from jaxtok.generators import maskgit_official
-  model = nnx.eval_shape(lambda: maskgit_official.make_model(config, rngs=nnx.Rngs(0)))
-  graphdef, _ = nnx.split(model)
   if params is None:
     return maskgit_official.make_model(config, rngs=nnx.Rngs(0))
-  return nnx.merge(graphdef, params)
+  abstract = nnx.eval_shape(lambda: maskgit_official.make_model(config, rngs=nnx.Rngs(0)))
+  return nnx.merge(nnx.graphdef(abstract), params)
 
 
 def load(path: str | os.PathLike, config: Any = None):

@@ -1,8 +1,7 @@
 """tools/convert.py: official file -> orbax checkpoint + config.json -> the same parameters."""
+import importlib.util
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -20,16 +19,33 @@ TINY = dict(name="titok", image_size=32, patch_size=8, encoder_width=32, encoder
             num_latent_tokens=6, token_size=4, codebook_size=16, use_l2_norm=True)
 
 
-def test_cli_round_trip_through_load_params(tmp_path):
+def _run_tool(*args):
+  """tools/convert.py's main, in process (a subprocess would pay for a second jax start)."""
+  from absl import flags
+  spec = importlib.util.spec_from_file_location("convert_tool", os.path.join(ROOT, "tools", "convert.py"))
+  tool = importlib.util.module_from_spec(spec)
+  saved = {name: flags.FLAGS[name] for name in ("model", "config", "weights", "out", "list")
+           if name in flags.FLAGS}
+  for name in saved:
+    delattr(flags.FLAGS, name)
+  try:
+    spec.loader.exec_module(tool)
+    flags.FLAGS(["convert.py", *args])
+    return tool.main([])
+  finally:
+    for name in ("model", "config", "weights", "out", "list"):
+      if name in flags.FLAGS:
+        delattr(flags.FLAGS, name)
+    flags.FLAGS.unparse_flags()
+
+
+def test_cli_round_trip_through_load_params(tmp_path, capsys):
   out = tmp_path / "titok"
   cfg_file = tmp_path / "cfg.json"
   cfg_file.write_text(json.dumps(TINY))
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  run = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "convert.py"), "--model", "titok",
-                        "--config", str(cfg_file), "--weights",
-                        os.path.join(FIXTURES, "titok_vq.safetensors"), "--out", str(out)],
-                       capture_output=True, text=True, env=env, timeout=300)
-  assert run.returncode == 0, run.stderr[-3000:]
+  _run_tool("--model", "titok", "--config", str(cfg_file),
+            "--weights", os.path.join(FIXTURES, "titok_vq.safetensors"), "--out", str(out))
+  assert "parameters) and" in capsys.readouterr().out
   cfg = json.loads((out / "config.json").read_text())
   assert cfg == TINY
   tok = api.build(cfg)
@@ -37,12 +53,12 @@ def test_cli_round_trip_through_load_params(tmp_path):
   with np.load(os.path.join(FIXTURES, "titok_vq_outputs.npz")) as io:
     np.testing.assert_array_equal(np.asarray(tok.model(params).encode(jnp.asarray(io["images"])).tokens),
                                   io["tokens"])
-  # A second run refuses to overwrite; a bad file fails with the converter's message.
-  again = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "convert.py"), "--model", "titok",
-                          "--config", str(cfg_file), "--weights",
-                          os.path.join(FIXTURES, "titok_vae.safetensors"), "--out", str(tmp_path / "x")],
-                         capture_output=True, text=True, env=env, timeout=300)
-  assert again.returncode != 0 and "missing keys [codebook]" in again.stderr
+  # A file of another kind fails with the converter's message.
+  with pytest.raises(ValueError, match=r"missing keys \[codebook\]"):
+    _run_tool("--model", "titok", "--config", str(cfg_file),
+              "--weights", os.path.join(FIXTURES, "titok_vae.safetensors"), "--out", str(tmp_path / "x"))
+  _run_tool("--list")
+  assert "tokenizer_titok_l32_imagenet" in capsys.readouterr().out
 
 
 def test_save_and_load_converted_generator_round_trip(tmp_path):
