@@ -10,7 +10,8 @@
   "vqgan"     the MaskGIT VQGAN                                      convert/vqgan.py
   "maskgit"   TiTok's MaskGIT generators (ImageBert, UViTBert)       convert/maskgit.py
   "flextok"   FlexTok                                                convert/flextok.py
-`config`: a released model name (e.g. "tokenizer_titok_l32_imagenet"), a jaxtok config (mapping,
+`config`: for FlexTok, None (the hydra config in the file), a name of flextok.RELEASED, or a
+mapping of overrides; for the others, a released model name (e.g. "tokenizer_titok_l32_imagenet"), a jaxtok config (mapping,
 JSON string or file), an official config (with a "model" key, e.g. the HF config.json), or None to
 read what the tensor shapes show. Every converter raises ValueError naming the missing, unexpected
 and mis-shaped tensors of a wrong or incomplete file.
@@ -46,7 +47,10 @@ def convert(model: str, weights: str | os.PathLike, config: Any = None):
     return maskgit.load(weights, config)
   if model == "flextok":
     from jaxtok.convert import flextok
-    cfg, _, params = flextok.load(weights) if config is None else flextok.load(weights, name=config)
+    if config is None or isinstance(config, str):  # None, or a name of flextok.RELEASED
+      cfg, _, params = flextok.load(weights, name=config)
+    else:  # a mapping of overrides (flextok.jaxtok_config's keywords)
+      cfg, _, params = flextok.load(weights, **dict(config))
     return cfg, params
   raise ValueError(f"model must be one of {MODELS}, got {model!r}")
 

@@ -84,3 +84,16 @@ def test_onedpiece_kind_names_the_config_onedpiece():
   assert cfg["name"] == "onedpiece"
   with pytest.raises(ValueError, match="legacy TiTok layout"):
     convert.convert("onedpiece", os.path.join(FIXTURES, "titok_vq.safetensors"), TINY)
+
+
+def test_flextok_through_the_dispatcher_and_load_converted(tmp_path):
+  # The tiny FlexTok fixture needs two overrides its sizes do not imply (see test_flextok.py).
+  cfg, params = convert.convert("flextok", os.path.join(FIXTURES, "flextok_tiny.safetensors"),
+                                dict(image_size=32, vae_norm_groups=4))
+  convert.save_converted(tmp_path / "f", cfg, params)
+  cfg2, params2 = convert.load_converted(tmp_path / "f")
+  assert cfg2["name"] == "flextok"
+  leaves, leaves2 = jax.tree.leaves(params), jax.tree.leaves(params2)
+  assert len(leaves) == len(leaves2)
+  for a, b in zip(leaves, leaves2):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
