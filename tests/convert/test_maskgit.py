@@ -84,3 +84,16 @@ def test_every_released_generator_maps_onto_its_config(name):
            if not k.startswith(("model.encoder.layer.", "in_blocks.", "out_blocks.")) or k.startswith(keep)}
   small = dict(cfg, depth=2)
   common.check_keys(common.state_shapes(M.abstract_params(small)), M.convert(short, small), source=name)
+
+
+def test_official_generator_module_refuses_bad_arguments():
+  from flax import nnx
+  from jaxtok.generators import maskgit_official
+  with pytest.raises(ValueError, match="even depth"):
+    maskgit_official.OfficialMaskGIT(arch="uvit", codebook_size=16, seq_len=6, depth=3, width=32,
+                                     heads=2, intermediate=64, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="arch must be one of"):
+    maskgit_official.OfficialMaskGIT(arch="gpt", codebook_size=16, seq_len=6, rngs=nnx.Rngs(0))
+  model = maskgit_official.make_model(dict(CONFIGS["maskgit_uvit"]), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="seq_len=6"):
+    model(jnp.zeros((1, 5), jnp.int32))
