@@ -6,7 +6,8 @@ A `--checkpoint` path may be
     the newest step is used;
   * one step directory of such a checkpoint (`DIR/checkpoints/1000`);
   * a parameter directory written by orbax's `StandardCheckpointer` holding the tokenizer's
-    nnx.State (what `jaxtok.train.loop.load_params` reads; converted official checkpoints).
+    nnx.State (what `jaxtok.train.loop.load_params` reads), or the output folder of
+    tools/convert.py (`OUT/params` + `OUT/config.json`, whose config is then used by default).
 From a training checkpoint only the weights are read (orbax partial restore of `ema_params` or
 `params`, plus `model_state` when the model has non-parameter variables): the optimizer state is
 never materialised and the optimizer config is not needed.
@@ -68,8 +69,9 @@ def resolve(path: str, *, flag: str = "--checkpoint") -> dict:
   steps = _steps(root)
   if steps:
     return {"kind": "train", "step_dir": os.path.join(root, str(steps[-1])), "step": steps[-1]}
-  if os.path.exists(os.path.join(path, "_METADATA")) or os.path.exists(os.path.join(path, "manifest.ocdbt")):
-    return {"kind": "params", "dir": path}
+  for d in (path, os.path.join(path, "params")):  # tools/convert.py writes OUT/params + OUT/config.json
+    if os.path.exists(os.path.join(d, "_METADATA")) or os.path.exists(os.path.join(d, "manifest.ocdbt")):
+      return {"kind": "params", "dir": d}
   found = sorted(os.listdir(path))[:10]
   raise ValueError(f"{flag}: expected {expected}; {path!r} holds none (found {found or 'nothing'})")
 
@@ -78,6 +80,12 @@ def stored_config(path: str, *, flag: str = "--checkpoint") -> dict | None:
   """The config a training run stored with its checkpoint (None for parameter directories)."""
   where = resolve(path, flag=flag)
   if where["kind"] != "train":
+    # A converted checkpoint (tools/convert.py): config.json beside (or in) the params directory.
+    for f in (os.path.join(os.path.dirname(where["dir"]), "config.json"),
+              os.path.join(where["dir"], "config.json")):
+      if os.path.isfile(f):
+        with open(f) as fh:
+          return json.load(fh)
     return None
   cfg_dir = os.path.join(where["step_dir"], "config")
   for name in ("metadata", "config.json", "_METADATA"):
@@ -166,8 +174,9 @@ def load_tokenizer(config: Any, path: str, *, use_ema: bool = True, flag: str = 
   if config is None:
     stored = stored_config(path, flag=flag)
     if stored is None:
-      raise ValueError(f"{config_flag} is required for {path!r}: only training checkpoints carry their "
-                       "config; pass the tokenizer's config file (e.g. configs/titok.py:tiny)")
+      raise ValueError(f"{config_flag} is required for {path!r}: only training checkpoints and "
+                       "tools/convert.py outputs carry their config; pass the tokenizer's config file "
+                       "(e.g. configs/titok.py:tiny)")
     config = stored
   mcfg = model_config(config)
   tokenizer = api.build(mcfg)

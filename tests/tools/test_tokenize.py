@@ -1,5 +1,6 @@
 """tools/tokenize.py end to end on the tiny TiTok checkpoint: encode a folder, decode it back, decode
 a tokens file, and the errors for bad arguments."""
+import json
 import os
 
 import jax.numpy as jnp
@@ -68,6 +69,13 @@ def test_checkpoint_layouts_and_weights(tiny_titok, tmp_path):
   np.testing.assert_array_equal(leaf(params), leaf(raw))
   with pytest.raises(ValueError, match="--config is required"):
     checkpoints.load_tokenizer(None, pdir)
+  # tools/convert.py's layout: OUT/params + OUT/config.json (the config is read from there).
+  conv = tmp_path / "converted"
+  checkpoints.save_params(str(conv / "params"), ema)
+  (conv / "config.json").write_text(json.dumps(checkpoints.model_config(config)))
+  _, params, info = checkpoints.load_tokenizer(None, str(conv))
+  assert info["kind"] == "params" and info["path"] == str(conv / "params")
+  np.testing.assert_array_equal(leaf(params), leaf(ema))
 
 
 def test_bad_arguments_name_the_flag(tiny_titok, image_folder, tmp_path):
