@@ -349,10 +349,11 @@ def sampler_suite(args) -> list[tuple[str, str, float, str]]:
 def _other_samplers(args) -> list[tuple[str, str, float, str]]:
   from flax import nnx
   from jaxtok.generators import bert
-  from jaxtok.samplers import maskgit
+  from jaxtok.generators import mar as mar_lib
+  from jaxtok.samplers import flow, mar, maskgit, masked_diffusion, schedules
 
   rows = []
-  b, k, vocab = args.ar_batch, 64, 4096
+  b, k, vocab = args.other_batch or args.ar_batch, 64, 4096
   m = bert.MaskGITTransformer(codebook_size=vocab, seq_len=k, num_classes=1000, width=768, depth=12,
                               heads=12, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(m)
@@ -365,9 +366,55 @@ def _other_samplers(args) -> list[tuple[str, str, float, str]]:
     start = jnp.full((b, k), mask_id, jnp.int32)
     return maskgit.sample(rng, lambda t: model(t, labels), start, mask_id=mask_id, steps=8)[0]
 
-  t = time_call(lambda: mg(params, jax.random.key(0)), max(1, args.repeats // 3), jax.block_until_ready)
+  reps = max(1, args.repeats // 3)
+  t = time_call(lambda: mg(params, jax.random.key(0)), reps, jax.block_until_ready)
   rows.append((f"MaskGIT {k} tokens, 8 steps, batch {b}, 12x768", "maskgit.sample", t * 1e3,
                f"{b * k / t:.0f} tokens/s"))
+
+  # Masked diffusion on the same bidirectional network: first-hitting makes one call per token
+  # (K calls), the ancestral sampler one call per step.
+  start = jnp.full((b, k), mask_id, jnp.int32)
+
+  @jax.jit
+  def fhs(params, rng):
+    model = nnx.merge(graphdef, params)
+    return masked_diffusion.first_hitting(rng, lambda t: model(t, labels), start, mask_id=mask_id)[0]
+
+  t = time_call(lambda: fhs(params, jax.random.key(0)), reps, jax.block_until_ready)
+  rows.append((f"masked diffusion {k} tokens, batch {b}, 12x768", "first_hitting (K model calls)",
+               t * 1e3, f"{b * k / t:.0f} tokens/s"))
+
+  @jax.jit
+  def anc(params, rng):
+    model = nnx.merge(graphdef, params)
+    return masked_diffusion.ancestral(rng, lambda t: model(t, labels), start, mask_id=mask_id,
+                                      steps=16)
+
+  t = time_call(lambda: anc(params, jax.random.key(0)), reps, jax.block_until_ready)
+  rows.append((f"masked diffusion {k} tokens, batch {b}, 12x768", "ancestral, 16 steps", t * 1e3,
+               f"{b * k / t:.0f} tokens/s"))
+
+  # MAR: 64 continuous 16-dim tokens, 16 iterations, flow head (3 x 1024) with DiSA 50 -> 5 steps
+  # against a constant 50.
+  mar_model = mar_lib.MAR(token_dim=16, seq_len=k, num_classes=1000, width=768, depth=12, heads=12,
+                          rngs=nnx.Rngs(0))
+  mgraph, mparams = nnx.split(mar_model)
+
+  def mar_fn(head_steps):
+    @jax.jit
+    def run(params, rng):
+      model = nnx.merge(mgraph, params)
+      head = flow.flip_time(lambda x, t, z: model.head(x, jnp.full((x.shape[0],), t), z))
+      return mar.sample(rng, model.condition, head, batch=b, num_tokens=k, token_dim=16, steps=16,
+                        head_steps=head_steps, cond=labels).tokens
+    return run
+
+  for name, hs in (("constant 50 head steps", 50),
+                   ("DiSA linear 50 -> 5 head steps", schedules.disa_steps("linear", 16, 50, 5))):
+    fn = mar_fn(hs)
+    t = time_call(lambda: fn(mparams, jax.random.key(0)), reps, jax.block_until_ready)
+    rows.append((f"MAR {k} tokens x 16 dims, 16 iterations, batch {b}, 12x768", name, t * 1e3,
+                 f"{b * k / t:.0f} tokens/s"))
   return rows
 
 
@@ -388,6 +435,8 @@ def main(argv=None) -> int:
   parser.add_argument("--flow-steps", type=int, default=25, help="FlexTok decoder Euler steps")
   parser.add_argument("--ar-batch", type=int, default=16)
   parser.add_argument("--ar-tokens", type=int, default=256)
+  parser.add_argument("--other-batch", type=int, default=None,
+                      help="batch of the MaskGIT / masked-diffusion / MAR rows (default --ar-batch)")
   parser.add_argument("--out", default=None, help="append the table to this markdown file")
   args = parser.parse_args(argv)
   if args.suite == "tokenizers" and args.batch is None:
