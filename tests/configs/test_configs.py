@@ -42,7 +42,7 @@ def test_full_size_configs_parse():
   c = importlib.import_module("configs.onedpiece").get_config("size=S,tokens=256")
   assert c.model.name == "onedpiece" and c.eval.token_counts == [32, 64, 128, 256]
   main = importlib.import_module("configs.onedpiece").get_config("main")
-  assert main.model.num_latent_tokens == 32 and main.eval.token_counts[-1] == 32
+  assert main.model.num_latent_tokens == 16 and main.eval.token_counts == [2, 4, 8, 16]
   loop.validate_config(main)
 
 

@@ -84,7 +84,7 @@ def test_trains_on_tfds_with_discriminator_and_perceptual(tmp_path):
   c.data.update(source="tfds", name="cifar10", split="train", heldout_split="test")
   c.disc = ml_collections.ConfigDict(dict(channels=4, num_layers=2, num_groups=2))
   c.disc_optim = ml_collections.ConfigDict(dict(lr=1e-3, warmup_steps=0))
-  c.loss.update(gan=0.1, gan_start=2, lecam=0.001, perceptual=0.1)
+  c.loss.update(gan=0.1, gan_start=2, disc_start=2, lecam=0.001, perceptual=0.1)
   c.loss.perceptual_weights = str(tmp_path / "lpips.safetensors")
   work = tmp_path / "run"
   with tfds.testing.mock_data(num_examples=40, policy=tfds.testing.MockPolicy.USE_CODE):
