@@ -88,3 +88,24 @@ def tiny_training(c: ml_collections.ConfigDict, steps: int = 4) -> None:
   c.data.image_size = 16
   c.data.batch_size = 8
   c.data.heldout = 4
+
+
+def generator_arg(arg: str | None, sizes: dict) -> tuple[dict, bool, tuple]:
+  """(key=value dict, tiny flag, sizes[size]) of a generator config arg like "size=B,tokens=64" or "tiny"."""
+  args = dict(a.split("=") for a in (arg or "").split(",") if "=" in a)
+  tiny = arg is not None and "tiny" in arg.split(",")
+  return args, tiny, sizes["tiny" if tiny else args.get("size", "B")]
+
+
+def generator_base(args: dict, tiny: bool, *, batch_size: int, total_steps: int) -> ml_collections.ConfigDict:
+  """Training fields every generator config shares (seed, data path, EMA, logging, checkpoints, mesh)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.data = dict(path=args.get("data", ""))
+  c.batch_size = 8 if tiny else batch_size
+  c.total_steps = 4 if tiny else total_steps
+  c.ema_decay = 0.0 if tiny else 0.9999
+  c.log_every = 1 if tiny else 100
+  c.checkpoint_every = 2 if tiny else 5000
+  c.mesh = [("data", -1), ("fsdp", 1), ("tensor", 1)]
+  return c

@@ -7,28 +7,19 @@ arg: "size=B" (B: 12 layers x 768, L: 24 x 1024) or "tiny" (CPU seconds).
 """
 import ml_collections
 
+from configs import common
+
 SIZES = {"B": (768, 12, 12), "L": (1024, 24, 16), "tiny": (32, 2, 2)}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = dict(a.split("=") for a in (arg or "").split(",") if "=" in a)
-  tiny = arg is not None and "tiny" in arg.split(",")
-  size = "tiny" if tiny else args.get("size", "B")
-  width, depth, heads = SIZES[size]
-  c = ml_collections.ConfigDict()
-  c.seed = 0
+  args, tiny, (width, depth, heads) = common.generator_arg(arg, SIZES)
+  c = common.generator_base(args, tiny, batch_size=256, total_steps=300_000)
   c.generator = dict(name="gpt", codebook_size=int(args.get("codebook", 16 if tiny else 64000)),
                      seq_len=int(args.get("tokens", 8 if tiny else 256)), num_classes=int(args.get("classes", 0 if tiny else 1000)),
                      width=width, depth=depth, heads=heads, class_dropout=0.1)
-  c.data = dict(path=args.get("data", ""))
   c.optim = dict(lr=1e-3 if tiny else 4e-4, warmup_steps=0 if tiny else 5000, end_lr=0.0, b1=0.9,
                  b2=0.95, wd=0.05, clip=1.0)
-  c.batch_size = 8 if tiny else 256
-  c.total_steps = 4 if tiny else 300_000
-  c.ema_decay = 0.0 if tiny else 0.9999
-  c.log_every = 1 if tiny else 100
-  c.checkpoint_every = 2 if tiny else 5000
-  c.mesh = [("data", -1), ("fsdp", 1), ("tensor", 1)]
   c.sampling = dict(temperature=1.0, top_k=0, top_p=1.0, cfg_scale=1.0 if tiny else 4.0,
                     cfg_schedule="constant")
   return c

@@ -1,16 +1,10 @@
 """CPU seconds per step of a main-config variant: cpu_rate.py OVERRIDES_JSON (90 steps, last 60 timed)."""
 import json, os, sys, time
 sys.path.insert(0, os.getcwd())
-from configs import onedpiece
+from one import main_config_with
 from jaxtok.train import loop
 ov = json.loads(sys.argv[1])
-c = onedpiece.get_config("main")
-for k, v in ov.items():
-  node = c
-  parts = k.split(".")
-  for p in parts[:-1]:
-    node = node[p]
-  node[parts[-1]] = tuple(v) if isinstance(v, list) else v
+c = main_config_with(ov)
 c.total_steps = 90; c.optim.warmup_steps = 10; c.log_every = 30; c.eval_every = 1000; c.ckpt_every = 1000; c.final_eval = False
 wd = f"/tmp/rate_{os.getpid()}"
 loop.train(c, wd, show_progress=False)
