@@ -79,6 +79,59 @@ def plan_blocks(n: int, k: int, max_block_elements: int) -> tuple[int, int]:
   return rows, codes
 
 
+# CPU search tiles: [R, B] score blocks of at most 2^19 float32 (2 MiB) stay in the L2 cache between
+# the product and the reductions; 128-row chunks amortise the product. Larger blocks spill to memory and
+# ran 3x slower on a 2-core Xeon (benchmarks/RESULTS.md); accelerators keep the memory budget's blocks.
+CPU_TILE = 2**19
+CPU_ROWS = 128
+# Codes per group of the two-level argmin (`first_argmin`).
+GROUP = 32
+
+
+def plan_search(n: int, k: int, max_block_elements: int) -> tuple[int, int]:
+  """(R rows per chunk, B codes per block) for `nearest`: `plan_blocks`, cache-sized on CPU."""
+  if jax.default_backend() != "cpu" or max_block_elements <= CPU_TILE:
+    return plan_blocks(n, k, max_block_elements)
+  if k * min(n, CPU_ROWS) <= CPU_TILE:
+    return plan_blocks(n, k, CPU_TILE)
+  rows = min(n, CPU_ROWS)
+  chunks = -(-n // rows)
+  rows = -(-n // chunks)
+  return rows, CPU_TILE // rows
+
+
+def group_width(codes: int) -> int:
+  """Group width W of `first_argmin`: the largest divisor of `codes` up to GROUP (1 for a prime)."""
+  return max(w for w in range(1, min(GROUP, codes) + 1) if codes % w == 0)
+
+
+def block_codes(codes: int, k: int) -> int:
+  """Codes per block: all K, or a blocked size rounded down to a multiple of GROUP when possible."""
+  if codes >= k or codes < GROUP:
+    return min(codes, k)
+  return codes - codes % GROUP
+
+
+def first_argmin(s: jax.Array, width: int) -> tuple[jax.Array, jax.Array]:
+  """(lowest index of the row minimum, the minimum) of s [R, C] with C a multiple of `width`.
+
+  Equal to (jnp.argmin(s, -1), jnp.min(s, -1)) without NaN, but two-level so that only single-operand
+  float min-reductions (which vectorise) touch all R x C scores: per-group minima [R, C/W], the row
+  minimum, the first group holding it, then the first position inside that one group [R, W]. XLA's
+  variadic (value, index) reduction behind jnp.argmin does not vectorise on CPU and was 3x slower.
+  A row holding NaN gets index 0 and value NaN (jnp.argmin would point at the first NaN).
+  """
+  r, c = s.shape
+  groups = c // width
+  s3 = s.reshape(r, groups, width)
+  group_min = jnp.min(s3, axis=-1)                                     # [R, G]
+  best = jnp.min(group_min, axis=-1)                                   # [R]
+  g = jnp.argmax(group_min == best[:, None], axis=-1).astype(jnp.int32)
+  inside = jnp.take_along_axis(s3, g[:, None, None], axis=1)[:, 0]     # [R, W]
+  w = jnp.argmax(inside == best[:, None], axis=-1).astype(jnp.int32)
+  return g * width + w, best
+
+
 def prepare(z: jax.Array, codebook: jax.Array, metric: str) -> tuple[jax.Array, jax.Array, jax.Array]:
   """float32 (z, codebook, ||c||^2) ready for `scores`; normalised for cosine."""
   z = z.astype(jnp.float32)
@@ -184,39 +237,48 @@ def nearest(z: jax.Array, codebook: jax.Array, *, metric: str = "euclidean",
 def _nearest(z, codebook, *, metric, budget):
   z, codebook, cn = prepare(z, codebook, metric)
   n, k = z.shape[0], codebook.shape[0]
-  rows, codes = plan_blocks(n, k, budget)
+  rows, codes = plan_search(n, k, budget)
+  codes = block_codes(codes, k)
+  width = group_width(codes)
+  # One augmented product gives the scores with no separate bias pass: [z, 1] . [-2c, bias].
+  bias = jnp.zeros_like(cn) if metric == "cosine" else cn
+  table = jnp.concatenate([-2.0 * codebook, bias[:, None]], axis=1)        # [K, D+1]
+  za = jnp.concatenate([z, jnp.ones((n, 1), jnp.float32)], axis=1)        # [N, D+1]
+  nb = -(-k // codes)
+  padded = nb * codes
+  table = jnp.pad(table, ((0, padded - k), (0, 0))).reshape(nb, codes, -1)
+  valid = (jnp.arange(padded) < k).reshape(nb, codes)
 
-  if codes >= k:
+  def block_min(zr, tab, ok):
+    s = jnp.matmul(zr, tab.T, precision=HIGHEST)
+    if padded != k:  # padded codes are zero rows (score 0): never choose them
+      s = jnp.where(ok[None, :], s, jnp.inf)
+    return first_argmin(s, width)
+
+  if nb == 1:
     def chunk(zr):
-      s = scores(zr, codebook, cn, metric)
-      idx = jnp.argmin(s, axis=-1).astype(jnp.int32)
-      best = jnp.take_along_axis(s, idx[:, None], axis=-1)[:, 0]
-      return idx, best
+      return block_min(zr, table[0], valid[0])
   else:
-    cb, cnb, valid, offsets = _code_blocks(codebook, cn, codes)
+    offsets = jnp.arange(nb, dtype=jnp.int32) * codes
 
     def chunk(zr):
       def step(carry, block):
         best, best_idx = carry
-        c, c_norm, ok, off = block
-        s = scores(zr, c, c_norm, metric)
-        if metric == "cosine":  # padded codes are zero vectors, not +inf: mask them out
-          s = jnp.where(ok[None, :], s, jnp.inf)
-        idx = jnp.argmin(s, axis=-1).astype(jnp.int32)
-        val = jnp.take_along_axis(s, idx[:, None], axis=-1)[:, 0]
+        tab, ok, off = block
+        idx, val = block_min(zr, tab, ok)
         # Strict < keeps the earlier (lower-index) block on ties.
         better = val < best
         return (jnp.where(better, val, best), jnp.where(better, idx + off, best_idx)), None
 
       init = (jnp.full((zr.shape[0],), jnp.inf, jnp.float32), jnp.zeros((zr.shape[0],), jnp.int32))
-      (best, best_idx), _ = jax.lax.scan(step, init, (cb, cnb, valid, offsets))
+      (best, best_idx), _ = jax.lax.scan(step, init, (table, valid, offsets))
       return best_idx, best
 
   def chunk_with_dist(zr):
     idx, best = chunk(zr)
-    return idx, to_sq_dist(best, zr, metric)
+    return idx, to_sq_dist(best, zr[:, :-1], metric)
 
-  return _map_rows(chunk_with_dist, z, rows)
+  return _map_rows(chunk_with_dist, za, rows)
 
 
 def knn(z: jax.Array, codebook: jax.Array, k: int, *, metric: str = "euclidean",

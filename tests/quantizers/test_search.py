@@ -171,3 +171,48 @@ def test_validation_names_the_argument():
     search.knn(z, c, 0)
   with pytest.raises(ValueError, match="max_block_elements must be >= 1, got 0"):
     search.nearest(z, c, max_block_elements=0)
+
+
+@pytest.mark.parametrize("width", [1, 4, 32])
+def test_first_argmin_equals_argmin_with_ties(width):
+  # Small integers: many exact ties inside and across groups; the lowest index must win as in argmin.
+  rng = np.random.default_rng(7)
+  s = rng.integers(0, 4, size=(64, 96)).astype(np.float32)
+  s[5] = 2.0  # a whole row tied
+  s[6, :] = 3.0
+  s[6, 95] = 0.0  # minimum in the last position of the last group
+  idx, best = search.first_argmin(jnp.asarray(s), width)
+  np.testing.assert_array_equal(idx, s.argmin(1))
+  np.testing.assert_array_equal(best, s.min(1))
+  assert idx.dtype == jnp.int32
+
+
+def test_group_width_and_block_codes():
+  assert search.group_width(4096) == 32
+  assert search.group_width(1000) == 25  # largest divisor <= 32
+  assert search.group_width(4093) == 1   # prime
+  assert search.group_width(7) == 7
+  assert search.block_codes(4096, 4096) == 4096
+  assert search.block_codes(5000, 2**18) == 4992  # blocked: multiple of 32
+  assert search.block_codes(20, 100) == 20        # below one group: unchanged
+
+
+@pytest.mark.parametrize("k,budget,plan", [
+    (130, 2**24, (64, 130)),      # one block, groups of 26
+    (130, 100, (10, 10)),         # blocks of 10 codes (the memory budget cuts the codebook)
+    (10000, 2**24, (65, 8064)),   # CPU cache tiles: 2 blocks of 8064 codes, the last one padded
+])
+def test_ties_across_groups_and_blocks(k, budget, plan):
+  # Integer points on a 5x5x5 grid: exact float32 distances and many exact ties (duplicate codes).
+  rng = np.random.default_rng(8)
+  z = rng.integers(-2, 3, size=(130 if k > 1000 else 64, 3)).astype(np.float32)
+  c = rng.integers(-2, 3, size=(k, 3)).astype(np.float32)
+  c[100] = c[4]
+  c[64] = c[33]
+  rows, codes = search.plan_search(z.shape[0], k, budget)
+  assert (rows, search.block_codes(codes, k)) == plan
+  d = _np_dist(z, c, "euclidean")
+  idx, dist = search.nearest(z, c, max_block_elements=budget)
+  np.testing.assert_array_equal(idx, d.argmin(1))
+  np.testing.assert_array_equal(dist, d.min(1))
+  assert not np.any(np.isin(np.asarray(idx), [100, 64]))
