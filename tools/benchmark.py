@@ -7,7 +7,9 @@ Usage:
   python tools/benchmark.py --suite samplers
 
 Each case is timed as the median of `--repeats` calls after a compile/warm-up call, with
-`block_until_ready` (JAX) or inside `torch.no_grad()` (PyTorch). Results go to stdout as a markdown
+`block_until_ready` (JAX) or inside `torch.no_grad()` (PyTorch); pairs that are compared (jaxtok vs
+PyTorch, search vs the dense product) alternate bursts of calls so both see the same machine state
+(`time_pair`). Results go to stdout as a markdown
 table; with --out they are appended under a heading naming the machine, the date and the command.
 vector-quantize-pytorch (the `bench` extra) is imported only with --compare-torch.
 """
@@ -45,18 +47,6 @@ def jax_time(fn: Callable, *args, repeats: int) -> float:
   return time_call(lambda: compiled(*args), repeats, jax.block_until_ready)
 
 
-def torch_time(fn: Callable[[], object], repeats: int) -> float:
-  import torch
-
-  def block(out):
-    if torch.cuda.is_available():
-      torch.cuda.synchronize()
-    return out
-
-  with torch.no_grad():
-    return time_call(fn, repeats, block)
-
-
 def torch_device() -> str:
   """cuda when JAX runs on a GPU and torch sees one (same device for both), else cpu."""
   import torch
@@ -68,6 +58,34 @@ def machine_description() -> str:
   kind = getattr(dev, "device_kind", dev.platform)
   return (f"{platform.machine()} {os.cpu_count()} cores, jax {jax.__version__} on "
           f"{dev.platform} ({kind})")
+
+
+def time_pair(fn_a: Callable[[], object], block_a: Callable[[object], object],
+              fn_b: Callable[[], object], block_b: Callable[[object], object],
+              repeats: int, burst: int = 20) -> tuple[float, float]:
+  """Median wall times (seconds) of two callables measured in alternating bursts.
+
+  `repeats` rounds, each running `burst` back-to-back calls of a, then of b. Alternating puts both
+  under the same machine state (shared cores drift over minutes); the first call of every burst is
+  not counted, because it pays for the switch (the other library's worker threads still spinning,
+  ours waking up), which a program calling one library in a loop never sees.
+  """
+  block_a(fn_a())
+  block_b(fn_b())
+  times_a, times_b = [], []
+  for _ in range(repeats):
+    for fn, block, times in ((fn_a, block_a, times_a), (fn_b, block_b, times_b)):
+      for i in range(burst):
+        start = time.perf_counter()
+        block(fn())
+        if i:
+          times.append(time.perf_counter() - start)
+  return statistics.median(times_a), statistics.median(times_b)
+
+
+def _codes_and_indices(out):
+  # What vector-quantize-pytorch's forward returns too (its losses are zero or skipped in eval).
+  return out.codes, out.indices
 
 
 def quantizer_suite(args) -> list[tuple[str, str, float, str]]:
@@ -82,13 +100,15 @@ def quantizer_suite(args) -> list[tuple[str, str, float, str]]:
   state = vq.VQState(codebook=cb, cluster_size=jnp.zeros((k,)), embed_sum=jnp.zeros((k, d)),
                      initialized=jnp.array(True))
   case = f"VQ lookup {n}x{d} vs {k} codes"
-  t_dense = jax_time(lambda z, c: jnp.dot(z, c.T, precision=jax.lax.Precision.HIGHEST), z, cb,
-                     repeats=args.repeats)
+  dense = jax.jit(lambda z, c: jnp.dot(z, c.T, precision=jax.lax.Precision.HIGHEST))
+  near = jax.jit(search.nearest)
+  t_dense, t_near = time_pair(lambda: dense(z, cb), jax.block_until_ready, lambda: near(z, cb),
+                              jax.block_until_ready, args.repeats)
   rows.append((case, "dense matmul z @ C^T (reference floor)", t_dense * 1e3, ""))
-  t_near = jax_time(lambda z, c: search.nearest(z, c), z, cb, repeats=args.repeats)
   rows.append((case, "jaxtok search.nearest", t_near * 1e3, f"{t_near / t_dense:.2f}x dense"))
-  t_vq = jax_time(lambda z: vq.quantize(z, state).indices, z, repeats=args.repeats)
-  rows.append((case, "jaxtok vq.quantize (eval)", t_vq * 1e3, f"{t_vq / t_dense:.2f}x dense"))
+  vq_fn = jax.jit(lambda z: _codes_and_indices(vq.quantize(z, state)))
+  t_vq = time_call(lambda: vq_fn(z), args.repeats, jax.block_until_ready)
+  rows.append((case, "jaxtok vq.quantize (eval)", t_vq * 1e3, ""))
 
   big_k = 2**18
   big_cb = jnp.asarray(rng.standard_normal((big_k, d)), jnp.float32)
@@ -98,48 +118,68 @@ def quantizer_suite(args) -> list[tuple[str, str, float, str]]:
                "never holds more than 2^24 distances"))
 
   levels = (8, 5, 5, 5)
-  zf = jnp.asarray(rng.standard_normal((n, len(levels))), jnp.float32)
-  t_fsq = jax_time(lambda z: fsq.quantize(z, levels).codes, zf, repeats=args.repeats)
-  rows.append((f"FSQ {levels} on {n} vectors", "jaxtok fsq.quantize", t_fsq * 1e3, ""))
-
-  zl = jnp.asarray(rng.standard_normal((n, 16)), jnp.float32)
-  t_lfq = jax_time(lambda z: lfq.quantize(z, entropy_weight=0.0).codes, zl, repeats=args.repeats)
-  rows.append((f"LFQ 16 bits on {n} vectors (no entropy)", "jaxtok lfq.quantize", t_lfq * 1e3, ""))
-
-  results = {"vq": t_vq, "fsq": t_fsq, "lfq": t_lfq, "dense": t_dense}
+  # FSQ and LFQ are single elementwise passes: at 16,384 vectors a call takes a fraction of a
+  # millisecond and fixed costs (dispatch, waking threads) weigh in; 16x more vectors is a batch of
+  # 1024 images x 256 tokens, where the arithmetic dominates.
+  elementwise = []
+  for m in (n, 16 * n):
+    zf = jnp.asarray(rng.standard_normal((m, len(levels))), jnp.float32)
+    zl = jnp.asarray(rng.standard_normal((m, 16)), jnp.float32)
+    elementwise.append((m, zf, zl))
+  fsq_fn = jax.jit(lambda z: _codes_and_indices(fsq.quantize(z, levels)))
+  lfq_fn = jax.jit(lambda z: _codes_and_indices(lfq.quantize(z, entropy_weight=0.0)))
   if args.compare_torch:
-    rows += torch_quantizers(args, np.asarray(z), np.asarray(cb), np.asarray(zf), np.asarray(zl),
-                             levels, results)
+    rows += torch_quantizers(args, z, cb, lambda: vq_fn(z), elementwise, levels, fsq_fn, lfq_fn)
+  else:
+    for m, zf, zl in elementwise:
+      t_fsq = time_call(lambda: fsq_fn(zf), args.repeats, jax.block_until_ready)
+      rows.append((f"FSQ {levels} on {m} vectors", "jaxtok fsq.quantize", t_fsq * 1e3, ""))
+      t_lfq = time_call(lambda: lfq_fn(zl), args.repeats, jax.block_until_ready)
+      rows.append((f"LFQ 16 bits on {m} vectors (no entropy)", "jaxtok lfq.quantize", t_lfq * 1e3, ""))
   return rows
 
 
-def torch_quantizers(args, z, cb, zf, zl, levels, ours) -> list[tuple[str, str, float, str]]:
+def torch_quantizers(args, z, cb, vq_call, elementwise, levels, fsq_fn, lfq_fn
+                     ) -> list[tuple[str, str, float, str]]:
+  """jaxtok vs vector-quantize-pytorch, each pair timed in alternating bursts (`time_pair`)."""
   import torch
   import vector_quantize_pytorch as vqp
 
   torch.set_num_threads(os.cpu_count() or 1)
   dev = torch_device()
+
+  def torch_block(out):
+    if dev == "cuda":
+      torch.cuda.synchronize()
+    return out
+
+  def to_torch(x):
+    return torch.from_numpy(np.array(x))[None].to(dev)
+
+  def compare(case, ours_name, ours_fn, theirs_name, theirs_fn):
+    with torch.no_grad():
+      t_ours, t_theirs = time_pair(ours_fn, jax.block_until_ready, theirs_fn, torch_block, args.repeats)
+    return [(case, ours_name, t_ours * 1e3, ""),
+            (case, theirs_name, t_theirs * 1e3, f"jaxtok is {t_theirs / t_ours:.1f}x faster")]
+
   rows = []
   n, d = z.shape
   k = cb.shape[0]
   model = vqp.VectorQuantize(dim=d, codebook_size=k, decay=0.99).eval().to(dev)
   with torch.no_grad():
-    model._codebook.embed.copy_(torch.from_numpy(cb)[None].to(dev))
+    model._codebook.embed.copy_(to_torch(cb))
     model._codebook.initted.fill_(True)
-  zt = torch.from_numpy(z)[None].to(dev)
-  t = torch_time(lambda: model(zt), args.repeats)
-  rows.append((f"VQ lookup {n}x{d} vs {k} codes", f"vector-quantize-pytorch {vqp_version()} VectorQuantize ({dev})",
-               t * 1e3, f"jaxtok vq.quantize is {t / ours['vq']:.1f}x faster"))
+  zt = to_torch(z)
+  rows += compare(f"VQ lookup {n}x{d} vs {k} codes (paired)", "jaxtok vq.quantize (eval)", vq_call,
+                  f"vector-quantize-pytorch {vqp_version()} VectorQuantize ({dev})", lambda: model(zt))
   fsq_model = vqp.FSQ(levels=list(levels)).eval().to(dev)
-  zft = torch.from_numpy(zf)[None].to(dev)
-  t = torch_time(lambda: fsq_model(zft), args.repeats)
-  rows.append((f"FSQ {tuple(levels)} on {n} vectors", f"vector-quantize-pytorch FSQ ({dev})", t * 1e3,
-               f"jaxtok is {t / ours['fsq']:.1f}x faster"))
-  lfq_model = vqp.LFQ(dim=zl.shape[1], codebook_size=2**zl.shape[1], entropy_loss_weight=0.0).eval().to(dev)
-  zlt = torch.from_numpy(zl)[None].to(dev)
-  t = torch_time(lambda: lfq_model(zlt), args.repeats)
-  rows.append((f"LFQ 16 bits on {n} vectors (no entropy)", f"vector-quantize-pytorch LFQ, eval ({dev})", t * 1e3,
-               f"jaxtok is {t / ours['lfq']:.1f}x faster"))
+  lfq_model = vqp.LFQ(dim=16, codebook_size=2**16, entropy_loss_weight=0.0).eval().to(dev)
+  for m, zf, zl in elementwise:
+    zft, zlt = to_torch(zf), to_torch(zl)
+    rows += compare(f"FSQ {tuple(levels)} on {m} vectors", "jaxtok fsq.quantize", lambda: fsq_fn(zf),
+                    f"vector-quantize-pytorch FSQ ({dev})", lambda: fsq_model(zft))
+    rows += compare(f"LFQ 16 bits on {m} vectors (no entropy)", "jaxtok lfq.quantize", lambda: lfq_fn(zl),
+                    f"vector-quantize-pytorch LFQ, eval ({dev})", lambda: lfq_model(zlt))
   return rows
 
 

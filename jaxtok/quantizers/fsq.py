@@ -182,8 +182,8 @@ def quantize(z: jax.Array, levels: Sequence[int], *, symmetric: bool = False,
     b = bound(x, levels)
     rounded = jnp.round(sg(b))
     digits = rounded + _half_width(levels)
-    # b - round(b) is exact in float32 (|b - round(b)| <= 0.5, same sign), so the value is exactly the
-    # integer and the codes below equal indices_to_codes(indices) bitwise.
+    # straight_through returns the rounded integer itself, so the codes below equal
+    # indices_to_codes(indices) bitwise.
     bracket = base.straight_through(b, rounded) + _half_width(levels)
   codes = _digits_to_codes(bracket, levels, symmetric)
   digits = digits.astype(jnp.int32)
