@@ -31,6 +31,24 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+class Rows(list):
+  """Result rows (case, implementation, ms, note) that are also printed to stderr as they arrive, so a
+  run cut short by a time limit still shows what it measured."""
+
+  def append(self, row):
+    case, impl, ms, note = row
+    print(f"[row] {case} | {impl} | {ms:.3f} ms | {note}", file=sys.stderr, flush=True)
+    super().append(row)
+
+  def extend(self, rows):
+    for row in rows:
+      self.append(row)
+
+  def __iadd__(self, rows):
+    self.extend(rows)
+    return self
+
+
 def time_call(fn: Callable[[], object], repeats: int, block: Callable[[object], object]) -> float:
   """Median wall time in seconds of `fn()` over `repeats` calls, after one warm-up call."""
   block(fn())
@@ -92,7 +110,7 @@ def quantizer_suite(args) -> list[tuple[str, str, float, str]]:
   """Rows (case, implementation, milliseconds, note)."""
   from jaxtok.quantizers import fsq, lfq, search, vq
 
-  rows = []
+  rows = Rows()
   rng = np.random.default_rng(0)
   n, d, k = args.vq_vectors, 16, 4096
   z = jnp.asarray(rng.standard_normal((n, d)), jnp.float32)
@@ -220,7 +238,7 @@ def tokenizer_suite(args) -> list[tuple[str, str, float, str]]:
   """Encode and decode throughput (images/s) per model at --batch, parameters in --dtype."""
   from jaxtok import tokenizers
 
-  rows = []
+  rows = Rows()
   for name in _model_names(args, "titok_s128,titok_b64,vqgan"):
     try:
       rows += _tokenizer_one(name, args)
@@ -294,7 +312,7 @@ def analytic_train_flops(c, batch: int) -> float:
 
 def train_suite(args) -> list[tuple[str, str, float, str]]:
   """Median step time of the jitted train_step (state donated) on synthetic batches."""
-  rows = []
+  rows = Rows()
   dev = jax.devices()[0]
   kind = getattr(dev, "device_kind", "")
   peak = next((v for k, v in PEAK_TFLOPS.items() if k in kind), None)
@@ -353,7 +371,7 @@ def sampler_suite(args) -> list[tuple[str, str, float, str]]:
   from jaxtok.generators import gpt
   from jaxtok.samplers import autoregressive as ar
 
-  rows = []
+  rows = Rows()
   b, n, vocab = args.ar_batch, args.ar_tokens, 4096
   model = gpt.GPT(codebook_size=vocab, seq_len=n, num_classes=1000, width=768, depth=12, heads=12,
                   dtype=jnp.dtype(args.dtype or "float32"), rngs=nnx.Rngs(0))
@@ -382,17 +400,17 @@ def sampler_suite(args) -> list[tuple[str, str, float, str]]:
   rows.append((f"AR sample {n} tokens, batch {b}, 12x768", "recompute prefix each step",
                t_re * 1e3, f"{b * n / t_re:.0f} tokens/s ({n} x {t_fwd * 1e3:.1f} ms full forward); "
                f"KV cache is {t_re / t_kv:.1f}x faster"))
-  rows += _other_samplers(args)
+  _other_samplers(args, rows)
   return rows
 
 
-def _other_samplers(args) -> list[tuple[str, str, float, str]]:
+def _other_samplers(args, rows: Rows) -> None:
+  """Appends the MaskGIT, masked-diffusion and MAR rows to `rows`."""
   from flax import nnx
   from jaxtok.generators import bert
   from jaxtok.generators import mar as mar_lib
   from jaxtok.samplers import flow, mar, maskgit, masked_diffusion, schedules
 
-  rows = []
   b, k, vocab = args.other_batch or args.ar_batch, 64, 4096
   m = bert.MaskGITTransformer(codebook_size=vocab, seq_len=k, num_classes=1000, width=768, depth=12,
                               heads=12, rngs=nnx.Rngs(0))
@@ -455,7 +473,6 @@ def _other_samplers(args) -> list[tuple[str, str, float, str]]:
     t = time_call(lambda: fn(mparams, jax.random.key(0)), reps, jax.block_until_ready)
     rows.append((f"MAR {k} tokens x 16 dims, 16 iterations, batch {b}, 12x768", name, t * 1e3,
                  f"{b * k / t:.0f} tokens/s"))
-  return rows
 
 
 SUITES = {"quantizers": quantizer_suite, "tokenizers": tokenizer_suite, "train": train_suite,
