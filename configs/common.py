@@ -78,6 +78,18 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def add_gan(c: ml_collections.ConfigDict, *, weight: float, start: int, lecam: float,
+            disc_lr: float, channels: int = 64, num_layers: int = 3) -> None:
+  """Turns on the PatchGAN discriminator (hinge + LeCAM, `jaxtok.nn.discriminator`): generator GAN
+  weight `weight` and discriminator updates both from step `start`, the discriminator's own AdamW."""
+  c.disc = ml_collections.ConfigDict(dict(channels=channels, num_layers=num_layers, norm="group",
+                                          num_groups=32))
+  c.disc_optim = ml_collections.ConfigDict(dict(
+      lr=disc_lr, warmup_steps=c.optim.warmup_steps, end_lr=c.optim.end_lr, b1=c.optim.b1,
+      b2=c.optim.b2, eps=1e-8, wd=c.optim.wd, clip=c.optim.clip, mu_dtype=None))
+  c.loss.update(gan=weight, gan_start=start, disc_start=start, lecam=lecam)
+
+
 def tiny_training(c: ml_collections.ConfigDict, steps: int = 4) -> None:
   """Shrinks a config so it trains a few steps on CPU in seconds (big_vision's `runlocal`)."""
   c.total_steps = steps

@@ -6,7 +6,8 @@
 Arguments: size (S, B, L: encoder and decoder ViT), tokens (K), recipe ("single" = pixel losses
 from step 0, the TA-TiTok / BL-SL recipe; "two_stage" = stage 1 of the released recipe, the decoder
 predicts the proxy codes of a frozen MaskGIT VQGAN teacher and is trained by cross-entropy),
-quantizer (vq, fsq, vae), res (image size), tiny (a CPU smoke config).
+quantizer (vq, fsq, vae), res (image size), gan (single recipe: add the released stage-2 PatchGAN
+term, weight 0.01 with LeCAM 0.001 from step 20k, discriminator lr 1e-4), tiny (a CPU smoke config).
 """
 from __future__ import annotations
 
@@ -40,7 +41,9 @@ def titok_model(arg: ml_collections.ConfigDict, name: str) -> ml_collections.Con
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = common.parse_arg(arg, size="S", tokens=128, recipe="single", quantizer="vq", res=256,
-                       tiny=False)
+                       gan=False, tiny=False)
+  if a.gan and a.recipe != "single":
+    raise ValueError("gan applies to the single-stage recipe (pixel outputs), not recipe=two_stage")
   c = common.base_config()
   c.model = titok_model(a, "titok")
   c.total_steps = 650_000 if a.recipe == "single" else 1_000_000
@@ -52,6 +55,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Pixel L2 from step 0 (the perceptual term needs a feature-network weights file:
     # set config.loss.perceptual and config.perceptual_weights to enable it).
     c.loss.update(l2=1.0)
+    if a.gan:
+      # bytedance/1d-tokenizer configs/training/TiTok/stage2: discriminator_weight 0.01,
+      # discriminator_start 20k, lecam_regularization_weight 0.001, discriminator lr 1e-4.
+      common.add_gan(c, weight=0.01, start=20_000, lecam=0.001, disc_lr=1e-4)
   else:
     # Stage 1: CE against the teacher's codes + the quantizer loss (from train_forward).
     c.loss.update(l2=0.0, proxy=1.0)
@@ -68,6 +75,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.decoder_size = None
     c.eval.token_counts = [2, 8]
     c.ema_decay = 0.9
+    if a.gan:
+      c.disc.update(channels=4, num_layers=2, num_groups=2)
+      c.loss.update(gan_start=2, disc_start=2)
     if a.recipe == "two_stage":
       # Proxy head over a 4x4 grid of a tiny random VQGAN teacher (plumbing only, see loop._teacher).
       c.model.update(proxy_codebook_size=32, pixel_ch=8, pixel_ch_mult=(1, 1, 2),

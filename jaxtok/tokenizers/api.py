@@ -151,16 +151,29 @@ class Tokenizer:
     self._jit_encode = jax.jit(self._encode, static_argnames=("num_tokens",))
     self._jit_decode = jax.jit(self._decode, static_argnames=("options",))
     self._jit_reconstruct = jax.jit(self._reconstruct, static_argnames=("num_tokens",))
+    # One compiled initialiser per (mesh, rules): a fresh jax.jit per call would retrace and recompile.
+    self._jit_init: dict = {}
 
   # ---- parameters
 
   def init(self, rng: jax.Array, mesh: jax.sharding.Mesh | None = None,
            rules=sharding.DEFAULT_RULES) -> nnx.State:
     """Fresh float32 parameters; with `mesh`, created sharded by their logical axes."""
-    def make(r):
-      return nnx.split(self._make(nnx.Rngs(r)))[1]
-    out = None if mesh is None else sharding.state_shardings(self._abstract, mesh, rules)
-    return jax.jit(make, out_shardings=out)(rng)
+    try:
+      key = (mesh, rules)
+      hash(key)
+    except TypeError:  # unhashable rules (e.g. a list): no caching, still correct
+      key = None
+    fn = self._jit_init.get(key) if key is not None else None
+    if fn is None:
+      def make(r):
+        self.trace_counts["init"] += 1
+        return nnx.split(self._make(nnx.Rngs(r)))[1]
+      out = None if mesh is None else sharding.state_shardings(self._abstract, mesh, rules)
+      fn = jax.jit(make, out_shardings=out)
+      if key is not None:
+        self._jit_init[key] = fn
+    return fn(rng)
 
   def abstract_params(self) -> nnx.State:
     """Shapes, dtypes and logical-axis metadata of the parameters, without allocating them."""

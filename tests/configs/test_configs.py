@@ -92,3 +92,25 @@ def test_tiny_trains_two_steps(name, arg, tmp_path):
     final = json.load(open(tmp_path / "final_metrics.json"))
     assert list(final["per_token_count"]) == ["2", "8"]
     assert os.path.getsize(tmp_path / "final_grid.png") > 0
+
+
+@pytest.mark.parametrize("name", ["titok", "vqgan"])
+def test_gan_flag_adds_discriminator(name):
+  from flax import nnx
+  from jaxtok.nn import discriminator
+  mod = importlib.import_module(f"configs.{name}")
+  assert mod.get_config("").get("disc") is None and mod.get_config("").loss.gan == 0.0
+  full = mod.get_config("gan")
+  # Released recipes: TiTok stage 2 weight 0.01, VQGAN 0.1; both from step 20k with LeCAM 0.001.
+  assert full.loss.gan == (0.01 if name == "titok" else 0.1)
+  assert full.loss.gan_start == full.loss.disc_start == 20_000 and full.loss.lecam == 0.001
+  assert full.disc_optim.lr == 1e-4 and full.disc.channels == 64
+  loop.validate_config(full)
+  tiny = mod.get_config("tiny,gan")
+  loop.validate_config(tiny)
+  d = discriminator.make_discriminator(tiny.disc, rngs=nnx.Rngs(0))
+  logits = d(np.zeros((2, 16, 16, 3), np.float32))
+  assert logits.ndim == 3 and logits.shape[0] == 2
+  if name == "titok":
+    with pytest.raises(ValueError, match="gan applies to the single-stage recipe"):
+      mod.get_config("recipe=two_stage,gan")

@@ -52,6 +52,19 @@ def test_compiles_once_per_shape_and_num_tokens(tok, params):
   assert tok.trace_counts["decode"] == d0 + 1
 
 
+def test_init_compiles_once_per_mesh(tok, params):
+  before = tok.trace_counts["init"]
+  again = tok.init(jax.random.key(0))
+  other = tok.init(jax.random.key(1))
+  assert tok.trace_counts["init"] == before  # the module fixture already compiled it
+  jax.tree.map(np.testing.assert_array_equal, again, params)
+  assert not np.array_equal(jax.tree.leaves(other)[0], jax.tree.leaves(params)[0])
+  mesh = sharding.make_mesh()
+  tok.init(jax.random.key(0), mesh=mesh)
+  tok.init(jax.random.key(2), mesh=mesh)
+  assert tok.trace_counts["init"] == before + 1
+
+
 @pytest.mark.parametrize("images,exc,match", [
     (np.zeros((2, 16, 16, 3), np.float32), ValueError, "32x32"),
     (np.zeros((2, 32, 32, 1), np.float32), ValueError, "3 channels"),
