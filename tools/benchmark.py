@@ -4,7 +4,7 @@ Usage:
   python tools/benchmark.py --suite quantizers [--compare-torch] [--out benchmarks/RESULTS.md]
   python tools/benchmark.py --suite tokenizers [--models titok_s128,titok_b64] [--batch 8]
   python tools/benchmark.py --suite train [--models main,titok_b64,flextok] [--batch 32]
-  python tools/benchmark.py --suite samplers
+  python tools/benchmark.py --suite samplers [--skip-ar] [--other-batch 2]
 
 Each case is timed as the median of `--repeats` calls after a compile/warm-up call, with
 `block_until_ready` (JAX) or inside `torch.no_grad()` (PyTorch); pairs that are compared (jaxtok vs
@@ -372,6 +372,9 @@ def sampler_suite(args) -> list[tuple[str, str, float, str]]:
   from jaxtok.samplers import autoregressive as ar
 
   rows = Rows()
+  if args.skip_ar:
+    _other_samplers(args, rows)
+    return rows
   b, n, vocab = args.ar_batch, args.ar_tokens, 4096
   model = gpt.GPT(codebook_size=vocab, seq_len=n, num_classes=1000, width=768, depth=12, heads=12,
                   dtype=jnp.dtype(args.dtype or "float32"), rngs=nnx.Rngs(0))
@@ -405,7 +408,7 @@ def sampler_suite(args) -> list[tuple[str, str, float, str]]:
 
 
 def _other_samplers(args, rows: Rows) -> None:
-  """Appends the MaskGIT, masked-diffusion and MAR rows to `rows`."""
+  """Appends the MaskGIT, masked-diffusion, MAR and rectified-flow rows to `rows`."""
   from flax import nnx
   from jaxtok.generators import bert
   from jaxtok.generators import mar as mar_lib
@@ -474,6 +477,32 @@ def _other_samplers(args, rows: Rows) -> None:
     rows.append((f"MAR {k} tokens x 16 dims, 16 iterations, batch {b}, 12x768", name, t * 1e3,
                  f"{b * k / t:.0f} tokens/s"))
 
+  # Rectified flow over the whole token sequence at once: the same 12x768 network reads all 64 noisy
+  # tokens (no mask) and its flow head gives the velocity of each; 25 Euler or Heun steps, and Euler
+  # with classifier-free guidance (conditional and null-class halves as one 2B batch).
+  def flow_fn(method, guided):
+    @jax.jit
+    def run(params, rng):
+      model = nnx.merge(mgraph, params)
+
+      def velocity(x, t, cond):  # x [B', K, 16]; B' = 2B under guidance
+        z = model.condition(x, jnp.zeros(x.shape[:2], bool), cond)
+        v = model.head(x.reshape(-1, 16), jnp.full((x.shape[0] * k,), t), z.reshape(x.shape[0] * k, -1))
+        return v.reshape(x.shape)
+
+      noise = jax.random.normal(rng, (b, k, 16))
+      extra = dict(uncond=jnp.full((b,), -1, jnp.int32), cfg_scale=2.0) if guided else {}
+      return flow.sample(flow.flip_time(velocity), noise, labels, steps=25, method=method, **extra)
+    return run
+
+  for name, method, guided in (("Euler, 25 steps", "euler", False), ("Heun, 25 steps", "heun", False),
+                               ("Euler, 25 steps, CFG 2.0", "euler", True)):
+    fn = flow_fn(method, guided)
+    t = time_call(lambda: fn(mparams, jax.random.key(0)), reps, jax.block_until_ready)
+    evals = 25 * (2 if method == "heun" else 1) * (2 if guided else 1)
+    rows.append((f"rectified flow {k} tokens x 16 dims, batch {b}, 12x768", f"flow.sample {name}",
+                 t * 1e3, f"{b * k / t:.0f} tokens/s; {evals} network passes per sample"))
+
 
 SUITES = {"quantizers": quantizer_suite, "tokenizers": tokenizer_suite, "train": train_suite,
           "samplers": sampler_suite}
@@ -492,6 +521,8 @@ def main(argv=None) -> int:
   parser.add_argument("--flow-steps", type=int, default=25, help="FlexTok decoder Euler steps")
   parser.add_argument("--ar-batch", type=int, default=16)
   parser.add_argument("--ar-tokens", type=int, default=256)
+  parser.add_argument("--skip-ar", action="store_true",
+                      help="samplers: skip the autoregressive KV-cache vs recompute rows")
   parser.add_argument("--other-batch", type=int, default=None,
                       help="batch of the MaskGIT / masked-diffusion / MAR rows (default --ar-batch)")
   parser.add_argument("--out", default=None, help="append the table to this markdown file")

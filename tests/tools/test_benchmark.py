@@ -1,0 +1,41 @@
+"""tools/benchmark.py: paired timing, streamed rows, and the quantizer suite end to end at a small size."""
+import time
+
+from tests.tools.conftest import load_tool
+
+
+def test_time_pair_measures_each_side_and_skips_burst_starts():
+  bench = load_tool("benchmark")
+  calls = {"a": 0, "b": 0}
+
+  def slow():
+    calls["a"] += 1
+    time.sleep(0.004)
+
+  def fast():
+    calls["b"] += 1
+
+  t_a, t_b = bench.time_pair(slow, lambda o: o, fast, lambda o: o, repeats=2, burst=3)
+  # One warm-up each, then 2 rounds x 3 calls; medians over the 2 x 2 counted calls.
+  assert calls == {"a": 7, "b": 7}
+  assert 0.004 <= t_a < 0.5 and t_b < 0.004
+
+
+def test_rows_print_as_they_arrive(capsys):
+  bench = load_tool("benchmark")
+  rows = bench.Rows()
+  rows.append(("case", "impl", 1.5, "note"))
+  rows += [("case2", "impl2", 2.0, "")]
+  err = capsys.readouterr().err
+  assert "[row] case | impl | 1.500 ms | note" in err and "[row] case2 | impl2 | 2.000 ms" in err
+  assert len(rows) == 2
+
+
+def test_quantizer_suite_small(tmp_path, capsys):
+  bench = load_tool("benchmark")
+  out = tmp_path / "r.md"
+  assert bench.main(["--suite", "quantizers", "--vq-vectors", "512", "--repeats", "1",
+                     "--out", str(out)]) == 0
+  table = out.read_text()
+  assert "| VQ lookup 512x16 vs 4096 codes | jaxtok search.nearest |" in table
+  assert "FSQ (8, 5, 5, 5) on 8192 vectors" in table and "LFQ 16 bits on 512 vectors" in table
