@@ -265,10 +265,10 @@ def _tokenizer_one(name, args):
   t_dec = time_call(lambda: tok.decode(params, tokens, **opts), args.repeats, jax.block_until_ready)
   note = f"{n_params / 1e6:.1f}M params, {s}px, {tokens.shape[1]} tokens, {c.model.get('dtype', 'float32')}"
   rows.append((f"{name} encode, batch {args.batch}", "jaxtok", t_enc * 1e3,
-               f"{args.batch / t_enc:.1f} images/s; {note}"))
+               f"{args.batch / t_enc:.3g} images/s; {note}"))
   extra = f"; {args.flow_steps} Euler steps" if opts else ""
   rows.append((f"{name} decode, batch {args.batch}", "jaxtok", t_dec * 1e3,
-               f"{args.batch / t_dec:.1f} images/s{extra}"))
+               f"{args.batch / t_dec:.3g} images/s{extra}"))
   return rows
 
 
