@@ -80,24 +80,28 @@ def machine_description() -> str:
 
 def time_pair(fn_a: Callable[[], object], block_a: Callable[[object], object],
               fn_b: Callable[[], object], block_b: Callable[[object], object],
-              repeats: int, burst: int = 20) -> tuple[float, float]:
+              repeats: int, burst: int = 20, settle_s: float = 0.02) -> tuple[float, float]:
   """Median wall times (seconds) of two callables measured in alternating bursts.
 
-  `repeats` rounds, each running `burst` back-to-back calls of a, then of b. Alternating puts both
-  under the same machine state (shared cores drift over minutes); the first call of every burst is
-  not counted, because it pays for the switch (the other library's worker threads still spinning,
-  ours waking up), which a program calling one library in a loop never sees.
+  `repeats` rounds, each running back-to-back calls of a, then of b: untimed calls for `settle_s`
+  seconds (at least one), then `burst` timed ones. Alternating puts both under the same machine state
+  (shared cores drift over minutes). The untimed lead-in absorbs the switch: PyTorch's OpenMP workers
+  keep spinning for a while after its last call and slow whatever runs next on the same cores, and our
+  own worker threads need waking; a program calling one library in a loop sees neither.
   """
   block_a(fn_a())
   block_b(fn_b())
   times_a, times_b = [], []
   for _ in range(repeats):
     for fn, block, times in ((fn_a, block_a, times_a), (fn_b, block_b, times_b)):
-      for i in range(burst):
+      settle_end = time.perf_counter() + settle_s
+      block(fn())
+      while time.perf_counter() < settle_end:
+        block(fn())
+      for _ in range(burst):
         start = time.perf_counter()
         block(fn())
-        if i:
-          times.append(time.perf_counter() - start)
+        times.append(time.perf_counter() - start)
   return statistics.median(times_a), statistics.median(times_b)
 
 

@@ -15,9 +15,9 @@ def test_time_pair_measures_each_side_and_skips_burst_starts():
   def fast():
     calls["b"] += 1
 
-  t_a, t_b = bench.time_pair(slow, lambda o: o, fast, lambda o: o, repeats=2, burst=3)
-  # One warm-up each, then 2 rounds x 3 calls; medians over the 2 x 2 counted calls.
-  assert calls == {"a": 7, "b": 7}
+  t_a, t_b = bench.time_pair(slow, lambda o: o, fast, lambda o: o, repeats=2, burst=3, settle_s=0.0)
+  # One warm-up each, then per round one untimed lead-in call (settle_s=0) and 3 timed calls.
+  assert calls == {"a": 9, "b": 9}
   assert 0.004 <= t_a < 0.5 and t_b < 0.004
 
 
