@@ -100,6 +100,9 @@ def tiny_training(c: ml_collections.ConfigDict, steps: int = 4) -> None:
   c.data.image_size = 16
   c.data.batch_size = 8
   c.data.heldout = 4
+  if c.get("disc") is not None:  # a config with `add_gan`: a small discriminator that starts at once
+    c.disc.update(channels=4, num_layers=2, num_groups=2)
+    c.loss.update(gan_start=2, disc_start=2)
 
 
 def generator_arg(arg: str | None, sizes: dict) -> tuple[dict, bool, tuple]:

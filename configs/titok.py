@@ -75,9 +75,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.decoder_size = None
     c.eval.token_counts = [2, 8]
     c.ema_decay = 0.9
-    if a.gan:
-      c.disc.update(channels=4, num_layers=2, num_groups=2)
-      c.loss.update(gan_start=2, disc_start=2)
     if a.recipe == "two_stage":
       # Proxy head over a 4x4 grid of a tiny random VQGAN teacher (plumbing only, see loop._teacher).
       c.model.update(proxy_codebook_size=32, pixel_ch=8, pixel_ch_mult=(1, 1, 2),

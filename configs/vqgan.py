@@ -35,7 +35,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.update(image_size=16, ch=8, ch_mult=(1, 2), num_res_blocks=1, z_channels=8,
                    codebook_size=32, num_groups=4, dtype="float32")
     c.ema_decay = 0.9
-    if a.gan:
-      c.disc.update(channels=4, num_layers=2, num_groups=2)
-      c.loss.update(gan_start=2, disc_start=2)
   return c

@@ -80,9 +80,13 @@ def plan_blocks(n: int, k: int, max_block_elements: int) -> tuple[int, int]:
   else:
     rows = min(n, max(1, math.isqrt(budget)))
     codes = max(1, budget // rows)
+  return _balanced_rows(n, rows), codes
+
+
+def _balanced_rows(n: int, rows: int) -> int:
+  """At most `rows` rows per chunk, evened out so the last chunk wastes the least padding."""
   chunks = -(-n // rows)
-  rows = -(-n // chunks)  # same number of chunks, least padding
-  return rows, codes
+  return -(-n // chunks)
 
 
 # CPU search tiles: [R, B] score blocks of at most 2^19 float32 (2 MiB) stay in cache between the
@@ -101,9 +105,7 @@ def plan_search(n: int, k: int, max_block_elements: int) -> tuple[int, int]:
     return plan_blocks(n, k, max_block_elements)
   if k * min(n, CPU_ROWS) <= CPU_TILE:
     return plan_blocks(n, k, CPU_TILE)
-  rows = min(n, CPU_ROWS)
-  chunks = -(-n // rows)
-  rows = -(-n // chunks)
+  rows = _balanced_rows(n, min(n, CPU_ROWS))
   return rows, CPU_TILE // rows
 
 
@@ -251,10 +253,8 @@ def _nearest(z, codebook, *, metric, budget):
   bias = jnp.zeros_like(cn) if metric == "cosine" else cn
   table = jnp.concatenate([-2.0 * codebook, bias[:, None]], axis=1)        # [K, D+1]
   za = jnp.concatenate([z, jnp.ones((n, 1), jnp.float32)], axis=1)        # [N, D+1]
-  nb = -(-k // codes)
-  padded = nb * codes
-  table = jnp.pad(table, ((0, padded - k), (0, 0))).reshape(nb, codes, -1)
-  valid = (jnp.arange(padded) < k).reshape(nb, codes)
+  table, _, valid, offsets = _code_blocks(table, bias, codes)
+  padded = table.shape[0] * codes
 
   def block_min(zr, tab, ok):
     s = jnp.matmul(zr, tab.T, precision=HIGHEST)
@@ -262,12 +262,10 @@ def _nearest(z, codebook, *, metric, budget):
       s = jnp.where(ok[None, :], s, jnp.inf)
     return first_argmin(s, width)
 
-  if nb == 1:
+  if table.shape[0] == 1:
     def chunk(zr):
       return block_min(zr, table[0], valid[0])
   else:
-    offsets = jnp.arange(nb, dtype=jnp.int32) * codes
-
     def chunk(zr):
       def step(carry, block):
         best, best_idx = carry

@@ -159,21 +159,15 @@ class Tokenizer:
   def init(self, rng: jax.Array, mesh: jax.sharding.Mesh | None = None,
            rules=sharding.DEFAULT_RULES) -> nnx.State:
     """Fresh float32 parameters; with `mesh`, created sharded by their logical axes."""
-    try:
-      key = (mesh, rules)
-      hash(key)
-    except TypeError:  # unhashable rules (e.g. a list): no caching, still correct
-      key = None
-    fn = self._jit_init.get(key) if key is not None else None
-    if fn is None:
+    # Rules from a config are lists: a tuple form of them keys the cache.
+    key = (mesh, tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in rules))
+    if key not in self._jit_init:
       def make(r):
         self.trace_counts["init"] += 1
         return nnx.split(self._make(nnx.Rngs(r)))[1]
       out = None if mesh is None else sharding.state_shardings(self._abstract, mesh, rules)
-      fn = jax.jit(make, out_shardings=out)
-      if key is not None:
-        self._jit_init[key] = fn
-    return fn(rng)
+      self._jit_init[key] = jax.jit(make, out_shardings=out)
+    return self._jit_init[key](rng)
 
   def abstract_params(self) -> nnx.State:
     """Shapes, dtypes and logical-axis metadata of the parameters, without allocating them."""
