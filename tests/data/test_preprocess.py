@@ -81,3 +81,100 @@ def test_conversions_and_errors():
     pp.random_flip(np.zeros((4, 4, 3)), np.random.default_rng(0), p=2.0)
   with pytest.raises(ValueError, match="scale must satisfy"):
     pp.crop_window(4, 4, np.random.default_rng(0), scale=(0.5, 0.2))
+
+
+def _reference_weights(in_size, out_size, antialias=True):
+  """float64 [out, in], written out from the definition in `resize_weights`'s docstring, one tap at a
+  time: triangle of half-width s = max(in/out, 1) (1 without antialiasing) around the output pixel's
+  centre (i + 0.5) * in/out - 0.5, taps outside the image dropped, each row normalised."""
+  scale = in_size / out_size
+  s = max(scale, 1.0) if antialias else 1.0
+  w = np.zeros((out_size, in_size))
+  for i in range(out_size):
+    c = (i + 0.5) * scale - 0.5
+    for j in range(in_size):
+      w[i, j] = max(0.0, 1.0 - abs(j - c) / s)
+    w[i] /= w[i].sum()
+  return w
+
+
+def _reference_resize(image, size, antialias=True):
+  """The old one-step contraction, in float64: out[i, l, c] = sum_jk wy[i, j] x[j, k, c] wx[l, k]
+  (numpy picks the pairwise order; in float64 the order is far below the float32 tolerance)."""
+  wy = _reference_weights(image.shape[0], size[0], antialias)
+  wx = _reference_weights(image.shape[1], size[1], antialias)
+  return np.einsum("ij,jkc,lk->ilc", wy, np.asarray(image, np.float64), wx, optimize=True), wy, wx
+
+
+def _assert_matches_reference(image, size, antialias=True, xp=np):
+  out = np.asarray(pp.resize(image, size, antialias=antialias, xp=xp))
+  ref, wy, wx = _reference_resize(image, size, antialias)
+  assert out.dtype == np.float32 and out.shape == ref.shape
+  # Each output is a convex combination (weights >= 0, summing to 1) computed in float32 in two
+  # passes: one pass of n nonzero taps errs by at most ~(n + 1) unit roundoffs times max|x| (n for
+  # the sums, 1 for the weights rounded to float32); the passes add.
+  taps = int((wy > 0).sum(1).max() + (wx > 0).sum(1).max())
+  bound = (taps + 2) * 2.0**-24 * max(float(np.abs(ref).max()), 1e-30)
+  np.testing.assert_allclose(out, ref, rtol=0, atol=bound)
+  return out
+
+
+def test_resize_weights_match_the_definition():
+  for sizes in [(23, 9), (9, 23), (7, 7), (1, 5), (5, 1), (300, 17), (17, 300), (2, 3)]:
+    for aa in (True, False):
+      np.testing.assert_allclose(pp.resize_weights(*sizes, antialias=aa), _reference_weights(*sizes, aa),
+                                 rtol=0, atol=2.0**-24)
+
+
+def test_resize_matches_the_one_step_contraction():
+  rng = np.random.default_rng(3)
+  u8 = rng.integers(0, 256, (97, 203, 3), np.uint8)
+  cases = [
+      (u8, (33, 50)),  # down-scale, several blocks of output rows and columns
+      (u8, (256, 341)),  # up-scale of both sides, non-square
+      (u8, (40, 600)),  # down-scale rows, up-scale columns
+      (u8[::2, ::3], (20, 21)),  # a strided view (photos are down-scaled by slicing)
+      (u8[:, ::-1], (11, 13)),  # a flipped view
+      (rng.random((31, 17, 1)).astype(np.float32), (8, 40)),  # one channel, float
+      (rng.standard_normal((12, 9, 4)), (5, 5)),  # four channels, float64 with negative values
+  ]
+  for image, size in cases:
+    _assert_matches_reference(image, size)
+    _assert_matches_reference(image, size, antialias=False)
+
+
+def test_resize_edge_sizes():
+  rng = np.random.default_rng(4)
+  for shape, size in [((1, 1, 3), (5, 7)), ((1, 9, 3), (1, 4)), ((9, 1, 3), (1, 1)),
+                      ((1, 6, 3), (3, 2)), ((7, 1, 3), (7, 4)), ((2, 2, 3), (1, 1)), ((5, 3, 3), (1, 8))]:
+    image = rng.integers(0, 256, shape, np.uint8)
+    out = _assert_matches_reference(image, size)
+    if shape[:2] == (1, 1):
+      # One input pixel: every output pixel is that pixel.
+      np.testing.assert_array_equal(out, np.broadcast_to(image.astype(np.float32), out.shape))
+  # An unchanged size is an exact float32 copy (the weights are the identity); one changed axis
+  # leaves the other untouched.
+  image = rng.integers(0, 256, (6, 8, 3), np.uint8)
+  np.testing.assert_array_equal(pp.resize(image, (6, 8)), image.astype(np.float32))
+  wide = pp.resize(image, (6, 3))
+  np.testing.assert_array_equal(wide[:, :, 0], pp.resize(image[:, :, :1], (6, 3))[:, :, 0])
+  _assert_matches_reference(image, (6, 3))
+
+
+def test_resize_uint8_equals_float_of_the_same_values():
+  rng = np.random.default_rng(5)
+  u8 = rng.integers(0, 256, (45, 38, 3), np.uint8)
+  for size in [(16, 16), (64, 50), (45, 20)]:
+    # uint8 -> float32 is exact, so both inputs take the same arithmetic: equal bit for bit, and
+    # the uint8 result stays in [0, 255] (not rescaled).
+    out = pp.resize(u8, size)
+    np.testing.assert_array_equal(out, pp.resize(u8.astype(np.float32), size))
+    assert out.dtype == np.float32 and 0.0 <= out.min() and out.max() <= 255.0
+
+
+def test_resize_with_jax_numpy_matches_numpy():
+  import jax.numpy as jnp
+  image = np.random.default_rng(6).random((21, 30, 3)).astype(np.float32)
+  assert pp.resize(image, (8, 11), xp=jnp).dtype == jnp.float32
+  for size in [(8, 11), (40, 33)]:
+    _assert_matches_reference(image, size, xp=jnp)
