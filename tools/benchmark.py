@@ -49,6 +49,15 @@ class Rows(list):
     return self
 
 
+_T0 = time.perf_counter()
+
+
+def stage(msg: str) -> None:
+  """Progress line on stderr with the seconds since start, so a run cut short by a time limit shows
+  where its time went (start-up, initialisation, compilation, timing)."""
+  print(f"[stage] +{time.perf_counter() - _T0:.1f}s {msg}", file=sys.stderr, flush=True)
+
+
 def time_call(fn: Callable[[], object], repeats: int, block: Callable[[object], object]) -> float:
   """Median wall time in seconds of `fn()` over `repeats` calls, after one warm-up call."""
   block(fn())
@@ -245,16 +254,17 @@ def tokenizer_suite(args) -> list[tuple[str, str, float, str]]:
   rows = Rows()
   for name in _model_names(args, "titok_s128,titok_b64,vqgan"):
     try:
-      rows += _tokenizer_one(name, args)
+      _tokenizer_one(name, args, rows)
     except Exception as err:  # noqa: BLE001 -- e.g. out of memory at this batch: record and go on.
       rows.append((f"{name}, batch {args.batch}", "jaxtok", float("nan"),
                    f"failed: {type(err).__name__}: {str(err).splitlines()[0][:160]}"))
   return rows
 
 
-def _tokenizer_one(name, args):
+def _tokenizer_one(name, args, rows):
+  """Appends the encode row as soon as it is measured, then the decode row."""
   from jaxtok import tokenizers
-  rows = []
+  stage(f"{name}: building")
   c = load_config(name)
   if args.dtype:
     c.model.dtype = args.dtype
@@ -263,17 +273,22 @@ def _tokenizer_one(name, args):
   s = tok.image_size or int(c.data.image_size)
   images = jnp.asarray(np.random.default_rng(0).random((args.batch, s, s, 3)), jnp.float32)
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  jax.block_until_ready(params)
+  stage(f"{name}: initialised {n_params / 1e6:.1f}M params; compiling encode")
+  tokens = jax.block_until_ready(tok.encode(params, images).tokens)
+  stage(f"{name}: encode compiled and run once; timing")
   t_enc = time_call(lambda: tok.encode(params, images).tokens, args.repeats, jax.block_until_ready)
-  tokens = tok.encode(params, images).tokens
-  opts = {"num_steps": args.flow_steps} if c.model.name == "flextok" else {}
-  t_dec = time_call(lambda: tok.decode(params, tokens, **opts), args.repeats, jax.block_until_ready)
   note = f"{n_params / 1e6:.1f}M params, {s}px, {tokens.shape[1]} tokens, {c.model.get('dtype', 'float32')}"
   rows.append((f"{name} encode, batch {args.batch}", "jaxtok", t_enc * 1e3,
                f"{args.batch / t_enc:.3g} images/s; {note}"))
+  opts = {"num_steps": args.flow_steps} if c.model.name == "flextok" else {}
+  stage(f"{name}: compiling decode")
+  jax.block_until_ready(tok.decode(params, tokens, **opts))
+  stage(f"{name}: decode compiled and run once; timing")
+  t_dec = time_call(lambda: tok.decode(params, tokens, **opts), args.repeats, jax.block_until_ready)
   extra = f"; {args.flow_steps} Euler steps" if opts else ""
   rows.append((f"{name} decode, batch {args.batch}", "jaxtok", t_dec * 1e3,
                f"{args.batch / t_dec:.3g} images/s{extra}"))
-  return rows
 
 
 # ---- training steps: steps/s, images/s and model FLOPs utilisation
@@ -290,7 +305,16 @@ def transformer_flops(seq: int, width: int, depth: int, mlp: int) -> float:
 
 
 def analytic_train_flops(c, batch: int) -> float:
-  """Training FLOPs per step (forward x 3) of the transformer stacks, from the config alone."""
+  """Training FLOPs per step (forward x 3) of the transformer stacks, from the config alone.
+
+  TiTok / One-D-Piece / VAE: encoder and decoder ViTs over S = 1 + (H/p)^2 + K tokens each.
+  FlexTok: encoder (width We, depth De) and rectified-flow decoder (Wd, Dd) each over
+  S = N + K tokens, N = (H / 8 / p)^2 latent patches (f8 VAE, p = 2: 256 at 256px) and K = 256
+  registers: 3 B [De (2S(12 We^2) + 4 S^2 We) + Dd (2S(12 Wd^2) + 4 S^2 Wd)]
+  (d18_d28 at 256px: 4.42 TFLOP per image). Left out, so the MFU is a lower bound: the frozen
+  VAE encoder (forward only), the per-sample adaLN modulation Linear(W -> 12W) of the decoder, the
+  patch/code projections and the register-causal mask's skipped half of the encoder attention
+  (counted in full)."""
   m = c.model
   if m.name in ("titok", "onedpiece", "vae"):
     from jaxtok.nn.vit import vit_size
@@ -332,6 +356,7 @@ def train_suite(args) -> list[tuple[str, str, float, str]]:
 def _train_one(name, args, peak):
   from jaxtok import sharding, tokenizers
   from jaxtok.train import optim, state as state_lib, step as step_lib
+  stage(f"train {name}: building")
   c = load_config(name)
   if args.dtype:
     c.model.dtype = args.dtype
@@ -345,7 +370,8 @@ def _train_one(name, args, peak):
   ema = float(c.get("ema_decay", 0.0))
   init_fn = state_lib.make_init_fn(model, tx, ema=ema > 0)
   _, shardings = state_lib.abstract_train_state(init_fn, jax.random.key(0), mesh, rules)
-  state = jax.jit(init_fn, out_shardings=shardings)(jax.random.key(0))
+  state = jax.block_until_ready(jax.jit(init_fn, out_shardings=shardings)(jax.random.key(0)))
+  stage(f"train {name}: state initialised; compiling the step")
   train_step = step_lib.make_train_step(model, c.get("loss"), tx, state_shardings=shardings,
                                         ema_decay=ema)
   s = int(c.data.image_size)
@@ -358,6 +384,8 @@ def _train_one(name, args, peak):
     box[0], metrics = train_step(box[0], images, rng)
     return metrics
 
+  jax.block_until_ready(one())
+  stage(f"train {name}: step compiled and run once; timing")
   t = time_call(one, args.repeats, jax.block_until_ready)
   flops = analytic_train_flops(c, batch)
   note = f"{1 / t:.2f} steps/s, {batch / t:.1f} images/s, {c.model.get('dtype', 'float32')}"
@@ -407,7 +435,8 @@ def sampler_suite(args) -> list[tuple[str, str, float, str]]:
   rows.append((f"AR sample {n} tokens, batch {b}, 12x768", "recompute prefix each step",
                t_re * 1e3, f"{b * n / t_re:.0f} tokens/s ({n} x {t_fwd * 1e3:.1f} ms full forward); "
                f"KV cache is {t_re / t_kv:.1f}x faster"))
-  _other_samplers(args, rows)
+  if not args.ar_only:
+    _other_samplers(args, rows)
   return rows
 
 
@@ -527,6 +556,8 @@ def main(argv=None) -> int:
   parser.add_argument("--ar-tokens", type=int, default=256)
   parser.add_argument("--skip-ar", action="store_true",
                       help="samplers: skip the autoregressive KV-cache vs recompute rows")
+  parser.add_argument("--ar-only", action="store_true",
+                      help="samplers: only the autoregressive KV-cache vs recompute rows")
   parser.add_argument("--other-batch", type=int, default=None,
                       help="batch of the MaskGIT / masked-diffusion / MAR rows (default --ar-batch)")
   parser.add_argument("--out", default=None, help="append the table to this markdown file")
