@@ -178,3 +178,30 @@ def test_resize_with_jax_numpy_matches_numpy():
   assert pp.resize(image, (8, 11), xp=jnp).dtype == jnp.float32
   for size in [(8, 11), (40, 33)]:
     _assert_matches_reference(image, size, xp=jnp)
+
+
+def test_resize_runs_blas_single_threaded_and_restores_it(monkeypatch):
+  threadpoolctl = pytest.importorskip("threadpoolctl")
+  before = [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+  if not before:
+    pytest.skip("threadpoolctl sees no BLAS library here")
+  seen = []
+  real = pp._resample_rows
+
+  def spy(x, weights):
+    seen.append([i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"])
+    return real(x, weights)
+
+  monkeypatch.setattr(pp, "_resample_rows", spy)
+  image = np.random.default_rng(7).integers(0, 256, (60, 40, 3), np.uint8)
+  expected = pp.resize(image, (20, 30))
+  assert seen and all(n == 1 for n in seen[0])
+  assert [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"] == before
+  # Concurrent resizes (grain's reader threads) share the limit and give identical results; the
+  # thread count is restored once the last one ends.
+  import concurrent.futures
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    outs = list(pool.map(lambda _: pp.resize(image, (20, 30)), range(16)))
+  assert all(np.array_equal(o, expected) for o in outs)
+  assert [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"] == before
+  assert pp._blas["users"] == 0
