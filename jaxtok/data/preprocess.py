@@ -19,6 +19,7 @@ fraction of a second; it also accepts jax arrays (`xp=jax.numpy`), as two dense 
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 import threading
@@ -76,7 +77,7 @@ def resize_weights(in_size: int, out_size: int, *, antialias: bool = True) -> np
   return (w / total).astype(np.float32)
 
 
-_blas_lock = threading.Lock()
+_state_lock = threading.Lock()  # guards the BLAS limit count and the weights cache
 _blas = {"users": 0, "limiter": None, "controller": None}
 
 
@@ -90,7 +91,7 @@ def _single_threaded_blas():
   The thread count is process-wide, so concurrent resizes share one limit through a count; without
   threadpoolctl (scikit-learn's dependency) nothing changes.
   """
-  with _blas_lock:
+  with _state_lock:
     if _blas["users"] == 0:
       try:
         if _blas["controller"] is None:
@@ -103,7 +104,7 @@ def _single_threaded_blas():
   try:
     yield
   finally:
-    with _blas_lock:
+    with _state_lock:
       _blas["users"] -= 1
       if _blas["users"] == 0 and _blas["limiter"] is not None:
         _blas["limiter"].restore_original_limits()
@@ -120,7 +121,32 @@ def _bands(weights: np.ndarray, block: int = _BLOCK) -> list[tuple[int, int, int
           for r in range(0, len(weights), block)]
 
 
-def _resample_rows(x: np.ndarray, weights: np.ndarray) -> np.ndarray:
+_plans: collections.OrderedDict = collections.OrderedDict()
+_PLAN_CACHE = 32  # entries, each at most _PLAN_CACHE_SIZE weights (1 MiB)
+_PLAN_CACHE_SIZE = 1 << 18
+
+
+def _plan(in_size: int, out_size: int, antialias: bool) -> tuple[np.ndarray, list]:
+  """(resize_weights, their _bands), cached for small sizes: a dataset's photos come in few sizes
+  (most of ImageNet is 500x375 or 375x500), and at those sizes building the weights costs about as
+  much as applying them. The cached weights are read-only."""
+  key = (in_size, out_size, bool(antialias))
+  with _state_lock:
+    if key in _plans:
+      _plans.move_to_end(key)
+      return _plans[key]
+  weights = resize_weights(in_size, out_size, antialias=antialias)
+  weights.flags.writeable = False
+  plan = (weights, _bands(weights))
+  if in_size * out_size <= _PLAN_CACHE_SIZE:
+    with _state_lock:
+      _plans[key] = plan
+      while len(_plans) > _PLAN_CACHE:
+        _plans.popitem(last=False)
+  return plan
+
+
+def _resample_rows(x: np.ndarray, weights: np.ndarray, bands: list) -> np.ndarray:
   """weights [out, in] float32 applied along axis 0 of x [in, W, C] (any dtype): float32 [out, W, C].
 
   One matrix product per block of output rows, over only the input rows that block touches: a dense
@@ -129,13 +155,13 @@ def _resample_rows(x: np.ndarray, weights: np.ndarray) -> np.ndarray:
   slice at a time, so a uint8 photograph is never copied whole as float32.
   """
   out = np.empty((len(weights), x.shape[1] * x.shape[2]), np.float32)
-  for r0, r1, lo, hi in _bands(weights):
+  for r0, r1, lo, hi in bands:
     rows = np.asarray(x[lo:hi], np.float32).reshape(hi - lo, -1)
     np.matmul(weights[r0:r1, lo:hi], rows, out=out[r0:r1])
   return out.reshape(len(weights), x.shape[1], x.shape[2])
 
 
-def _resample_columns(x: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def _resample_columns(x: np.ndarray, weights: np.ndarray, bands: list) -> np.ndarray:
   """weights [out, in] applied along axis 1 of x float32 [H, in, C]: float32 [H, out, C].
 
   The channels move in front of the width ([H * C, in], one copy of this smaller, already resampled
@@ -144,7 +170,7 @@ def _resample_columns(x: np.ndarray, weights: np.ndarray) -> np.ndarray:
   hh, _, c = x.shape
   flat = np.ascontiguousarray(x.transpose(0, 2, 1)).reshape(hh * c, -1)
   out = np.empty((hh * c, len(weights)), np.float32)
-  for r0, r1, lo, hi in _bands(weights):
+  for r0, r1, lo, hi in bands:
     out[:, r0:r1] = flat[:, lo:hi] @ weights[r0:r1, lo:hi].T
   return np.ascontiguousarray(out.reshape(hh, c, -1).transpose(0, 2, 1))
 
@@ -160,16 +186,16 @@ def resize(image: Any, size: int | Sequence[int], *, antialias: bool = True, xp:
   """
   _check_image(image)
   h, w = _size2(size)
-  wy = resize_weights(image.shape[0], h, antialias=antialias)
-  wx = resize_weights(image.shape[1], w, antialias=antialias)
+  wy, bands_y = _plan(image.shape[0], h, antialias)
+  wx, bands_x = _plan(image.shape[1], w, antialias)
   if xp is not np:
     x = xp.asarray(image).astype(xp.float32)
     x = xp.einsum("ij,jkc->ikc", xp.asarray(wy), x)
     return xp.einsum("lk,ikc->ilc", xp.asarray(wx), x)
   x = np.asarray(image)
   with _single_threaded_blas():
-    x = _resample_rows(x, wy) if h != x.shape[0] else x.astype(np.float32)
-    return _resample_columns(x, wx) if w != x.shape[1] else x
+    x = _resample_rows(x, wy, bands_y) if h != x.shape[0] else x.astype(np.float32)
+    return _resample_columns(x, wx, bands_x) if w != x.shape[1] else x
 
 
 def resize_short(image: Any, size: int, *, antialias: bool = True) -> np.ndarray:

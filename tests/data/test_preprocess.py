@@ -161,6 +161,18 @@ def test_resize_edge_sizes():
   _assert_matches_reference(image, (6, 3))
 
 
+def test_resize_weights_cache_is_read_only_and_bounded():
+  w, _ = pp._plan(45, 16, True)
+  assert pp._plan(45, 16, True)[0] is w and not w.flags.writeable
+  np.testing.assert_array_equal(w, pp.resize_weights(45, 16))
+  assert pp.resize_weights(45, 16).flags.writeable  # the public function still returns a new array
+  for n in range(2, 2 + 2 * pp._PLAN_CACHE):
+    pp._plan(n, 3, False)
+  assert len(pp._plans) == pp._PLAN_CACHE
+  pp._plan(4000, 300, True)  # over _PLAN_CACHE_SIZE weights: not kept
+  assert (4000, 300, True) not in pp._plans
+
+
 def test_resize_uint8_equals_float_of_the_same_values():
   rng = np.random.default_rng(5)
   u8 = rng.integers(0, 256, (45, 38, 3), np.uint8)
@@ -188,9 +200,9 @@ def test_resize_runs_blas_single_threaded_and_restores_it(monkeypatch):
   seen = []
   real = pp._resample_rows
 
-  def spy(x, weights):
+  def spy(*args):
     seen.append([i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"])
-    return real(x, weights)
+    return real(*args)
 
   monkeypatch.setattr(pp, "_resample_rows", spy)
   image = np.random.default_rng(7).integers(0, 256, (60, 40, 3), np.uint8)
