@@ -162,8 +162,8 @@ def test_resize_edge_sizes():
 
 
 def test_resize_weights_cache_is_read_only_and_bounded():
-  w, _ = pp._plan(45, 16, True)
-  assert pp._plan(45, 16, True)[0] is w and not w.flags.writeable
+  w = pp._plan(45, 16, True).weights
+  assert pp._plan(45, 16, True).weights is w and not w.flags.writeable
   np.testing.assert_array_equal(w, pp.resize_weights(45, 16))
   assert pp.resize_weights(45, 16).flags.writeable  # the public function still returns a new array
   for n in range(2, 2 + 2 * pp._PLAN_CACHE):
