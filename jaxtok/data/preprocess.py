@@ -27,11 +27,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-# Output rows per banded matrix product in `resize` (see `_resample_rows`). A block of b rows reads
-# ~(b + 1) * scale input rows for b * 2 * scale nonzero taps, so small blocks waste little; on the
-# 2-core CPU, 8 and 16 were fastest at ImageNet sizes (500x375 and 2000x1500 -> 256) and 32 or 64 up
-# to 10x slower (larger products cross OpenBLAS's threading threshold and wait on shared cores).
-_BLOCK = 16
+# Output rows (columns) per banded matrix product in `resize` (see `_resample_rows`). A block of b
+# rows reads ~(b + 1) * scale input rows for b * 2 * scale nonzero taps, so smaller blocks waste
+# fewer multiply-adds on zeros and larger ones make fewer, larger products. With one BLAS thread on
+# the 2-core CPU (load ~6), b = 4 / 8 / 16: 500x375 -> 256 0.6-0.7 ms for all; 2000x1500 -> 256
+# 15-18 / 17-30 / 22-28 ms; 8000x8000 -> 256 300-335 / 306-334 / 340-430 ms.
+_BLOCK = 8
 
 
 def _check_image(image: Any, name: str = "image") -> None:
