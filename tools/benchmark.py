@@ -5,6 +5,7 @@ Usage:
   python tools/benchmark.py --suite tokenizers [--models titok_s128,titok_b64] [--batch 8]
   python tools/benchmark.py --suite train [--models main,titok_b64,flextok] [--batch 32]
   python tools/benchmark.py --suite samplers [--skip-ar] [--other-batch 2]
+  python tools/benchmark.py --suite data [--batch 32] [--repeats 10]
 
 Each case is timed as the median of `--repeats` calls after a compile/warm-up call, with
 `block_until_ready` (JAX) or inside `torch.no_grad()` (PyTorch); pairs that are compared (jaxtok vs
@@ -537,8 +538,104 @@ def _other_samplers(args, rows: Rows) -> None:
                  t * 1e3, f"{b * k / t:.0f} tokens/s; {evals} network passes per sample"))
 
 
+# ---- data: host-side resize and input pipelines (images/s, batches/s)
+
+# The CPU train step of the main job, from benchmarks/RESULTS.md "Training steps" (2026-11-23,
+# `--suite train --models main --repeats 20`): the rate the main job's input must keep up with.
+MAIN_TRAIN_STEP_MS = 139.8
+
+
+def data_suite(args) -> list[tuple[str, str, float, str]]:
+  """Resize at ImageNet photo sizes, and batches/s of the input pipelines against the train step."""
+  from jaxtok.data import preprocess as pp
+
+  rows = Rows()
+  rng = np.random.default_rng(0)
+  ident = lambda out: out  # noqa: E731 -- numpy results are ready when returned
+  for size in args.data_sizes.split(","):
+    ww, hh = (int(v) for v in size.lower().split("x"))
+    image = rng.integers(0, 256, (hh, ww, 3), np.uint8)
+    t = time_call(lambda: pp.center_crop(pp.resize_short(image, 256), 256), args.repeats, ident)
+    rows.append((f"resize_short + center_crop {ww}x{hh} uint8 -> 256", "preprocess.resize", t * 1e3,
+                 f"{1 / t:.1f} images/s"))
+    if hh * ww <= 4_000_000:
+      # The one-step contraction resize used to run, with numpy's pairwise contraction order (issue
+      # 12 measured it unoptimised: 12 s at 2000x1500, minutes at 500x375). Dense, so skipped for
+      # large photos.
+      out = (256, int(round(ww * 256 / hh)))
+      wy, wx = pp.resize_weights(hh, out[0]), pp.resize_weights(ww, out[1])
+      t = time_call(lambda: np.einsum("ij,jkc,lk->ilc", wy, image.astype(np.float32), wx,
+                                      optimize=True), max(1, args.repeats // 3), ident)
+      rows.append((f"resize {ww}x{hh} uint8 -> {out[1]}x{out[0]}", "np.einsum(optimize=True), dense",
+                   t * 1e3, f"{1 / t:.1f} images/s; the old one-step contraction, path-optimised"))
+  rows += _main_job_input(args)
+  rows += _imagenet_pipeline(args, rng)
+  return rows
+
+
+def _main_job_input(args) -> list[tuple[str, str, float, str]]:
+  """The main job's training input (configs/onedpiece.py:main): PhotoCrops batches, as the loop
+  draws them, against the train step that consumes them."""
+  from jaxtok.data import photos
+  c = load_config("main")
+  size, batch = int(c.data.image_size), int(args.batch or c.data.batch_size)
+  train, _ = photos.load_photos(size, 0, int(c.data.max_scale))
+  crops = photos.PhotoCrops(train, image_size=size, global_batch=batch, seed=0,
+                            max_scale=int(c.data.max_scale))
+  t = time_call(lambda: next(crops), max(args.repeats, 20), lambda out: out)
+  return [(f"main job input: PhotoCrops {size}px, batch {batch}", "photos.PhotoCrops", t * 1e3,
+           f"{1 / t:.0f} batches/s, {batch / t:.0f} images/s; the train step takes "
+           f"{MAIN_TRAIN_STEP_MS} ms ({1e3 / MAIN_TRAIN_STEP_MS:.2f} steps/s): input = "
+           f"{t * 1e3 / MAIN_TRAIN_STEP_MS * 100:.1f}% of a step")]
+
+
+class _JpegSource:
+  """Random access over JPEG bytes, as tfds stores ImageNet: {"image": bytes, "label": int32}."""
+
+  def __init__(self, blobs):
+    self.blobs = blobs
+
+  def __len__(self):
+    return len(self.blobs)
+
+  def __getitem__(self, i):
+    return {"image": self.blobs[i], "label": np.int32(i)}
+
+
+def _imagenet_pipeline(args, rng) -> list[tuple[str, str, float, str]]:
+  """The tfds path's grain pipeline on ImageNet-sized JPEGs (500x375) -> 256, batches of 32: each
+  batch timed after the first (which starts grain's threads), over max(5, repeats) batches."""
+  import io
+  from PIL import Image
+  from jaxtok.data import pipeline
+  blobs = []
+  for _ in range(64):
+    # Smooth random images compress like photographs (noise would make the JPEGs 10x larger).
+    small = rng.integers(0, 256, (24, 32, 3), np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(small).resize((500, 375), Image.BICUBIC).save(buf, "JPEG", quality=90)
+    blobs.append(buf.getvalue())
+  batch = args.batch or 32
+  rows = []
+  for augment in ("random_resized_crop", "random_crop"):
+    for threads in (0, 2):
+      pipe = pipeline.Pipeline(_JpegSource(blobs), batch_size=batch, seed=0, shard=(0, 1),
+                               preprocess=pipeline.image_preprocess(256, augment=augment),
+                               num_threads=threads)
+      next(pipe)
+      n = max(5, args.repeats)
+      start = time.perf_counter()
+      for _ in range(n):
+        next(pipe)
+      t = (time.perf_counter() - start) / n
+      rows.append((f"grain pipeline, JPEG 500x375 -> {augment} 256, batch {batch}",
+                   f"pipeline.Pipeline, {threads} threads", t * 1e3,
+                   f"{1 / t:.2f} batches/s, {batch / t:.0f} images/s (decode + resize + crop + flip)"))
+  return rows
+
+
 SUITES = {"quantizers": quantizer_suite, "tokenizers": tokenizer_suite, "train": train_suite,
-          "samplers": sampler_suite}
+          "samplers": sampler_suite, "data": data_suite}
 
 
 def main(argv=None) -> int:
@@ -560,6 +657,9 @@ def main(argv=None) -> int:
                       help="samplers: only the autoregressive KV-cache vs recompute rows")
   parser.add_argument("--other-batch", type=int, default=None,
                       help="batch of the MaskGIT / masked-diffusion / MAR rows (default --ar-batch)")
+  # ImageNet's photos are mostly ~500x375; 2000x1500 is a phone photo, 8000x8000 the issue's PNG.
+  parser.add_argument("--data-sizes", default="500x375,2000x1500,8000x8000",
+                      help="data: comma-separated WxH photo sizes resized to 256")
   parser.add_argument("--out", default=None, help="append the table to this markdown file")
   args = parser.parse_args(argv)
   if args.suite == "tokenizers" and args.batch is None:

@@ -39,3 +39,19 @@ def test_quantizer_suite_small(tmp_path, capsys):
   table = out.read_text()
   assert "| VQ lookup 512x16 vs 4096 codes | jaxtok search.nearest |" in table
   assert "FSQ (8, 5, 5, 5) on 8192 vectors" in table and "LFQ 16 bits on 512 vectors" in table
+
+
+def test_data_suite_small(tmp_path):
+  bench = load_tool("benchmark")
+  out = tmp_path / "r.md"
+  assert bench.main(["--suite", "data", "--data-sizes", "40x30", "--repeats", "1", "--batch", "2",
+                     "--out", str(out)]) == 0
+  table = out.read_text()
+  assert "| resize_short + center_crop 40x30 uint8 -> 256 | preprocess.resize |" in table
+  assert "| resize 40x30 uint8 -> 341x256 | np.einsum(optimize=True), dense |" in table
+  assert "| main job input: PhotoCrops " in table and "px, batch 2 | photos.PhotoCrops |" in table
+  assert f"the train step takes {bench.MAIN_TRAIN_STEP_MS} ms" in table
+  for augment in ("random_resized_crop", "random_crop"):
+    for threads in (0, 2):
+      assert (f"| grain pipeline, JPEG 500x375 -> {augment} 256, batch 2 | pipeline.Pipeline, "
+              f"{threads} threads |") in table
