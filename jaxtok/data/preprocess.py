@@ -65,17 +65,27 @@ def resize_weights(in_size: int, out_size: int, *, antialias: bool = True) -> np
   scale = in_size / out_size
   support = max(scale, 1.0) if antialias else 1.0
   centres = (np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5
-  j = np.arange(in_size, dtype=np.float64)
-  w = np.maximum(0.0, 1.0 - np.abs(j[None, :] - centres[:, None]) / support)
+  # Only taps with |j - c| < s can be nonzero: the integers from floor(c - s) + 1, at most
+  # ceil(2 s) + 1 of them. Evaluating those alone (not all `in_size` per row) matters when every
+  # call has new sizes, as random_resized_crop's windows do.
+  taps = int(np.ceil(2 * support)) + 1
+  j = np.floor(centres - support)[:, None] + 1 + np.arange(taps)
+  w = np.maximum(0.0, 1.0 - np.abs(j - centres[:, None]) / support)
+  w[(j < 0) | (j >= in_size)] = 0.0
   total = w.sum(axis=1, keepdims=True)
   # A row can only be empty when no tap is within the support; take the nearest pixel then.
   empty = total[:, 0] == 0
   if np.any(empty):
     nearest = np.clip(np.round(centres[empty]).astype(int), 0, in_size - 1)
     w[empty] = 0.0
-    w[np.nonzero(empty)[0], nearest] = 1.0
+    j[empty, 0] = nearest
+    w[empty, 0] = 1.0
     total = w.sum(axis=1, keepdims=True)
-  return (w / total).astype(np.float32)
+  # Scattered into a matrix padded by `taps` on both sides, so taps beyond the edges (weight 0)
+  # land in the padding instead of colliding with real taps.
+  dense = np.zeros((out_size, in_size + 2 * taps), np.float32)
+  np.put_along_axis(dense, j.astype(np.int64) + taps, (w / total).astype(np.float32), axis=1)
+  return dense[:, taps:taps + in_size].copy()
 
 
 _state_lock = threading.Lock()  # guards the BLAS limit count and the weights cache
@@ -118,8 +128,10 @@ def _bands(weights: np.ndarray, block: int = _BLOCK) -> list[tuple[int, int, int
   nonzero = weights != 0
   first = np.argmax(nonzero, axis=1)
   last = weights.shape[1] - np.argmax(nonzero[:, ::-1], axis=1)
-  return [(r, min(r + block, len(weights)), int(first[r:r + block].min()), int(last[r:r + block].max()))
-          for r in range(0, len(weights), block)]
+  starts = np.arange(0, len(weights), block)
+  ends = np.minimum(starts + block, len(weights))
+  lo, hi = np.minimum.reduceat(first, starts), np.maximum.reduceat(last, starts)
+  return list(zip(starts.tolist(), ends.tolist(), lo.tolist(), hi.tolist()))
 
 
 _plans: collections.OrderedDict = collections.OrderedDict()
@@ -143,8 +155,12 @@ class _Plan:
     r0 * C .. r1 * C in the same layout."""
     if channels not in self._columns:
       eye = np.eye(channels, dtype=np.float32)
-      self._columns[channels] = [(lo * channels, hi * channels, np.kron(self.weights[r0:r1, lo:hi].T, eye))
-                                 for r0, r1, lo, hi in self.bands]
+      blocks = []
+      for r0, r1, lo, hi in self.bands:
+        # [k, c, l, c'] = w[l, k] * (c == c'): products with 0 and 1, exact (np.kron, 10x slower).
+        m = self.weights[r0:r1, lo:hi].T[:, None, :, None] * eye[None, :, None, :]
+        blocks.append((lo * channels, hi * channels, m.reshape((hi - lo) * channels, -1)))
+      self._columns[channels] = blocks
     return self._columns[channels]
 
 
