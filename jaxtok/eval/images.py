@@ -21,6 +21,7 @@ import numpy as np
 from jaxtok.data import preprocess as pp
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+MAX_PIXELS_ENV = "JAXTOK_MAX_PIXELS"  # read_image's size limit when none is passed
 FITS = ("crop", "stretch")
 
 
@@ -63,11 +64,19 @@ def read_image(path: str, *, max_pixels: float | None = None) -> np.ndarray:
 (`_decode_png16`): v / 65535 (interlaced ones keep PIL's 8 bits).
   Out-of-range I and F values raise rather than being clipped into a silently different image.
 
-  max_pixels: the largest width * height accepted (a decompression-bomb guard); None uses PIL's
-  `Image.MAX_IMAGE_PIXELS` (about 89.5 megapixels unless changed), float("inf") accepts any size.
+  max_pixels: the largest width * height accepted (a decompression-bomb guard); None uses the
+  environment variable JAXTOK_MAX_PIXELS when set (how the command-line tools are given a limit),
+  else PIL's `Image.MAX_IMAGE_PIXELS` (about 89.5 megapixels unless changed); float("inf") accepts
+  any size.
   """
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+  limit = max_pixels
+  if limit is None:
+    env = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    try:
+      limit = float(env) if env else Image.MAX_IMAGE_PIXELS
+    except ValueError:
+      raise ValueError(f"{MAX_PIXELS_ENV} must be a number of pixels, got {env!r}") from None
   try:
     with _open_unchecked(path) as im:
       width, height = im.size
@@ -75,7 +84,7 @@ def read_image(path: str, *, max_pixels: float | None = None) -> np.ndarray:
         raise _TooLarge(f"image {path!r} is {width} x {height} = {width * height:,} pixels, over the "
                         f"limit of {int(limit):,} (a guard against decompression bombs); to read it "
                         f"pass max_pixels={width * height} (or float('inf')) to read_image / "
-                        f"load_images, or raise PIL.Image.MAX_IMAGE_PIXELS")
+                        f"load_images, or set {MAX_PIXELS_ENV}={width * height} for the tools")
       if _png_16bit_colour(im):
         return _decode_png16(path)
       return _to_rgb(im, path)

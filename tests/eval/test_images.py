@@ -141,6 +141,7 @@ def test_out_of_range_values_are_refused_by_name(tmp_path):
 
 
 def test_decompression_bomb_limit_names_the_file(tmp_path, monkeypatch):
+  monkeypatch.delenv("JAXTOK_MAX_PIXELS", raising=False)
   path = str(tmp_path / "big.png")
   Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(path)
   # PIL's limit lowered so that 600 pixels are over twice of it (PIL itself would raise its
@@ -156,6 +157,18 @@ def test_decompression_bomb_limit_names_the_file(tmp_path, monkeypatch):
   assert images.read_image(path, max_pixels=float("inf")).shape == (20, 30, 3)
   assert next(images.batches(str(tmp_path), ["big.png"], 8, 1, max_pixels=600)).shape == (1, 8, 8, 3)
   assert Image.MAX_IMAGE_PIXELS == 100
+  # The tools' way: JAXTOK_MAX_PIXELS, named in the message, overrides PIL's limit (not an explicit
+  # argument); a malformed value is refused.
+  with pytest.raises(ValueError, match="set JAXTOK_MAX_PIXELS=600 for the tools"):
+    images.read_image(path)
+  monkeypatch.setenv("JAXTOK_MAX_PIXELS", "600")
+  assert images.read_image(path).shape == (20, 30, 3)
+  with pytest.raises(ValueError, match="over the limit of 599"):
+    images.read_image(path, max_pixels=599)
+  monkeypatch.setenv("JAXTOK_MAX_PIXELS", "lots")
+  with pytest.raises(ValueError, match="JAXTOK_MAX_PIXELS must be a number of pixels, got 'lots'"):
+    images.read_image(path)
+  monkeypatch.delenv("JAXTOK_MAX_PIXELS")
   # PIL's limit disabled (None) means no limit.
   monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
   assert images.read_image(path).shape == (20, 30, 3)
