@@ -233,7 +233,7 @@ def resize(image: Any, size: int | Sequence[int], *, antialias: bool = True, xp:
     return xp.einsum("lk,ikc->ilc", xp.asarray(wx), x)
   x = np.asarray(image)
   with _single_threaded_blas():
-    x = _resample_rows(x, plan_y) if h != x.shape[0] else x.astype(np.float32)
+    x = _resample_rows(x, plan_y) if h != x.shape[0] else x.astype(np.float32, order="C")
     return _resample_columns(x, plan_x) if w != x.shape[1] else x
 
 

@@ -61,8 +61,7 @@ def read_image(path: str, *, max_pixels: float | None = None) -> np.ndarray:
   integers, e.g. 16-bit grey from other readers) must lie in [0, 65535] and is v / 65535; F (32-bit
   float) must be finite and lie in [0, 1] and is kept as it is. 16-bit colour PNGs (RGB, RGBA,
   grey + alpha, not interlaced), which PIL reduces to their high bytes, are decoded here
-(`_decode_png16`): v / 65535 (interlaced ones keep PIL's 8 bits).
-  Out-of-range I and F values raise rather than being clipped into a silently different image.
+  (`_decode_png16`): v / 65535 (interlaced ones keep PIL's 8 bits). Out-of-range I and F values raise rather than being clipped into a silently different image.
 
   max_pixels: the largest width * height accepted (a decompression-bomb guard); None uses the
   environment variable JAXTOK_MAX_PIXELS when set (how the command-line tools are given a limit),
@@ -87,7 +86,7 @@ def read_image(path: str, *, max_pixels: float | None = None) -> np.ndarray:
                         f"load_images, or set {MAX_PIXELS_ENV}={width * height} for the tools")
       if _png_16bit_colour(im):
         return _decode_png16(path)
-      return _to_rgb(im, path)
+      return _to_rgb(im)
   except _TooLarge as err:
     raise ValueError(str(err)) from None
   except (OSError, ValueError, SyntaxError) as err:
@@ -119,7 +118,7 @@ def _open_unchecked(path: str):
     yield im
 
 
-def _to_rgb(im, path: str) -> np.ndarray:
+def _to_rgb(im) -> np.ndarray:
   """[H, W, 3] uint8 (8-bit modes) or float32 in [0, 1] (16/32-bit grey) of an open PIL image."""
   if im.mode.startswith("I;16"):
     grey = np.asarray(im).astype(np.float32) / 65535.0
@@ -142,12 +141,13 @@ _PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # PNG colour type -> samples per pixel
 def _png_16bit_colour(im) -> bool:
   """A non-interlaced 16-bit PNG with colour or alpha (types 2, 4, 6), which PIL reads as 8 bits."""
   tile = getattr(im, "tile", None) or []
+  # A tile is (decoder, extents, offset, raw mode); the raw mode names the file's sample layout.
   return (im.format == "PNG" and len(tile) == 1 and not im.info.get("interlace")
-          and str(tile[0].args if hasattr(tile[0], "args") else tile[0][3]) in ("RGB;16B", "RGBA;16B",
-                                                                                 "LA;16B"))
+          and str(tile[0][3]) in ("RGB;16B", "RGBA;16B", "LA;16B"))
 
 
-def _png_chunks(data: bytes, path: str):
+def _png_chunks(data: bytes):
+  """(type, body) of each chunk of a PNG file's bytes."""
   if data[:8] != b"\x89PNG\r\n\x1a\n":
     raise ValueError("not a PNG file")
   pos = 8
@@ -171,7 +171,7 @@ def _decode_png16(path: str) -> np.ndarray:
   with open(path, "rb") as f:
     data = f.read()
   header, idat = None, []
-  for kind, body in _png_chunks(data, path):
+  for kind, body in _png_chunks(data):
     if kind == b"IHDR":
       header = body
     elif kind == b"IDAT":
