@@ -62,6 +62,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.step_delay_s = 0.0  # > 0 only in tests that interrupt a run between steps.
   c.final_eval = True
+  # A resume whose config differs from the checkpoint's is refused ("error"); "resume" continues.
+  c.on_config_change = "error"
   c.ema_decay = 0.999
   c.data = ml_collections.ConfigDict(dict(source="photos", image_size=32, batch_size=32, heldout=16,
                                           max_scale=4))
@@ -122,5 +124,6 @@ def generator_base(args: dict, tiny: bool, *, batch_size: int, total_steps: int)
   c.ema_decay = 0.0 if tiny else 0.9999
   c.log_every = 1 if tiny else 100
   c.checkpoint_every = 2 if tiny else 5000
+  c.on_config_change = "error"
   c.mesh = [("data", -1), ("fsdp", 1), ("tensor", 1)]
   return c

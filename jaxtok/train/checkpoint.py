@@ -1,34 +1,71 @@
-"""Orbax checkpoints of the train state, the data iterator state and the config.
+"""Orbax checkpoints of the train state, the data iterator state and the config; the workdir lock.
 
 One step directory holds three items:
   state   the TrainState pytree (params, opt_state, ema_params, disc_*, step, ...), written
           asynchronously (the device-to-host copy blocks, the disk write runs in the background);
   data    the data iterator's state as JSON (grain's `get_state()`), so a resumed run reads the same
           examples as a run that never stopped;
-  config  the run's config as JSON, for the record.
+  config  the run's config as JSON: a resumed run is compared with it.
 
-Atomicity comes from orbax: a step is written under a temporary name and renamed only once complete,
-so a run killed mid-write leaves no step directory that looks finished. A finished step whose files
-were later damaged (truncated, corrupted) fails to restore; `restore` then logs an error naming the
-step, moves it aside to `<directory>.corrupt/<step>` (so training can write that step again) and
-falls back to the previous complete step.
+A user's checkpoints are never lost:
+  * atomic writes come from orbax: a step is written under a temporary name and renamed only once
+    complete, so a run killed mid-write leaves no step directory that looks finished;
+  * a resume with a different config is refused (`ConfigMismatchError` names every differing field)
+    unless the run says `on_config_change="resume"`; a state whose structure or shapes differ from the
+    checkpoint's is refused (`CheckpointMismatchError` names the differing entries): a mismatch is
+    never taken for damage, and nothing is moved;
+  * a finished step whose files were later damaged fails to restore: a trainer (never a reader) falls
+    back to the newest older step that restores and moves the damaged newer steps aside to
+    `<directory>.corrupt/<step>` (unreadable, and in the way of the steps training will write again);
+    when no step restores, `NoReadableCheckpointError` is raised and nothing is moved;
+  * readers (`read_only=True`: sample, evaluate, tokenize, pretokenize) never create, move, rename or
+    delete anything, not even orbax's temporary directories of a run that is still writing;
+  * one trainer per workdir: `WorkdirLock` (an `flock` held for the whole run) refuses a second.
+The trainers also refuse to save a state holding NaN/inf (see `jaxtok.train.loop`).
 
 Restore reads straight into the target shardings: the target is an abstract state whose leaves are
 `jax.ShapeDtypeStruct`s carrying `NamedSharding`s (see `state.abstract_train_state`).
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import gc
 import json
 import logging
 import os
 import shutil
+import socket
+import time
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 log = logging.getLogger(__name__)
+
+# Fields that change how a run reports and saves, never what it computes: they may differ on resume.
+OPERATIONAL_FIELDS = frozenset({"log_every", "eval_every", "ckpt_every", "checkpoint_every",
+                                "keep_checkpoints", "final_eval", "step_delay_s", "on_config_change"})
+ON_CONFIG_CHANGE = ("error", "resume")
+
+
+class ConfigMismatchError(ValueError):
+  """The run's config differs from the config stored with the checkpoint it would resume."""
+
+
+class CheckpointMismatchError(ValueError):
+  """The checkpoint's state tree (keys, shapes, dtypes) differs from the state the run builds."""
+
+
+class NoReadableCheckpointError(RuntimeError):
+  """Every checkpoint in the directory failed to restore."""
+
+
+class WorkdirBusyError(RuntimeError):
+  """Another trainer holds the workdir's lock."""
 
 
 def _to_json(obj: Any) -> Any:
@@ -54,37 +91,234 @@ def _from_json(obj: Any) -> Any:
   return obj
 
 
+def config_to_json(config: Any) -> dict:
+  """A ConfigDict (or dict) as plain JSON data."""
+  data = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  return json.loads(json.dumps(data, default=str))
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+  if isinstance(obj, dict) and obj:
+    out = {}
+    for k, v in obj.items():
+      out.update(_flatten(v, f"{prefix}{k}."))
+    return out
+  return {prefix[:-1]: obj}
+
+
+def config_differences(stored: dict, current: dict, *,
+                       ignore: frozenset[str] = OPERATIONAL_FIELDS) -> list[str]:
+  """'field: checkpoint A, now B' for every dotted field whose JSON value differs (sorted).
+
+  Top-level fields in `ignore` (logging/checkpoint cadence) are skipped.
+  """
+  a, b = _flatten(config_to_json(stored)), _flatten(config_to_json(current))
+  out = []
+  for key in sorted(set(a) | set(b)):
+    if key.split(".")[0] in ignore:
+      continue
+    va, vb = a.get(key, "<absent>"), b.get(key, "<absent>")
+    if va != vb:
+      out.append(f"{key}: checkpoint {json.dumps(va)}, now {json.dumps(vb)}")
+  return out
+
+
+def _key_name(k: Any) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
+
+
+def tree_signature(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+  """{'a.b.c': (shape, dtype)} of every array leaf; paths use plain key names (as orbax stores them)."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    if leaf is None:
+      continue
+    names = [_key_name(k) for k in path]
+    if len(names) > 1 and names[-1] == "value":  # nnx Variables add a `.value` level on both sides
+      names = names[:-1]
+    name = ".".join(names)
+    out[name] = (tuple(int(d) for d in getattr(leaf, "shape", ())), str(np.dtype(leaf.dtype)))
+  return out
+
+
+def signature_differences(stored: dict, wanted: dict, *, limit: int = 8) -> list[str]:
+  """Human-readable differences of two `tree_signature`s (at most `limit`, then a count)."""
+  out = []
+  for key in sorted(set(stored) | set(wanted)):
+    if key not in wanted:
+      out.append(f"{key}: in the checkpoint {stored[key][0]} {stored[key][1]}, not in this run's state")
+    elif key not in stored:
+      out.append(f"{key}: in this run's state {wanted[key][0]} {wanted[key][1]}, not in the checkpoint")
+    elif stored[key] != wanted[key]:
+      out.append(f"{key}: checkpoint {stored[key][0]} {stored[key][1]}, this run {wanted[key][0]} "
+                 f"{wanted[key][1]}")
+  if len(out) > limit:
+    out = out[:limit] + [f"... and {len(out) - limit} more"]
+  return out
+
+
+def _first_line(err: BaseException) -> str:
+  text = str(err).strip()
+  return f"{type(err).__name__}: {text.splitlines()[0][:300] if text else ''}"
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+  """Silences orbax's own logging of a failing restore (absl warnings, and asyncio's 'Task exception
+  was never retrieved' with the damaged bytes dumped in full): the caller logs one line per step."""
+  loggers = [logging.getLogger(n) for n in ("absl", "asyncio")]
+  levels = [lg.level for lg in loggers]
+  for lg in loggers:
+    lg.setLevel(logging.CRITICAL)
+  try:
+    yield
+  finally:
+    gc.collect()  # abandoned orbax tasks report their exceptions when collected: do it while quiet
+    for lg, level in zip(loggers, levels):
+      lg.setLevel(level)
+
+
+class WorkdirLock:
+  """An exclusive `flock` on `<workdir>/.jaxtok.lock`, held while a trainer runs.
+
+  Only process 0 locks (all processes of one run share the workdir); the others learn the outcome
+  through a broadcast, so every process of a refused run raises. The kernel drops the lock when the
+  process dies, so a killed run never leaves a stale lock.
+
+  Raises:
+    WorkdirBusyError: another trainer holds it (the message names its pid, host and start time).
+  """
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(os.path.abspath(workdir), ".jaxtok.lock")
+    self._fd = None
+    ok, holder = True, ""
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(self.path), exist_ok=True)
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except OSError:
+        ok = False
+        try:
+          holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+        finally:
+          os.close(fd)
+      else:
+        self._fd = fd
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+    if jax.process_count() > 1:
+      ok = bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
+    if not ok:
+      raise WorkdirBusyError(
+          f"workdir {os.path.dirname(self.path)!r} is in use by another trainer "
+          f"({holder or 'holder unknown'}); two runs writing one workdir would destroy each other's "
+          "checkpoints: wait for it to finish or use another --workdir")
+
+  def release(self) -> None:
+    if self._fd is not None:
+      fcntl.flock(self._fd, fcntl.LOCK_UN)
+      os.close(self._fd)
+      self._fd = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.release()
+
+
+def nonfinite_leaves(state: Any, *, limit: int = 5) -> list[str]:
+  """Paths of the floating leaves of `state` holding NaN or inf (at most `limit`); [] when finite.
+
+  One jitted reduction per leaf and one host transfer of the flags: cheap next to writing the state.
+  """
+  flags = _finite_flags(state)
+  names = list(tree_signature(state))
+  bad = [n for n, ok in zip(names, jax.device_get(flags)) if not bool(ok)]
+  return bad[:limit] + ([f"... and {len(bad) - limit} more"] if len(bad) > limit else [])
+
+
+@jax.jit
+def _finite_flags(state: Any) -> list[jax.Array]:
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  return [jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.bool_(True)
+          for x in jax.tree.leaves(state)]
+
+
+def save_finite(ckpt: "Checkpointer", step: int, state: Any, *, data_state: Any = None,
+                config: Any = None, metrics: dict | None = None) -> None:
+  """Saves `state` at `step` only when every floating value in it is finite.
+
+  A diverged state is never written, so it can never rotate the last good checkpoints out.
+
+  Raises:
+    FloatingPointError: naming the step, the non-finite state entries and metrics, and the newest
+      (finite) checkpoint a restart would resume from.
+  """
+  bad = nonfinite_leaves(state)
+  if not bad:
+    ckpt.save(step, state, data_state=data_state, config=config)
+    return
+  ckpt.wait()
+  host = {k: float(v) for k, v in jax.device_get(metrics or {}).items()}
+  bad_metrics = {k: v for k, v in host.items() if not np.isfinite(v)}
+  last = ckpt.latest_step()
+  raise FloatingPointError(
+      f"training diverged: at step {step} the train state holds NaN/inf ({', '.join(bad)}); "
+      f"non-finite metrics at that step: {bad_metrics or 'none'}. This state was NOT saved; "
+      + (f"the newest checkpoint, step {last}, is finite and a restart resumes from it "
+         "(lower optim.lr or raise optim.clip first)." if last is not None else
+         "no checkpoint was written before it."))
+
+
 class Checkpointer:
   """Keeps the newest `keep` checkpoints of a run in `directory`.
 
   Args:
-    directory: absolute or relative path of the checkpoint root (created if missing).
+    directory: absolute or relative path of the checkpoint root (created if missing, unless read_only).
     keep: how many of the newest steps to keep (>= 1).
     async_save: write in a background thread (the default); `wait()` blocks until written.
+    read_only: for readers: never create, move or delete anything; `save` raises.
   """
 
-  def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
+  def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True,
+               read_only: bool = False):
     if int(keep) < 1:
       raise ValueError(f"keep must be >= 1, got {keep}")
     self.directory = os.path.abspath(directory)
     self._keep = int(keep)
     self._async = bool(async_save)
+    self.read_only = bool(read_only)
     self._manager = self._make_manager()
 
-  def _make_manager(self) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=self._keep, create=True, enable_async_checkpointing=self._async,
-        cleanup_tmp_directories=True)
+  def _make_manager(self) -> ocp.CheckpointManager | None:
+    if self.read_only:
+      if not os.path.isdir(self.directory):
+        return None
+      options = ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                             cleanup_tmp_directories=False,
+                                             enable_async_checkpointing=False)
+    else:
+      options = ocp.CheckpointManagerOptions(
+          max_to_keep=self._keep, create=True, enable_async_checkpointing=self._async,
+          cleanup_tmp_directories=True)
     return ocp.CheckpointManager(self.directory, item_names=("state", "data", "config"),
                                  options=options)
 
   # --------------------------------------------------------------------------------------------
   def all_steps(self) -> list[int]:
     """Completed (finalised) steps, oldest first."""
-    return sorted(self._manager.all_steps())
+    return sorted(self._manager.all_steps()) if self._manager is not None else []
 
   def latest_step(self) -> int | None:
-    return self._manager.latest_step()
+    steps = self.all_steps()
+    return steps[-1] if steps else None
 
   def save(self, step: int, state: Any, *, data_state: Any = None, config: Any = None,
            force: bool = True) -> bool:
@@ -96,6 +330,8 @@ class Checkpointer:
       data_state: JSON-able data iterator state (dict; bytes are accepted), or None.
       config: JSON-able config dict (e.g. `config.to_dict()`), or None.
     """
+    if self.read_only:
+      raise ValueError(f"Checkpointer({self.directory!r}) is read-only: save is not allowed")
     items = {"state": ocp.args.StandardSave(state),
              "data": ocp.args.JsonSave(_to_json(data_state if data_state is not None else {})),
              "config": ocp.args.JsonSave(_to_json(config if config is not None else {}))}
@@ -103,15 +339,76 @@ class Checkpointer:
 
   def wait(self) -> None:
     """Blocks until every started save is on disk."""
-    self._manager.wait_until_finished()
+    if self._manager is not None:
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    """Waits for started saves and releases the manager (idempotent)."""
+    if self._manager is not None:
+      self._manager.wait_until_finished()
+      self._manager.close()
+      self._manager = None
 
   # --------------------------------------------------------------------------------------------
+  def stored_config(self, step: int) -> dict | None:
+    """The config JSON saved with `step` (None when absent or unreadable)."""
+    for name in ("metadata", "config.json"):
+      path = os.path.join(self.directory, str(step), "config", name)
+      try:
+        with open(path) as f:
+          data = json.load(f)
+      except (OSError, ValueError):
+        continue
+      return data if isinstance(data, dict) else None
+    return None
+
+  def state_signature(self, step: int) -> dict[str, tuple[tuple[int, ...], str]]:
+    """`tree_signature` of the state saved at `step`, from orbax's metadata (no array is read)."""
+    with _quiet_orbax(), ocp.StandardCheckpointer() as reader:
+      meta = reader.metadata(os.path.join(self.directory, str(step), "state"))
+    tree = getattr(meta, "item_metadata", meta)
+    tree = getattr(tree, "tree", tree)
+    return tree_signature(tree)
+
+  def check_compatible(self, step: int, abstract_state: Any, *, config: Any = None,
+                       on_config_change: str = "error") -> None:
+    """Raises ConfigMismatchError / CheckpointMismatchError when `step` cannot be this run's.
+
+    Args:
+      config: the run's config; compared with the stored one unless either is missing/empty.
+      on_config_change: "error" refuses differing fields; "resume" logs them and goes on (the state
+        structure must still match).
+    """
+    if on_config_change not in ON_CONFIG_CHANGE:
+      raise ValueError(f"on_config_change must be one of {ON_CONFIG_CHANGE}, got {on_config_change!r}")
+    stored = self.stored_config(step)
+    diffs = config_differences(stored, config) if stored and config is not None else []
+    if diffs and on_config_change == "error":
+      raise ConfigMismatchError(
+          f"the config differs from the one stored with checkpoint step {step} in "
+          f"{self.directory!r}:\n  " + "\n  ".join(diffs) +
+          "\nNothing was changed on disk. To train this config from scratch use a new --workdir; to "
+          "continue these checkpoints with the new values pass --config.on_config_change=resume.")
+    if diffs:
+      log.warning("checkpoint step %d was saved with other config values; going on with this "
+                  "run's: %s", step, "; ".join(diffs))
+    try:
+      stored_sig = self.state_signature(step)
+    except Exception:  # pylint: disable=broad-except
+      stored_sig = {}
+    if not stored_sig:  # unreadable metadata is damage, not a mismatch: restore() deals with it.
+      return
+    problems = signature_differences(stored_sig, tree_signature(abstract_state))
+    if problems:
+      hint = f" (config differences: {'; '.join(diffs[:6])})" if diffs else ""
+      raise CheckpointMismatchError(
+          f"checkpoint step {step} in {self.directory!r} holds a different model/train state than "
+          f"this run builds{hint}:\n  " + "\n  ".join(problems) +
+          "\nNothing was changed on disk: use the config the checkpoint was trained with, or a new "
+          "--workdir.")
+
   def restore_step(self, step: int, abstract_state: Any) -> tuple[Any, Any, dict]:
-    """Restores one step into the shardings of `abstract_state` (no fallback).
+    """Restores one step into the shardings of `abstract_state` (no checks, no fallback).
 
     Returns:
       (state, data_state, config_dict).
@@ -121,26 +418,45 @@ class Checkpointer:
     out = self._manager.restore(int(step), args=args)
     return out["state"], _from_json(out["data"]), out["config"]
 
-  def restore(self, abstract_state: Any) -> tuple[Any, Any, int] | None:
-    """Restores the newest intact checkpoint, or returns None when there is none.
+  def restore(self, abstract_state: Any, *, config: Any = None,
+              on_config_change: str = "error") -> tuple[Any, Any, int] | None:
+    """Restores the newest checkpoint that reads, or returns None when there is none.
 
-    A step that fails to restore is logged as an error, moved aside to `<directory>.corrupt/<step>`
-    and the next older step is tried.
+    The newest step is first checked against the run (`check_compatible`): a mismatch raises and
+    nothing moves. A step that then fails to restore is damaged: one log line names it and the next
+    older step is tried. When an older step restores, a writable Checkpointer moves the damaged newer
+    steps to `<directory>.corrupt/` (the run will write those step numbers again); a read-only one
+    leaves them. When none restores, NoReadableCheckpointError is raised and nothing is moved.
 
     Returns:
       (state, data_state, step) or None.
     """
-    for step in reversed(self.all_steps()):
+    steps = self.all_steps()
+    if not steps:
+      return None
+    self.check_compatible(steps[-1], abstract_state, config=config,
+                          on_config_change=on_config_change)
+    damaged = []
+    for step in reversed(steps):
       try:
-        state, data_state, _ = self.restore_step(step, abstract_state)
-        return state, data_state, step
+        with _quiet_orbax():
+          state, data_state, _ = self.restore_step(step, abstract_state)
       except Exception as err:  # orbax / tensorstore raise many types for damaged files.
-        log.error("checkpoint step %d in %s is unreadable (%s: %s); moving it to %s.corrupt/ and "
-                  "falling back to the previous checkpoint", step, self.directory,
-                  type(err).__name__, str(err).splitlines()[0][:300] if str(err) else "",
-                  self.directory)
-        self._move_aside(step)
-    return None
+        log.error("checkpoint step %d in %s is unreadable (%s)", step, self.directory,
+                  _first_line(err))
+        damaged.append((step, _first_line(err)))
+        continue
+      if damaged and not self.read_only:
+        for bad, _ in damaged:
+          log.error("moving damaged checkpoint step %d to %s.corrupt/%d; resuming from step %d",
+                    bad, self.directory, bad, step)
+          self._move_aside(bad)
+      return state, data_state, step
+    raise NoReadableCheckpointError(
+        f"none of the {len(steps)} checkpoints in {self.directory!r} restores:\n  " +
+        "\n  ".join(f"step {s}: {e}" for s, e in damaged) +
+        "\nNothing was moved or deleted. Use a new --workdir to start over, or repair/remove the "
+        "damaged steps yourself.")
 
   def _move_aside(self, step: int) -> None:
     self._manager.wait_until_finished()
@@ -149,17 +465,13 @@ class Checkpointer:
       dst_root = self.directory + ".corrupt"
       os.makedirs(dst_root, exist_ok=True)
       dst = os.path.join(dst_root, str(step))
-      if os.path.exists(dst):
-        shutil.rmtree(dst)
+      n = 1
+      while os.path.exists(dst):  # never overwrite an earlier set-aside step
+        dst = os.path.join(dst_root, f"{step}.{n}")
+        n += 1
       if os.path.exists(src):
         shutil.move(src, dst)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"jaxtok_ckpt_move_{step}")
     self._manager.close()
     self._manager = self._make_manager()
-
-
-def config_to_json(config: Any) -> dict:
-  """A ConfigDict (or dict) as plain JSON data."""
-  data = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-  return json.loads(json.dumps(data, default=str))

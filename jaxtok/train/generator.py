@@ -12,7 +12,9 @@ like a tokenizer run: the per-step key is fold_in(base, step) and the iterator s
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
 import logging
 import time
 from typing import Any, Callable
@@ -108,6 +110,13 @@ def train(config: Any, workdir: str, *, progress: bool = True, stop_at: int | No
 
   Returns the last logged metrics (floats).
   """
+  os.makedirs(workdir, exist_ok=True)
+  with ckpt_lib.WorkdirLock(workdir), contextlib.ExitStack() as cleanup:
+    return _train_locked(config, workdir, progress=progress, stop_at=stop_at, cleanup=cleanup)
+
+
+def _train_locked(config: Any, workdir: str, *, progress: bool, stop_at: int | None,
+                  cleanup: contextlib.ExitStack) -> dict[str, float]:
   total = int(config.total_steps)
   mesh = state_lib.mesh_from_config(config)
   rules = state_lib.rules_from_config(config)
@@ -117,8 +126,11 @@ def train(config: Any, workdir: str, *, progress: bool = True, stop_at: int | No
   it = token_data.token_iterator(config.data.path, batch_size=per_process, seed=int(config.seed),
                                  shard_index=jax.process_index(), shard_count=jax.process_count())
   ckpt = ckpt_lib.Checkpointer(f"{workdir}/checkpoints", keep=int(config.get("keep_checkpoints", 2)))
+  cleanup.callback(ckpt.close)
   abstract, shardings = state_lib.abstract_train_state(init_fn, base_rng, mesh, rules)
-  restored = ckpt.restore(abstract)
+  config_json = ckpt_lib.config_to_json(config)
+  restored = ckpt.restore(abstract, config=config_json,
+                          on_config_change=str(config.get("on_config_change", "error")))
   with jax.set_mesh(mesh):
     if restored is None:
       state = jax.jit(init_fn, out_shardings=shardings)(base_rng)
@@ -149,7 +161,8 @@ def train(config: Any, workdir: str, *, progress: bool = True, stop_at: int | No
         if bar is not None:
           bar.set_postfix(loss=f"{metrics['loss']:.4f}")
       if (step + 1) % int(config.get("checkpoint_every", 500)) == 0 or step + 1 == end:
-        ckpt.save(step + 1, state, data_state=it.get_state(), config=ckpt_lib.config_to_json(config))
+        ckpt_lib.save_finite(ckpt, step + 1, state, data_state=it.get_state(), config=config_json,
+                             metrics=m)
       if bar is not None:
         bar.update(1)
     if bar is not None:
@@ -164,9 +177,13 @@ def load_params(config: Any, workdir: str, *, use_ema: bool = True):
   model, _, init_fn, _ = build(config, int(config.total_steps))
   abstract, _ = state_lib.abstract_train_state(init_fn, jax.random.key(0), mesh,
                                                state_lib.rules_from_config(config))
-  ckpt = ckpt_lib.Checkpointer(f"{workdir}/checkpoints")
-  restored = ckpt.restore(abstract)
-  ckpt.close()
+  # Read-only: a reader given the wrong config gets an error naming the differences, and never moves,
+  # renames or deletes anything of the run (which may still be training).
+  ckpt = ckpt_lib.Checkpointer(f"{workdir}/checkpoints", read_only=True)
+  try:
+    restored = ckpt.restore(abstract, config=ckpt_lib.config_to_json(config), on_config_change="resume")
+  finally:
+    ckpt.close()
   if restored is None:
     raise FileNotFoundError(f"no generator checkpoint in {workdir}/checkpoints")
   state = restored[0]

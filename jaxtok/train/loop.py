@@ -2,15 +2,19 @@
 
 `train(config, workdir)` runs `config.total_steps` steps of `config.model` on `config.data`:
 
-  * resume: the newest intact checkpoint in `<workdir>/checkpoints` is restored straight into the
-    target shardings (with the data iterator state), else the state is initialised sharded;
+  * a lock on the workdir (`checkpoint.WorkdirLock`) refuses a second trainer on it;
+  * resume: the newest checkpoint in `<workdir>/checkpoints` is checked against this run (config
+    fields, state structure: a difference is refused, see `checkpoint.Checkpointer.restore`) and
+    restored straight into the target shardings (with the data iterator state), else the state is
+    initialised sharded;
   * every step: the host batch of this process becomes a global array sharded over the batch axis
     (`jax.make_array_from_process_local_data`), one call to the jitted `train_step`;
   * every `log_every` steps: metrics are fetched (the only host sync), checked for NaN/inf (the error
     names the step range since the last check), written to TensorBoard event files and
     `<workdir>/metrics.jsonl`, and shown on a tqdm bar;
   * every `eval_every` steps: held-out PSNR/SSIM and a PNG grid of reconstructions;
-  * every `ckpt_every` steps and at the end: an asynchronous checkpoint;
+  * every `ckpt_every` steps and at the end: an asynchronous checkpoint, only of a finite state
+    (`checkpoint.save_finite`: a diverged state stops the run instead of being saved);
   * at the end: `final_grid.png` (rows = held-out images, columns = original + each token count)
     and `final_metrics.json` (PSNR/SSIM per token count), plus `final.json` with a params checksum.
 
@@ -26,6 +30,7 @@ checkpointed the same way.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -213,6 +218,9 @@ def validate_config(config: Any) -> None:
   if config.model.get("name") not in ("titok", "onedpiece", "vqgan", "vae", "flextok"):
     raise ValueError(f"config.model.name must be one of titok, onedpiece, vqgan, vae, flextok, "
                      f"got {config.model.get('name')!r}")
+  change = config.get("on_config_change", "error")
+  if change not in ckpt_lib.ON_CONFIG_CHANGE:
+    raise ValueError(f"config.on_config_change must be one of {ckpt_lib.ON_CONFIG_CHANGE}, got {change!r}")
   ema = config.get("ema_decay", 0.0)
   if not 0.0 <= ema < 1.0:
     raise ValueError(f"config.ema_decay must lie in [0, 1), got {ema}")
@@ -224,6 +232,17 @@ def train(config: Any, workdir: str, *, show_progress: bool = True) -> dict:
 
   validate_config(config)
   os.makedirs(workdir, exist_ok=True)
+  # Held until train() returns: a second trainer on this workdir is refused before it touches disk.
+  # `cleanup` closes the checkpointer on every exit, so the saves already started (the last finite
+  # state) reach the disk even when a NaN guard or an error ends the run.
+  with ckpt_lib.WorkdirLock(workdir), contextlib.ExitStack() as cleanup:
+    return _train_locked(config, workdir, show_progress=show_progress, cleanup=cleanup)
+
+
+def _train_locked(config: Any, workdir: str, *, show_progress: bool,
+                  cleanup: contextlib.ExitStack) -> dict:
+  from jaxtok.tokenizers import api as tok_api  # pylint: disable=g-import-not-at-top
+
   is_main = jax.process_index() == 0
   mesh = state_lib.mesh_from_config(config)
   rules = state_lib.rules_from_config(config)
@@ -264,7 +283,10 @@ def train(config: Any, workdir: str, *, show_progress: bool = True) -> dict:
   # ---- resume or init
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                keep=int(config.keep_checkpoints))
-  restored = ckpt.restore(abstract)
+  cleanup.callback(ckpt.close)
+  config_json = ckpt_lib.config_to_json(config)
+  restored = ckpt.restore(abstract, config=config_json,
+                          on_config_change=str(config.get("on_config_change", "error")))
   if restored is not None:
     state, data_state, start = restored
     data.set_state(data_state)
@@ -336,7 +358,8 @@ def train(config: Any, workdir: str, *, show_progress: bool = True) -> dict:
                           eval_lib.image_grid(heldout[:8], [recons[key]]),
                           scale=max(1, 64 // image_size))
     if done % ckpt_every == 0 or done == total:
-      ckpt.save(done, state, data_state=data.get_state(), config=ckpt_lib.config_to_json(config))
+      ckpt_lib.save_finite(ckpt, done, state, data_state=data.get_state(), config=config_json,
+                           metrics=metrics)
   if bar is not None:
     bar.close()
   ckpt.wait()
