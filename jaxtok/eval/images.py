@@ -185,9 +185,13 @@ def _decode_png16(path: str) -> np.ndarray:
                      f"{colour}, interlace {interlace}")
   channels = _PNG_CHANNELS[colour]
   bpp = 2 * channels  # bytes per pixel: the filters' "left" distance
-  raw = np.frombuffer(zlib.decompress(b"".join(idat)), np.uint8)
-  if raw.size != height * (1 + width * bpp):
-    raise ValueError(f"PNG data holds {raw.size} bytes, expected {height * (1 + width * bpp)}")
+  size = height * (1 + width * bpp)
+  # At most one byte more than the header promises is inflated: corrupt or hostile data cannot
+  # expand past the size `read_image` has already checked.
+  raw = np.frombuffer(zlib.decompressobj().decompress(b"".join(idat), size + 1), np.uint8)
+  if raw.size != size:
+    raise ValueError(f"PNG data holds {'more than ' if raw.size > size else ''}{raw.size} bytes, "
+                     f"expected {size}")
   raw = raw.reshape(height, 1 + width * bpp)
   kinds = raw[:, 0].astype(np.int16)
   if kinds.max(initial=0) > 4:

@@ -172,3 +172,25 @@ def test_decompression_bomb_limit_names_the_file(tmp_path, monkeypatch):
   # PIL's limit disabled (None) means no limit.
   monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
   assert images.read_image(path).shape == (20, 30, 3)
+
+
+def test_corrupt_16bit_png_is_refused_by_name(tmp_path):
+  values = np.arange(2 * 3 * 3, dtype=np.uint16).reshape(2, 3, 3)
+  path = tmp_path / "short.png"
+  _write_png16(str(path), values, 2)
+  data = path.read_bytes()
+  ihdr = data.index(b"IHDR")
+
+  def with_rows(rows):
+    # The IHDR's height replaced (its CRC recomputed); the image data stays that of 2 rows.
+    bad = data[:ihdr + 8] + rows.to_bytes(4, "big") + data[ihdr + 12:]
+    return bad[:ihdr + 17] + struct.pack(">I", zlib.crc32(bad[ihdr:ihdr + 17])) + bad[ihdr + 21:]
+
+  path.write_bytes(with_rows(4))
+  with pytest.raises(ValueError, match=r"cannot read image .*short\.png.*PNG data holds 38 bytes, "
+                                       r"expected 76"):
+    images.read_image(str(path))
+  # More data than the header promises: inflated only one byte past it, then refused.
+  path.write_bytes(with_rows(1))
+  with pytest.raises(ValueError, match=r"short\.png.*PNG data holds more than 20 bytes, expected 19"):
+    images.read_image(str(path))
