@@ -114,7 +114,7 @@ def _assert_matches_reference(image, size, antialias=True, xp=np):
   # passes: one pass of n nonzero taps errs by at most ~(n + 1) unit roundoffs times max|x| (n for
   # the sums, 1 for the weights rounded to float32); the passes add.
   taps = int((wy > 0).sum(1).max() + (wx > 0).sum(1).max())
-  bound = (taps + 2) * 2.0**-24 * max(float(np.abs(ref).max()), 1e-30)
+  bound = (taps + 2) * 2.0**-24 * max(float(np.abs(np.asarray(image, np.float64)).max()), 1e-30)
   np.testing.assert_allclose(out, ref, rtol=0, atol=bound)
   return out
 
