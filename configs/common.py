@@ -107,11 +107,27 @@ def tiny_training(c: ml_collections.ConfigDict, steps: int = 4) -> None:
     c.loss.update(gan_start=2, disc_start=2)
 
 
-def generator_arg(arg: str | None, sizes: dict) -> tuple[dict, bool, tuple]:
-  """(key=value dict, tiny flag, sizes[size]) of a generator config arg like "size=B,tokens=64" or "tiny"."""
-  args = dict(a.split("=") for a in (arg or "").split(",") if "=" in a)
-  tiny = arg is not None and "tiny" in arg.split(",")
-  return args, tiny, sizes["tiny" if tiny else args.get("size", "B")]
+def generator_arg(arg: str | None, sizes: dict,
+                  keys: tuple[str, ...] = ("tokens", "codebook", "classes")) -> tuple[dict, bool, tuple]:
+  """(key=value dict of the given arguments, tiny flag, sizes[size]) of a generator config arg like
+  "size=B,tokens=64" or "tiny". Valid names: size, data, tiny and `keys` (integer counts).
+
+  Raises:
+    ValueError: naming the valid arguments for an unknown one (a typo like "tokns=64" would
+      otherwise be ignored), the valid sizes for an unknown size, or a count that is not an int.
+  """
+  a = parse_arg(arg, tiny=False, size="", data="", **{k: "" for k in keys})
+  args = {k: v for k, v in a.items() if k != "tiny" and v != ""}
+  for k in keys:
+    if k in args:
+      try:
+        int(args[k])
+      except ValueError:
+        raise ValueError(f"config argument {k!r} must be an int, got {args[k]!r}") from None
+  size = "tiny" if a.tiny else args.get("size", "B")
+  if size not in sizes:
+    raise ValueError(f"config argument 'size' must be one of {sorted(sizes)}, got {size!r}")
+  return args, bool(a.tiny), sizes[size]
 
 
 def generator_base(args: dict, tiny: bool, *, batch_size: int, total_steps: int) -> ml_collections.ConfigDict:

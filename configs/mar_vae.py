@@ -13,7 +13,7 @@ SIZES = {"B": (768, 12, 12, 1024, 6), "L": (1024, 16, 16, 1280, 8), "tiny": (32,
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args, tiny, (width, depth, heads, head_width, head_depth) = common.generator_arg(arg, SIZES)
+  args, tiny, (width, depth, heads, head_width, head_depth) = common.generator_arg(arg, SIZES, keys=("tokens", "token_dim", "classes"))
   c = common.generator_base(args, tiny, batch_size=2048, total_steps=400_000)
   c.generator = dict(name="mar", token_dim=int(args.get("token_dim", 4 if tiny else 16)),
                      seq_len=int(args.get("tokens", 8 if tiny else 64)),

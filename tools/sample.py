@@ -122,7 +122,7 @@ def main(argv) -> dict:
   tok_cfg = FLAGS.tokenizer_config
   if tok_cfg is None and not FLAGS.tokenizer_checkpoint:
     tok_cfg = tok_info.get("config")
-  tokenizer, tok_params, _ = checkpoints.load_tokenizer(tok_cfg, tok_ckpt, flag="--tokenizer_checkpoint",
+  tokenizer, tok_params, tok_loaded = checkpoints.load_tokenizer(tok_cfg, tok_ckpt, flag="--tokenizer_checkpoint",
                                                         config_flag="--tokenizer_config")
   try:
     graphdef, params = generator.load_params(config, FLAGS.workdir, use_ema=FLAGS.use_ema)
@@ -152,7 +152,9 @@ def main(argv) -> dict:
   os.makedirs(out, exist_ok=True)
   np.savez(os.path.join(out, "tokens.npz"), tokens=tokens, labels=labels,
            names=np.asarray([f"{i:05d}" for i in range(len(tokens))]),
-           options=json.dumps(dataclasses.asdict(opts)), generator=str(gcfg.name))
+           options=json.dumps(dataclasses.asdict(opts)), generator=str(gcfg.name),
+           # The tokenizer's config, so tools/tokenize.py --tokens refuses to decode with another.
+           config=json.dumps(tok_loaded["model_config"]), checkpoint=str(tok_ckpt))
   for i, image in enumerate(decoded):
     img_lib.save_png(os.path.join(out, "images", f"{i:05d}.png"), image)
   img_lib.save_png(os.path.join(out, "grid.png"), img_lib.grid(decoded),

@@ -42,4 +42,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from jaxtok.eval import cli  # noqa: E402  pylint: disable=g-import-not-at-top
+  cli.check_config_files(sys.argv, ["config"])
   app.run(main)

@@ -8,8 +8,9 @@ The API is small on purpose (other converters build on it):
   state_shapes(abstract)              -> {name: shape} of an nnx.State (names: path joined by '.')
   fill_state(abstract, flat, source=) -> an nnx.State shaped like `abstract`, filled from `flat`
                                          (checked with check_keys first)
-  config_arg(config, released=)       -> a config mapping from a released name, a JSON file or
-                                         string, or a mapping / ConfigDict
+  config_arg(config, released=)       -> a config mapping from a released name, a JSON or YAML file
+                                         (the official repositories ship YAML), a JSON string, or a
+                                         mapping / ConfigDict
 
 Reading never unpickles code: `.safetensors` files are parsed directly (bfloat16 through ml_dtypes,
 which jax ships), and PyTorch files (`.bin`, `.pt`, `.pth`, `.ckpt`) go through
@@ -19,6 +20,7 @@ dependency; a clear error says so when it is missing).
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any, Mapping
 
@@ -50,25 +52,57 @@ def _read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]
   if not isinstance(header, dict):
     raise ValueError(f"{path}: not a safetensors file (header is not a JSON object)")
   metadata = header.pop("__metadata__", None) or {}
+  if not isinstance(metadata, dict):
+    raise ValueError(f"{path}: bad safetensors header: __metadata__ must be an object, got "
+                     f"{type(metadata).__name__}")
   body = memoryview(data)[8 + n:]
   tensors = {}
   for key, info in header.items():
-    dtype = info.get("dtype")
-    if dtype == "BF16":
-      import ml_dtypes
-      np_dtype = np.dtype(ml_dtypes.bfloat16)
-    elif dtype in _ST_DTYPES:
-      np_dtype = np.dtype(_ST_DTYPES[dtype])
-    else:
-      raise ValueError(f"{path}: tensor {key!r} has unsupported dtype {dtype!r}")
-    start, end = info["data_offsets"]
-    shape = tuple(int(s) for s in info["shape"])
-    size = int(np.prod(shape, dtype=np.int64)) * np_dtype.itemsize
-    if end - start != size or end > len(body):
-      raise ValueError(f"{path}: tensor {key!r} is truncated or corrupt "
-                       f"({min(end, len(body)) - start} bytes for {dtype} {list(shape)})")
+    np_dtype, shape, start, end = _tensor_entry(path, key, info, len(body))
     tensors[key] = np.frombuffer(body[start:end], np_dtype.newbyteorder("<")).reshape(shape).copy()
   return tensors, {str(k): str(v) for k, v in metadata.items()}
+
+
+def _is_int(v: Any) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _tensor_entry(path: str, key: str, info: Any, body_len: int):
+  """(numpy dtype, shape, start, end) of one header entry, or a ValueError naming the tensor.
+
+  A hostile or damaged header must not reach numpy: negative offsets slice from the end, negative
+  dims make reshape fail obscurely, and a non-object entry has no `.get`.
+  """
+  where = f"{path}: tensor {key!r}"
+  if not isinstance(info, dict):
+    raise ValueError(f"{where}: header entry must be an object with dtype, shape, data_offsets, "
+                     f"got {type(info).__name__} {info!r:.80}")
+  dtype = info.get("dtype")
+  if dtype == "BF16":
+    import ml_dtypes
+    np_dtype = np.dtype(ml_dtypes.bfloat16)
+  elif isinstance(dtype, str) and dtype in _ST_DTYPES:
+    np_dtype = np.dtype(_ST_DTYPES[dtype])
+  else:
+    raise ValueError(f"{where} has unsupported dtype {dtype!r} (expected one of "
+                     f"{sorted(_ST_DTYPES) + ['BF16']})")
+  shape = info.get("shape")
+  if not isinstance(shape, list) or not all(_is_int(s) and s >= 0 for s in shape):
+    raise ValueError(f"{where}: shape must be a list of ints >= 0, got {shape!r}")
+  offsets = info.get("data_offsets")
+  if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets)
+      or not 0 <= offsets[0] <= offsets[1]):
+    raise ValueError(f"{where}: data_offsets must be [start, end] with 0 <= start <= end, got "
+                     f"{offsets!r}")
+  start, end = offsets
+  if end > body_len:
+    raise ValueError(f"{where} is truncated or corrupt: data_offsets {offsets} reach past the "
+                     f"{body_len} bytes of tensor data in the file")
+  size = math.prod(shape) * np_dtype.itemsize
+  if end - start != size:
+    raise ValueError(f"{where} is corrupt: {end - start} bytes for {dtype} {shape} "
+                     f"({size} bytes expected)")
+  return np_dtype, tuple(shape), start, end
 
 
 def _read_torch(path: str) -> dict[str, np.ndarray]:
@@ -157,22 +191,47 @@ def fill_state(abstract, flat: Mapping[str, Any], *, source: str = "checkpoint")
                               for p, v in entries])
 
 
+def _read_config_file(path: str) -> Any:
+  """A JSON or YAML file's contents; `.yaml`/`.yml` (official configs/infer/*.yaml) read as YAML.
+
+  PyYAML is not a declared jaxtok dependency but always installed: flax, ml_collections and
+  orbax-checkpoint require it. safe_load builds plain data only (no Python objects).
+  """
+  with open(path) as f:
+    text = f.read()
+  if path.endswith((".yaml", ".yml")):
+    import yaml  # pylint: disable=g-import-not-at-top
+    try:
+      return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+      raise ValueError(f"config file {path!r} is not valid YAML: {e}") from None
+  try:
+    return json.loads(text)
+  except ValueError as e:
+    raise ValueError(f"config file {path!r} is not valid JSON (YAML files must end in .yaml or "
+                     f".yml): {e}") from None
+
+
 def config_arg(config: Any, released: Mapping[str, Mapping[str, Any]] | None = None) -> dict:
-  """A config dict from a name in `released`, a path to a JSON file, a JSON object as a string, or
-  a mapping / ConfigDict (copied). Raises ValueError for anything else."""
+  """A config dict from a name in `released`, a path to a JSON or YAML (`.yaml`/`.yml`) file, a
+  JSON object as a string, or a mapping / ConfigDict (copied). Raises ValueError for anything
+  else."""
   released = released or {}
   if isinstance(config, (str, os.PathLike)):
     text = os.fspath(config)
     if text in released:
       return dict(released[text])
     if os.path.isfile(text):
-      with open(text) as f:
-        config = json.load(f)
+      config = _read_config_file(text)
     elif text.lstrip().startswith("{"):
-      config = json.loads(text)
+      try:
+        config = json.loads(text)
+      except ValueError as e:
+        raise ValueError(f"config string is not a valid JSON object: {e}") from None
     else:
       known = f"a released name ({', '.join(sorted(released))}), " if released else ""
-      raise ValueError(f"config {text!r} is neither {known}a JSON file nor a JSON object")
+      raise ValueError(f"config {text!r} is neither {known}an existing JSON/YAML file nor a JSON "
+                       "object")
   if hasattr(config, "to_dict"):
     config = config.to_dict()
   if not isinstance(config, Mapping):

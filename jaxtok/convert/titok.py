@@ -236,9 +236,30 @@ def _count(flat, pattern):
   return len({m.group(1) for k in flat for m in [re.match(pattern, k)] if m})
 
 
-def infer_config(flat: Mapping[str, np.ndarray], *, image_size: int = 256) -> dict[str, Any]:
+def _image_size(flat: Mapping[str, np.ndarray], patch: int, given: int | None) -> int:
+  """The image size the positional embedding was made for: its rows are grid**2 + 1 (class token),
+  image = grid * patch. `given` (an explicit image_size) must agree; 256 when the tensor is absent
+  (the key check of the conversion then names it)."""
+  pos = flat.get("encoder.positional_embedding")
+  if pos is None:
+    return 256 if given is None else int(given)
+  rows = int(np.shape(pos)[0])
+  grid = int(round((rows - 1) ** 0.5))
+  if grid < 1 or grid * grid != rows - 1:
+    raise ValueError(f"encoder.positional_embedding has {rows} rows; a TiTok encoder has "
+                     f"grid**2 + 1 (patches and the class token)")
+  if given is not None and int(given) != grid * patch:
+    raise ValueError(f"image_size {given} does not match the checkpoint: encoder.positional_embedding "
+                     f"has {rows} rows = {grid}x{grid} patches of {patch} px + 1, i.e. image_size "
+                     f"{grid * patch}")
+  return grid * patch
+
+
+def infer_config(flat: Mapping[str, np.ndarray], *, image_size: int | None = None) -> dict[str, Any]:
   """A jaxtok config read off an official state dict's shapes (see the module docstring for what
-  shapes cannot show). Raises ValueError for a non-TiTok dict or a width outside S/B/L."""
+  shapes cannot show). image_size: read off the positional embedding's rows when None.
+  Raises ValueError for a non-TiTok dict, a width outside S/B/L, or a legacy (proxy-code) dict
+  without its pixel decoder."""
   need = ("latent_tokens", "encoder.patch_embed.weight", "encoder.conv_out.weight",
           "decoder.decoder_embed.weight")
   missing = [k for k in need if k not in flat]
@@ -253,6 +274,16 @@ def infer_config(flat: Mapping[str, np.ndarray], *, image_size: int = 256) -> di
                        f"explicit config with {part}_width/depth/heads")
   legacy = "decoder.ffn.2.weight" in flat
   vae = "quantize.embedding.weight" not in flat
+  if legacy:
+    pixel = ("pixel_quantize.embedding.weight", "pixel_decoder.conv_in.weight",
+             "pixel_decoder.conv_out.weight")
+    absent = [k for k in pixel if k not in flat]
+    if absent:
+      raise ValueError(f"this state dict has the legacy proxy-code head (decoder.ffn.2.weight) but "
+                       f"not its MaskGIT-VQGAN pixel decoder (missing {absent}); the official "
+                       f"legacy TiTok / One-D-Piece files hold both: convert the full checkpoint, or "
+                       f"pass an explicit config")
+  image_size = _image_size(flat, patch, image_size)
   cfg = dict(name="vae" if vae else "titok", image_size=image_size, patch_size=patch,
              encoder_width=enc_w, encoder_depth=_count(flat, r"encoder\.transformer\.(\d+)\."),
              encoder_heads=_HEADS[enc_w], decoder_width=int(dec_w),
@@ -278,8 +309,15 @@ def resolve_config(config: Any, flat: Mapping[str, np.ndarray] | None = None) ->
   """A jaxtok config from: a released name, a JSON file or string, a mapping (jaxtok config, or an
   official one with a "model" key), or None (inferred from `flat`)."""
   from jaxtok import convert
-  return convert.resolve_config(config, flat, released=RELEASED, aliases=ALIASES,
-                                infer=infer_config, from_official=from_official)
+  cfg = convert.resolve_config(config, flat, released=RELEASED, aliases=ALIASES,
+                               infer=infer_config, from_official=from_official)
+  # Every released proxy-code (two-stage) model reshapes the encoder output the legacy way; the
+  # other reshape gives the same shapes, so such a config would convert into a wrong model silently.
+  if cfg.get("decoder_head") == "proxy_codes" and not cfg.get("legacy_reshape", False):
+    raise ValueError("a TiTok config with decoder_head 'proxy_codes' needs legacy_reshape=True: "
+                     "the official two-stage checkpoints (TiTok-S/B/L, One-D-Piece) all use the "
+                     "legacy reshape, and without it the converted model decodes wrong images")
+  return cfg
 
 
 def load(path: str | os.PathLike, config: Any = None):

@@ -69,6 +69,25 @@ def apply_override(config: Any, path: str, text: str, flag: str) -> None:
   node[leaf] = _convert(text, node[leaf], flag)
 
 
+def check_config_files(argv: Sequence[str], names: Sequence[str]) -> None:
+  """SystemExit naming the flag and the path when `--<name>=FILE[:ARG]` (or `--<name> FILE`) names
+  no file: ml_collections would otherwise fail later with "OSError: Failed loading config file
+  config_config"."""
+  argv = list(argv)
+  for i, a in enumerate(argv[1:], 1):
+    for name in names:
+      if a == f"--{name}" and i + 1 < len(argv):
+        value = argv[i + 1]
+      elif a.startswith(f"--{name}="):
+        value = a.split("=", 1)[1]
+      else:
+        continue
+      path = value.split(":", 1)[0]
+      if not os.path.isfile(path):
+        raise SystemExit(f"{argv[0]}: --{name}: config file {path!r} does not exist (expected "
+                         f"FILE.py[:ARG], e.g. configs/titok.py:tiny)")
+
+
 def parse(flag_values: flags.FlagValues, argv: Sequence[str], doc: str | None = None) -> None:
   """Parses argv[1:] into `flag_values` from the defaults, then applies `--<config>.a.b=v` overrides
   to the loaded configs; `--help` prints the flags and exits."""
@@ -78,6 +97,7 @@ def parse(flag_values: flags.FlagValues, argv: Sequence[str], doc: str | None = 
     raise SystemExit(0)
   config_names = [n for n, f in flag_values._flags().items()  # pylint: disable=protected-access
                   if type(f).__name__ == "_ConfigFlag"]
+  check_config_files(argv, config_names)
   rest, overrides = [argv[0]], []
   for a in argv[1:]:
     head = a[2:].split("=", 1)[0] if a.startswith("--") else ""

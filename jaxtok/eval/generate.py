@@ -19,7 +19,10 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+
+from jaxtok.samplers import guidance
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +58,15 @@ def options_from_config(sampling: Any, **overrides: Any) -> Options:
   if "head_steps_lower" in s:
     kw["head_steps_lower"] = s["head_steps_lower"]
   kw.update({k: v for k, v in overrides.items() if v is not None})
+  # The samplers read 0 / None as "the default" (`opts.steps or ...`): an explicit 0 or a negative
+  # count must fail here instead of silently becoming the default.
+  for key in ("steps", "head_steps", "head_steps_lower", "num_tokens"):
+    v = kw.get(key)
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
+      raise ValueError(f"{key} must be an int >= 1 (leave it unset for the config's default), got "
+                       f"{v!r}")
+  if "cfg_scale" in kw:
+    guidance.check_scale(kw["cfg_scale"])
   if kw.get("top_k") in (0,):
     kw["top_k"] = None
   if kw.get("top_p") is not None and float(kw["top_p"]) >= 1.0:

@@ -89,6 +89,27 @@ def load_token_file(path: str, *, flag: str = "--tokens") -> dict:
   return data
 
 
+def check_same_model(data: dict, model_config: dict, path: str, *, flag: str = "--tokens") -> None:
+  """Raises ValueError when a token file records a model config other than `model_config`.
+
+  Token ids mean something only to the model that wrote them: decoding them with another one runs
+  and returns plausible-looking wrong images. Files without a recorded config are not checked.
+  """
+  if "config" not in data:
+    return
+  stored = json.loads(str(data["config"]))
+  current = json.loads(json.dumps(model_config, default=str))
+  if stored == current:
+    return
+  diff = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
+  shown = ", ".join(f"{k}: file {stored.get(k)!r} vs model {current.get(k)!r}" for k in diff[:6])
+  more = f" (and {len(diff) - 6} more)" if len(diff) > 6 else ""
+  written = f" (written with checkpoint {str(data['checkpoint'])!r})" if "checkpoint" in data else ""
+  raise ValueError(f"{flag}: {path!r} holds tokens of another model{written}; its stored config "
+                   f"differs from this tokenizer's in {shown}{more}. Decode it with the model it "
+                   f"was written with (--config / --checkpoint)")
+
+
 def main(argv) -> dict:
   cli.parse(FLAGS, argv, __doc__)
   from jaxtok.eval import checkpoints  # pylint: disable=g-import-not-at-top
@@ -102,6 +123,7 @@ def main(argv) -> dict:
   os.makedirs(FLAGS.output, exist_ok=True)
   if FLAGS.tokens:
     data = load_token_file(FLAGS.tokens)
+    check_same_model(data, info["model_config"], FLAGS.tokens)
     tokens = data["tokens"]
     k = tokenizer.max_tokens
     if tokens.ndim not in (2, 3) or (k is not None and not 1 <= tokens.shape[1] <= k):

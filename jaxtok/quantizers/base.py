@@ -54,6 +54,66 @@ def check_int_array(name: str, x: Any) -> None:
     raise TypeError(f"{name} must have an integer dtype (int32), got {x.dtype}")
 
 
+def is_concrete(x: Any) -> bool:
+  """True when x's values are known now (not a tracer), so value checks can run."""
+  return not isinstance(x, jax.core.Tracer)
+
+
+def _host(x: Any) -> np.ndarray:
+  # A concrete array closed over by a traced function would otherwise be staged into the trace.
+  with jax.ensure_compile_time_eval():
+    return np.asarray(x)
+
+
+def check_finite(name: str, x: Any) -> None:
+  """Raises ValueError naming `name` and the first NaN/inf when a concrete float array has one.
+
+  Nearest-code search on a NaN picks code 0 and every loss becomes NaN, so a silent wrong answer
+  would follow. Under a trace the values are unknown and nothing is checked: there, wrap the caller
+  in `jax.experimental.checkify.checkify(..., errors=checkify.float_checks)` to catch the NaN.
+  """
+  if not is_concrete(x) or not jnp.issubdtype(x.dtype, jnp.floating) or x.size == 0:
+    return
+  v = _host(x)
+  bad = ~np.isfinite(v)
+  if bad.any():
+    where = tuple(int(i) for i in np.argwhere(bad)[0])
+    raise ValueError(f"{name} must be finite, got {int(bad.sum())} NaN/inf value(s) of {v.size}, "
+                     f"the first {v[where]} at index {where}")
+
+
+def check_indices(name: str, indices: Any, size: int) -> None:
+  """Raises ValueError naming `name`, the range [0, size) and the first bad id when a concrete
+  integer array holds an id outside it.
+
+  Under a trace the values are unknown and nothing is checked; the documented behaviour there is
+  each lookup's own (VQ clips to [0, K-1], FSQ takes ids modulo K). To fail instead, call
+  `checkify_indices` inside a function wrapped by `jax.experimental.checkify.checkify`.
+  """
+  if not is_concrete(indices) or indices.size == 0:
+    return
+  v = _host(indices)
+  bad = (v < 0) | (v >= size)
+  if bad.any():
+    where = tuple(int(i) for i in np.argwhere(bad)[0])
+    raise ValueError(f"{name} must be ids in [0, {size}) (codebook size {size}), got "
+                     f"{int(v[where])} at index {where}")
+
+
+def checkify_indices(name: str, indices: jax.Array, size: int) -> None:
+  """The traced form of `check_indices`: a `checkify.check` that ids lie in [0, size).
+
+  Only valid inside `jax.experimental.checkify.checkify(fn)`; the error names the first bad id:
+    err, out = checkify.checkify(jax.jit(f))(tokens); err.throw()
+  """
+  from jax.experimental import checkify  # pylint: disable=g-import-not-at-top
+  flat = jnp.ravel(indices)
+  bad = (flat < 0) | (flat >= size)
+  first = jnp.argmax(bad)
+  checkify.check(~jnp.any(bad), f"{name} must be ids in [0, {size}) (codebook size {size}), got "
+                 "{value} at flat index {index}", value=flat[first], index=first)
+
+
 def check_positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
   """Returns `value` as an int, or raises naming `name` unless it is an integer >= `minimum`."""
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)):

@@ -121,6 +121,7 @@ def quantize(z: jax.Array, *, rng: jax.Array | None = None, train: bool = False,
     ValueError: if `train` and no `rng` is given.
   """
   base.check_float_array("z", z)
+  base.check_finite("z", z)
   if z.shape[-1] < 1:
     raise ValueError(f"z must have at least one bit on the last axis, got shape {tuple(z.shape)}")
   if not isinstance(train, (bool, np.bool_)):

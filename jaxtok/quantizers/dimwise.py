@@ -271,6 +271,7 @@ def quantize(z: jax.Array, spec: DimwiseSpec, *, rng: jax.Array | None = None,
   del rng, train
   d, _ = check_spec(spec)
   base.check_float_array("z", z, last_dim=d)
+  base.check_finite("z", z)
   return _quantize(z, spec)
 
 

@@ -170,6 +170,7 @@ def quantize(z: jax.Array, levels: Sequence[int], *, symmetric: bool = False,
   """
   levels = check_levels(levels, symmetric=symmetric)
   base.check_float_array("z", z, min_rank=1, last_dim=len(levels))
+  base.check_finite("z", z)
   del rng, train
   x = z.astype(jnp.float32)
   if symmetric:
@@ -226,9 +227,12 @@ def indices_to_codes(indices: jax.Array, levels: Sequence[int], *,
                      symmetric: bool = False) -> jax.Array:
   """Codes of mixed-radix indices: [...] int -> [..., D] float32 (bitwise equal to `quantize` codes).
 
-  Indices outside [0, K) are taken modulo K (they cannot be detected under jit).
+  Concrete indices outside [0, K) raise ValueError; under jit they cannot be seen and are taken
+  modulo K (`base.checkify_indices` turns that into a checkify error).
   """
   levels = check_levels(levels, symmetric=symmetric)
+  base.check_int_array("indices", indices)
+  base.check_indices("indices", indices, math.prod(levels))
   digits = indices_to_digits(indices, levels)
   return _digits_to_codes(digits.astype(jnp.float32), levels, symmetric)
 

@@ -148,6 +148,7 @@ def quantize(z: jax.Array, *, inv_temperature: float = 100.0, entropy_weight: fl
     per bit, see `fsq.grid_usage_metrics`).
   """
   base.check_float_array("z", z, min_rank=1)
+  base.check_finite("z", z)
   d = z.shape[-1]
   _check_dim(d, "z's last dimension D (bits per code)")
   _check_number("inv_temperature", inv_temperature, minimum=0.0, exclusive=True)

@@ -140,6 +140,7 @@ def rvq_quantize(z: jax.Array, states: Sequence[vq.VQState], *, rng: jax.Array |
   """
   states, d = _check_states(states)
   base.check_float_array("z", z, min_rank=1, last_dim=d)
+  base.check_finite("z", z)
   applied = _check_dropout(len(states), train=train, dropout=dropout, dropout_start=dropout_start,
                            rng=rng)
   for name in ("rng", "train"):
@@ -198,6 +199,7 @@ def rvq_residuals(z: jax.Array, indices: jax.Array, states: Sequence[vq.VQState]
   (gradient stopped). Feed level i's EMA / k-means / dead-code updates with (r_i, indices[..., i])."""
   states, d = _check_states(states)
   base.check_float_array("z", z, min_rank=1, last_dim=d)
+  base.check_finite("z", z)
   _check_level_indices(indices, len(states))
   if tuple(indices.shape[:-1]) != tuple(z.shape[:-1]):
     raise ValueError(f"indices must have shape {tuple(z.shape[:-1]) + (len(states),)} (z's shape "
@@ -261,6 +263,7 @@ def rfsq_quantize(z: jax.Array, levels: Sequence[int], num_quantizers: int, *,
   levels = fsq.check_levels(levels, symmetric=True)
   q_count = base.check_positive_int("num_quantizers", num_quantizers)
   base.check_float_array("z", z, min_rank=1, last_dim=len(levels))
+  base.check_finite("z", z)
   applied = _check_dropout(q_count, train=train, dropout=dropout, dropout_start=dropout_start,
                            rng=rng)
 

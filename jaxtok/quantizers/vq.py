@@ -274,6 +274,7 @@ def quantize(z: jax.Array, state: VQState, *, rng: jax.Array | None = None, trai
   """
   k, d = _check_state(state)
   base.check_float_array("z", z, min_rank=1, last_dim=d)
+  base.check_finite("z", z)
   for name, value in (("beta", beta), ("codebook_weight", codebook_weight),
                       ("entropy_weight", entropy_weight), ("entropy_gamma", entropy_gamma)):
     _check_number(name, value, minimum=0.0)
@@ -323,11 +324,13 @@ def _quantize(z, codebook, beta, codebook_weight, entropy_weight, entropy_temper
 def indices_to_codes(indices: jax.Array, state: VQState, *, cosine: bool = False) -> jax.Array:
   """Codes of integer indices: [...] -> [...] + [D] float32.
 
-  Indices outside [0, K) cannot be detected under jit; they are clipped to the nearest valid index.
+  Concrete indices outside [0, K) raise ValueError; under jit they cannot be seen and are clipped to
+  the nearest valid index (`base.checkify_indices` turns that into a checkify error).
   With `cosine` the codes are l2-normalised, as `quantize(..., cosine=True)` returns them.
   """
   _check_state(state)
   base.check_int_array("indices", indices)
+  base.check_indices("indices", indices, state.codebook.shape[0])
   codebook = state.codebook.astype(jnp.float32)
   if cosine:
     codebook = search.l2_normalize(codebook)

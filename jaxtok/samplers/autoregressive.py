@@ -72,6 +72,7 @@ def sample(rng, prefill_fn, step_fn, cache, prompt_tokens, *, num_tokens, temper
   temperature >= 0 (0 = greedy), top_k in [1, V], top_p in (0, 1].
   """
   _check(num_tokens, lengths, uncond_prompt_tokens, prompt_tokens, cfg_schedule)
+  guidance.check_scale(cfg_scale)
   b, p = prompt_tokens.shape
   guided = uncond_prompt_tokens is not None
   draw = _drawer(rng, b, num_tokens, guided, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -104,6 +105,7 @@ def sample_recompute(rng, logits_fn, prompt_tokens, *, num_tokens, temperature=1
   ``length`` given ``seq[:, :length]`` (later entries are padding). All N steps run (a scan).
   """
   _check(num_tokens, lengths, uncond_prompt_tokens, prompt_tokens, cfg_schedule)
+  guidance.check_scale(cfg_scale)
   b, p = prompt_tokens.shape
   guided = uncond_prompt_tokens is not None
   draw = _drawer(rng, b, num_tokens, guided, temperature=temperature, top_k=top_k, top_p=top_p,

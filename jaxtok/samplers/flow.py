@@ -68,6 +68,7 @@ def sample(velocity_fn, x0, cond=None, *, steps, method="euler", shift=1.0, unco
   APG defaults are FlexTok's release values (eta 0, threshold 2.5, momentum -0.5).
   """
   _check(steps, method, shift, guidance, uncond)
+  G.check_scale(cfg_scale)
   x0 = jnp.asarray(x0, jnp.float32)
 
   def velocity(x, t, avg):

@@ -10,10 +10,24 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def _f32(x):
   return jnp.asarray(x, jnp.float32)
+
+
+def check_scale(scale, name="cfg_scale"):
+  """Raises ValueError naming `name` unless a concrete scale is finite (NaN/inf would turn every
+  guided output into NaN without an error). A traced scale is not checked: under jit, wrap the
+  sampler in `jax.experimental.checkify.checkify` and `checkify.check(jnp.isfinite(scale), ...)`
+  before the call, or pass the scale as a Python float (it is then concrete here)."""
+  if isinstance(scale, jax.core.Tracer):
+    return
+  with jax.ensure_compile_time_eval():
+    value = np.asarray(scale, np.float64)
+  if not np.all(np.isfinite(value)):
+    raise ValueError(f"{name} must be a finite number, got {scale!r}")
 
 
 def cfg_uncond_base(cond, uncond, scale):
@@ -22,18 +36,21 @@ def cfg_uncond_base(cond, uncond, scale):
   Evaluated as ``c + (s - 1)(c - u)``: the same number, but exactly ``c`` at s = 1, so guidance at
   its neutral scale reproduces the conditional model bit for bit.
   """
+  check_scale(scale)
   c, u = _f32(cond), _f32(uncond)
   return c + (scale - 1.0) * (c - u)
 
 
 def cfg_cond_base(cond, uncond, scale):
   """``c + s (c - u)`` (1d-tokenizer MaskGIT constant/linear, ReCAP). Neutral scale: 0."""
+  check_scale(scale)
   c, u = _f32(cond), _f32(uncond)
   return c + scale * (c - u)
 
 
 def cfg_instella(cond, uncond, scale):
   """``(1 + w) c - w u`` (Instella). Neutral scale: 0."""
+  check_scale(scale)
   c, u = _f32(cond), _f32(uncond)
   return (1.0 + scale) * c - scale * u
 
@@ -69,6 +86,7 @@ def check_schedule(name):
 def scale_at(schedule, scale, r, power=1.0):
   """The guidance scale float32 at progress r (scalar, may be traced) for a named schedule."""
   check_schedule(schedule)
+  check_scale(scale)
   if schedule == "constant":
     return _f32(constant_scale(scale, r))
   if schedule == "linear":
@@ -91,6 +109,7 @@ def apg(cond, uncond, scale, average, *, eta=0.0, norm_threshold=2.5, momentum=-
 
   Returns (guided float32 [B, ...], new average float32 [B, ...]).
   """
+  check_scale(scale)
   c, u = _f32(cond), _f32(uncond)
   axes = tuple(range(1, c.ndim))
   average = (c - u) + momentum * _f32(average)

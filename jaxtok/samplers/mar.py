@@ -68,6 +68,7 @@ def sample(rng, condition_fn, head_fn, *, batch, num_tokens, token_dim, steps, h
     raise ValueError(f"steps must be <= num_tokens={num_tokens}, got {steps}")
   _checks.temperature(temperature)
   guidance.check_schedule(cfg_schedule)
+  guidance.check_scale(cfg_scale)
   hs = _head_steps(head_steps, steps)
   left = schedules.mask_counts("cosine", num_tokens, steps)  # masked after each iteration
   before = np.concatenate([[num_tokens], left[:-1]])

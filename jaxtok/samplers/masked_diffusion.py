@@ -63,6 +63,7 @@ def first_hitting(rng, logits_fn, tokens, *, mask_id, temperature=1.0, top_k=Non
   sample has a mask (at most K calls); call j uses the key ``fold_in(rng, j)``.
   """
   _check(logits_fn, tokens, cond, mask_id, time_conditioned, temperature, top_k, top_p)
+  guidance.check_scale(cfg_scale)
   model = _model(logits_fn, time_conditioned, cond, uncond, cfg_scale, mask_id)
   b, k = tokens.shape
 
@@ -107,6 +108,7 @@ def ancestral(rng, logits_fn, tokens, *, mask_id, steps, schedule="linear", temp
   fraction, equal to MDLM's t for the linear schedule). Returns tokens int32 [B, K].
   """
   _check(logits_fn, tokens, cond, mask_id, time_conditioned, temperature, top_k, top_p)
+  guidance.check_scale(cfg_scale)
   probs = jnp.asarray(unmask_probabilities(schedule, steps))
   levels = jnp.asarray(schedules.get(schedule)(np.arange(steps) / steps), jnp.float32)
   model = _model(logits_fn, time_conditioned, cond, uncond, cfg_scale, mask_id)

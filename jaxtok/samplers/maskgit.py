@@ -63,6 +63,7 @@ def sample(rng, logits_fn, tokens, *, mask_id, steps, schedule="cosine", tempera
   """
   _checks.positive_int("steps", steps)
   guidance.check_schedule(cfg_schedule)
+  guidance.check_scale(cfg_scale)
   b, k = tokens.shape
   if steps > k:
     raise ValueError(f"steps must be <= the number of tokens K={k}, got {steps}")

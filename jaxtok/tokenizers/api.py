@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import importlib
+import math
 from typing import Any, Mapping, NamedTuple
 
 import jax
@@ -23,6 +24,8 @@ import numpy as np
 from flax import nnx
 
 from jaxtok import sharding
+from jaxtok.quantizers import base
+from jaxtok.samplers import guidance
 
 
 class EncodeOutput(NamedTuple):
@@ -100,6 +103,59 @@ def check_num_tokens(num_tokens: Any, max_tokens: int, *, name: str = "num_token
   return int(num_tokens)
 
 
+def vocab_size(model: Any) -> int | None:
+  """Number of discrete token ids of a tokenizer module (None for continuous tokens).
+
+  Read from the module's fields: `quantizer` ("vq" | "fsq" | "vae", TiTok), `fsq_levels` (FSQ, and
+  FlexTok, which has no `quantizer` field), `codebook_size` (VQ, VQGAN).
+  """
+  quantizer = getattr(model, "quantizer", None)
+  levels = getattr(model, "fsq_levels", None)
+  if quantizer == "vae":
+    return None
+  if quantizer == "fsq" or (quantizer is None and levels):
+    return math.prod(int(v) for v in levels)
+  size = getattr(model, "codebook_size", None)
+  return int(size) if size else None
+
+
+def param_shapes(params: Any) -> dict[str, tuple[int, ...]]:
+  """{"decoder/conv_in/kernel": shape, ...} of an nnx.State, its pure dict, or its abstract form.
+
+  The Variable wrapper's `value` attribute is dropped from the path, so a State and the pure dict
+  of the same parameters give the same keys.
+  """
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    names = []
+    for k in path:
+      name = getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))
+      if isinstance(k, jax.tree_util.GetAttrKey) and name in ("value", "raw_value"):
+        continue
+      names.append(str(name))
+    out["/".join(names)] = tuple(getattr(leaf, "shape", ()))
+  return out
+
+
+def check_params(params: Any, expected: Mapping[str, tuple[int, ...]], *, name: str = "params") -> None:
+  """Raises ValueError naming the first parameter path whose presence or shape differs from
+  `expected` (`param_shapes` of the tokenizer's abstract parameters): parameters of another config
+  would otherwise run and return wrong images, or fail deep inside the model."""
+  got = param_shapes(params)
+  if got == expected:
+    return
+  for path in sorted(set(got) | set(expected)):
+    if path not in got:
+      raise ValueError(f"{name} do not match this tokenizer's config: {path!r} is missing "
+                       f"(expected shape {expected[path]}); were they made for another config?")
+    if path not in expected:
+      raise ValueError(f"{name} do not match this tokenizer's config: unexpected {path!r} "
+                       f"(shape {got[path]}); were they made for another config?")
+    if got[path] != expected[path]:
+      raise ValueError(f"{name} do not match this tokenizer's config: {path!r} has shape "
+                       f"{got[path]}, expected {expected[path]}; were they made for another config?")
+
+
 def as_dict(config: Any) -> dict[str, Any]:
   """A plain dict of a ml_collections.ConfigDict or Mapping."""
   if hasattr(config, "to_dict"):
@@ -129,11 +185,17 @@ def model_module(name: str):
 class Tokenizer:
   """A tokenizer as pure functions of its parameters.
 
+  The public functions check their concrete arguments before compiling: images (`check_images`),
+  token ids in [0, vocab_size), `num_tokens`, and that `params` have this config's paths and shapes
+  (`check_params`). Inside your own jit use the jitted bodies through `model(params)` and
+  `base.checkify_indices` for token ids (out-of-range ids are otherwise clipped or wrapped).
+
   Attributes:
     config: the plain-dict config it was built from.
     graphdef: the nnx GraphDef (static).
     image_size: input side length the model expects (None if the model does not say).
     max_tokens: K, the most tokens encode returns (None if the model does not say).
+    vocab_size: number of token ids (None for continuous tokens).
     trace_counts: Counter of how many times each jitted function was traced (for tests/debugging).
   """
 
@@ -147,6 +209,8 @@ class Tokenizer:
     self.image_size = getattr(abstract_model, "image_size", None)
     self.max_tokens = getattr(abstract_model, "num_latent_tokens",
                               getattr(abstract_model, "num_tokens", None))
+    self.vocab_size = vocab_size(abstract_model)
+    self._param_shapes = param_shapes(self._abstract)
     self.trace_counts: collections.Counter = collections.Counter()
     self._jit_encode = jax.jit(self._encode, static_argnames=("num_tokens",))
     self._jit_decode = jax.jit(self._decode, static_argnames=("options",))
@@ -196,7 +260,8 @@ class Tokenizer:
 
   # ---- public functions
 
-  def _check(self, images, num_tokens):
+  def _check(self, params, images, num_tokens):
+    check_params(params, self._param_shapes)
     check_images(images, self.image_size)
     if self.max_tokens is not None:
       return check_num_tokens(num_tokens, self.max_tokens)
@@ -205,27 +270,37 @@ class Tokenizer:
   def encode(self, params: nnx.State, images: jax.Array, num_tokens: int | None = None,
              rng: jax.Array | None = None) -> EncodeOutput:
     """images float [B, H, W, 3] in [0, 1] -> EncodeOutput with K' = num_tokens (default K) tokens."""
-    num_tokens = self._check(images, num_tokens)
+    num_tokens = self._check(params, images, num_tokens)
     return self._jit_encode(params, images, rng, num_tokens=num_tokens)
 
   def decode(self, params: nnx.State, tokens: jax.Array, rng: jax.Array | None = None,
              **kw: Any) -> jax.Array:
     """tokens [B, K'] int32 (or [B, K', D] float) -> images [B, H, W, 3] float32.
 
-    Extra keyword options go to the model's decode as static (hashable) arguments.
+    Extra keyword options go to the model's decode as static (hashable) arguments; `num_tokens`
+    (decode only the first num_tokens of the K' given) must be an int in [1, K'].
     """
+    check_params(params, self._param_shapes)
     if not hasattr(tokens, "shape") or tokens.ndim not in (2, 3):
       raise ValueError(f"tokens must be an array [B, K'] or [B, K', D], got "
                        f"{getattr(tokens, 'shape', type(tokens).__name__)}")
     if self.max_tokens is not None and not 1 <= tokens.shape[1] <= self.max_tokens:
       raise ValueError(f"tokens must hold between 1 and {self.max_tokens} tokens per image, got "
                        f"shape {tuple(tokens.shape)}")
+    if jnp.issubdtype(tokens.dtype, jnp.integer) and self.vocab_size is not None:
+      base.check_indices("tokens", tokens, self.vocab_size)
+    elif jnp.issubdtype(tokens.dtype, jnp.floating):
+      base.check_finite("tokens", tokens)
+    if kw.get("num_tokens") is not None:
+      check_num_tokens(kw["num_tokens"], tokens.shape[1])
+    if "cfg_scale" in kw:  # FlexTok's guided flow decoder
+      guidance.check_scale(kw["cfg_scale"])
     return self._jit_decode(params, tokens, rng, options=tuple(sorted(kw.items())))
 
   def reconstruct(self, params: nnx.State, images: jax.Array, num_tokens: int | None = None,
                   rng: jax.Array | None = None) -> jax.Array:
     """decode(encode(images, num_tokens)) in one compiled function: [B, H, W, 3] float32."""
-    num_tokens = self._check(images, num_tokens)
+    num_tokens = self._check(params, images, num_tokens)
     return self._jit_reconstruct(params, images, rng, num_tokens=num_tokens)
 
   def model(self, params: nnx.State) -> nnx.Module:

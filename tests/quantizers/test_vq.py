@@ -141,8 +141,11 @@ def test_indices_to_codes_round_trip_and_clip():
     out = vq.quantize(z, state, cosine=cosine)
     np.testing.assert_allclose(vq.indices_to_codes(out.indices, state, cosine=cosine), out.codes,
                                rtol=1e-6, atol=1e-7)
-  np.testing.assert_array_equal(vq.indices_to_codes(jnp.array([-3, 8, 100]), state),
-                                state.codebook[jnp.array([0, 7, 7])])
+  # Concrete ids outside [0, K) are refused; under jit they cannot be seen and clip (documented).
+  with pytest.raises(ValueError, match=r"indices must be ids in \[0, 8\).*got -3 at index \(0,\)"):
+    vq.indices_to_codes(jnp.array([-3, 8, 100]), state)
+  jitted = jax.jit(lambda i: vq.indices_to_codes(i, state))
+  np.testing.assert_array_equal(jitted(jnp.array([-3, 8, 100])), state.codebook[jnp.array([0, 7, 7])])
 
 
 # --------------------------------------------------------------------------------------- estimators

@@ -155,14 +155,19 @@ def test_decoder_ignores_dropped_slots_and_null_ignores_all():
 def test_euler_sampler_integrates_known_fields_exactly():
   x1 = jax.random.normal(jax.random.key(0), (2, 3))
   for steps in (1, 4, 7):
+    # Each float32 Euler step rounds one product v dt and one difference, both of magnitude
+    # <= max|x| + max|v| <= max|x1| + 1 here, each to within u = eps/2 relative; the float64
+    # reference is exact to that precision: |error| <= 2 steps u (max|x1| + 1) = steps eps (...).
+    tol = steps * np.finfo(np.float32).eps * (float(jnp.max(jnp.abs(x1))) + 1.0)
+    ref = np.asarray(x1, np.float64)
     const = F.euler_sample(lambda x, t: jnp.full_like(x, 0.5), x1, steps)
-    np.testing.assert_allclose(const, x1 - 0.5, atol=1e-6)
+    np.testing.assert_allclose(const, ref - 0.5, rtol=0, atol=tol)
     # v = t: x0 = x1 - sum_{i=1..T} (i/T) / T = x1 - (T + 1) / (2T).
     lin_t = F.euler_sample(lambda x, t: jnp.full_like(x, t), x1, steps)
-    np.testing.assert_allclose(lin_t, x1 - (steps + 1) / (2 * steps), atol=1e-6)
+    np.testing.assert_allclose(lin_t, ref - (steps + 1) / (2 * steps), rtol=0, atol=tol)
     # v = x: x0 = x1 (1 - 1/T)^T.
     lin_x = F.euler_sample(lambda x, t: x, x1, steps)
-    np.testing.assert_allclose(lin_x, x1 * (1 - 1 / steps) ** steps, atol=1e-6)
+    np.testing.assert_allclose(lin_x, ref * (1 - 1 / steps) ** steps, rtol=0, atol=tol)
   # A straight path x_t = t n + (1 - t) x0 has constant velocity n - x0: Euler recovers x0 exactly.
   x0 = jax.random.normal(jax.random.key(1), (2, 3))
   np.testing.assert_allclose(F.euler_sample(lambda x, t: x1 - x0, x1, 5), x0, atol=1e-5)
