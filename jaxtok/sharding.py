@@ -8,11 +8,16 @@ to place each variable on a mesh at creation) is switched off when this module i
 are derived from the metadata with `state_shardings` and applied by `jax.jit(..., out_shardings=...)`.
 
 Weight axes: embed, mlp, heads, kv, vocab, codebook, conv_in, conv_out, layers, patch.
-Activation axes: act_batch, act_seq, act_embed, act_heads, act_vocab.
+Activation axes: act_batch, act_seq, act_embed, act_heads, act_vocab. Models pin their activations
+with `constrain(x, names)`; it acts only under a mesh (`jax.set_mesh`) with Auto axes, using the
+rules of the innermost `activation_rules(...)` block (DEFAULT_RULES outside one), and is the
+identity otherwise, so the same model runs unsharded, in tests, and on any mesh.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import contextlib
+import contextvars
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -100,16 +105,51 @@ def state_shardings(state: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] = D
   specs = nnx.get_partition_spec(state)
 
   def to_sharding(leaf_spec, leaf):
-    shape = getattr(leaf, "shape", ())
     spec = logical_to_mesh(leaf_spec if isinstance(leaf_spec, P) else P(), rules, mesh)
-    fixed = []
-    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
-      group = (axes,) if isinstance(axes, str) else tuple(axes or ())
-      size = int(np.prod([mesh.shape[a] for a in group])) if group else 1
-      fixed.append(axes if size > 1 and dim % size == 0 else None)
-    return NamedSharding(mesh, P(*fixed))
+    return NamedSharding(mesh, _fit(spec, getattr(leaf, "shape", ()), mesh))
 
   return jax.tree.map(to_sharding, specs, state, is_leaf=lambda x: isinstance(x, P))
+
+
+def _fit(spec: P, shape: Sequence[int], mesh: Any) -> P:
+  """spec with every dimension that its mesh axes do not divide (or that they leave whole) replicated."""
+  fixed = []
+  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    group = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    size = int(np.prod([mesh.shape[a] for a in group])) if group else 1
+    fixed.append(axes if size > 1 and dim % size == 0 else None)
+  return P(*fixed)
+
+
+_ACTIVATION_RULES: contextvars.ContextVar = contextvars.ContextVar("activation_rules",
+                                                                  default=DEFAULT_RULES)
+
+
+@contextlib.contextmanager
+def activation_rules(rules: Sequence[tuple[str, Any]]) -> Iterator[None]:
+  """Within the block, `constrain` maps activation names with `rules`.
+
+  The rules are read when a function is traced, and jax.jit reuses its traces: enter the block
+  before a jitted function's first call (or jit a fresh function inside it).
+  """
+  token = _ACTIVATION_RULES.set(tuple((n, tuple(a) if isinstance(a, list) else a) for n, a in rules))
+  try:
+    yield
+  finally:
+    _ACTIVATION_RULES.reset(token)
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+  """x pinned to the layout of its logical activation axes (one name per dim, e.g. act_batch).
+
+  The identity without a mesh in context or when the mesh has non-Auto (Explicit/Manual) axes, whose
+  layout is already part of the array's type. Dimensions the mesh axes do not divide stay replicated.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or any(t != jax.sharding.AxisType.Auto for t in mesh.axis_types):
+    return x
+  spec = _fit(logical_to_mesh(names, _ACTIVATION_RULES.get(), mesh), x.shape, mesh)
+  return jax.lax.with_sharding_constraint(x, spec)
 
 
 def batch_sharding(mesh: Mesh, ndim: int, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> NamedSharding:

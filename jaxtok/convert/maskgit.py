@@ -7,7 +7,8 @@ kernel [I, O]; LayerNorm weight -> scale):
                                                    word_embeddings / position_embeddings /
                                                    token_type_embeddings .embedding
   embeddings.LayerNorm                             emb_norm
-  encoder.layer.i.attention.self.{query,key,value} layers.i.attn.{query,key,value} [W, H, E] (+ _bias [H, E])
+  encoder.layer.i.attention.self.{query,key,value} layers.i.attn.qkv [W, 3, H, E] (+ qkv_bias [3, H, E]),
+                                                   q/k/v fused in that order
   encoder.layer.i.attention.output.dense           layers.i.attn.out [H, E, W] (+ out_bias)
   encoder.layer.i.attention.output.LayerNorm       layers.i.attn_norm
   encoder.layer.i.intermediate.dense / output.dense layers.i.intermediate / output
@@ -16,11 +17,13 @@ kernel [I, O]; LayerNorm weight -> scale):
   embeddings.position_ids / token_type_ids         (index buffers of older transformers; dropped)
 UViTBert (arch "uvit"):
   embeddings.weight / pos_embed [1, N+1, W]        word_embeddings / position_embeddings .embedding
-  {in_blocks.i, mid_block, out_blocks.i}.{norm1, norm2, attn.qkv, attn.proj, skip_linear}   same
+  {in_blocks.i, mid_block, out_blocks.i}.{norm1, norm2, skip_linear}   same
+  ....attn.qkv.weight [3W, W] / attn.proj          ....attn.qkv [W, 3, H, E] / attn.out [H, E, W] (+ out_bias)
   ....mlp.fc1 / mlp.fc2                            ....fc1 / fc2
   norm / lm_head                                   norm / lm_head
 
-Head counts are not in the tensors: they come from the config (RELEASED, transcribed from the
+Head counts are not in the tensors (both layouts need them to split the attention tensors): they
+come from the config (RELEASED, transcribed from the
 official configs, or `from_official` of an official config).
 """
 from __future__ import annotations
@@ -87,7 +90,7 @@ def released(name: str) -> dict[str, Any]:
 
 
 def _bert(flat, heads):
-  out = {}
+  out, parts = {}, {}
   for key, v in flat.items():
     v = np.asarray(v)
     if key in _BUFFERS:
@@ -100,10 +103,9 @@ def _bert(flat, heads):
     if m:
       pre, name, kind = f"layers.{m.group(1)}.", m.group(2), m.group(3)
       qkv = re.fullmatch(r"attention\.self\.(query|key|value)", name)
-      if qkv:
-        tgt = pre + "attn." + qkv.group(1)
-        out[tgt if kind == "weight" else tgt + "_bias"] = (
-            v.T.reshape(v.shape[1], heads, -1) if kind == "weight" else v.reshape(heads, -1))
+      if qkv:  # collected here, fused below
+        parts.setdefault(pre + ("attn.qkv" if kind == "weight" else "attn.qkv_bias"), {})[
+            qkv.group(1)] = v.T.reshape(v.shape[1], heads, -1) if kind == "weight" else v.reshape(heads, -1)
       elif name == "attention.output.dense":
         out[pre + ("attn.out" if kind == "weight" else "attn.out_bias")] = (
             v.T.reshape(heads, -1, v.shape[0]) if kind == "weight" else v)
@@ -126,10 +128,15 @@ def _bert(flat, heads):
       out["lm_head.bias"] = v
     else:
       out[key] = v  # unexpected
+  for name, qkv in parts.items():  # [W, H, E] x 3 -> [W, 3, H, E] (biases [H, E] x 3 -> [3, H, E])
+    if len(qkv) == 3 and len({a.shape for a in qkv.values()}) == 1:
+      out[name] = np.stack([qkv[n] for n in ("query", "key", "value")], axis=-3)
+    else:  # an incomplete or mis-shaped triple: named for the key check to report
+      out.update({f"{name}.{n}": a for n, a in qkv.items()})
   return out
 
 
-def _uvit(flat):
+def _uvit(flat, heads):
   out = {}
   for key, v in flat.items():
     v = np.asarray(v)
@@ -139,6 +146,13 @@ def _uvit(flat):
       out["position_embeddings.embedding"] = v.reshape(-1, v.shape[-1])
     else:
       name = key.replace(".mlp.fc", ".fc")
+      if name.endswith(".attn.qkv.weight"):  # [3W, W] -> [W, 3, H, E]
+        out[name[:-len("weight")].rstrip(".")] = v.T.reshape(v.shape[1], 3, heads, -1)
+        continue
+      if name.endswith(".attn.proj.weight"):  # [W_out, W_in] -> [H, E, W_out]
+        out[name.replace(".proj.weight", ".out")] = v.T.reshape(heads, -1, v.shape[0])
+        continue
+      name = name.replace(".attn.proj.bias", ".attn.out_bias")
       if re.search(r"(^|\.)norm\d?\.weight$", name):
         name = name[:-len("weight")] + "scale"
       elif name.endswith(".weight"):
@@ -151,7 +165,7 @@ def convert(flat: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> dict[s
   """Official ImageBert / UViTBert state dict -> {jaxtok parameter name: array} for `config`."""
   if config.get("arch", "bert") == "bert":
     return _bert(flat, int(config["heads"]))
-  return _uvit(flat)
+  return _uvit(flat, int(config["heads"]))
 
 
 def infer_config(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:

@@ -15,7 +15,8 @@ Key map (official -> jaxtok; P = encoder./decoder.; Linear weights [O, I] -> ker
   P transformer.i.attn.in_proj_weight [3W, W]        P transformer.blocks.i.attn.qkv [W, 3, H, E]
   P transformer.i.attn.in_proj_bias [3W]             ... attn.qkv_bias [3, H, E]
   P transformer.i.attn.out_proj.weight [W, W]        ... attn.out [H, E, W]   (+ .bias -> out_bias)
-  P transformer.i.{ln_1, ln_2, mlp.c_fc, mlp.c_proj} ... blocks.i.<same>
+  P transformer.i.{ln_1, ln_2}                      ... blocks.i.{norm1, norm2}
+  P transformer.i.mlp.{c_fc, c_proj}                 ... blocks.i.mlp.{up, down}
   encoder.patch_embed.weight [W, 3, p, p]            encoder.patch_embed.kernel [p*p*3, W]
   encoder.conv_out (1x1 conv)                        encoder.conv_out (dense)
   decoder.decoder_embed                              decoder.decoder_embed
@@ -164,6 +165,9 @@ def _split(v, shape):
   return v.reshape(shape) if v.size % known == 0 else v
 
 
+_BLOCK_NAMES = {"ln_1": "norm1", "ln_2": "norm2", "mlp.c_fc": "mlp.up", "mlp.c_proj": "mlp.down"}
+
+
 def _vit(flat: Mapping[str, np.ndarray], p: str, heads: int) -> dict[str, np.ndarray]:
   """The ViT tensors under prefix p ("encoder." / "decoder.") as jaxtok names."""
   out = {}
@@ -186,12 +190,16 @@ def _vit(flat: Mapping[str, np.ndarray], p: str, heads: int) -> dict[str, np.nda
         out[blk + "attn.out"] = _split(v.T, (heads, -1, v.shape[0]))
       elif name == "attn.out_proj.bias":
         out[blk + "attn.out_bias"] = v
-      elif re.fullmatch(r"ln_[12]\.weight", name):
-        out[blk + name[:-len("weight")] + "scale"] = v
-      elif re.fullmatch(r"mlp\.c_(fc|proj)\.weight", name):
-        out[blk + name[:-len("weight")] + "kernel"] = v.T
       else:
-        out[blk + name] = v  # biases (and anything unknown, reported by the shape check)
+        # ln_1/ln_2 -> norm1/norm2 (weight -> scale), mlp.c_fc/c_proj -> mlp.up/down (Linear
+        # weights transposed); anything unknown keeps its name for the shape check to report.
+        module, _, kind = name.rpartition(".")
+        module = _BLOCK_NAMES.get(module, module)
+        if kind == "weight" and module.startswith("mlp."):
+          kind, v = "kernel", v.T
+        elif kind == "weight" and module.startswith("norm"):
+          kind = "scale"
+        out[f"{blk}{module}.{kind}"] = v
       continue
     if re.fullmatch(r"ln_(pre|post)\.weight", rest):
       out[f"{p}{rest[:-len('weight')]}scale"] = v

@@ -25,7 +25,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxtok.generators.transformer import Transformer
+from jaxtok.generators.trunk import TokenTrunk
+from jaxtok.nn.options import model_kwargs
+
+
+FIELDS = ("codebook_size", "seq_len", "num_classes", "width", "depth", "heads", "mlp_ratio",
+          "class_dropout")
 
 
 class MaskGITTransformer(nnx.Module):
@@ -33,7 +38,8 @@ class MaskGITTransformer(nnx.Module):
 
   def __init__(self, *, codebook_size: int, seq_len: int, num_classes: int = 0, width: int = 768,
                depth: int = 12, heads: int = 12, mlp_ratio: float = 4.0, class_dropout: float = 0.1,
-               dtype=jnp.float32, rngs: nnx.Rngs):
+               dtype=jnp.float32, remat="none", scan_layers: bool = False, attention_impl=None,
+               rngs: nnx.Rngs):
     if codebook_size < 2:
       raise ValueError(f"codebook_size must be >= 2, got {codebook_size}")
     if seq_len < 1:
@@ -42,9 +48,10 @@ class MaskGITTransformer(nnx.Module):
       raise ValueError(f"class_dropout must be in [0, 1), got {class_dropout}")
     self.codebook_size, self.seq_len, self.num_classes = codebook_size, seq_len, num_classes
     self.class_dropout = class_dropout
-    self.net = Transformer(input_vocab=codebook_size + num_classes + 2, output_vocab=codebook_size,
-                           width=width, depth=depth, heads=heads, mlp_ratio=mlp_ratio, causal=False,
-                           dtype=dtype, rngs=rngs)
+    self.net = TokenTrunk(input_vocab=codebook_size + num_classes + 2, output_vocab=codebook_size,
+                          width=width, depth=depth, heads=heads, mlp_ratio=mlp_ratio, causal=False,
+                          dtype=dtype, remat=remat, scan_layers=scan_layers,
+                          attention_impl=attention_impl, rngs=rngs)
 
   @property
   def mask_id(self) -> int:
@@ -111,9 +118,6 @@ def loss(model: MaskGITTransformer, tokens: jax.Array, labels, *, rng: jax.Array
 
 
 def make_model(cfg: Mapping, *, rngs: nnx.Rngs) -> MaskGITTransformer:
-  fields = ("codebook_size", "seq_len", "num_classes", "width", "depth", "heads", "mlp_ratio",
-            "class_dropout")
-  kwargs = {k: cfg[k] for k in fields if k in cfg}
-  if cfg.get("dtype", "float32") == "bfloat16":
-    kwargs["dtype"] = jnp.bfloat16
-  return MaskGITTransformer(**kwargs, rngs=rngs)
+  """A MaskGITTransformer from its constructor's fields plus `nn.options.COMMON` and `name`; any other
+  key raises ValueError."""
+  return MaskGITTransformer(**model_kwargs(cfg, FIELDS, model="maskgit"), rngs=rngs)

@@ -23,7 +23,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxtok.generators.transformer import LayerCache, Transformer
+from jaxtok.generators.trunk import TokenTrunk
+from jaxtok.nn.options import model_kwargs
+
+
+FIELDS = ("codebook_size", "seq_len", "num_classes", "width", "depth", "heads", "mlp_ratio",
+          "class_dropout")
 
 
 class GPT(nnx.Module):
@@ -31,7 +36,8 @@ class GPT(nnx.Module):
 
   def __init__(self, *, codebook_size: int, seq_len: int, num_classes: int = 0, width: int = 768,
                depth: int = 12, heads: int = 12, mlp_ratio: float = 4.0, class_dropout: float = 0.1,
-               dtype=jnp.float32, rngs: nnx.Rngs):
+               dtype=jnp.float32, remat="none", scan_layers: bool = False, attention_impl=None,
+               rngs: nnx.Rngs):
     if codebook_size < 2:
       raise ValueError(f"codebook_size must be >= 2, got {codebook_size}")
     if seq_len < 1:
@@ -42,9 +48,10 @@ class GPT(nnx.Module):
       raise ValueError(f"class_dropout must be in [0, 1), got {class_dropout}")
     self.codebook_size, self.seq_len, self.num_classes = codebook_size, seq_len, num_classes
     self.class_dropout = class_dropout
-    self.net = Transformer(input_vocab=codebook_size + num_classes + 1, output_vocab=codebook_size,
-                           width=width, depth=depth, heads=heads, mlp_ratio=mlp_ratio, causal=True,
-                           dtype=dtype, rngs=rngs)
+    self.net = TokenTrunk(input_vocab=codebook_size + num_classes + 1, output_vocab=codebook_size,
+                          width=width, depth=depth, heads=heads, mlp_ratio=mlp_ratio, causal=True,
+                          dtype=dtype, remat=remat, scan_layers=scan_layers,
+                          attention_impl=attention_impl, rngs=rngs)
 
   @property
   def null_id(self) -> int:
@@ -73,7 +80,7 @@ class GPT(nnx.Module):
     ids = jnp.concatenate([cond[:, None], tokens[:, :-1].astype(jnp.int32)], axis=1)
     return self.net(ids)
 
-  def init_cache(self, batch: int, dtype=None) -> tuple[LayerCache, ...]:
+  def init_cache(self, batch: int, dtype=None):
     """A cache with seq_len slots per layer (condition + N - 1 tokens)."""
     return self.net.init_cache(batch, self.seq_len, dtype)
 
@@ -104,10 +111,6 @@ def loss(model: GPT, tokens: jax.Array, labels: jax.Array | None, *, rng: jax.Ar
 
 
 def make_model(cfg: Mapping, *, rngs: nnx.Rngs) -> GPT:
-  """Builds a GPT from a config mapping of the constructor's fields (extra keys such as name ignored)."""
-  fields = ("codebook_size", "seq_len", "num_classes", "width", "depth", "heads", "mlp_ratio",
-            "class_dropout")
-  kwargs = {k: cfg[k] for k in fields if k in cfg}
-  if cfg.get("dtype", "float32") == "bfloat16":
-    kwargs["dtype"] = jnp.bfloat16
-  return GPT(**kwargs, rngs=rngs)
+  """A GPT from a config of the constructor's fields plus `nn.options.COMMON` (dtype, remat,
+  scan_layers, attention_impl) and `name`; any other key raises ValueError."""
+  return GPT(**model_kwargs(cfg, FIELDS, model="gpt"), rngs=rngs)

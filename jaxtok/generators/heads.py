@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxtok.generators.transformer import Transformer
+from jaxtok.generators.trunk import TokenTrunk
 from jaxtok.sharding import logical_init
 
 _INIT = nnx.initializers.xavier_uniform()
@@ -125,8 +125,8 @@ class DimwiseARHead(nnx.Module):
       raise ValueError(f"order must be a permutation of range({num_channels}), got {order}")
     self.num_channels, self.levels, self.order = num_channels, levels, order
     self.cond_proj = nnx.Linear(cond_dim, width, kernel_init=logical_init(_INIT, None, "embed"), rngs=rngs)
-    self.net = Transformer(input_vocab=num_channels * levels, output_vocab=num_channels * levels,
-                           width=width, depth=depth, heads=heads, causal=True, rngs=rngs)
+    self.net = TokenTrunk(input_vocab=num_channels * levels, output_vocab=num_channels * levels,
+                          width=width, depth=depth, heads=heads, causal=True, rngs=rngs)
 
   def _inputs(self, z, ordered_tokens):
     """Embedded sequence [N, D, W]: projected condition, then tokens of channels 0..D-2 (in order)."""

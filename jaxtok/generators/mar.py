@@ -21,8 +21,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxtok.generators.heads import FlowHead, flow_loss_per_row
-from jaxtok.generators.transformer import Transformer
+from jaxtok.generators.trunk import TokenTrunk
+from jaxtok.nn.options import model_kwargs
 from jaxtok.sharding import logical_init
+
+
+FIELDS = ("token_dim", "seq_len", "num_classes", "width", "depth", "heads", "head_width",
+          "head_depth", "class_dropout")
 
 
 class MAR(nnx.Module):
@@ -30,7 +35,8 @@ class MAR(nnx.Module):
 
   def __init__(self, *, token_dim: int, seq_len: int, num_classes: int = 0, width: int = 768,
                depth: int = 12, heads: int = 12, head_width: int = 1024, head_depth: int = 3,
-               class_dropout: float = 0.1, dtype=jnp.float32, rngs: nnx.Rngs):
+               class_dropout: float = 0.1, dtype=jnp.float32, remat="none",
+               scan_layers: bool = False, attention_impl=None, rngs: nnx.Rngs):
     if token_dim < 1 or seq_len < 1:
       raise ValueError(f"token_dim and seq_len must be >= 1, got {token_dim} and {seq_len}")
     if not 0.0 <= class_dropout < 1.0:
@@ -42,8 +48,9 @@ class MAR(nnx.Module):
     self.mask_embedding = nnx.Param(logical_init(init, "embed")(rngs.params(), (width,)))
     self.pos_embedding = nnx.Param(logical_init(init, None, "embed")(rngs.params(), (seq_len + 1, width)))
     # Output "vocabulary" = the condition width: the transformer's head is the projection to z.
-    self.net = Transformer(input_vocab=num_classes + 1, output_vocab=width, width=width, depth=depth,
-                           heads=heads, causal=False, dtype=dtype, rngs=rngs)
+    self.net = TokenTrunk(input_vocab=num_classes + 1, output_vocab=width, width=width, depth=depth,
+                          heads=heads, causal=False, dtype=dtype, remat=remat,
+                          scan_layers=scan_layers, attention_impl=attention_impl, rngs=rngs)
     self.head = FlowHead(token_dim=token_dim, cond_dim=width, width=head_width, depth=head_depth,
                          rngs=rngs)
 
@@ -99,9 +106,6 @@ def loss(model: MAR, tokens: jax.Array, labels, *, rng: jax.Array, batch_mul: in
 
 
 def make_model(cfg: Mapping, *, rngs: nnx.Rngs) -> MAR:
-  fields = ("token_dim", "seq_len", "num_classes", "width", "depth", "heads", "head_width",
-            "head_depth", "class_dropout")
-  kwargs = {k: cfg[k] for k in fields if k in cfg}
-  if cfg.get("dtype", "float32") == "bfloat16":
-    kwargs["dtype"] = jnp.bfloat16
-  return MAR(**kwargs, rngs=rngs)
+  """A MAR from its constructor's fields plus `nn.options.COMMON` and `name`; any other key raises
+  ValueError."""
+  return MAR(**model_kwargs(cfg, FIELDS, model="mar"), rngs=rngs)

@@ -30,9 +30,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxtok.generators.bert import MaskGITTransformer
-from jaxtok.nn.attention import MultiHeadAttention, dot_product_attention
+from jaxtok.nn.attention import Attention
+from jaxtok.nn.dense import Dense
 from jaxtok.nn.embeddings import LearnedEmbedding, trunc_normal
-from jaxtok.nn.transformer import Dense, LayerNorm
+from jaxtok.nn.norm import Norm
 
 ARCHS = ("bert", "uvit")
 
@@ -41,33 +42,15 @@ class BertLayer(nnx.Module):
   """Post-LN BERT layer [B, T, W] -> [B, T, W]."""
 
   def __init__(self, width, heads, intermediate, *, eps, dtype, rngs):
-    self.attn = MultiHeadAttention(width, heads, fused_qkv=False, dtype=dtype,
-                                   qkv_init=trunc_normal(0.02), rngs=rngs)
-    self.attn_norm = LayerNorm(width, eps=eps, dtype=dtype, rngs=rngs)
+    self.attn = Attention(width, heads, dtype=dtype, qkv_init=trunc_normal(0.02), rngs=rngs)
+    self.attn_norm = Norm(width, eps=eps, dtype=dtype, rngs=rngs)
     self.intermediate = Dense(width, intermediate, ("embed", "mlp"), dtype=dtype, rngs=rngs)
     self.output = Dense(intermediate, width, ("mlp", "embed"), dtype=dtype, rngs=rngs)
-    self.out_norm = LayerNorm(width, eps=eps, dtype=dtype, rngs=rngs)
+    self.out_norm = Norm(width, eps=eps, dtype=dtype, rngs=rngs)
 
   def __call__(self, x):
     x = self.attn_norm(x + self.attn(x))
     return self.out_norm(x + self.output(jax.nn.gelu(self.intermediate(x), approximate=False)))
-
-
-class UViTAttention(nnx.Module):
-  """Self-attention with a fused qkv [W, 3, H, E] without bias and an output projection with bias."""
-
-  def __init__(self, width, heads, *, dtype, rngs):
-    if width % heads:
-      raise ValueError(f"width must be divisible by heads, got width={width}, heads={heads}")
-    self.heads, self.dtype = heads, dtype
-    self.qkv = Dense(width, 3 * width, ("embed", "heads"), use_bias=False, dtype=dtype, rngs=rngs)
-    self.proj = Dense(width, width, ("heads", "embed"), dtype=dtype, rngs=rngs)
-
-  def __call__(self, x):
-    b, t, w = x.shape
-    qkv = self.qkv(x).reshape(b, t, 3, self.heads, w // self.heads)
-    y = dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
-    return self.proj(y.reshape(b, t, w))
 
 
 class UViTBlock(nnx.Module):
@@ -76,9 +59,9 @@ class UViTBlock(nnx.Module):
   def __init__(self, width, heads, intermediate, *, skip, dtype, rngs):
     self.skip_linear = Dense(2 * width, width, (None, "embed"), dtype=dtype,
                              rngs=rngs) if skip else None
-    self.norm1 = LayerNorm(width, dtype=dtype, rngs=rngs)
-    self.attn = UViTAttention(width, heads, dtype=dtype, rngs=rngs)
-    self.norm2 = LayerNorm(width, dtype=dtype, rngs=rngs)
+    self.norm1 = Norm(width, dtype=dtype, rngs=rngs)
+    self.attn = Attention(width, heads, qkv_bias=False, dtype=dtype, rngs=rngs)
+    self.norm2 = Norm(width, dtype=dtype, rngs=rngs)
     self.fc1 = Dense(width, intermediate, ("embed", "mlp"), dtype=dtype, rngs=rngs)
     self.fc2 = Dense(intermediate, width, ("mlp", "embed"), dtype=dtype, rngs=rngs)
 
@@ -112,7 +95,7 @@ class OfficialMaskGIT(nnx.Module):
     self.position_embeddings = LearnedEmbedding(seq_len + 1, width, init=emb, rngs=rngs)
     if arch == "bert":
       self.token_type_embeddings = LearnedEmbedding(2, width, init=emb, rngs=rngs)
-      self.emb_norm = LayerNorm(width, eps=1e-12, dtype=dtype, rngs=rngs)
+      self.emb_norm = Norm(width, eps=1e-12, dtype=dtype, rngs=rngs)
       self.layers = nnx.List([BertLayer(width, heads, intermediate, eps=1e-12, dtype=dtype,
                                         rngs=rngs) for _ in range(depth)])
     else:
@@ -122,7 +105,7 @@ class OfficialMaskGIT(nnx.Module):
       self.mid_block = UViTBlock(width, heads, intermediate, skip=False, dtype=dtype, rngs=rngs)
       self.out_blocks = nnx.List([UViTBlock(width, heads, intermediate, skip=True, dtype=dtype,
                                             rngs=rngs) for _ in range(half)])
-      self.norm = LayerNorm(width, dtype=dtype, rngs=rngs)
+      self.norm = Norm(width, dtype=dtype, rngs=rngs)
     self.lm_head = Dense(width, codebook_size, ("embed", "vocab"), dtype=dtype, rngs=rngs)
 
   mask_id = MaskGITTransformer.mask_id

@@ -1,101 +1,226 @@
-"""Multi-head self-attention with an optional boolean mask, fused or separate q/k/v projections.
+"""Multi-head attention: the one attention of jaxtok (masks, RoPE, qk-norm, KV cache, kernel switch).
 
-The fused layout stores the in-projection as one kernel [W, 3, H, E] (+ bias [3, H, E]); this is
-PyTorch `nn.MultiheadAttention.in_proj_weight` [3W, W] transposed and reshaped, so checkpoints map
-onto it without reordering, and the head axis stays a separate dimension for tensor sharding.
-Scores and softmax run in float32 whatever the compute dtype.
+Parameters: the in-projection is one fused tensor qkv [W, 3, H, E] (+ qkv_bias [3, H, E]), so a
+tensor-parallel split over heads never cuts across q/k/v and PyTorch's `in_proj_weight` [3W, W] maps
+onto it by a transpose and a reshape; the out-projection is out [H, E, W] (+ out_bias [W]).
+
+The kernel is `jax.nn.dot_product_attention` with `implementation` None (JAX's choice), "xla" or
+"cudnn" (the fused flash kernel on NVIDIA GPUs). cuDNN runs only bf16/fp16, head dims that are a
+multiple of 8 up to 128, and (with a mask or an additive bias) even query and key lengths; for
+anything else `attend` falls back to "xla" and logs the reason once. Scores and softmax run in
+float32 whatever the compute dtype (both kernels do this).
+
+Masks: `mask` is boolean (True = may attend) or additive (float, added to the scaled scores), any
+shape broadcastable to [B, H, T, S] (e.g. [T, S], [B, 1, 1, S]); `causal=True` adds the causal mask
+(query t sees keys <= t). A query whose keys are all masked gets uniform weights; callers keep at
+least one key per query.
+
+KV cache: `init_cache` preallocates k, v [B, S, H, E] in the compute dtype; `extend(x, cache, start)`
+writes the keys/values of x at slots start..start+T-1 and attends to all slots <= each query's own
+(prefill is extend at 0 with the prompt; then one token at a time), exactly what the full causal
+recompute gives (tested). `start` may be traced.
 
 Dimension names: B batch, T query length, S key length, W width, H heads, E head dim.
 """
 from __future__ import annotations
 
+import logging
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
+from jaxtok import sharding
+from jaxtok.nn import norm as norm_lib
+from jaxtok.nn import rope as rope_lib
 from jaxtok.nn.embeddings import trunc_normal, xavier_uniform_fused
 from jaxtok.sharding import logical_init
 
+IMPLEMENTATIONS = (None, "xla", "cudnn")
+_log = logging.getLogger(__name__)
+_LOGGED: set[str] = set()
 
-def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
-                          mask: jax.Array | None = None) -> jax.Array:
-  """softmax(q k^T / sqrt(E)) v.
+
+class KVCache(NamedTuple):
+  """Keys and values k, v [B, S, H, E] (a Stack keeps one per layer: [L, B, S, H, E])."""
+  k: jax.Array
+  v: jax.Array
+
+
+def check_implementation(implementation) -> None:
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"attention implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+
+
+def _cudnn_refusal(q: jax.Array, k: jax.Array, has_mask: bool) -> str | None:
+  """Why cuDNN cannot run this call (None if it can); the checks mirror jax's cuDNN wrapper."""
+  if jax.default_backend() != "gpu":
+    return f"no GPU (backend {jax.default_backend()})"
+  if q.dtype not in (jnp.bfloat16, jnp.float16):
+    return f"dtype {q.dtype} (cuDNN runs bf16/fp16)"
+  e = q.shape[-1]
+  if e % 8 or e > 128:
+    return f"head dim {e} (cuDNN needs a multiple of 8 up to 128)"
+  if has_mask and (q.shape[1] % 2 or k.shape[1] % 2):
+    return f"odd query/key length {q.shape[1]}/{k.shape[1]} with a mask (cuDNN needs even ones)"
+  return None
+
+
+def _as_4d(m: jax.Array) -> jax.Array:
+  m = jnp.asarray(m)
+  return m.reshape((1,) * (4 - m.ndim) + m.shape) if m.ndim < 4 else m
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: jax.Array | None = None,
+           causal: bool = False, scale: float | None = None, implementation=None) -> jax.Array:
+  """softmax(q k^T * scale + additive mask, masked) v through `jax.nn.dot_product_attention`.
 
   Args:
-    q: [B, T, H, E].
-    k, v: [B, S, H, E].
-    mask: optional bool, broadcastable to [B, H, T, S]; True = may attend. A row with every key
-      masked gets uniform weights (it should not occur; callers keep at least one key per query).
+    q: [B, T, H, E]; k, v: [B, S, H, E], all in one dtype.
+    mask: None, bool (True = attend) or float (additive), broadcastable to [B, H, T, S].
+    causal: also mask keys after the query (query t sees keys <= t; needs T == S).
+    scale: score scale; None = 1/sqrt(E).
+    implementation: None, "xla" or "cudnn" (falls back to "xla", logged once per reason).
 
   Returns:
     [B, T, H, E] in v's dtype.
   """
-  scores = jnp.einsum("bthe,bshe->bhts", q, k, preferred_element_type=jnp.float32)
-  scores = scores * jnp.float32(q.shape[-1])**-0.5
+  check_implementation(implementation)
+  bias = None
   if mask is not None:
-    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-  weights = jax.nn.softmax(scores, axis=-1)
-  return jnp.einsum("bhts,bshe->bthe", weights.astype(v.dtype), v,
-                    preferred_element_type=jnp.float32).astype(v.dtype)
+    mask = _as_4d(mask)
+    if not jnp.issubdtype(mask.dtype, jnp.bool_):
+      bias, mask = mask.astype(jnp.float32), None
+  if implementation == "cudnn":
+    reason = _cudnn_refusal(q, k, mask is not None or bias is not None)
+    if causal and q.shape[1] != k.shape[1]:
+      reason = f"causal with query length {q.shape[1]} != key length {k.shape[1]}"
+    if reason is not None:
+      if reason not in _LOGGED:
+        _LOGGED.add(reason)
+        _log.warning("attention: cudnn refused (%s); using xla", reason)
+      implementation = "xla"
+    elif bias is not None:
+      bias = bias.astype(q.dtype)
+  return jax.nn.dot_product_attention(q, k, v, bias, mask, scale=scale, is_causal=causal,
+                                      implementation=implementation)
 
 
-class MultiHeadAttention(nnx.Module):
-  """Self-attention x [B, T, W] -> [B, T, W] (PyTorch nn.MultiheadAttention semantics).
+class Attention(nnx.Module):
+  """Self-attention x [B, T, W] -> [B, T, W] in the compute dtype.
 
-  Attributes (parameters, float32):
-    fused: qkv [W, 3, H, E] and qkv_bias [3, H, E]; separate: query/key/value [W, H, E] (+ biases).
-    out [H, E, W], out_bias [W].
+  Args:
+    width, num_heads: W and H; head_dim E defaults to W / H.
+    qkv_bias, out_bias: biases of the in- and out-projections.
+    qk_norm: None, "layer" or "rms": per-head normalisation of q and k (before RoPE), without
+      affine parameters unless qk_norm_affine (then scale [E] per norm).
+    qk_norm_eps: its epsilon.
+    rope: None, "1d" or "2d" (positions then come with each call; 1D defaults to 0..T-1).
+    rope_theta: RoPE base.
+    scale: score scale; None = 1/sqrt(E).
+    implementation: None, "xla" or "cudnn" (see `attend`).
+    dtype: compute dtype; parameters are float32.
+    qkv_init, out_init: initializers (default PyTorch MultiheadAttention's xavier-uniform on the
+      fused in-projection, trunc_normal(0.02) out).
   """
 
-  def __init__(self, width: int, num_heads: int, *, fused_qkv: bool = True, use_bias: bool = True,
-               dtype=jnp.float32, kernel_init=None, qkv_init=None, rngs: nnx.Rngs):
-    if width % num_heads:
-      raise ValueError(f"width must be divisible by num_heads, got width={width}, "
-                       f"num_heads={num_heads}")
-    self.width, self.num_heads, self.head_dim = width, num_heads, width // num_heads
-    self.fused_qkv, self.use_bias, self.dtype = fused_qkv, use_bias, dtype
-    h, e = num_heads, self.head_dim
-    kernel_init = kernel_init if kernel_init is not None else trunc_normal(0.02)
+  def __init__(self, width: int, num_heads: int, *, head_dim: int | None = None,
+               qkv_bias: bool = True, out_bias: bool = True, qk_norm: str | None = None,
+               qk_norm_affine: bool = False, qk_norm_eps: float = 1e-5, rope: str | None = None,
+               rope_theta: float = 10000.0, scale: float | None = None, implementation=None,
+               dtype=jnp.float32, qkv_init=None, out_init=None, rngs: nnx.Rngs):
+    if head_dim is None:
+      if width % num_heads:
+        raise ValueError(f"width must be divisible by heads, got width={width}, "
+                         f"num_heads={num_heads}")
+      head_dim = width // num_heads
+    if rope not in (None,) + rope_lib.KINDS:
+      raise ValueError(f"rope must be one of {rope_lib.KINDS} or None, got {rope!r}")
+    check_implementation(implementation)
+    self.width, self.num_heads, self.head_dim = width, num_heads, head_dim
+    self.rope, self.rope_theta, self.scale = rope, rope_theta, scale
+    self.implementation, self.dtype = implementation, dtype
+    h, e = num_heads, head_dim
+    qkv_init = qkv_init if qkv_init is not None else xavier_uniform_fused(width, 3)
+    out_init = out_init if out_init is not None else trunc_normal(0.02)
     zeros = nnx.initializers.zeros
-    if fused_qkv:
-      qkv_init = qkv_init if qkv_init is not None else xavier_uniform_fused(width, 3)
-      self.qkv = nnx.Param(logical_init(qkv_init, "embed", None, "heads", "kv")(
-          rngs.params(), (width, 3, h, e), jnp.float32))
-      self.qkv_bias = nnx.Param(logical_init(zeros, None, "heads", "kv")(
-          rngs.params(), (3, h, e), jnp.float32)) if use_bias else None
-    else:
-      qkv_init = qkv_init if qkv_init is not None else kernel_init
-      for name in ("query", "key", "value"):
-        setattr(self, name, nnx.Param(logical_init(qkv_init, "embed", "heads", "kv")(
-            rngs.params(), (width, h, e), jnp.float32)))
-        setattr(self, name + "_bias", nnx.Param(logical_init(zeros, "heads", "kv")(
-            rngs.params(), (h, e), jnp.float32)) if use_bias else None)
-    self.out = nnx.Param(logical_init(kernel_init, "heads", "kv", "embed")(
+    self.qkv = nnx.Param(logical_init(qkv_init, "embed", None, "heads", "kv")(
+        rngs.params(), (width, 3, h, e), jnp.float32))
+    self.qkv_bias = nnx.Param(logical_init(zeros, None, "heads", "kv")(
+        rngs.params(), (3, h, e), jnp.float32)) if qkv_bias else None
+    self.out = nnx.Param(logical_init(out_init, "heads", "kv", "embed")(
         rngs.params(), (h, e, width), jnp.float32))
     self.out_bias = nnx.Param(logical_init(zeros, "embed")(
-        rngs.params(), (width,), jnp.float32)) if use_bias else None
+        rngs.params(), (width,), jnp.float32)) if out_bias else None
+    make_norm = lambda: norm_lib.Norm(e, kind=qk_norm, eps=qk_norm_eps, affine=qk_norm_affine,
+                                      use_bias=False, dtype=dtype, rngs=rngs)
+    self.q_norm = make_norm() if qk_norm else None
+    self.k_norm = make_norm() if qk_norm else None
 
-  def _project(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  def _qkv(self, x: jax.Array, positions) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """q, k, v [B, T, H, E] in the compute dtype, normalised and rotated."""
     dt = self.dtype
-    if self.fused_qkv:
-      qkv = jnp.einsum("btw,wche->btche", x, self.qkv.get_value().astype(dt))
-      if self.use_bias:
-        qkv = qkv + self.qkv_bias.get_value().astype(dt)
-      return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    outs = []
-    for name in ("query", "key", "value"):
-      y = jnp.einsum("btw,whe->bthe", x, getattr(self, name).get_value().astype(dt))
-      if self.use_bias:
-        y = y + getattr(self, name + "_bias").get_value().astype(dt)
-      outs.append(y)
-    return tuple(outs)
+    qkv = jnp.einsum("btw,wche->btche", x.astype(dt), self.qkv.get_value().astype(dt))
+    if self.qkv_bias is not None:
+      qkv = qkv + self.qkv_bias.get_value().astype(dt)
+    q, k, v = (sharding.constrain(qkv[:, :, i], ("act_batch", "act_seq", "act_heads", None))
+               for i in range(3))
+    if self.q_norm is not None:
+      q, k = self.q_norm(q), self.k_norm(k)
+    if self.rope is not None:
+      if positions is None:
+        if self.rope == "2d":
+          raise ValueError("2D RoPE needs positions [T, 2] or [B, T, 2] (e.g. rope.grid_positions)")
+        positions = jnp.arange(x.shape[1])
+      q = rope_lib.apply(q, positions, self.rope, self.rope_theta)
+      k = rope_lib.apply(k, positions, self.rope, self.rope_theta)
+    return q, k, v
 
-  def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
-    """x [B, T, W]; mask bool broadcastable to [B, H, T, T] (True = attend). Returns [B, T, W] in dtype."""
-    x = x.astype(self.dtype)
-    q, k, v = self._project(x)
-    y = dot_product_attention(q, k, v, mask)
+  def _out(self, y: jax.Array) -> jax.Array:
     y = jnp.einsum("bthe,hew->btw", y, self.out.get_value().astype(self.dtype))
-    if self.use_bias:
+    if self.out_bias is not None:
       y = y + self.out_bias.get_value().astype(self.dtype)
     return y
+
+  def __call__(self, x: jax.Array, *, mask: jax.Array | None = None, causal: bool = False,
+               positions: jax.Array | None = None) -> jax.Array:
+    """x [B, T, W]; mask bool/additive broadcastable to [B, H, T, T]; positions for RoPE ([T] or
+    [B, T] for 1D, [T, 2] or [B, T, 2] for 2D). Returns [B, T, W] in the compute dtype."""
+    q, k, v = self._qkv(x, positions)
+    y = attend(q, k, v, mask=mask, causal=causal, scale=self.scale,
+               implementation=self.implementation)
+    return self._out(y)
+
+  def init_cache(self, batch: int, length: int, dtype=None) -> KVCache:
+    """Zeroed k, v [batch, length, H, E] (compute dtype unless given)."""
+    shape = (batch, length, self.num_heads, self.head_dim)
+    dt = dtype or self.dtype
+    return KVCache(jnp.zeros(shape, dt), jnp.zeros(shape, dt))
+
+  def extend(self, x: jax.Array, cache: KVCache, start, *, mask: jax.Array | None = None,
+             positions: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+    """Causal attention of x [B, T, W] at slots start..start+T-1 against the cache.
+
+    Writes x's keys/values into the cache first; query t sees slots <= start + t (and, with `mask`
+    broadcastable to [B, H, T, S], only where it is True / adds it). RoPE positions default to
+    start + 0..T-1. Returns (y [B, T, W], new cache).
+    """
+    if positions is None and self.rope == "1d":
+      positions = start + jnp.arange(x.shape[1])
+    q, k, v = self._qkv(x, positions)
+    cache = KVCache(
+        jax.lax.dynamic_update_slice_in_dim(cache.k, k.astype(cache.k.dtype), start, axis=1),
+        jax.lax.dynamic_update_slice_in_dim(cache.v, v.astype(cache.v.dtype), start, axis=1))
+    slots = np.arange(cache.k.shape[1])
+    seen = slots[None, :] <= (start + jnp.arange(x.shape[1]))[:, None]  # [T, S]
+    if mask is None:
+      full = seen
+    elif jnp.issubdtype(jnp.asarray(mask).dtype, jnp.bool_):
+      full = seen & mask
+    else:
+      full = jnp.where(seen, jnp.asarray(mask, jnp.float32), jnp.finfo(jnp.float32).min)
+    y = attend(q, cache.k.astype(q.dtype), cache.v.astype(q.dtype), mask=full, scale=self.scale,
+               implementation=self.implementation)
+    return self._out(y), cache

@@ -1,4 +1,9 @@
-"""ViT pieces: the size table, patch embedding as reshape + dense, and patchify/unpatchify.
+"""ViT pieces: the size table, the open_clip block stack, patch embedding as reshape + dense, and
+patchify/unpatchify.
+
+`vit_stack` is open_clip's `ResidualAttentionBlock` stack (as used by TiTok) composed from the shared
+parts: pre-LN blocks x + attn(ln_1(x)), x + mlp(ln_2(x)), LayerNorm eps 1e-5, fused qkv with biases,
+MLP 4x with exact (erf) GELU.
 
 A p x p stride-p convolution equals cutting the image into patches (row-major over the grid, each
 patch flattened in (p_y, p_x, c) order) followed by a dense layer [p*p*C, W]; PyTorch's conv weight
@@ -13,7 +18,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxtok.nn.block import Block
 from jaxtok.nn.embeddings import trunc_normal
+from jaxtok.nn.stack import Stack
 from jaxtok.sharding import logical_init
 
 # name -> (width, depth, heads); the MLP is 4x width. Long names are accepted as aliases.
@@ -31,6 +38,14 @@ def vit_size(name: str) -> tuple[int, int, int]:
   if key not in VIT_SIZES:
     raise ValueError(f"ViT size must be one of {sorted(VIT_SIZES)} (or small/base/large), got {name!r}")
   return VIT_SIZES[key]
+
+
+def vit_stack(width: int, depth: int, num_heads: int, *, mlp_ratio: float = 4.0, dtype=jnp.float32,
+              remat="none", scan_layers: bool = False, attention_impl=None, rngs: nnx.Rngs) -> Stack:
+  """`depth` open_clip pre-LN blocks [B, T, W] -> [B, T, W] (see the module docstring)."""
+  return Stack(depth, lambda r: Block(width, num_heads, mlp_hidden=int(width * mlp_ratio),
+                                      implementation=attention_impl, dtype=dtype, rngs=r),
+               scan_layers=scan_layers, remat=remat, rngs=rngs)
 
 
 def patchify(images: jax.Array, patch: int) -> jax.Array:

@@ -41,9 +41,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxtok.nn import conv as conv_lib
+from jaxtok.nn.dense import Dense
 from jaxtok.nn.embeddings import LearnedEmbedding, scaled_normal, trunc_normal
-from jaxtok.nn.transformer import Dense, LayerNorm, Transformer
-from jaxtok.nn.vit import PatchEmbed, unpatchify, vit_size
+from jaxtok.nn.norm import Norm
+from jaxtok.nn.options import model_kwargs
+from jaxtok.nn.vit import PatchEmbed, unpatchify, vit_size, vit_stack
 from jaxtok.quantizers import fsq, vq
 from jaxtok.sharding import logical_init
 from jaxtok.tokenizers import flextok as flextok_lib
@@ -69,7 +71,7 @@ class TiTokEncoder(nnx.Module):
   """Images [B, H, W, 3] and latent tokens [K, W] -> latents [B, K, D_out] float32."""
 
   def __init__(self, *, image_size, patch_size, width, depth, num_heads, num_latent_tokens,
-               out_dim, legacy_reshape, dtype, remat, rngs):
+               out_dim, legacy_reshape, dtype, stack, rngs):
     self.grid = image_size // patch_size
     self.width, self.num_latent_tokens, self.legacy_reshape = width, num_latent_tokens, legacy_reshape
     self.dtype = dtype
@@ -77,9 +79,9 @@ class TiTokEncoder(nnx.Module):
     self.class_embedding = LearnedEmbedding(1, width, rngs=rngs)
     self.positional_embedding = LearnedEmbedding(self.grid**2 + 1, width, rngs=rngs)
     self.latent_token_positional_embedding = LearnedEmbedding(num_latent_tokens, width, rngs=rngs)
-    self.ln_pre = LayerNorm(width, dtype=dtype, rngs=rngs)
-    self.transformer = Transformer(width, depth, num_heads, dtype=dtype, remat=remat, rngs=rngs)
-    self.ln_post = LayerNorm(width, dtype=dtype, rngs=rngs)
+    self.ln_pre = Norm(width, dtype=dtype, rngs=rngs)
+    self.transformer = vit_stack(width, depth, num_heads, dtype=dtype, rngs=rngs, **stack)
+    self.ln_post = Norm(width, dtype=dtype, rngs=rngs)
     self.conv_out = Dense(width, out_dim, ("embed", None), dtype=dtype, rngs=rngs)
 
   def __call__(self, images: jax.Array, latent_tokens: jax.Array) -> jax.Array:
@@ -103,7 +105,7 @@ class TiTokDecoder(nnx.Module):
   """Codes [B, K', D] -> head outputs on the grid: pixels [B, H, W, 3] or proxy logits [B, g, g, P]."""
 
   def __init__(self, *, image_size, patch_size, width, depth, num_heads, num_latent_tokens,
-               token_size, head, proxy_codebook_size, dtype, remat, rngs):
+               token_size, head, proxy_codebook_size, dtype, stack, rngs):
     self.grid, self.patch, self.width = image_size // patch_size, patch_size, width
     self.num_latent_tokens, self.head, self.dtype = num_latent_tokens, head, dtype
     self.decoder_embed = Dense(token_size, width, (None, "embed"), dtype=dtype, rngs=rngs)
@@ -111,9 +113,9 @@ class TiTokDecoder(nnx.Module):
     self.positional_embedding = LearnedEmbedding(self.grid**2 + 1, width, rngs=rngs)
     self.mask_token = LearnedEmbedding(1, width, rngs=rngs)
     self.latent_token_positional_embedding = LearnedEmbedding(num_latent_tokens, width, rngs=rngs)
-    self.ln_pre = LayerNorm(width, dtype=dtype, rngs=rngs)
-    self.transformer = Transformer(width, depth, num_heads, dtype=dtype, remat=remat, rngs=rngs)
-    self.ln_post = LayerNorm(width, dtype=dtype, rngs=rngs)
+    self.ln_pre = Norm(width, dtype=dtype, rngs=rngs)
+    self.transformer = vit_stack(width, depth, num_heads, dtype=dtype, rngs=rngs, **stack)
+    self.ln_post = Norm(width, dtype=dtype, rngs=rngs)
     if head == "pixels":
       self.ffn = Dense(width, patch_size * patch_size * 3, ("embed", None), dtype=dtype, rngs=rngs)
       self.conv_out = conv_lib.Conv(3, 3, 3, dtype=dtype, kernel_init=trunc_normal(0.02), rngs=rngs)
@@ -136,7 +138,7 @@ class TiTokDecoder(nnx.Module):
       keep = jnp.concatenate(
           [jnp.ones((keep_latent.shape[0], 1 + g2), bool), keep_latent], axis=1)
       mask = keep[:, None, None, :]  # keys only: [B, 1, 1, S]
-    seq = self.transformer(seq, mask)
+    seq = self.transformer(seq, mask=mask)
     x = self.ln_post(seq[:, 1:1 + g2])
     if self.head == "pixels":
       x = unpatchify(self.ffn(x), self.patch, self.grid, self.grid)
@@ -158,7 +160,8 @@ class TiTok(nnx.Module):
                proxy_codebook_size: int = 1024, pixel_ch: int = 128,
                pixel_ch_mult: Sequence[int] = (1, 1, 2, 2, 4), pixel_num_res_blocks: int = 2,
                pixel_z_channels: int = 256, pixel_num_groups: int = 32, tail_drop: bool = False,
-               tail_drop_mode: str = "uniform", dtype: Any = jnp.float32, remat: bool = False, rngs: nnx.Rngs):
+               tail_drop_mode: str = "uniform", dtype: Any = jnp.float32, remat: Any = "none", scan_layers: bool = False,
+               attention_impl: str | None = None, rngs: nnx.Rngs):
     if image_size % patch_size:
       raise ValueError(f"image_size ({image_size}) must be divisible by patch_size ({patch_size})")
     if quantizer not in QUANTIZERS:
@@ -180,6 +183,7 @@ class TiTok(nnx.Module):
       raise ValueError(f"tail_drop_mode {tail_drop_mode!r} needs num_latent_tokens a power of two, got "
                        f"{num_latent_tokens}")
     dtype = compute_dtype(dtype)
+    stack = dict(remat=remat, scan_layers=scan_layers, attention_impl=attention_impl)
     self.tail_drop_mode = tail_drop_mode
     self.image_size, self.patch_size, self.num_latent_tokens = image_size, patch_size, num_latent_tokens
     self.token_size, self.quantizer, self.codebook_size = token_size, quantizer, codebook_size
@@ -190,7 +194,7 @@ class TiTok(nnx.Module):
         image_size=image_size, patch_size=patch_size, width=encoder_width, depth=encoder_depth,
         num_heads=encoder_heads, num_latent_tokens=num_latent_tokens,
         out_dim=2 * token_size if quantizer == "vae" else token_size,
-        legacy_reshape=legacy_reshape, dtype=dtype, remat=remat, rngs=rngs)
+        legacy_reshape=legacy_reshape, dtype=dtype, stack=stack, rngs=rngs)
     self.latent_tokens = nnx.Param(logical_init(scaled_normal(encoder_width), None, "embed")(
         rngs.params(), (num_latent_tokens, encoder_width), jnp.float32))
     if quantizer == "vq":
@@ -200,7 +204,7 @@ class TiTok(nnx.Module):
     self.decoder = TiTokDecoder(
         image_size=image_size, patch_size=patch_size, width=decoder_width, depth=decoder_depth,
         num_heads=decoder_heads, num_latent_tokens=num_latent_tokens, token_size=token_size,
-        head=decoder_head, proxy_codebook_size=proxy_codebook_size, dtype=dtype, remat=remat,
+        head=decoder_head, proxy_codebook_size=proxy_codebook_size, dtype=dtype, stack=stack,
         rngs=rngs)
     if decoder_head == "proxy_codes":
       self.pixel_codebook = nnx.Param(logical_init(
@@ -346,7 +350,10 @@ _FIELDS = ("image_size", "patch_size", "num_latent_tokens", "token_size", "quant
            "codebook_size", "use_l2_norm", "commitment_cost", "fsq_levels", "kl_weight",
            "vae_inference", "legacy_reshape", "decoder_head", "proxy_codebook_size", "pixel_ch",
            "pixel_ch_mult", "pixel_num_res_blocks", "pixel_z_channels", "pixel_num_groups",
-           "tail_drop", "tail_drop_mode", "dtype", "remat")
+           "tail_drop", "tail_drop_mode")
+# Keys make_model reads besides _FIELDS and the common options (nn.options.COMMON).
+_SIZE_KEYS = ("name",) + tuple(f"{part}_{key}" for part in ("encoder", "decoder")
+                               for key in ("size", "width", "depth", "heads"))
 
 
 def make_model(cfg: Mapping[str, Any], *, rngs: nnx.Rngs) -> TiTok:
@@ -355,10 +362,11 @@ def make_model(cfg: Mapping[str, Any], *, rngs: nnx.Rngs) -> TiTok:
   Fields: `encoder_size`/`decoder_size` ("S", "B", "L") or explicit `{encoder,decoder}_{width,
   depth,heads}`; the TiTok keyword fields (image_size, patch_size, num_latent_tokens, token_size,
   quantizer, codebook_size, ...). name "onedpiece" sets tail_drop=True; name "vae" sets quantizer
-  "vae". Unknown fields are ignored (configs also hold training fields).
+  "vae". Common options: dtype, remat, scan_layers, attention_impl (`nn.options`). Any other key
+  raises ValueError listing the valid ones.
   """
   cfg = as_dict(cfg)
-  kwargs = {k: cfg[k] for k in _FIELDS if k in cfg and cfg[k] is not None}
+  kwargs = model_kwargs(cfg, _FIELDS, model="TiTok", extra=_SIZE_KEYS)
   kwargs.update(_sizes(cfg, "encoder"))
   kwargs.update(_sizes(cfg, "decoder"))
   if cfg.get("name") == "onedpiece":

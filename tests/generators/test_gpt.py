@@ -6,24 +6,12 @@ import pytest
 from flax import nnx
 
 from jaxtok.generators import gpt as gpt_lib
-from jaxtok.generators import transformer
 
 
 def _model(**kw):
   cfg = dict(codebook_size=11, seq_len=9, num_classes=3, width=32, depth=2, heads=4, class_dropout=0.1)
   cfg.update(kw)
   return gpt_lib.GPT(**cfg, rngs=nnx.Rngs(0))
-
-
-def test_rope_preserves_norm_and_relative_positions():
-  x = jax.random.normal(jax.random.key(0), (1, 5, 2, 8))
-  y = transformer.rope(x, jnp.arange(5))
-  np.testing.assert_allclose(jnp.linalg.norm(y, axis=-1), jnp.linalg.norm(x, axis=-1), rtol=1e-5)
-  # q.k depends only on the position difference.
-  q, k = x[:, :1], x[:, 1:2]
-  d1 = jnp.sum(transformer.rope(q, jnp.array([3])) * transformer.rope(k, jnp.array([1])))
-  d2 = jnp.sum(transformer.rope(q, jnp.array([7])) * transformer.rope(k, jnp.array([5])))
-  np.testing.assert_allclose(d1, d2, rtol=1e-4, atol=1e-5)
 
 
 def test_kv_cache_logits_equal_full_recompute():

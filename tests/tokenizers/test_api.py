@@ -113,7 +113,7 @@ def test_params_carry_logical_axes_and_shard_on_a_2x2x2_mesh(tok):
   qkv_sh = shard["encoder"]["transformer"]["blocks"][0]["attn"]["qkv"].get_value()
   assert qkv_sh.spec == jax.sharding.PartitionSpec("fsdp", None, "tensor", None)
   params = tok.init(jax.random.key(0), mesh=mesh)
-  leaf = params["encoder"]["transformer"]["blocks"][0]["mlp"]["c_fc"]["kernel"].get_value()
+  leaf = params["encoder"]["transformer"]["blocks"][0]["mlp"]["up"]["kernel"].get_value()
   assert leaf.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
   assert len(leaf.addressable_shards) == 8 and leaf.addressable_shards[0].data.shape == (8, 32)
 

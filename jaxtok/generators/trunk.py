@@ -1,0 +1,89 @@
+"""The token trunk of jaxtok's own generators: embedding -> `nn.Stack` of Llama blocks -> RMSNorm -> head.
+
+A composition of the shared parts in the LlamaGen/Llama layout used by modern image AR models:
+bias-free projections, pre-norm RMSNorm (eps 1e-6), SwiGLU MLP (hidden 2/3 of mlp_ratio * width,
+rounded up to a multiple of 8), 1D rotary positions on queries and keys, N(0, 0.02) weights. It is
+causal for GPT-style models and bidirectional for MaskGIT/MAR-style ones. Causal trunks also run
+incrementally against a preallocated KV cache (`init_cache`, `extend`), giving exactly the logits of
+a full recompute (tested).
+
+Dimension names: B batch, T sequence, W width.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxtok import sharding
+from jaxtok.nn.block import Block
+from jaxtok.nn.dense import Dense
+from jaxtok.nn.norm import Norm
+from jaxtok.nn.stack import Stack
+from jaxtok.sharding import logical_init
+
+_INIT = nnx.initializers.normal(0.02)
+
+
+def swiglu_hidden(width: int, mlp_ratio: float) -> int:
+  """Llama's SwiGLU hidden size: int(2/3 * mlp_ratio * width) rounded up to a multiple of 8."""
+  return 8 * ((int(2 * mlp_ratio * width / 3) + 7) // 8)
+
+
+class TokenTrunk(nnx.Module):
+  """Token ids (or embedded inputs) -> logits, with a KV cache when causal.
+
+  Args:
+    input_vocab: rows of the input embedding table (codebook + special ids such as mask/class ids).
+    output_vocab: logits per position (the codebook size, or a condition width for MAR).
+    width, depth, heads, mlp_ratio: transformer shape.
+    causal: GPT-style causal mask (True) or bidirectional (False).
+    dtype: compute dtype (parameters float32; attention softmax and norms in float32).
+    remat, scan_layers, attention_impl: see `nn.stack` / `nn.attention`.
+  """
+
+  def __init__(self, *, input_vocab: int, output_vocab: int, width: int, depth: int, heads: int,
+               mlp_ratio: float = 4.0, causal: bool = True, dtype=jnp.float32, remat="none",
+               scan_layers: bool = False, attention_impl=None, rngs: nnx.Rngs):
+    self.causal, self.dtype, self.output_vocab = causal, dtype, output_vocab
+    self.embed = nnx.Embed(input_vocab, width, dtype=dtype,
+                           embedding_init=logical_init(_INIT, "vocab", "embed"), rngs=rngs)
+    hidden = swiglu_hidden(width, mlp_ratio)
+    self.blocks = Stack(depth, lambda r: Block(
+        width, heads, mlp_hidden=hidden, mlp="swiglu", mlp_bias=False, norm="rms", norm_eps=1e-6,
+        qkv_bias=False, out_bias=False, rope="1d", implementation=attention_impl, qkv_init=_INIT,
+        out_init=_INIT, mlp_init=_INIT, dtype=dtype, rngs=r),
+        scan_layers=scan_layers, remat=remat, rngs=rngs)
+    self.norm = Norm(width, kind="rms", eps=1e-6, dtype=dtype, rngs=rngs)
+    self.head = Dense(width, output_vocab, ("embed", "vocab"), use_bias=False, dtype=dtype,
+                      kernel_init=_INIT, rngs=rngs)
+
+  def _logits(self, x: jax.Array) -> jax.Array:
+    logits = self.head(self.norm(x)).astype(jnp.float32)
+    return sharding.constrain(logits, ("act_batch", "act_seq", "act_vocab"))
+
+  def __call__(self, ids: jax.Array) -> jax.Array:
+    """Logits [B, T, output_vocab] float32 for input ids [B, T] int32."""
+    return self.forward_embedded(self.embed(ids))
+
+  def forward_embedded(self, x: jax.Array) -> jax.Array:
+    """Logits [B, T, output_vocab] float32 for already-embedded inputs x [B, T, W]."""
+    return self._logits(self.blocks(x.astype(self.dtype), causal=self.causal))
+
+  def init_cache(self, batch: int, length: int, dtype=None):
+    """Zeroed caches of `length` slots (an opaque pytree for `extend`)."""
+    if not self.causal:
+      raise ValueError("init_cache needs a causal transformer; this one is bidirectional")
+    return self.blocks.init_cache(batch, length, dtype)
+
+  def extend(self, ids: jax.Array, start, cache):
+    """Runs ids [B, T] at positions start..start+T-1 against the cache; `start` may be traced.
+
+    Returns (logits [B, T, output_vocab] float32, new cache).
+    """
+    return self.extend_embedded(self.embed(ids), start, cache)
+
+  def extend_embedded(self, x: jax.Array, start, cache):
+    """`extend` for already-embedded inputs x [B, T, W]."""
+    x, cache = self.blocks.extend(x.astype(self.dtype), cache, start)
+    return self._logits(x), cache

@@ -1,0 +1,120 @@
+"""The transformer block: attention and MLP residual branches, pre-norm (or post-norm), AdaLN optional.
+
+  pre-norm:  x = x + attn(norm1(x));  x = x + mlp(norm2(x))            (ViT, Llama, FlexTok)
+  post-norm: x = norm1(x + attn(x));  x = norm2(x + mlp(x))            (BERT)
+  AdaLN (pre-norm only): from silu(cond) one zero-initialised Dense gives, per segment of the
+    sequence, (gate_msa, gate_mlp, shift_msa, scale_msa, shift_mlp, scale_mlp) (FlexTok's chunk
+    order), and x = x + gate_msa * attn(norm1(x) * (1 + scale_msa) + shift_msa), likewise for the MLP.
+    A fresh AdaLN block is the identity (adaLN-zero). `ada_segments` > 1 gives each of that many
+    consecutive parts of the sequence (lengths `segments`, static) its own modulation.
+
+The block's output is pinned to (act_batch, act_seq, act_embed).
+
+Dimension names: B batch, T sequence, W width, C condition width.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxtok import sharding
+from jaxtok.nn.attention import Attention, KVCache
+from jaxtok.nn.dense import Dense
+from jaxtok.nn.mlp import Mlp
+from jaxtok.nn.norm import Norm
+
+
+class Block(nnx.Module):
+  """x [B, T, W] -> [B, T, W] in the compute dtype.
+
+  Args:
+    width, num_heads: W and H.
+    mlp_hidden: MLP hidden width M; mlp: "gelu" or "swiglu"; mlp_bias: MLP biases.
+    norm: "layer" or "rms"; norm_eps; norm_affine: learned scale (and bias for "layer").
+    post_norm: BERT's post-norm order instead of pre-norm.
+    adaln: add AdaLN-zero modulation from a condition of width cond_dim (default W), with
+      ada_segments modulations per sample.
+    head_dim, qkv_bias, out_bias, qk_norm, rope, rope_theta, scale, implementation, qkv_init,
+      out_init: passed to `Attention`. mlp_init: the MLP kernels' initializer.
+    dtype: compute dtype (parameters float32).
+  """
+
+  def __init__(self, width: int, num_heads: int, *, mlp_hidden: int, mlp: str = "gelu",
+               mlp_bias: bool = True, norm: str = "layer", norm_eps: float = 1e-5,
+               norm_affine: bool = True, post_norm: bool = False, adaln: bool = False,
+               cond_dim: int | None = None, ada_segments: int = 1, head_dim: int | None = None,
+               qkv_bias: bool = True, out_bias: bool = True, qk_norm: str | None = None,
+               rope: str | None = None, rope_theta: float = 10000.0, scale: float | None = None,
+               implementation=None, qkv_init=None, out_init=None, mlp_init=None,
+               dtype=jnp.float32, rngs: nnx.Rngs):
+    if adaln and post_norm:
+      raise ValueError("AdaLN modulates a pre-norm block; post_norm=True cannot take it")
+    self.post_norm, self.ada_segments, self.width = post_norm, ada_segments, width
+    make_norm = lambda: Norm(width, kind=norm, eps=norm_eps, affine=norm_affine, dtype=dtype,
+                             rngs=rngs)
+    self.norm1 = make_norm()
+    self.attn = Attention(width, num_heads, head_dim=head_dim, qkv_bias=qkv_bias,
+                          out_bias=out_bias, qk_norm=qk_norm, rope=rope, rope_theta=rope_theta,
+                          scale=scale, implementation=implementation, dtype=dtype,
+                          qkv_init=qkv_init, out_init=out_init, rngs=rngs)
+    self.norm2 = make_norm()
+    self.mlp = Mlp(width, mlp_hidden, kind=mlp, use_bias=mlp_bias, dtype=dtype,
+                   kernel_init=mlp_init, rngs=rngs)
+    self.ada = Dense(cond_dim or width, ada_segments * 6 * width, ("embed", "mlp"),
+                     kernel_init=nnx.initializers.zeros, dtype=dtype,
+                     rngs=rngs) if adaln else None
+
+  def _modulation(self, cond, segments: Sequence[int] | None, length: int):
+    """Six [B, T, W] modulations from cond [B, C] (None without AdaLN)."""
+    if self.ada is None:
+      if cond is not None:
+        raise ValueError("cond given to a block built without adaln")
+      return None
+    if cond is None:
+      raise ValueError("an AdaLN block needs cond [B, C]")
+    segments = tuple(segments) if segments is not None else (length,)
+    if len(segments) != self.ada_segments or sum(segments) != length:
+      raise ValueError(f"segments must be {self.ada_segments} lengths summing to the sequence "
+                       f"length {length}, got {segments}")
+    mod = self.ada(jax.nn.silu(cond)).reshape(cond.shape[0], self.ada_segments, 6 * self.width)
+    mod = jnp.repeat(mod, np.asarray(segments), axis=1, total_repeat_length=length)
+    return jnp.split(mod, 6, axis=-1)
+
+  def _run(self, x: jax.Array, attend: Callable, cond, segments):
+    """The residual branches around attend(h) -> (y, extra); returns (x, extra)."""
+    if self.post_norm:
+      y, extra = attend(x)
+      x = self.norm1(x + y)
+      x = self.norm2(x + self.mlp(x))
+      return sharding.constrain(x, ("act_batch", "act_seq", "act_embed")), extra
+    mods = self._modulation(cond, segments, x.shape[1])
+    h = self.norm1(x)
+    if mods is not None:
+      g_msa, g_mlp, sh_msa, sc_msa, sh_mlp, sc_mlp = mods
+      h = h * (1 + sc_msa) + sh_msa
+    y, extra = attend(h)
+    x = x + (y if mods is None else g_msa * y)
+    h = self.norm2(x)
+    if mods is not None:
+      h = h * (1 + sc_mlp) + sh_mlp
+    y = self.mlp(h)
+    x = x + (y if mods is None else g_mlp * y)
+    return sharding.constrain(x, ("act_batch", "act_seq", "act_embed")), extra
+
+  def __call__(self, x: jax.Array, *, mask: jax.Array | None = None, causal: bool = False,
+               positions: jax.Array | None = None, cond: jax.Array | None = None,
+               segments: Sequence[int] | None = None) -> jax.Array:
+    """x [B, T, W]; mask/causal/positions as `Attention`; cond [B, C] and segments for AdaLN."""
+    attend = lambda h: (self.attn(h, mask=mask, causal=causal, positions=positions), None)
+    return self._run(x, attend, cond, segments)[0]
+
+  def extend(self, x: jax.Array, cache: KVCache, start, *, mask: jax.Array | None = None,
+             positions: jax.Array | None = None, cond: jax.Array | None = None,
+             segments: Sequence[int] | None = None) -> tuple[jax.Array, KVCache]:
+    """The block over x [B, T, W] at cache slots start..start+T-1 (see `Attention.extend`)."""
+    attend = lambda h: self.attn.extend(h, cache, start, mask=mask, positions=positions)
+    return self._run(x, attend, cond, segments)

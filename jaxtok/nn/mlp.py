@@ -1,0 +1,39 @@
+"""The transformer MLP: GELU (ViT / open_clip) or SwiGLU (Llama / FlexTok).
+
+  gelu:   down(gelu(up(x)))                       up [W, M], down [M, W]
+  swiglu: down(silu(gate(x)) * up(x))             gate, up [W, M], down [M, W]
+GELU is exact (erf) unless approximate=True. Matmuls run in the compute dtype.
+
+Dimension names: W width, M hidden width.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxtok.nn.dense import Dense
+
+KINDS = ("gelu", "swiglu")
+
+
+class Mlp(nnx.Module):
+  """[..., W] -> [..., W] through M hidden units; kernels named ("embed", "mlp") / ("mlp", "embed")."""
+
+  def __init__(self, width: int, hidden: int, *, kind: str = "gelu", use_bias: bool = True,
+               approximate: bool = False, dtype=jnp.float32, kernel_init=None, rngs: nnx.Rngs):
+    if kind not in KINDS:
+      raise ValueError(f"mlp kind must be one of {KINDS}, got {kind!r}")
+    self.kind, self.approximate = kind, approximate
+    dense = lambda i, o, names: Dense(i, o, names, use_bias=use_bias, dtype=dtype,
+                                      kernel_init=kernel_init, rngs=rngs)
+    self.gate = dense(width, hidden, ("embed", "mlp")) if kind == "swiglu" else None
+    self.up = dense(width, hidden, ("embed", "mlp"))
+    self.down = dense(hidden, width, ("mlp", "embed"))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.kind == "swiglu":
+      h = jax.nn.silu(self.gate(x)) * self.up(x)
+    else:
+      h = jax.nn.gelu(self.up(x), approximate=self.approximate)
+    return self.down(h)

@@ -1,0 +1,116 @@
+"""A stack of identical `Block`s: unrolled or scanned over layers, with a remat policy.
+
+scan_layers=False keeps `blocks` as a list (parameters blocks.0.*, blocks.1.*, ...); True creates the
+blocks with `nnx.vmap` so every parameter gains a leading layer axis [L, ...] (logical name
+"layers") and runs them with one `jax.lax.scan` (one block compiled instead of L). Both give the
+same outputs and gradients for the same weights (tested); the scanned parameters are the unrolled
+ones stacked along a new first axis.
+
+remat ("none" | "full" | "dots", or a bool: True = "full") recomputes each block's activations in
+the backward pass: "full" saves only the block inputs, "dots" also saves the results of matmuls
+without batch dimensions (the weight matmuls, not attention scores), trading memory for less
+recompute. Gradients are the same with every policy (tested).
+
+The KV cache of an unrolled stack is a tuple of per-layer `KVCache`s (k, v [B, S, H, E]), each
+updated in place; a scanned stack's is one `KVCache` with k, v [L, B, S, H, E], scanned with the
+blocks. Callers treat it as an opaque pytree from `init_cache`.
+
+Dimension names: L layers, B batch, T sequence, S cache length, W width, H heads, E head dim.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxtok import sharding
+from jaxtok.nn.attention import KVCache
+from jaxtok.nn.block import Block
+
+REMAT_POLICIES = ("none", "full", "dots")
+_POLICY = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
+def check_remat(remat: Any) -> str:
+  """The policy name of `remat` (a name or a bool)."""
+  if isinstance(remat, bool):
+    return "full" if remat else "none"
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"remat must be one of {REMAT_POLICIES} (or a bool), got {remat!r}")
+  return remat
+
+
+def _call(block: Block, x, cache, start, kwargs):
+  if cache is None:
+    return block(x, **kwargs), None
+  return block.extend(x, cache, start, **kwargs)
+
+
+class Stack(nnx.Module):
+  """`depth` blocks made by make_block(rngs): x [B, T, W] -> [B, T, W].
+
+  Args:
+    depth: L.
+    make_block: rngs -> Block (called once per layer; under scan_layers inside nnx.vmap).
+    scan_layers: scan over stacked blocks instead of a Python loop.
+    remat: "none" | "full" | "dots" (or a bool).
+  """
+
+  def __init__(self, depth: int, make_block: Callable[[nnx.Rngs], Block], *,
+               scan_layers: bool = False, remat: Any = "none", rngs: nnx.Rngs):
+    if depth < 1:
+      raise ValueError(f"depth must be >= 1, got {depth}")
+    self.depth, self.scan_layers, self.remat = depth, bool(scan_layers), check_remat(remat)
+    if self.scan_layers:
+      @nnx.split_rngs(splits=depth)
+      @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+      def make(r):
+        return make_block(r)
+      self.blocks = make(rngs)
+    else:
+      self.blocks = nnx.List([make_block(rngs) for _ in range(depth)])
+
+  def _layer_fn(self, graphdef, kwargs, start):
+    """(state, x, cache) -> (x, cache) of one block, rematerialised by the policy."""
+
+    def run(state, x, cache):
+      return _call(nnx.merge(graphdef, state), x, cache, start, kwargs)
+
+    if self.remat == "none":
+      return run
+    return jax.checkpoint(run, policy=_POLICY[self.remat])
+
+  def _apply(self, x, cache, start, kwargs):
+    x = sharding.constrain(x, ("act_batch", "act_seq", "act_embed"))
+    if self.scan_layers:
+      graphdef, state = nnx.split(self.blocks)
+      run = self._layer_fn(graphdef, kwargs, start)
+      body = lambda x, layer: run(layer[0], x, layer[1])
+      return jax.lax.scan(body, x, (state, cache))
+    caches = []
+    for i, block in enumerate(self.blocks):
+      graphdef, state = nnx.split(block)
+      x, layer_cache = self._layer_fn(graphdef, kwargs, start)(
+          state, x, None if cache is None else cache[i])
+      caches.append(layer_cache)
+    return x, None if cache is None else tuple(caches)
+
+  def __call__(self, x: jax.Array, **kwargs) -> jax.Array:
+    """x [B, T, W]; keyword arguments (mask, causal, positions, cond, segments) go to every block."""
+    return self._apply(x, None, None, kwargs)[0]
+
+  def init_cache(self, batch: int, length: int, dtype=None) -> KVCache | tuple[KVCache, ...]:
+    """Zeroed caches of `length` slots: per layer k, v [batch, length, H, E] (stacked when scanned)."""
+    if self.scan_layers:
+      attn = self.blocks.attn
+      shape = (self.depth, batch, length, attn.num_heads, attn.head_dim)
+      dt = dtype or attn.dtype
+      return KVCache(jnp.zeros(shape, dt), jnp.zeros(shape, dt))
+    return tuple(block.attn.init_cache(batch, length, dtype) for block in self.blocks)
+
+  def extend(self, x: jax.Array, cache, start, **kwargs):
+    """Every block's `extend` at slots start..start+T-1: (x [B, T, W], new cache)."""
+    return self._apply(x, cache, start, kwargs)
+

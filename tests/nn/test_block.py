@@ -1,0 +1,106 @@
+"""The Block against hand-written numpy (open_clip pre-LN, BERT post-LN), masks, AdaLN, dtypes, axes."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxtok.nn.block import Block
+
+
+def _np_ln(x, p, eps=1e-5):
+  mu = x.mean(-1, keepdims=True)
+  y = (x - mu) / np.sqrt(((x - mu)**2).mean(-1, keepdims=True) + eps)
+  return y * p["scale"] + p["bias"]
+
+
+def _np_attn(x, p, mask=None):
+  """PyTorch nn.MultiheadAttention semantics from in_proj [3W, W] = qkv [W, 3, H, E] reshaped."""
+  w, h, e = p["qkv"].shape[0], p["qkv"].shape[2], p["qkv"].shape[3]
+  qkv = x @ p["qkv"].reshape(w, 3 * w) + p["qkv_bias"].reshape(3 * w)
+  b, t, _ = x.shape
+  q, k, v = (a.reshape(b, t, h, e).transpose(0, 2, 1, 3) for a in np.split(qkv, 3, axis=-1))
+  s = q @ k.transpose(0, 1, 3, 2) / np.sqrt(e)
+  if mask is not None:
+    s = np.where(mask, s, -1e30)
+  s = np.exp(s - s.max(-1, keepdims=True))
+  o = ((s / s.sum(-1, keepdims=True)) @ v).transpose(0, 2, 1, 3).reshape(b, t, w)
+  return o @ p["out"].reshape(w, w) + p["out_bias"]
+
+
+def _np_mlp(x, p):
+  erf = np.vectorize(math.erf)
+  h = x @ p["up"]["kernel"] + p["up"]["bias"]
+  return (0.5 * h * (1 + erf(h / np.sqrt(2)))) @ p["down"]["kernel"] + p["down"]["bias"]
+
+
+def _np_block(x, p, mask=None, post=False):
+  if post:
+    x = _np_ln(x + _np_attn(x, p["attn"], mask), p["norm1"], 1e-12)
+    return _np_ln(x + _np_mlp(x, p["mlp"]), p["norm2"], 1e-12)
+  x = x + _np_attn(_np_ln(x, p["norm1"]), p["attn"], mask)
+  return x + _np_mlp(_np_ln(x, p["norm2"]), p["mlp"])
+
+
+def _randomize(module, seed=1):
+  """Random values for every parameter (biases and norms too) so the reference checks all of them."""
+  state = nnx.state(module)
+  leaves, tree = jax.tree.flatten(state)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  nnx.update(module, jax.tree.unflatten(tree, [jax.random.normal(k, l.shape) * 0.3
+                                               for k, l in zip(keys, leaves)]))
+  return jax.tree.map(lambda a: np.asarray(a, np.float64), nnx.to_pure_dict(nnx.state(module)))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("post", [False, True])
+def test_block_matches_numpy(masked, post):
+  blk = Block(8, 2, mlp_hidden=32, post_norm=post, norm_eps=1e-12 if post else 1e-5, rngs=nnx.Rngs(0))
+  p = _randomize(blk, seed=3 if masked else 1)
+  x = np.random.RandomState(0).randn(2, 5, 8)
+  keep = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0]], bool)[:, None, None, :] if masked else None
+  got = blk(jnp.asarray(x, jnp.float32), mask=None if keep is None else jnp.asarray(keep))
+  np.testing.assert_allclose(got, _np_block(x, p, keep, post), rtol=1e-4, atol=1e-4)
+
+
+def test_adaln_block_is_identity_at_init_and_modulates_per_segment():
+  blk = Block(8, 2, mlp_hidden=16, norm_affine=False, adaln=True, cond_dim=4, ada_segments=2,
+              rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(0), (2, 5, 8))
+  cond = jax.random.normal(jax.random.key(1), (2, 4))
+  np.testing.assert_array_equal(blk(x, cond=cond, segments=(3, 2)), x)  # adaLN-zero
+  _randomize(blk)
+  mods = blk._modulation(cond, (3, 2), 5)
+  assert len(mods) == 6 and mods[0].shape == (2, 5, 8)
+  np.testing.assert_array_equal(mods[0][:, 0], mods[0][:, 2])  # one modulation per segment
+  assert not np.allclose(mods[0][:, 2], mods[0][:, 3])
+  # The order is FlexTok's: gate_msa, gate_mlp, shift_msa, scale_msa, shift_mlp, scale_mlp.
+  full = blk.ada(jax.nn.silu(cond)).reshape(2, 2, 6, 8)
+  np.testing.assert_allclose(mods[1][:, 4], full[:, 1, 1], rtol=1e-6)
+  with pytest.raises(ValueError, match="segments must be 2 lengths"):
+    blk(x, cond=cond)
+  with pytest.raises(ValueError, match="needs cond"):
+    blk(x)
+
+
+def test_bf16_compute_keeps_float32_params_and_is_close():
+  b32 = Block(16, 2, mlp_hidden=64, rngs=nnx.Rngs(0))
+  b16 = Block(16, 2, mlp_hidden=64, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+  assert all(l.dtype == jnp.float32 for l in jax.tree.leaves(nnx.state(b16)))
+  x = jax.random.normal(jax.random.key(0), (2, 4, 16))
+  y16 = b16(x.astype(jnp.bfloat16))
+  assert y16.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(y16, np.float32), b32(x), atol=0.1)
+
+
+def test_params_carry_logical_axes():
+  blk = Block(8, 2, mlp_hidden=32, mlp="swiglu", adaln=True, rngs=nnx.Rngs(0))
+  specs = nnx.get_partition_spec(nnx.state(blk))
+  assert tuple(specs["attn"]["qkv"].get_value()) == ("embed", None, "heads", "kv")
+  assert tuple(specs["mlp"]["gate"]["kernel"].get_value()) == ("embed", "mlp")
+  assert tuple(specs["mlp"]["up"]["kernel"].get_value()) == ("embed", "mlp")
+  assert tuple(specs["mlp"]["down"]["kernel"].get_value()) == ("mlp", "embed")
+  assert tuple(specs["ada"]["kernel"].get_value()) == ("embed", "mlp")
+  assert tuple(specs["norm1"]["scale"].get_value()) == ("embed",)
