@@ -44,7 +44,8 @@ cli.define_tfds_flags(FLAGS, split="validation")
 flags.DEFINE_string("out", None, "output folder for metrics.json and plots", flag_values=FLAGS)
 flags.DEFINE_enum("dataset", "photos", list(DATASETS), "evaluation images", flag_values=FLAGS)
 flags.DEFINE_string("folder", None, "image folder (--dataset folder)", flag_values=FLAGS)
-flags.DEFINE_integer("num_images", 64, "images evaluated (photos: held-out crops)", flag_values=FLAGS)
+flags.DEFINE_integer("num_images", None, "images evaluated (default: photos of a training checkpoint: "
+                     "its config's held-out set, data.heldout crops; otherwise 64)", flag_values=FLAGS)
 flags.DEFINE_string("token_counts", None, "comma-separated token counts (default: config.eval."
                     "token_counts, else all K)", flag_values=FLAGS)
 flags.DEFINE_string("inception_weights", None, "FID Inception weights file: enables rFID / pFID / gFID",
@@ -63,15 +64,29 @@ flags.DEFINE_string("save_reference_stats", None, "gFID mode: also save the refe
                     flag_values=FLAGS)
 
 
-def dataset_images(size: int) -> tuple[np.ndarray, dict]:
-  """float32 [N, size, size, 3] evaluation images of --dataset, and a description."""
+def dataset_images(size: int, run_data=None) -> tuple[np.ndarray, dict]:
+  """float32 [N, size, size, 3] evaluation images of --dataset, and a description.
+
+  run_data: the `data` config of the training run that wrote the checkpoint (None for other
+  checkpoints). With --dataset photos it defines the held-out set exactly as the run's own
+  evaluation did (`pipeline.heldout_images`: data.heldout crops at data.max_scale), so this tool and
+  the training job report the same numbers; --num_images changes only the count.
+  """
   n = FLAGS.num_images
-  if n < 2:
+  if n is not None and n < 2:
     raise ValueError(f"--num_images must be >= 2, got {n}")
   if FLAGS.dataset == "photos":
-    from jaxtok.data import photos  # pylint: disable=g-import-not-at-top
-    _, held = photos.load_photos(size, n)
-    return held, {"dataset": "photos", "split": "held-out crops (fixed seed)"}
+    from jaxtok.data import pipeline  # pylint: disable=g-import-not-at-top
+    if run_data is not None and pipeline._get(run_data, "source", "photos") == "photos":  # pylint: disable=protected-access
+      data = run_data.to_dict() if hasattr(run_data, "to_dict") else dict(run_data)
+      data["image_size"] = size
+      held = pipeline.heldout_images(data, count=n)
+      return held, {"dataset": "photos", "split": "the run's held-out crops (its data config)",
+                    "max_scale": int(data.get("max_scale", 4))}
+    held = pipeline.heldout_images({"source": "photos", "image_size": size, "max_scale": 4},
+                                   count=64 if n is None else n)
+    return held, {"dataset": "photos", "split": "held-out crops (fixed seed)", "max_scale": 4}
+  n = 64 if n is None else n
   if FLAGS.dataset == "folder":
     paths = img_lib.list_images(FLAGS.folder, flag="--folder")[:n]
     return (img_lib.load_images(FLAGS.folder, paths, size, FLAGS.fit),
@@ -106,9 +121,7 @@ def evaluate_tokenizer() -> dict:
   from jaxtok.metrics import fid as fid_lib  # pylint: disable=g-import-not-at-top
   from jaxtok.metrics import pfid as pfid_lib  # pylint: disable=g-import-not-at-top
   from jaxtok.metrics import plots  # pylint: disable=g-import-not-at-top
-  from jaxtok.metrics import psnr as psnr_lib  # pylint: disable=g-import-not-at-top
   from jaxtok.metrics import rate_distortion as rd  # pylint: disable=g-import-not-at-top
-  from jaxtok.metrics import ssim as ssim_lib  # pylint: disable=g-import-not-at-top
 
   config = FLAGS.config
   if config is None:
@@ -118,7 +131,8 @@ def evaluate_tokenizer() -> dict:
   if config is not None and hasattr(config, "get") and config.get("eval"):
     stored_eval = config.get("eval").get("token_counts")
   counts = token_counts(tokenizer, stored_eval)
-  images, data_info = dataset_images(tokenizer.image_size)
+  run_data = config.get("data") if hasattr(config, "get") and "model" in config else None
+  images, data_info = dataset_images(tokenizer.image_size, run_data)
   features = fid_stats.inception_features(FLAGS.inception_weights) if FLAGS.inception_weights else None
   bs = FLAGS.batch_size
   key = jax.random.key(FLAGS.seed)
@@ -126,16 +140,15 @@ def evaluate_tokenizer() -> dict:
   real_stats = fid_stats.stats_of_batches(
       (images[i:i + bs] for i in range(0, len(images), bs)), features) if features else None
 
+  # PSNR/SSIM from the training loop's own scorer (same chunks, rounding and key: same numbers).
+  from jaxtok.train import evaluate as scorer  # pylint: disable=g-import-not-at-top
+  scores, recons_u8 = scorer.evaluate(scorer.reconstruct_fn(tokenizer, params, seed=FLAGS.seed),
+                                      images, counts)
   per_count, recons = {}, {}
   for k in counts:
-    rec = cli.batched(lambda x, k=k: tokenizer.reconstruct(params, jnp.asarray(x), num_tokens=k,
-                                                           rng=key), images, bs)
-    rec = np.asarray(pfid_lib.quantize_8bit(rec))
+    row = dict(scores["all" if k is None else str(k)])
+    rec = recons_u8["all" if k is None else str(k)].astype(np.float32) / 255.0
     recons[k] = rec
-    row = {"psnr": psnr_lib.mean_psnr(np.asarray(psnr_lib.psnr(jnp.asarray(images), jnp.asarray(rec))))}
-    if min(images.shape[1:3]) >= 11:
-      row["ssim"] = float(np.mean(np.asarray(ssim_lib.ssim(jnp.asarray(images), jnp.asarray(rec)),
-                                             np.float64)))
     if features is not None:
       rec_stats = fid_stats.stats_of_batches((rec[i:i + bs] for i in range(0, len(rec), bs)), features)
       row["rfid"] = fid_lib.fid_from_stats(rec_stats, real_stats)

@@ -235,6 +235,30 @@ def _get(cfg: Any, key: str, default: Any) -> Any:
   return default if value is None else value
 
 
+def heldout_images(cfg: Any, *, count: int | None = None) -> np.ndarray:
+  """The held-out images of `config.data`: float32 [N, S, S, 3] in [0, 1], N = data.heldout.
+
+  The one definition of a run's held-out set: the training loop's evaluations and
+  `tools/evaluate.py` on that run's checkpoint both read it from the config stored with the run, so
+  they score the same images. `count` overrides data.heldout.
+  """
+  source = _get(cfg, "source", "photos")
+  if source not in SOURCES:
+    raise ValueError(f"config.data.source must be one of {SOURCES}, got {source!r}")
+  image_size = int(_get(cfg, "image_size", 0))
+  n = int(_get(cfg, "heldout", 16) if count is None else count)
+  if source == "photos":
+    from jaxtok.data import photos  # pylint: disable=g-import-not-at-top
+    return photos.load_photos(image_size, n, int(_get(cfg, "max_scale", 4)))[1]
+  from jaxtok.data import tfds_source  # pylint: disable=g-import-not-at-top
+  name = _get(cfg, "name", "")
+  if not name:
+    raise ValueError("config.data.source = 'tfds' needs config.data.name (e.g. 'imagenet2012')")
+  src = tfds_source.source(name, split=str(_get(cfg, "heldout_split", "validation")),
+                           data_dir=_get(cfg, "data_dir", None) or None)
+  return eval_images(src, image_size=image_size, count=n)
+
+
 def from_config(cfg: Any, *, seed: int, process_index: int = 0,
                 process_count: int = 1) -> tuple[Any, np.ndarray]:
   """(training iterator of local float32 batches [B / processes, S, S, 3] with get/set_state,
@@ -244,18 +268,17 @@ def from_config(cfg: Any, *, seed: int, process_index: int = 0,
     raise ValueError(f"config.data.source must be one of {SOURCES}, got {source!r}")
   image_size = int(cfg.image_size)
   global_batch = int(cfg.batch_size)
-  heldout = int(_get(cfg, "heldout", 16))
   if global_batch % process_count:
     raise ValueError(f"data.batch_size ({global_batch}) must be divisible by the process count "
                      f"({process_count})")
   if source == "photos":
     from jaxtok.data import photos  # pylint: disable=g-import-not-at-top
     max_scale = int(_get(cfg, "max_scale", 4))
-    train, held = photos.load_photos(image_size, heldout, max_scale)
+    train, _ = photos.split_photos(photos.bundled_photos())
     data = photos.PhotoCrops(train, image_size=image_size, global_batch=global_batch, seed=seed,
                              max_scale=max_scale, process_index=process_index,
                              process_count=process_count)
-    return data, held
+    return data, heldout_images(cfg)
   from jaxtok.data import tfds_source  # pylint: disable=g-import-not-at-top
   name = _get(cfg, "name", "")
   if not name:
@@ -267,8 +290,5 @@ def from_config(cfg: Any, *, seed: int, process_index: int = 0,
                                               flip=bool(_get(cfg, "flip", True))),
                   shard=(process_index, process_count),
                   num_threads=int(_get(cfg, "num_threads", 2)))
-  held_split = str(_get(cfg, "heldout_split", "validation"))
-  held = eval_images(tfds_source.source(name, split=held_split, data_dir=data_dir),
-                     image_size=image_size, count=heldout)
-  return ImageBatches(pipe), held
+  return ImageBatches(pipe), heldout_images(cfg)
 

@@ -6,9 +6,12 @@ Abbreviations: N held-out images, H/W image size, T token counts.
 each k (prefix decoding: One-D-Piece and FlexTok quality should rise with k) and returns the mean
 PSNR / SSIM per k; `image_grid` lays out rows = images, columns = original + one per k.
 
-PSNR and SSIM come from `jaxtok.metrics.psnr` / `jaxtok.metrics.ssim` when those modules are present;
-otherwise the standard definitions below are used (PSNR on [0, 1] images; SSIM with an 11x11
-Gaussian window, sigma 1.5, K1 = 0.01, K2 = 0.03, averaged over channels, valid region).
+PSNR and SSIM come from `jaxtok.metrics.psnr` / `jaxtok.metrics.ssim` (their only definitions).
+This is the one scorer: the training loop's evaluations and `tools/evaluate.py` both call `evaluate`
+with `reconstruct_fn` on the held-out set of the run's config (`jaxtok.data.pipeline.heldout_images`),
+so the two report identical numbers for one checkpoint. Images are scored in fixed chunks of
+`EVAL_CHUNK` whatever the caller's batch size, so the compiled shapes (and the float rounding) are
+the same in both.
 """
 from __future__ import annotations
 
@@ -20,57 +23,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxtok.metrics import psnr as psnr_lib
+from jaxtok.metrics import ssim as ssim_lib
 
-def psnr(x: jax.Array, y: jax.Array) -> jax.Array:
-  """Per-image PSNR in dB of float [N, H, W, C] images in [0, 1] -> [N] float32."""
-  mse = jnp.mean(jnp.square(x.astype(jnp.float32) - y.astype(jnp.float32)), axis=(1, 2, 3))
-  return -10.0 * jnp.log10(jnp.maximum(mse, 1e-10))
-
-
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> np.ndarray:
-  ax = np.arange(size, dtype=np.float64) - (size - 1) / 2
-  g = np.exp(-0.5 * (ax / sigma) ** 2)
-  return (g / g.sum()).astype(np.float32)
+EVAL_CHUNK = 16
 
 
-def ssim(x: jax.Array, y: jax.Array, *, window: int = 11, sigma: float = 1.5) -> jax.Array:
-  """Per-image SSIM of float [N, H, W, C] images in [0, 1] -> [N] float32 (Wang et al. 2004)."""
-  x, y = x.astype(jnp.float32), y.astype(jnp.float32)
-  window = min(window, x.shape[1], x.shape[2])
-  g = jnp.asarray(_gaussian_window(window, sigma))
+def reconstruct_fn(tokenizer: Any, params: Any, *, seed: int = 0) -> Callable:
+  """`(images [n, H, W, 3] float32, k) -> reconstructions` of a Tokenizer's weights.
 
-  def blur(a):  # separable Gaussian filter, valid padding, per channel.
-    n, h, w, c = a.shape
-    a = a.transpose(0, 3, 1, 2).reshape(n * c, h, w)
-    a = jax.vmap(lambda im: jax.vmap(lambda r: jnp.convolve(r, g, mode="valid"))(im))(a)
-    a = jax.vmap(lambda im: jax.vmap(lambda col: jnp.convolve(col, g, mode="valid"), 1, 1)(im))(a)
-    return a.reshape(n, c, a.shape[1], a.shape[2])
-
-  c1, c2 = 0.01 ** 2, 0.03 ** 2
-  mx, my = blur(x), blur(y)
-  sxx, syy, sxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
-  s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
-  return jnp.mean(s, axis=(1, 2, 3))
-
-
-def _metric_fns() -> tuple[Callable, Callable]:
-  """The project's PSNR / SSIM when available (same definitions), else the local ones."""
-  p, s = psnr, ssim
-  try:
-    from jaxtok.metrics import psnr as psnr_mod  # pylint: disable=g-import-not-at-top
-    p = getattr(psnr_mod, "psnr", p)
-  except ImportError:
-    pass
-  try:
-    from jaxtok.metrics import ssim as ssim_mod  # pylint: disable=g-import-not-at-top
-    s = getattr(ssim_mod, "ssim", s)
-  except ImportError:
-    pass
-  return p, s
+  Stochastic decoders (FlexTok's flow) draw from `jax.random.key(seed)`, the same key for every
+  chunk, so every tool that scores a checkpoint sees the same reconstructions.
+  """
+  key = jax.random.key(seed)
+  return lambda images, k: tokenizer.reconstruct(params, images, num_tokens=k, rng=key)
 
 
 def evaluate(reconstruct: Callable[[jax.Array, int | None], jax.Array], images: np.ndarray,
-             token_counts: Sequence[int | None], *, batch_size: int = 16) -> tuple[dict, dict]:
+             token_counts: Sequence[int | None]) -> tuple[dict, dict]:
   """Mean PSNR / SSIM of `reconstruct(images, k)` for each k in token_counts.
 
   Args:
@@ -79,24 +49,26 @@ def evaluate(reconstruct: Callable[[jax.Array, int | None], jax.Array], images: 
     token_counts: prefix lengths k to decode from (None = all tokens).
 
   Returns:
-    (metrics {str(k): {"psnr": dB, "ssim": float}}, recons {str(k): uint8 [N, H, W, 3]}).
+    (metrics {str(k): {"psnr": dB, "ssim": float}}, recons {str(k): uint8 [N, H, W, 3]}); "ssim"
+    is left out for images smaller than its 11x11 window. PSNR is the mean of per-image PSNRs.
   """
-  psnr_fn, ssim_fn = _metric_fns()
   images = np.asarray(images, np.float32)
   metrics, recons = {}, {}
   for k in token_counts:
     outs, ps, ss = [], [], []
-    for i in range(0, len(images), batch_size):
-      x = jnp.asarray(images[i:i + batch_size])
+    for i in range(0, len(images), EVAL_CHUNK):
+      x = jnp.asarray(images[i:i + EVAL_CHUNK])
       r = jnp.clip(jnp.asarray(reconstruct(x, k), jnp.float32), 0.0, 1.0)
       # Score the 8-bit image that would be saved, as the reference evaluations do.
       r = jnp.round(r * 255.0) / 255.0
-      ps.append(np.asarray(psnr_fn(x, r)))
-      ss.append(np.asarray(ssim_fn(x, r)))
+      ps.append(np.asarray(psnr_lib.psnr(x, r)))
+      if min(x.shape[1:3]) >= 11:   # SSIM's 11x11 window
+        ss.append(np.asarray(ssim_lib.ssim(x, r)))
       outs.append(np.asarray(jnp.round(r * 255.0), np.uint8))
     key = "all" if k is None else str(int(k))
-    metrics[key] = {"psnr": float(np.mean(np.concatenate(ps))),
-                    "ssim": float(np.mean(np.concatenate(ss)))}
+    metrics[key] = {"psnr": psnr_lib.mean_psnr(np.concatenate(ps))}
+    if ss:
+      metrics[key]["ssim"] = float(np.mean(np.concatenate(ss), dtype=np.float64))
     recons[key] = np.concatenate(outs)
   return metrics, recons
 

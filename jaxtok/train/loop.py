@@ -315,9 +315,7 @@ def _train_locked(config: Any, workdir: str, *, show_progress: bool,
   use_ema = ema_decay > 0
 
   def reconstruct(params):
-    def fn(images, k):
-      return tokenizer.reconstruct(params, images, num_tokens=k)
-    return fn
+    return eval_lib.reconstruct_fn(tokenizer, params)
 
   log_every, eval_every, ckpt_every = int(config.log_every), int(config.eval_every), int(config.ckpt_every)
   delay = float(config.get("step_delay_s", 0.0))

@@ -104,3 +104,24 @@ def test_gfid_of_sample_folders(fake_inception, image_folder, tmp_path):
   with pytest.raises(FileNotFoundError, match="--reference: expected a folder of images or a statistics"):
     tool.main(["evaluate", f"--samples={shifted}", f"--reference={tmp_path / 'none'}",
                f"--inception_weights={weights}", f"--out={out}"])
+
+
+@pytest.mark.slow
+def test_training_job_and_evaluate_report_identical_numbers(tmp_path):
+  """Issue 12 section 4: the job's final_metrics.json and tools/evaluate.py on its checkpoint agree
+  exactly (same held-out set from the stored data config, same scorer), with the default flags."""
+  from configs import onedpiece
+  from jaxtok.train import loop
+  config = onedpiece.get_config("tiny")
+  config.total_steps, config.eval_every, config.ckpt_every = 2, 100, 2
+  config.data.max_scale, config.data.heldout = 3, 20    # not the tool's old defaults (4, 64)
+  workdir = str(tmp_path / "run")
+  loop.train(config, workdir, show_progress=False)
+  with open(os.path.join(workdir, "final_metrics.json")) as f:
+    job = json.load(f)
+  rep = load_tool("evaluate").main(["evaluate", f"--checkpoint={workdir}", f"--out={tmp_path / 'ev'}",
+                                    "--codec_images=0"])
+  assert rep["num_images"] == job["num_images"] == 20
+  want = {("all" if k == "None" else k): v for k, v in rep["per_token_count"].items()}
+  assert want == job["per_token_count"]            # bit-identical floats, every count
+  assert len(want) == len(config.eval.token_counts) and rep["max_scale"] == 3

@@ -46,11 +46,13 @@ def test_loop_reexports_the_photo_dataset():
 
 
 def test_metrics_and_grid():
-  x = np.zeros((2, 16, 16, 3), np.float32)
-  y = x + 0.1
-  np.testing.assert_allclose(np.asarray(evaluate.psnr(x, y)), 20.0, rtol=1e-5)
-  np.testing.assert_allclose(np.asarray(evaluate.ssim(x + 0.5, x + 0.5)), 1.0, rtol=1e-6)
-  assert float(np.asarray(evaluate.ssim(x + 0.5, np.flip(x + np.linspace(0, 1, 16)[:, None, None], 1)))[0]) < 0.9
+  # The scorer rates the 8-bit image that would be saved: 0.1 becomes round(25.5) / 255 = 26 / 255.
+  x = np.zeros((20, 16, 16, 3), np.float32)     # > EVAL_CHUNK images: two chunks
+  m, _ = evaluate.evaluate(lambda im, k: im + 0.1, x, [4])
+  np.testing.assert_allclose(m["4"]["psnr"], -20 * np.log10(26 / 255), rtol=1e-6)
+  assert set(m["4"]) == {"psnr", "ssim"}
+  m, _ = evaluate.evaluate(lambda im, k: im + 0.1, x[:, :8, :8], [4])
+  assert set(m["4"]) == {"psnr"}                 # SSIM needs its 11x11 window
   # k=None reconstructs exactly; k=1 returns a constant 0.5 image.
   imgs = np.random.default_rng(0).random((3, 16, 16, 3)).astype(np.float32)
   fn = lambda im, k: im if k is None else np.full_like(im, 0.5)
