@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from jaxtok import sharding
+from jaxtok.nn.options import compute_dtype  # noqa: F401  (re-exported: the tokenizers' dtype parser)
 from jaxtok.quantizers import base
 from jaxtok.samplers import guidance
 
@@ -163,16 +164,6 @@ def as_dict(config: Any) -> dict[str, Any]:
   if isinstance(config, Mapping):
     return dict(config)
   raise TypeError(f"config must be a Mapping or ml_collections.ConfigDict, got {type(config).__name__}")
-
-
-def compute_dtype(value: Any) -> Any:
-  """'float32' / 'bfloat16' / a dtype -> a jnp dtype (None -> float32)."""
-  if value is None:
-    return jnp.float32
-  dt = jnp.dtype(value)
-  if not jnp.issubdtype(dt, jnp.floating):
-    raise ValueError(f"dtype must be a floating dtype (float32, bfloat16), got {value!r}")
-  return dt.type
 
 
 def model_module(name: str):
