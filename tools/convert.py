@@ -8,7 +8,7 @@
 or omitted to read the sizes off the tensor shapes. --weights: .safetensors, or a PyTorch file read
 with torch.load(weights_only=True) (needs torch). Writes OUT/params (orbax) and OUT/config.json;
 `jaxtok.convert.load_converted(OUT)` reads them back (a tokenizer also loads with
-`jaxtok.train.loop.load_params(OUT + "/params", jaxtok.tokenizers.api.build(config))`).
+`jaxtok.train.checkpoint.load_params(OUT, jaxtok.tokenizers.api.build(config).abstract_params())`).
 """
 from __future__ import annotations
 

@@ -117,6 +117,7 @@ def evaluate_tokenizer() -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from jaxtok.eval import checkpoints, fid_stats  # pylint: disable=g-import-not-at-top
+  from jaxtok.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   from jaxtok.metrics import codebook as codebook_lib  # pylint: disable=g-import-not-at-top
   from jaxtok.metrics import fid as fid_lib  # pylint: disable=g-import-not-at-top
   from jaxtok.metrics import pfid as pfid_lib  # pylint: disable=g-import-not-at-top
@@ -125,7 +126,7 @@ def evaluate_tokenizer() -> dict:
 
   config = FLAGS.config
   if config is None:
-    config = checkpoints.stored_config(FLAGS.checkpoint) if FLAGS.checkpoint else None
+    config = ckpt_lib.read_config(FLAGS.checkpoint) if FLAGS.checkpoint else None
   tokenizer, params, info = checkpoints.load_tokenizer(config, FLAGS.checkpoint, use_ema=FLAGS.use_ema)
   stored_eval = None
   if config is not None and hasattr(config, "get") and config.get("eval"):
@@ -160,7 +161,7 @@ def evaluate_tokenizer() -> dict:
             "image_size": int(tokenizer.image_size), **data_info, "token_counts": counts,
             "per_token_count": per_count,
             "fid_features": "FID Inception-v3 (pool3, 2048-d)" if features else None}
-  size = checkpoints.codebook_size(tokenizer)
+  size = tokenizer.vocab_size
   full = tokenizer.max_tokens
   if size is not None:
     usage = codebook_lib.CodebookUsage(size)

@@ -115,7 +115,7 @@ def main(argv) -> str:
 
   tokens = cli.batched(encode, images, FLAGS.batch_size)
   bar.close()
-  meta.update(codebook_size=checkpoints.codebook_size(tokenizer), image_size=int(size),
+  meta.update(codebook_size=tokenizer.vocab_size, image_size=int(size),
               tokenizer={"config": info["model_config"], "checkpoint": info["path"],
                          "weights": info["weights"], "step": info["step"],
                          "num_tokens": int(tokens.shape[1])})

@@ -16,8 +16,8 @@ JSON string or file), an official config (with a "model" key, e.g. the HF config
 read what the tensor shapes show. Every converter raises ValueError naming the missing, unexpected
 and mis-shaped tensors of a wrong or incomplete file.
 
-A saved tokenizer loads back with `jaxtok.train.loop.load_params(out_dir + "/params",
-jaxtok.tokenizers.api.build(config))` or simply `load_converted(out_dir)`.
+A saved tokenizer loads back with `jaxtok.train.checkpoint.load_params(out_dir,
+jaxtok.tokenizers.api.build(config).abstract_params())` or simply `load_converted(out_dir)`.
 """
 from __future__ import annotations
 
@@ -83,13 +83,12 @@ def _abstract(config: dict):
 def save_converted(out_dir: str | os.PathLike, config: dict, params) -> str:
   """Writes out_dir/params (an orbax StandardCheckpointer checkpoint of the nnx.State) and
   out_dir/config.json; returns out_dir. Refuses to overwrite existing params."""
-  import orbax.checkpoint as ocp
+  from jaxtok.train import checkpoint as ckpt_lib
   out_dir = os.path.abspath(os.fspath(out_dir))
   if os.path.exists(os.path.join(out_dir, "params")):
     raise ValueError(f"{out_dir}/params already exists; choose an empty output directory")
   os.makedirs(out_dir, exist_ok=True)
-  with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(os.path.join(out_dir, "params"), params)
+  ckpt_lib.save_params(os.path.join(out_dir, "params"), params)
   with open(os.path.join(out_dir, "config.json"), "w") as f:
     json.dump(config, f, indent=2, sort_keys=True, default=list)
   return out_dir
@@ -97,13 +96,13 @@ def save_converted(out_dir: str | os.PathLike, config: dict, params) -> str:
 
 def load_converted(out_dir: str | os.PathLike):
   """(config, nnx.State) written by `save_converted` (tokenizer or generator)."""
-  import orbax.checkpoint as ocp
+  from jaxtok.train import checkpoint as ckpt_lib
   out_dir = os.path.abspath(os.fspath(out_dir))
   path = os.path.join(out_dir, "config.json")
   if not os.path.isfile(path):
     raise ValueError(f"{out_dir} holds no config.json (not written by save_converted)")
   with open(path) as f:
     config = json.load(f)
-  with ocp.StandardCheckpointer() as ckptr:
-    params = ckptr.restore(os.path.join(out_dir, "params"), _abstract(config))
+  params, _ = ckpt_lib.load_params(os.path.join(out_dir, "params"), _abstract(config),
+                                   flag=out_dir)
   return config, params

@@ -115,23 +115,19 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict[str, jax.Ar
 
 def load_params(path: str) -> dict[str, jax.Array]:
   """Loads FID Inception weights from `.pth`/`.pt` (torch.load with weights_only=True, never
-  unpickling arbitrary objects), `.safetensors`, or `.npz` (arrays keyed by the PyTorch names)."""
+  unpickling arbitrary objects), `.safetensors`, or `.npz` (arrays keyed by the PyTorch names).
+
+  This reads a weights file, not a jaxtok checkpoint; the file formats other than `.npz` are read
+  by the converters' reader (`jaxtok.convert.common.read_checkpoint`).
+  """
   if not os.path.exists(path):
     raise FileNotFoundError(f"FID Inception weights not found at {path!r}; pass the pytorch-fid "
                             "file pt_inception-2015-12-05-6726825d.pth (jaxtok never downloads it)")
-  ext = os.path.splitext(path)[1].lower()
-  if ext == ".npz":
+  if os.path.splitext(path)[1].lower() == ".npz":
     with np.load(path, allow_pickle=False) as f:
-      sd = {k: f[k] for k in f.files}
-  elif ext == ".safetensors":
-    from safetensors.numpy import load_file
-    sd = load_file(path)
-  elif ext in (".pth", ".pt", ".bin"):
-    import torch
-    sd = {k: v.numpy() for k, v in torch.load(path, map_location="cpu", weights_only=True).items()}
-  else:
-    raise ValueError(f"unknown weights format {ext!r} for {path!r}: use .pth, .safetensors or .npz")
-  return convert_state_dict(sd)
+      return convert_state_dict({k: f[k] for k in f.files})
+  from jaxtok.convert import common  # pylint: disable=g-import-not-at-top
+  return convert_state_dict(common.read_checkpoint(path)[0])
 
 
 def _conv_bn_relu(params, name, x):

@@ -25,6 +25,13 @@ The trainers also refuse to save a state holding NaN/inf (see `jaxtok.train.loop
 
 Restore reads straight into the target shardings: the target is an abstract state whose leaves are
 `jax.ShapeDtypeStruct`s carrying `NamedSharding`s (see `state.abstract_train_state`).
+
+The one reader of model weights is `load_params(path, target)` (tools, the generator sampler, the
+TiTok teacher). `path` may be a training workdir (its `checkpoints/`), a checkpoint directory of
+numbered steps (the newest is read), one step directory, an orbax parameter directory holding an
+nnx.State (`save_params`), or the output folder of tools/convert.py (`OUT/params` + `OUT/config.json`).
+From a training checkpoint only the weights are read (orbax partial restore of `ema_params` or
+`params`, plus `model_state`): the optimizer state is never materialised.
 """
 from __future__ import annotations
 
@@ -352,23 +359,24 @@ class Checkpointer:
   # --------------------------------------------------------------------------------------------
   def stored_config(self, step: int) -> dict | None:
     """The config JSON saved with `step` (None when absent or unreadable)."""
+    return self.stored_config_at(self.directory, step)
+
+  @staticmethod
+  def stored_config_at(directory: str, step: int) -> dict | None:
+    """The config JSON saved with `step` under checkpoint root `directory` (None when absent)."""
     for name in ("metadata", "config.json"):
-      path = os.path.join(self.directory, str(step), "config", name)
+      path = os.path.join(directory, str(step), "config", name)
       try:
         with open(path) as f:
           data = json.load(f)
       except (OSError, ValueError):
         continue
-      return data if isinstance(data, dict) else None
+      return data if isinstance(data, dict) and data else None
     return None
 
   def state_signature(self, step: int) -> dict[str, tuple[tuple[int, ...], str]]:
     """`tree_signature` of the state saved at `step`, from orbax's metadata (no array is read)."""
-    with _quiet_orbax(), ocp.StandardCheckpointer() as reader:
-      meta = reader.metadata(os.path.join(self.directory, str(step), "state"))
-    tree = getattr(meta, "item_metadata", meta)
-    tree = getattr(tree, "tree", tree)
-    return tree_signature(tree)
+    return _signature_of(os.path.join(self.directory, str(step), "state"))
 
   def check_compatible(self, step: int, abstract_state: Any, *, config: Any = None,
                        on_config_change: str = "error") -> None:
@@ -475,3 +483,147 @@ class Checkpointer:
       multihost_utils.sync_global_devices(f"jaxtok_ckpt_move_{step}")
     self._manager.close()
     self._manager = self._make_manager()
+
+
+# ------------------------------------------------------------------------------------------------
+# The weights reader (read-only: it never creates, moves or deletes anything).
+_EXPECTED = ("a training workdir (with checkpoints/), a checkpoint directory of numbered steps, one "
+             "step directory, or an orbax parameter directory")
+
+
+def _step_dirs(root: str) -> list[int]:
+  return sorted(int(d) for d in os.listdir(root)
+                if d.isdigit() and os.path.isdir(os.path.join(root, d, "state")))
+
+
+def resolve(path: str, *, flag: str = "--checkpoint") -> dict:
+  """Classifies a weights path: {"kind": "train", "step_dir", "step"} or {"kind": "params", "dir"}.
+
+  Raises:
+    FileNotFoundError / ValueError naming `flag`, what was expected and what was found.
+  """
+  if not path:
+    raise ValueError(f"{flag} is required: expected {_EXPECTED}, got an empty value")
+  path = os.path.abspath(path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{flag}: expected {_EXPECTED}; {path!r} does not exist")
+  if not os.path.isdir(path):
+    raise ValueError(f"{flag}: expected {_EXPECTED}; {path!r} is a file")
+  if os.path.basename(path).isdigit() and os.path.isdir(os.path.join(path, "state")):
+    return {"kind": "train", "step_dir": path, "step": int(os.path.basename(path))}
+  root = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
+  steps = _step_dirs(root)
+  if steps:
+    return {"kind": "train", "step_dir": os.path.join(root, str(steps[-1])), "step": steps[-1]}
+  for d in (path, os.path.join(path, "params")):  # tools/convert.py writes OUT/params + OUT/config.json
+    if os.path.exists(os.path.join(d, "_METADATA")) or os.path.exists(os.path.join(d, "manifest.ocdbt")):
+      return {"kind": "params", "dir": d}
+  found = sorted(os.listdir(path))[:10]
+  raise ValueError(f"{flag}: expected {_EXPECTED}; {path!r} holds none (found {found or 'nothing'})")
+
+
+def read_config(path: str, *, flag: str = "--checkpoint") -> dict | None:
+  """The config stored with the weights at `path` (see `resolve`), or None when there is none.
+
+  A training step stores the run's config; a converted checkpoint (tools/convert.py) its model
+  config as `config.json` beside (or in) the parameter directory.
+  """
+  where = resolve(path, flag=flag)
+  if where["kind"] == "train":
+    step_dir = where["step_dir"]
+    return Checkpointer.stored_config_at(os.path.dirname(step_dir), where["step"])
+  for f in (os.path.join(os.path.dirname(where["dir"]), "config.json"),
+            os.path.join(where["dir"], "config.json")):
+    if os.path.isfile(f):
+      with open(f) as fh:
+        return json.load(fh)
+  return None
+
+
+def _signature_of(directory: str) -> dict[str, tuple[tuple[int, ...], str]]:
+  """`tree_signature` of the pytree orbax stored in `directory`, from its metadata only."""
+  with _quiet_orbax(), ocp.StandardCheckpointer() as reader:
+    meta = reader.metadata(directory)
+  tree = getattr(meta, "item_metadata", meta)
+  return tree_signature(getattr(tree, "tree", tree))
+
+
+def _check_weights(directory: str, target: Any, *, what: str, partial: bool = False,
+                   hint: str = "") -> None:
+  """Raises CheckpointMismatchError when the stored tree differs from `target` (names, shapes,
+  dtypes); `partial`: only the stored entries under `target`'s top-level keys are compared."""
+  stored = _signature_of(directory)
+  if not stored:
+    raise ValueError(f"{what} at {directory!r} has no readable metadata")
+  if partial:
+    roots = set(target)
+    stored = {k: v for k, v in stored.items() if k.split(".")[0] in roots}
+  problems = signature_differences(stored, tree_signature(target))
+  if problems:
+    raise CheckpointMismatchError(
+        f"{what} at {directory!r} holds other weights than the configured model{hint}:\n  "
+        + "\n  ".join(problems) + "\nNothing was changed on disk: use the config the weights were "
+        "trained with (wrong --config?).")
+
+
+def load_params(path: str, target: Any, *, use_ema: bool = True, config: Any = None,
+                flag: str = "--checkpoint", sharding: Any = None) -> tuple[Any, dict]:
+  """Reads a model's weights: (nnx.State shaped like `target`, info {kind, step, weights, path}).
+
+  Args:
+    path: see the module docstring (`resolve`).
+    target: the model's abstract state (nnx.State of ShapeDtypeStructs, Params and other variables,
+      e.g. `Tokenizer.abstract_params()`); leaves carrying a sharding are restored into it.
+    use_ema: take a training checkpoint's EMA weights when it kept them.
+    config: the reader's config; for a training checkpoint its differences from the stored config
+      are named in a mismatch error (they are not errors by themselves: only the weights must fit).
+    flag: the option named in errors.
+    sharding: restore every leaf into this sharding (default: the leaf's own, else the first local
+      device).
+
+  Raises:
+    CheckpointMismatchError: the stored weights' names, shapes or dtypes differ from `target`'s
+      (every difference named); FileNotFoundError / ValueError for a path that holds no weights.
+  """
+  from jaxtok.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  where = resolve(path, flag=flag)
+  default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                     sharding=sharding or getattr(a, "sharding", None) or default),
+      target)
+  restore_args = lambda t: jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), t)
+  if where["kind"] == "params":
+    _check_weights(where["dir"], target, what=f"{flag}: the parameter directory")
+    with _quiet_orbax(), ocp.StandardCheckpointer() as reader:
+      params = reader.restore(where["dir"], target)
+    return params, {"kind": "params", "step": None, "weights": "params", "path": where["dir"]}
+  state_dir = os.path.join(where["step_dir"], "state")
+  keys = {k.split(".")[0] for k in _signature_of(state_dir)}
+  weights = "ema_params" if use_ema and "ema_params" in keys else "params"
+  if weights not in keys:
+    raise ValueError(f"{flag}: {state_dir!r} holds no model parameters (keys {sorted(keys)})")
+  trainable, rest = state_lib.split_params(target)
+  wanted = {weights: trainable}
+  if jax.tree.leaves(rest):
+    wanted["model_state"] = rest
+  stored_cfg = Checkpointer.stored_config_at(os.path.dirname(where["step_dir"]), where["step"])
+  diffs = config_differences(stored_cfg, config) if stored_cfg and config is not None else []
+  hint = f" (config differences: {'; '.join(diffs[:6])})" if diffs else ""
+  _check_weights(state_dir, wanted, what=f"{flag}: checkpoint step {where['step']}", partial=True,
+                 hint=hint)
+  with _quiet_orbax(), ocp.PyTreeCheckpointer() as reader:
+    out = reader.restore(state_dir, args=ocp.args.PyTreeRestore(
+        item=wanted, restore_args=restore_args(wanted), partial_restore=True))
+  params = out[weights]
+  if "model_state" in out:
+    from flax import nnx  # pylint: disable=g-import-not-at-top
+    params = nnx.merge_state(params, out["model_state"])
+  return params, {"kind": "train", "step": where["step"], "weights": weights.replace("_params", ""),
+                  "path": where["step_dir"]}
+
+
+def save_params(path: str, params: Any) -> None:
+  """Writes a model's nnx.State as an orbax parameter directory (`load_params` reads it)."""
+  with ocp.StandardCheckpointer() as writer:
+    writer.save(os.path.abspath(path), params)

@@ -172,20 +172,18 @@ def _train_locked(config: Any, workdir: str, *, progress: bool, stop_at: int | N
 
 
 def load_params(config: Any, workdir: str, *, use_ema: bool = True):
-  """(graphdef, params) of the newest checkpoint in workdir (EMA parameters when present)."""
-  mesh = state_lib.mesh_from_config(config)
+  """(graphdef, params) of the newest checkpoint in workdir (EMA parameters when present).
+
+  Only the weights are read, into the shardings the run's mesh gives them; a checkpoint of another
+  model raises `CheckpointMismatchError` naming the differing entries and config fields.
+  """
   model, _, init_fn, _ = build(config, int(config.total_steps))
-  abstract, _ = state_lib.abstract_train_state(init_fn, jax.random.key(0), mesh,
+  abstract, _ = state_lib.abstract_train_state(init_fn, jax.random.key(0),
+                                               state_lib.mesh_from_config(config),
                                                state_lib.rules_from_config(config))
-  # Read-only: a reader given the wrong config gets an error naming the differences, and never moves,
-  # renames or deletes anything of the run (which may still be training).
-  ckpt = ckpt_lib.Checkpointer(f"{workdir}/checkpoints", read_only=True)
-  try:
-    restored = ckpt.restore(abstract, config=ckpt_lib.config_to_json(config), on_config_change="resume")
-  finally:
-    ckpt.close()
-  if restored is None:
-    raise FileNotFoundError(f"no generator checkpoint in {workdir}/checkpoints")
-  state = restored[0]
-  params = state["ema_params"] if use_ema and "ema_params" in state else state["params"]
+  target = abstract["params"]
+  if "model_state" in abstract:
+    target = nnx.merge_state(target, abstract["model_state"])
+  params, _ = ckpt_lib.load_params(os.path.join(workdir, "checkpoints"), target, use_ema=use_ema,
+                                   config=ckpt_lib.config_to_json(config), flag="--workdir")
   return model.graphdef, params

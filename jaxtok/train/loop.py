@@ -383,17 +383,6 @@ def _train_locked(config: Any, workdir: str, *, show_progress: bool,
   return report
 
 
-def load_params(path: str, tokenizer: Any, sharding: Any = None):
-  """Restores an nnx.State of `tokenizer`'s parameters from an orbax checkpoint directory."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  abstract = tokenizer.abstract_params()
-  if sharding is not None:
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
-                            abstract)
-  with ocp.StandardCheckpointer() as ckptr:
-    return ckptr.restore(os.path.abspath(path), abstract)
-
-
 def _teacher(config: Any, mesh: Any):
   """The frozen TiTok stage-1 teacher (a VQGAN): (codes_fn(params, images) -> [B, g*g], params)."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
@@ -404,14 +393,15 @@ def _teacher(config: Any, mesh: Any):
   teacher = tok_api.build(tcfg.model)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   if tcfg.get("checkpoint"):
-    params = load_params(tcfg.checkpoint, teacher, replicated)
+    params, _ = ckpt_lib.load_params(tcfg.checkpoint, teacher.abstract_params(),
+                                     flag="config.teacher.checkpoint", sharding=replicated)
   elif tcfg.get("random_init_for_smoke_test", False):
     # Only the tiny smoke config does this: it exercises the stage-1 plumbing, not the recipe.
     log.warning("TiTok stage 1 with a RANDOMLY INITIALISED teacher (smoke test only)")
     params = jax.device_put(teacher.init(jax.random.key(int(config.get("seed", 0)) + 17)), replicated)
   else:
     raise ValueError("config.teacher.checkpoint is empty: TiTok stage 1 needs the trained VQGAN "
-                     "teacher's parameters (an orbax checkpoint of its nnx.State)")
+                     "teacher's parameters (its training workdir, or an orbax checkpoint of its nnx.State)")
   graphdef = teacher.graphdef
 
   def codes_fn(p, images):

@@ -10,6 +10,7 @@ from PIL import Image
 
 from jaxtok.eval import checkpoints
 from jaxtok.eval import images as img_lib
+from jaxtok.train import checkpoint as ckpt_lib
 from tests.tools.conftest import load_tool
 
 
@@ -63,7 +64,7 @@ def test_checkpoint_layouts_and_weights(tiny_titok, tmp_path):
   np.testing.assert_array_equal(leaf(params), leaf(raw))
   # A bare parameter directory (converted checkpoints) needs --config.
   pdir = str(tmp_path / "params")
-  checkpoints.save_params(pdir, raw)
+  ckpt_lib.save_params(pdir, raw)
   _, params, info = checkpoints.load_tokenizer(config, pdir)
   assert info["kind"] == "params"
   np.testing.assert_array_equal(leaf(params), leaf(raw))
@@ -71,7 +72,7 @@ def test_checkpoint_layouts_and_weights(tiny_titok, tmp_path):
     checkpoints.load_tokenizer(None, pdir)
   # tools/convert.py's layout: OUT/params + OUT/config.json (the config is read from there).
   conv = tmp_path / "converted"
-  checkpoints.save_params(str(conv / "params"), ema)
+  ckpt_lib.save_params(str(conv / "params"), ema)
   (conv / "config.json").write_text(json.dumps(checkpoints.model_config(config)))
   _, params, info = checkpoints.load_tokenizer(None, str(conv))
   assert info["kind"] == "params" and info["path"] == str(conv / "params")
