@@ -9,8 +9,11 @@ This module reads both, derives a jaxtok config (`name="flextok"`, usable with
   enc_patch_emb.patch_proj.{weight,bias}                                enc_patch (kernel = W.T)
   enc_posemb_module.posembs [1, W, Gh, Gw] (frozen sin-cos)             checked, not stored
   enc_register_module.registers [K, W]                                  registers
-  enc_transformer.blocks.i.attn.{wq,wk,wv,proj}.weight                  enc_blocks.i.attn.*
-  enc_transformer.blocks.i.mlp.{fc1,fc2,fc3}.weight                     enc_blocks.i.mlp.*
+  enc_transformer.blocks.i.attn.{wq,wk,wv}.weight                       encoder.blocks.i.attn.qkv
+                                                                        [W, 3, H, E] (fused)
+  enc_transformer.blocks.i.attn.proj.weight                             encoder.blocks.i.attn.out
+  enc_transformer.blocks.i.mlp.{fc1,fc3,fc2}.weight                     encoder.blocks.i.mlp.
+                                                                        {gate,up,down}
   enc_to_latents.proj.{weight,bias}                                     enc_head
   dec_from_latents.proj                                                 dec_from_codes
   dec_registers_posemb_module.posembs [1, 1, W, K] (learnable_sum)      dec_register_pos [K, W]
@@ -18,10 +21,12 @@ This module reads both, derives a jaxtok config (`name="flextok"`, usable with
   dec_latent_dropout.nullcond (LearnedNullCond; ZeroNullCond: zeros)    null_cond
   dec_noise_patch_emb.patch_proj                                        dec_patch
   dec_patches_posemb_module.posembs                                     checked, not stored
-  dec_time_embedder.mlp.{0,2}                                           time_embed.fc1 / fc2
-  dec_transformer.blocks.i.adaLN_modulation.1 (+ attn, mlp)             dec_blocks.i.ada (+ ...)
+  dec_time_embedder.mlp.{0,2}                                           time_fc1 / time_fc2
+  dec_transformer.blocks.i.adaLN_modulation.1 (+ attn, mlp)             decoder.blocks.i.ada (+ ...)
   dec_to_patches.adaLN_modulation.1 / .proj                             dec_head_ada / dec_head
-  vae.vae.* (diffusers AutoencoderKL)                                   vae.* (FlexTokVAE)
+  vae.vae.* (diffusers AutoencoderKL)                                   vae.* (FlexTokVAE; the mid
+                                                                        attention's to_{q,k,v} fused
+                                                                        into attn.attn.qkv)
 
 Linear weights are transposed ([out, in] -> [in, out]), convolutions go OIHW -> HWIO. Layouts the
 jaxtok model cannot reproduce exactly (no QK-norm, a plain MLP, biases in attention, another
@@ -286,7 +291,7 @@ def infer_config(sd: Mapping[str, np.ndarray]) -> dict[str, Any]:
   out["patch_size"] = p
   out["posemb_grid"] = get(_ENC + "enc_posemb_module.posembs").shape[-1]
   hidden = get(_ENC + "enc_transformer.blocks.0.mlp.fc1.weight").shape[0]
-  from jaxtok.nn.flextok_layers import swiglu_hidden
+  from jaxtok.tokenizers.flextok import swiglu_hidden
   if hidden == swiglu_hidden(out["enc_width"], 4.0):
     out["mlp_ratio"] = 4.0
   levels = sorted({int(m.group(1)) for k in sd
@@ -380,7 +385,27 @@ def _attn_lin(w: np.ndarray) -> np.ndarray:
   return (w.reshape(w.shape[:2]) if w.ndim == 4 else w).T  # old diffusers: 1x1 conv weights
 
 
-Entry = tuple[str, str, Callable[[np.ndarray], np.ndarray]]
+# (official key, or a tuple of keys fused into one tensor; jaxtok path; transform of the arrays).
+Entry = tuple[str | tuple[str, ...], str, Callable[..., np.ndarray]]
+
+
+def _sources(src: str | tuple[str, ...]) -> tuple[str, ...]:
+  return src if isinstance(src, tuple) else (src,)
+
+
+def _qkv(heads: int) -> Callable[..., np.ndarray]:
+  """q, k, v Linear weights [W_out, W_in] each -> nn.Attention's fused qkv [W_in, 3, H, E]."""
+  return lambda q, k, v: np.stack([np.asarray(w).T for w in (q, k, v)], 1).reshape(
+      q.shape[1], 3, heads, -1)
+
+
+def _qkv_bias(heads: int) -> Callable[..., np.ndarray]:
+  return lambda q, k, v: np.stack([np.asarray(b) for b in (q, k, v)]).reshape(3, heads, -1)
+
+
+def _attn_out(heads: int) -> Callable[[np.ndarray], np.ndarray]:
+  """Output Linear weight [W_out, W_in] -> nn.Attention's out [H, E, W_out]."""
+  return lambda w: np.asarray(w).T.reshape(heads, -1, w.shape[0])
 
 
 def _linear(src: str, dst: str, bias: bool = True) -> list[Entry]:
@@ -388,12 +413,13 @@ def _linear(src: str, dst: str, bias: bool = True) -> list[Entry]:
   return out + [(src + ".bias", dst + ".bias", np.asarray)] if bias else out
 
 
-def _block(src: str, dst: str, ada: bool) -> list[Entry]:
-  out = []
-  for name in ("wq", "wk", "wv", "proj"):
-    out += _linear(f"{src}.attn.{name}", f"{dst}.attn.{name}", bias=False)
-  for name in ("fc1", "fc2", "fc3"):
-    out += _linear(f"{src}.mlp.{name}", f"{dst}.mlp.{name}", bias=False)
+def _block(src: str, dst: str, ada: bool, heads: int) -> list[Entry]:
+  out = [(tuple(f"{src}.attn.{n}.weight" for n in ("wq", "wk", "wv")), f"{dst}.attn.qkv",
+          _qkv(heads)),
+         (f"{src}.attn.proj.weight", f"{dst}.attn.out", _attn_out(heads))]
+  # The release's GatedMlp fc2(silu(fc1 x) * fc3 x) is nn.Mlp's down(silu(gate x) * up x).
+  for name, ours in (("fc1", "gate"), ("fc2", "down"), ("fc3", "up")):
+    out += _linear(f"{src}.mlp.{name}", f"{dst}.mlp.{ours}", bias=False)
   if ada:
     out += _linear(f"{src}.adaLN_modulation.1", f"{dst}.ada")
   return out
@@ -419,9 +445,13 @@ def _vae_mid(src: str, dst: str, attention: bool) -> list[Entry]:
   if attention:
     a = src + ".attentions.0"
     out += _vae_norm(a + ".group_norm", dst + ".attn.norm")
-    for name, key in (("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "out")):
-      out += [(f"{a}.{name}.weight", f"{dst}.attn.{key}.kernel", _attn_lin),
-              (f"{a}.{name}.bias", f"{dst}.attn.{key}.bias", np.asarray)]
+    qkv = ("to_q", "to_k", "to_v")
+    out += [(tuple(f"{a}.{n}.weight" for n in qkv), f"{dst}.attn.attn.qkv",
+             lambda *w: _qkv(1)(*(_attn_lin(x).T for x in w))),
+            (tuple(f"{a}.{n}.bias" for n in qkv), f"{dst}.attn.attn.qkv_bias", _qkv_bias(1)),
+            (f"{a}.to_out.0.weight", f"{dst}.attn.attn.out",
+             lambda w: _attn_out(1)(_attn_lin(w).T)),
+            (f"{a}.to_out.0.bias", f"{dst}.attn.attn.out_bias", np.asarray)]
   return out
 
 
@@ -444,7 +474,8 @@ def key_map(cfg: Mapping[str, Any]) -> list[Entry]:
   e += _linear(_ENC + "enc_patch_emb.patch_proj", "enc_patch")
   e += [(_ENC + "enc_register_module.registers", "registers", np.asarray)]
   for i in range(cfg["enc_depth"]):
-    e += _block(f"{_ENC}enc_transformer.blocks.{i}", f"enc_blocks.{i}", ada=False)
+    e += _block(f"{_ENC}enc_transformer.blocks.{i}", f"encoder.blocks.{i}", ada=False,
+                heads=cfg["enc_width"] // cfg["head_dim"])
   e += _linear(_ENC + "enc_to_latents.proj", "enc_head")
   e += _linear(_DEC + "dec_from_latents.proj", "dec_from_codes")
   k = cfg["num_tokens"]
@@ -454,10 +485,11 @@ def key_map(cfg: Mapping[str, Any]) -> list[Entry]:
   if cfg.get("null_cond", "learned") == "learned":
     e += [(_DEC + "dec_latent_dropout.nullcond", "null_cond", np.asarray)]
   e += _linear(_DEC + "dec_noise_patch_emb.patch_proj", "dec_patch")
-  e += _linear(_DEC + "dec_time_embedder.mlp.0", "time_embed.fc1")
-  e += _linear(_DEC + "dec_time_embedder.mlp.2", "time_embed.fc2")
+  e += _linear(_DEC + "dec_time_embedder.mlp.0", "time_fc1")
+  e += _linear(_DEC + "dec_time_embedder.mlp.2", "time_fc2")
   for i in range(cfg["dec_depth"]):
-    e += _block(f"{_DEC}dec_transformer.blocks.{i}", f"dec_blocks.{i}", ada=True)
+    e += _block(f"{_DEC}dec_transformer.blocks.{i}", f"decoder.blocks.{i}", ada=True,
+                heads=cfg["dec_width"] // cfg["head_dim"])
   e += _linear(_DEC + "dec_to_patches.adaLN_modulation.1", "dec_head_ada")
   e += _linear(_DEC + "dec_to_patches.proj", "dec_head")
 
@@ -497,13 +529,13 @@ _POSEMB_KEYS = (_ENC + "enc_posemb_module.posembs", _DEC + "dec_patches_posemb_m
 
 def check_posembs(sd: Mapping[str, np.ndarray], cfg: Mapping[str, Any], atol: float = 1e-4) -> None:
   """Raises ValueError unless the stored frozen sin-cos tables equal jaxtok's `sincos_2d`."""
-  from jaxtok.nn.flextok_layers import sincos_2d
+  from jaxtok.nn.embeddings import sincos_2d
   for key, width in zip(_POSEMB_KEYS, (cfg["enc_width"], cfg["dec_width"])):
     table = np.asarray(sd[key], np.float32)
     if table.ndim != 4 or table.shape[:2] != (1, width) or table.shape[2] != table.shape[3]:
       raise ValueError(f"{key}: expected a square table [1, {width}, G, G], got {table.shape}")
     g = table.shape[2]
-    ours = np.asarray(sincos_2d(g, g, width)).transpose(2, 0, 1)
+    ours = np.asarray(sincos_2d(g, g, width)).reshape(g, g, width).transpose(2, 0, 1)
     err = float(np.max(np.abs(table[0] - ours)))
     if err > atol:
       raise ValueError(f"{key}: the stored 2D sin-cos table differs from jaxtok's (max abs "
@@ -518,7 +550,7 @@ def convert_state_dict(sd: Mapping[str, np.ndarray], cfg: Mapping[str, Any]) -> 
   """
   sd = _rename_old_attention(sd)
   entries = key_map(cfg)
-  used = {src for src, _, _ in entries} | set(_POSEMB_KEYS)
+  used = {k for src, _, _ in entries for k in _sources(src)} | set(_POSEMB_KEYS)
   missing = sorted(k for k in used if k not in sd)
   unexpected = sorted(k for k in sd if k not in used)
   if missing or unexpected:
@@ -535,7 +567,8 @@ def convert_state_dict(sd: Mapping[str, np.ndarray], cfg: Mapping[str, Any]) -> 
     raise ValueError(f"decoder register positions cover "
                      f"{sd[_DEC + 'dec_registers_posemb_module.posembs'].shape[-1]} < "
                      f"{cfg['num_tokens']} registers")
-  out = {dst: np.asarray(fn(sd[src]), np.float32) for src, dst, fn in entries}
+  out = {dst: np.asarray(fn(*(sd[k] for k in _sources(src))), np.float32)
+         for src, dst, fn in entries}
   if cfg.get("null_cond", "learned") == "zero":
     out["null_cond"] = np.zeros((cfg["dec_width"],), np.float32)
   return out

@@ -16,7 +16,6 @@ Dimension names: N tokens (rows), D token dimension / channels, W condition widt
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import jax
@@ -24,18 +23,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxtok.generators.trunk import TokenTrunk
+from jaxtok.nn.embeddings import timestep_embedding
 from jaxtok.sharding import logical_init
 
 _INIT = nnx.initializers.xavier_uniform()
-
-
-def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
-  """Sinusoidal embedding [N, dim] of times t [N] in [0, 1] (scaled by 1000 as DDPM/MAR do)."""
-  half = dim // 2
-  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
-  args = (1000.0 * t.astype(jnp.float32))[:, None] * freqs[None]
-  emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
-  return jnp.pad(emb, ((0, 0), (0, dim - 2 * half)))
 
 
 class _ResBlock(nnx.Module):

@@ -14,9 +14,16 @@ rectified-flow transformer.
 
 Flow convention (the release's MinRF): x_t = t * noise + (1 - t) * x0, t in (0, 1), t = 1 is pure noise;
 the network predicts v = noise - x0 and training minimises mean((v_pred - (noise - x0))^2), with
-t = sigmoid(N(0, 1)) (logit-normal). Sampling is Euler from t = 1 to 0: x <- x - v(x, t) / T at
-t = i/T for i = T..1; guidance (u computed with the null condition) is classifier-free u + s (c - u)
-or the release's APG variant.
+t = sigmoid(N(0, 1)) (logit-normal). Sampling is `samplers.flow.sample` on the time-flipped field
+(`flow.flip_time`): Euler from t = 1 to 0, x <- x - v(x, t) / T at t = i/T for i = T..1 (the release's
+MinRF pipeline); guidance (u computed with the null condition) is classifier-free u + s (c - u) or the
+release's APG variant (`samplers.guidance`).
+
+The transformers are `nn.Stack`s of `nn.Block`s in the release's FlexBlock form: bias-free fused qkv,
+out and SwiGLU projections (hidden int(2 * int(mlp_ratio * W) / 3)), no-affine LayerNorms (eps 1e-5,
+float32) before attention and MLP and per head on q and k, the muP score scale 8 / head_dim,
+xavier-uniform weights; the decoder's blocks add adaLN-zero with one modulation per segment
+(patches, registers). Kept-length sampling (nested dropout) is `tokenizers.prefix`.
 
 Decoding k < K tokens keeps the decoder's K register slots and fills slots >= k with the mask token,
 exactly as the release's `detokenize` does (so truncation is what nested dropout trained for).
@@ -26,27 +33,36 @@ N = (h/p)(w/p) patches, K registers (max tokens), K' kept tokens, D = 6 code dim
 """
 from __future__ import annotations
 
-import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxtok.nn import flextok_layers as L
+from jaxtok.nn import norm as norm_lib
+from jaxtok.nn.block import Block
+from jaxtok.nn.dense import Dense
+from jaxtok.nn.embeddings import sincos_2d, timestep_embedding, xavier_uniform_fused
+from jaxtok.nn.options import model_kwargs
+from jaxtok.nn.stack import Stack
+from jaxtok.nn.vit import patchify, unpatchify
 from jaxtok.quantizers import base, fsq
-from jaxtok.samplers import guidance
+from jaxtok.samplers import flow
 from jaxtok.sharding import logical_init
-from jaxtok.tokenizers import flextok_vae
-from jaxtok.tokenizers.api import (EncodeOutput, TrainOutput, as_dict, check_images, check_num_tokens,
-                                   compute_dtype)
+from jaxtok.tokenizers import flextok_vae, prefix
+from jaxtok.tokenizers import vae as vae_lib
+from jaxtok.tokenizers.api import (EncodeOutput, TrainOutput, as_dict, check_images,
+                                   check_num_tokens)
 
 FSQ_LEVELS = (8, 8, 8, 5, 5, 5)
-KEEP_K_MODES = ("uniform", "pow2", "uniform_pow2")
 # The release's learned vectors use torch's trunc_normal_(std=0.02), whose bounds are absolute (+-2),
 # i.e. about +-100 std: in effect an untruncated normal.
 _EMB_INIT = nnx.initializers.normal(0.02)
+_XAVIER = nnx.initializers.xavier_uniform()
+_ZEROS = nnx.initializers.zeros
+_LN_EPS = 1e-5
+_TIME_FEATURES = 256  # the release's time-embedding frequency dimension
 
 # The released sizes (width = 64 * depth, head_dim 64, 256 registers, f8 VAE + 2x2 patches at 256px).
 # The VAE latent channels / scaling factor of the released checkpoints are not in our notes (the
@@ -64,76 +80,26 @@ CONFIGS: dict[str, dict[str, Any]] = {
 # ----------------------------------------------------------------------------- pure functions
 
 
-def patchify(x: jax.Array, p: int) -> jax.Array:
-  """[B, h, w, C] -> [B, (h/p)(w/p), p*p*C], patches row-major, features in (row, col, channel) order."""
-  b, h, w, c = x.shape
-  x = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
-  return x.reshape(b, (h // p) * (w // p), p * p * c)
+def swiglu_hidden(width: int, mlp_ratio: float) -> int:
+  """The release's SwiGLU hidden size: int(2 * int(width * mlp_ratio) / 3) (3072 for width 1152)."""
+  return int(2 * int(width * mlp_ratio) / 3)
 
 
-def unpatchify(x: jax.Array, p: int, h: int, w: int) -> jax.Array:
-  """Inverse of `patchify`: [B, N, p*p*C] -> [B, h, w, C]."""
-  b, _, d = x.shape
-  c = d // (p * p)
-  x = x.reshape(b, h // p, w // p, p, p, c).transpose(0, 1, 3, 2, 4, 5)
-  return x.reshape(b, h, w, c)
+def register_mask(num_patches: int, num_registers: int) -> jax.Array:
+  """FlexTok's encoder mask ("causal_last"): bool [T, T], T = N + K, True = may attend.
 
-
-def sample_keep_k(rng: jax.Array, batch: int, max_k: int, mode: str = "uniform") -> jax.Array:
-  """Nested-dropout lengths, int32 [B] in [1, max_k] (the release's `MaskedNestedDropout` modes).
-
-  uniform: uniform over 1..max_k; pow2: uniform over {1, 2, 4, ..., max_k}; uniform_pow2: uniform
-  over 1..max_k, rounded up to the next power of two. The power-of-two modes need max_k a power of 2.
+  Patches (positions < N) attend to all patches and to no register; register i (position N + i)
+  attends to all patches and to registers j <= i. So the first k registers never see later ones.
   """
-  if mode not in KEEP_K_MODES:
-    raise ValueError(f"nested dropout mode must be one of {KEEP_K_MODES}, got {mode!r}")
-  if mode != "uniform" and max_k & (max_k - 1):
-    raise ValueError(f"nested dropout mode {mode!r} needs a power-of-two token count, got {max_k}")
-  if mode == "pow2":
-    e = jax.random.randint(rng, (batch,), 0, int(math.log2(max_k)) + 1)
-    return jnp.left_shift(jnp.int32(1), e).astype(jnp.int32)
-  k = jax.random.randint(rng, (batch,), 1, max_k + 1).astype(jnp.int32)
-  if mode == "uniform_pow2":
-    # Smallest power of two >= k: 1 << bit_length(k - 1).
-    k = jnp.left_shift(jnp.int32(1), 32 - jax.lax.clz(k - 1)).astype(jnp.int32)
-  return k
+  t = num_patches + num_registers
+  q = np.arange(t)[:, None]
+  k = np.arange(t)[None, :]
+  return jnp.asarray((k < num_patches) | ((q >= num_patches) & (k <= q)))
 
 
-def nested_dropout(x: jax.Array, keep_k: jax.Array, mask_token: jax.Array) -> jax.Array:
-  """x [B, K, W] with rows >= keep_k[b] replaced by mask_token [W] (kept length per sample)."""
-  keep = jnp.arange(x.shape[1])[None, :, None] < keep_k[:, None, None]
-  return jnp.where(keep, x, mask_token.astype(x.dtype))
-
-
-# Guidance formulas live in jaxtok.samplers.guidance (one definition for every sampler); these names
-# keep FlexTok's decoder readable. cfg_combine: u + s (c - u), exactly c at s = 1. apg_combine: the
-# release's APG (momentum -0.5, eta 0, norm threshold 2.5 by default); returns (guided, new average).
-cfg_combine = guidance.cfg_uncond_base
-apg_combine = guidance.apg
-
-
-def euler_sample(velocity_fn: Callable, x1: jax.Array, num_steps: int, carry: Any = None) -> jax.Array:
-  """Euler integration of dx/dt = v(x, t) from t = 1 (x1, noise) down to t = 0.
-
-  Step i = T..1 evaluates v at t = i/T and sets x <- x - v / T (the release's MinRF pipeline).
-  velocity_fn(x, t) takes t as a float32 scalar; with `carry` (a pytree, e.g. APG's momentum)
-  it is velocity_fn(x, t, carry) -> (v, carry). Runs in one `lax.fori_loop`; returns float32 x0.
-  """
-  num_steps = base.check_positive_int("num_steps", num_steps)
-  dt = 1.0 / num_steps
-  stateful = carry is not None
-
-  def body(i, state):
-    x, c = state
-    t = (num_steps - i).astype(jnp.float32) * dt
-    if stateful:
-      v, c = velocity_fn(x, t, c)
-    else:
-      v = velocity_fn(x, t)
-    return x - dt * v.astype(jnp.float32), c
-
-  x, _ = jax.lax.fori_loop(0, num_steps, body, (x1.astype(jnp.float32), carry))
-  return x
+def _layer_norm(x: jax.Array) -> jax.Array:
+  """The release's no-affine LayerNorm (eps 1e-5, float32), in x's dtype."""
+  return norm_lib.normalize(x, "layer", _LN_EPS).astype(x.dtype)
 
 
 def flow_targets(x0: jax.Array, noise: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -167,6 +133,8 @@ class FlexTok(nnx.Module):
     zero_init_heads: zero-initialise the encoder's and decoder's output projections (the release's
       `LinearHead` default); a fresh model then gives constant tokens and zero velocities.
     dtype: compute dtype (parameters float32; norms, softmax, FSQ and the flow loss float32).
+    remat, scan_layers, attention_impl: of both transformers (`nn.stack`, `nn.attention`); the
+      VAE's attention uses attention_impl too.
   """
 
   def __init__(self, *, image_size: int = 256, use_vae: bool = True,
@@ -178,19 +146,19 @@ class FlexTok(nnx.Module):
                mlp_ratio: float = 4.0, num_tokens: int = 256,
                fsq_levels: Sequence[int] = FSQ_LEVELS, nested_dropout_mode: str = "uniform",
                cond_dropout: float = 0.1, max_timestep: float = 1.0, zero_init_heads: bool = True,
-               dtype: Any = jnp.float32, rngs: nnx.Rngs):
+               dtype: Any = jnp.float32, remat: Any = "none", scan_layers: bool = False,
+               attention_impl: Any = None, rngs: nnx.Rngs):
     for name, value in (("image_size", image_size), ("patch_size", patch_size),
                         ("enc_width", enc_width), ("enc_depth", enc_depth), ("dec_width", dec_width),
                         ("dec_depth", dec_depth), ("head_dim", head_dim), ("num_tokens", num_tokens)):
       base.check_positive_int(name, value)
-    if nested_dropout_mode not in KEEP_K_MODES:
-      raise ValueError(f"nested_dropout_mode must be one of {KEEP_K_MODES}, got "
-                       f"{nested_dropout_mode!r}")
-    if nested_dropout_mode != "uniform" and num_tokens & (num_tokens - 1):
-      raise ValueError(f"nested_dropout_mode {nested_dropout_mode!r} needs num_tokens a power of two, "
-                       f"got {num_tokens}")
+    prefix.check_mode(nested_dropout_mode, num_tokens, name="nested_dropout_mode",
+                      count="num_tokens")
     if enc_width % 4 or dec_width % 4:
       raise ValueError(f"enc_width and dec_width must be divisible by 4 (2D sin-cos positions), got "
+                       f"{enc_width}, {dec_width}")
+    if enc_width % head_dim or dec_width % head_dim:
+      raise ValueError(f"enc_width and dec_width must be divisible by head_dim {head_dim}, got "
                        f"{enc_width}, {dec_width}")
     if not 0.0 <= cond_dropout < 1.0:
       raise ValueError(f"cond_dropout must be in [0, 1), got {cond_dropout}")
@@ -205,7 +173,7 @@ class FlexTok(nnx.Module):
       self.vae = flextok_vae.FlexTokVAE(
           channels=vae_channels, latent_channels=vae_latent_channels,
           layers_per_block=vae_layers_per_block, norm_groups=vae_norm_groups,
-          mid_attention=vae_mid_attention, **kw)
+          mid_attention=vae_mid_attention, attention_impl=attention_impl, **kw)
       factor, self.latent_channels = self.vae.downsample_factor, vae_latent_channels
     else:
       self.vae, factor, self.latent_channels = None, 1, 3
@@ -217,32 +185,43 @@ class FlexTok(nnx.Module):
     self.num_patches = self.grid * self.grid
     patch_dim = patch_size * patch_size * self.latent_channels
     code_dim = len(self.fsq_levels)
-    head_init = L.ZEROS if zero_init_heads else L.XAVIER
+    head_init = _ZEROS if zero_init_heads else _XAVIER
+    dense = lambda i, o, names, init=_XAVIER: Dense(i, o, names, kernel_init=init, **kw)
+
+    def stack(width, depth, adaln):
+      # The release's FlexBlock (see the module docstring); xavier on [W, W] for each of q, k, v, out.
+      xavier = xavier_uniform_fused(width, 1)
+      block = lambda r: Block(
+          width, width // head_dim, mlp_hidden=swiglu_hidden(width, mlp_ratio), mlp="swiglu",
+          mlp_bias=False, norm_eps=_LN_EPS, norm_affine=False, adaln=adaln,
+          ada_segments=2 if adaln else 1, qkv_bias=False, out_bias=False, qk_norm="layer",
+          scale=8.0 / head_dim, implementation=attention_impl, qkv_init=xavier, out_init=xavier,
+          mlp_init=_XAVIER, dtype=dtype, rngs=r)
+      return Stack(depth, block, scan_layers=scan_layers, remat=remat, rngs=rngs)
 
     # Encoder.
-    self.enc_patch = L._linear(patch_dim, enc_width, ("patch", "embed"), bias=True, **kw)
+    self.enc_patch = dense(patch_dim, enc_width, ("patch", "embed"))
     self.registers = nnx.Param(logical_init(_EMB_INIT, None, "embed")(
         rngs.params(), (num_tokens, enc_width), jnp.float32))
-    self.enc_blocks = nnx.List([L.Block(enc_width, head_dim, mlp_ratio, **kw)
-                                for _ in range(enc_depth)])
-    self.enc_head = L._linear(enc_width, code_dim, ("embed", None), bias=True, init=head_init, **kw)
+    self.encoder = stack(enc_width, enc_depth, adaln=False)
+    self.enc_head = dense(enc_width, code_dim, ("embed", None), head_init)
 
     # Decoder.
-    self.dec_from_codes = L._linear(code_dim, dec_width, (None, "embed"), bias=True, **kw)
+    self.dec_from_codes = dense(code_dim, dec_width, (None, "embed"))
     self.dec_register_pos = nnx.Param(logical_init(_EMB_INIT, None, "embed")(
         rngs.params(), (num_tokens, dec_width), jnp.float32))
     self.mask_token = nnx.Param(logical_init(_EMB_INIT, "embed")(rngs.params(), (dec_width,),
                                                                  jnp.float32))
     self.null_cond = nnx.Param(logical_init(_EMB_INIT, "embed")(rngs.params(), (dec_width,),
                                                                 jnp.float32))
-    self.dec_patch = L._linear(patch_dim, dec_width, ("patch", "embed"), bias=True, **kw)
-    self.time_embed = L.TimestepEmbedder(dec_width, max_timestep=max_timestep, **kw)
-    self.dec_blocks = nnx.List([L.AdaLNBlock(dec_width, head_dim, mlp_ratio, expansion=2, **kw)
-                                for _ in range(dec_depth)])
-    self.dec_head_ada = L._linear(dec_width, 2 * dec_width, ("embed", "mlp"), bias=True, init=L.ZEROS,
-                                  **kw)
-    self.dec_head = L._linear(dec_width, patch_dim, ("embed", "patch"), bias=True, init=head_init,
-                              **kw)
+    self.dec_patch = dense(patch_dim, dec_width, ("patch", "embed"))
+    # DiT's time MLP over the release's features (max_period 256, t scaled by 1000 / max_timestep).
+    self.max_timestep = float(max_timestep)
+    self.time_fc1 = dense(_TIME_FEATURES, dec_width, (None, "embed"))
+    self.time_fc2 = dense(dec_width, dec_width, ("mlp", "embed"))
+    self.decoder = stack(dec_width, dec_depth, adaln=True)
+    self.dec_head_ada = dense(dec_width, 2 * dec_width, ("embed", "mlp"), _ZEROS)
+    self.dec_head = dense(dec_width, patch_dim, ("embed", "patch"), head_init)
 
   # ---- pieces
 
@@ -252,7 +231,7 @@ class FlexTok(nnx.Module):
     if self.vae is None:
       return x
     mean, logvar = self.vae.encode(x.astype(self.dtype))
-    z = flextok_vae.sample_posterior(mean, logvar, rng) if self.sample_posterior else mean
+    z = vae_lib.sample(mean, logvar, rng) if self.sample_posterior else mean
     # The VAE is frozen (pretrained in the release): the tokenizer's losses never train it.
     return jax.lax.stop_gradient(z * self.scaling_factor)
 
@@ -263,7 +242,7 @@ class FlexTok(nnx.Module):
     return jnp.clip((x.astype(jnp.float32) + 1.0) * 0.5, 0.0, 1.0)
 
   def _pos(self, width: int) -> jax.Array:
-    return L.sincos_2d(self.grid, self.grid, width).reshape(self.num_patches, width)
+    return sincos_2d(self.grid, self.grid, width)
 
   def encode_latents(self, latents: jax.Array, num_tokens: int) -> jax.Array:
     """Pre-quantization register outputs: latents [B, h, w, C] -> float32 [B, num_tokens, D].
@@ -275,10 +254,8 @@ class FlexTok(nnx.Module):
     x = x + self._pos(x.shape[-1]).astype(x.dtype)
     regs = self.registers.get_value()[:num_tokens].astype(x.dtype)
     x = jnp.concatenate([x, jnp.broadcast_to(regs, (x.shape[0],) + regs.shape)], axis=1)
-    mask = L.register_mask(self.num_patches, num_tokens)
-    for block in self.enc_blocks:
-      x = block(x, mask)
-    return self.enc_head(L.layer_norm(x[:, self.num_patches:])).astype(jnp.float32)
+    x = self.encoder(x, mask=register_mask(self.num_patches, num_tokens))
+    return self.enc_head(_layer_norm(x[:, self.num_patches:])).astype(jnp.float32)
 
   def velocity(self, x_t: jax.Array, t: jax.Array, codes: jax.Array, keep_k: jax.Array,
                null: jax.Array) -> jax.Array:
@@ -290,21 +267,19 @@ class FlexTok(nnx.Module):
       keep_k: [B] int, kept register count per sample (slots >= keep_k get the mask token).
       null: [B] bool, replace all registers by the null condition (classifier-free guidance).
     """
-    b = x_t.shape[0]
     r = self.dec_from_codes(codes.astype(self.dtype))
     r = r + self.dec_register_pos.get_value().astype(r.dtype)
-    r = nested_dropout(r, keep_k, self.mask_token.get_value())
+    r = prefix.nested_dropout(r, keep_k, self.mask_token.get_value())
     r = jnp.where(null[:, None, None], self.null_cond.get_value().astype(r.dtype), r)
     p = self.dec_patch(patchify(x_t.astype(self.dtype), self.patch_size))
     p = p + self._pos(p.shape[-1]).astype(p.dtype)
     x = jnp.concatenate([p, r], axis=1)
-    cond = self.time_embed(t)
-    segments = (self.num_patches, self.num_tokens)
-    for block in self.dec_blocks:
-      x = block(x, cond, segments)
+    freqs = timestep_embedding(t, _TIME_FEATURES, max_period=256.0, scale=1000.0 / self.max_timestep)
+    cond = self.time_fc2(jax.nn.silu(self.time_fc1(freqs)))
+    x = self.decoder(x, cond=cond, segments=(self.num_patches, self.num_tokens))
     shift, scale = jnp.split(self.dec_head_ada(jax.nn.silu(cond))[:, None], 2, axis=-1)
-    out = self.dec_head(L.modulate(L.layer_norm(x[:, :self.num_patches]), shift, scale))
-    return unpatchify(out.astype(jnp.float32), self.patch_size, self.latent_size, self.latent_size)
+    out = self.dec_head(_layer_norm(x[:, :self.num_patches]) * (1.0 + scale) + shift)
+    return unpatchify(out.astype(jnp.float32), self.patch_size, self.grid, self.grid)
 
   def _check_rng(self, rng, needed: bool, what: str):
     if needed and rng is None:
@@ -332,11 +307,11 @@ class FlexTok(nnx.Module):
              noise: jax.Array | None = None) -> jax.Array:
     """tokens int [B, K'] (any prefix length 1 <= K' <= K) -> images float32 [B, S, S, 3] in [0, 1].
 
-    Euler sampling with `num_steps` steps from noise drawn with `rng` (None: key 0, deterministic),
-    or from `noise` float [B, h, w, C] when given (e.g. to replay another implementation's draw).
-    cfg_scale != 1 adds an unconditional pass per step (registers replaced by the null condition),
-    combined by `guidance`: "cfg" u + s (c - u), or "apg" (`apg_combine`, the release README's
-    choice with cfg_scale 7.5). `train` is accepted for the contract; decoding is the same in both.
+    Euler sampling (`samplers.flow.sample`) with `num_steps` steps from noise drawn with `rng` (None:
+    key 0, deterministic), or from `noise` float [B, h, w, C] when given (e.g. to replay another
+    implementation's draw). cfg_scale != 1 adds an unconditional pass per step (registers replaced
+    by the null condition), combined by `guidance`: "cfg" u + s (c - u), or "apg"
+    (`samplers.guidance.apg`, the release README's choice with cfg_scale 7.5). `train` is accepted for the contract; decoding is the same in both.
     """
     del train
     base.check_int_array("tokens", tokens)
@@ -361,25 +336,13 @@ class FlexTok(nnx.Module):
         raise ValueError(f"noise must have shape {shape} (tokens' batch, latent size, latent "
                          f"channels), got {tuple(noise.shape)}")
       x1 = noise.astype(jnp.float32)
-    guided = float(cfg_scale) != 1.0
-
-    def cond_uncond(x, t):
-      # One batched pass: first half conditional, second half with the null condition.
-      tt = jnp.full((2 * b,), t, jnp.float32)
-      two = lambda a: jnp.concatenate([a, a], axis=0)
-      null = jnp.concatenate([jnp.zeros((b,), bool), jnp.ones((b,), bool)])
-      v = self.velocity(two(x), tt, two(codes), two(keep), null)
-      return v[:b], v[b:]
-
-    if not guided:
-      fn = lambda x, t: self.velocity(x, jnp.full((b,), t, jnp.float32), codes, keep,
-                                      jnp.zeros((b,), bool))
-      x0 = euler_sample(fn, x1, num_steps)
-    elif guidance == "cfg":
-      x0 = euler_sample(lambda x, t: cfg_combine(*cond_uncond(x, t), float(cfg_scale)), x1, num_steps)
-    else:
-      apg = lambda x, t, avg: apg_combine(*cond_uncond(x, t), float(cfg_scale), avg)
-      x0 = euler_sample(apg, x1, num_steps, carry=jnp.zeros_like(x1))
+    # The conditional and (when guided) null-conditioned inputs: flow.sample runs both halves as one
+    # 2B batch per step, [cond; uncond], and carries APG's momentum.
+    cond = (codes, keep, jnp.zeros((b,), bool))
+    uncond = (codes, keep, jnp.ones((b,), bool)) if float(cfg_scale) != 1.0 else None
+    field = lambda x, t, c: self.velocity(x, jnp.full((x.shape[0],), t, jnp.float32), *c)
+    x0 = flow.sample(flow.flip_time(field), x1, cond, steps=num_steps, uncond=uncond,
+                     cfg_scale=float(cfg_scale), guidance=guidance)
     return self.latents_to_images(x0)
 
   def train_forward(self, images: jax.Array, *, rng: jax.Array,
@@ -399,7 +362,7 @@ class FlexTok(nnx.Module):
     z = self.encode_latents(x0, k)
     q = fsq.quantize(z, self.fsq_levels, train=True)
     codes = jnp.pad(q.codes, ((0, 0), (0, self.num_tokens - k), (0, 0)))
-    keep = sample_keep_k(r_keep, b, k, self.nested_dropout_mode)
+    keep = prefix.sample_keep_k(r_keep, b, k, self.nested_dropout_mode)
     null = jax.random.bernoulli(r_null, self.cond_dropout, (b,))
     t = jax.nn.sigmoid(jax.random.normal(r_t, (b,), jnp.float32))
     noise = jax.random.normal(r_noise, x0.shape, jnp.float32)
@@ -423,16 +386,19 @@ def make_model(cfg: Mapping[str, Any], *, rngs: nnx.Rngs) -> FlexTok:
   """A FlexTok from plain fields.
 
   `size` (one of CONFIGS: "d12_d12", "d18_d18", "d18_d28", "tiny") gives the defaults; any field of
-  FlexTok (see its Args) overrides them; `dtype` ("float32" / "bfloat16") sets the compute dtype.
-  Unknown fields are ignored (configs also hold training fields).
+  FlexTok (see its Args) overrides them; `name` and `null_cond` are accepted. Common options: dtype, remat, scan_layers, attention_impl
+  (`nn.options`). Any other key raises ValueError listing the valid ones.
   """
   cfg = as_dict(cfg)
   size = cfg.get("size")
   if size is not None and size not in CONFIGS:
     raise ValueError(f"size must be one of {sorted(CONFIGS)}, got {size!r}")
+  # null_cond ("learned" | "zero") records how a converted checkpoint filled the null_cond
+  # parameter (`convert.flextok`); the model has that parameter either way.
+  fields = model_kwargs(cfg, _FIELDS, model="FlexTok", extra=("name", "size", "null_cond"))
   kwargs = dict(CONFIGS[size]) if size is not None else {}
-  kwargs.update({k: cfg[k] for k in _FIELDS if k in cfg and cfg[k] is not None})
+  kwargs.update(fields)
   for key in ("fsq_levels", "vae_channels"):
     if key in kwargs:
       kwargs[key] = tuple(int(v) for v in kwargs[key])
-  return FlexTok(**kwargs, dtype=compute_dtype(cfg.get("dtype")), rngs=rngs)
+  return FlexTok(**kwargs, rngs=rngs)

@@ -24,8 +24,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxtok.nn.attention import Attention
 from jaxtok.quantizers.base import check_float_array
 from jaxtok.sharding import logical_init
+from jaxtok.tokenizers import vae
 
 _TORCH_INIT = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 _ZEROS = nnx.initializers.zeros_init()
@@ -45,23 +47,6 @@ def _norm(c, groups, *, dtype, rngs):
                        rngs=rngs)
 
 
-def kl_divergence(mean: jax.Array, logvar: jax.Array) -> jax.Array:
-  """KL(N(mean, exp(logvar)) || N(0, 1)) summed over h, w, C: float32 [B].
-
-  logvar is clipped to [-30, 20] as in diffusers' DiagonalGaussianDistribution.
-  """
-  mean = mean.astype(jnp.float32)
-  logvar = jnp.clip(logvar.astype(jnp.float32), -30.0, 20.0)
-  return 0.5 * jnp.sum(jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar, axis=(1, 2, 3))
-
-
-def sample_posterior(mean: jax.Array, logvar: jax.Array, rng: jax.Array) -> jax.Array:
-  """mean + exp(logvar / 2) * N(0, 1) (logvar clipped to [-30, 20]), float32, the shape of mean."""
-  logvar = jnp.clip(logvar.astype(jnp.float32), -30.0, 20.0)
-  eps = jax.random.normal(rng, mean.shape, jnp.float32)
-  return mean.astype(jnp.float32) + jnp.exp(0.5 * logvar) * eps
-
-
 class ResnetBlock(nnx.Module):
   """norm, silu, conv3x3, norm, silu, conv3x3, plus a 1x1 shortcut when the channels change."""
 
@@ -79,32 +64,31 @@ class ResnetBlock(nnx.Module):
 
 
 class SpatialAttention(nnx.Module):
-  """Single-head self-attention over all h*w positions with a GroupNorm in front, residual."""
+  """Single-head self-attention (`nn.Attention`, biases, scale 1/sqrt(F)) over all h*w positions,
+  a GroupNorm in front, residual."""
 
-  def __init__(self, c: int, groups: int, *, dtype, rngs: nnx.Rngs):
+  def __init__(self, c: int, groups: int, *, dtype, implementation=None, rngs: nnx.Rngs):
     self.norm = _norm(c, groups, dtype=dtype, rngs=rngs)
-    lin = lambda: nnx.Linear(c, c, dtype=dtype, kernel_init=logical_init(_TORCH_INIT, "embed", "heads"),
-                             bias_init=logical_init(_ZEROS, "heads"), rngs=rngs)
-    self.q, self.k, self.v = lin(), lin(), lin()
-    self.out = nnx.Linear(c, c, dtype=dtype, kernel_init=logical_init(_TORCH_INIT, "heads", "embed"),
-                          bias_init=logical_init(_ZEROS, "embed"), rngs=rngs)
+    # PyTorch Linear's default init, uniform +-1/sqrt(fan_in), on the fused q/k/v and out kernels.
+    torch_init = lambda key, shape, dt=jnp.float32: jax.random.uniform(key, shape, dt, -c**-0.5,
+                                                                        c**-0.5)
+    self.attn = Attention(c, 1, implementation=implementation, dtype=dtype, qkv_init=torch_init,
+                          out_init=torch_init, rngs=rngs)
 
   def __call__(self, x):
     b, h, w, c = x.shape
-    y = self.norm(x).reshape(b, h * w, c)
-    q, k, v = self.q(y), self.k(y), self.v(y)
-    s = jnp.einsum("bqc,bkc->bqk", q, k, preferred_element_type=jnp.float32) / jnp.sqrt(
-        jnp.float32(c))
-    o = jnp.einsum("bqk,bkc->bqc", jax.nn.softmax(s, axis=-1).astype(v.dtype), v)
-    return x + self.out(o).reshape(b, h, w, c)
+    y = self.attn(self.norm(x).reshape(b, h * w, c))
+    return x + y.reshape(b, h, w, c).astype(x.dtype)
 
 
 class MidBlock(nnx.Module):
   """ResNet, (attention), ResNet at the lowest resolution."""
 
-  def __init__(self, c: int, groups: int, attention: bool, *, dtype, rngs: nnx.Rngs):
+  def __init__(self, c: int, groups: int, attention: bool, *, dtype, implementation=None,
+               rngs: nnx.Rngs):
     self.res1 = ResnetBlock(c, c, groups, dtype=dtype, rngs=rngs)
-    self.attn = SpatialAttention(c, groups, dtype=dtype, rngs=rngs) if attention else None
+    self.attn = SpatialAttention(c, groups, dtype=dtype, implementation=implementation,
+                                 rngs=rngs) if attention else None
     self.res2 = ResnetBlock(c, c, groups, dtype=dtype, rngs=rngs)
 
   def __call__(self, x):
@@ -123,12 +107,13 @@ class FlexTokVAE(nnx.Module):
     layers_per_block: ResNet blocks per encoder level (the decoder has one more).
     norm_groups: GroupNorm groups (must divide every entry of `channels`).
     mid_attention: whether the mid blocks hold the self-attention layer.
+    attention_impl: that attention's kernel (None, "xla", "cudnn"; see `nn.attention.attend`).
     dtype: compute dtype (parameters float32).
   """
 
   def __init__(self, *, channels: Sequence[int] = (128, 256, 512, 512), latent_channels: int = 16,
                layers_per_block: int = 2, norm_groups: int = 32, mid_attention: bool = True,
-               dtype=jnp.float32, rngs: nnx.Rngs):
+               attention_impl=None, dtype=jnp.float32, rngs: nnx.Rngs):
     channels = tuple(int(c) for c in channels)
     if not channels or min(channels) < 1:
       raise ValueError(f"channels must be a non-empty sequence of positive ints, got {channels}")
@@ -148,14 +133,16 @@ class FlexTokVAE(nnx.Module):
       if i < len(channels) - 1:
         down.append(_conv(c, c, 3, stride=2, padding=((0, 1), (0, 1)), **kw))
     self.down = nnx.List(down)
-    self.enc_mid = MidBlock(channels[-1], norm_groups, mid_attention, **kw)
+    self.enc_mid = MidBlock(channels[-1], norm_groups, mid_attention, implementation=attention_impl,
+                            **kw)
     self.enc_norm = _norm(channels[-1], norm_groups, **kw)
     self.enc_out = _conv(channels[-1], 2 * latent_channels, 3, **kw)
     self.quant_conv = _conv(2 * latent_channels, 2 * latent_channels, 1, **kw)
     # Decoder.
     self.post_quant_conv = _conv(latent_channels, latent_channels, 1, **kw)
     self.dec_in = _conv(latent_channels, channels[-1], 3, **kw)
-    self.dec_mid = MidBlock(channels[-1], norm_groups, mid_attention, **kw)
+    self.dec_mid = MidBlock(channels[-1], norm_groups, mid_attention, implementation=attention_impl,
+                            **kw)
     up, prev = [], channels[-1]
     rev = channels[::-1]
     for i, c in enumerate(rev):
@@ -170,7 +157,8 @@ class FlexTokVAE(nnx.Module):
     self.dec_out = _conv(channels[0], 3, 3, **kw)
 
   def encode(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """images float [B, H, W, 3] in [-1, 1] -> (mean, logvar), float32 [B, H/f, W/f, C] each.
+    """images float [B, H, W, 3] in [-1, 1] -> (mean, logvar clamped to [-30, 20]), float32
+    [B, H/f, W/f, C] each (the Gaussian posterior of `tokenizers.vae`).
 
     Raises:
       ValueError/TypeError: if images is not float [B, H, W, 3] with H, W divisible by f.
@@ -184,8 +172,7 @@ class FlexTokVAE(nnx.Module):
     for layer in self.down:
       x = layer(x)
     x = self.enc_out(jax.nn.silu(self.enc_norm(self.enc_mid(x))))
-    mean, logvar = jnp.split(self.quant_conv(x).astype(jnp.float32), 2, axis=-1)
-    return mean, logvar
+    return vae.split_moments(self.quant_conv(x))
 
   def decode(self, latents: jax.Array) -> jax.Array:
     """latents float [B, h, w, C] -> images float32 [B, h*f, w*f, 3] (about [-1, 1], not clipped)."""

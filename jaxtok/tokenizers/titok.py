@@ -48,7 +48,7 @@ from jaxtok.nn.options import model_kwargs
 from jaxtok.nn.vit import PatchEmbed, unpatchify, vit_size, vit_stack
 from jaxtok.quantizers import fsq, vq
 from jaxtok.sharding import logical_init
-from jaxtok.tokenizers import flextok as flextok_lib
+from jaxtok.tokenizers import prefix
 from jaxtok.tokenizers import vae as vae_lib
 from jaxtok.tokenizers import vqgan as vqgan_lib
 from jaxtok.tokenizers.api import (EncodeOutput, TrainOutput, as_dict, check_images,
@@ -177,11 +177,8 @@ class TiTok(nnx.Module):
     if decoder_head == "proxy_codes" and 2**(len(pixel_ch_mult) - 1) != patch_size:
       raise ValueError(f"the pixel decoder upsamples by 2**(len(pixel_ch_mult)-1) = "
                        f"{2**(len(pixel_ch_mult) - 1)}, which must equal patch_size ({patch_size})")
-    if tail_drop_mode not in flextok_lib.KEEP_K_MODES:
-      raise ValueError(f"tail_drop_mode must be one of {flextok_lib.KEEP_K_MODES}, got {tail_drop_mode!r}")
-    if tail_drop_mode != "uniform" and num_latent_tokens & (num_latent_tokens - 1):
-      raise ValueError(f"tail_drop_mode {tail_drop_mode!r} needs num_latent_tokens a power of two, got "
-                       f"{num_latent_tokens}")
+    prefix.check_mode(tail_drop_mode, num_latent_tokens, name="tail_drop_mode",
+                      count="num_latent_tokens")
     dtype = compute_dtype(dtype)
     stack = dict(remat=remat, scan_layers=scan_layers, attention_impl=attention_impl)
     self.tail_drop_mode = tail_drop_mode
@@ -325,7 +322,7 @@ class TiTok(nnx.Module):
     if keep is None and self.tail_drop:
       # One kept length per batch (One-D-Piece); "pow2" draws it from {1, 2, 4, ..., K} (FlexTok's
       # alternative), which trains the long prefixes far more often than uniform's 1/K.
-      keep = flextok_lib.sample_keep_k(drop_rng, 1, self.num_latent_tokens, self.tail_drop_mode)[0]
+      keep = prefix.sample_keep_k(drop_rng, 1, self.num_latent_tokens, self.tail_drop_mode)[0]
     if keep is not None:
       metrics["kept_tokens"] = jnp.asarray(keep, jnp.float32)
     recon = self.decode_codes(out.codes, num_tokens=keep)

@@ -10,6 +10,9 @@ rng is then required). Tokens are float [B, K, D].
 
 Config name "vae": `make_model(cfg)` builds `titok.TiTok(quantizer="vae", ...)`.
 
+The Gaussian posterior functions here (`split_moments`, `sample`, `kl_divergence`) are also those of
+FlexTok's VAE (`flextok_vae`).
+
 Dimension names: B batch, K tokens, D token dimension.
 """
 from __future__ import annotations
@@ -23,23 +26,31 @@ from flax import nnx
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
 
 
+def clip_logvar(logvar: jax.Array) -> jax.Array:
+  """logvar float32 clamped to [LOGVAR_MIN, LOGVAR_MAX] = [-30, 20] (diffusers' clamp)."""
+  return jnp.clip(logvar.astype(jnp.float32), LOGVAR_MIN, LOGVAR_MAX)
+
+
 def split_moments(moments: jax.Array) -> tuple[jax.Array, jax.Array]:
   """[..., 2D] -> mean [..., D], clamped logvar [..., D], both float32 (first half is the mean)."""
   if moments.shape[-1] % 2:
     raise ValueError(f"moments must have an even last dimension (mean and logvar), got shape "
                      f"{tuple(moments.shape)}")
   mean, logvar = jnp.split(moments.astype(jnp.float32), 2, axis=-1)
-  return mean, jnp.clip(logvar, LOGVAR_MIN, LOGVAR_MAX)
+  return mean, clip_logvar(logvar)
 
 
 def sample(mean: jax.Array, logvar: jax.Array, rng: jax.Array) -> jax.Array:
-  """mean + exp(logvar / 2) * N(0, 1), float32 (reparameterised: differentiable in mean and logvar)."""
-  return mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape, jnp.float32)
+  """mean + exp(logvar / 2) * N(0, 1) with logvar clamped, float32 with mean's shape
+  (reparameterised: differentiable in mean and logvar)."""
+  eps = jax.random.normal(rng, mean.shape, jnp.float32)
+  return mean.astype(jnp.float32) + jnp.exp(0.5 * clip_logvar(logvar)) * eps
 
 
 def kl_divergence(mean: jax.Array, logvar: jax.Array) -> jax.Array:
-  """KL(N(mean, exp(logvar)) || N(0, I)) per batch element: 0.5 * sum(mean^2 + var - 1 - logvar) over
-  all axes but the first. Returns [B] float32."""
+  """KL(N(mean, exp(logvar)) || N(0, I)) per batch element, logvar clamped: 0.5 * sum(mean^2 + var
+  - 1 - logvar) over all axes but the first. Returns [B] float32."""
+  mean, logvar = mean.astype(jnp.float32), clip_logvar(logvar)
   kl = 0.5 * (jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar)
   return jnp.sum(kl.reshape(kl.shape[0], -1), axis=-1)
 

@@ -179,7 +179,7 @@ def test_missing_unexpected_and_misshapen_tensors_are_named():
   key = "encoder.module_dict.enc_transformer.blocks.0.mlp.fc1.weight"
   sd[key] = sd[key][:-1]
   with pytest.raises(ValueError, match=r"official FlexTok -> jaxtok: shape mismatches "
-                                       r"\[enc_blocks\.0\.mlp\.fc1\.kernel: \[48, 127\] vs "
+                                       r"\[encoder\.blocks\.0\.mlp\.gate\.kernel: \[48, 127\] vs "
                                        r"expected \[48, 128\]\]"):
     C.to_params(C.convert_state_dict(sd, cfg), cfg)
   # A config claiming more blocks than the file holds: the absent block's keys are named.

@@ -104,3 +104,38 @@ def test_params_carry_logical_axes():
   assert tuple(specs["mlp"]["down"]["kernel"].get_value()) == ("mlp", "embed")
   assert tuple(specs["ada"]["kernel"].get_value()) == ("embed", "mlp")
   assert tuple(specs["norm1"]["scale"].get_value()) == ("embed",)
+
+
+def test_adaln_chunks_act_on_the_output_per_segment():
+  """FlexTok's chunk semantics on the block output (moved from tests/nn/test_flextok_layers.py)."""
+  width, segs = 16, (3, 2)
+  block = Block(width, 2, mlp_hidden=32, mlp="swiglu", mlp_bias=False, norm_affine=False,
+                adaln=True, ada_segments=2, qkv_bias=False, out_bias=False, qk_norm="layer",
+                rngs=nnx.Rngs(6))
+  x = jax.random.normal(jax.random.key(7), (2, 5, width))
+  cond = jax.random.normal(jax.random.key(8), (2, width))
+  run = lambda: block(x, cond=cond, segments=segs)
+  ln = lambda h: block.norm1(h)
+  # Bias only in segment 1's second chunk (gate_mlp): segment 0 stays the identity, segment 1 gets
+  # exactly x + mlp(ln(x)) (attention gated off, no shift/scale).
+  bias = np.zeros((2, 6, width), np.float32)
+  bias[1, 1] = 1.0
+  block.ada.bias.set_value(jnp.asarray(bias.reshape(-1)))
+  out = run()
+  np.testing.assert_allclose(out[:, :3], x[:, :3], atol=1e-6)
+  np.testing.assert_allclose(out[:, 3:], x[:, 3:] + block.mlp(ln(x[:, 3:])), atol=1e-5)
+  # Bias in segment 0's fourth chunk (scale_msa) with gate_msa 1: modulated attention input.
+  bias = np.zeros((2, 6, width), np.float32)
+  bias[0, 0], bias[0, 3] = 1.0, 0.5
+  block.ada.bias.set_value(jnp.asarray(bias.reshape(-1)))
+  h = ln(x)
+  h = jnp.concatenate([h[:, :3] * 1.5, h[:, 3:]], axis=1)
+  want = x + jnp.concatenate([jnp.ones((2, 3, 1)), jnp.zeros((2, 2, 1))], 1) * block.attn(h)
+  np.testing.assert_allclose(run(), want, atol=1e-5)
+  # jit + grad reach the modulation and the attention.
+  block.ada.kernel.set_value(0.1 * jax.random.normal(jax.random.key(0), block.ada.kernel.shape))
+  graphdef, state = nnx.split(block)
+  loss = lambda s: jnp.sum(nnx.merge(graphdef, s)(x, cond=cond, segments=segs) ** 2)
+  g = jax.jit(jax.grad(loss))(state)
+  assert float(jnp.abs(g["ada"]["kernel"].get_value()).sum()) > 0
+  assert float(jnp.abs(g["attn"]["qkv"].get_value()).sum()) > 0

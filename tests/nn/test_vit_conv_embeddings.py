@@ -93,3 +93,37 @@ def test_vqgan_encoder_decoder_shapes_and_layout():
   assert tuple(spec) == (None, None, "conv_in", "conv_out")
   with pytest.raises(ValueError, match="num_groups"):
     conv.GroupNorm(6, num_groups=4, rngs=nnx.Rngs(0))
+
+
+def test_sincos_2d_matches_flextok_release_construction():
+  # The release: meshgrid(arange(w), arange(h), indexing="ij"), outer products with omega, concat
+  # [sin(w), cos(w), sin(h), cos(h)], then read as "(h w)". Rebuilt here in numpy for a square table.
+  s, dim = 5, 16
+  gw, gh = np.meshgrid(np.arange(s, dtype=np.float32), np.arange(s, dtype=np.float32), indexing="ij")
+  omega = 1.0 / 10000.0 ** (np.arange(dim // 4, dtype=np.float32) / (dim // 4))
+  ow, oh = gw.reshape(-1)[:, None] * omega, gh.reshape(-1)[:, None] * omega
+  ref = np.concatenate([np.sin(ow), np.cos(ow), np.sin(oh), np.cos(oh)], axis=1)
+  got = np.asarray(embeddings.sincos_2d(s, s, dim))
+  np.testing.assert_allclose(got, ref, atol=1e-5)
+  got = got.reshape(s, s, dim)
+  # Channel 0 is sin(row) (omega_0 = 1), channel dim/2 is sin(col).
+  np.testing.assert_allclose(got[3, 1, 0], np.sin(3.0), atol=1e-6)
+  np.testing.assert_allclose(got[3, 1, dim // 2], np.sin(1.0), atol=1e-6)
+  # Cropping a larger table gives the smaller one (the release crops its max-size table).
+  np.testing.assert_allclose(np.asarray(embeddings.sincos_2d(8, 8, dim)).reshape(8, 8, dim)[:3, :4],
+                             np.asarray(embeddings.sincos_2d(3, 4, dim)).reshape(3, 4, dim), atol=1e-6)
+  # A static table is float64 rounded once: exactly the float32 rounding of the float64 formula.
+  r = np.arange(s, dtype=np.float64)[:, None] * (1.0 / 10000.0 ** (np.arange(dim // 4) / (dim // 4)))
+  np.testing.assert_array_equal(got[:, 0, :dim // 4], np.sin(r).astype(np.float32))
+
+
+def test_timestep_embedding_hand_values():
+  # FlexTok's features: max_period 256, t scaled by 1000 / max_timestep.
+  t = jnp.array([0.0, 0.5])
+  f = np.asarray(embeddings.timestep_embedding(t, 8, max_period=256.0, scale=1000.0))
+  freqs = 1000.0 * np.exp(-np.log(256.0) * np.arange(4) / 4)
+  np.testing.assert_allclose(f[0], [1, 1, 1, 1, 0, 0, 0, 0], atol=1e-6)
+  np.testing.assert_allclose(f[1], np.concatenate([np.cos(0.5 * freqs), np.sin(0.5 * freqs)]),
+                             atol=2e-4)
+  odd = embeddings.timestep_embedding(t, 7)
+  assert odd.shape == (2, 7) and float(jnp.abs(odd[:, -1]).max()) == 0.0  # zero-padded

@@ -7,7 +7,6 @@ from flax import nnx
 
 from jaxtok.generators import heads
 from jaxtok.samplers import flow
-from jaxtok.tokenizers import flextok
 
 # rbg keys: the samplers work with any key implementation, and threefry's unrolled rounds cost
 # seconds of XLA compile per random call on a shared 2-core CPU.
@@ -41,9 +40,18 @@ def test_heun_second_order():
   assert 3.5 < err[0] / err[1] < 4.5
 
 
+def _minrf_euler(velocity_fn, x1, steps):
+  """The release's MinRF Euler loop (FlexTok): x <- x - v(x, t) / T at t = i/T for i = T..1."""
+  x = x1
+  for i in range(steps, 0, -1):
+    x = x - velocity_fn(x, jnp.float32(i / steps)) / steps
+  return x
+
+
 def test_flip_time_drives_flowhead_like_flextok_euler():
-  """jaxtok's FlowHead (t = 1 noise convention) through flip_time equals FlexTok's own Euler
-  sampler (the decoder's loop), and the straight path ends at the data exactly."""
+  """jaxtok's FlowHead (t = 1 noise convention) through flip_time equals the release's MinRF Euler
+  loop (FlexTok's decoder samples through flip_time), and the straight path ends at the data
+  exactly."""
   head = heads.FlowHead(token_dim=3, cond_dim=4, width=16, depth=1, rngs=nnx.Rngs(KEY(0)))
   k = head.out.kernel
   k.set_value(jax.random.normal(KEY(1), k.get_value().shape))  # zero-init otherwise
@@ -56,7 +64,7 @@ def test_flip_time_drives_flowhead_like_flextok_euler():
     h = nnx.merge(graphdef, state)
     per_row = lambda x, t, z: h(x, jnp.full((x.shape[0],), t), z)
     return (flow.sample(flow.flip_time(per_row), noise, z, steps=6),
-            flextok.euler_sample(lambda x, t: per_row(x, t, z), noise, 6))
+            _minrf_euler(lambda x, t: per_row(x, t, z), noise, 6))
 
   ours, ref = run(state)
   np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)

@@ -10,9 +10,12 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxtok import sharding
+from jaxtok.nn import norm as norm_lib
 from jaxtok.quantizers import fsq
+from jaxtok.samplers import flow, guidance
 from jaxtok.tokenizers import api
 from jaxtok.tokenizers import flextok as F
+from jaxtok.tokenizers import prefix
 
 K = 8  # tiny config registers
 
@@ -109,26 +112,26 @@ def test_prefix_tokens_ignore_later_registers():
 
 def test_sample_keep_k_modes():
   rng = jax.random.key(0)
-  u = np.asarray(F.sample_keep_k(rng, 4000, 8, "uniform"))
+  u = np.asarray(prefix.sample_keep_k(rng, 4000, 8, "uniform"))
   assert u.dtype == np.int32 and set(u.tolist()) == set(range(1, 9))
-  p2 = np.asarray(F.sample_keep_k(rng, 4000, 8, "pow2"))
+  p2 = np.asarray(prefix.sample_keep_k(rng, 4000, 8, "pow2"))
   assert set(p2.tolist()) == {1, 2, 4, 8}
-  up = np.asarray(F.sample_keep_k(rng, 8000, 8, "uniform_pow2"))
+  up = np.asarray(prefix.sample_keep_k(rng, 8000, 8, "uniform_pow2"))
   assert set(up.tolist()) == {1, 2, 4, 8}
   # uniform over 1..8 rounded up: P(1)=1/8, P(2)=1/8, P(4)=2/8, P(8)=4/8.
   freq = np.array([(up == v).mean() for v in (1, 2, 4, 8)])
   np.testing.assert_allclose(freq, [0.125, 0.125, 0.25, 0.5], atol=0.03)
   with pytest.raises(ValueError, match="power-of-two"):
-    F.sample_keep_k(rng, 2, 6, "pow2")
+    prefix.sample_keep_k(rng, 2, 6, "pow2")
   with pytest.raises(ValueError, match="mode"):
-    F.sample_keep_k(rng, 2, 8, "exp")
+    prefix.sample_keep_k(rng, 2, 8, "exp")
 
 
 def test_nested_dropout_keeps_exactly_the_sampled_lengths():
   x = jax.random.normal(jax.random.key(0), (3, 5, 4))
   token = jnp.array([9.0, 8.0, 7.0, 6.0])
   keep = jnp.array([1, 5, 3])
-  out = np.asarray(F.nested_dropout(x, keep, token))
+  out = np.asarray(prefix.nested_dropout(x, keep, token))
   for b, k in enumerate([1, 5, 3]):
     np.testing.assert_array_equal(out[b, :k], np.asarray(x)[b, :k])
     np.testing.assert_array_equal(out[b, k:], np.broadcast_to(token, (5 - k, 4)))
@@ -152,6 +155,11 @@ def test_decoder_ignores_dropped_slots_and_null_ignores_all():
   np.testing.assert_allclose(vel(x, t, codes, full, on), vel(x, t, other, keep, on), atol=1e-6)
 
 
+def _euler(velocity, x1, steps):
+  """The decoder's sampler: `flow.sample` on the time-flipped field velocity(x, t) (t = 1 noise)."""
+  return flow.sample(flow.flip_time(lambda x, t, c: velocity(x, t)), x1, steps=steps)
+
+
 def test_euler_sampler_integrates_known_fields_exactly():
   x1 = jax.random.normal(jax.random.key(0), (2, 3))
   for steps in (1, 4, 7):
@@ -160,17 +168,17 @@ def test_euler_sampler_integrates_known_fields_exactly():
     # reference is exact to that precision: |error| <= 2 steps u (max|x1| + 1) = steps eps (...).
     tol = steps * np.finfo(np.float32).eps * (float(jnp.max(jnp.abs(x1))) + 1.0)
     ref = np.asarray(x1, np.float64)
-    const = F.euler_sample(lambda x, t: jnp.full_like(x, 0.5), x1, steps)
+    const = _euler(lambda x, t: jnp.full_like(x, 0.5), x1, steps)
     np.testing.assert_allclose(const, ref - 0.5, rtol=0, atol=tol)
     # v = t: x0 = x1 - sum_{i=1..T} (i/T) / T = x1 - (T + 1) / (2T).
-    lin_t = F.euler_sample(lambda x, t: jnp.full_like(x, t), x1, steps)
+    lin_t = _euler(lambda x, t: jnp.full_like(x, t), x1, steps)
     np.testing.assert_allclose(lin_t, ref - (steps + 1) / (2 * steps), rtol=0, atol=tol)
     # v = x: x0 = x1 (1 - 1/T)^T.
-    lin_x = F.euler_sample(lambda x, t: x, x1, steps)
+    lin_x = _euler(lambda x, t: x, x1, steps)
     np.testing.assert_allclose(lin_x, ref * (1 - 1 / steps) ** steps, rtol=0, atol=tol)
   # A straight path x_t = t n + (1 - t) x0 has constant velocity n - x0: Euler recovers x0 exactly.
   x0 = jax.random.normal(jax.random.key(1), (2, 3))
-  np.testing.assert_allclose(F.euler_sample(lambda x, t: x1 - x0, x1, 5), x0, atol=1e-5)
+  np.testing.assert_allclose(_euler(lambda x, t: x1 - x0, x1, 5), x0, atol=1e-5)
 
 
 def test_decode_integrates_the_velocity_and_applies_cfg_with_the_null_condition(monkeypatch):
@@ -193,26 +201,26 @@ def test_decode_integrates_the_velocity_and_applies_cfg_with_the_null_condition(
   for s in (1.0, 3.0):
     out = model.decode(tokens, rng=rng, num_steps=3, cfg_scale=s)
     np.testing.assert_allclose(out, jnp.clip((noise - (u + s * (c - u)) + 1) / 2, 0, 1), atol=1e-6)
-  np.testing.assert_allclose(F.cfg_combine(jnp.float32(c), jnp.float32(u), 1.0), c)
+  np.testing.assert_allclose(guidance.cfg_uncond_base(jnp.float32(c), jnp.float32(u), 1.0), c)
 
 
 def test_apg_combine_hand_values():
   cond = jnp.array([[1.0, 0.0]])
   zero = jnp.zeros_like(cond)
   # Difference orthogonal to cond: kept, scaled by (s - 1).
-  g, avg = F.apg_combine(cond, jnp.array([[1.0, -1.0]]), 3.0, zero)
+  g, avg = guidance.apg(cond, jnp.array([[1.0, -1.0]]), 3.0, zero)
   np.testing.assert_allclose(g, [[1.0, 2.0]], atol=1e-6)
   np.testing.assert_allclose(avg, [[0.0, 1.0]], atol=1e-6)
   # Difference parallel to cond: removed (eta = 0); eta = 1 keeps it.
-  g, _ = F.apg_combine(cond, jnp.array([[0.5, 0.0]]), 3.0, zero)
+  g, _ = guidance.apg(cond, jnp.array([[0.5, 0.0]]), 3.0, zero)
   np.testing.assert_allclose(g, cond, atol=1e-6)
-  g, _ = F.apg_combine(cond, jnp.array([[0.5, 0.0]]), 3.0, zero, eta=1.0)
+  g, _ = guidance.apg(cond, jnp.array([[0.5, 0.0]]), 3.0, zero, eta=1.0)
   np.testing.assert_allclose(g, [[2.0, 0.0]], atol=1e-6)
   # Norm above the threshold 2.5 is rescaled to 2.5.
-  g, _ = F.apg_combine(cond, jnp.array([[1.0, -10.0]]), 3.0, zero)
+  g, _ = guidance.apg(cond, jnp.array([[1.0, -10.0]]), 3.0, zero)
   np.testing.assert_allclose(g, [[1.0, 5.0]], atol=1e-5)
   # Momentum -0.5: average = diff - 0.5 * previous average.
-  g, avg = F.apg_combine(cond, jnp.array([[1.0, -1.0]]), 3.0, jnp.array([[0.0, 2.0]]))
+  g, avg = guidance.apg(cond, jnp.array([[1.0, -1.0]]), 3.0, jnp.array([[0.0, 2.0]]))
   np.testing.assert_allclose(avg, [[0.0, 0.0]], atol=1e-6)
   np.testing.assert_allclose(g, cond, atol=1e-6)
 
@@ -252,7 +260,7 @@ def test_decode_equals_euler_over_the_conditional_velocity_for_any_prefix():
     codes = jnp.pad(fsq.indices_to_codes(tokens[:, :k], F.FSQ_LEVELS), ((0, 0), (0, K - k), (0, 0)))
     keep = jnp.full((2,), k)
     vel = lambda x, t: model.velocity(x, jnp.full((2,), t), codes, keep, jnp.zeros((2,), bool))
-    want = model.latents_to_images(F.euler_sample(vel, jax.random.normal(rng, (2, 32, 32, 3)), 2))
+    want = model.latents_to_images(_euler(vel, jax.random.normal(rng, (2, 32, 32, 3)), 2))
     np.testing.assert_allclose(out, want, atol=1e-5)
     outs[k] = out
   assert float(jnp.abs(outs[2] - outs[K]).max()) > 1e-4  # the tokens condition the image
@@ -290,7 +298,7 @@ def test_train_forward_loss_matches_its_definition():
   _, r_keep, r_null, r_t, r_noise = jax.random.split(rng, 5)
   x0 = model.images_to_latents(x)
   codes = fsq.quantize(model.encode_latents(x0, K), F.FSQ_LEVELS).codes
-  keep = F.sample_keep_k(r_keep, 2, K, "uniform")
+  keep = prefix.sample_keep_k(r_keep, 2, K, "uniform")
   null = jax.random.bernoulli(r_null, 0.1, (2,))
   t = jax.nn.sigmoid(jax.random.normal(r_t, (2,)))
   noise = jax.random.normal(r_noise, x0.shape)
@@ -314,9 +322,9 @@ def test_grad_through_encode_and_train_forward():
 
   g, ge = jax.jit(lambda s, x: (jax.grad(flow)(s, x), jax.grad(codes)(s, x)))(state, x)
   assert all(bool(jnp.all(jnp.isfinite(l))) for l in jax.tree.leaves(g))
-  for path in (("registers",), ("enc_head", "kernel"), ("enc_blocks", 0, "attn", "wq", "kernel"),
-               ("dec_blocks", 1, "ada", "kernel"), ("dec_head", "kernel"), ("time_embed", "fc1",
-                                                                            "kernel")):
+  for path in (("registers",), ("enc_head", "kernel"), ("encoder", "blocks", 0, "attn", "qkv"),
+               ("decoder", "blocks", 1, "ada", "kernel"), ("dec_head", "kernel"),
+               ("time_fc1", "kernel")):
     leaf = g
     for p in path:
       leaf = leaf[p]
@@ -371,10 +379,11 @@ def test_release_sizes_abstract():
   model = nnx.eval_shape(lambda: F.make_model({"size": "d18_d28"}, rngs=nnx.Rngs(0)))
   assert model.num_patches == 256 and model.num_tokens == 256 and model.latent_channels == 16
   assert model.registers.shape == (256, 1152) and model.dec_register_pos.shape == (256, 1792)
-  assert len(model.enc_blocks) == 18 and len(model.dec_blocks) == 28
-  assert model.enc_blocks[0].mlp.fc1.kernel.shape == (1152, 3072)
-  assert model.enc_blocks[0].attn.scale == 8 / 64
-  assert model.dec_blocks[0].ada.kernel.shape == (1792, 2 * 6 * 1792)
+  assert len(model.encoder.blocks) == 18 and len(model.decoder.blocks) == 28
+  assert model.encoder.blocks[0].mlp.gate.kernel.shape == (1152, 3072)
+  assert model.encoder.blocks[0].attn.scale == 8 / 64
+  assert model.encoder.blocks[0].attn.qkv.shape == (1152, 3, 18, 64)
+  assert model.decoder.blocks[0].ada.kernel.shape == (1792, 2 * 6 * 1792)
   assert model.enc_head.kernel.shape == (1152, 6)
 
 
@@ -423,3 +432,93 @@ def test_bad_inputs_raise_naming_the_argument():
     F.make_model({"size": "tiny", "enc_width": 30, "head_dim": 10}, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="cond_dropout"):
     F.make_model({"size": "tiny", "cond_dropout": 1.0}, rngs=nnx.Rngs(0))
+
+
+# ---- the release's FlexBlock as composed from nn parts (moved from tests/nn/test_flextok_layers.py)
+
+
+def _ln(x):
+  return (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
+
+
+def test_layer_norm_no_affine_float32():
+  x = jax.random.normal(jax.random.key(0), (3, 16)) * 5 + 2
+  np.testing.assert_allclose(F._layer_norm(x), _ln(np.asarray(x, np.float64)), rtol=1e-5, atol=1e-5)
+  assert F._layer_norm(x.astype(jnp.bfloat16)).dtype == jnp.bfloat16
+
+
+def test_block_attention_and_swiglu_match_hand_computation_with_mup_scale_and_qk_norm():
+  assert F.swiglu_hidden(1152, 4.0) == 3072  # d18 width
+  assert F.swiglu_hidden(1792, 4.0) == 4778  # d28 width: int(2 * 7168 / 3)
+  block = _model().encoder.blocks[0]  # width 32, head_dim 16: scale 8/16 = 0.5, not 1/sqrt(16)
+  attn, mlp = block.attn, block.mlp
+  assert attn.scale == 0.5 and attn.num_heads == 2
+  names = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(nnx.state(block))]
+  assert not any("bias" in n or "scale" in n for n in names), names  # bias-free, no-affine norms
+  x = np.asarray(jax.random.normal(jax.random.key(3), (2, 5, 32)), np.float64)
+  qkv = np.asarray(attn.qkv.get_value(), np.float64)  # [W, 3, H, E]
+  q, k, v = (np.einsum("btw,whe->bthe", x, qkv[:, i]) for i in range(3))
+  q, k = _ln(q), _ln(k)
+  mask = np.tril(np.ones((5, 5), bool))
+  s = np.where(mask, np.einsum("bthe,bshe->bhts", q, k) * 0.5, -np.inf)
+  p = np.exp(s - s.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  ref = np.einsum("bhts,bshe,hew->btw", p, v, np.asarray(attn.out.get_value(), np.float64))
+  got = jax.jit(lambda x, m: attn(x, mask=m))(jnp.asarray(x, jnp.float32), jnp.asarray(mask))
+  np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+  w = lambda d: np.asarray(d.kernel.get_value(), np.float64)
+  h1, h3 = x @ w(mlp.gate), x @ w(mlp.up)
+  ref = (h1 / (1 + np.exp(-h1)) * h3) @ w(mlp.down)  # the release's fc2(silu(fc1 x) * fc3 x)
+  np.testing.assert_allclose(mlp(jnp.asarray(x, jnp.float32)), ref, rtol=1e-4, atol=1e-5)
+  assert mlp.gate.kernel.shape == (32, F.swiglu_hidden(32, 4.0))
+
+
+def test_register_mask_equals_definition():
+  n, k = 4, 3
+  mask = np.asarray(F.register_mask(n, k))
+  for q in range(n + k):
+    for kv in range(n + k):
+      if q < n:
+        want = kv < n  # patches see only patches
+      else:
+        want = kv < n or kv <= q  # register i sees patches and registers j <= i
+      assert mask[q, kv] == want, (q, kv)
+
+
+def test_encoder_stack_prefix_of_registers_ignores_later_registers():
+  encoder = _model().encoder
+  n, k, width = 4, 5, 32
+  mask = F.register_mask(n, k)
+  run = jax.jit(lambda x: encoder(x, mask=mask))
+  x = jax.random.normal(jax.random.key(4), (2, n + k, width))
+  y = x.at[:, n + 3:].add(jax.random.normal(jax.random.key(5), (2, k - 3, width)))
+  a, b = run(x), run(y)
+  np.testing.assert_allclose(a[:, :n + 3], b[:, :n + 3], atol=1e-5)
+  assert float(jnp.abs(a[:, n + 3:] - b[:, n + 3:]).max()) > 1e-3
+  # Without the mask the prefix would change (the test can fail).
+  full = jax.jit(lambda x: encoder(x))
+  assert float(jnp.abs(full(x)[:, :n] - full(y)[:, :n]).max()) > 1e-4
+
+
+def test_options_scan_remat_and_unknown_keys():
+  """scan_layers + remat + attention_impl keep the outputs; an unknown config key is an error."""
+  graphdef, state, _ = _tiny()
+  x = _images(seed=9)
+  loss = lambda g, s: nnx.merge(g, s).train_forward(x, rng=jax.random.key(2)).losses["flow"]
+  ref = jax.jit(lambda s: loss(graphdef, s))(state)
+  g2, s2 = _build(scan_layers=True, remat="dots", attention_impl="xla")
+  # The scanned parameters are the unrolled ones stacked along a new first axis.
+  flat = dict(nnx.to_flat_state(state))
+  stacked = []
+  for path, var in nnx.to_flat_state(s2):
+    if path[0] in ("encoder", "decoder"):
+      parts = [flat[path[:2] + (i,) + path[2:]].get_value() for i in range(2)]
+      stacked.append((path, var.replace(jnp.stack(parts))))
+    else:
+      stacked.append((path, var.replace(flat[path].get_value())))
+  s2 = nnx.from_flat_state(stacked)
+  np.testing.assert_allclose(jax.jit(lambda s: loss(g2, s))(s2), ref, rtol=1e-5)
+  with pytest.raises(ValueError, match="unknown FlexTok config key"):
+    F.make_model({"size": "tiny", "enc_widht": 32}, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="head_dim"):
+    F.make_model({"size": "tiny", "enc_width": 36}, rngs=nnx.Rngs(0))

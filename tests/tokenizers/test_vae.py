@@ -83,3 +83,26 @@ def test_vae_sampling_needs_rng_and_varies():
   a, b = f(s, jax.random.key(1)), f(s, jax.random.key(2))
   assert float(jnp.abs(a - b).max()) > 0
   np.testing.assert_array_equal(a, f(s, jax.random.key(1)))
+
+
+def test_gaussian_posterior_on_image_latents():
+  """The FlexTok VAE's posterior is this one (moved from tests/tokenizers/test_flextok_vae.py)."""
+  shape = (2, 3, 3, 4)
+  n = 3 * 3 * 4
+  # mean 1, var 1: 0.5 * (1 + 1 - 1 - 0) per element.
+  np.testing.assert_allclose(vae.kl_divergence(jnp.ones(shape), jnp.zeros(shape)), [0.5 * n] * 2,
+                             rtol=1e-6)
+  # mean 0, var 2: 0.5 * (2 - 1 - log 2) per element.
+  lv = jnp.full(shape, np.log(2.0))
+  np.testing.assert_allclose(vae.kl_divergence(jnp.zeros(shape), lv),
+                             [0.5 * (1 - np.log(2.0)) * n] * 2, rtol=1e-5)
+  # logvar clipped at 20: exp(20) not exp(50), in the KL and in the sample.
+  big = vae.kl_divergence(jnp.zeros((1, 1, 1, 1)), jnp.full((1, 1, 1, 1), 50.0))
+  np.testing.assert_allclose(big, [0.5 * (np.exp(20.0) - 1 - 20)], rtol=1e-5)
+  rng = jax.random.key(3)
+  mean = jnp.arange(8.0).reshape(1, 2, 2, 2)
+  got = vae.sample(mean, jnp.full(mean.shape, np.log(4.0)), rng)
+  np.testing.assert_allclose(got, mean + 2.0 * jax.random.normal(rng, mean.shape), rtol=1e-6)
+  got = vae.sample(mean, jnp.full(mean.shape, 50.0), rng)
+  np.testing.assert_allclose(got, mean + np.exp(10.0) * jax.random.normal(rng, mean.shape),
+                             rtol=1e-5)
