@@ -18,9 +18,7 @@
   * at the end: `final_grid.png` (rows = held-out images, columns = original + each token count)
     and `final_metrics.json` (PSNR/SSIM per token count), plus `final.json` with a params checksum.
 
-TensorBoard: neither tensorflow nor tensorboardX is a dependency, so `EventWriter` writes the event
-file format itself (TFRecord framing with masked CRC32C around hand-encoded `Event` protos holding
-scalar summaries); TensorBoard reads these files unchanged.
+TensorBoard: `EventWriter` writes the event files through tensorboardX (no TensorFlow needed).
 
 Data (`jaxtok.data.pipeline.from_config`): `config.data.source = "photos"` (default) draws random
 crops of the bundled photographs (`jaxtok.data.photos.PhotoCrops`) as a pure function of
@@ -35,7 +33,6 @@ import hashlib
 import json
 import logging
 import os
-import struct
 import time
 from typing import Any
 
@@ -55,100 +52,36 @@ from jaxtok.train import step as step_lib
 log = logging.getLogger(__name__)
 
 
-# ==================================================================================================
-# TensorBoard event files without TensorFlow.
-
-
-def _crc32c_table() -> list[int]:
-  table = []
-  for i in range(256):
-    c = i
-    for _ in range(8):
-      c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-    table.append(c)
-  return table
-
-
-_CRC_TABLE = _crc32c_table()
-
-
-def crc32c(data: bytes) -> int:
-  """CRC-32C (Castagnoli), as TFRecord framing needs."""
-  c = 0xFFFFFFFF
-  for b in data:
-    c = _CRC_TABLE[(c ^ b) & 0xFF] ^ (c >> 8)
-  return c ^ 0xFFFFFFFF
-
-
-def _masked_crc(data: bytes) -> int:
-  c = crc32c(data)
-  return (((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def _varint(n: int) -> bytes:
-  out = bytearray()
-  while True:
-    b = n & 0x7F
-    n >>= 7
-    out.append(b | (0x80 if n else 0))
-    if not n:
-      return bytes(out)
-
-
-def _field(num: int, wire: int, payload: bytes) -> bytes:
-  return _varint((num << 3) | wire) + payload
-
-
-def _bytes_field(num: int, data: bytes) -> bytes:
-  return _field(num, 2, _varint(len(data)) + data)
-
-
-def encode_event(wall_time: float, step: int, *, scalars: dict[str, float] | None = None,
-                 file_version: str | None = None) -> bytes:
-  """A serialized tensorflow.Event: wall_time (1, double), step (2, int64), file_version (3),
-  summary (5) = Summary{ repeated Value (1) = {tag (1), simple_value (2, float)} }."""
-  msg = _field(1, 1, struct.pack("<d", wall_time)) + _field(2, 0, _varint(int(step)))
-  if file_version is not None:
-    msg += _bytes_field(3, file_version.encode())
-  if scalars:
-    values = b"".join(
-        _bytes_field(1, _bytes_field(1, tag.encode()) + _field(2, 5, struct.pack("<f", float(v))))
-        for tag, v in scalars.items())
-    msg += _bytes_field(5, values)
-  return msg
-
-
-def tfrecord(data: bytes) -> bytes:
-  """TFRecord framing: length, masked crc of length, data, masked crc of data."""
-  length = struct.pack("<Q", len(data))
-  return (length + struct.pack("<I", _masked_crc(length)) + data
-          + struct.pack("<I", _masked_crc(data)))
-
-
 class EventWriter:
-  """Appends scalar summaries to `<logdir>/events.out.tfevents.<time>.<host>` and a JSONL twin."""
+  """Scalar summaries as TensorBoard event files in `logdir` and a JSONL twin `<logdir>/metrics.jsonl`.
+
+  The event files come from tensorboardX's `SummaryWriter` (a maintained writer of the format that
+  needs neither TensorFlow nor torch); the JSONL file is for scripts that want no reader at all.
+  Only the main process writes (`enabled=False` elsewhere). Each call is flushed, so a killed run
+  keeps every logged step.
+  """
 
   def __init__(self, logdir: str, *, enabled: bool = True):
     self.enabled = enabled
     if not enabled:
       return
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
     os.makedirs(logdir, exist_ok=True)
-    name = f"events.out.tfevents.{int(time.time())}.jaxtok"
-    self._f = open(os.path.join(logdir, name), "ab")
-    self._f.write(tfrecord(encode_event(time.time(), 0, file_version="brain.Event:2")))
+    self._tb = SummaryWriter(logdir)
     self._jsonl = open(os.path.join(logdir, "metrics.jsonl"), "a")
 
   def scalars(self, step: int, values: dict[str, float]) -> None:
     if not self.enabled:
       return
-    self._f.write(tfrecord(encode_event(time.time(), step, scalars=values)))
-    self._f.flush()
+    for tag, v in values.items():
+      self._tb.add_scalar(tag, float(v), int(step))
+    self._tb.flush()
     self._jsonl.write(json.dumps({"step": int(step), **{k: float(v) for k, v in values.items()}}) + "\n")
     self._jsonl.flush()
 
   def close(self) -> None:
     if self.enabled:
-      self._f.close()
+      self._tb.close()
       self._jsonl.close()
 
 
