@@ -258,3 +258,169 @@ def _perturb(z, z_q, indices, codebook, rng, alpha, delta, num_images, candidate
   changed = new_indices != indices
   return codes, new_indices, {"selected": selected, "changed": changed,
                               "change_rate": jnp.mean(changed.astype(jnp.float32))}
+
+
+# ----------------------------------------------------------------------------------------------------
+# FSQ: the implicit grid's nearby codes.
+
+
+def fsq_neighbours(z: jax.Array, digits: jax.Array, levels: tuple[int, ...], *,
+                   symmetric: bool = False) -> jax.Array:
+  """Grid neighbours of FSQ codes, nearest first: int32 [..., 2D+1, D] digits.
+
+  The candidates of a token are its own grid point and the 2D points one level away along a single
+  axis (`digits` +- 1 in dimension i), ranked by squared distance, in level units, to the token's
+  unrounded position p (`fsq.bound(z) + L//2`, or (L-1)(tanh z + 1)/2 with symmetric): with
+  f = p - digits in [-1/2, 1/2], a step s = +-1 along i adds (s - f_i)^2 - f_i^2 = 1 - 2 s f_i >= 0
+  to the own point's distance, so the own point ranks first (ties keep it first: the sort is stable,
+  own point, then +1 / -1 along dimension 0, 1, ...). Points off the grid rank last (infinite
+  distance); every point has at least D neighbours on the grid, so the first D + 1 are valid.
+
+  Args:
+    z: [..., D] floating FSQ input (the quantizer's z).
+    digits: [..., D] int per-dimension level indices of z's code (`fsq.indices_to_digits`).
+    levels: the D FSQ levels (static).
+    symmetric: the symmetric FSQ variant.
+  """
+  from jaxtok.quantizers import fsq  # pylint: disable=g-import-not-at-top
+  d = len(levels)
+  x = z.astype(jnp.float32)
+  if symmetric:
+    lm1 = np.asarray([level - 1 for level in levels], np.float32)
+    pos = lm1 * (jnp.tanh(x) + 1.0) * 0.5
+  else:
+    pos = fsq.bound(x, levels) + np.asarray([level // 2 for level in levels], np.float32)
+  f = sg(pos) - digits.astype(jnp.float32)
+  # Step table [2D+1, D]: row 0 the own point, then +1 and -1 along each dimension.
+  steps = np.concatenate([np.zeros((1, d), np.int32),
+                          np.repeat(np.eye(d, dtype=np.int32), 2, axis=0) * np.tile([[1], [-1]], (d, 1))])
+  cand = digits[..., None, :].astype(jnp.int32) + steps  # [..., 2D+1, D]
+  extra = jnp.concatenate([jnp.zeros(f.shape[:-1] + (1,), jnp.float32),
+                           (1.0 - 2.0 * f[..., :, None] * np.asarray([1.0, -1.0], np.float32)
+                            ).reshape(f.shape[:-1] + (2 * d,))], axis=-1)
+  on_grid = jnp.all((cand >= 0) & (cand < np.asarray(levels, np.int32)), axis=-1)
+  extra = jnp.where(on_grid, extra, jnp.inf)
+  order = jnp.argsort(extra, axis=-1, stable=True)
+  return jnp.take_along_axis(cand, order[..., None], axis=-2)
+
+
+def perturb_fsq(z: jax.Array, z_q: jax.Array, indices: jax.Array, levels: Any, rng: jax.Array, *,
+                alpha: float | jax.Array, beta: float, delta: int | jax.Array,
+                max_delta: int | None = None,
+                symmetric: bool = False) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+  """RobusTok perturbation of FSQ tokens: a selected token moves to a nearby point of the level grid.
+
+  RobusTok replaces a selected token by one of its delta nearest codebook entries, drawn uniformly,
+  the nearest (its own code) included. FSQ's codebook is the product grid of levels, so the nearby
+  codes are grid neighbours: here the delta nearest among the token's own point and the points one
+  level away along one axis (`fsq_neighbours`, distances in level units to the unrounded position).
+  Selection (alpha, first floor(B * beta) images) is `perturb`'s. delta <= D + 1 (every grid point
+  has at least D on-grid neighbours), so a token changes with probability alpha (delta - 1) / delta.
+
+  A selected token's code is the neighbour's grid value (bitwise `fsq.indices_to_codes`) with FSQ's
+  straight-through gradient to z unchanged (value sg(e) + z_q - sg(z_q)).
+
+  Args:
+    z: [B, ..., D] floating FSQ input.
+    z_q: [B, ..., D] FSQ codes of z (straight-through).
+    indices: [B, ...] int FSQ indices of z_q.
+    levels: the D FSQ levels.
+    rng, alpha, beta: as in `perturb`.
+    delta: 1 <= delta <= D + 1; static, or traced with static `max_delta` (<= D + 1).
+    max_delta: static bound of a traced delta.
+    symmetric: the symmetric FSQ variant (as in `fsq.quantize`).
+
+  Returns:
+    (codes [B, ..., D] in z_q's dtype, new_indices [B, ...] int32, info) as `perturb`.
+  """
+  from jaxtok.quantizers import fsq  # pylint: disable=g-import-not-at-top
+  levels = fsq.check_levels(levels, symmetric=symmetric)
+  base.check_float_array("z", z, min_rank=2, last_dim=len(levels))
+  base.check_float_array("z_q", z_q, min_rank=2)
+  if tuple(z_q.shape) != tuple(z.shape):
+    raise ValueError(f"z_q must have the shape of z {tuple(z.shape)}, got {tuple(z_q.shape)}")
+  base.check_int_array("indices", indices)
+  if tuple(indices.shape) != tuple(z.shape[:-1]):
+    raise ValueError(f"indices must have shape {tuple(z.shape[:-1])}, got {tuple(indices.shape)}")
+  if rng is None:
+    raise ValueError("rng must be a PRNG key, got None")
+  _check_real("alpha", alpha, minimum=0.0, maximum=1.0)
+  limit = len(levels) + 1
+  try:
+    _num_candidates(delta, max_delta, limit)
+  except ValueError as e:
+    raise ValueError(f"{e}; an FSQ token has D + 1 = {limit} nearest grid points to draw from "
+                     f"(its own and D neighbours)") from None
+  if max_delta is not None:
+    delta = jnp.clip(jnp.asarray(delta, jnp.int32), 1, max_delta)
+  return _perturb_fsq(z, z_q, indices, rng, alpha, delta, num_perturbed(z.shape[0], beta), levels,
+                      bool(symmetric))
+
+
+@jax.jit(static_argnums=(6, 7, 8))
+def _perturb_fsq(z, z_q, indices, rng, alpha, delta, num_images, levels, symmetric):
+  from jaxtok.quantizers import fsq  # pylint: disable=g-import-not-at-top
+  indices = indices.astype(jnp.int32)
+  if num_images == 0:
+    return z_q, indices, _info(indices, indices, jnp.zeros(indices.shape, bool))
+  head = indices[:num_images]
+  cand = fsq_neighbours(z[:num_images], fsq.indices_to_digits(head, levels), levels,
+                        symmetric=symmetric)
+  selected, choice = sample_choices(rng, head.shape, alpha=alpha, delta=delta)
+  digits = jnp.take_along_axis(cand, choice[..., None, None], axis=-2)[..., 0, :]
+  pick = fsq.digits_to_indices(digits, levels)
+  e = fsq.indices_to_codes(pick, levels, symmetric=symmetric)
+  zq = z_q[:num_images]
+  replaced = (e + (zq.astype(jnp.float32) - sg(zq).astype(jnp.float32))).astype(z_q.dtype)
+  codes = jnp.concatenate([jnp.where(selected[..., None], replaced, zq), z_q[num_images:]], axis=0)
+  new_indices = jnp.concatenate([jnp.where(selected, pick, head), indices[num_images:]], axis=0)
+  pad = jnp.zeros((z.shape[0] - num_images,) + head.shape[1:], bool)
+  return codes, new_indices, _info(indices, new_indices, jnp.concatenate([selected, pad], axis=0))
+
+
+def _info(indices, new_indices, selected):
+  changed = new_indices != indices
+  return {"selected": selected, "changed": changed,
+          "change_rate": jnp.mean(changed.astype(jnp.float32))}
+
+
+# ----------------------------------------------------------------------------------------------------
+# What a tokenizer's train_forward calls.
+
+
+def strength(settings: dict, step: int | jax.Array | None) -> tuple[Any, Any]:
+  """(alpha, delta) of `settings` (alpha, beta, delta [, anneal_start, anneal_end, end_ratio]) at
+  `step`: the constants, or `schedule` on the step when annealed (then step is required)."""
+  if "anneal_start" not in settings:
+    return settings["alpha"], settings["delta"]
+  if step is None:
+    raise ValueError("an annealed perturbation (anneal_start / anneal_end) needs the training step, "
+                     "got step=None")
+  return schedule(step, alpha0=settings["alpha"], delta0=settings["delta"],
+                  anneal_start=settings["anneal_start"], anneal_end=settings["anneal_end"],
+                  end_ratio=settings.get("end_ratio", 0.5))
+
+
+def apply(settings: dict, step: int | jax.Array | None, rng: jax.Array, z: jax.Array, z_q: jax.Array,
+          indices: jax.Array, *, codebook: jax.Array | None = None, cosine: bool = False,
+          fsq_levels: Any = None, symmetric: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """RobusTok perturbation of a tokenizer's quantized latents, as its `train_forward` applies it.
+
+  VQ (`codebook` given, no gradient to it through the replacement) uses `perturb`, FSQ
+  (`fsq_levels` given) `perturb_fsq`; alpha and delta come from `strength(settings, step)`, the
+  neighbour search is sized by settings["delta"].
+
+  Returns:
+    codes [B, ..., D] (z_q with the perturbed tokens replaced) and metrics
+    {"perturb/change_rate", "perturb/alpha"} (float32 scalars).
+  """
+  alpha, delta = strength(settings, step)
+  kw = dict(alpha=alpha, beta=settings["beta"], delta=delta, max_delta=settings["delta"])
+  if (codebook is None) == (fsq_levels is None):
+    raise ValueError("perturbation needs exactly one of codebook (VQ) or fsq_levels (FSQ)")
+  if codebook is not None:
+    codes, _, info = perturb(z, z_q, indices, sg(codebook), rng, cosine=cosine, **kw)
+  else:
+    codes, _, info = perturb_fsq(z, z_q, indices, fsq_levels, rng, symmetric=symmetric, **kw)
+  return codes, {"perturb/change_rate": info["change_rate"],
+                 "perturb/alpha": jnp.asarray(alpha, jnp.float32)}

@@ -3,7 +3,8 @@
 Every tokenizer module `jaxtok.tokenizers.<name>` defines an nnx.Module with
   encode(images, *, num_tokens=None, rng=None, train=False) -> EncodeOutput
   decode(tokens, *, rng=None, train=False) -> images [B, H, W, 3] float32 (nominally [0, 1])
-  train_forward(images, *, rng, num_tokens=None) -> TrainOutput
+  train_forward(images, *, rng, step=None, target="pixels", perturb=None, num_tokens=None)
+      -> TrainOutput
 and `make_model(cfg, *, rngs)`. `build(config)` returns a `Tokenizer`: the graphdef plus pure jitted
 functions of (params, inputs, rng) that `nnx.merge` inside `jax.jit`, so a training or evaluation
 loop never touches module objects. `num_tokens` is static: one compilation per (input shape, token
@@ -45,13 +46,43 @@ class EncodeOutput(NamedTuple):
 
 
 class TrainOutput(NamedTuple):
-  """What `train_forward` returns: recon [B, H, W, 3] float32 (or None), losses, metrics.
+  """What `train_forward` returns: a model's whole training pass, so a train step needs nothing else.
 
-  Pixel, perceptual and GAN losses are not included: the trainer adds them from `recon`.
+  The training contract of every tokenizer module:
+    train_forward(images, *, rng, step=None, target="pixels", perturb=None, num_tokens=None)
+  images float [B, H, W, 3] in [0, 1]; rng a PRNG key; step the int32 [] training step (read by
+  annealed schedules); target "pixels" or "proxy_logits" (TiTok stage 1: logits over the proxy
+  codebook); perturb None or RobusTok settings {alpha, beta, delta [, anneal_start, anneal_end,
+  end_ratio]} applied by the model to its own tokens (`quantizers.perturb.apply`); num_tokens a fixed
+  kept prefix instead of the model's own draw. The model draws its kept length itself (tail drop /
+  nested dropout, in its configured mode) on every target. A model that cannot honour a request
+  (proxy logits without a proxy head, perturbation of continuous tokens) raises ValueError.
+
+  Attributes:
+    recon: [B, H, W, 3] float32, or None (target "proxy_logits", or a model whose loss is internal
+      such as FlexTok's flow loss).
+    losses: dict of float32 scalars, already weighted (quantizer, KL, flow). Pixel, perceptual and
+      GAN losses are not included: the trainer adds them from `recon`.
+    metrics: dict of float32 scalars (and arrays the trainer does not log).
+    logits: [B, N, V] float32 proxy-code logits for target "proxy_logits", else None.
   """
   recon: jax.Array | None
   losses: dict[str, jax.Array]
   metrics: dict[str, jax.Array]
+  logits: jax.Array | None = None
+
+
+TARGETS = ("pixels", "proxy_logits")
+
+
+def check_target(target: str, *, proxy_head: bool, model: str) -> None:
+  """Raises ValueError unless `target` is one of TARGETS and the model can produce it (proxy logits
+  need a proxy-code head: TiTok's decoder_head "proxy_codes")."""
+  if target not in TARGETS:
+    raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+  if target == "proxy_logits" and not proxy_head:
+    raise ValueError(f"target 'proxy_logits' (loss.proxy > 0, TiTok stage 1) needs a proxy-code head "
+                     f"(decoder_head='proxy_codes'); {model} has none")
 
 
 # config.name -> module under jaxtok.tokenizers (imported lazily, so a module may arrive later).

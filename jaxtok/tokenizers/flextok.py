@@ -48,12 +48,13 @@ from jaxtok.nn.options import model_kwargs
 from jaxtok.nn.stack import Stack
 from jaxtok.nn.vit import patchify, unpatchify
 from jaxtok.quantizers import base, fsq
+from jaxtok.quantizers import perturb as perturb_lib
 from jaxtok.samplers import flow
 from jaxtok.sharding import logical_init
 from jaxtok.tokenizers import flextok_vae, prefix
 from jaxtok.tokenizers import vae as vae_lib
 from jaxtok.tokenizers.api import (EncodeOutput, TrainOutput, as_dict, check_images,
-                                   check_num_tokens)
+                                   check_num_tokens, check_target)
 
 FSQ_LEVELS = (8, 8, 8, 5, 5, 5)
 # The release's learned vectors use torch's trunc_normal_(std=0.02), whose bounds are absolute (+-2),
@@ -345,14 +346,19 @@ class FlexTok(nnx.Module):
                      cfg_scale=float(cfg_scale), guidance=guidance)
     return self.latents_to_images(x0)
 
-  def train_forward(self, images: jax.Array, *, rng: jax.Array,
+  def train_forward(self, images: jax.Array, *, rng: jax.Array, step: int | jax.Array | None = None,
+                    target: str = "pixels", perturb: dict | None = None,
                     num_tokens: int | None = None) -> TrainOutput:
     """One rectified-flow training pass: TrainOutput(recon=None, losses={"flow"}, metrics).
 
-    Per sample: kept length keep_k (nested dropout over 1..K', K' = num_tokens or K), condition
-    dropout with probability `cond_dropout`, t = sigmoid(N(0, 1)); the loss is
-    mean((v(x_t, t) - (noise - x0))^2) over latents, in float32.
+    Per sample: kept length keep_k (nested dropout over 1..K', K' = num_tokens or K, in
+    `nested_dropout_mode`), condition dropout with probability `cond_dropout`, t = sigmoid(N(0, 1));
+    the loss is mean((v(x_t, t) - (noise - x0))^2) over latents, in float32. target must be "pixels"
+    (the flow loss replaces pixel losses; there is no proxy head). `perturb` (RobusTok settings,
+    annealed on `step`) moves tokens of the first floor(B * beta) images to nearby FSQ grid points
+    (`quantizers.perturb.perturb_fsq`) before the decoder sees them.
     """
+    check_target(target, proxy_head=False, model="FlexTok")
     self._check_rng(rng, True, "train_forward")
     check_images(images, self.image_size)
     k = check_num_tokens(num_tokens, self.num_tokens) or self.num_tokens
@@ -361,7 +367,13 @@ class FlexTok(nnx.Module):
     x0 = self.images_to_latents(images, r_vae)
     z = self.encode_latents(x0, k)
     q = fsq.quantize(z, self.fsq_levels, train=True)
-    codes = jnp.pad(q.codes, ((0, 0), (0, self.num_tokens - k), (0, 0)))
+    codes, metrics = q.codes, dict(q.metrics)
+    if perturb is not None:
+      # Its own stream: the draws of the unperturbed pass stay those of the plain recipe.
+      codes, info = perturb_lib.apply(perturb, step, jax.random.fold_in(rng, 1), z, codes, q.indices,
+                                      fsq_levels=self.fsq_levels)
+      metrics.update(info)
+    codes = jnp.pad(codes, ((0, 0), (0, self.num_tokens - k), (0, 0)))
     keep = prefix.sample_keep_k(r_keep, b, k, self.nested_dropout_mode)
     null = jax.random.bernoulli(r_null, self.cond_dropout, (b,))
     t = jax.nn.sigmoid(jax.random.normal(r_t, (b,), jnp.float32))
@@ -369,7 +381,6 @@ class FlexTok(nnx.Module):
     x_t, target = flow_targets(x0, noise, t)
     v = self.velocity(x_t, t, codes, keep, null)
     loss = jnp.mean(jnp.square(v - target))
-    metrics = dict(q.metrics)
     metrics.update(keep_k=jnp.mean(keep.astype(jnp.float32)), t=jnp.mean(t),
                    null_fraction=jnp.mean(null.astype(jnp.float32)))
     return TrainOutput(recon=None, losses={"flow": loss, **q.losses}, metrics=metrics)

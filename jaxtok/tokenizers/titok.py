@@ -47,12 +47,13 @@ from jaxtok.nn.norm import Norm
 from jaxtok.nn.options import model_kwargs
 from jaxtok.nn.vit import PatchEmbed, unpatchify, vit_size, vit_stack
 from jaxtok.quantizers import fsq, vq
+from jaxtok.quantizers import perturb as perturb_lib
 from jaxtok.sharding import logical_init
 from jaxtok.tokenizers import prefix
 from jaxtok.tokenizers import vae as vae_lib
 from jaxtok.tokenizers import vqgan as vqgan_lib
 from jaxtok.tokenizers.api import (EncodeOutput, TrainOutput, as_dict, check_images,
-                                   check_num_tokens, compute_dtype)
+                                   check_num_tokens, check_target, compute_dtype)
 
 QUANTIZERS = ("vq", "fsq", "vae")
 HEADS = ("pixels", "proxy_codes")
@@ -307,26 +308,63 @@ class TiTok(nnx.Module):
     self._check_tokens(tokens)
     return self.decode_codes(self.tokens_to_codes(tokens), num_tokens=num_tokens, logits=True)
 
-  def train_forward(self, images: jax.Array, *, rng: jax.Array,
-                    num_tokens: int | None = None) -> TrainOutput:
-    """Training pass: encode (train=True), decode the kept prefix; recon [B, H, W, 3] float32.
-
-    With tail_drop and num_tokens None, one kept length n is drawn from rng per batch (U{1..K} with
-    tail_drop_mode "uniform", U{1, 2, 4, ..., K} with "pow2"; metric `kept_tokens`) and the tail is
-    masked in the decoder.
-    """
-    enc_rng, drop_rng = jax.random.split(rng)
-    out = self.encode(images, rng=enc_rng, train=True)
-    metrics = dict(out.metrics)
+  def kept_length(self, rng: jax.Array, num_tokens: int | None = None) -> jax.Array | int | None:
+    """The prefix a training pass decodes: num_tokens if given, else with tail_drop one length per
+    batch drawn by `prefix.sample_keep_k` in `tail_drop_mode` (int32 []), else None (all K)."""
     keep = check_num_tokens(num_tokens, self.num_latent_tokens)
     if keep is None and self.tail_drop:
       # One kept length per batch (One-D-Piece); "pow2" draws it from {1, 2, 4, ..., K} (FlexTok's
       # alternative), which trains the long prefixes far more often than uniform's 1/K.
-      keep = prefix.sample_keep_k(drop_rng, 1, self.num_latent_tokens, self.tail_drop_mode)[0]
+      keep = prefix.sample_keep_k(rng, 1, self.num_latent_tokens, self.tail_drop_mode)[0]
+    return keep
+
+  def train_forward(self, images: jax.Array, *, rng: jax.Array, step: int | jax.Array | None = None,
+                    target: str = "pixels", perturb: dict | None = None,
+                    num_tokens: int | None = None) -> TrainOutput:
+    """Training pass: encode (train=True), optionally perturb the codes, decode the kept prefix.
+
+    Args:
+      images: float [B, H, W, 3] in [0, 1].
+      rng: PRNG key (encoder posterior sample, kept length, perturbation).
+      step: the training step (int32 []), read only by an annealed `perturb` schedule.
+      target: "pixels" -> recon [B, H, W, 3] float32; "proxy_logits" (decoder_head "proxy_codes",
+        TiTok stage 1) -> logits float32 [B, g*g, P] over the proxy codebook, recon None.
+      perturb: RobusTok settings (alpha, beta, delta [, anneal_start, anneal_end, end_ratio]):
+        after the quantizer's losses, tokens of the first floor(B * beta) images are replaced by
+        nearby codes (`quantizers.perturb.apply`: the codebook's nearest for VQ, level-grid
+        neighbours for FSQ); metrics perturb/change_rate and perturb/alpha. Not for "vae".
+      num_tokens: decode this prefix instead of drawing one.
+
+    With tail_drop and num_tokens None, one kept length is drawn per batch on every target
+    (`kept_length`: U{1..K} for tail_drop_mode "uniform", U{1, 2, 4, ..., K} for "pow2"; metric
+    `kept_tokens`) and the tail is masked in the decoder.
+    """
+    check_target(target, proxy_head=self.decoder_head == "proxy_codes",
+                 model=f"this TiTok (decoder_head {self.decoder_head!r})")
+    if perturb is not None and self.quantizer == "vae":
+      raise ValueError("RobusTok perturbation needs discrete tokens (quantizer 'vq' or 'fsq'), got "
+                       "quantizer 'vae'")
+    check_images(images, self.image_size)
+    enc_rng, drop_rng = jax.random.split(rng)
+    z = self.encoder(images, self.latent_tokens.get_value())
+    tokens, codes, losses, metrics = self._bottleneck(z, enc_rng, True)
+    metrics = dict(metrics)
+    if perturb is not None:
+      # Its own stream: the draws of the unperturbed pass stay those of the plain recipe.
+      book = dict(codebook=self.codebook.get_value(), cosine=bool(self.use_l2_norm)) \
+          if self.quantizer == "vq" else dict(fsq_levels=self.fsq_levels)
+      codes, info = perturb_lib.apply(perturb, step, jax.random.fold_in(rng, 1), z, codes, tokens,
+                                      **book)
+      metrics.update(info)
+    keep = self.kept_length(drop_rng, num_tokens)
     if keep is not None:
       metrics["kept_tokens"] = jnp.asarray(keep, jnp.float32)
-    recon = self.decode_codes(out.codes, num_tokens=keep)
-    return TrainOutput(recon=recon, losses=dict(out.losses), metrics=metrics)
+    if target == "proxy_logits":
+      logits = self.decode_codes(codes, num_tokens=keep, logits=True)
+      return TrainOutput(recon=None, losses=dict(losses), metrics=metrics,
+                         logits=logits.reshape(logits.shape[0], -1, logits.shape[-1]))
+    recon = self.decode_codes(codes, num_tokens=keep)
+    return TrainOutput(recon=recon, losses=dict(losses), metrics=metrics)
 
 
 # ---- configs

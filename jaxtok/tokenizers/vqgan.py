@@ -23,10 +23,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxtok.nn import conv as conv_lib
+from jaxtok.quantizers import perturb as perturb_lib
 from jaxtok.quantizers import vq
 from jaxtok.sharding import logical_init
 from jaxtok.tokenizers.api import (EncodeOutput, TrainOutput, as_dict, check_images,
-                                   check_num_tokens, compute_dtype)
+                                   check_num_tokens, check_target, compute_dtype)
 
 
 def codes_to_pixels(decoder: conv_lib.Decoder, codebook: jax.Array, probs: jax.Array) -> jax.Array:
@@ -83,15 +84,21 @@ class VQGAN(nnx.Module):
     """
     del rng, train
     check_images(images, self.image_size)
+    self._check_full_grid(num_tokens)
+    _, out = self._quantize(images)
+    return EncodeOutput(out.indices, out.codes, dict(out.losses), dict(out.metrics))
+
+  def _check_full_grid(self, num_tokens):
     num_tokens = check_num_tokens(num_tokens, self.num_latent_tokens)
     if num_tokens not in (None, self.num_latent_tokens):
       raise ValueError(f"num_tokens must be None or {self.num_latent_tokens} for the 2D VQGAN, got "
                        f"{num_tokens}")
+
+  def _quantize(self, images):
+    """(z [B, h*w, Z] float32 encoder output, vq.quantize's output)."""
     z = self.encoder(images).astype(jnp.float32)
-    b = z.shape[0]
-    out = vq.quantize(z.reshape(b, self.num_latent_tokens, -1), self._state(),
-                      beta=self.commitment_cost, codebook_weight=1.0)
-    return EncodeOutput(out.indices, out.codes, dict(out.losses), dict(out.metrics))
+    z = z.reshape(z.shape[0], self.num_latent_tokens, -1)
+    return z, vq.quantize(z, self._state(), beta=self.commitment_cost, codebook_weight=1.0)
 
   def decode_codes(self, codes: jax.Array) -> jax.Array:
     """Codes [B, h*w, Z] -> images [B, H, W, 3] float32."""
@@ -113,10 +120,26 @@ class VQGAN(nnx.Module):
     """Probabilities over the codes [B, h, w, P] -> images [B, H, W, 3] float32."""
     return codes_to_pixels(self.decoder, self.codebook.get_value(), soft_codes)
 
-  def train_forward(self, images: jax.Array, *, rng: jax.Array,
+  def train_forward(self, images: jax.Array, *, rng: jax.Array, step: int | jax.Array | None = None,
+                    target: str = "pixels", perturb: dict | None = None,
                     num_tokens: int | None = None) -> TrainOutput:
-    out = self.encode(images, num_tokens=num_tokens, rng=rng, train=True)
-    return TrainOutput(self.decode_codes(out.codes), out.losses, out.metrics)
+    """Training pass (the contract of `api.TrainOutput`): recon [B, H, W, 3] float32.
+
+    target must be "pixels" (no proxy head); `perturb` (RobusTok settings, annealed on `step`)
+    replaces tokens of the first floor(B * beta) images by one of their delta nearest codes
+    (Euclidean, as the quantizer) after the quantizer's losses. The 2D grid has no kept length:
+    num_tokens must be None or h*w.
+    """
+    check_target(target, proxy_head=False, model="VQGAN")
+    self._check_full_grid(num_tokens)
+    check_images(images, self.image_size)
+    z, out = self._quantize(images)
+    codes, metrics = out.codes, dict(out.metrics)
+    if perturb is not None:
+      codes, info = perturb_lib.apply(perturb, step, rng, z, codes, out.indices,
+                                      codebook=self.codebook.get_value())
+      metrics.update(info)
+    return TrainOutput(self.decode_codes(codes), dict(out.losses), metrics)
 
 
 _FIELDS = ("image_size", "ch", "ch_mult", "num_res_blocks", "z_channels", "codebook_size",

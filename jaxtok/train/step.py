@@ -17,17 +17,20 @@ parameters, optimizer state and LeCAM EMAs stay exactly as initialised (its upda
 perceptual term is `perceptual_fn` (e.g. `jaxtok.losses.perceptual.lpips_loss` with weights loaded
 from a file, passed in `frozen["perceptual"]`).
 
-RobusTok latent perturbation (`loss.perturb`, a dict: alpha, beta, delta, and optionally
-anneal_start, anneal_end, end_ratio in steps): for a VQ TiTok / One-D-Piece, the step encodes,
-quantizes (the quantizer losses see the clean tokens), then replaces tokens of the first
-floor(B * beta) images by one of their delta nearest codes with probability alpha
-(`jaxtok.quantizers.perturb`, scheduled by `perturb.schedule` on the step) before decoding, so the
-reconstruction, perceptual and GAN terms see the perturbed tokens. The codebook gets no gradient
-through the replacement (the release's z + sg(e - z)).
+The step knows the model only through its training contract (`jaxtok.tokenizers.api.TrainOutput`):
 
-Recipes (TiTok two-stage / single-stage, One-D-Piece tail drop, FlexTok nested
-dropout + rectified flow) differ only in the loss weights here and in what the model's
-`train_forward` does (the tail drop and the flow loss live inside the model).
+  out = model.train_forward(images, rng=rng, step=step, target="pixels" | "proxy_logits",
+                            perturb=settings or None)
+
+target "proxy_logits" when loss.proxy > 0 (TiTok stage 1: out.logits [B, N, V] against the teacher's
+codes), "pixels" otherwise. Everything model-specific lives in the model: the kept length (One-D-Piece
+tail drop / FlexTok nested dropout, in the model's mode, on every target), the flow loss, and
+RobusTok latent perturbation (`loss.perturb`, a dict: alpha, beta, delta, and optionally
+anneal_start, anneal_end, end_ratio in steps): after the quantizer's losses, tokens of the first
+floor(B * beta) images are replaced by nearby codes with probability alpha (`jaxtok.quantizers.perturb`:
+one of the delta nearest codebook entries for VQ, of the delta nearest level-grid neighbours for FSQ,
+annealed on the step) before decoding, so the reconstruction, perceptual and GAN terms see the
+perturbed tokens.
 
 The step folds `state["step"]` into the base rng inside the jit, donates the state, and returns
 metrics as device scalars (the loop fetches them only when it logs).
@@ -76,30 +79,6 @@ def _merge(graphdef: Any, params: nnx.State, model_state: nnx.State | None) -> n
   return nnx.merge(graphdef, params, jax.tree.map(lambda x: x, model_state))
 
 
-def _proxy_forward(m: Any, images: jax.Array, rng: jax.Array):
-  """TiTok stage 1: encode (train), decode the kept prefix to proxy-code logits [B, g*g, P].
-
-  Uses the TiTok module's `encode` and `decode_codes(..., logits=True)` (decoder_head "proxy_codes");
-  with One-D-Piece tail drop one kept length n ~ U{1..K} per batch is drawn, as in train_forward.
-  There are no pixels in stage 1, so recon is None.
-  """
-  if getattr(m, "decoder_head", None) != "proxy_codes":
-    raise ValueError("loss.proxy > 0 (TiTok stage 1) needs model.decoder_head='proxy_codes', got "
-                     f"{getattr(m, 'decoder_head', None)!r}")
-  enc_rng, drop_rng = jax.random.split(rng)
-  enc = m.encode(images, rng=enc_rng, train=True)
-  metrics = dict(enc.metrics)
-  keep = None
-  if getattr(m, "tail_drop", False):
-    keep = jax.random.randint(drop_rng, (), 1, m.num_latent_tokens + 1)
-    metrics["kept_tokens"] = keep.astype(f32)
-  logits = m.decode_codes(enc.codes, num_tokens=keep, logits=True)
-  logits = logits.reshape(logits.shape[0], -1, logits.shape[-1])
-  return None, dict(enc.losses), metrics, logits
-
-
-
-
 PERTURB_KEYS = ("alpha", "beta", "delta", "anneal_start", "anneal_end", "end_ratio")
 
 
@@ -139,39 +118,6 @@ def perturb_settings(section: Any) -> dict | None:
   return out
 
 
-def _perturbed_forward(m: Any, images: jax.Array, rng: jax.Array, settings: dict, step: jax.Array):
-  """A VQ TiTok's `train_forward` with RobusTok perturbation between quantizer and decoder.
-
-  Uses the TiTok module's encoder, latent tokens, `_bottleneck` (so the quantizer losses are those of
-  `train_forward`), codebook and `decode_codes`; tail drop as in `train_forward`.
-  """
-  if getattr(m, "quantizer", None) != "vq" or not hasattr(m, "codebook") or not hasattr(m, "encoder"):
-    raise ValueError("loss.perturb needs a VQ TiTok / One-D-Piece tokenizer (model.quantizer='vq'), "
-                     f"got {type(m).__name__} with quantizer {getattr(m, 'quantizer', None)!r}")
-  enc_rng, drop_rng, p_rng = jax.random.split(rng, 3)
-  z = m.encoder(images, m.latent_tokens.get_value())
-  tokens, codes, losses, metrics = m._bottleneck(z, enc_rng, True)  # pylint: disable=protected-access
-  metrics = dict(metrics)
-  if "anneal_start" in settings:
-    alpha, delta = perturb_lib.schedule(step, alpha0=settings["alpha"], delta0=settings["delta"],
-                                        anneal_start=settings["anneal_start"],
-                                        anneal_end=settings["anneal_end"],
-                                        end_ratio=settings["end_ratio"])
-  else:
-    alpha, delta = settings["alpha"], settings["delta"]
-  codes, _, info = perturb_lib.perturb(
-      z, codes, tokens, jax.lax.stop_gradient(m.codebook.get_value()), p_rng, alpha=alpha,
-      beta=settings["beta"], delta=delta, max_delta=settings["delta"], cosine=bool(m.use_l2_norm))
-  metrics["perturb/change_rate"] = info["change_rate"]
-  metrics["perturb/alpha"] = jnp.asarray(alpha, f32)
-  keep = None
-  if getattr(m, "tail_drop", False):
-    keep = jax.random.randint(drop_rng, (), 1, m.num_latent_tokens + 1)
-    metrics["kept_tokens"] = keep.astype(f32)
-  recon = m.decode_codes(codes, num_tokens=keep)
-  return recon, dict(losses), metrics
-
-
 # --------------------------------------------------------------------------------------------------
 
 
@@ -185,8 +131,8 @@ def make_train_step(model: ModelDef, loss_cfg: Any, tx: optax.GradientTransforma
   """Builds the jitted `train_step(state, batch, rng) -> (state, metrics)`.
 
   Args:
-    model: graphdef + init of the tokenizer; its module has
-      `train_forward(images, *, rng, num_tokens=None) -> (recon [B,H,W,3] | None, losses, metrics)`.
+    model: graphdef + init of the tokenizer; its module has `train_forward(images, *, rng, step,
+      target, perturb) -> TrainOutput` (see the module docstring and `tokenizers.api.TrainOutput`).
     loss_cfg: section with l1, l2, perceptual, proxy, gan, gan_start, disc_start, lecam, lecam_decay,
       perturb (missing ones are 0 / off; see the module docstring).
     tx: the tokenizer optimizer (its state is state["opt_state"]).
@@ -195,7 +141,7 @@ def make_train_step(model: ModelDef, loss_cfg: Any, tx: optax.GradientTransforma
     disc, disc_tx: discriminator (module `__call__(images [B,H,W,3]) -> logits`) and its optimizer.
     perceptual_fn: `perceptual_fn(frozen["perceptual"], x, x^) -> scalar`, used when loss.perceptual > 0.
     teacher_fn: `teacher_fn(frozen["teacher"], x) -> codes int32 [B, N]` (TiTok stage 1 proxy codes,
-      N = g*g row-major); the student's logits come from `_proxy_forward`.
+      N = g*g row-major); the student's logits are `train_forward(..., target="proxy_logits").logits`.
     frozen: pytree of frozen parameters passed to perceptual_fn / teacher_fn (not donated).
     lr_schedule: step -> learning rate, reported in the metrics.
     on_trace: called each time the step is traced (tests count compilations with it).
@@ -232,6 +178,7 @@ def make_train_step(model: ModelDef, loss_cfg: Any, tx: optax.GradientTransforma
   if perturb_cfg is not None and w_proxy > 0:
     raise ValueError("loss.perturb applies to pixel training; it cannot be combined with loss.proxy > 0 "
                      "(TiTok stage 1)")
+  target = "proxy_logits" if w_proxy > 0 else "pixels"
   if disc is not None and disc_tx is None:
     raise ValueError("a discriminator needs its optimizer: disc_tx is None")
   if not 0.0 <= ema_decay < 1.0:
@@ -250,14 +197,10 @@ def make_train_step(model: ModelDef, loss_cfg: Any, tx: optax.GradientTransforma
     def gen_loss(params):
       m = _merge(model.graphdef, params, model_state)
       terms = {}
+      out = m.train_forward(images, rng=k_model, step=step, target=target, perturb=perturb_cfg)
+      recon, model_losses, model_metrics = out.recon, dict(out.losses), dict(out.metrics)
       if w_proxy > 0:
-        recon, model_losses, model_metrics, logits = _proxy_forward(m, images, k_model)
-        terms["proxy_ce"] = w_proxy * proxy_code_loss(logits, codes)
-      elif perturb_cfg is not None:
-        recon, model_losses, model_metrics = _perturbed_forward(m, images, k_model, perturb_cfg, step)
-      else:
-        out = m.train_forward(images, rng=k_model)
-        recon, model_losses, model_metrics = out[0], dict(out[1]), dict(out[2])
+        terms["proxy_ce"] = w_proxy * proxy_code_loss(out.logits, codes)
       if recon is not None:
         r = recon.astype(f32)
         if l1 > 0:

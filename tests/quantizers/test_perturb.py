@@ -206,3 +206,96 @@ def test_bad_arguments_name_the_argument():
     perturb.schedule(0, alpha0=1.0, delta0=10, anneal_start=0, anneal_end=1, end_ratio=2.0)
   with pytest.raises(TypeError, match="delta0 must be an int"):
     perturb.schedule(0, alpha0=1.0, delta0=10.0, anneal_start=0, anneal_end=1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# FSQ: nearby points of the level grid.
+
+from jaxtok.quantizers import fsq  # noqa: E402  (the FSQ tests below only)
+
+LV = (5, 3)
+# Default-variant positions b = bound(z) (L=5: levels -2..2, L=3: -1..1) of two hand-worked tokens:
+#   token 0, b = (0.3, -0.1): digits (2, 1), f = (0.3, -0.1); a step s along i adds 1 - 2 s f_i:
+#     +1 on dim 0: 0.4, -1 on dim 1: 0.8, +1 on dim 1: 1.2, -1 on dim 0: 1.6
+#     -> (2,1), (3,1), (2,0), (2,2), (1,1);
+#   token 1, b = (-1.8, 0.9): digits (0, 2) (a corner), f = (0.2, -0.1):
+#     +1 on dim 0: 0.6, -1 on dim 1: 0.8, the two off-grid steps last -> (0,2), (1,2), (0,1), ...
+B_HAND = np.asarray([[0.3, -0.1], [-1.8, 0.9]])
+ORDER_HAND = [[[2, 1], [3, 1], [2, 0], [2, 2], [1, 1]], [[0, 2], [1, 2], [0, 1]]]
+
+
+def _z_of_bound(b, levels=LV):
+  """z with fsq.bound(z) = b for odd levels (shift 0): atanh(b / half_l), half_l = (L-1)(1+eps)/2."""
+  half = (np.asarray(levels, np.float64) - 1) * (1 + fsq.EPS) / 2
+  return jnp.asarray(np.arctanh(b / half)[None], jnp.float32)
+
+
+def test_fsq_neighbours_rank_grid_points_by_distance_hand_cases():
+  z = _z_of_bound(B_HAND)
+  q = fsq.quantize(z, LV)
+  digits = fsq.indices_to_digits(q.indices, LV)
+  np.testing.assert_array_equal(digits[0], [[2, 1], [0, 2]])
+  cand = np.asarray(perturb.fsq_neighbours(z, digits, LV))[0]
+  assert cand.shape == (2, 5, 2)
+  np.testing.assert_array_equal(cand[0], ORDER_HAND[0])
+  np.testing.assert_array_equal(cand[1, :3], ORDER_HAND[1])
+  # The corner's off-grid steps (-1 on dim 0, +1 on dim 1) rank last.
+  np.testing.assert_array_equal(cand[1, 3:], [[-1, 2], [0, 3]])
+
+
+def test_fsq_neighbours_symmetric_tie_keeps_the_own_point_first():
+  # symmetric L = 4, z = 0: position 3 (tanh 0 + 1) / 2 = 1.5 exactly, digit floor(1.5 + 0.5) = 2,
+  # f = -1/2: the step -1 adds 1 + 2 f = 0 (a tie with the own point, kept second), +1 adds 2.
+  z = jnp.zeros((1, 1, 1), jnp.float32)
+  q = fsq.quantize(z, (4,), symmetric=True)
+  digits = fsq.indices_to_digits(q.indices, (4,))
+  cand = perturb.fsq_neighbours(z, digits, (4,), symmetric=True)
+  np.testing.assert_array_equal(np.asarray(cand)[0, 0, :, 0], [2, 1, 3])
+
+
+def test_perturb_fsq_exact_codes_indices_and_gradient():
+  z = _z_of_bound(B_HAND)
+  q = fsq.quantize(z, LV)
+  rng = jax.random.key(5)
+  codes, new_idx, info = perturb.perturb_fsq(z, q.codes, q.indices, LV, rng, alpha=1.0, beta=1.0,
+                                             delta=2)
+  # alpha = 1 selects both tokens; each takes rank `choice` in {0, 1} of its candidates.
+  _, choice = perturb.sample_choices(rng, (1, 2), alpha=1.0, delta=2)
+  choice = np.asarray(choice)[0]
+  # Digits -> codes (d - L//2) / (L//2) and indices d0 + 5 d1 (first dimension least significant).
+  table = {(2, 1): ((0.0, 0.0), 7), (3, 1): ((0.5, 0.0), 8), (0, 2): ((-1.0, 1.0), 10),
+           (1, 2): ((-0.5, 1.0), 11)}
+  for t in range(2):
+    code, index = table[tuple(ORDER_HAND[t][choice[t]])]
+    np.testing.assert_array_equal(np.asarray(codes)[0, t], code)
+    assert int(new_idx[0, t]) == index
+  np.testing.assert_array_equal(info["changed"][0], choice > 0)
+  # The replaced code keeps FSQ's straight-through gradient to z.
+  g_pert = jax.grad(lambda z: jnp.sum(perturb.perturb_fsq(
+      z, fsq.quantize(z, LV).codes, q.indices, LV, rng, alpha=1.0, beta=1.0, delta=2)[0]))(z)
+  g_plain = jax.grad(lambda z: jnp.sum(fsq.quantize(z, LV).codes))(z)
+  np.testing.assert_array_equal(g_pert, g_plain)
+
+
+def test_perturb_fsq_rates_images_and_limits():
+  levels = (8, 5, 5, 5)
+  z = jax.random.normal(jax.random.key(0), (64, 32, 4))
+  q = fsq.quantize(z, levels)
+  codes, new_idx, info = perturb.perturb_fsq(z, q.codes, q.indices, levels, jax.random.key(1),
+                                             alpha=0.6, beta=0.5, delta=3)
+  # Only the first 32 images; a selected token changes unless it draws rank 0: 0.6 * 2/3 = 0.4.
+  np.testing.assert_array_equal(new_idx[32:], q.indices[32:])
+  np.testing.assert_array_equal(codes[32:], q.codes[32:])
+  rate = float(jnp.mean(info["changed"][:32]))
+  m = 32 * 32
+  assert abs(rate - 0.4) < 5 * np.sqrt(0.4 * 0.6 / m)
+  # New codes are grid codes of the new indices, one level away along one axis.
+  np.testing.assert_array_equal(codes, fsq.indices_to_codes(new_idx, levels))
+  step = np.abs(np.asarray(fsq.indices_to_digits(new_idx, levels) - fsq.indices_to_digits(q.indices, levels)))
+  assert step.sum(-1).max() == 1
+  # delta up to D + 1 = 5 (own point + D neighbours always on the grid); traced delta with max_delta.
+  with pytest.raises(ValueError, match="D \\+ 1 = 5"):
+    perturb.perturb_fsq(z, q.codes, q.indices, levels, jax.random.key(1), alpha=1.0, beta=1.0, delta=6)
+  a, _, _ = perturb.perturb_fsq(z, q.codes, q.indices, levels, jax.random.key(1), alpha=0.6, beta=0.5,
+                                delta=jnp.int32(3), max_delta=5)
+  np.testing.assert_array_equal(a, codes)

@@ -244,3 +244,66 @@ def test_tail_drop_mode_errors():
     titok.make_model(dict(TINY, name="onedpiece", tail_drop_mode="geometric"), rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="power of two, got 6"):
     titok.make_model(dict(TINY, name="onedpiece", tail_drop_mode="pow2"), rngs=nnx.Rngs(0))
+
+
+PERTURB = {"alpha": 1.0, "beta": 0.5, "delta": 3}
+# (config overrides, train_forward keywords): every training path of a One-D-Piece.
+PATHS = {
+    "pixels": ({}, {}),
+    "proxy": (PROXY, {"target": "proxy_logits"}),
+    "perturbed_vq": ({}, {"perturb": PERTURB}),
+    "perturbed_fsq": ({"quantizer": "fsq", "fsq_levels": (5, 5, 3, 3)}, {"perturb": PERTURB}),
+}
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+@pytest.mark.parametrize("mode", ["pow2", "uniform"])
+def test_every_training_path_draws_its_kept_length_in_the_tail_drop_mode(path, mode):
+  """pow2 draws only {1, 2, 4, 8} and uniform covers 1..8, on the pixel, proxy and perturbed paths."""
+  overrides, kw = PATHS[path]
+  cfg = dict(TINY, name="onedpiece", num_latent_tokens=8, tail_drop_mode=mode, **overrides)
+  g, s = nnx.split(titok.make_model(cfg, rngs=nnx.Rngs(0)))
+  x = _images()
+
+  def kept(r):
+    out = nnx.merge(g, s).train_forward(x, rng=r, step=jnp.int32(0), **kw)
+    assert (out.logits is not None) == (path == "proxy") and (out.recon is None) == (path == "proxy")
+    if path.startswith("perturbed"):
+      assert "perturb/change_rate" in out.metrics
+    return out.metrics["kept_tokens"]
+
+  values = np.asarray(jax.jit(jax.vmap(kept))(jax.random.split(jax.random.key(0), 96)))
+  values = set(values.astype(int).tolist())
+  # 96 draws miss one of 4 lengths with probability < 4 (3/4)^96 and one of 8 with < 8 (7/8)^96.
+  assert values == ({1, 2, 4, 8} if mode == "pow2" else set(range(1, 9)))
+
+
+def test_proxy_logits_are_the_decoded_kept_prefix():
+  """target "proxy_logits": the logits of decode_codes(encode(x).codes) with the drawn kept length,
+  flattened row-major to [B, g*g, P]; the VQ losses are encode's."""
+  m = titok.make_model(dict(TINY, name="onedpiece", **PROXY), rngs=nnx.Rngs(0))
+
+  def f(m, x, r):
+    out = m.train_forward(x, rng=r, target="proxy_logits")
+    keep = out.metrics["kept_tokens"].astype(jnp.int32)
+    ref = m.decode_codes(m.encode(x).codes, num_tokens=keep, logits=True)
+    return out, ref, m.encode(x).losses
+
+  out, ref, losses = _run(m, f, _images(), jax.random.key(2))
+  assert out.recon is None and out.logits.shape == (2, 16, 12)
+  np.testing.assert_array_equal(out.logits, ref.reshape(2, 16, 12))
+  for k, v in losses.items():
+    np.testing.assert_array_equal(out.losses[k], v)
+
+
+def test_train_forward_refuses_what_the_model_cannot_do():
+  x = _images()
+  with pytest.raises(ValueError, match="proxy-code head"):
+    titok.make_model(dict(TINY, name="titok"), rngs=nnx.Rngs(0)).train_forward(
+        x, rng=jax.random.key(0), target="proxy_logits")
+  with pytest.raises(ValueError, match="target must be one of"):
+    titok.make_model(dict(TINY, name="titok"), rngs=nnx.Rngs(0)).train_forward(
+        x, rng=jax.random.key(0), target="codes")
+  with pytest.raises(ValueError, match="discrete tokens"):
+    titok.make_model(dict(TINY, name="vae", token_size=4), rngs=nnx.Rngs(0)).train_forward(
+        x, rng=jax.random.key(0), perturb=PERTURB)

@@ -1,7 +1,5 @@
 """The jitted train step: sharded (8 fake devices) equals single-device, one trace, PatchGAN +
 perceptual terms with the discriminator frozen before its start step, RobusTok perturbation."""
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,15 +10,10 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxtok import sharding as shd
 from jaxtok.losses import perceptual
 from jaxtok.nn import discriminator as disc_lib
+from jaxtok.tokenizers.api import TrainOutput
 from jaxtok.train import optim
 from jaxtok.train import state as state_lib
 from jaxtok.train import step as step_lib
-
-
-class Out(NamedTuple):
-  recon: jax.Array
-  losses: dict
-  metrics: dict
 
 
 class TinyAE(nnx.Module):
@@ -34,7 +27,8 @@ class TinyAE(nnx.Module):
     self.norm = nnx.LayerNorm(16, rngs=rngs)
     self.calls = nnx.Variable(jnp.zeros((), jnp.int32))
 
-  def train_forward(self, images, *, rng, num_tokens=None):
+  def train_forward(self, images, *, rng, step=None, target="pixels", perturb=None, num_tokens=None):
+    assert target == "pixels" and perturb is None and num_tokens is None
     b, h, w, c = images.shape
     x = images.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, -1, 12)
     z = self.norm(self.enc(x)) + self.latent_tokens[...].mean(0)
@@ -42,7 +36,7 @@ class TinyAE(nnx.Module):
     y = self.dec(z + noise)
     recon = y.reshape(b, h // 2, w // 2, 2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
     self.calls[...] = self.calls[...] + 1
-    return Out(recon, {"reg": 0.1 * jnp.mean(jnp.square(z))}, {"zmean": jnp.mean(z)})
+    return TrainOutput(recon, {"reg": 0.1 * jnp.mean(jnp.square(z))}, {"zmean": jnp.mean(z)})
 
 
 # A PatchGAN small enough for 16x16 images: 16 -> 8 -> 4 (stride 2) -> 3 -> 2 (stride 1).
@@ -200,17 +194,17 @@ def test_bad_loss_config_raises():
   assert step_lib.perturb_settings({}) is None and step_lib.perturb_settings(None) is None
 
 
-def _titok(quantizer="vq"):
-  from configs import titok  # pylint: disable=g-import-not-at-top
+def _tokenizer(config="titok", arg="tiny"):
+  import importlib  # pylint: disable=g-import-not-at-top
   from jaxtok.tokenizers import api as tok_api  # pylint: disable=g-import-not-at-top
-  cfg = titok.get_config(f"tiny,quantizer={quantizer}").model
+  cfg = importlib.import_module(f"configs.{config}").get_config(arg).model
   tok = tok_api.build(cfg)
   return state_lib.ModelDef(tok.graphdef, tok.init)
 
 
 @pytest.mark.slow
 def test_robustok_perturbation_in_the_step():
-  model = _titok()
+  model = _tokenizer()
   mesh = shd.make_mesh((("data", 8), ("fsdp", 1), ("tensor", 1)))
   tx = optim.make_optimizer(base_lr=1e-3, total_steps=10)
   state, shardings = numpy_state(state_lib.make_init_fn(model, tx), mesh)
@@ -221,20 +215,20 @@ def test_robustok_perturbation_in_the_step():
   def forwards(p, rng):
     m = nnx.merge(model.graphdef, p)
     plain = m.train_forward(images, rng=rng)
-    none = step_lib._perturbed_forward(m, images, rng, {"alpha": 1.0, "beta": 0.0, "delta": 4}, 0)
-    every = step_lib._perturbed_forward(m, images, rng, {"alpha": 1.0, "beta": 1.0, "delta": 4}, 0)
+    none = m.train_forward(images, rng=rng, perturb={"alpha": 1.0, "beta": 0.0, "delta": 4})
+    every = m.train_forward(images, rng=rng, perturb={"alpha": 1.0, "beta": 1.0, "delta": 4})
     return plain, none, every
 
   plain, none, every = jax.device_get(forwards(params, jax.random.key(3)))
   # beta = 0 perturbs no image: exactly the plain forward (VQ is deterministic).
-  np.testing.assert_allclose(none[0], plain.recon, rtol=1e-6, atol=1e-6)
-  assert none[2]["perturb/change_rate"] == 0.0
+  np.testing.assert_allclose(none.recon, plain.recon, rtol=1e-6, atol=1e-6)
+  assert none.metrics["perturb/change_rate"] == 0.0
   # alpha = 1, delta = 4: every token draws one of its 4 nearest codes (3 in 4 change); the
   # quantizer losses are computed on the clean tokens, so they equal the plain ones.
-  assert 0.55 < every[2]["perturb/change_rate"] < 0.95
-  assert not np.allclose(every[0], plain.recon)
+  assert 0.55 < every.metrics["perturb/change_rate"] < 0.95
+  assert not np.allclose(every.recon, plain.recon)
   for k, v in plain.losses.items():
-    np.testing.assert_allclose(every[1][k], v, rtol=1e-6)
+    np.testing.assert_allclose(every.losses[k], v, rtol=1e-6)
   # Wired into the jitted step through loss.perturb (annealed on the step here).
   pert = {"alpha": 1.0, "beta": 0.5, "delta": 4, "anneal_start": 0, "anneal_end": 10, "end_ratio": 0.5}
   step = step_lib.make_train_step(model, {"l2": 1.0, "perturb": pert}, tx, state_shardings=shardings)
@@ -243,9 +237,28 @@ def test_robustok_perturbation_in_the_step():
   assert np.isfinite(float(m["loss"]))
 
 
-def test_perturbation_needs_a_vq_tokenizer():
-  fsq = _titok("fsq")
-  m = nnx.merge(fsq.graphdef, jax.eval_shape(fsq.init, jax.random.key(0)))
-  with pytest.raises(ValueError, match="quantizer='vq'"):
-    step_lib._perturbed_forward(m, jnp.zeros((2, 16, 16, 3)), jax.random.key(0),
-                                {"alpha": 1.0, "beta": 1.0, "delta": 2}, 0)
+@pytest.mark.parametrize("config,arg", [("titok", "tiny,quantizer=fsq"), ("flextok", "tiny"),
+                                        ("vqgan", "tiny")])
+def test_robustok_runs_in_the_step_for_fsq_flextok_and_vqgan(config, arg):
+  """loss.perturb reaches every discrete tokenizer through train_forward: tokens change, the losses
+  are finite, and the step's rng stream is that of the plain step (same quantizer losses)."""
+  model = _tokenizer(config, arg)
+  mesh = shd.make_mesh((("data", 8), ("fsdp", 1), ("tensor", 1)))
+  tx = optim.make_optimizer(base_lr=1e-3, total_steps=10)
+  state, shardings = numpy_state(state_lib.make_init_fn(model, tx), mesh)
+  images = _batch(mesh, size=16)  # every tiny config is 16x16.
+  pert = {"alpha": 1.0, "beta": 1.0, "delta": 3}
+  step = step_lib.make_train_step(model, {"l2": 1.0, "perturb": pert}, tx, state_shardings=shardings)
+  _, m = step(state, images, jax.random.key(3))
+  # alpha = 1, delta = 3: each token changes with probability 2/3.
+  assert 0.3 < float(m["model/perturb/change_rate"]) <= 1.0
+  assert float(m["model/perturb/alpha"]) == 1.0
+  assert np.isfinite(float(m["loss"]))
+
+
+def test_perturbation_needs_discrete_tokens():
+  vae = _tokenizer("vae")
+  m = nnx.merge(vae.graphdef, jax.eval_shape(vae.init, jax.random.key(0)))
+  with pytest.raises(ValueError, match="discrete tokens"):
+    m.train_forward(jnp.zeros((2, 16, 16, 3)), rng=jax.random.key(0),
+                    perturb={"alpha": 1.0, "beta": 1.0, "delta": 2})
