@@ -8,7 +8,7 @@ Sources (--source):
   photos  the bundled photographs through the training data code (`jaxtok.data.pipeline.Pipeline`
           over `jaxtok.data.photos.PhotoSource`: Inception-style random crops of the training part
           of each photo, --num_examples of them); label = the photo's index;
-  folder  every image under --folder, fitted like tools/tokenize.py (--fit); label = index of the
+  folder  every image under --folder, fitted like tools/tokenize_images.py (--fit); label = index of the
           sorted class subfolder (`folder/<class>/x.png`), -1 for files directly in --folder;
   tfds    a prepared tensorflow-datasets dataset (--tfds_name, --split, --data_dir) read without
           TensorFlow, short side resized and centre-cropped; label = the record's `label`.
@@ -18,20 +18,15 @@ the checkpoint path and weights) so tools/sample.py can decode what a generator 
 """
 from __future__ import annotations
 
-import logging
-import math
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 
+from jaxtok.data import image_sets  # noqa: E402
 from jaxtok.eval import cli  # noqa: E402
-from jaxtok.eval import images as img_lib  # noqa: E402
-
-log = logging.getLogger("pretokenize")
 SOURCES = ("photos", "folder", "tfds")
 
 FLAGS = flags.FlagValues()
@@ -44,42 +39,6 @@ flags.DEFINE_integer("num_examples", None, "examples to tokenize (photos: crops,
                      "folder/tfds: default all)", flag_values=FLAGS)
 flags.DEFINE_integer("num_tokens", None, "tokens kept per image (default: all K)", flag_values=FLAGS)
 flags.DEFINE_integer("seed", 0, "photos: crop seed", flag_values=FLAGS)
-
-
-def photo_images(size: int, count: int, seed: int, batch_size: int) -> tuple[np.ndarray, np.ndarray, dict]:
-  """`count` random crops of the training photographs: (images, labels, source meta)."""
-  from jaxtok.data import photos, pipeline  # pylint: disable=g-import-not-at-top
-  train, _ = photos.split_photos(photos.bundled_photos())
-  pipe = pipeline.Pipeline(photos.PhotoSource(train), batch_size=batch_size, seed=seed,
-                           preprocess=pipeline.image_preprocess(size, augment="random_resized_crop"),
-                           shard=(0, 1), num_threads=0, prefetch=0)
-  imgs, labels = [], []
-  for _ in range(math.ceil(count / batch_size)):
-    batch = next(pipe)
-    imgs.append(batch["image"])
-    labels.append(batch["label"])
-  meta = {"source": "photos", "num_classes": len(train), "seed": seed,
-          "augment": "random_resized_crop of the training part of each photo"}
-  return np.concatenate(imgs)[:count], np.concatenate(labels)[:count], meta
-
-
-def folder_images(folder: str, size: int, count: int | None, fit: str):
-  paths = img_lib.list_images(folder, flag="--folder")[:count]
-  labels, classes = img_lib.folder_labels(paths)
-  meta = {"source": "folder", "folder": os.path.abspath(folder), "names": paths,
-          "class_names": classes, "num_classes": len(classes), "fit": fit}
-  return img_lib.load_images(folder, paths, size, fit), labels, meta
-
-
-def tfds_images(name: str, split: str, data_dir: str | None, size: int, count: int | None):
-  from jaxtok.data import pipeline, tfds_source  # pylint: disable=g-import-not-at-top
-  src = tfds_source.source(name, split=split, data_dir=data_dir)
-  n = len(src) if count is None else min(count, len(src))
-  images = pipeline.eval_images(src, image_size=size, count=n)
-  labels = np.asarray([int(src[i].get("label", -1)) if isinstance(src[i], dict) else -1
-                       for i in range(n)], np.int32)
-  meta = {"source": "tfds", "tfds_name": name, "split": split, "num_classes": int(labels.max(initial=-1)) + 1}
-  return images, labels, meta
 
 
 def main(argv) -> str:
@@ -95,14 +54,15 @@ def main(argv) -> str:
   num_tokens = cli.check_num_tokens(tokenizer, FLAGS.num_tokens)
   size = tokenizer.image_size
   if FLAGS.source == "photos":
-    images, labels, meta = photo_images(size, FLAGS.num_examples or 1024, FLAGS.seed, FLAGS.batch_size)
+    images, labels, meta = image_sets.photo_crops(size, FLAGS.num_examples or 1024, FLAGS.seed,
+                                                  FLAGS.batch_size)
   elif FLAGS.source == "folder":
-    images, labels, meta = folder_images(FLAGS.folder, size, FLAGS.num_examples, FLAGS.fit)
+    images, labels, meta = image_sets.folder_images(FLAGS.folder, size, FLAGS.num_examples, FLAGS.fit)
   else:
     if not FLAGS.tfds_name:
       raise ValueError("--source tfds needs --tfds_name (e.g. cifar10), got none")
-    images, labels, meta = tfds_images(FLAGS.tfds_name, FLAGS.split, FLAGS.data_dir, size,
-                                       FLAGS.num_examples)
+    images, labels, meta = image_sets.tfds_images(FLAGS.tfds_name, FLAGS.split, FLAGS.data_dir, size,
+                                                  FLAGS.num_examples)
   if len(images) == 0:
     raise ValueError(f"--source {FLAGS.source}: expected at least one image, found 0")
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top

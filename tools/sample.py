@@ -153,7 +153,7 @@ def main(argv) -> dict:
   np.savez(os.path.join(out, "tokens.npz"), tokens=tokens, labels=labels,
            names=np.asarray([f"{i:05d}" for i in range(len(tokens))]),
            options=json.dumps(dataclasses.asdict(opts)), generator=str(gcfg.name),
-           # The tokenizer's config, so tools/tokenize.py --tokens refuses to decode with another.
+           # The tokenizer's config, so tools/tokenize_images.py --tokens refuses to decode with another.
            config=json.dumps(tok_loaded["model_config"]), checkpoint=str(tok_ckpt))
   for i, image in enumerate(decoded):
     img_lib.save_png(os.path.join(out, "images", f"{i:05d}.png"), image)

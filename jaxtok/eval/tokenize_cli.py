@@ -1,4 +1,4 @@
-"""tools/tokenize.py: a folder of images -> tokens (.npz) -> decoded PNGs.
+"""tools/tokenize_images.py: a folder of images -> tokens (.npz) -> decoded PNGs.
 
 Encode (--input): every png/jpg/jpeg/webp/bmp file under --input (recursive, sorted) is fitted to
 the model's size (--fit crop: short side resized then centre crop; stretch: both sides resized),
@@ -80,7 +80,7 @@ def write_decoded(output: str, names, decoded: np.ndarray, originals: np.ndarray
 
 def load_token_file(path: str, *, flag: str = "--tokens") -> dict:
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"{flag}: expected a tokens .npz written by tools/tokenize.py or "
+    raise FileNotFoundError(f"{flag}: expected a tokens .npz written by tools/tokenize_images.py or "
                             f"tools/sample.py, {path!r} does not exist")
   with np.load(path, allow_pickle=False) as f:
     data = {k: f[k] for k in f.files}

@@ -1,4 +1,4 @@
-"""tools/tokenize.py end to end on the tiny TiTok checkpoint: encode a folder, decode it back, decode
+"""tools/tokenize_images.py end to end on the tiny TiTok checkpoint: encode a folder, decode it back, decode
 a tokens file, and the errors for bad arguments."""
 import json
 import os
@@ -16,7 +16,7 @@ from tests.tools.conftest import load_tool
 
 def test_encode_and_decode_a_folder(tiny_titok, image_folder, tmp_path):
   workdir, _, tokenizer, ema, _ = tiny_titok
-  tool = load_tool("tokenize")
+  tool = load_tool("tokenize_images")
   out = str(tmp_path / "tok")
   # No --config: the training checkpoint's stored config is used.
   res = tool.main(["tokenize", f"--checkpoint={workdir}", f"--input={image_folder}", f"--output={out}",
@@ -81,7 +81,7 @@ def test_checkpoint_layouts_and_weights(tiny_titok, tmp_path):
 
 def test_bad_arguments_name_the_flag(tiny_titok, image_folder, tmp_path):
   workdir = tiny_titok[0]
-  tool = load_tool("tokenize")
+  tool = load_tool("tokenize_images")
   base = ["tokenize", f"--output={tmp_path / 'o'}"]
   with pytest.raises(ValueError, match=r"--num_tokens must be in \[1, 8\] .*got 9"):
     tool.main(base + [f"--checkpoint={workdir}", f"--input={image_folder}", "--num_tokens=9"])
