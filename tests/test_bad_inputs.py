@@ -21,12 +21,12 @@ are unknown: there token ids are clipped (VQ) or wrapped (FSQ) as documented, an
 | --steps 0 (and head_steps, num_tokens < 1)            | eval.generate.options_from_config   | ValueError "steps must be an int >= 1"          |
 |                                                       | (tools/sample.py's flags)           |                                                 |
 | token file decoded with another model                 | eval.tokenize_cli.check_same_model  | ValueError "holds tokens of another model ...   |
-|                                                       | (tools/tokenize.py --tokens)        | differs ... in <field>: file .. vs model .."    |
+|                                                       | (tools/tokenize_images.py --tokens) | differs ... in <field>: file .. vs model .."    |
 | safetensors: negative offsets, negative dims, offsets | convert.common.read_checkpoint      | ValueError "<file>: tensor '<name>' ..."        |
 | past the file, non-object entry, unknown dtype        |                                     |                                                 |
 | malicious pickle                                      | convert.common.read_checkpoint      | ValueError (tests/convert/test_common.py, needs |
 |                                                       |                                     | torch)                                          |
-| generator config typo: size=Q, tokns=64, codebook=x   | configs/common.generator_arg        | ValueError "unknown config argument 'tokns';    |
+| generator config typo: size=Q, tokns=64, codebook=x   | jaxtok.configs.common.generator_arg | ValueError "unknown config argument 'tokns';    |
 |                                                       |                                     | expected one of [...]" / "'size' must be one of"|
 | --config configs/nope.py                              | eval.cli.parse / tools/train.py     | SystemExit "--config: config file               |
 |                                                       |                                     | 'configs/nope.py' does not exist"               |
@@ -236,7 +236,7 @@ def test_malformed_safetensors_headers_name_the_tensor(tmp_path, entry, match):
 ])
 def test_generator_config_typos_list_the_valid_arguments(module, arg, match):
   import importlib
-  config = importlib.import_module(f"configs.{module}")
+  config = importlib.import_module(f"jaxtok.configs.{module}")
   with pytest.raises(ValueError, match=match):
     config.get_config(arg)
 

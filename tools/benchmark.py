@@ -241,7 +241,7 @@ def load_config(name: str):
   if name not in TOKENIZER_MODELS:
     raise ValueError(f"--models entries must be in {sorted(TOKENIZER_MODELS)}, got {name!r}")
   module, arg = TOKENIZER_MODELS[name]
-  return importlib.import_module(f"configs.{module}").get_config(arg or None)
+  return importlib.import_module(f"jaxtok.configs.{module}").get_config(arg or None)
 
 
 def _model_names(args, default: str) -> list[str]:

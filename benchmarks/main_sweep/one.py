@@ -1,7 +1,7 @@
 """One sweep variant: one.py NAME OVERRIDES_JSON WORKDIR (called by sweep.py)."""
 import json, os, sys, time, logging
 sys.path.insert(0, os.getcwd())
-from configs import onedpiece
+from jaxtok.configs import onedpiece
 
 
 def main_config_with(overrides):

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import common
+from jaxtok.configs import common
 from jaxtok.tokenizers import api
 from jaxtok.train import loop
 
@@ -24,7 +24,7 @@ def _module_exists(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_tiny_variant_builds(name):
-  c = importlib.import_module(f"configs.{name}").get_config("tiny")
+  c = importlib.import_module(f"jaxtok.configs.{name}").get_config("tiny")
   assert c.model.name == name and c.total_steps <= 8 and c.data.image_size == 16
   loop.validate_config(c)
   if not _module_exists(name):
@@ -35,19 +35,19 @@ def test_tiny_variant_builds(name):
 
 
 def test_full_size_configs_parse():
-  titok = importlib.import_module("configs.titok")
+  titok = importlib.import_module("jaxtok.configs.titok")
   c = titok.get_config("size=B,tokens=64,recipe=two_stage")
   assert c.model.encoder_size == "B" and c.model.num_latent_tokens == 64
   assert c.model.decoder_head == "proxy_codes" and c.loss.proxy == 1.0
-  c = importlib.import_module("configs.onedpiece").get_config("size=S,tokens=256")
+  c = importlib.import_module("jaxtok.configs.onedpiece").get_config("size=S,tokens=256")
   assert c.model.name == "onedpiece" and c.eval.token_counts == [32, 64, 128, 256]
-  main = importlib.import_module("configs.onedpiece").get_config("main")
+  main = importlib.import_module("jaxtok.configs.onedpiece").get_config("main")
   assert main.model.num_latent_tokens == 16 and main.eval.token_counts == [2, 4, 8, 16]
   loop.validate_config(main)
 
 
 def test_bad_values_raise():
-  titok = importlib.import_module("configs.titok")
+  titok = importlib.import_module("jaxtok.configs.titok")
   with pytest.raises(ValueError, match="unknown config argument 'sise'"):
     titok.get_config("sise=S")
   with pytest.raises(ValueError, match="size must be one of"):
@@ -74,7 +74,7 @@ def test_bad_values_raise():
 @pytest.mark.parametrize("name,arg", [("onedpiece", "tiny"), ("titok", "tiny"),
                                       ("titok", "tiny,recipe=two_stage")])
 def test_tiny_trains_two_steps(name, arg, tmp_path):
-  c = importlib.import_module(f"configs.{name}").get_config(arg)
+  c = importlib.import_module(f"jaxtok.configs.{name}").get_config(arg)
   c.total_steps = 2
   c.final_eval = name == "onedpiece"
   c.eval.token_counts = [2, 8] if name == "onedpiece" else [8]
@@ -98,7 +98,7 @@ def test_tiny_trains_two_steps(name, arg, tmp_path):
 def test_gan_flag_adds_discriminator(name):
   from flax import nnx
   from jaxtok.nn import discriminator
-  mod = importlib.import_module(f"configs.{name}")
+  mod = importlib.import_module(f"jaxtok.configs.{name}")
   assert mod.get_config("").get("disc") is None and mod.get_config("").loss.gan == 0.0
   full = mod.get_config("gan")
   # Released recipes: TiTok stage 2 weight 0.01, VQGAN 0.1; both from step 20k with LeCAM 0.001.

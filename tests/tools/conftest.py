@@ -14,7 +14,7 @@ _TOOLS = {}
 
 
 def load_tool(name):
-  """tools/<name>.py as a module (a unique module name: tools/tokenize.py must not become `tokenize`)."""
+  """tools/<name>.py as a module (under a unique module name, so no tool shadows another module)."""
   if name not in _TOOLS:
     spec = importlib.util.spec_from_file_location(f"jaxtok_tool_{name}", ROOT / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
@@ -51,7 +51,7 @@ def random_like(abstract, seed=0, scale=0.1):
 def tiny_titok(tmp_path_factory):
   """(workdir, config, tokenizer, ema_params, raw_params) of configs/titok.py:tiny (VQ, 64 codes, 8
   tokens, 16x16 images)."""
-  from configs import titok
+  from jaxtok.configs import titok
   from jaxtok.tokenizers import api
   config = titok.get_config("tiny")
   tokenizer = api.build(config.model)

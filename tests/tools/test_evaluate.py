@@ -110,7 +110,7 @@ def test_gfid_of_sample_folders(fake_inception, image_folder, tmp_path):
 def test_training_job_and_evaluate_report_identical_numbers(tmp_path):
   """Issue 12 section 4: the job's final_metrics.json and tools/evaluate.py on its checkpoint agree
   exactly (same held-out set from the stored data config, same scorer), with the default flags."""
-  from configs import onedpiece
+  from jaxtok.configs import onedpiece
   from jaxtok.train import loop
   config = onedpiece.get_config("tiny")
   config.total_steps, config.eval_every, config.ckpt_every = 2, 100, 2

@@ -96,7 +96,7 @@ def test_train_generator_then_sample(tiny_titok, token_dir, tmp_path):
 def _init_generator_run(config_arg, workdir, data_meta, seed):
   """A generator run directory holding a (random) train state, as train_generator would leave it."""
   from jaxtok.train import generator, state as state_lib
-  from configs import gpt_flextok, mar_vae  # noqa: F401
+  from jaxtok.configs import gpt_flextok, mar_vae  # noqa: F401
   module = {"gpt": gpt_flextok, "mar": mar_vae}[config_arg[0]]
   config = module.get_config(config_arg[1])
   for k, v in config_arg[2].items():
@@ -125,7 +125,7 @@ def test_sample_gpt_prefix_with_kv_cache(tiny_titok, token_dir, tmp_path):
 
 def test_sample_mar_continuous_tokens(tmp_path):
   """MAR over a tiny VAE tokenizer (continuous tokens [N, 8, 4]) given as --tokenizer_checkpoint."""
-  from configs import vae
+  from jaxtok.configs import vae
   from jaxtok.tokenizers import api
   tok_cfg = vae.get_config("tiny")
   tokenizer = api.build(tok_cfg.model)

@@ -66,7 +66,7 @@ def test_trains_on_tfds_with_discriminator_and_perceptual(tmp_path):
   import ml_collections  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
-  from configs import titok  # pylint: disable=g-import-not-at-top
+  from jaxtok.configs import titok  # pylint: disable=g-import-not-at-top
   from jaxtok.losses import perceptual  # pylint: disable=g-import-not-at-top
   rng, sd, cin = np.random.default_rng(0), {}, 3
   for k, convs in enumerate(perceptual.VGG16_SLICES):
