@@ -254,12 +254,18 @@ def tokenizer_suite(args) -> list[tuple[str, str, float, str]]:
 
   rows = Rows()
   for name in _model_names(args, "titok_s128,titok_b64,vqgan"):
-    try:
-      _tokenizer_one(name, args, rows)
-    except Exception as err:  # noqa: BLE001 -- e.g. out of memory at this batch: record and go on.
-      rows.append((f"{name}, batch {args.batch}", "jaxtok", float("nan"),
-                   f"failed: {type(err).__name__}: {str(err).splitlines()[0][:160]}"))
+    _recording_failure(rows, f"{name}, batch {args.batch}", "jaxtok",
+                       lambda name=name: _tokenizer_one(name, args, rows))
   return rows
+
+
+def _recording_failure(rows, case, impl, fn) -> None:
+  """Runs fn(); a failure (e.g. out of memory at this batch) becomes a NaN row naming the error."""
+  try:
+    fn()
+  except Exception as err:  # noqa: BLE001 -- record and go on with the next model.
+    rows.append((case, impl, float("nan"),
+                 f"failed: {type(err).__name__}: {str(err).splitlines()[0][:160]}"))
 
 
 def _tokenizer_one(name, args, rows):
@@ -346,11 +352,8 @@ def train_suite(args) -> list[tuple[str, str, float, str]]:
   kind = getattr(dev, "device_kind", "")
   peak = next((v for k, v in PEAK_TFLOPS.items() if k in kind), None)
   for name in _model_names(args, "main"):
-    try:
-      rows.append(_train_one(name, args, peak))
-    except Exception as err:  # noqa: BLE001 -- e.g. out of memory at this batch: record and go on.
-      rows.append((f"train {name}, batch {args.batch}", "jaxtok train_step", float("nan"),
-                   f"failed: {type(err).__name__}: {str(err).splitlines()[0][:160]}"))
+    _recording_failure(rows, f"train {name}, batch {args.batch}", "jaxtok train_step",
+                       lambda name=name: rows.append(_train_one(name, args, peak)))
   return rows
 
 

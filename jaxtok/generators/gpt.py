@@ -23,35 +23,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxtok.generators.trunk import TokenTrunk
+from jaxtok.generators.trunk import TOKEN_MODEL_FIELDS, ClassConditionalTokenModel
 from jaxtok.nn.options import model_kwargs
 
 
-FIELDS = ("codebook_size", "seq_len", "num_classes", "width", "depth", "heads", "mlp_ratio",
-          "class_dropout")
-
-
-class GPT(nnx.Module):
+class GPT(ClassConditionalTokenModel):
   """Causal token model. Fields are plain values (see the module docstring for the id layout)."""
-
-  def __init__(self, *, codebook_size: int, seq_len: int, num_classes: int = 0, width: int = 768,
-               depth: int = 12, heads: int = 12, mlp_ratio: float = 4.0, class_dropout: float = 0.1,
-               dtype=jnp.float32, remat="none", scan_layers: bool = False, attention_impl=None,
-               rngs: nnx.Rngs):
-    if codebook_size < 2:
-      raise ValueError(f"codebook_size must be >= 2, got {codebook_size}")
-    if seq_len < 1:
-      raise ValueError(f"seq_len must be >= 1, got {seq_len}")
-    if num_classes < 0:
-      raise ValueError(f"num_classes must be >= 0, got {num_classes}")
-    if not 0.0 <= class_dropout < 1.0:
-      raise ValueError(f"class_dropout must be in [0, 1), got {class_dropout}")
-    self.codebook_size, self.seq_len, self.num_classes = codebook_size, seq_len, num_classes
-    self.class_dropout = class_dropout
-    self.net = TokenTrunk(input_vocab=codebook_size + num_classes + 1, output_vocab=codebook_size,
-                          width=width, depth=depth, heads=heads, mlp_ratio=mlp_ratio, causal=True,
-                          dtype=dtype, remat=remat, scan_layers=scan_layers,
-                          attention_impl=attention_impl, rngs=rngs)
+  CAUSAL, EXTRA_IDS = True, 1
 
   @property
   def null_id(self) -> int:
@@ -113,4 +91,4 @@ def loss(model: GPT, tokens: jax.Array, labels: jax.Array | None, *, rng: jax.Ar
 def make_model(cfg: Mapping, *, rngs: nnx.Rngs) -> GPT:
   """A GPT from a config of the constructor's fields plus `nn.options.COMMON` (dtype, remat,
   scan_layers, attention_impl) and `name`; any other key raises ValueError."""
-  return GPT(**model_kwargs(cfg, FIELDS, model="gpt"), rngs=rngs)
+  return GPT(**model_kwargs(cfg, TOKEN_MODEL_FIELDS, model="gpt"), rngs=rngs)

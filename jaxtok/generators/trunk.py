@@ -87,3 +87,37 @@ class TokenTrunk(nnx.Module):
     """`extend` for already-embedded inputs x [B, T, W]."""
     x, cache = self.blocks.extend(x.astype(self.dtype), cache, start)
     return self._logits(x), cache
+
+
+# Config fields of the class-conditional token models (GPT, MaskGIT).
+TOKEN_MODEL_FIELDS = ("codebook_size", "seq_len", "num_classes", "width", "depth", "heads",
+                      "mlp_ratio", "class_dropout")
+
+
+class ClassConditionalTokenModel(nnx.Module):
+  """Shared constructor of GPT and MaskGIT: an input vocabulary of K codes, C class ids and the
+  subclass's `EXTRA_IDS` special ids (each model's docstring gives the id layout); `CAUSAL` picks
+  the attention mask.
+  """
+  CAUSAL = True
+  EXTRA_IDS = 1
+
+  def __init__(self, *, codebook_size: int, seq_len: int, num_classes: int = 0, width: int = 768,
+               depth: int = 12, heads: int = 12, mlp_ratio: float = 4.0, class_dropout: float = 0.1,
+               dtype=jnp.float32, remat="none", scan_layers: bool = False, attention_impl=None,
+               rngs: nnx.Rngs):
+    if codebook_size < 2:
+      raise ValueError(f"codebook_size must be >= 2, got {codebook_size}")
+    if seq_len < 1:
+      raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+    if num_classes < 0:
+      raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+    if not 0.0 <= class_dropout < 1.0:
+      raise ValueError(f"class_dropout must be in [0, 1), got {class_dropout}")
+    self.codebook_size, self.seq_len, self.num_classes = codebook_size, seq_len, num_classes
+    self.class_dropout = class_dropout
+    self.net = TokenTrunk(input_vocab=codebook_size + num_classes + self.EXTRA_IDS,
+                          output_vocab=codebook_size, width=width, depth=depth, heads=heads,
+                          mlp_ratio=mlp_ratio, causal=self.CAUSAL, dtype=dtype, remat=remat,
+                          scan_layers=scan_layers, attention_impl=attention_impl, rngs=rngs)
+

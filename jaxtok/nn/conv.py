@@ -97,13 +97,17 @@ def _upsample_nearest2(x: jax.Array) -> jax.Array:
   return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
 
+def _res_blocks(in_channels, out_channels, n, *, num_groups, dtype, rngs) -> nnx.List:
+  """n ResnetBlocks, the first mapping in_channels -> out_channels."""
+  return nnx.List([ResnetBlock(in_channels if i == 0 else out_channels, out_channels,
+                               num_groups=num_groups, dtype=dtype, rngs=rngs) for i in range(n)])
+
+
 class DownLevel(nnx.Module):
   def __init__(self, in_channels, out_channels, num_res_blocks, downsample, *, num_groups, dtype,
                rngs):
-    self.block = nnx.List([
-        ResnetBlock(in_channels if i == 0 else out_channels, out_channels, num_groups=num_groups,
-                    dtype=dtype, rngs=rngs) for i in range(num_res_blocks)
-    ])
+    self.block = _res_blocks(in_channels, out_channels, num_res_blocks, num_groups=num_groups,
+                             dtype=dtype, rngs=rngs)
     self.downsample = downsample
 
   def __call__(self, x):
@@ -115,10 +119,8 @@ class DownLevel(nnx.Module):
 class UpLevel(nnx.Module):
   def __init__(self, in_channels, out_channels, num_res_blocks, upsample, *, num_groups, dtype,
                rngs):
-    self.block = nnx.List([
-        ResnetBlock(in_channels if i == 0 else out_channels, out_channels, num_groups=num_groups,
-                    dtype=dtype, rngs=rngs) for i in range(num_res_blocks)
-    ])
+    self.block = _res_blocks(in_channels, out_channels, num_res_blocks, num_groups=num_groups,
+                             dtype=dtype, rngs=rngs)
     self.upsample_conv = (Conv(out_channels, out_channels, 3, dtype=dtype, rngs=rngs)
                           if upsample else None)
 

@@ -63,6 +63,18 @@ def _finish(out, lengths, num_tokens, pad_id):
   return jnp.where(length_mask(lengths, num_tokens), out, jnp.int32(pad_id))
 
 
+def _setup(rng, prompt_tokens, uncond_prompt_tokens, num_tokens, lengths, *, cfg_scale,
+           cfg_schedule, **draw_opts):
+  """Checks the arguments of both samplers; (B, P, guided, draw) for their loops."""
+  _check(num_tokens, lengths, uncond_prompt_tokens, prompt_tokens, cfg_schedule)
+  guidance.check_scale(cfg_scale)
+  b, p = prompt_tokens.shape
+  guided = uncond_prompt_tokens is not None
+  draw = _drawer(rng, b, num_tokens, guided, cfg_scale=cfg_scale, cfg_schedule=cfg_schedule,
+                 **draw_opts)
+  return b, p, guided, draw
+
+
 def sample(rng, prefill_fn, step_fn, cache, prompt_tokens, *, num_tokens, temperature=1.0,
            top_k=None, top_p=None, uncond_prompt_tokens=None, cfg_scale=1.0,
            cfg_schedule="constant", cfg_power=1.0, lengths=None, pad_id=0):
@@ -71,12 +83,9 @@ def sample(rng, prefill_fn, step_fn, cache, prompt_tokens, *, num_tokens, temper
   cache: the callables' cache for B rows (2B with ``uncond_prompt_tokens``), any pytree.
   temperature >= 0 (0 = greedy), top_k in [1, V], top_p in (0, 1].
   """
-  _check(num_tokens, lengths, uncond_prompt_tokens, prompt_tokens, cfg_schedule)
-  guidance.check_scale(cfg_scale)
-  b, p = prompt_tokens.shape
-  guided = uncond_prompt_tokens is not None
-  draw = _drawer(rng, b, num_tokens, guided, temperature=temperature, top_k=top_k, top_p=top_p,
-                 cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, cfg_power=cfg_power)
+  b, p, guided, draw = _setup(rng, prompt_tokens, uncond_prompt_tokens, num_tokens, lengths,
+                              temperature=temperature, top_k=top_k, top_p=top_p,
+                              cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, cfg_power=cfg_power)
   feed = (lambda t: jnp.concatenate([t, t])) if guided else (lambda t: t)
   prompt = jnp.concatenate([prompt_tokens, uncond_prompt_tokens]) if guided else prompt_tokens
   logits, cache = prefill_fn(prompt.astype(jnp.int32), cache)
@@ -104,12 +113,9 @@ def sample_recompute(rng, logits_fn, prompt_tokens, *, num_tokens, temperature=1
   ``logits_fn(seq int32 [B', P+N], length) -> logits [B', V]`` for the token at sequence index
   ``length`` given ``seq[:, :length]`` (later entries are padding). All N steps run (a scan).
   """
-  _check(num_tokens, lengths, uncond_prompt_tokens, prompt_tokens, cfg_schedule)
-  guidance.check_scale(cfg_scale)
-  b, p = prompt_tokens.shape
-  guided = uncond_prompt_tokens is not None
-  draw = _drawer(rng, b, num_tokens, guided, temperature=temperature, top_k=top_k, top_p=top_p,
-                 cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, cfg_power=cfg_power)
+  b, p, guided, draw = _setup(rng, prompt_tokens, uncond_prompt_tokens, num_tokens, lengths,
+                              temperature=temperature, top_k=top_k, top_p=top_p,
+                              cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, cfg_power=cfg_power)
   prompt = jnp.concatenate([prompt_tokens, uncond_prompt_tokens]) if guided else prompt_tokens
   seq = jnp.concatenate([prompt.astype(jnp.int32), jnp.zeros((prompt.shape[0], num_tokens), jnp.int32)], 1)
 
