@@ -39,15 +39,14 @@ def dataset_images(dataset: str, size: int, run_data: Any = None, *, num_images:
     raise ValueError(f"--num_images must be >= 2, got {n}")
   if dataset == "photos":
     from jaxtok.data import pipeline  # pylint: disable=g-import-not-at-top
-    if run_data is not None and pipeline._get(run_data, "source", "photos") == "photos":  # pylint: disable=protected-access
-      data = run_data.to_dict() if hasattr(run_data, "to_dict") else dict(run_data)
-      data["image_size"] = size
-      held = pipeline.heldout_images(data, count=n)
-      return held, {"dataset": "photos", "split": "the run's held-out crops (its data config)",
-                    "max_scale": int(data.get("max_scale", 4))}
-    held = pipeline.heldout_images({"source": "photos", "image_size": size, "max_scale": 4},
-                                   count=64 if n is None else n)
-    return held, {"dataset": "photos", "split": "held-out crops (fixed seed)", "max_scale": 4}
+    data = dict(run_data.to_dict() if hasattr(run_data, "to_dict") else run_data or {})
+    own = bool(data) and (data.get("source") or "photos") == "photos"
+    if not own:  # no training run behind the checkpoint: the fixed default held-out crops
+      data, n = {"source": "photos", "max_scale": 4}, (64 if n is None else n)
+    data["image_size"] = size
+    split = "the run's held-out crops (its data config)" if own else "held-out crops (fixed seed)"
+    return pipeline.heldout_images(data, count=n), {"dataset": "photos", "split": split,
+                                                    "max_scale": int(data.get("max_scale") or 4)}
   from jaxtok.data import image_sets  # pylint: disable=g-import-not-at-top
   n = 64 if n is None else n
   if dataset == "folder":

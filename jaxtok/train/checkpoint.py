@@ -167,6 +167,20 @@ def signature_differences(stored: dict, wanted: dict, *, limit: int = 8) -> list
   return out
 
 
+def _raise_on_mismatch(stored: dict, target: Any, *, what: str, hint: str = "") -> None:
+  """CheckpointMismatchError naming every difference between a stored `tree_signature` and the
+  tree `target` (names, shapes, dtypes); `what` starts the message, `hint` names config changes."""
+  problems = signature_differences(stored, tree_signature(target))
+  if problems:
+    raise CheckpointMismatchError(
+        f"{what}{hint}:\n  " + "\n  ".join(problems) + "\nNothing was changed on disk: use the "
+        "config the checkpoint was trained with (wrong --config?), or a new --workdir.")
+
+
+def _config_hint(diffs: list[str]) -> str:
+  return f" (config differences: {'; '.join(diffs[:6])})" if diffs else ""
+
+
 def _first_line(err: BaseException) -> str:
   text = str(err).strip()
   return f"{type(err).__name__}: {text.splitlines()[0][:300] if text else ''}"
@@ -406,14 +420,9 @@ class Checkpointer:
       stored_sig = {}
     if not stored_sig:  # unreadable metadata is damage, not a mismatch: restore() deals with it.
       return
-    problems = signature_differences(stored_sig, tree_signature(abstract_state))
-    if problems:
-      hint = f" (config differences: {'; '.join(diffs[:6])})" if diffs else ""
-      raise CheckpointMismatchError(
-          f"checkpoint step {step} in {self.directory!r} holds a different model/train state than "
-          f"this run builds{hint}:\n  " + "\n  ".join(problems) +
-          "\nNothing was changed on disk: use the config the checkpoint was trained with, or a new "
-          "--workdir.")
+    _raise_on_mismatch(stored_sig, abstract_state, hint=_config_hint(diffs),
+                       what=f"checkpoint step {step} in {self.directory!r} holds a different "
+                            "model/train state than this run builds")
 
   def restore_step(self, step: int, abstract_state: Any) -> tuple[Any, Any, dict]:
     """Restores one step into the shardings of `abstract_state` (no checks, no fallback).
@@ -427,7 +436,7 @@ class Checkpointer:
     return out["state"], _from_json(out["data"]), out["config"]
 
   def restore(self, abstract_state: Any, *, config: Any = None,
-              on_config_change: str = "error") -> tuple[Any, Any, int] | None:
+              on_config_change: str | None = None) -> tuple[Any, Any, int] | None:
     """Restores the newest checkpoint that reads, or returns None when there is none.
 
     The newest step is first checked against the run (`check_compatible`): a mismatch raises and
@@ -442,8 +451,12 @@ class Checkpointer:
     steps = self.all_steps()
     if not steps:
       return None
+    if config is not None:
+      config = config_to_json(config)
+      if on_config_change is None:
+        on_config_change = str(config.get("on_config_change", "error"))
     self.check_compatible(steps[-1], abstract_state, config=config,
-                          on_config_change=on_config_change)
+                          on_config_change=on_config_change or "error")
     damaged = []
     for step in reversed(steps):
       try:
@@ -548,22 +561,16 @@ def _signature_of(directory: str) -> dict[str, tuple[tuple[int, ...], str]]:
   return tree_signature(getattr(tree, "tree", tree))
 
 
-def _check_weights(directory: str, target: Any, *, what: str, partial: bool = False,
+def _check_weights(stored: dict, directory: str, target: Any, *, what: str, partial: bool = False,
                    hint: str = "") -> None:
-  """Raises CheckpointMismatchError when the stored tree differs from `target` (names, shapes,
-  dtypes); `partial`: only the stored entries under `target`'s top-level keys are compared."""
-  stored = _signature_of(directory)
+  """Raises when the stored signature `stored` (of `directory`) differs from `target`; `partial`:
+  only the stored entries under `target`'s top-level keys are compared."""
   if not stored:
     raise ValueError(f"{what} at {directory!r} has no readable metadata")
   if partial:
-    roots = set(target)
-    stored = {k: v for k, v in stored.items() if k.split(".")[0] in roots}
-  problems = signature_differences(stored, tree_signature(target))
-  if problems:
-    raise CheckpointMismatchError(
-        f"{what} at {directory!r} holds other weights than the configured model{hint}:\n  "
-        + "\n  ".join(problems) + "\nNothing was changed on disk: use the config the weights were "
-        "trained with (wrong --config?).")
+    stored = {k: v for k, v in stored.items() if k.split(".")[0] in set(target)}
+  _raise_on_mismatch(stored, target, what=f"{what} at {directory!r} holds other weights than the "
+                     "configured model", hint=hint)
 
 
 def load_params(path: str, target: Any, *, use_ema: bool = True, config: Any = None,
@@ -592,14 +599,15 @@ def load_params(path: str, target: Any, *, use_ema: bool = True, config: Any = N
       lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
                                      sharding=sharding or getattr(a, "sharding", None) or default),
       target)
-  restore_args = lambda t: jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), t)
   if where["kind"] == "params":
-    _check_weights(where["dir"], target, what=f"{flag}: the parameter directory")
+    _check_weights(_signature_of(where["dir"]), where["dir"], target,
+                   what=f"{flag}: the parameter directory")
     with _quiet_orbax(), ocp.StandardCheckpointer() as reader:
       params = reader.restore(where["dir"], target)
     return params, {"kind": "params", "step": None, "weights": "params", "path": where["dir"]}
   state_dir = os.path.join(where["step_dir"], "state")
-  keys = {k.split(".")[0] for k in _signature_of(state_dir)}
+  stored = _signature_of(state_dir)
+  keys = {k.split(".")[0] for k in stored}
   weights = "ema_params" if use_ema and "ema_params" in keys else "params"
   if weights not in keys:
     raise ValueError(f"{flag}: {state_dir!r} holds no model parameters (keys {sorted(keys)})")
@@ -609,12 +617,12 @@ def load_params(path: str, target: Any, *, use_ema: bool = True, config: Any = N
     wanted["model_state"] = rest
   stored_cfg = Checkpointer.stored_config_at(os.path.dirname(where["step_dir"]), where["step"])
   diffs = config_differences(stored_cfg, config) if stored_cfg and config is not None else []
-  hint = f" (config differences: {'; '.join(diffs[:6])})" if diffs else ""
-  _check_weights(state_dir, wanted, what=f"{flag}: checkpoint step {where['step']}", partial=True,
-                 hint=hint)
+  _check_weights(stored, state_dir, wanted, what=f"{flag}: checkpoint step {where['step']}",
+                 partial=True, hint=_config_hint(diffs))
   with _quiet_orbax(), ocp.PyTreeCheckpointer() as reader:
     out = reader.restore(state_dir, args=ocp.args.PyTreeRestore(
-        item=wanted, restore_args=restore_args(wanted), partial_restore=True))
+        item=wanted, partial_restore=True,
+        restore_args=jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), wanted)))
   params = out[weights]
   if "model_state" in out:
     from flax import nnx  # pylint: disable=g-import-not-at-top

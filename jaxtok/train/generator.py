@@ -129,8 +129,7 @@ def _train_locked(config: Any, workdir: str, *, progress: bool, stop_at: int | N
   cleanup.callback(ckpt.close)
   abstract, shardings = state_lib.abstract_train_state(init_fn, base_rng, mesh, rules)
   config_json = ckpt_lib.config_to_json(config)
-  restored = ckpt.restore(abstract, config=config_json,
-                          on_config_change=str(config.get("on_config_change", "error")))
+  restored = ckpt.restore(abstract, config=config_json)
   with jax.set_mesh(mesh):
     if restored is None:
       state = jax.jit(init_fn, out_shardings=shardings)(base_rng)

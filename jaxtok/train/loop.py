@@ -218,8 +218,7 @@ def _train_locked(config: Any, workdir: str, *, show_progress: bool,
                                keep=int(config.keep_checkpoints))
   cleanup.callback(ckpt.close)
   config_json = ckpt_lib.config_to_json(config)
-  restored = ckpt.restore(abstract, config=config_json,
-                          on_config_change=str(config.get("on_config_change", "error")))
+  restored = ckpt.restore(abstract, config=config_json)
   if restored is not None:
     state, data_state, start = restored
     data.set_state(data_state)
