@@ -1,9 +1,9 @@
 r"""Samples tokens from a trained generator and decodes them to images with its tokenizer.
 
   python tools/sample.py --config configs/maskgit_titok.py:tiny --workdir runs/maskgit \
-      --config.generator.codebook_size=64 --num_samples 16 --cfg_scale 2.0 --out runs/maskgit/samples
+      --config.model.codebook_size=64 --num_samples 16 --cfg_scale 2.0 --out runs/maskgit/samples
 
-The sampler follows config.generator.name (`jaxtok.eval.generate`): gpt -> autoregressive with the
+The sampler follows config.model.name (`jaxtok.eval.generate`): gpt -> autoregressive with the
 KV cache (--num_tokens: generate only a prefix of ordered tokens), maskgit -> MaskGIT parallel
 decoding (--steps, --schedule, --choice_temperature), mar -> MAR random order with the flow head
 (--steps iterations, --head_steps / --head_steps_lower DiSA annealing). Defaults come from the
@@ -110,7 +110,7 @@ def main(argv) -> dict:
   from jaxtok.eval import checkpoints, generate  # pylint: disable=g-import-not-at-top
   from jaxtok.train import generator  # pylint: disable=g-import-not-at-top
 
-  gcfg = config.generator
+  gcfg = generator.model_config(config)
   num_classes = int(gcfg.get("num_classes", 0))
   labels = sample_labels(FLAGS.labels, FLAGS.num_samples, num_classes, FLAGS.seed)
   meta = data_meta(config, FLAGS.workdir)

@@ -2,9 +2,9 @@ r"""Trains a token generator on a pre-tokenized dataset.
 
   python tools/pretokenize.py --config configs/titok.py:tiny --checkpoint runs/titok --out runs/titok_tokens
   python tools/train_generator.py --config configs/maskgit_titok.py:tiny --data runs/titok_tokens \
-      --workdir runs/maskgit --config.generator.codebook_size=64
+      --workdir runs/maskgit --config.model.codebook_size=64
 
-Wraps `jaxtok.train.generator.train` (GPT / MaskGIT / MAR by config.generator.name; progress bar,
+Wraps `jaxtok.train.generator.train` (GPT / MaskGIT / MAR by config.model.name; progress bar,
 checkpoints in <workdir>/checkpoints, automatic resume). --data overrides config.data.path. Before
 training, the dataset's meta.json is checked against the generator: codebook size, sequence length
 (and token dimension for continuous tokens) must match, labels must be < num_classes for a
@@ -54,11 +54,12 @@ def main(argv) -> dict:
     meta = token_data.read_meta(path)
   except FileNotFoundError as err:
     raise FileNotFoundError(f"--data: {err}") from None
+  from jaxtok.train import generator  # pylint: disable=g-import-not-at-top
+  generator.model_config(config)  # refuses the retired dialect before anything else
   token_data.check_data(config, meta, path)
   from jaxtok.train import distributed  # pylint: disable=g-import-not-at-top
   distributed.setup(coordinator=None, num_processes=None, process_id=None,
                     cpu_devices=FLAGS.cpu_devices)
-  from jaxtok.train import generator  # pylint: disable=g-import-not-at-top
   os.makedirs(FLAGS.workdir, exist_ok=True)
   with open(os.path.join(FLAGS.workdir, META_FILE), "w") as f:
     json.dump(dict(meta, path=os.path.abspath(path)), f, indent=2)

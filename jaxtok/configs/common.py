@@ -51,8 +51,11 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(out)
 
 
-def base_config() -> ml_collections.ConfigDict:
-  """Training, data, mesh and logging defaults (the papers' AdamW recipe)."""
+def run_config() -> ml_collections.ConfigDict:
+  """The fields every training config shares, tokenizer or generator: seed, schedule length,
+  logging/checkpoint cadence, resume policy, EMA, the AdamW recipe (`optim`), `data.batch_size`
+  (global), and the mesh. A config adds `model` (the network: `model.name` picks it) and the rest of
+  `data`."""
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.total_steps = 1000
@@ -61,22 +64,29 @@ def base_config() -> ml_collections.ConfigDict:
   c.ckpt_every = 500
   c.keep_checkpoints = 3
   c.step_delay_s = 0.0  # > 0 only in tests that interrupt a run between steps.
-  c.final_eval = True
   # A resume whose config differs from the checkpoint's is refused ("error"); "resume" continues.
   c.on_config_change = "error"
   c.ema_decay = 0.999
-  c.data = ml_collections.ConfigDict(dict(source="photos", image_size=32, batch_size=32, heldout=16,
-                                          max_scale=4))
+  c.data = ml_collections.ConfigDict(dict(batch_size=32))
   c.optim = ml_collections.ConfigDict(dict(lr=1e-4, warmup_steps=100, end_lr=1e-5, b1=0.9, b2=0.99,
                                            eps=1e-8, wd=1e-4, clip=1.0, mu_dtype=None))
+  # Mesh axes (data, fsdp, tensor); -1 takes the remaining devices. Rules map logical names to them.
+  c.mesh = [("data", -1), ("fsdp", 1), ("tensor", 1)]
+  c.sharding_rules = [list(r) for r in sharding.DEFAULT_RULES]
+  return c
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """A tokenizer's training config: `run_config` plus image data, losses, the optional
+  discriminator and the evaluation token counts (the papers' AdamW recipe)."""
+  c = run_config()
+  c.final_eval = True
+  c.data.update(source="photos", image_size=32, heldout=16, max_scale=4)
   c.loss = ml_collections.ConfigDict(dict(l1=0.0, l2=1.0, perceptual=0.0, proxy=0.0, gan=0.0,
                                           gan_start=0, disc_start=0, lecam=0.0, lecam_decay=0.999))
   c.disc = None
   c.disc_optim = None
   c.eval = ml_collections.ConfigDict(dict(token_counts=None))
-  # Mesh axes (data, fsdp, tensor); -1 takes the remaining devices. Rules map logical names to them.
-  c.mesh = [("data", -1), ("fsdp", 1), ("tensor", 1)]
-  c.sharding_rules = [list(r) for r in sharding.DEFAULT_RULES]
   return c
 
 
@@ -121,7 +131,7 @@ def generator_arg(arg: str | None, sizes: dict,
   for k in keys:
     if k in args:
       try:
-        int(args[k])
+        args[k] = int(args[k])
       except ValueError:
         raise ValueError(f"config argument {k!r} must be an int, got {args[k]!r}") from None
   size = "tiny" if a.tiny else args.get("size", "B")
@@ -130,16 +140,19 @@ def generator_arg(arg: str | None, sizes: dict,
   return args, bool(a.tiny), sizes[size]
 
 
-def generator_base(args: dict, tiny: bool, *, batch_size: int, total_steps: int) -> ml_collections.ConfigDict:
-  """Training fields every generator config shares (seed, data path, EMA, logging, checkpoints, mesh)."""
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.data = dict(path=args.get("data", ""))
-  c.batch_size = 8 if tiny else batch_size
+def generator_base(args: dict, tiny: bool, *, batch_size: int, total_steps: int,
+                   model: dict, optim: dict, sampling: dict) -> ml_collections.ConfigDict:
+  """A generator's training config: `run_config` with `model`, the token dataset
+  (`data.path`, `data.batch_size`), the optimizer and the `sampling` defaults (the tokenizer
+  configs' dialect: `config.model`, `config.data.batch_size`, `config.ckpt_every`)."""
+  c = run_config()
+  c.model = ml_collections.ConfigDict(model)
+  c.data.update(path=args.get("data", ""), batch_size=8 if tiny else batch_size)
   c.total_steps = 4 if tiny else total_steps
   c.ema_decay = 0.0 if tiny else 0.9999
   c.log_every = 1 if tiny else 100
-  c.checkpoint_every = 2 if tiny else 5000
-  c.on_config_change = "error"
-  c.mesh = [("data", -1), ("fsdp", 1), ("tensor", 1)]
+  c.ckpt_every = 2 if tiny else 5000
+  c.eval_every = c.total_steps  # generators have no periodic evaluation; kept for one dialect
+  c.optim.update(optim)
+  c.sampling = ml_collections.ConfigDict(sampling)
   return c

@@ -90,34 +90,34 @@ def check_data(config, meta: dict, path: str) -> None:
   meta: the dataset's meta.json (`read_meta`); path: its directory (labels.npy is
   read memory-mapped). Checked before training so the error names the override to pass.
   """
-  g = config.generator
+  g = config.model
   shape = list(meta.get("token_shape", []))
   continuous = str(meta.get("token_dtype", "int32")).startswith("float")
   problems = []
   if shape and g.get("seq_len") is not None and shape[0] != g.seq_len:
-    problems.append(f"config.generator.seq_len is {g.seq_len}, the data have {shape[0]} tokens per "
-                    f"image (--config.generator.seq_len={shape[0]})")
+    problems.append(f"config.model.seq_len is {g.seq_len}, the data have {shape[0]} tokens per "
+                    f"image (--config.model.seq_len={shape[0]})")
   if g.name == "mar":
     if not continuous:
       problems.append(f"generator 'mar' needs continuous tokens [N, K, D]; {path!r} holds discrete "
                       f"{meta.get('token_dtype')} tokens")
     elif len(shape) == 2 and shape[1] != g.token_dim:
-      problems.append(f"config.generator.token_dim is {g.token_dim}, the data's tokens have {shape[1]} "
-                      f"dimensions (--config.generator.token_dim={shape[1]})")
+      problems.append(f"config.model.token_dim is {g.token_dim}, the data's tokens have {shape[1]} "
+                      f"dimensions (--config.model.token_dim={shape[1]})")
   else:
     if continuous:
       problems.append(f"generator {g.name!r} needs discrete tokens; {path!r} holds continuous tokens "
                       f"{shape} (use configs/mar_vae.py)")
     book = meta.get("codebook_size")
     if book is not None and g.get("codebook_size") != book:
-      problems.append(f"config.generator.codebook_size is {g.get('codebook_size')}, the tokenizer has "
-                      f"{book} codes (--config.generator.codebook_size={book})")
+      problems.append(f"config.model.codebook_size is {g.get('codebook_size')}, the tokenizer has "
+                      f"{book} codes (--config.model.codebook_size={book})")
   classes = int(g.get("num_classes", 0))
   labels = np.load(os.path.join(path, "labels.npy"), mmap_mode="r")
   top = int(labels.max(initial=-1))
   if classes > 0 and top >= classes:
-    problems.append(f"config.generator.num_classes is {classes}, the data's labels reach {top} "
-                    f"(--config.generator.num_classes={top + 1})")
+    problems.append(f"config.model.num_classes is {classes}, the data's labels reach {top} "
+                    f"(--config.model.num_classes={top + 1})")
   if problems:
     raise ValueError(f"--data {path!r} does not fit the generator config:\n  " + "\n  ".join(problems))
 

@@ -133,7 +133,7 @@ SAMPLERS = {"gpt": _gpt, "maskgit": _maskgit, "mar": _mar}
 def make_sampler(name: str, graphdef: Any, params: Any, opts: Options) -> Callable[[jax.Array, jax.Array], jax.Array]:
   """A jitted `sample(rng, labels int32 [B]) -> tokens` (int32 [B, N], or float32 [B, N, D] for mar)."""
   if name not in SAMPLERS:
-    raise ValueError(f"config.generator.name must be one of {sorted(SAMPLERS)}, got {name!r}")
+    raise ValueError(f"config.model.name must be one of {sorted(SAMPLERS)}, got {name!r}")
   body = SAMPLERS[name]
 
   @jax.jit

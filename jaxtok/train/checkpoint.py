@@ -54,7 +54,7 @@ from jax.experimental import multihost_utils
 log = logging.getLogger(__name__)
 
 # Fields that change how a run reports and saves, never what it computes: they may differ on resume.
-OPERATIONAL_FIELDS = frozenset({"log_every", "eval_every", "ckpt_every", "checkpoint_every",
+OPERATIONAL_FIELDS = frozenset({"log_every", "eval_every", "ckpt_every",
                                 "keep_checkpoints", "final_eval", "step_delay_s", "on_config_change"})
 ON_CONFIG_CHANGE = ("error", "resume")
 

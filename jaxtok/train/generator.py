@@ -1,6 +1,6 @@
 """Training generators on pre-tokenized data: one jitted step, sharded state, checkpoints, resume.
 
-Generators (config.generator.name):
+Generators (config.model.name):
   gpt       causal AR over discrete tokens      (jaxtok.generators.gpt)   e.g. FlexTok tokens
   maskgit   bidirectional masked over discrete  (jaxtok.generators.bert)  e.g. TiTok tokens
   mar       masked over continuous tokens       (jaxtok.generators.mar)   e.g. VAE tokens
@@ -72,7 +72,7 @@ def make_train_step(name: str, model: state_lib.ModelDef, tx: optax.GradientTran
 
 def build(config: Any, total_steps: int):
   """(ModelDef, optimizer, init_fn, step_fn) of a generator config."""
-  gcfg = config.generator
+  gcfg = model_config(config)
   module = generator_module(gcfg.name)
   model = state_lib.model_def(lambda rngs: module.make_model(gcfg, rngs=rngs))
   tx = optim.optimizer_from_config(config.optim, total_steps)
@@ -82,18 +82,32 @@ def build(config: Any, total_steps: int):
   return model, tx, init_fn, step_fn
 
 
+def model_config(config: Any) -> Any:
+  """config.model of a generator config; a config in the old dialect (`config.generator`,
+  top-level `batch_size`, `checkpoint_every`) is refused with the new names."""
+  old = [k for k in ("generator", "batch_size", "checkpoint_every") if k in config]
+  if old:
+    raise ValueError(f"generator config uses the retired field(s) {old}: the network is now "
+                     f"config.model, the batch config.data.batch_size, the cadence config.ckpt_every "
+                     f"(one dialect with the tokenizer configs)")
+  if config.get("model") is None:
+    raise ValueError("a generator config needs config.model (with model.name one of "
+                     f"{sorted(GENERATORS)})")
+  return config.model
+
+
 def check_batch(batch: dict, num_classes: int, gcfg: Any) -> None:
   """Host-side range checks (an embedding lookup out of range would silently give NaN on device)."""
   labels = np.asarray(batch["label"])
   if num_classes > 0 and labels.max(initial=-1) >= num_classes:
-    raise ValueError(f"data labels must be < generator.num_classes={num_classes}, got {labels.max()}")
+    raise ValueError(f"data labels must be < model.num_classes={num_classes}, got {labels.max()}")
   tokens = np.asarray(batch["tokens"])
   k = gcfg.get("codebook_size", None)
   if k is not None and (tokens.min() < 0 or tokens.max() >= k):
     raise ValueError(f"data tokens must lie in [0, codebook_size={k}), got [{tokens.min()}, {tokens.max()}]")
   want = gcfg.get("seq_len", None)
   if want is not None and tokens.shape[1] != want:
-    raise ValueError(f"data tokens have {tokens.shape[1]} positions, generator.seq_len is {want}")
+    raise ValueError(f"data tokens have {tokens.shape[1]} positions, model.seq_len is {want}")
 
 
 def _global_batch(batch: dict, mesh, rules) -> dict:
@@ -122,10 +136,10 @@ def _train_locked(config: Any, workdir: str, *, progress: bool, stop_at: int | N
   rules = state_lib.rules_from_config(config)
   model, _, init_fn, step_fn = build(config, total)
   base_rng = jax.random.key(int(config.seed))
-  per_process = int(config.batch_size) // jax.process_count()
+  per_process = int(config.data.batch_size) // jax.process_count()
   it = token_data.token_iterator(config.data.path, batch_size=per_process, seed=int(config.seed),
                                  shard_index=jax.process_index(), shard_count=jax.process_count())
-  ckpt = ckpt_lib.Checkpointer(f"{workdir}/checkpoints", keep=int(config.get("keep_checkpoints", 2)))
+  ckpt = ckpt_lib.Checkpointer(f"{workdir}/checkpoints", keep=int(config.get("keep_checkpoints", 3)))
   cleanup.callback(ckpt.close)
   abstract, shardings = state_lib.abstract_train_state(init_fn, base_rng, mesh, rules)
   config_json = ckpt_lib.config_to_json(config)
@@ -143,13 +157,13 @@ def _train_locked(config: Any, workdir: str, *, progress: bool, stop_at: int | N
     bar = None
     if progress and jax.process_index() == 0:
       from tqdm import tqdm
-      bar = tqdm(total=total, initial=start, desc=f"train {config.generator.name}")
+      bar = tqdm(total=total, initial=start, desc=f"train {config.model.name}")
     t0 = time.perf_counter()
-    num_classes = int(config.generator.get("num_classes", 0))
+    num_classes = int(config.model.get("num_classes", 0))
     end = total if stop_at is None else min(int(stop_at), total)
     for step in range(start, end):
       host_batch = next(it)
-      check_batch(host_batch, num_classes, config.generator)
+      check_batch(host_batch, num_classes, config.model)
       batch = _global_batch(host_batch, mesh, rules)
       state, m = jstep(state, batch, base_rng)
       if (step + 1) % int(config.get("log_every", 50)) == 0 or step + 1 == total:
@@ -159,7 +173,7 @@ def _train_locked(config: Any, workdir: str, *, progress: bool, stop_at: int | N
         metrics["steps_per_s"] = (step + 1 - start) / (time.perf_counter() - t0)
         if bar is not None:
           bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-      if (step + 1) % int(config.get("checkpoint_every", 500)) == 0 or step + 1 == end:
+      if (step + 1) % int(config.ckpt_every) == 0 or step + 1 == end:
         ckpt_lib.save_finite(ckpt, step + 1, state, data_state=it.get_state(), config=config_json,
                              metrics=m)
       if bar is not None:

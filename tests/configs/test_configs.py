@@ -114,3 +114,44 @@ def test_gan_flag_adds_discriminator(name):
   if name == "titok":
     with pytest.raises(ValueError, match="gan applies to the single-stage recipe"):
       mod.get_config("recipe=two_stage,gan")
+
+
+GENERATORS = ["maskgit_titok", "gpt_flextok", "mar_vae"]
+# The fields a run config has whether it trains a tokenizer or a generator (one dialect).
+SHARED = {"seed", "total_steps", "log_every", "eval_every", "ckpt_every", "keep_checkpoints",
+          "on_config_change", "ema_decay", "optim", "mesh", "sharding_rules", "model", "data"}
+
+
+@pytest.mark.parametrize("name", GENERATORS + NAMES)
+def test_one_dialect_for_tokenizer_and_generator_configs(name):
+  c = importlib.import_module(f"jaxtok.configs.{name}").get_config("tiny")
+  assert SHARED <= set(c.keys()), sorted(SHARED - set(c.keys()))
+  assert {"generator", "batch_size", "checkpoint_every"}.isdisjoint(c.keys())
+  assert isinstance(c.data.batch_size, int) and isinstance(c.model.name, str)
+  assert set(common.run_config().optim.keys()) <= set(c.optim.keys())
+
+
+@pytest.mark.parametrize("name", GENERATORS)
+def test_generator_config_counts_are_typed(name):
+  from jaxtok.train import generator
+  mod = importlib.import_module(f"jaxtok.configs.{name}")
+  c = mod.get_config("tiny,tokens=12,classes=3")
+  assert c.model.seq_len == 12 and c.model.num_classes == 3
+  generator.model_config(c)
+  with pytest.raises(ValueError, match="'tokens' must be an int"):
+    mod.get_config("tokens=12.5")
+
+
+def test_generator_trainer_refuses_the_retired_dialect():
+  import ml_collections
+  from jaxtok.train import generator
+  c = importlib.import_module("jaxtok.configs.maskgit_titok").get_config("tiny")
+  old = ml_collections.ConfigDict(c.to_dict())
+  old.generator = old.model.to_dict()
+  del old["model"]
+  old.checkpoint_every = 2
+  with pytest.raises(ValueError, match=r"retired field\(s\) \['generator', 'checkpoint_every'\].*"
+                                       r"config.model.*config.data.batch_size.*config.ckpt_every"):
+    generator.model_config(old)
+  with pytest.raises(ValueError, match=r"retired"):
+    generator.build(old, 4)

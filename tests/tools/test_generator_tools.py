@@ -60,12 +60,12 @@ def test_train_generator_then_sample(tiny_titok, token_dir, tmp_path):
   cfg = "--config=" + os.path.join("configs", "maskgit_titok.py") + ":tiny"
   # The tiny generator config has 16 codes; the error says which override fits the data.
   with pytest.raises(ValueError, match=r"codebook_size is 16, the tokenizer has 64 codes "
-                                       r"\(--config.generator.codebook_size=64\)"):
+                                       r"\(--config.model.codebook_size=64\)"):
     train.main(["train_generator", cfg, f"--workdir={workdir}", f"--data={token_dir}"])
   with pytest.raises(FileNotFoundError, match="--data: .* is not a token dataset"):
     train.main(["train_generator", cfg, f"--workdir={workdir}", f"--data={tmp_path}",
-                "--config.generator.codebook_size=64"])
-  over = ["--config.generator.codebook_size=64", "--config.generator.num_classes=16",
+                "--config.model.codebook_size=64"])
+  over = ["--config.model.codebook_size=64", "--config.model.num_classes=16",
           "--config.total_steps=2"]
   metrics = train.main(["train_generator", cfg, f"--workdir={workdir}", f"--data={token_dir}"] + over)
   assert np.isfinite(metrics["loss"])
@@ -100,7 +100,7 @@ def _init_generator_run(config_arg, workdir, data_meta, seed):
   module = {"gpt": gpt_flextok, "mar": mar_vae}[config_arg[0]]
   config = module.get_config(config_arg[1])
   for k, v in config_arg[2].items():
-    config.generator[k] = v
+    config.model[k] = v
   _, _, init_fn, _ = generator.build(config, int(config.total_steps))
   abstract, _ = state_lib.abstract_train_state(init_fn, jax.random.key(0),
                                                state_lib.mesh_from_config(config),
@@ -117,7 +117,7 @@ def test_sample_gpt_prefix_with_kv_cache(tiny_titok, token_dir, tmp_path):
   cfg = "--config=" + os.path.join("configs", "gpt_flextok.py") + ":tiny"
   res = load_tool("sample").main(["sample", cfg, f"--workdir={workdir}", "--num_samples=4",
                                   "--num_tokens=5", "--top_k=10", "--top_p=0.9",
-                                  "--config.generator.codebook_size=64"])
+                                  "--config.model.codebook_size=64"])
   assert res["tokens"].shape == (4, 5) and res["tokens"].max() < 64
   assert res["images"].shape == (4, 16, 16, 3)
   assert os.path.exists(os.path.join(workdir, "samples", "grid.png"))

@@ -273,7 +273,7 @@ def _generator_run(tmp_path):
   rng = np.random.default_rng(0)
   cfg.data.path = str(tmp_path / "tokens")
   token_data.write_token_dataset(cfg.data.path, rng.integers(0, 16, (32, 8)), rng.integers(0, 2, 32))
-  cfg.total_steps, cfg.checkpoint_every = 2, 2
+  cfg.total_steps, cfg.ckpt_every = 2, 2
   workdir = str(tmp_path / "gen")
   gen.train(cfg, workdir, progress=False)
   return cfg, workdir
@@ -283,14 +283,14 @@ def test_generator_reader_with_wrong_config_moves_nothing(tmp_path):
   cfg, workdir = _generator_run(tmp_path)
   before = snapshot(workdir)
   wrong = _config("maskgit_titok")
-  wrong.generator.codebook_size = 4096
+  wrong.model.codebook_size = 4096
   with pytest.raises(ckpt_lib.CheckpointMismatchError,
-                     match=r"(?s)generator.codebook_size: checkpoint 16, now 4096.*Nothing was changed"):
+                     match=r"(?s)model.codebook_size: checkpoint 16, now 4096.*Nothing was changed"):
     gen.load_params(wrong, workdir)
   assert snapshot(workdir) == before
   # The trainer refuses the same config, and then trains on with the right one.
   wrong.data.path = cfg.data.path
-  with pytest.raises(ckpt_lib.ConfigMismatchError, match="generator.codebook_size"):
+  with pytest.raises(ckpt_lib.ConfigMismatchError, match="model.codebook_size"):
     gen.train(wrong, workdir, progress=False)
   assert snapshot(workdir) == before
   cfg.total_steps = 4         # a longer schedule is a change too: said explicitly

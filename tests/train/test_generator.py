@@ -32,7 +32,7 @@ def test_tiny_configs_train_and_resume_exactly(tmp_path, name):
   cfg = _config(name)
   cfg.data.path = _dataset(tmp_path, continuous=name == "mar_vae")
   cfg.total_steps = 4
-  cfg.checkpoint_every = 2
+  cfg.ckpt_every = 2
   m = gen.train(cfg, str(tmp_path / "full"), progress=False)
   assert np.isfinite(m["loss"])
   _, full = gen.load_params(cfg, str(tmp_path / "full"))
