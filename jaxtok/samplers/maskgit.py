@@ -15,7 +15,12 @@ the n-th confidence is tied). The last step reveals everything, so no mask id re
 Guidance: pass ``uncond`` (e.g. the null class ids); both halves run as one batch and logits are
 combined by ``guidance.cfg_uncond_base`` at ``guidance.scale_at(cfg_schedule, cfg_scale, s / S)``.
 The mask id is explicit: ``mask_id in [0, V]``; inside the vocabulary its logit is set to -inf.
+
+`sample_mode` picks a procedure by name: "maskgit" (`sample`) or "titok" (`maskgit_released`: the
+released TiTok / One-D-Piece generators' sampler, with their configs' settings as presets).
 """
+import inspect
+
 import jax
 import jax.numpy as jnp
 
@@ -94,3 +99,37 @@ def sample(rng, logits_fn, tokens, *, mask_id, steps, schedule="cosine", tempera
     return new, jnp.sum(new == mask_id, -1).astype(jnp.int32)
 
   return jax.lax.scan(body, tokens.astype(jnp.int32), jnp.arange(steps))
+
+
+# ---- named procedures ----
+
+MODES = ("maskgit", "titok")
+
+
+def sample_mode(mode, rng, logits_fn, tokens, *, mask_id, preset=None, **settings):
+  """Runs a MaskGIT sampling procedure by name on tokens int32 [B, K]:
+
+    "maskgit"  `sample` above (google-research/maskgit); settings are its keyword arguments.
+    "titok"    `maskgit_released.sample`: the released TiTok / One-D-Piece generators' procedure
+               (bytedance/1d-tokenizer ImageBert.generate); preset names one of
+               `maskgit_released.PRESETS` (the released configs' settings), which explicit
+               settings override.
+
+  Returns (tokens int32 [B, K], masked_counts int32 [steps, B]) (and the tokens after each step
+  with the "titok" setting return_steps=True).
+  """
+  # Imported here: maskgit_released builds on this module's helpers (an import cycle otherwise).
+  from jaxtok.samplers import maskgit_released  # pylint: disable=g-import-not-at-top
+  fns = {"maskgit": sample, "titok": maskgit_released.sample}
+  if mode not in fns:
+    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+  if preset is not None:
+    if mode != "titok":
+      raise ValueError(f"preset is only defined for mode 'titok', got preset={preset!r} with "
+                       f"mode={mode!r}")
+    settings = {**maskgit_released.preset(preset), **settings}
+  known = set(inspect.signature(fns[mode]).parameters) - {"rng", "logits_fn", "tokens", "mask_id"}
+  unknown = sorted(set(settings) - known)
+  if unknown:
+    raise ValueError(f"settings for mode {mode!r} must be among {sorted(known)}, got {unknown}")
+  return fns[mode](rng, logits_fn, tokens, mask_id=mask_id, **settings)
