@@ -4,8 +4,10 @@ Parameters are created with logical axis names as metadata (`logical_init`), nev
 the same model then runs on any mesh, and a rules table (in the config) decides the layout.
 
 Because jaxtok's names (`embed`, `mlp`, ...) are not mesh axes, Flax's eager sharding (which would try
-to place each variable on a mesh at creation) is switched off when this module is imported; shardings
-are derived from the metadata with `state_shardings` and applied by `jax.jit(..., out_shardings=...)`.
+to place each variable on a mesh at creation) is switched off for each parameter `logical_init`
+makes (its own `eager_sharding=False` metadata; Flax's global setting is left as the user set it);
+shardings are derived from the metadata with `state_shardings` and applied by
+`jax.jit(..., out_shardings=...)`.
 
 Weight axes: embed, mlp, heads, kv, vocab, codebook, conv_in, conv_out, layers, patch.
 Activation axes: act_batch, act_seq, act_embed, act_heads, act_vocab. Models pin their activations
@@ -23,8 +25,6 @@ import jax
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-
-nnx.use_eager_sharding(False)
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -51,7 +51,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
 
 def logical_init(init: Callable, *names: str | None) -> Callable:
   """Wraps an initializer so the parameter it makes carries logical axis `names` (one per dim)."""
-  return nnx.with_partitioning(init, tuple(names))
+  return nnx.with_partitioning(init, tuple(names), eager_sharding=False)
 
 
 def make_mesh(spec: Sequence[tuple[str, int]] = (("data", -1), ("fsdp", 1), ("tensor", 1)),

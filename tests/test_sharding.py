@@ -43,3 +43,27 @@ def test_state_shardings_follow_names_and_skip_indivisible_dims():
   placed = jax.jit(lambda s: s, out_shardings=sh)(state)
   np.testing.assert_array_equal(placed["up"]["kernel"].get_value(), state["up"]["kernel"].get_value())
   assert placed["up"]["kernel"].get_value().sharding.spec == P("fsdp", "tensor")
+
+
+def test_importing_jaxtok_leaves_flax_global_state_alone():
+  """Importing jaxtok (every package) does not switch Flax's eager sharding; our parameters opt out
+  one by one, so a user's own eager-sharded modules keep the global setting they chose."""
+  import subprocess
+  import sys
+  code = ("from flax import nnx; before = nnx.using_eager_sharding(); "
+          "import jaxtok, jaxtok.sharding, jaxtok.tokenizers.titok, jaxtok.generators.gpt, "
+          "jaxtok.train.loop; print(before, nnx.using_eager_sharding())")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  before, after = out.stdout.split()
+  assert before == after == "True", out.stdout
+
+
+def test_logical_params_build_under_a_mesh_with_global_eager_sharding_on():
+  # With eager sharding on, a variable whose names are not mesh axes would fail to be placed at
+  # creation; logical_init's per-variable opt-out keeps model building independent of that setting.
+  mesh = shd.make_mesh([("data", 2), ("fsdp", 2), ("tensor", 2)])
+  with nnx.use_eager_sharding(True), jax.set_mesh(mesh):
+    model = _Mlp(nnx.Rngs(0))
+  assert model.up.kernel.get_metadata()["eager_sharding"] is False
+  specs = shd.state_shardings(nnx.state(model, nnx.Param), mesh)
+  assert specs["up"]["kernel"].spec == P("fsdp", "tensor")

@@ -5,7 +5,8 @@ r"""Samples tokens from a trained generator and decodes them to images with its 
 
 The sampler follows config.model.name (`jaxtok.eval.generate`): gpt -> autoregressive with the
 KV cache (--num_tokens: generate only a prefix of ordered tokens), maskgit -> MaskGIT parallel
-decoding (--steps, --schedule, --choice_temperature), mar -> MAR random order with the flow head
+decoding (--steps, --schedule, --choice_temperature; --mode titok --preset titok_b64 for the released
+TiTok / One-D-Piece procedure, where --cfg_scale is its guidance scale), mar -> MAR random order with the flow head
 (--steps iterations, --head_steps / --head_steps_lower DiSA annealing). Defaults come from the
 config's `sampling` block; --temperature, --top_k, --top_p, --cfg_scale, --cfg_schedule override
 them. Guidance needs a class-conditional generator (num_classes > 0).
@@ -58,6 +59,11 @@ flags.DEFINE_integer("steps", None, "MaskGIT steps / MAR iterations", flag_value
 flags.DEFINE_string("schedule", None, "MaskGIT mask schedule (cosine, arccos, linear, ...)",
                     flag_values=FLAGS)
 flags.DEFINE_float("choice_temperature", None, "MaskGIT re-masking temperature", flag_values=FLAGS)
+flags.DEFINE_enum("mode", None, ["maskgit", "titok"], "MaskGIT procedure: maskgit (google-research) "
+                  "or titok (the released TiTok / One-D-Piece generators'; default: the config's)",
+                  flag_values=FLAGS)
+flags.DEFINE_string("preset", None, "mode titok: a released generator's sampling settings "
+                    "(jaxtok.samplers.maskgit_released.PRESETS, e.g. titok_b64)", flag_values=FLAGS)
 flags.DEFINE_integer("head_steps", None, "MAR: flow-head steps (first iteration)", flag_values=FLAGS)
 flags.DEFINE_integer("head_steps_lower", None, "MAR: flow-head steps at the last iteration (DiSA)",
                      flag_values=FLAGS)
@@ -135,7 +141,8 @@ def main(argv) -> dict:
   opts = generate.options_from_config(
       config.get("sampling"), temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p,
       cfg_scale=FLAGS.cfg_scale, cfg_schedule=FLAGS.cfg_schedule, steps=FLAGS.steps,
-      schedule=FLAGS.schedule, choice_temperature=FLAGS.choice_temperature,
+      schedule=FLAGS.schedule, choice_temperature=FLAGS.choice_temperature, mode=FLAGS.mode,
+      preset=FLAGS.preset,
       head_steps=FLAGS.head_steps, head_steps_lower=FLAGS.head_steps_lower,
       num_tokens=FLAGS.num_tokens)
   if num_classes == 0 and opts.cfg_scale != 1.0:

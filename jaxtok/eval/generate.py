@@ -3,7 +3,10 @@
   gpt      jaxtok.samplers.autoregressive.sample with the GPT's preallocated KV cache (prefill the
            condition id, then one cached step per token); `num_tokens` <= seq_len generates only a
            prefix (ordered tokens, FlexTok / One-D-Piece, decode any prefix);
-  maskgit  jaxtok.samplers.maskgit.sample from all-mask tokens (mask id = codebook size);
+  maskgit  jaxtok.samplers.maskgit from all-mask tokens (mask id = codebook size): `mode`
+           "maskgit" (google-research/maskgit, the default) or "titok" (the released TiTok /
+           One-D-Piece generators' procedure, `maskgit_released`, settings from `preset`, any of
+           its settings overriding; guidance always runs for a class-conditional model there);
   mar      jaxtok.samplers.mar.sample with the MAR transformer as the condition function and its
            FlowHead (t = 1 noise) adapted by `flow.flip_time`; DiSA step annealing of the head.
 Labels int32 [B], -1 = unconditional. Classifier-free guidance runs only when the generator is
@@ -39,14 +42,38 @@ class Options:
   head_steps_lower: int | None = None  # MAR: at the last iteration (None: = head_steps, no annealing)
   annealing: str = "linear"         # MAR: DiSA strategy
   num_tokens: int | None = None     # GPT: generate this prefix only (None: seq_len)
+  mode: str = "maskgit"             # MaskGIT procedure: "maskgit" | "titok" (the released one)
+  # mode "titok" only: a `maskgit_released.PRESETS` name and settings overriding it (None: preset's)
+  preset: str | None = None
+  guidance_scale: float | None = None
+  guidance_decay: str | None = None
+  guidance_scale_pow: float | None = None
+  randomize_temperature: float | None = None
+  softmax_temperature_annealing: bool | None = None
+
+  def titok_settings(self) -> dict[str, Any]:
+    """The `maskgit_released.sample` settings (preset, then the ones set here; `steps` too)."""
+    from jaxtok.samplers import maskgit_released  # pylint: disable=g-import-not-at-top
+    out = maskgit_released.preset(self.preset) if self.preset is not None else {}
+    for key in TITOK_KEYS + ("steps",):
+      if getattr(self, key) is not None:
+        out[key] = getattr(self, key)
+    return out
+
+
+TITOK_KEYS = ("guidance_scale", "guidance_decay", "guidance_scale_pow", "randomize_temperature",
+              "softmax_temperature_annealing")
 
 
 def options_from_config(sampling: Any, **overrides: Any) -> Options:
   """Options from a config's `sampling` block (names as in configs/*), then non-None overrides."""
   s = dict(sampling or {})
   kw: dict[str, Any] = {}
+  unknown = sorted(set(s) - SAMPLING_KEYS)
+  if unknown:
+    raise ValueError(f"unknown config.sampling key(s) {unknown}; valid keys: {sorted(SAMPLING_KEYS)}")
   for key in ("temperature", "top_k", "top_p", "cfg_scale", "cfg_schedule", "schedule",
-              "choice_temperature", "annealing"):
+              "choice_temperature", "annealing", "mode", "preset") + TITOK_KEYS:
     if key in s:
       kw[key] = s[key]
   if "num_steps" in s:
@@ -58,6 +85,10 @@ def options_from_config(sampling: Any, **overrides: Any) -> Options:
   if "head_steps_lower" in s:
     kw["head_steps_lower"] = s["head_steps_lower"]
   kw.update({k: v for k, v in overrides.items() if v is not None})
+  if kw.get("mode", "maskgit") not in ("maskgit", "titok"):
+    raise ValueError(f"sampling mode must be 'maskgit' or 'titok', got {kw['mode']!r}")
+  if kw.get("mode") == "titok" and overrides.get("cfg_scale") is not None:
+    kw["guidance_scale"] = overrides["cfg_scale"]  # --cfg_scale is the released guidance scale there
   # The samplers read 0 / None as "the default" (`opts.steps or ...`): an explicit 0 or a negative
   # count must fail here instead of silently becoming the default.
   for key in ("steps", "head_steps", "head_steps_lower", "num_tokens"):
@@ -72,6 +103,11 @@ def options_from_config(sampling: Any, **overrides: Any) -> Options:
   if kw.get("top_p") is not None and float(kw["top_p"]) >= 1.0:
     kw["top_p"] = None
   return Options(**kw)
+
+
+SAMPLING_KEYS = frozenset({"temperature", "top_k", "top_p", "cfg_scale", "cfg_schedule", "schedule",
+                           "choice_temperature", "annealing", "mode", "preset", "num_steps",
+                           "num_iters", "head_steps_upper", "head_steps_lower"} | set(TITOK_KEYS))
 
 
 def _guided(model, opts: Options) -> bool:
@@ -98,6 +134,13 @@ def _maskgit(model, rng, labels, opts: Options):
   from jaxtok.samplers import maskgit  # pylint: disable=g-import-not-at-top
   b = labels.shape[0]
   tokens = jnp.full((b, model.seq_len), model.mask_id, jnp.int32)
+  if opts.mode == "titok":
+    conditional = int(getattr(model, "num_classes", 0)) > 0
+    out, _ = maskgit.sample_mode(
+        "titok", rng, lambda tok, cond: model(tok, cond), tokens, mask_id=model.mask_id,
+        cond=labels if conditional else None,
+        uncond=jnp.full_like(labels, -1) if conditional else None, **opts.titok_settings())
+    return out
   guided = _guided(model, opts)
   out, _ = maskgit.sample(rng, lambda tok, cond: model(tok, cond), tokens, mask_id=model.mask_id,
                           steps=opts.steps or min(8, model.seq_len), schedule=opts.schedule,

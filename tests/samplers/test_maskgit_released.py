@@ -180,3 +180,32 @@ def test_errors():
     maskgit_released.sample(None, stub_logits, start(), mask_id=MASK, cond=LABELS)
   with pytest.raises(ValueError, match=r"mask_id must be an int in \[0, 8\].*got 9"):
     run(mask_id=9)
+
+
+def test_generate_tool_path_equals_the_released_sampler():
+  """`eval.generate` with mode "titok" runs `maskgit_released.sample` with the preset's settings,
+  explicit options overriding them, and guidance against the null class (-1)."""
+  from flax import nnx
+  from jaxtok.configs import maskgit_titok
+  from jaxtok.eval import generate
+  from jaxtok.generators import bert
+  from jaxtok.samplers import maskgit_released
+  cfg = maskgit_titok.get_config("tiny,classes=4")
+  model = bert.make_model(cfg.model, rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(model)
+  opts = generate.options_from_config(cfg.sampling, mode="titok", preset="titok_b64", steps=3,
+                                      cfg_scale=2.5)
+  assert opts.titok_settings() == dict(maskgit_released.preset("titok_b64"), steps=3,
+                                       guidance_scale=2.5)
+  labels = jnp.array([0, 3], jnp.int32)
+  got = generate.make_sampler("maskgit", graphdef, params, opts)(jax.random.key(5), labels)
+  tokens = jnp.full((2, model.seq_len), model.mask_id, jnp.int32)
+  want, _ = maskgit_released.sample(jax.random.key(5), lambda t, c: model(t, c), tokens,
+                                    mask_id=model.mask_id, cond=labels,
+                                    uncond=jnp.full_like(labels, -1), **opts.titok_settings())
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  assert int(jnp.max(got)) < model.mask_id
+  with pytest.raises(ValueError, match="sampling mode must be 'maskgit' or 'titok', got 'x'"):
+    generate.options_from_config(cfg.sampling, mode="x")
+  with pytest.raises(ValueError, match=r"unknown config.sampling key\(s\) \['stepz'\]"):
+    generate.options_from_config(dict(cfg.sampling, stepz=3))

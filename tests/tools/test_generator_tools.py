@@ -88,6 +88,14 @@ def test_train_generator_then_sample(tiny_titok, token_dir, tmp_path):
   got = np.stack([np.asarray(Image.open(os.path.join(out, "images", f"{i:05d}.png"))) for i in range(6)])
   assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
   assert os.path.exists(os.path.join(out, "grid.png"))
+  # The released TiTok procedure, by flag: its options are recorded with the samples.
+  res = load_tool("sample").main(["sample", cfg, f"--workdir={workdir}", f"--out={out}_titok",
+                                  "--num_samples=4", "--batch_size=4", "--labels=0,3", "--mode=titok",
+                                  "--preset=titok_b64", "--steps=4"] + over[:2])
+  assert res["tokens"].shape == (4, 8) and res["tokens"].max() < 64
+  with np.load(os.path.join(f"{out}_titok", "tokens.npz")) as f:
+    opts = json.loads(str(f["options"]))
+  assert opts["mode"] == "titok" and opts["preset"] == "titok_b64" and opts["steps"] == 4
   with pytest.raises(ValueError, match=r"--labels must lie in \[-1, 15\], got \[16\]"):
     load_tool("sample").main(["sample", cfg, f"--workdir={workdir}", f"--out={out}", "--labels=16"]
                              + over[:2])
