@@ -180,12 +180,32 @@ def state_shapes(abstract) -> dict[str, tuple[int, ...]]:
   return {_name(path): tuple(var.shape) for path, var in nnx.to_flat_state(abstract)}
 
 
+def stack_layers(flat: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
+  """flat with per-layer entries `...blocks.<i>.rest` (i = 0..L-1, as converters write them) stacked
+  into `...blocks.rest` [L, ...] wherever `shapes` (a scan_layers model's) expects that name and
+  flat lacks it; every other entry is left as is."""
+  out = dict(flat)
+  for name, shape in shapes.items():
+    if name in out or not shape:
+      continue
+    parts = name.split(".")
+    for j, part in enumerate(parts[:-1]):
+      if part != "blocks":
+        continue
+      keys = [".".join(parts[:j + 1] + [str(i)] + parts[j + 1:]) for i in range(shape[0])]
+      if all(k in out for k in keys):
+        out[name] = np.stack([np.asarray(out.pop(k)) for k in keys])
+        break
+  return out
+
+
 def fill_state(abstract, flat: Mapping[str, Any], *, source: str = "checkpoint"):
   """An nnx.State shaped like `abstract` whose every variable is `flat[name]` (name: the variable's
   path joined by '.'), cast to the variable's dtype. Raises the check_keys ValueError first."""
   import jax.numpy as jnp
   from flax import nnx
   entries = list(nnx.to_flat_state(abstract))
+  flat = stack_layers(flat, {_name(p): tuple(v.shape) for p, v in entries})
   check_keys({_name(p): tuple(v.shape) for p, v in entries}, flat, source=source)
   return nnx.from_flat_state([(p, v.replace(jnp.asarray(np.asarray(flat[_name(p)]), v.dtype)))
                               for p, v in entries])

@@ -7,19 +7,21 @@ kernel [I, O]; LayerNorm weight -> scale):
                                                    word_embeddings / position_embeddings /
                                                    token_type_embeddings .embedding
   embeddings.LayerNorm                             emb_norm
-  encoder.layer.i.attention.self.{query,key,value} layers.i.attn.qkv [W, 3, H, E] (+ qkv_bias [3, H, E]),
-                                                   q/k/v fused in that order
-  encoder.layer.i.attention.output.dense           layers.i.attn.out [H, E, W] (+ out_bias)
-  encoder.layer.i.attention.output.LayerNorm       layers.i.attn_norm
-  encoder.layer.i.intermediate.dense / output.dense layers.i.intermediate / output
-  encoder.layer.i.output.LayerNorm                 layers.i.out_norm
+  encoder.layer.i.attention.self.{query,key,value} layers.blocks.i.attn.qkv [W, 3, H, E] (+ qkv_bias
+                                                   [3, H, E]), q/k/v fused in that order
+  encoder.layer.i.attention.output.dense           layers.blocks.i.attn.out [H, E, W] (+ out_bias)
+  encoder.layer.i.attention.output.LayerNorm       layers.blocks.i.norm1 (post-norm block)
+  encoder.layer.i.intermediate.dense / output.dense layers.blocks.i.mlp.up / mlp.down
+  encoder.layer.i.output.LayerNorm                 layers.blocks.i.norm2
   lm_head                                          lm_head
   embeddings.position_ids / token_type_ids         (index buffers of older transformers; dropped)
 UViTBert (arch "uvit"):
   embeddings.weight / pos_embed [1, N+1, W]        word_embeddings / position_embeddings .embedding
-  {in_blocks.i, mid_block, out_blocks.i}.{norm1, norm2, skip_linear}   same
+  {in_blocks.i, mid_block, out_blocks.i}.{norm1, norm2}   same
+  out_blocks.i.skip_linear                         out_skips.i
   ....attn.qkv.weight [3W, W] / attn.proj          ....attn.qkv [W, 3, H, E] / attn.out [H, E, W] (+ out_bias)
-  ....mlp.fc1 / mlp.fc2                            ....fc1 / fc2
+  ....mlp.fc1 / mlp.fc2                            ....mlp.up / mlp.down
+A model built with scan_layers=True takes the same names: `common.fill_state` stacks blocks.i.*.
   norm / lm_head                                   norm / lm_head
 
 Head counts are not in the tensors (both layouts need them to split the attention tensors): they
@@ -101,7 +103,7 @@ def _bert(flat, heads):
       continue
     m = re.fullmatch(r"model\.encoder\.layer\.(\d+)\.(.+)\.(weight|bias)", key)
     if m:
-      pre, name, kind = f"layers.{m.group(1)}.", m.group(2), m.group(3)
+      pre, name, kind = f"layers.blocks.{m.group(1)}.", m.group(2), m.group(3)
       qkv = re.fullmatch(r"attention\.self\.(query|key|value)", name)
       if qkv:  # collected here, fused below
         parts.setdefault(pre + ("attn.qkv" if kind == "weight" else "attn.qkv_bias"), {})[
@@ -110,10 +112,10 @@ def _bert(flat, heads):
         out[pre + ("attn.out" if kind == "weight" else "attn.out_bias")] = (
             v.T.reshape(heads, -1, v.shape[0]) if kind == "weight" else v)
       elif name.endswith("LayerNorm"):
-        tgt = pre + {"attention.output.LayerNorm": "attn_norm", "output.LayerNorm": "out_norm"}.get(name, name)
+        tgt = pre + {"attention.output.LayerNorm": "norm1", "output.LayerNorm": "norm2"}.get(name, name)
         out[tgt + (".scale" if kind == "weight" else ".bias")] = v
       elif name in ("intermediate.dense", "output.dense"):
-        tgt = pre + name.split(".")[0]
+        tgt = pre + {"intermediate.dense": "mlp.up", "output.dense": "mlp.down"}[name]
         out[tgt + (".kernel" if kind == "weight" else ".bias")] = v.T if kind == "weight" else v
       else:
         out[key] = v
@@ -145,7 +147,8 @@ def _uvit(flat, heads):
     elif key == "pos_embed":
       out["position_embeddings.embedding"] = v.reshape(-1, v.shape[-1])
     else:
-      name = key.replace(".mlp.fc", ".fc")
+      name = key.replace(".mlp.fc1.", ".mlp.up.").replace(".mlp.fc2.", ".mlp.down.")
+      name = re.sub(r"^out_blocks\.(\d+)\.skip_linear\.", r"out_skips.\1.", name)
       if name.endswith(".attn.qkv.weight"):  # [3W, W] -> [W, 3, H, E]
         out[name[:-len("weight")].rstrip(".")] = v.T.reshape(v.shape[1], 3, heads, -1)
         continue

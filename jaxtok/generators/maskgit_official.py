@@ -30,65 +30,42 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxtok.generators.bert import MaskGITTransformer
-from jaxtok.nn.attention import Attention
+from jaxtok.nn.block import Block
 from jaxtok.nn.dense import Dense
 from jaxtok.nn.embeddings import LearnedEmbedding, trunc_normal
 from jaxtok.nn.norm import Norm
+from jaxtok.nn.options import model_kwargs
+from jaxtok.nn.stack import Stack, remat_call
 
 ARCHS = ("bert", "uvit")
 
 
-class BertLayer(nnx.Module):
-  """Post-LN BERT layer [B, T, W] -> [B, T, W]."""
-
-  def __init__(self, width, heads, intermediate, *, eps, dtype, rngs):
-    self.attn = Attention(width, heads, dtype=dtype, qkv_init=trunc_normal(0.02), rngs=rngs)
-    self.attn_norm = Norm(width, eps=eps, dtype=dtype, rngs=rngs)
-    self.intermediate = Dense(width, intermediate, ("embed", "mlp"), dtype=dtype, rngs=rngs)
-    self.output = Dense(intermediate, width, ("mlp", "embed"), dtype=dtype, rngs=rngs)
-    self.out_norm = Norm(width, eps=eps, dtype=dtype, rngs=rngs)
-
-  def __call__(self, x):
-    x = self.attn_norm(x + self.attn(x))
-    return self.out_norm(x + self.output(jax.nn.gelu(self.intermediate(x), approximate=False)))
-
-
-class UViTBlock(nnx.Module):
-  """Pre-LN block, optionally preceded by the long skip Linear(concat(x, skip)) [2W -> W]."""
-
-  def __init__(self, width, heads, intermediate, *, skip, dtype, rngs):
-    self.skip_linear = Dense(2 * width, width, (None, "embed"), dtype=dtype,
-                             rngs=rngs) if skip else None
-    self.norm1 = Norm(width, dtype=dtype, rngs=rngs)
-    self.attn = Attention(width, heads, qkv_bias=False, dtype=dtype, rngs=rngs)
-    self.norm2 = Norm(width, dtype=dtype, rngs=rngs)
-    self.fc1 = Dense(width, intermediate, ("embed", "mlp"), dtype=dtype, rngs=rngs)
-    self.fc2 = Dense(intermediate, width, ("mlp", "embed"), dtype=dtype, rngs=rngs)
-
-  def __call__(self, x, skip=None):
-    if self.skip_linear is not None:
-      x = self.skip_linear(jnp.concatenate([x, skip.astype(x.dtype)], axis=-1))
-    x = x + self.attn(self.norm1(x))
-    return x + self.fc2(jax.nn.gelu(self.fc1(self.norm2(x)), approximate=False))
-
-
 class OfficialMaskGIT(nnx.Module):
-  """ImageBert ("bert") or UViTBert ("uvit"): tokens [B, N] (+ labels [B]) -> logits [B, N, K]."""
+  """ImageBert ("bert") or UViTBert ("uvit"): tokens [B, N] (+ labels [B]) -> logits [B, N, K].
+
+  Both are compositions of `nn.Block`: "bert" a post-norm `nn.Stack` (scan_layers and remat as
+  every stack), "uvit" pre-norm blocks in a U shape whose long skips keep each "in" block's
+  output (remat per block; the U shape is not a scan, so scan_layers is refused there).
+  """
 
   def __init__(self, *, arch: str = "bert", codebook_size: int, seq_len: int,
                num_classes: int = 1000, width: int = 768, depth: int = 24, heads: int = 16,
                intermediate: int = 3072, class_dropout: float = 0.1, dtype=jnp.float32,
-               rngs: nnx.Rngs):
+               remat="none", scan_layers: bool = False, attention_impl=None, rngs: nnx.Rngs):
     if arch not in ARCHS:
       raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
     if codebook_size < 2 or seq_len < 1:
       raise ValueError(f"need codebook_size >= 2 and seq_len >= 1, got {codebook_size}, {seq_len}")
     if arch == "uvit" and depth % 2:
       raise ValueError(f"the uvit arch needs an even depth (in/out block pairs), got {depth}")
+    if arch == "uvit" and scan_layers:
+      raise ValueError("scan_layers=True needs identical stacked blocks; the uvit arch's long skips "
+                       "make it a U of distinct blocks (use arch 'bert' or scan_layers=False)")
     if not 0.0 <= class_dropout < 1.0:
       raise ValueError(f"class_dropout must be in [0, 1), got {class_dropout}")
     self.arch, self.codebook_size, self.seq_len = arch, codebook_size, seq_len
     self.num_classes, self.class_dropout, self.dtype = num_classes, class_dropout, dtype
+    self.remat = remat
     vocab = codebook_size + num_classes + 2
     emb = trunc_normal(0.02)
     self.word_embeddings = LearnedEmbedding(vocab, width, init=emb, rngs=rngs)
@@ -96,15 +73,19 @@ class OfficialMaskGIT(nnx.Module):
     if arch == "bert":
       self.token_type_embeddings = LearnedEmbedding(2, width, init=emb, rngs=rngs)
       self.emb_norm = Norm(width, eps=1e-12, dtype=dtype, rngs=rngs)
-      self.layers = nnx.List([BertLayer(width, heads, intermediate, eps=1e-12, dtype=dtype,
-                                        rngs=rngs) for _ in range(depth)])
+      self.layers = Stack(depth, lambda r: Block(
+          width, heads, mlp_hidden=intermediate, post_norm=True, norm_eps=1e-12, qkv_init=emb,
+          implementation=attention_impl, dtype=dtype, rngs=r), scan_layers=scan_layers,
+                          remat=remat, rngs=rngs)
     else:
       half = depth // 2
-      self.in_blocks = nnx.List([UViTBlock(width, heads, intermediate, skip=False, dtype=dtype,
-                                           rngs=rngs) for _ in range(half)])
-      self.mid_block = UViTBlock(width, heads, intermediate, skip=False, dtype=dtype, rngs=rngs)
-      self.out_blocks = nnx.List([UViTBlock(width, heads, intermediate, skip=True, dtype=dtype,
-                                            rngs=rngs) for _ in range(half)])
+      block = lambda: Block(width, heads, mlp_hidden=intermediate, qkv_bias=False,
+                            implementation=attention_impl, dtype=dtype, rngs=rngs)
+      self.in_blocks = nnx.List([block() for _ in range(half)])
+      self.mid_block = block()
+      self.out_skips = nnx.List([Dense(2 * width, width, (None, "embed"), dtype=dtype, rngs=rngs)
+                                 for _ in range(half)])
+      self.out_blocks = nnx.List([block() for _ in range(half)])
       self.norm = Norm(width, dtype=dtype, rngs=rngs)
     self.lm_head = Dense(width, codebook_size, ("embed", "vocab"), dtype=dtype, rngs=rngs)
 
@@ -119,18 +100,17 @@ class OfficialMaskGIT(nnx.Module):
     ids = self.input_ids(tokens, labels, train=train, rng=rng)
     x = self.word_embeddings()[ids] + self.position_embeddings()[None]
     if self.arch == "bert":
-      x = self.emb_norm(x + self.token_type_embeddings()[0])
-      for layer in self.layers:
-        x = layer(x)
+      x = self.layers(self.emb_norm(x + self.token_type_embeddings()[0]))
     else:
       x = x.astype(self.dtype)
       skips = []
       for blk in self.in_blocks:
-        x = blk(x)
+        x = remat_call(blk, x, remat=self.remat)
         skips.append(x)
-      x = self.mid_block(x)
-      for blk in self.out_blocks:
-        x = blk(x, skips.pop())
+      x = remat_call(self.mid_block, x, remat=self.remat)
+      for skip_linear, blk in zip(self.out_skips, self.out_blocks):
+        x = skip_linear(jnp.concatenate([x, skips.pop().astype(x.dtype)], axis=-1))
+        x = remat_call(blk, x, remat=self.remat)
       x = self.norm(x)
     return self.lm_head(x[:, 1:]).astype(jnp.float32)
 
@@ -140,11 +120,9 @@ _FIELDS = ("arch", "codebook_size", "seq_len", "num_classes", "width", "depth", 
 
 
 def make_model(cfg: Mapping[str, Any], *, rngs: nnx.Rngs) -> OfficialMaskGIT:
-  """An OfficialMaskGIT from plain fields (_FIELDS, dtype "float32" | "bfloat16"); others ignored."""
-  kwargs = {k: cfg[k] for k in _FIELDS if k in cfg and cfg[k] is not None}
-  if cfg.get("dtype", "float32") == "bfloat16":
-    kwargs["dtype"] = jnp.bfloat16
-  return OfficialMaskGIT(**kwargs, rngs=rngs)
+  """An OfficialMaskGIT from _FIELDS and the common options (dtype, remat, scan_layers,
+  attention_impl); an unknown key raises ValueError listing the valid ones."""
+  return OfficialMaskGIT(**model_kwargs(cfg, _FIELDS, model="maskgit_official"), rngs=rngs)
 
 
 # `generators.bert.loss` works on this model as is.

@@ -42,6 +42,17 @@ def check_remat(remat: Any) -> str:
   return remat
 
 
+def remat_call(module: nnx.Module, x: jax.Array, *, remat: Any = "none", **kwargs) -> jax.Array:
+  """module(x, **kwargs) under a remat policy, for modules outside a `Stack` (a U-Net of blocks with
+  long skips, a convolutional encoder or decoder as one unit)."""
+  policy = check_remat(remat)
+  graphdef, state = nnx.split(module)
+  run = lambda state, x: nnx.merge(graphdef, state)(x, **kwargs)
+  if policy != "none":
+    run = jax.checkpoint(run, policy=_POLICY[policy])
+  return run(state, x)
+
+
 def _call(block: Block, x, cache, start, kwargs):
   if cache is None:
     return block(x, **kwargs), None

@@ -23,6 +23,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxtok.nn import conv as conv_lib
+from jaxtok.nn.options import model_kwargs
+from jaxtok.nn.stack import check_remat, remat_call
 from jaxtok.quantizers import perturb as perturb_lib
 from jaxtok.quantizers import vq
 from jaxtok.sharding import logical_init
@@ -51,7 +53,13 @@ class VQGAN(nnx.Module):
   def __init__(self, *, image_size: int = 256, ch: int = 128,
                ch_mult: Sequence[int] = (1, 1, 2, 2, 4), num_res_blocks: int = 2,
                z_channels: int = 256, codebook_size: int = 1024, num_groups: int = 32,
-               commitment_cost: float = 0.25, dtype: Any = jnp.float32, rngs: nnx.Rngs):
+               commitment_cost: float = 0.25, dtype: Any = jnp.float32, remat: Any = "none",
+               scan_layers: bool = False, attention_impl: str | None = None, rngs: nnx.Rngs):
+    if scan_layers or attention_impl is not None:
+      raise ValueError(f"the VQGAN is convolutional (no transformer layers): scan_layers and "
+                       f"attention_impl do not apply, got scan_layers={scan_layers!r}, "
+                       f"attention_impl={attention_impl!r}")
+    self.remat = check_remat(remat)  # the encoder and the decoder are each rematerialised whole
     f = 2**(len(ch_mult) - 1)
     if image_size % f:
       raise ValueError(f"image_size ({image_size}) must be divisible by the downsampling factor "
@@ -96,14 +104,15 @@ class VQGAN(nnx.Module):
 
   def _quantize(self, images):
     """(z [B, h*w, Z] float32 encoder output, vq.quantize's output)."""
-    z = self.encoder(images).astype(jnp.float32)
+    z = remat_call(self.encoder, images, remat=self.remat).astype(jnp.float32)
     z = z.reshape(z.shape[0], self.num_latent_tokens, -1)
     return z, vq.quantize(z, self._state(), beta=self.commitment_cost, codebook_weight=1.0)
 
   def decode_codes(self, codes: jax.Array) -> jax.Array:
     """Codes [B, h*w, Z] -> images [B, H, W, 3] float32."""
     b = codes.shape[0]
-    return self.decoder(codes.reshape(b, self.grid, self.grid, -1)).astype(jnp.float32)
+    z = codes.reshape(b, self.grid, self.grid, -1)
+    return remat_call(self.decoder, z, remat=self.remat).astype(jnp.float32)
 
   def decode(self, tokens: jax.Array, *, rng: jax.Array | None = None,
              train: bool = False) -> jax.Array:
@@ -143,14 +152,13 @@ class VQGAN(nnx.Module):
 
 
 _FIELDS = ("image_size", "ch", "ch_mult", "num_res_blocks", "z_channels", "codebook_size",
-           "num_groups", "commitment_cost", "dtype")
+           "num_groups", "commitment_cost")
 
 
 def make_model(cfg: Mapping[str, Any], *, rngs: nnx.Rngs) -> VQGAN:
-  """A VQGAN from plain fields (image_size, ch, ch_mult, num_res_blocks, z_channels, codebook_size,
-  num_groups, commitment_cost, dtype); unknown fields are ignored."""
-  cfg = as_dict(cfg)
-  kwargs = {k: cfg[k] for k in _FIELDS if k in cfg and cfg[k] is not None}
+  """A VQGAN from _FIELDS and the common options (dtype, remat; scan_layers and attention_impl
+  are refused: no transformer); an unknown key raises ValueError listing the valid ones."""
+  kwargs = model_kwargs(as_dict(cfg), _FIELDS, model="VQGAN")
   if "ch_mult" in kwargs:
     kwargs["ch_mult"] = tuple(int(v) for v in kwargs["ch_mult"])
   return VQGAN(**kwargs, rngs=rngs)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxtok.generators import bert, gpt, mar
-from jaxtok.tokenizers import titok
+from jaxtok.generators import bert, gpt, mar, maskgit_official
+from jaxtok.tokenizers import titok, vqgan
 
 TOKENS = jnp.asarray([[1, 2, 3, 4, 5, 0], [5, 4, 3, 2, 1, 7]], jnp.int32)
 MODELS = {
@@ -22,6 +22,9 @@ MODELS = {
     "maskgit": (bert.make_model, dict(name="maskgit", codebook_size=16, seq_len=6, num_classes=3,
                                       width=16, depth=2, heads=2),
                 lambda m: m(TOKENS, jnp.asarray([0, 2]))),
+    "maskgit_official": (maskgit_official.make_model, dict(
+        name="maskgit_official", arch="bert", codebook_size=16, seq_len=6, num_classes=3, width=16,
+        depth=2, heads=2, intermediate=32), lambda m: m(TOKENS, jnp.asarray([0, 2]))),
     "mar": (mar.make_model, dict(name="mar", token_dim=3, seq_len=6, width=16, depth=2, heads=2,
                                  head_width=8, head_depth=1),
             lambda m: m.condition(jnp.ones((2, 6, 3)), TOKENS > 2)),
@@ -33,7 +36,7 @@ def _stacked(pure, path=()):
   {0: .., 1: ..}) stacked on a new first axis."""
   if not isinstance(pure, dict):
     return pure
-  if path[-2:] in (("transformer", "blocks"), ("blocks", "blocks")):
+  if path[-2:] in (("transformer", "blocks"), ("blocks", "blocks"), ("layers", "blocks")):
     return jax.tree.map(lambda *a: jnp.stack(a), *[pure[i] for i in range(len(pure))])
   return {k: _stacked(v, path + (k,)) for k, v in pure.items()}
 
@@ -71,3 +74,32 @@ def test_unknown_config_key_raises_listing_valid_keys(name):
     _build(name, remt="full")
   with pytest.raises(ValueError, match="attention implementation"):
     _build(name, attention_impl="flash")
+
+
+VQGAN_TINY = dict(name="vqgan", image_size=16, ch=8, ch_mult=(1, 2), num_res_blocks=1, z_channels=4,
+                  codebook_size=8, num_groups=4)
+
+
+def test_vqgan_honours_dtype_and_remat_and_refuses_transformer_options():
+  images = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3))
+
+  def loss(model):
+    out = model.train_forward(images, rng=jax.random.key(0))
+    return jnp.mean(jnp.square(out.recon - images)) + sum(out.losses.values())
+
+  ref = vqgan.make_model(VQGAN_TINY, rngs=nnx.Rngs(0))
+  want, want_grads = nnx.value_and_grad(loss)(ref)
+  for policy in ("full", "dots"):
+    model = vqgan.make_model(dict(VQGAN_TINY, remat=policy), rngs=nnx.Rngs(0))
+    got, grads = nnx.value_and_grad(loss)(model)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                 nnx.to_pure_dict(grads), nnx.to_pure_dict(want_grads))
+  bf16 = vqgan.make_model(dict(VQGAN_TINY, dtype="bfloat16"), rngs=nnx.Rngs(0))
+  assert bf16.decoder.conv_in.kernel.dtype == jnp.float32  # parameters stay float32
+  np.testing.assert_allclose(np.asarray(bf16.decode_codes(ref.encode(images).codes)),
+                             np.asarray(ref.decode_codes(ref.encode(images).codes)), atol=0.05)
+  with pytest.raises(ValueError, match="convolutional .* scan_layers=True"):
+    vqgan.make_model(dict(VQGAN_TINY, scan_layers=True), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"unknown VQGAN config key\(s\) \['chanels'\]"):
+    vqgan.make_model(dict(VQGAN_TINY, chanels=8), rngs=nnx.Rngs(0))
