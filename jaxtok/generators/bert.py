@@ -100,4 +100,5 @@ def loss(model: MaskGITTransformer, tokens: jax.Array, labels, *, rng: jax.Array
 def make_model(cfg: Mapping, *, rngs: nnx.Rngs) -> MaskGITTransformer:
   """A MaskGITTransformer from its constructor's fields plus `nn.options.COMMON` and `name`; any other
   key raises ValueError."""
-  return MaskGITTransformer(**model_kwargs(cfg, TOKEN_MODEL_FIELDS, model="maskgit"), rngs=rngs)
+  return MaskGITTransformer(**model_kwargs(cfg, TOKEN_MODEL_FIELDS, model="maskgit",
+                                                 cls=MaskGITTransformer), rngs=rngs)

@@ -91,4 +91,4 @@ def loss(model: GPT, tokens: jax.Array, labels: jax.Array | None, *, rng: jax.Ar
 def make_model(cfg: Mapping, *, rngs: nnx.Rngs) -> GPT:
   """A GPT from a config of the constructor's fields plus `nn.options.COMMON` (dtype, remat,
   scan_layers, attention_impl) and `name`; any other key raises ValueError."""
-  return GPT(**model_kwargs(cfg, TOKEN_MODEL_FIELDS, model="gpt"), rngs=rngs)
+  return GPT(**model_kwargs(cfg, TOKEN_MODEL_FIELDS, model="gpt", cls=GPT), rngs=rngs)

@@ -108,4 +108,4 @@ def loss(model: MAR, tokens: jax.Array, labels, *, rng: jax.Array, batch_mul: in
 def make_model(cfg: Mapping, *, rngs: nnx.Rngs) -> MAR:
   """A MAR from its constructor's fields plus `nn.options.COMMON` and `name`; any other key raises
   ValueError."""
-  return MAR(**model_kwargs(cfg, FIELDS, model="mar"), rngs=rngs)
+  return MAR(**model_kwargs(cfg, FIELDS, model="mar", cls=MAR), rngs=rngs)

@@ -122,7 +122,8 @@ _FIELDS = ("arch", "codebook_size", "seq_len", "num_classes", "width", "depth", 
 def make_model(cfg: Mapping[str, Any], *, rngs: nnx.Rngs) -> OfficialMaskGIT:
   """An OfficialMaskGIT from _FIELDS and the common options (dtype, remat, scan_layers,
   attention_impl); an unknown key raises ValueError listing the valid ones."""
-  return OfficialMaskGIT(**model_kwargs(cfg, _FIELDS, model="maskgit_official"), rngs=rngs)
+  return OfficialMaskGIT(**model_kwargs(cfg, _FIELDS, model="maskgit_official",
+                                         cls=OfficialMaskGIT), rngs=rngs)
 
 
 # `generators.bert.loss` works on this model as is.

@@ -6,13 +6,17 @@ Common keys (honoured by every model built on `nn.Stack`):
   scan_layers     scan over stacked blocks (one compiled block) instead of unrolling.
   attention_impl  None | "xla" | "cudnn", the `jax.nn.dot_product_attention` kernel.
 `model_kwargs` turns a config into constructor keyword arguments and raises ValueError, listing the
-valid keys, for any key the model does not know, so a typo is never silently ignored.
+valid keys, for any key the model does not know, so a typo is never silently ignored; given the
+model class it also checks each value against the constructor's annotation (int, float, bool, str,
+sequences of ints, optionally None): the constructor's signature is the model's typed config.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Mapping, Sequence
 
 import jax.numpy as jnp
+import numpy as np
 
 from jaxtok.nn.attention import check_implementation
 from jaxtok.nn.stack import check_remat
@@ -38,13 +42,47 @@ def common_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
               scan_layers=bool(cfg.get("scan_layers", False)), attention_impl=impl)
 
 
-def model_kwargs(cfg: Any, fields: Sequence[str], *, model: str,
-                 extra: Sequence[str] = ("name",)) -> dict[str, Any]:
+def _is_int(v: Any) -> bool:
+  return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+# Annotation (as written in a constructor) -> test of a config value.
+_TYPES = {
+    "int": _is_int,
+    "float": lambda v: _is_int(v) or isinstance(v, (float, np.floating)),
+    "bool": lambda v: isinstance(v, (bool, np.bool_)),
+    "str": lambda v: isinstance(v, str),
+    "None": lambda v: v is None,
+}
+_TYPES.update({seq: lambda v: isinstance(v, (list, tuple)) and all(_is_int(x) for x in v)
+               for seq in ("Sequence[int]", "tuple[int,...]", "tuple[int]", "list[int]")})
+
+
+def check_types(cls: type, kwargs: Mapping[str, Any], *, model: str) -> None:
+  """Raises ValueError naming the key, the annotated type and the value for every kwarg whose value
+  does not fit cls.__init__'s annotation (annotations outside _TYPES, e.g. Any or a dtype, pass)."""
+  params = inspect.signature(cls.__init__).parameters
+  for key, value in kwargs.items():
+    if key not in params or params[key].annotation is inspect.Parameter.empty:
+      continue
+    ann = str(params[key].annotation).replace(" ", "").replace("typing.", "")
+    alts = ann.split("|")
+    if not all(a in _TYPES for a in alts):
+      continue
+    if not any(_TYPES[a](value) for a in alts):
+      raise ValueError(f"{model} config {key!r} must be {ann}, got {value!r} "
+                       f"({type(value).__name__})")
+
+
+def model_kwargs(cfg: Any, fields: Sequence[str], *, model: str, extra: Sequence[str] = ("name",),
+                 cls: type | None = None) -> dict[str, Any]:
   """Constructor kwargs from cfg (a Mapping or ConfigDict): its `fields` that are not None, plus the
-  common options. Keys in `extra` are accepted and dropped (e.g. the registry's `name`).
+  common options. Keys in `extra` are accepted and dropped (e.g. the registry's `name`). With `cls`
+  the values are checked against cls.__init__'s annotations (`check_types`).
 
   Raises:
-    ValueError: for a key outside fields, COMMON and extra, naming the valid ones.
+    ValueError: for a key outside fields, COMMON and extra, naming the valid ones; for a value of
+      the wrong type, naming the key, the expected type and the value.
   """
   cfg = dict(cfg.to_dict()) if hasattr(cfg, "to_dict") else dict(cfg)
   valid = set(fields) | set(COMMON) | set(extra)
@@ -52,5 +90,7 @@ def model_kwargs(cfg: Any, fields: Sequence[str], *, model: str,
   if unknown:
     raise ValueError(f"unknown {model} config key(s) {unknown}; valid keys: {sorted(valid)}")
   kwargs = {k: cfg[k] for k in fields if cfg.get(k) is not None}
+  if cls is not None:
+    check_types(cls, kwargs, model=model)
   kwargs.update(common_options(cfg))
   return kwargs

@@ -406,7 +406,8 @@ def make_model(cfg: Mapping[str, Any], *, rngs: nnx.Rngs) -> FlexTok:
     raise ValueError(f"size must be one of {sorted(CONFIGS)}, got {size!r}")
   # null_cond ("learned" | "zero") records how a converted checkpoint filled the null_cond
   # parameter (`convert.flextok`); the model has that parameter either way.
-  fields = model_kwargs(cfg, _FIELDS, model="FlexTok", extra=("name", "size", "null_cond"))
+  fields = model_kwargs(cfg, _FIELDS, model="FlexTok", extra=("name", "size", "null_cond"),
+                        cls=FlexTok)
   kwargs = dict(CONFIGS[size]) if size is not None else {}
   kwargs.update(fields)
   for key in ("fsq_levels", "vae_channels"):

@@ -44,7 +44,7 @@ from jaxtok.nn import conv as conv_lib
 from jaxtok.nn.dense import Dense
 from jaxtok.nn.embeddings import LearnedEmbedding, scaled_normal, trunc_normal
 from jaxtok.nn.norm import Norm
-from jaxtok.nn.options import model_kwargs
+from jaxtok.nn.options import check_types, model_kwargs
 from jaxtok.nn.vit import PatchEmbed, unpatchify, vit_size, vit_stack
 from jaxtok.quantizers import fsq, vq
 from jaxtok.quantizers import perturb as perturb_lib
@@ -401,7 +401,9 @@ def make_model(cfg: Mapping[str, Any], *, rngs: nnx.Rngs) -> TiTok:
   raises ValueError listing the valid ones.
   """
   cfg = as_dict(cfg)
-  kwargs = model_kwargs(cfg, _FIELDS, model="TiTok", extra=_SIZE_KEYS)
+  kwargs = model_kwargs(cfg, _FIELDS, model="TiTok", extra=_SIZE_KEYS, cls=TiTok)
+  check_types(TiTok, {k: cfg[k] for k in _SIZE_KEYS if not k.endswith(("_size", "name"))
+                      and cfg.get(k) is not None}, model="TiTok")
   kwargs.update(_sizes(cfg, "encoder"))
   kwargs.update(_sizes(cfg, "decoder"))
   if cfg.get("name") == "onedpiece":

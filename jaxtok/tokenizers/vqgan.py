@@ -158,7 +158,7 @@ _FIELDS = ("image_size", "ch", "ch_mult", "num_res_blocks", "z_channels", "codeb
 def make_model(cfg: Mapping[str, Any], *, rngs: nnx.Rngs) -> VQGAN:
   """A VQGAN from _FIELDS and the common options (dtype, remat; scan_layers and attention_impl
   are refused: no transformer); an unknown key raises ValueError listing the valid ones."""
-  kwargs = model_kwargs(as_dict(cfg), _FIELDS, model="VQGAN")
+  kwargs = model_kwargs(as_dict(cfg), _FIELDS, model="VQGAN", cls=VQGAN)
   if "ch_mult" in kwargs:
     kwargs["ch_mult"] = tuple(int(v) for v in kwargs["ch_mult"])
   return VQGAN(**kwargs, rngs=rngs)

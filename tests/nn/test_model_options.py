@@ -76,6 +76,19 @@ def test_unknown_config_key_raises_listing_valid_keys(name):
     _build(name, attention_impl="flash")
 
 
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("key,value", [("seq_len", "6"), ("width", 16.0), ("depth", True),
+                                       ("encoder_width", "16")])
+def test_config_values_are_typed_by_the_constructor(name, key, value):
+  """The constructor's annotations are the typed config: a string/float/bool where an int belongs
+  fails at build time naming the key, instead of deep inside a layer (or silently)."""
+  cfg = MODELS[name][1]
+  if key not in cfg:
+    pytest.skip(f"{name} has no {key}")
+  with pytest.raises(ValueError, match=rf"config '{key}' must be int, got {value!r} "):
+    _build(name, **{key: value})
+
+
 VQGAN_TINY = dict(name="vqgan", image_size=16, ch=8, ch_mult=(1, 2), num_res_blocks=1, z_channels=4,
                   codebook_size=8, num_groups=4)
 
