@@ -204,3 +204,27 @@ def test_released_table_equals_the_yaml_files():
       from jaxtok.convert import maskgit
       assert maskgit.from_official(official) == maskgit.released(
           f"generator_titok_{short}_imagenet"), short
+
+
+def test_scanned_tokenizer_loads_the_official_weights():
+  """A scan_layers TiTok takes the converter's per-layer names (fill_state stacks blocks.i.*) and
+  reproduces the official tokens and images."""
+  cfg, params = T.load(_path("titok_vq"), dict(CONFIGS["titok_vq"], scan_layers=True))
+  model = api.build(cfg).model(params)
+  io = _io("titok_vq")
+  out = model.encode(jnp.asarray(io["images"]))
+  np.testing.assert_array_equal(np.asarray(out.tokens), io["tokens"])
+  assert _err(model.decode(jnp.asarray(io["tokens"])), io["decoded"]) < TOL
+
+
+def test_stack_layers_stacks_complete_layer_sets_only():
+  shapes = {"enc.blocks.w": (2, 3), "enc.other": (3,)}
+  flat = {"enc.blocks.0.w": np.zeros(3), "enc.blocks.1.w": np.ones(3), "enc.other": np.ones(3)}
+  out = common.stack_layers(flat, shapes)
+  assert set(out) == {"enc.blocks.w", "enc.other"}
+  np.testing.assert_array_equal(out["enc.blocks.w"], [[0, 0, 0], [1, 1, 1]])
+  # A missing layer leaves the entries as they are, for check_keys to name.
+  partial = {"enc.blocks.0.w": np.zeros(3), "enc.other": np.ones(3)}
+  assert set(common.stack_layers(partial, shapes)) == set(partial)
+  with pytest.raises(ValueError, match=r"missing keys \[enc.blocks.w\]; unexpected keys \[enc.blocks.0.w\]"):
+    common.check_keys(shapes, common.stack_layers(partial, shapes))
