@@ -81,7 +81,8 @@ def base_config() -> ml_collections.ConfigDict:
   discriminator and the evaluation token counts (the papers' AdamW recipe)."""
   c = run_config()
   c.final_eval = True
-  c.data.update(source="photos", image_size=32, heldout=16, max_scale=4)
+  # device_prefetch: batches transferred ahead of the step (`data.prefetch.DevicePrefetch`).
+  c.data.update(source="photos", image_size=32, heldout=16, max_scale=4, device_prefetch=2)
   c.loss = ml_collections.ConfigDict(dict(l1=0.0, l2=1.0, perceptual=0.0, proxy=0.0, gan=0.0,
                                           gan_start=0, disc_start=0, lecam=0.0, lecam_decay=0.999))
   c.disc = None

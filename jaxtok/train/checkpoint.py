@@ -55,7 +55,8 @@ log = logging.getLogger(__name__)
 
 # Fields that change how a run reports and saves, never what it computes: they may differ on resume.
 OPERATIONAL_FIELDS = frozenset({"log_every", "eval_every", "ckpt_every",
-                                "keep_checkpoints", "final_eval", "step_delay_s", "on_config_change"})
+                                "keep_checkpoints", "final_eval", "step_delay_s", "on_config_change",
+                                "data.device_prefetch"})
 ON_CONFIG_CHANGE = ("error", "resume")
 
 
@@ -117,12 +118,13 @@ def config_differences(stored: dict, current: dict, *,
                        ignore: frozenset[str] = OPERATIONAL_FIELDS) -> list[str]:
   """'field: checkpoint A, now B' for every dotted field whose JSON value differs (sorted).
 
-  Top-level fields in `ignore` (logging/checkpoint cadence) are skipped.
+  Fields in `ignore` (logging/checkpoint cadence, device prefetch depth; a top-level name covers
+  its sub-fields) are skipped.
   """
   a, b = _flatten(config_to_json(stored)), _flatten(config_to_json(current))
   out = []
   for key in sorted(set(a) | set(b)):
-    if key.split(".")[0] in ignore:
+    if key.split(".")[0] in ignore or key in ignore:
       continue
     va, vb = a.get(key, "<absent>"), b.get(key, "<absent>")
     if va != vb:

@@ -42,6 +42,7 @@ import numpy as np
 
 from jaxtok import sharding as shd
 from jaxtok.data import pipeline as data_pipeline
+from jaxtok.data import prefetch as prefetch_lib
 from jaxtok.data.photos import PhotoCrops, load_photos  # noqa: F401  (re-exported)
 from jaxtok.train import checkpoint as ckpt_lib
 from jaxtok.train import evaluate as eval_lib
@@ -212,6 +213,9 @@ def _train_locked(config: Any, workdir: str, *, show_progress: bool,
                                             process_index=jax.process_index(),
                                             process_count=jax.process_count())
   batch_sharding = shd.batch_sharding(mesh, 4, rules)
+  data = prefetch_lib.DevicePrefetch(
+      data, lambda local: jax.make_array_from_process_local_data(batch_sharding, local),
+      size=int(config.data.get("device_prefetch", 2)))
 
   # ---- resume or init
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
@@ -259,9 +263,7 @@ def _train_locked(config: Any, workdir: str, *, show_progress: bool,
   t0, s0 = time.time(), start
   metrics = None
   for step in range(start, total):
-    local = next(data)
-    batch = jax.make_array_from_process_local_data(batch_sharding, local)
-    state, metrics = train_step(state, batch, step_rng)
+    state, metrics = train_step(state, next(data), step_rng)
     done = step + 1
     if delay:
       time.sleep(delay)

@@ -1,7 +1,10 @@
 """A run killed with SIGKILL after a checkpoint and resumed ends bitwise equal to an uninterrupted run.
 
 Both runs are `tools/train.py` subprocesses on `configs/onedpiece.py:tiny`; the interrupted one
-sleeps between steps (config.step_delay_s) so that it is still mid-training when killed.
+sleeps between steps (config.step_delay_s) so that it is still mid-training when killed. The
+reference reads its batches plainly (data.device_prefetch=0), the interrupted run 3 batches ahead:
+equality also shows that device prefetch neither changes the batches nor loses or repeats
+prefetched ones across the resume.
 """
 import json
 import os
@@ -33,8 +36,9 @@ def _env():
 @pytest.mark.slow
 def test_sigkill_resume_is_bitwise_identical(tmp_path):
   full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
-  ref = subprocess.Popen(_cmd(full), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-  victim = subprocess.Popen(_cmd(killed, "--config.step_delay_s=1.0"), env=_env(),
+  ref = subprocess.Popen(_cmd(full, "--config.data.device_prefetch=0"), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  victim = subprocess.Popen(_cmd(killed, "--config.step_delay_s=1.0",
+                                 "--config.data.device_prefetch=3"), env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   ckpt4 = os.path.join(killed, "checkpoints", "4")
   deadline = time.time() + 400
@@ -45,7 +49,7 @@ def test_sigkill_resume_is_bitwise_identical(tmp_path):
   victim.send_signal(signal.SIGKILL)
   victim.wait()
   assert not os.path.exists(os.path.join(killed, "final.json"))
-  out = subprocess.run(_cmd(killed), env=_env(), capture_output=True, text=True, timeout=400)
+  out = subprocess.run(_cmd(killed, "--config.data.device_prefetch=3"), env=_env(), capture_output=True, text=True, timeout=400)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   assert "resumed from step" in out.stderr + out.stdout
   ref_out = ref.communicate(timeout=400)[0].decode()
