@@ -224,3 +224,16 @@ def test_vqgan_other_quantizers(overrides, token_shape):
   np.testing.assert_allclose(decoded, recon, rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="ids in"):
     model.decode(enc.tokens.at[0, 0].set(model.codebook_size))
+
+
+@pytest.mark.parametrize("name", ["titok", "onedpiece", "vqgan"])
+def test_configs_accept_every_kind(name):
+  import importlib  # pylint: disable=g-import-not-at-top
+  from jaxtok.tokenizers import api  # pylint: disable=g-import-not-at-top
+  module = importlib.import_module(f"configs.{name}")
+  for kind in bottleneck.KINDS:
+    c = module.get_config(f"quantizer={kind},tiny")
+    tok = api.build(c.model)  # abstract: nothing is initialised
+    assert tok.abstract_params() is not None
+  with pytest.raises(ValueError, match="quantizer must be one of"):
+    module.get_config("quantizer=pq,tiny")
