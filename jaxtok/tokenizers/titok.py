@@ -348,8 +348,9 @@ class TiTok(nnx.Module):
     check_target(target, proxy_head=self.decoder_head == "proxy_codes",
                  model=f"this TiTok (decoder_head {self.decoder_head!r})")
     if perturb is not None and self.quantizer not in ("vq", "fsq"):
-      raise ValueError(f"RobusTok perturbation needs quantizer 'vq' or 'fsq' (nearest codes of a "
-                       f"codebook or level grid), got quantizer {self.quantizer!r}")
+      raise ValueError(f"RobusTok perturbation needs discrete tokens from quantizer 'vq' or 'fsq' "
+                       f"(nearest codes of a codebook or level grid), got quantizer "
+                       f"{self.quantizer!r}")
     check_images(images, self.image_size)
     enc_rng, drop_rng = jax.random.split(rng)
     z = self.encoder(images, self.latent_tokens.get_value())

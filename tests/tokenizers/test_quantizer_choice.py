@@ -175,7 +175,7 @@ def test_encode_leaves_the_ema_state_alone():
 
 def test_perturbation_vq_fsq_only():
   m, _, _ = _trained_titok("lfq")
-  with pytest.raises(ValueError, match="perturbation needs quantizer 'vq' or 'fsq'"):
+  with pytest.raises(ValueError, match="needs discrete tokens from quantizer 'vq' or 'fsq'"):
     m.train_forward(_images(2), rng=jax.random.key(0), perturb=dict(alpha=0.5, beta=0.5, delta=2))
   for kind, kw in (("rvq", dict(codebook_size=16)), ("binary", {}), ("bsq", {})):
     spec = bottleneck.Bottleneck.create(kind, 4, **kw)
