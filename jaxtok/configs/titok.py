@@ -6,7 +6,8 @@
 Arguments: size (S, B, L: encoder and decoder ViT), tokens (K), recipe ("single" = pixel losses
 from step 0, the TA-TiTok / BL-SL recipe; "two_stage" = stage 1 of the released recipe, the decoder
 predicts the proxy codes of a frozen MaskGIT VQGAN teacher and is trained by cross-entropy),
-quantizer (vq, fsq, vae), res (image size), gan (single recipe: add the released stage-2 PatchGAN
+quantizer (vq, fsq, lfq, bsq, rvq, rfsq, binary: any discrete kind of
+`jaxtok.tokenizers.bottleneck`, options in model.quantizer_options; or vae), res (image size), gan (single recipe: add the released stage-2 PatchGAN
 term, weight 0.01 with LeCAM 0.001 from step 20k, discriminator lr 1e-4), tiny (a CPU smoke config).
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ import ml_collections
 from jaxtok.configs import common
 
 SIZES = ("S", "B", "L")
+QUANTIZERS = ("vq", "fsq", "lfq", "bsq", "rvq", "rfsq", "binary", "vae")
 RECIPES = ("single", "two_stage")
 
 
@@ -32,8 +34,16 @@ def titok_model(arg: ml_collections.ConfigDict, name: str) -> ml_collections.Con
       use_l2_norm=True, commitment_cost=0.25, legacy_reshape=False,
       decoder_head="proxy_codes" if arg.recipe == "two_stage" else "pixels", dtype="bfloat16",
       remat=False))
-  if arg.quantizer == "fsq":
+  if arg.quantizer not in QUANTIZERS:
+    raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {arg.quantizer!r}")
+  if arg.quantizer in ("fsq", "rfsq"):
+    # 64000 codes per level; rfsq (symmetric grids) adds a second residual level.
     m.token_size, m.fsq_levels = 6, (8, 8, 8, 5, 5, 5)
+  if arg.quantizer in ("lfq", "bsq", "binary"):
+    # 12 bits per token: the 4096 ids of the VQ default, one int32 per token.
+    m.use_l2_norm = False
+  if arg.quantizer in ("rvq", "rfsq"):
+    m.quantizer_options = dict(num_quantizers=2)
   if arg.quantizer == "vae":
     m.token_size, m.kl_weight = 16, 1e-6
   return m

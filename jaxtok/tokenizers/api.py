@@ -138,9 +138,13 @@ def check_num_tokens(num_tokens: Any, max_tokens: int, *, name: str = "num_token
 def vocab_size(model: Any) -> int | None:
   """Number of discrete token ids of a tokenizer module (None for continuous tokens).
 
-  Read from the module's fields: `quantizer` ("vq" | "fsq" | "vae", TiTok), `fsq_levels` (FSQ, and
+  Read from the module's `bottleneck` (`tokenizers.bottleneck.Bottleneck.codebook_size`: ids per
+  token entry) when it has one, else its fields: `quantizer` ("vae"), `fsq_levels` (FSQ, and
   FlexTok, which has no `quantizer` field), `codebook_size` (VQ, VQGAN).
   """
+  spec = getattr(model, "bottleneck", None)
+  if spec is not None and hasattr(spec, "codebook_size"):  # tokenizers.bottleneck (TiTok, VQGAN)
+    return int(spec.codebook_size)
   quantizer = getattr(model, "quantizer", None)
   levels = getattr(model, "fsq_levels", None)
   if quantizer == "vae":

@@ -6,9 +6,12 @@ latents, then a per-token projection W -> D (2D for the "vae" bottleneck). `lega
 reproduces the released TiTok-S/B/L and One-D-Piece checkpoints, which reshape the [B, K, W] latents
 row-major as [B, W, K] (no transpose) before that projection; False is the corrected path.
 
-Bottleneck (`quantizer`): "vq" (learned codebook [C, D] looked up l2-normalised when `use_l2_norm`,
-commitment `commitment_cost` + codebook loss, trained by gradient), "fsq" (levels, no parameters) or
-"vae" (diagonal Gaussian, see `vae.py`).
+Bottleneck (`quantizer`): any discrete kind of `bottleneck.py` (vq | fsq | lfq | bsq | rvq | rfsq |
+binary, with `quantizer_options`), or "vae" (diagonal Gaussian, see `vae.py`). "vq" is a learned
+codebook [C, D] (the `codebook` parameter) looked up l2-normalised when `use_l2_norm`, commitment
+`commitment_cost` + codebook loss, trained by gradient unless quantizer_options["ema"]; "fsq" takes
+`fsq_levels`. Tokens are int32 [B, K] (rvq/rfsq: [B, K, Q] ids per level; binary with token_size > 31:
+[B, K, token_size] bits), see `bottleneck.py`; `codebook_size` is then the number of ids per entry.
 
 Decoder (ViT): decoder_embed D -> W plus latent positions[:K'], sequence [cls, mask x G, latents (K')],
 ln_pre, blocks, ln_post on the G mask positions, then a head:
@@ -46,16 +49,15 @@ from jaxtok.nn.embeddings import LearnedEmbedding, scaled_normal, trunc_normal
 from jaxtok.nn.norm import Norm
 from jaxtok.nn.options import check_types, model_kwargs
 from jaxtok.nn.vit import PatchEmbed, unpatchify, vit_size, vit_stack
-from jaxtok.quantizers import fsq, vq
-from jaxtok.quantizers import perturb as perturb_lib
 from jaxtok.sharding import logical_init
+from jaxtok.tokenizers import bottleneck as bottleneck_lib
 from jaxtok.tokenizers import prefix
 from jaxtok.tokenizers import vae as vae_lib
 from jaxtok.tokenizers import vqgan as vqgan_lib
 from jaxtok.tokenizers.api import (EncodeOutput, TrainOutput, as_dict, check_images,
                                    check_num_tokens, check_target, compute_dtype)
 
-QUANTIZERS = ("vq", "fsq", "vae")
+QUANTIZERS = bottleneck_lib.KINDS + ("vae",)
 HEADS = ("pixels", "proxy_codes")
 
 
@@ -156,7 +158,8 @@ class TiTok(nnx.Module):
                decoder_width: int = 512, decoder_depth: int = 8, decoder_heads: int = 8,
                num_latent_tokens: int = 128, token_size: int = 12, quantizer: str = "vq",
                codebook_size: int = 4096, use_l2_norm: bool = True, commitment_cost: float = 0.25,
-               fsq_levels: Sequence[int] = (), kl_weight: float = 1e-6, vae_inference: str = "mode",
+               fsq_levels: Sequence[int] = (), quantizer_options: dict | None = None,
+               kl_weight: float = 1e-6, vae_inference: str = "mode",
                legacy_reshape: bool = False, decoder_head: str = "pixels",
                proxy_codebook_size: int = 1024, pixel_ch: int = 128,
                pixel_ch_mult: Sequence[int] = (1, 1, 2, 2, 4), pixel_num_res_blocks: int = 2,
@@ -171,10 +174,15 @@ class TiTok(nnx.Module):
       raise ValueError(f"decoder_head must be one of {HEADS}, got {decoder_head!r}")
     if vae_inference not in ("mode", "sample"):
       raise ValueError(f"vae_inference must be 'mode' or 'sample', got {vae_inference!r}")
-    if quantizer == "fsq":
-      fsq_levels = fsq.check_levels(tuple(fsq_levels))
-      if len(fsq_levels) != token_size:
-        raise ValueError(f"fsq_levels must have token_size={token_size} entries, got {fsq_levels}")
+    self.bottleneck = None
+    if quantizer != "vae":
+      self.bottleneck = bottleneck_lib.Bottleneck.create(
+          quantizer, token_size, codebook_size=codebook_size, levels=fsq_levels,
+          cosine=use_l2_norm, commitment_cost=commitment_cost, options=quantizer_options)
+      codebook_size = self.bottleneck.codebook_size
+    elif quantizer_options:
+      raise ValueError(f"quantizer_options apply to discrete quantizers, got {quantizer_options!r} "
+                       f"with quantizer 'vae'")
     if decoder_head == "proxy_codes" and 2**(len(pixel_ch_mult) - 1) != patch_size:
       raise ValueError(f"the pixel decoder upsamples by 2**(len(pixel_ch_mult)-1) = "
                        f"{2**(len(pixel_ch_mult) - 1)}, which must equal patch_size ({patch_size})")
@@ -195,10 +203,11 @@ class TiTok(nnx.Module):
         legacy_reshape=legacy_reshape, dtype=dtype, stack=stack, rngs=rngs)
     self.latent_tokens = nnx.Param(logical_init(scaled_normal(encoder_width), None, "embed")(
         rngs.params(), (num_latent_tokens, encoder_width), jnp.float32))
-    if quantizer == "vq":
-      self.codebook = nnx.Param(logical_init(_symmetric_uniform(1.0 / codebook_size), "codebook",
-                                             None)(rngs.params(), (codebook_size, token_size),
-                                                   jnp.float32))
+    if self.bottleneck is not None:
+      # The codebook (vq, rvq) and EMA statistics sit on the model itself: `codebook` is the name of
+      # the released checkpoints' parameter.
+      for name, var in self.bottleneck.make_variables(rngs).items():
+        setattr(self, name, var)
     self.decoder = TiTokDecoder(
         image_size=image_size, patch_size=patch_size, width=decoder_width, depth=decoder_depth,
         num_heads=decoder_heads, num_latent_tokens=num_latent_tokens, token_size=token_size,
@@ -214,28 +223,21 @@ class TiTok(nnx.Module):
 
   # ---- bottleneck
 
-  def _vq_state(self) -> vq.VQState:
-    codebook = self.codebook.get_value()
-    k = codebook.shape[0]
-    return vq.VQState(codebook=codebook, cluster_size=jnp.zeros((k,), jnp.float32),
-                      embed_sum=jnp.zeros_like(codebook), initialized=jnp.asarray(True))
-
   def tokens_to_codes(self, tokens: jax.Array) -> jax.Array:
-    """Tokens int32 [B, K'] (vq/fsq) or float [B, K', D] (vae) -> codes [B, K', D] float32."""
-    if self.quantizer == "vq":
-      return vq.indices_to_codes(tokens, self._vq_state(), cosine=self.use_l2_norm)
-    if self.quantizer == "fsq":
-      return fsq.indices_to_codes(tokens, self.fsq_levels)
+    """Tokens int32 [B, K', *token_shape] (discrete) or float [B, K', D] (vae) -> codes [B, K', D]."""
+    if self.bottleneck is not None:
+      return self.bottleneck.indices_to_codes(bottleneck_lib.read(self, self.bottleneck), tokens)
     return tokens.astype(jnp.float32)
 
-  def _bottleneck(self, z, rng, train):
-    if self.quantizer == "vq":
-      out = vq.quantize(z, self._vq_state(), beta=self.commitment_cost, codebook_weight=1.0,
-                        cosine=self.use_l2_norm)
-      return out.indices, out.codes, dict(out.losses), dict(out.metrics)
-    if self.quantizer == "fsq":
-      out = fsq.quantize(z, self.fsq_levels)
-      return out.indices, out.codes, dict(out.losses), dict(out.metrics)
+  def _bottleneck(self, z, rng, train, update=False):
+    """Quantizes z [B, K, D]; with `update` (train_forward) also writes the VQ state updates."""
+    if self.bottleneck is not None:
+      values = bottleneck_lib.read(self, self.bottleneck)
+      if not update:
+        return self.bottleneck.quantize(values, z, rng=rng, train=train)
+      *out, new_values = self.bottleneck.train_quantize(values, z, rng)
+      bottleneck_lib.write(self, new_values)
+      return tuple(out)
     mean, logvar = vae_lib.split_moments(z)
     kl = jnp.mean(vae_lib.kl_divergence(mean, logvar))
     if train or self.vae_inference == "sample":
@@ -266,6 +268,9 @@ class TiTok(nnx.Module):
     return EncodeOutput(tokens=tokens, codes=codes, losses=losses, metrics=metrics)
 
   def _check_tokens(self, tokens):
+    if self.bottleneck is not None:
+      self.bottleneck.check_tokens(tokens, self.num_latent_tokens)
+      return
     continuous = self.quantizer == "vae"
     rank = 3 if continuous else 2
     if not hasattr(tokens, "shape") or tokens.ndim != rank:
@@ -293,7 +298,8 @@ class TiTok(nnx.Module):
 
   def decode(self, tokens: jax.Array, *, rng: jax.Array | None = None, train: bool = False,
              num_tokens: int | jax.Array | None = None) -> jax.Array:
-    """Tokens [B, K'] int32 (or [B, K', D] float for vae), K' <= K -> images [B, H, W, 3] float32.
+    """Tokens int32 [B, K', *token_shape] (or [B, K', D] float for vae), K' <= K -> images
+    [B, H, W, 3] float32. Ids outside [0, codebook_size) raise ValueError (when concrete).
 
     num_tokens: optional; decode only the first num_tokens of the given tokens (masking the rest).
     """
@@ -332,7 +338,7 @@ class TiTok(nnx.Module):
       perturb: RobusTok settings (alpha, beta, delta [, anneal_start, anneal_end, end_ratio]):
         after the quantizer's losses, tokens of the first floor(B * beta) images are replaced by
         nearby codes (`quantizers.perturb.apply`: the codebook's nearest for VQ, level-grid
-        neighbours for FSQ); metrics perturb/change_rate and perturb/alpha. Not for "vae".
+        neighbours for FSQ); metrics perturb/change_rate and perturb/alpha. Only vq and fsq.
       num_tokens: decode this prefix instead of drawing one.
 
     With tail_drop and num_tokens None, one kept length is drawn per batch on every target
@@ -341,20 +347,20 @@ class TiTok(nnx.Module):
     """
     check_target(target, proxy_head=self.decoder_head == "proxy_codes",
                  model=f"this TiTok (decoder_head {self.decoder_head!r})")
-    if perturb is not None and self.quantizer == "vae":
-      raise ValueError("RobusTok perturbation needs discrete tokens (quantizer 'vq' or 'fsq'), got "
-                       "quantizer 'vae'")
+    if perturb is not None and self.quantizer not in ("vq", "fsq"):
+      raise ValueError(f"RobusTok perturbation needs discrete tokens from quantizer 'vq' or 'fsq' "
+                       f"(nearest codes of a codebook or level grid), got quantizer "
+                       f"{self.quantizer!r}")
     check_images(images, self.image_size)
     enc_rng, drop_rng = jax.random.split(rng)
     z = self.encoder(images, self.latent_tokens.get_value())
-    tokens, codes, losses, metrics = self._bottleneck(z, enc_rng, True)
+    tokens, codes, losses, metrics = self._bottleneck(z, enc_rng, True, update=True)
     metrics = dict(metrics)
     if perturb is not None:
-      # Its own stream: the draws of the unperturbed pass stay those of the plain recipe.
-      book = dict(codebook=self.codebook.get_value(), cosine=bool(self.use_l2_norm)) \
-          if self.quantizer == "vq" else dict(fsq_levels=self.fsq_levels)
-      codes, info = perturb_lib.apply(perturb, step, jax.random.fold_in(rng, 1), z, codes, tokens,
-                                      **book)
+      # Its own stream: the draws of the unperturbed pass stay those of the plain recipe. With an
+      # EMA codebook the neighbours come from the codebook as this step updated it.
+      codes, info = self.bottleneck.perturb(bottleneck_lib.read(self, self.bottleneck), perturb, step,
+                                            jax.random.fold_in(rng, 1), z, codes, tokens)
       metrics.update(info)
     keep = self.kept_length(drop_rng, num_tokens)
     if keep is not None:
@@ -382,7 +388,8 @@ def _sizes(cfg: Mapping[str, Any], part: str) -> dict[str, int]:
 
 
 _FIELDS = ("image_size", "patch_size", "num_latent_tokens", "token_size", "quantizer",
-           "codebook_size", "use_l2_norm", "commitment_cost", "fsq_levels", "kl_weight",
+           "codebook_size", "use_l2_norm", "commitment_cost", "fsq_levels", "quantizer_options",
+           "kl_weight",
            "vae_inference", "legacy_reshape", "decoder_head", "proxy_codebook_size", "pixel_ch",
            "pixel_ch_mult", "pixel_num_res_blocks", "pixel_z_channels", "pixel_num_groups",
            "tail_drop", "tail_drop_mode")

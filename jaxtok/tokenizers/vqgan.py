@@ -2,8 +2,12 @@
 
 Encoder/decoder are `jaxtok.nn.conv` (ch 128, mult (1, 1, 2, 2, 4), 2 residual blocks per level,
 GroupNorm(32, eps 1e-6), SiLU, nearest upsampling + conv, nin_shortcut on the block output). The
-bottleneck is a plain (Euclidean) VQ over a learned codebook [P, Z] with commitment 0.25 and the
-codebook loss (gradient-trained). Images are used in [0, 1] directly, as in the released model.
+bottleneck is by default a plain (Euclidean) VQ over a learned codebook [P, Z] (the `codebook`
+parameter) with commitment 0.25 and the codebook loss (gradient-trained); `quantizer` picks any kind
+of `bottleneck.py` (vq | fsq | lfq | bsq | rvq | rfsq | binary) over the Z channels, with
+`quantizer_options`, `use_l2_norm` (cosine vq/rvq) and `fsq_levels`. Tokens are int32 [B, h*w]
+(rvq/rfsq [B, h*w, Q]; binary with Z > 31 [B, h*w, Z] bits); `codebook_size` is then the number of
+ids per entry. Images are used in [0, 1] directly, as in the released model.
 `codes_to_pixels` decodes soft codes (probabilities over the P codes, i.e. the convex combination
 of code vectors) and is how TiTok's legacy "proxy_codes" head reaches pixels.
 
@@ -25,9 +29,7 @@ from flax import nnx
 from jaxtok.nn import conv as conv_lib
 from jaxtok.nn.options import model_kwargs
 from jaxtok.nn.stack import check_remat, remat_call
-from jaxtok.quantizers import perturb as perturb_lib
-from jaxtok.quantizers import vq
-from jaxtok.sharding import logical_init
+from jaxtok.tokenizers import bottleneck as bottleneck_lib
 from jaxtok.tokenizers.api import (EncodeOutput, TrainOutput, as_dict, check_images,
                                    check_num_tokens, check_target, compute_dtype)
 
@@ -53,7 +55,9 @@ class VQGAN(nnx.Module):
   def __init__(self, *, image_size: int = 256, ch: int = 128,
                ch_mult: Sequence[int] = (1, 1, 2, 2, 4), num_res_blocks: int = 2,
                z_channels: int = 256, codebook_size: int = 1024, num_groups: int = 32,
-               commitment_cost: float = 0.25, dtype: Any = jnp.float32, remat: Any = "none",
+               commitment_cost: float = 0.25, quantizer: str = "vq",
+               quantizer_options: dict | None = None, use_l2_norm: bool = False,
+               fsq_levels: Sequence[int] = (), dtype: Any = jnp.float32, remat: Any = "none",
                scan_layers: bool = False, attention_impl: str | None = None, rngs: nnx.Rngs):
     if scan_layers or attention_impl is not None:
       raise ValueError(f"the VQGAN is convolutional (no transformer layers): scan_layers and "
@@ -65,7 +69,12 @@ class VQGAN(nnx.Module):
       raise ValueError(f"image_size ({image_size}) must be divisible by the downsampling factor "
                        f"2**(len(ch_mult)-1) = {f}")
     dtype = compute_dtype(dtype)
-    self.image_size, self.grid, self.codebook_size = image_size, image_size // f, codebook_size
+    self.bottleneck = bottleneck_lib.Bottleneck.create(
+        quantizer, z_channels, codebook_size=codebook_size, levels=fsq_levels, cosine=use_l2_norm,
+        commitment_cost=commitment_cost, options=quantizer_options)
+    self.quantizer = quantizer
+    self.image_size, self.grid = image_size, image_size // f
+    self.codebook_size = self.bottleneck.codebook_size
     self.num_latent_tokens = self.grid**2
     self.commitment_cost = float(commitment_cost)
     self.encoder = conv_lib.Encoder(ch=ch, ch_mult=ch_mult, num_res_blocks=num_res_blocks,
@@ -74,27 +83,21 @@ class VQGAN(nnx.Module):
     self.decoder = conv_lib.Decoder(ch=ch, ch_mult=ch_mult, num_res_blocks=num_res_blocks,
                                     z_channels=z_channels, num_groups=num_groups, dtype=dtype,
                                     rngs=rngs)
-    bound = 1.0 / codebook_size
-    self.codebook = nnx.Param(logical_init(
-        lambda key, shape, dt=jnp.float32: jax.random.uniform(key, shape, dt, -bound, bound),
-        "codebook", None)(rngs.params(), (codebook_size, z_channels), jnp.float32))
-
-  def _state(self) -> vq.VQState:
-    cb = self.codebook.get_value()
-    return vq.VQState(cb, jnp.zeros(cb.shape[:1], jnp.float32), jnp.zeros_like(cb),
-                      jnp.asarray(True))
+    # `codebook` (vq, rvq; uniform(-1/P, 1/P)) and EMA statistics sit on the model itself: the
+    # released checkpoint's parameter name.
+    for name, var in self.bottleneck.make_variables(rngs).items():
+      setattr(self, name, var)
 
   def encode(self, images: jax.Array, *, num_tokens: int | None = None,
              rng: jax.Array | None = None, train: bool = False) -> EncodeOutput:
-    """images float [B, H, W, 3] in [0, 1] -> tokens int32 [B, h*w], codes [B, h*w, Z].
+    """images float [B, H, W, 3] in [0, 1] -> tokens int32 [B, h*w, *token_shape], codes [B, h*w, Z].
 
     num_tokens: only the full grid is meaningful for a 2D tokenizer; it must be None or h*w.
     """
-    del rng, train
     check_images(images, self.image_size)
     self._check_full_grid(num_tokens)
-    _, out = self._quantize(images)
-    return EncodeOutput(out.indices, out.codes, dict(out.losses), dict(out.metrics))
+    _, out = self._quantize(images, rng, train)
+    return EncodeOutput(*out)
 
   def _check_full_grid(self, num_tokens):
     num_tokens = check_num_tokens(num_tokens, self.num_latent_tokens)
@@ -102,11 +105,17 @@ class VQGAN(nnx.Module):
       raise ValueError(f"num_tokens must be None or {self.num_latent_tokens} for the 2D VQGAN, got "
                        f"{num_tokens}")
 
-  def _quantize(self, images):
-    """(z [B, h*w, Z] float32 encoder output, vq.quantize's output)."""
+  def _quantize(self, images, rng, train, update=False):
+    """(z [B, h*w, Z] float32 encoder output, (indices, codes, losses, metrics)); with `update`
+    (train_forward) the VQ state updates are written to the model's variables."""
     z = remat_call(self.encoder, images, remat=self.remat).astype(jnp.float32)
     z = z.reshape(z.shape[0], self.num_latent_tokens, -1)
-    return z, vq.quantize(z, self._state(), beta=self.commitment_cost, codebook_weight=1.0)
+    values = bottleneck_lib.read(self, self.bottleneck)
+    if not update:
+      return z, self.bottleneck.quantize(values, z, rng=rng, train=train)
+    *out, new_values = self.bottleneck.train_quantize(values, z, rng)
+    bottleneck_lib.write(self, new_values)
+    return z, tuple(out)
 
   def decode_codes(self, codes: jax.Array) -> jax.Array:
     """Codes [B, h*w, Z] -> images [B, H, W, 3] float32."""
@@ -116,17 +125,20 @@ class VQGAN(nnx.Module):
 
   def decode(self, tokens: jax.Array, *, rng: jax.Array | None = None,
              train: bool = False) -> jax.Array:
-    """Tokens int32 [B, h*w] -> images [B, H, W, 3] float32."""
+    """Tokens int32 [B, h*w, *token_shape] -> images [B, H, W, 3] float32 (ids outside
+    [0, codebook_size) raise ValueError when concrete)."""
     del rng, train
-    if not hasattr(tokens, "shape") or tokens.ndim != 2 or tokens.shape[1] != self.num_latent_tokens:
-      raise ValueError(f"tokens must have shape [B, {self.num_latent_tokens}], got "
-                       f"{getattr(tokens, 'shape', type(tokens).__name__)}")
-    if not jnp.issubdtype(tokens.dtype, jnp.integer):
-      raise TypeError(f"tokens must be integer, got {tokens.dtype}")
-    return self.decode_codes(vq.indices_to_codes(tokens, self._state()))
+    self.bottleneck.check_tokens(tokens, self.num_latent_tokens)
+    if tokens.shape[1] != self.num_latent_tokens:
+      raise ValueError(f"tokens must have shape [B, {self.num_latent_tokens}, ...] (the full grid), "
+                       f"got {tuple(tokens.shape)}")
+    values = bottleneck_lib.read(self, self.bottleneck)
+    return self.decode_codes(self.bottleneck.indices_to_codes(values, tokens))
 
   def codes_to_pixels(self, soft_codes: jax.Array) -> jax.Array:
-    """Probabilities over the codes [B, h, w, P] -> images [B, H, W, 3] float32."""
+    """Probabilities over the codes [B, h, w, P] -> images [B, H, W, 3] float32 (quantizer vq)."""
+    if self.quantizer != "vq":
+      raise ValueError(f"codes_to_pixels needs a codebook (quantizer 'vq'), got {self.quantizer!r}")
     return codes_to_pixels(self.decoder, self.codebook.get_value(), soft_codes)
 
   def train_forward(self, images: jax.Array, *, rng: jax.Array, step: int | jax.Array | None = None,
@@ -142,23 +154,27 @@ class VQGAN(nnx.Module):
     check_target(target, proxy_head=False, model="VQGAN")
     self._check_full_grid(num_tokens)
     check_images(images, self.image_size)
-    z, out = self._quantize(images)
-    codes, metrics = out.codes, dict(out.metrics)
+    # The quantizer draws from its own stream; the perturbation keeps `rng` as before.
+    z, (indices, codes, losses, metrics) = self._quantize(images, jax.random.fold_in(rng, 2), True,
+                                                          update=True)
+    metrics = dict(metrics)
     if perturb is not None:
-      codes, info = perturb_lib.apply(perturb, step, rng, z, codes, out.indices,
-                                      codebook=self.codebook.get_value())
+      codes, info = self.bottleneck.perturb(bottleneck_lib.read(self, self.bottleneck), perturb,
+                                            step, rng, z, codes, indices)
       metrics.update(info)
-    return TrainOutput(self.decode_codes(codes), dict(out.losses), metrics)
+    return TrainOutput(self.decode_codes(codes), dict(losses), metrics)
 
 
 _FIELDS = ("image_size", "ch", "ch_mult", "num_res_blocks", "z_channels", "codebook_size",
-           "num_groups", "commitment_cost")
+           "num_groups", "commitment_cost", "quantizer", "quantizer_options", "use_l2_norm",
+           "fsq_levels")
 
 
 def make_model(cfg: Mapping[str, Any], *, rngs: nnx.Rngs) -> VQGAN:
   """A VQGAN from _FIELDS and the common options (dtype, remat; scan_layers and attention_impl
   are refused: no transformer); an unknown key raises ValueError listing the valid ones."""
   kwargs = model_kwargs(as_dict(cfg), _FIELDS, model="VQGAN", cls=VQGAN)
-  if "ch_mult" in kwargs:
-    kwargs["ch_mult"] = tuple(int(v) for v in kwargs["ch_mult"])
+  for key in ("ch_mult", "fsq_levels"):
+    if key in kwargs:
+      kwargs[key] = tuple(int(v) for v in kwargs[key])
   return VQGAN(**kwargs, rngs=rngs)

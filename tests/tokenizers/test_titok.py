@@ -190,7 +190,7 @@ def test_grad_flows_through_encode_quantize_decode():
 
 def test_bad_fields_and_tokens_raise():
   with pytest.raises(ValueError, match="quantizer"):
-    titok.make_model(dict(TINY, quantizer="lfq"), rngs=nnx.Rngs(0))
+    titok.make_model(dict(TINY, quantizer="pq"), rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="encoder_size"):
     titok.make_model(dict(TINY, encoder_width=None), rngs=nnx.Rngs(0))
   m = titok.make_model(TINY, rngs=nnx.Rngs(0))
