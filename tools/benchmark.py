@@ -735,6 +735,46 @@ def time_rounds(fns: dict[str, Callable[[], object]], repeats: int, warmup: bool
   return {name: statistics.median(t) for name, t in times.items()}
 
 
+def xla_op_profile(jitted, *args, top: int = 5) -> tuple[float, str]:
+  """Where one call of `jitted(*args)` (a jax.jit function) spends its time, from a jax.profiler
+  trace: the summed time of the XLA ops by kind (convolution / matmul / reduction / the rest:
+  elementwise, copies, slices), the kinds read from the compiled HLO's fusion bodies, and the
+  `top` ops with their share and output shape. Returns (seconds of XLA ops, summary)."""
+  import collections
+  import glob
+  import gzip
+  import json
+  import re
+  import tempfile
+  compiled = jitted.lower(*args).compile()
+  hlo = compiled.as_text()
+  bodies = {m.group(1): m.group(2) for m in re.finditer(r"^%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo,
+                                                        re.M | re.S)}
+  ops = {}  # instruction name -> (output shape, kind)
+  for m in re.finditer(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ([\w\-]+)\((.*)$", hlo, re.M):
+    name, shape, opcode, rest = m.groups()
+    callee = re.search(r"calls=%?([\w.\-]+)", rest)
+    text = bodies.get(callee.group(1), "") if callee else f" {opcode}("
+    kind = ("convolution" if "convolution(" in text else "matmul" if " dot(" in text
+            else "reduction" if "reduce(" in text else "elementwise/copy")
+    ops[name] = (shape, kind)
+  with tempfile.TemporaryDirectory() as d:
+    with jax.profiler.trace(d, create_perfetto_trace=True):
+      jax.block_until_ready(compiled(*args))
+    paths = glob.glob(os.path.join(d, "**", "perfetto_trace.json.gz"), recursive=True)
+    events = json.load(gzip.open(paths[0]))["traceEvents"] if paths else []
+  total, by_kind = collections.Counter(), collections.Counter()
+  for e in events:  # only the XLA ops: executor waits and Python frames overlap them
+    if e.get("ph") == "X" and e.get("name") in ops:
+      total[e["name"]] += e.get("dur", 0)
+      by_kind[ops[e["name"]][1]] += e.get("dur", 0)
+  op_sum = sum(total.values()) or 1
+  kinds = ", ".join(f"{k} {v / op_sum:.0%}" for k, v in by_kind.most_common())
+  top_ops = "; ".join(f"{n} {ops[n][1]} {ops[n][0].split('{')[0]} {v / op_sum:.0%}"
+                      for n, v in total.most_common(top))
+  return op_sum / 1e6, f"{op_sum / 1e6:.2f} s in XLA ops: {kinds}. Top ops: {top_ops}"
+
+
 def _load_note() -> str:
   """The 1-minute load average (shared machines: other jobs' load slows both sides alike)."""
   return f"load {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
@@ -769,6 +809,7 @@ def _pair_rows(case, t_ours, t_theirs, per, unit="images/s"):
 
 def _official_titok(args, name, titok_mod, rows):
   import torch
+  from flax import nnx
   from omegaconf import OmegaConf
   from jaxtok import tokenizers
   from jaxtok.configs import titok as titok_cfg
@@ -808,8 +849,21 @@ def _official_titok(args, name, titok_mod, rows):
   rows += _pair_rows(f"{name} decode, batch {b}", t["ours_dec"], t["theirs_dec"], b)
   rows += _pair_rows(f"{name} encode + decode, batch {b}{note}", t["ours_enc"] + t["ours_dec"],
                      t["theirs_enc"] + t["theirs_dec"], b)
-  if args.breakdown and spec["ours"]["decoder_head"] == "proxy_codes":
-    _pixel_decoder_rows(args, name, tok, params, theirs, rows)
+  if args.breakdown:
+    if spec["ours"]["decoder_head"] == "proxy_codes":
+      _pixel_decoder_rows(args, name, tok, params, theirs, rows)
+    _profile_row(rows, f"{name} encode, batch {b}", jax.jit(
+        lambda p, x: nnx.merge(tok.graphdef, p).encode(x).tokens),
+                 params, x_ours)
+    _profile_row(rows, f"{name} decode, batch {b}", jax.jit(
+        lambda p, t: nnx.merge(tok.graphdef, p).decode(t)),
+                 params, tokens)
+
+
+def _profile_row(rows, case, jitted, *args):
+  stage(f"{case}: profiling one jaxtok call")
+  seconds, text = xla_op_profile(jitted, *args)
+  rows.append((case, "jaxtok, XLA op profile (one call)", seconds * 1e3, text))
 
 
 def _pixel_decoder_rows(args, name, tok, params, theirs, rows):
@@ -881,6 +935,9 @@ def _official_rar(args, rar_mod, rows):
   t = time_rounds({"ours": lambda: jax.block_until_ready(compiled(params, j_labels,
                                                                   jax.random.key(0))),
                    "theirs": theirs_fn}, args.ar_repeats, warmup=False)
+  if args.breakdown:
+    _profile_row(rows, f"AR sample {n} tokens, batch {b} (+{b} guidance rows)", sample, params,
+                 j_labels, jax.random.key(0))
   per = b * n
   case = (f"AR sample {n} tokens, batch {b} (+{b} guidance rows), {depth} x {width}, {heads} heads, "
           f"vocab {vocab}")
@@ -896,7 +953,8 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--suite", choices=sorted(SUITES), default=None,
                       help="default: official with --compare-official, else quantizers")
-  parser.add_argument("--repeats", type=int, default=10)
+  parser.add_argument("--repeats", type=int, default=None,
+                      help="timed calls per case (default 10; 2 rounds for --suite official)")
   parser.add_argument("--vq-vectors", type=int, default=16384)
   parser.add_argument("--compare-torch", action="store_true",
                       help="also time vector-quantize-pytorch (pip install '.[bench]')")
@@ -928,6 +986,9 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   if args.suite is None:
     args.suite = "official" if args.compare_official else "quantizers"
+  if args.repeats is None:
+    # Official rounds are whole batches of 256px images through both libraries (seconds each).
+    args.repeats = 2 if args.suite == "official" else 10
   if args.suite in ("tokenizers", "official") and args.batch is None:
     args.batch = 8
   rows = SUITES[args.suite](args)
