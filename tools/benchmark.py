@@ -6,13 +6,16 @@ Usage:
   python tools/benchmark.py --suite train [--models main,titok_b64,flextok] [--batch 32]
   python tools/benchmark.py --suite samplers [--skip-ar] [--other-batch 2]
   python tools/benchmark.py --suite data [--batch 32] [--repeats 10]
+  python tools/benchmark.py --compare-official ../1d-tokenizer [--models titok_s128,titok_bl64,rar]
+      [--batch 8] [--repeats 2] [--breakdown]   (suite "official": jaxtok beside the PyTorch originals)
 
 Each case is timed as the median of `--repeats` calls after a compile/warm-up call, with
 `block_until_ready` (JAX) or inside `torch.no_grad()` (PyTorch); pairs that are compared (jaxtok vs
 PyTorch, search vs the dense product) alternate bursts of calls so both see the same machine state
 (`time_pair`). Results go to stdout as a markdown
 table; with --out they are appended under a heading naming the machine, the date and the command.
-vector-quantize-pytorch (the `bench` extra) is imported only with --compare-torch.
+vector-quantize-pytorch (the `bench` extra) is imported only with --compare-torch; torch, einops and
+omegaconf only with --compare-official (a checkout of bytedance/1d-tokenizer, never part of jaxtok).
 """
 from __future__ import annotations
 
