@@ -685,6 +685,9 @@ def import_official(path: str):
   """
   import importlib
   import types
+  root = os.path.join(os.path.abspath(path), "modeling")
+  if not os.path.isfile(os.path.join(root, "titok.py")):
+    raise FileNotFoundError(f"--compare-official: no modeling/titok.py under {path!r}")
   import torch
 
   class _HubMixin:
@@ -708,9 +711,6 @@ def import_official(path: str):
   _stub_module("accelerate.utils.operations", gather=lambda x: x)
   _stub_module("timm")
   _stub_module("timm.layers", Mlp=_Mlp)
-  root = os.path.join(os.path.abspath(path), "modeling")
-  if not os.path.isfile(os.path.join(root, "titok.py")):
-    raise FileNotFoundError(f"--compare-official: no modeling/titok.py under {path!r}")
   for name, sub in (("modeling", ""), ("modeling.modules", "modules"),
                     ("modeling.quantizer", "quantizer")):
     package = types.ModuleType(name)
