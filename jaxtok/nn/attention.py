@@ -20,7 +20,8 @@ writes the keys/values of x at slots start..start+T-1 and attends to all slots <
 (prefill is extend at 0 with the prompt; then one token at a time), exactly what the full causal
 recompute gives (tested). `start` may be traced. The cache is heads-major so that (B, H) lead as the
 batch dimensions of both attention contractions: with [B, S, H, E] XLA:CPU transposed the whole cache
-of every layer at every decoding step, 80% of an AR sampling step at RAR's size (benchmarks/RESULTS.md).
+of every layer at every decoding step, about half of an AR sampling step at RAR's size
+(benchmarks/RESULTS.md, "Against the originals").
 
 Dimension names: B batch, T query length, S key length, W width, H heads, E head dim.
 """
