@@ -6,13 +6,16 @@ Usage:
   python tools/benchmark.py --suite train [--models main,titok_b64,flextok] [--batch 32]
   python tools/benchmark.py --suite samplers [--skip-ar] [--other-batch 2]
   python tools/benchmark.py --suite data [--batch 32] [--repeats 10]
+  python tools/benchmark.py --compare-official ../1d-tokenizer [--models titok_s128,titok_bl64,rar]
+      [--batch 8] [--repeats 2] [--breakdown]   (suite "official": jaxtok beside the PyTorch originals)
 
 Each case is timed as the median of `--repeats` calls after a compile/warm-up call, with
 `block_until_ready` (JAX) or inside `torch.no_grad()` (PyTorch); pairs that are compared (jaxtok vs
 PyTorch, search vs the dense product) alternate bursts of calls so both see the same machine state
 (`time_pair`). Results go to stdout as a markdown
 table; with --out they are appended under a heading naming the machine, the date and the command.
-vector-quantize-pytorch (the `bench` extra) is imported only with --compare-torch.
+vector-quantize-pytorch (the `bench` extra) is imported only with --compare-torch; torch, einops and
+omegaconf only with --compare-official (a checkout of bytedance/1d-tokenizer, never part of jaxtok).
 """
 from __future__ import annotations
 
@@ -637,14 +640,324 @@ def _imagenet_pipeline(args, rng) -> list[tuple[str, str, float, str]]:
   return rows
 
 
+# ---- against the originals: bytedance/1d-tokenizer TiTok and RAR, same configs, random weights
+
+# The released TiTok configs (configs/infer/TiTok/*.yaml of 1d-tokenizer) and jaxtok's equivalents.
+# S-128 is the legacy two-stage model: ViT decoder -> proxy-code logits -> MaskGIT-VQGAN pixel decoder.
+OFFICIAL_TITOK = {
+    "titok_s128": dict(
+        official=dict(codebook_size=4096, token_size=12, use_l2_norm=True, commitment_cost=0.25,
+                      vit_enc_model_size="small", vit_dec_model_size="small", vit_enc_patch_size=16,
+                      vit_dec_patch_size=16, num_latent_tokens=128, finetune_decoder=True),
+        ours=dict(config="size=S,tokens=128,recipe=two_stage", legacy_reshape=True,
+                  decoder_head="proxy_codes")),
+    "titok_bl64": dict(
+        official=dict(codebook_size=8192, token_size=64, use_l2_norm=False, commitment_cost=0.25,
+                      vit_enc_model_size="base", vit_dec_model_size="large", vit_enc_patch_size=16,
+                      vit_dec_patch_size=16, num_latent_tokens=64, finetune_decoder=False,
+                      is_legacy=False),
+        ours=dict(config="size=B,tokens=64", decoder_size="L", token_size=64, codebook_size=8192,
+                  use_l2_norm=False, legacy_reshape=False, decoder_head="pixels")),
+}
+
+
+def _stub_module(name: str, **attrs):
+  """A module holding `attrs`, registered unless `name` imports for real."""
+  import importlib
+  import types
+  try:
+    return importlib.import_module(name)
+  except ImportError:
+    module = types.ModuleType(name)
+    module.__dict__.update(attrs)
+    sys.modules[name] = module
+    return module
+
+
+def import_official(path: str):
+  """(titok module, rar module) of a 1d-tokenizer checkout at `path`, imported file by file.
+
+  The package __init__ files pull in training code (losses -> torchvision, diffusion, LPIPS
+  downloads), so `modeling` and its subpackages are registered as bare packages and only the model
+  files are executed. Imports that serve the hub, distributed training or timm's one MLP are stubbed
+  when not installed: the hub mixin and `gather` are never called on this path, and the MLP is
+  timm's fc1 -> act -> fc2 (dropout off in eval).
+  """
+  import importlib
+  import types
+  root = os.path.join(os.path.abspath(path), "modeling")
+  if not os.path.isfile(os.path.join(root, "titok.py")):
+    raise FileNotFoundError(f"--compare-official: no modeling/titok.py under {path!r}")
+  import torch
+
+  class _HubMixin:
+    def __init_subclass__(cls, **kwargs):  # the class statement passes hub metadata (tags, ...)
+      super().__init_subclass__()
+
+  class _Mlp(torch.nn.Module):
+    def __init__(self, in_features, hidden_features=None, out_features=None,
+                 act_layer=torch.nn.GELU, drop=0.0, **_):
+      super().__init__()
+      self.fc1 = torch.nn.Linear(in_features, hidden_features or in_features)
+      self.act = act_layer()
+      self.fc2 = torch.nn.Linear(hidden_features or in_features, out_features or in_features)
+
+    def forward(self, x):
+      return self.fc2(self.act(self.fc1(x)))
+
+  _stub_module("huggingface_hub", PyTorchModelHubMixin=_HubMixin)
+  _stub_module("accelerate")
+  _stub_module("accelerate.utils")
+  _stub_module("accelerate.utils.operations", gather=lambda x: x)
+  _stub_module("timm")
+  _stub_module("timm.layers", Mlp=_Mlp)
+  for name, sub in (("modeling", ""), ("modeling.modules", "modules"),
+                    ("modeling.quantizer", "quantizer")):
+    package = types.ModuleType(name)
+    package.__path__ = [os.path.join(root, sub)] if sub else [root]
+    sys.modules[name] = package
+  base = importlib.import_module("modeling.modules.base_model")
+  sys.modules["modeling.modules"].BaseModel = base.BaseModel  # rar.py: from modeling.modules import
+  return importlib.import_module("modeling.titok"), importlib.import_module("modeling.rar")
+
+
+def time_rounds(fns: dict[str, Callable[[], object]], repeats: int, warmup: bool = True
+                ) -> dict[str, float]:
+  """Median seconds of each callable (which blocks until its result is ready), timed in `repeats`
+  rounds that call every one once in turn, so machine load drifting over minutes hits all alike.
+  One untimed call of each first when `warmup`."""
+  if warmup:
+    for fn in fns.values():
+      fn()
+  times = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(t) for name, t in times.items()}
+
+
+def xla_op_profile(jitted, *args, top: int = 5) -> tuple[float, str]:
+  """Where one call of `jitted(*args)` (a jax.jit function) spends its time, from a jax.profiler
+  trace: the summed time of the XLA ops by kind (convolution / matmul / reduction / the rest:
+  elementwise, copies, slices), the kinds read from the compiled HLO's fusion bodies, and the
+  `top` ops with their share and output shape. Returns (seconds of XLA ops, summary)."""
+  import collections
+  import glob
+  import gzip
+  import json
+  import re
+  import tempfile
+  compiled = jitted.lower(*args).compile()
+  hlo = compiled.as_text()
+  bodies = {m.group(1): m.group(2) for m in re.finditer(r"^%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo,
+                                                        re.M | re.S)}
+  ops = {}  # instruction name -> (output shape, kind)
+  for m in re.finditer(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ([\w\-]+)\((.*)$", hlo, re.M):
+    name, shape, opcode, rest = m.groups()
+    callee = re.search(r"calls=%?([\w.\-]+)", rest)
+    text = bodies.get(callee.group(1), "") if callee else f" {opcode}("
+    kind = ("convolution" if "convolution(" in text else "matmul" if " dot(" in text
+            else "reduction" if "reduce(" in text else "elementwise/copy")
+    ops[name] = (shape, kind)
+  with tempfile.TemporaryDirectory() as d:
+    with jax.profiler.trace(d, create_perfetto_trace=True):
+      jax.block_until_ready(compiled(*args))
+    paths = glob.glob(os.path.join(d, "**", "perfetto_trace.json.gz"), recursive=True)
+    events = json.load(gzip.open(paths[0]))["traceEvents"] if paths else []
+  total, by_kind = collections.Counter(), collections.Counter()
+  for e in events:  # only the XLA ops: executor waits and Python frames overlap them
+    if e.get("ph") == "X" and e.get("name") in ops:
+      total[e["name"]] += e.get("dur", 0)
+      by_kind[ops[e["name"]][1]] += e.get("dur", 0)
+  op_sum = sum(total.values()) or 1
+  kinds = ", ".join(f"{k} {v / op_sum:.0%}" for k, v in by_kind.most_common())
+  top_ops = "; ".join(f"{n} {ops[n][1]} {ops[n][0].split('{')[0]} {v / op_sum:.0%}"
+                      for n, v in total.most_common(top))
+  return op_sum / 1e6, f"{op_sum / 1e6:.2f} s in XLA ops: {kinds}. Top ops: {top_ops}"
+
+
+def _load_note() -> str:
+  """The 1-minute load average (shared machines: other jobs' load slows both sides alike)."""
+  return f"load {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+
+
+def official_suite(args) -> list[tuple[str, str, float, str]]:
+  """jaxtok vs the official TiTok (encode, decode) and RAR generate(), float32, on one device."""
+  import torch
+  if not args.compare_official:
+    raise SystemExit("--suite official needs --compare-official PATH (a 1d-tokenizer checkout)")
+  torch.set_num_threads(os.cpu_count() or 1)
+  titok_mod, rar_mod = import_official(args.compare_official)
+  rows = Rows()
+  for name in _model_names(args, "titok_s128,titok_bl64,rar"):
+    if name == "rar":
+      _recording_failure(rows, "rar", "both", lambda: _official_rar(args, rar_mod, rows))
+    elif name in OFFICIAL_TITOK:
+      _recording_failure(rows, name, "both", lambda name=name: _official_titok(
+          args, name, titok_mod, rows))
+    else:
+      raise ValueError(f"--models entries must be in {sorted(OFFICIAL_TITOK) + ['rar']}, got {name!r}")
+  return rows
+
+
+def _pair_rows(case, t_ours, t_theirs, per, unit="images/s"):
+  """Rows for one timed pair: jaxtok first, then the official with the speed ratio."""
+  load = _load_note()
+  return [(case, "jaxtok", t_ours * 1e3, f"{per / t_ours:.3g} {unit}; {load}"),
+          (case, "official 1d-tokenizer (PyTorch)", t_theirs * 1e3,
+           f"{per / t_theirs:.3g} {unit}; jaxtok {t_theirs / t_ours:.2f}x")]
+
+
+def _official_titok(args, name, titok_mod, rows):
+  import torch
+  from flax import nnx
+  from omegaconf import OmegaConf
+  from jaxtok import tokenizers
+  from jaxtok.configs import titok as titok_cfg
+
+  spec = OFFICIAL_TITOK[name]
+  b = args.batch
+  stage(f"{name}: building the official model")
+  torch.manual_seed(0)
+  theirs = titok_mod.TiTok(OmegaConf.create({"model": {"vq_model": spec["official"]},
+                                             "dataset": {"preprocessing": {"crop_size": 256}}})).eval()
+  ours_spec = dict(spec["ours"])
+  c = titok_cfg.get_config(ours_spec.pop("config"))
+  c.model.update(ours_spec)
+  c.model.dtype = "float32"
+  tok = tokenizers.build(c.model)
+  params = jax.block_until_ready(tok.init(jax.random.key(0)))
+  n_ours = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  n_theirs = sum(p.numel() for p in theirs.parameters())
+  images = np.random.default_rng(0).random((b, 256, 256, 3)).astype(np.float32)
+  x_ours = jnp.asarray(images)
+  x_theirs = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+  stage(f"{name}: jaxtok {n_ours / 1e6:.1f}M params, official {n_theirs / 1e6:.1f}M; compiling")
+  tokens = jax.block_until_ready(tok.encode(params, x_ours).tokens)
+  jax.block_until_ready(tok.decode(params, tokens))
+  with torch.no_grad():
+    t_tokens = theirs.encode(x_theirs)[1]["min_encoding_indices"]
+    fns = {
+        "ours_enc": lambda: jax.block_until_ready(tok.encode(params, x_ours).tokens),
+        "theirs_enc": lambda: theirs.encode(x_theirs)[1]["min_encoding_indices"],
+        "ours_dec": lambda: jax.block_until_ready(tok.decode(params, tokens)),
+        "theirs_dec": lambda: theirs.decode_tokens(t_tokens),
+    }
+    stage(f"{name}: timing {args.repeats} rounds")
+    t = time_rounds(fns, args.repeats)
+  note = f" ({n_ours / 1e6:.1f}M / {n_theirs / 1e6:.1f}M params)"
+  rows += _pair_rows(f"{name} encode, batch {b}", t["ours_enc"], t["theirs_enc"], b)
+  rows += _pair_rows(f"{name} decode, batch {b}", t["ours_dec"], t["theirs_dec"], b)
+  rows += _pair_rows(f"{name} encode + decode, batch {b}{note}", t["ours_enc"] + t["ours_dec"],
+                     t["theirs_enc"] + t["theirs_dec"], b)
+  if args.breakdown:
+    if spec["ours"]["decoder_head"] == "proxy_codes":
+      _pixel_decoder_rows(args, name, tok, params, theirs, rows)
+    _profile_row(rows, f"{name} encode, batch {b}", jax.jit(
+        lambda p, x: nnx.merge(tok.graphdef, p).encode(x).tokens),
+                 params, x_ours)
+    _profile_row(rows, f"{name} decode, batch {b}", jax.jit(
+        lambda p, t: nnx.merge(tok.graphdef, p).decode(t)),
+                 params, tokens)
+
+
+def _profile_row(rows, case, jitted, *args):
+  stage(f"{case}: profiling one jaxtok call")
+  seconds, text = xla_op_profile(jitted, *args)
+  rows.append((case, "jaxtok, XLA op profile (one call)", seconds * 1e3, text))
+
+
+def _pixel_decoder_rows(args, name, tok, params, theirs, rows):
+  """The MaskGIT-VQGAN pixel decoder alone (16x16x256 codes -> 256x256 pixels), both sides."""
+  import torch
+  from flax import nnx
+  b = args.batch
+  z = np.random.default_rng(1).standard_normal((b, 16, 16, 256)).astype(np.float32) * 0.03
+  z_ours, z_theirs = jnp.asarray(z), torch.from_numpy(z).permute(0, 3, 1, 2).contiguous()
+  dec = jax.jit(lambda p, z: nnx.merge(tok.graphdef, p).pixel_decoder(z))
+  with torch.no_grad():
+    t = time_rounds({"ours": lambda: jax.block_until_ready(dec(params, z_ours)),
+                     "theirs": lambda: theirs.pixel_decoder(z_theirs)}, args.repeats)
+  rows += _pair_rows(f"{name} pixel decoder alone, batch {b}", t["ours"], t["theirs"], b)
+
+
+def _official_rar(args, rar_mod, rows):
+  """Official RAR generate() (KV cache, guidance by doubling the batch) against jaxtok's GPT under
+  `samplers.autoregressive.sample` with the same guidance: both run 2B rows per step."""
+  import torch
+  from flax import nnx
+  from omegaconf import OmegaConf
+  from jaxtok.generators import gpt
+  from jaxtok.samplers import autoregressive as ar
+
+  b, n, depth, vocab = args.ar_batch, args.ar_tokens, args.rar_depth, 1024
+  width, heads, classes = 768, 16, 1000
+  # configs/training/generator/rar.yaml (RAR-B: 24 layers; --rar-depth sets the depth) and its
+  # sampling settings: guidance 16.0 with the power-cosine schedule (power 2.75), temperature 1.0.
+  cfg = OmegaConf.create({"model": {
+      "vq_model": {"codebook_size": vocab},
+      "generator": dict(hidden_size=width, num_hidden_layers=depth, num_attention_heads=heads,
+                        intermediate_size=4 * width, dropout=0.1, attn_drop=0.1,
+                        class_label_dropout=0.1, image_seq_len=n, condition_num_classes=classes)}})
+  stage("rar: building the official model")
+  torch.manual_seed(0)
+  theirs = rar_mod.RAR(cfg).eval()
+  labels = np.arange(b) % classes
+  t_labels = torch.from_numpy(labels)
+  model = gpt.GPT(codebook_size=vocab, seq_len=n, num_classes=classes, width=width, depth=depth,
+                  heads=heads, rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(model)
+
+  @jax.jit
+  def sample(params, labels, rng):
+    m = nnx.merge(graphdef, params)
+    prompt = m.condition_ids(labels, b)[:, None]
+    null = jnp.full_like(prompt, m.null_id)
+    return ar.sample(rng, m.prefill, m.step, m.init_cache(2 * b), prompt, num_tokens=n,
+                     uncond_prompt_tokens=null, cfg_scale=16.0, cfg_schedule="power-cosine",
+                     cfg_power=2.75, temperature=1.0)
+
+  j_labels = jnp.asarray(labels, jnp.int32)
+  stage("rar: compiling the jaxtok sampler")
+  compiled = sample.lower(params, j_labels, jax.random.key(0)).compile()
+
+  def theirs_fn():
+    with torch.no_grad():
+      return theirs.generate(t_labels, guidance_scale=16.0, randomize_temperature=1.0,
+                             guidance_scale_pow=2.75, kv_cache=True)
+
+  # Warm-up of both (PyTorch's first calls create its kernels): a few steps of the official loop
+  # (generate runs image_seq_len steps) and one full jaxtok call, which is cheap by comparison.
+  theirs.image_seq_len = 4
+  theirs_fn()
+  theirs.image_seq_len = n
+  jax.block_until_ready(compiled(params, j_labels, jax.random.key(1)))
+  stage(f"rar: timing {args.ar_repeats} rounds")
+  t = time_rounds({"ours": lambda: jax.block_until_ready(compiled(params, j_labels,
+                                                                  jax.random.key(0))),
+                   "theirs": theirs_fn}, args.ar_repeats, warmup=False)
+  if args.breakdown:
+    _profile_row(rows, f"AR sample {n} tokens, batch {b} (+{b} guidance rows)", sample, params,
+                 j_labels, jax.random.key(0))
+  per = b * n
+  case = (f"AR sample {n} tokens, batch {b} (+{b} guidance rows), {depth} x {width}, {heads} heads, "
+          f"vocab {vocab}")
+  rows += _pair_rows(case, t["ours"], t["theirs"], per, unit="tokens/s")
+
+
 SUITES = {"quantizers": quantizer_suite, "tokenizers": tokenizer_suite, "train": train_suite,
-          "samplers": sampler_suite, "data": data_suite}
+          "samplers": sampler_suite, "data": data_suite,
+          "official": official_suite}
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--suite", choices=sorted(SUITES), default="quantizers")
-  parser.add_argument("--repeats", type=int, default=10)
+  parser.add_argument("--suite", choices=sorted(SUITES), default=None,
+                      help="default: official with --compare-official, else quantizers")
+  parser.add_argument("--repeats", type=int, default=None,
+                      help="timed calls per case (default 10; 2 rounds for --suite official)")
   parser.add_argument("--vq-vectors", type=int, default=16384)
   parser.add_argument("--compare-torch", action="store_true",
                       help="also time vector-quantize-pytorch (pip install '.[bench]')")
@@ -663,9 +976,23 @@ def main(argv=None) -> int:
   # ImageNet's photos are mostly ~500x375; 2000x1500 is a phone photo, 8000x8000 the issue's PNG.
   parser.add_argument("--data-sizes", default="500x375,2000x1500,8000x8000",
                       help="data: comma-separated WxH photo sizes resized to 256")
+  parser.add_argument("--compare-official", default=None, metavar="PATH",
+                      help="a bytedance/1d-tokenizer checkout: time its TiTok and RAR beside "
+                           "jaxtok's (suite 'official', the default with this option; needs torch, "
+                           "einops, omegaconf)")
+  parser.add_argument("--breakdown", action="store_true",
+                      help="official: also time the MaskGIT-VQGAN pixel decoder alone")
+  parser.add_argument("--rar-depth", type=int, default=12, help="official: RAR/GPT layers")
+  parser.add_argument("--ar-repeats", type=int, default=1,
+                      help="official: timed sampling rounds (each a full generation per side)")
   parser.add_argument("--out", default=None, help="append the table to this markdown file")
   args = parser.parse_args(argv)
-  if args.suite == "tokenizers" and args.batch is None:
+  if args.suite is None:
+    args.suite = "official" if args.compare_official else "quantizers"
+  if args.repeats is None:
+    # Official rounds are whole batches of 256px images through both libraries (seconds each).
+    args.repeats = 2 if args.suite == "official" else 10
+  if args.suite in ("tokenizers", "official") and args.batch is None:
     args.batch = 8
   rows = SUITES[args.suite](args)
   command = "python tools/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])

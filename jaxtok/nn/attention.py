@@ -15,10 +15,13 @@ shape broadcastable to [B, H, T, S] (e.g. [T, S], [B, 1, 1, S]); `causal=True` a
 (query t sees keys <= t). A query whose keys are all masked gets uniform weights; callers keep at
 least one key per query.
 
-KV cache: `init_cache` preallocates k, v [B, S, H, E] in the compute dtype; `extend(x, cache, start)`
+KV cache: `init_cache` preallocates k, v [B, H, S, E] in the compute dtype; `extend(x, cache, start)`
 writes the keys/values of x at slots start..start+T-1 and attends to all slots <= each query's own
 (prefill is extend at 0 with the prompt; then one token at a time), exactly what the full causal
-recompute gives (tested). `start` may be traced.
+recompute gives (tested). `start` may be traced. The cache is heads-major so that (B, H) lead as the
+batch dimensions of both attention contractions: with [B, S, H, E] XLA:CPU transposed the whole cache
+of every layer at every decoding step, about half of an AR sampling step at RAR's size
+(benchmarks/RESULTS.md, "Against the originals").
 
 Dimension names: B batch, T query length, S key length, W width, H heads, E head dim.
 """
@@ -44,7 +47,7 @@ _LOGGED: set[str] = set()
 
 
 class KVCache(NamedTuple):
-  """Keys and values k, v [B, S, H, E] (a Stack keeps one per layer: [L, B, S, H, E])."""
+  """Keys and values k, v [B, H, S, E] (a scanned Stack keeps them stacked: [L, B, H, S, E])."""
   k: jax.Array
   v: jax.Array
 
@@ -194,8 +197,8 @@ class Attention(nnx.Module):
     return self._out(y)
 
   def init_cache(self, batch: int, length: int, dtype=None) -> KVCache:
-    """Zeroed k, v [batch, length, H, E] (compute dtype unless given)."""
-    shape = (batch, length, self.num_heads, self.head_dim)
+    """Zeroed k, v [batch, H, length, E] (compute dtype unless given)."""
+    shape = (batch, self.num_heads, length, self.head_dim)
     dt = dtype or self.dtype
     return KVCache(jnp.zeros(shape, dt), jnp.zeros(shape, dt))
 
@@ -210,17 +213,24 @@ class Attention(nnx.Module):
     if positions is None and self.rope == "1d":
       positions = start + jnp.arange(x.shape[1])
     q, k, v = self._qkv(x, positions)
+    heads_major = lambda t, c: t.transpose(0, 2, 1, 3).astype(c.dtype)  # [B, T, H, E] -> [B, H, T, E]
     cache = KVCache(
-        jax.lax.dynamic_update_slice_in_dim(cache.k, k.astype(cache.k.dtype), start, axis=1),
-        jax.lax.dynamic_update_slice_in_dim(cache.v, v.astype(cache.v.dtype), start, axis=1))
-    slots = np.arange(cache.k.shape[1])
+        jax.lax.dynamic_update_slice_in_dim(cache.k, heads_major(k, cache.k), start, axis=2),
+        jax.lax.dynamic_update_slice_in_dim(cache.v, heads_major(v, cache.v), start, axis=2))
+    slots = np.arange(cache.k.shape[2])
     seen = slots[None, :] <= (start + jnp.arange(x.shape[1]))[:, None]  # [T, S]
-    if mask is None:
-      full = seen
-    elif jnp.issubdtype(jnp.asarray(mask).dtype, jnp.bool_):
-      full = seen & mask
-    else:
-      full = jnp.where(seen, jnp.asarray(mask, jnp.float32), jnp.finfo(jnp.float32).min)
-    y = attend(q, cache.k.astype(q.dtype), cache.v.astype(q.dtype), mask=full, scale=self.scale,
-               implementation=self.implementation)
+    # float32 scores, as `attend`; a masked key gets the most negative float (not -inf), so a query
+    # with every key masked gets uniform weights there too.
+    scale = self.scale if self.scale is not None else self.head_dim**-0.5
+    scores = jnp.einsum("bthe,bhse->bhts", q, cache.k.astype(q.dtype),
+                        preferred_element_type=jnp.float32) * jnp.float32(scale)
+    if mask is not None:
+      mask = _as_4d(mask)
+      if jnp.issubdtype(mask.dtype, jnp.bool_):
+        seen = seen & mask
+      else:
+        scores = scores + mask.astype(jnp.float32)
+    scores = jnp.where(seen, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    y = jnp.einsum("bhts,bhse->bthe", probs, cache.v.astype(q.dtype))
     return self._out(y), cache

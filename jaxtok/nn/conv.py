@@ -5,6 +5,8 @@ Structure (ch 128, mult (1, 1, 2, 2, 4), 2 residual blocks per level for the rel
            -> res blocks at the lowest resolution -> GroupNorm, SiLU -> conv1x1 to z channels.
   decoder: conv3x3 z -> ch*mult[-1] -> res blocks -> per level from the last to the first
            [res blocks, nearest 2x upsampling + conv3x3 except level 0] -> GroupNorm, SiLU -> conv3x3 to 3.
+           (The upsampling + conv3x3 runs as four 2x2 convolutions at the low resolution:
+           `Conv.after_upsample2`.)
 Residual block: GN, SiLU, conv3x3, GN, SiLU, conv3x3 (convs without bias). When the channel count
 changes, the 1x1 `nin_shortcut` is applied to the block's *output* (not its input) and the input is
 dropped: this is MaskGIT's (and the open-muse / TiTok port's) behaviour, kept for checkpoint parity.
@@ -68,6 +70,32 @@ class Conv(nnx.Module):
       y = y + self.bias.get_value().astype(self.dtype)
     return y
 
+  def after_upsample2(self, x: jax.Array) -> jax.Array:
+    """`self(nearest 2x upsampling of x)` for a 3x3 kernel, without making the upsampled image.
+
+    Output pixel (2y+p, 2x+q) of the 3x3 SAME convolution over the upsampled image reads input rows
+    {y-1: w0, y: w1+w2} when p = 0 and {y: w0+w1, y+1: w2} when p = 1 (zero padding outside), and
+    likewise for columns. So each of the four phases (p, q) is a 2x2 convolution of x with summed
+    taps; all four run as one 2x2 VALID convolution of x padded by 1 with 4 * Cout channels, and
+    phase (p, q) is that output shifted by (p, q). 16 instead of 36 multiply-adds per input pixel
+    and channel pair; equal to the direct form up to float rounding (tested)."""
+    if self.kernel.shape[:2] != (3, 3):
+      raise ValueError(f"after_upsample2 needs a 3x3 kernel, got {self.kernel.shape[:2]}")
+    b, h, w, _ = x.shape
+    k = self.kernel.get_value().astype(jnp.float32)  # [3, 3, Cin, Cout]
+    fold = jnp.array([[[1, 0, 0], [0, 1, 1]], [[1, 1, 0], [0, 0, 1]]], jnp.float32)  # [p, 2 taps, 3]
+    # taps[i, j, c, p, q, o]: phase (p, q)'s 2x2 kernel; summed in float32, then the compute dtype.
+    taps = jnp.einsum("pia,qjb,abco->ijcpqo", fold, fold, k).reshape(2, 2, k.shape[2], -1)
+    xp = jnp.pad(x.astype(self.dtype), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    y = jax.lax.conv_general_dilated(xp, taps.astype(self.dtype), (1, 1), "VALID",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = y.reshape(b, h + 1, w + 1, 2, 2, -1)
+    rows = [jnp.stack([y[:, p:p + h, q:q + w, p, q] for q in (0, 1)], axis=3) for p in (0, 1)]
+    y = jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, -1)  # [B, h, p, w, q, C] -> [B, 2h, 2w, C]
+    if self.use_bias:
+      y = y + self.bias.get_value().astype(self.dtype)
+    return y
+
 
 class ResnetBlock(nnx.Module):
   """MaskGIT residual block [B, H, Wd, Cin] -> [B, H, Wd, Cout] (see the module docstring for the quirk)."""
@@ -91,10 +119,6 @@ class ResnetBlock(nnx.Module):
 def _avg_pool2(x: jax.Array) -> jax.Array:
   b, h, w, c = x.shape
   return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
-
-
-def _upsample_nearest2(x: jax.Array) -> jax.Array:
-  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
 
 def _res_blocks(in_channels, out_channels, n, *, num_groups, dtype, rngs) -> nnx.List:
@@ -128,7 +152,7 @@ class UpLevel(nnx.Module):
     for blk in self.block:
       x = blk(x)
     if self.upsample_conv is not None:
-      x = self.upsample_conv(_upsample_nearest2(x))
+      x = self.upsample_conv.after_upsample2(x)
     return x
 
 

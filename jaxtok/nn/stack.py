@@ -11,8 +11,8 @@ the backward pass: "full" saves only the block inputs, "dots" also saves the res
 without batch dimensions (the weight matmuls, not attention scores), trading memory for less
 recompute. Gradients are the same with every policy (tested).
 
-The KV cache of an unrolled stack is a tuple of per-layer `KVCache`s (k, v [B, S, H, E]), each
-updated in place; a scanned stack's is one `KVCache` with k, v [L, B, S, H, E], scanned with the
+The KV cache of an unrolled stack is a tuple of per-layer `KVCache`s (k, v [B, H, S, E]), each
+updated in place; a scanned stack's is one `KVCache` with k, v [L, B, H, S, E], scanned with the
 blocks. Callers treat it as an opaque pytree from `init_cache`.
 
 Dimension names: L layers, B batch, T sequence, S cache length, W width, H heads, E head dim.
@@ -113,10 +113,10 @@ class Stack(nnx.Module):
     return self._apply(x, None, None, kwargs)[0]
 
   def init_cache(self, batch: int, length: int, dtype=None) -> KVCache | tuple[KVCache, ...]:
-    """Zeroed caches of `length` slots: per layer k, v [batch, length, H, E] (stacked when scanned)."""
+    """Zeroed caches of `length` slots: per layer k, v [batch, H, length, E] (stacked when scanned)."""
     if self.scan_layers:
       attn = self.blocks.attn
-      shape = (self.depth, batch, length, attn.num_heads, attn.head_dim)
+      shape = (self.depth, batch, attn.num_heads, length, attn.head_dim)
       dt = dtype or attn.dtype
       return KVCache(jnp.zeros(shape, dt), jnp.zeros(shape, dt))
     return tuple(block.attn.init_cache(batch, length, dtype) for block in self.blocks)

@@ -82,7 +82,7 @@ def test_kv_cache_scanned_equals_unrolled_equals_recompute():
       return jnp.concatenate(outs, axis=1)
 
     np.testing.assert_allclose(run(state, x), full, rtol=1e-5, atol=1e-5)
-  assert scanned.init_cache(2, 6).k.shape == (DEPTH, 2, 6, 2, 8)
+  assert scanned.init_cache(2, 6).k.shape == (DEPTH, 2, 2, 6, 8)  # [L, B, H, S, E]
   assert len(unrolled.init_cache(2, 6)) == DEPTH
 
 

@@ -79,6 +79,22 @@ def test_resnet_block_shortcut_applies_to_output():
   np.testing.assert_allclose(same(x), h + x, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_conv_after_upsample2_equals_conv_of_the_upsampled_image(use_bias):
+  c = conv.Conv(5, 7, 3, use_bias=use_bias, rngs=nnx.Rngs(0))
+  if use_bias:
+    c.bias.set_value(jnp.arange(7.0))
+  x = jax.random.normal(jax.random.key(1), (2, 4, 6, 5))
+  direct = c(jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2))
+  got = c.after_upsample2(x)
+  assert got.shape == (2, 8, 12, 7)
+  # The phase kernels sum 2 or 4 taps in float32 before the products: rounding differs from the
+  # direct sum by a few ulps of the ~1-magnitude outputs.
+  np.testing.assert_allclose(got, direct, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="3x3"):
+    conv.Conv(5, 7, 1, rngs=nnx.Rngs(0)).after_upsample2(x)
+
+
 def test_vqgan_encoder_decoder_shapes_and_layout():
   enc = conv.Encoder(ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=4, num_groups=4,
                      rngs=nnx.Rngs(0))

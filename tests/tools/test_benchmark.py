@@ -1,6 +1,8 @@
 """tools/benchmark.py: paired timing, streamed rows, and the quantizer suite end to end at a small size."""
 import time
 
+import pytest
+
 from tests.tools.conftest import load_tool
 
 
@@ -55,3 +57,20 @@ def test_data_suite_small(tmp_path):
     for threads in (0, 2):
       assert (f"| grain pipeline, JPEG 500x375 -> {augment} 256, batch 2 | pipeline.Pipeline, "
               f"{threads} threads |") in table
+
+
+def test_time_rounds_interleaves_and_warms_up():
+  bench = load_tool("benchmark")
+  order = []
+  fns = {"a": lambda: order.append("a"), "b": lambda: order.append("b")}
+  times = bench.time_rounds(fns, repeats=2)
+  assert order == ["a", "b"] * 3 and set(times) == {"a", "b"}  # one warm-up round, then 2 rounds
+  order.clear()
+  bench.time_rounds(fns, repeats=1, warmup=False)
+  assert order == ["a", "b"]
+
+
+def test_import_official_refuses_a_path_without_the_model_files(tmp_path):
+  bench = load_tool("benchmark")
+  with pytest.raises(FileNotFoundError, match="modeling/titok.py"):
+    bench.import_official(str(tmp_path))
