@@ -8,7 +8,7 @@
 quality rises with the number of tokens kept at inference.
 
 "main": the default job. A small One-D-Piece trained on random crops of the bundled photographs on a
-2-core CPU in about 9 minutes, then a grid of held-out reconstructions at several token counts and
+2-core CPU in about 11 minutes (12 with the install), then a grid of held-out reconstructions at several token counts and
 a JSON of PSNR/SSIM per count.
 """
 from __future__ import annotations
