@@ -18,8 +18,9 @@ least one key per query.
 KV cache: `init_cache` preallocates k, v [B, H, S, E] in the compute dtype; `extend(x, cache, start)`
 writes the keys/values of x at slots start..start+T-1 and attends to all slots <= each query's own
 (prefill is extend at 0 with the prompt; then one token at a time), exactly what the full causal
-recompute gives (tested). `start` may be traced. The cache is heads-major so that (B, H) lead as the
-batch dimensions of both attention contractions: with [B, S, H, E] XLA:CPU transposed the whole cache
+recompute gives (tested). `start` may be traced. The cache is heads-major and `attend` reads it in
+that layout (`kv_heads_major=True`: two einsums with (B, H) as the batch dimensions of both
+contractions, whatever `implementation`): with [B, S, H, E] XLA:CPU transposed the whole cache
 of every layer at every decoding step, about half of an AR sampling step at RAR's size
 (benchmarks/RESULTS.md, "Against the originals").
 
@@ -76,12 +77,31 @@ def _as_4d(m: jax.Array) -> jax.Array:
   return m.reshape((1,) * (4 - m.ndim) + m.shape) if m.ndim < 4 else m
 
 
+def _attend_heads_major(q, k, v, mask, scale):
+  """The same attention with k, v [B, H, S, E] as two einsums whose batch dimensions are (B, H), so
+  a KV cache is read in place (no per-step transpose of it): float32 scores, a masked key gets the
+  most negative float (not -inf), so a query with every key masked gets uniform weights, as
+  `jax.nn.dot_product_attention` does."""
+  scale = scale if scale is not None else q.shape[-1]**-0.5
+  scores = jnp.einsum("bthe,bhse->bhts", q, k, preferred_element_type=jnp.float32) * jnp.float32(scale)
+  if mask is not None:
+    mask = _as_4d(mask)
+    if jnp.issubdtype(mask.dtype, jnp.bool_):
+      scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    else:
+      scores = scores + mask.astype(jnp.float32)
+  probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+  return jnp.einsum("bhts,bhse->bthe", probs, v)
+
+
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: jax.Array | None = None,
-           causal: bool = False, scale: float | None = None, implementation=None) -> jax.Array:
+           causal: bool = False, scale: float | None = None, implementation=None,
+           kv_heads_major: bool = False) -> jax.Array:
   """softmax(q k^T * scale + additive mask, masked) v through `jax.nn.dot_product_attention`.
 
   Args:
-    q: [B, T, H, E]; k, v: [B, S, H, E], all in one dtype.
+    q: [B, T, H, E]; k, v: [B, S, H, E] ([B, H, S, E] with kv_heads_major, the KV cache's layout:
+      then two einsums over (B, H) compute it, any implementation), all in one dtype.
     mask: None, bool (True = attend) or float (additive), broadcastable to [B, H, T, S].
     causal: also mask keys after the query (query t sees keys <= t; needs T == S).
     scale: score scale; None = 1/sqrt(E).
@@ -91,6 +111,10 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: jax.Array | None =
     [B, T, H, E] in v's dtype.
   """
   check_implementation(implementation)
+  if kv_heads_major:
+    if causal:
+      raise ValueError("attend: causal=True needs k, v [B, S, H, E]; pass the causal mask instead")
+    return _attend_heads_major(q, k, v, mask, scale)
   bias = None
   if mask is not None:
     mask = _as_4d(mask)
@@ -219,18 +243,12 @@ class Attention(nnx.Module):
         jax.lax.dynamic_update_slice_in_dim(cache.v, heads_major(v, cache.v), start, axis=2))
     slots = np.arange(cache.k.shape[2])
     seen = slots[None, :] <= (start + jnp.arange(x.shape[1]))[:, None]  # [T, S]
-    # float32 scores, as `attend`; a masked key gets the most negative float (not -inf), so a query
-    # with every key masked gets uniform weights there too.
-    scale = self.scale if self.scale is not None else self.head_dim**-0.5
-    scores = jnp.einsum("bthe,bhse->bhts", q, cache.k.astype(q.dtype),
-                        preferred_element_type=jnp.float32) * jnp.float32(scale)
-    if mask is not None:
-      mask = _as_4d(mask)
-      if jnp.issubdtype(mask.dtype, jnp.bool_):
-        seen = seen & mask
-      else:
-        scores = scores + mask.astype(jnp.float32)
-    scores = jnp.where(seen, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    y = jnp.einsum("bhts,bhse->bthe", probs, cache.v.astype(q.dtype))
+    if mask is None:
+      full = seen
+    elif jnp.issubdtype(jnp.asarray(mask).dtype, jnp.bool_):
+      full = seen & mask
+    else:
+      full = jnp.where(seen, jnp.asarray(mask, jnp.float32), jnp.finfo(jnp.float32).min)
+    y = attend(q, cache.k.astype(q.dtype), cache.v.astype(q.dtype), mask=full, scale=self.scale,
+               implementation=self.implementation, kv_heads_major=True)
     return self._out(y), cache
