@@ -80,9 +80,12 @@ class QuantizerState(nnx.Variable):
   """A quantizer variable updated outside the gradient (EMA codebook and its statistics)."""
 
 
-def _symmetric_uniform(bound: float):
+def symmetric_uniform(bound: float):
+  """uniform(-bound, bound): the reference codebook init (bound 1/C)."""
+
   def init(key, shape, dtype=jnp.float32):
     return jax.random.uniform(key, shape, dtype, -bound, bound)
+
   return init
 
 
@@ -218,10 +221,10 @@ class Bottleneck:
     c, d = self.codebook_size_, self.dim
     shape = (c, d) if self.kind == "vq" else (self.opts["num_quantizers"], c, d)
     names = ("codebook", None) if self.kind == "vq" else (None, "codebook", None)
-    init = logical_init(_symmetric_uniform(1.0 / c), *names)
+    init = logical_init(symmetric_uniform(1.0 / c), *names)
     if not self.ema:
       return {"codebook": nnx.Param(init(rngs.params(), shape, jnp.float32))}
-    codebook = _symmetric_uniform(1.0 / c)(rngs.params(), shape, jnp.float32)
+    codebook = symmetric_uniform(1.0 / c)(rngs.params(), shape, jnp.float32)
     # cluster_size 1 and embed_sum = codebook: the first EMA step is consistent (vq.init_state).
     return {"codebook": QuantizerState(codebook),
             "codebook_cluster_size": QuantizerState(jnp.ones((c,), jnp.float32)),

@@ -61,15 +61,6 @@ QUANTIZERS = bottleneck_lib.KINDS + ("vae",)
 HEADS = ("pixels", "proxy_codes")
 
 
-def _symmetric_uniform(bound: float):
-  """uniform(-bound, bound): the reference codebook init (bound 1/C)."""
-
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-  return init
-
-
 class TiTokEncoder(nnx.Module):
   """Images [B, H, W, 3] and latent tokens [K, W] -> latents [B, K, D_out] float32."""
 
@@ -215,7 +206,7 @@ class TiTok(nnx.Module):
         rngs=rngs)
     if decoder_head == "proxy_codes":
       self.pixel_codebook = nnx.Param(logical_init(
-          _symmetric_uniform(1.0 / proxy_codebook_size), "codebook", None)(
+          bottleneck_lib.symmetric_uniform(1.0 / proxy_codebook_size), "codebook", None)(
               rngs.params(), (proxy_codebook_size, pixel_z_channels), jnp.float32))
       self.pixel_decoder = conv_lib.Decoder(
           ch=pixel_ch, ch_mult=pixel_ch_mult, num_res_blocks=pixel_num_res_blocks,
