@@ -144,3 +144,14 @@ def load(out: str, kind: str, tokenizer: Any) -> Any:
     id_map = f["id_map"]
   return priors.Causal(graphdef, params, seq_len=meta["tokens"], vocab_size=meta["vocab_size"],
                        id_map=id_map)
+
+
+def load_model(checkpoint: str, prior_dir: str | None, kind: str) -> Any:
+  """`image_codec.Model` of the tokenizer at `checkpoint` (its stored config) and a fitted prior."""
+  from jaxtok.codec import image_codec  # pylint: disable=g-import-not-at-top
+  from jaxtok.eval import checkpoints  # pylint: disable=g-import-not-at-top
+  tokenizer, params, _ = checkpoints.load_tokenizer(None, checkpoint)
+  if tokenizer.vocab_size is None or tokenizer.max_tokens is None:
+    raise ValueError("the codec needs a discrete tokenizer with ordered tokens (One-D-Piece, FlexTok, "
+                     "TiTok): this checkpoint's tokens are continuous")
+  return image_codec.Model(tokenizer, params, load(prior_dir, kind, tokenizer))

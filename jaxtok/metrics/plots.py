@@ -1,7 +1,8 @@
 """PNG plots of tokenizer evaluations (matplotlib, headless Agg backend).
 
-rate_distortion: bytes per image (log scale) against PSNR for the tokenizer at each token count
-(k * log2(C) bits, no entropy coding) and for JPEG / WebP at the same per-image PSNR.
+rate_distortion: bytes per image (log scale) against PSNR for the tokenizer at each token count (raw
+ids, k * log2(C) bits, and real coded files when the rows have them) and for JPEG / WebP / AVIF at the
+same per-image PSNR.
 psnr_vs_tokens: PSNR (and SSIM on a second axis when given) against the number of tokens kept.
 """
 from __future__ import annotations
@@ -28,12 +29,17 @@ def rate_distortion(rows: Sequence[dict], path: str, *, title: str = "rate-disto
   plt = _pyplot()
   fig, ax = plt.subplots(figsize=(5.5, 4))
   psnr = [r["psnr"] for r in rows]
-  ax.plot([r["token_bytes"] for r in rows], psnr, "o-", label="tokenizer (k log2 C bits)")
+  ax.plot([r["token_bytes"] for r in rows], psnr, "o-", label="tokenizer, raw ids (k log2 C bits)")
   for r in rows:
     ax.annotate(str(r["num_tokens"]), (r["token_bytes"], r["psnr"]), textcoords="offset points",
                 xytext=(4, -10), fontsize=7)
-  for codec, marker in (("jpeg", "s--"), ("webp", "^--")):
-    if rows and f"{codec}_bytes" in rows[0]:
+  codecs = {"jpeg": "s--", "webp": "^--", "avif": "v--"}
+  names = [k[:-6] for k in (rows[0] if rows else {}) if k.endswith("_bytes") and k != "token_bytes"]
+  for name in names:
+    if name not in codecs:
+      ax.plot([r[f"{name}_bytes"] for r in rows], psnr, "o-", label=f"token files, {name} prior")
+  for codec, marker in codecs.items():
+    if codec in names:
       ax.plot([r[f"{codec}_bytes"] for r in rows], psnr, marker, label=f"{codec.upper()} at equal PSNR")
   ax.set_xscale("log")
   ax.set_xlabel("bytes per image")

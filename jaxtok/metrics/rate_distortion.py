@@ -1,9 +1,10 @@
-"""Rate-distortion of variable-length tokenizers, and of JPEG/WebP at matched quality.
+"""Rate-distortion of variable-length tokenizers, and of JPEG/WebP/AVIF at matched quality.
 
-A tokenizer that keeps k tokens from a codebook of K codes spends k * log2(K) bits per image (without
-entropy coding; `jaxtok.metrics.codebook.CodebookUsage` gives the entropy bound). One-D-Piece compares
-this rate with the bytes JPEG and WebP need to reach the same quality on the same image; this module
-finds, per image, the smallest codec quality setting whose PSNR reaches a target and reports its bytes.
+A tokenizer that keeps k tokens from a codebook of K codes spends k * log2(K) bits per image as raw ids
+(`token_bytes`); real files coded with a prior (`jaxtok.codec`) are passed in as `coded_bytes`, every
+byte of each file counted. One-D-Piece compares the rate with the bytes JPEG and WebP need to reach the
+same quality on the same image; this module finds, per image, the smallest codec quality setting whose
+PSNR reaches a target and reports its bytes (whole files, headers included).
 
 Images here are uint8 [H, W, 3] numpy arrays (what the codecs see).
 """
@@ -15,7 +16,15 @@ from typing import Sequence
 
 import numpy as np
 
-CODECS = ("JPEG", "WEBP")
+def _available_codecs() -> tuple[str, ...]:
+  try:
+    from PIL import features  # pylint: disable=g-import-not-at-top
+    return ("JPEG", "WEBP") + (("AVIF",) if features.check("avif") else ())
+  except ImportError:
+    return ("JPEG", "WEBP")
+
+
+CODECS = _available_codecs()  # AVIF where this Pillow build has it (Pillow >= 11.3 wheels)
 
 
 def token_bits(num_tokens: int, codebook_size: int) -> float:
@@ -70,18 +79,22 @@ def codec_bytes_at_psnr(image: np.ndarray, target_psnr: float, codec: str = "JPE
 
 
 def rate_distortion_table(images: Sequence[np.ndarray], reconstructions: dict[int, Sequence[np.ndarray]],
-                          codebook_size: int, codecs: Sequence[str] = CODECS) -> list[dict]:
+                          codebook_size: int, codecs: Sequence[str] = CODECS,
+                          coded_bytes: dict[str, dict[int, Sequence[int]]] | None = None) -> list[dict]:
   """Per token count: the tokenizer's rate and mean PSNR, and each codec's mean bytes at that PSNR.
 
   Args:
     images: originals, uint8 [H, W, 3] each.
     reconstructions: {num_tokens: reconstructions of `images` (uint8, same order)}.
-    codebook_size: K, for the token rate.
+    codebook_size: K, for the raw token rate.
+    coded_bytes: {name: {num_tokens: file bytes per image}} of real token files (e.g. one entry per
+      prior); each gives a `<name>_bytes` column (mean).
 
   Returns:
-    One dict per token count (ascending): num_tokens, token_bytes, bits_per_pixel, psnr, and for each
-    codec `<codec>_bytes` (mean bytes per image needed to match the tokenizer's PSNR on that image)
-    and `<codec>_reached` (fraction of images where the codec could match it at all).
+    One dict per token count (ascending): num_tokens, token_bytes (raw ids, k log2 K / 8),
+    bits_per_pixel (of the raw ids), psnr, the `<name>_bytes` of coded_bytes, and for each codec
+    `<codec>_bytes` (mean bytes per image needed to match the tokenizer's PSNR on that image) and
+    `<codec>_reached` (fraction of images where the codec could match it at all).
   """
   rows = []
   h, w = images[0].shape[:2]
@@ -93,6 +106,10 @@ def rate_distortion_table(images: Sequence[np.ndarray], reconstructions: dict[in
     bits = token_bits(k, codebook_size)
     row = {"num_tokens": k, "token_bytes": bits / 8, "bits_per_pixel": bits / (h * w),
            "psnr": float(np.mean(psnrs))}
+    for name, sizes in (coded_bytes or {}).items():
+      if len(sizes[k]) != len(images):
+        raise ValueError(f"coded_bytes[{name!r}][{k}] has {len(sizes[k])} sizes for {len(images)} images")
+      row[f"{name}_bytes"] = float(np.mean(sizes[k]))
     for codec in codecs:
       found = [codec_bytes_at_psnr(a, p, codec) for a, p in zip(images, psnrs)]
       row[f"{codec.lower()}_bytes"] = float(np.mean([f["bytes"] for f in found]))

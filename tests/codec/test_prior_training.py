@@ -20,23 +20,6 @@ def test_compact_vocabulary_hand_case():
     vocab.compact(np.array([9]), 9)
 
 
-@pytest.fixture(scope="module")
-def fitted(tmp_path_factory):
-  from jaxtok.configs import onedpiece
-  from jaxtok.train import loop
-  root = tmp_path_factory.mktemp("codec")
-  config = onedpiece.get_config("tiny")
-  config.total_steps, config.ckpt_every = 2, 2
-  run = str(root / "run")
-  loop.train(config, run, show_progress=False)
-  before = {f: os.path.getmtime(os.path.join(d, f)) for d, _, fs in os.walk(run) for f in fs}
-  out = str(root / "prior")
-  result = prior_training.train(run, out, num_examples=48, config_arg="tiny", progress=False)
-  after = {f: os.path.getmtime(os.path.join(d, f)) for d, _, fs in os.walk(run) for f in fs}
-  assert before == after                      # the tokenizer run is only read
-  return run, out, result
-
-
 def test_train_writes_every_prior_and_they_code_heldout_images(fitted):
   from jaxtok.eval import checkpoints
   run, out, result = fitted
