@@ -23,12 +23,7 @@ from jaxtok.eval import cli  # noqa: E402
 from jaxtok.eval import images as img_lib  # noqa: E402
 
 FLAGS = flags.FlagValues()
-flags.DEFINE_string("checkpoint", None, "the tokenizer's training run directory", flag_values=FLAGS)
-flags.DEFINE_string("prior", None, "priors folder (tools/train_prior.py)", flag_values=FLAGS)
-flags.DEFINE_enum("prior_kind", "causal", ["causal", "unigram", "unigram_pos", "uniform"],
-                  "which prior codes the tokens", flag_values=FLAGS)
-flags.DEFINE_string("input", None, "folder of images", flag_values=FLAGS)
-flags.DEFINE_string("output", None, "folder for the .jtk files", flag_values=FLAGS)
+cli.define_codec_flags(FLAGS, inputs="folder of images", outputs="folder for the .jtk files")
 flags.DEFINE_enum("fit", "crop", list(img_lib.FITS), "how images meet the tokenizer's size",
                   flag_values=FLAGS)
 flags.DEFINE_integer("num_tokens", None, "tokens per image (default: all, or chosen by "

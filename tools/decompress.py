@@ -19,12 +19,7 @@ from jaxtok.eval import cli  # noqa: E402
 from jaxtok.eval import images as img_lib  # noqa: E402
 
 FLAGS = flags.FlagValues()
-flags.DEFINE_string("checkpoint", None, "the tokenizer's training run directory", flag_values=FLAGS)
-flags.DEFINE_string("prior", None, "priors folder (tools/train_prior.py)", flag_values=FLAGS)
-flags.DEFINE_enum("prior_kind", "causal", ["causal", "unigram", "unigram_pos", "uniform"],
-                  "the prior the files were coded with", flag_values=FLAGS)
-flags.DEFINE_string("input", None, "folder of .jtk files", flag_values=FLAGS)
-flags.DEFINE_string("output", None, "folder for the PNGs", flag_values=FLAGS)
+cli.define_codec_flags(FLAGS, inputs="folder of .jtk files", outputs="folder for the PNGs")
 flags.DEFINE_bool("partial", False, "decode truncated files progressively", flag_values=FLAGS)
 
 

@@ -138,6 +138,18 @@ def define_tokenizer_flags(flag_values: flags.FlagValues, *, fit: bool = True) -
                       "size (crop: short side + centre crop; stretch)", flag_values=flag_values)
 
 
+def define_codec_flags(flag_values: flags.FlagValues, *, inputs: str, outputs: str) -> None:
+  """--checkpoint, --prior, --prior_kind, --input, --output of tools/compress.py and decompress.py."""
+  flags.DEFINE_string("checkpoint", None, "the tokenizer's training run directory",
+                      flag_values=flag_values)
+  flags.DEFINE_string("prior", None, "priors folder (tools/train_prior.py)", flag_values=flag_values)
+  flags.DEFINE_enum("prior_kind", "causal", ["causal", "unigram", "unigram_pos", "uniform"],
+                    "the prior that codes the tokens (uniform needs no --prior)",
+                    flag_values=flag_values)
+  flags.DEFINE_string("input", None, inputs, flag_values=flag_values)
+  flags.DEFINE_string("output", None, outputs, flag_values=flag_values)
+
+
 def define_tfds_flags(flag_values: flags.FlagValues, *, split: str) -> None:
   """--tfds_name, --split, --data_dir (a prepared tensorflow-datasets dataset, read without TF)."""
   flags.DEFINE_string("tfds_name", None, "tfds dataset name, e.g. cifar10", flag_values=flag_values)
