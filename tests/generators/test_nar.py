@@ -123,3 +123,10 @@ def test_bad_arguments():
   with pytest.raises(ValueError, match=r"needs a boolean mask over the cache slots, got None"):
     m = _model()
     m.net.extend_features(jnp.zeros((1, 1, 32)), 0, m.init_cache(1), causal=False)
+
+
+def test_make_model_config_is_strict():
+  m = nar_lib.make_model({"name": "nar", **CFG, "seq_len": 6, "grid_width": 3}, rngs=nnx.Rngs(0))
+  assert m.grid == (2, 3) and m.num_slots == 1 + 4 * 2
+  with pytest.raises(ValueError, match=r"nar config 'grid_width' must be int, got '3'"):
+    nar_lib.make_model({"name": "nar", **CFG, "grid_width": "3"}, rngs=nnx.Rngs(0))

@@ -116,3 +116,12 @@ def test_bad_arguments():
     _model(grid_width=3)
   with pytest.raises(ValueError, match="tokens must have seq_len=16 positions, got 8"):
     _model()(jnp.zeros((1, 8), jnp.int32))
+
+
+def test_make_model_config_is_strict():
+  m = ts_lib.make_model({"name": "token_shuffle", **CFG, "shuffle": 2}, rngs=nnx.Rngs(0))
+  assert m.num_windows == 4 and m.grid == (4, 4)
+  with pytest.raises(ValueError, match=r"token_shuffle config 'seq_len' must be int, got 12.5"):
+    ts_lib.make_model({"name": "token_shuffle", **CFG, "seq_len": 12.5}, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"unknown token_shuffle config key\(s\) \['shufle'\]"):
+    ts_lib.make_model({"name": "token_shuffle", **CFG, "shufle": 2}, rngs=nnx.Rngs(0))
