@@ -458,7 +458,7 @@ def sampler_suite(args) -> list[tuple[str, str, float, str]]:
   t_fwd = time_call(lambda: full_forward(params, seq), args.repeats, jax.block_until_ready)
   t_re = t_fwd * n
   rows.append((f"AR sample {n} tokens, batch {b}, {size}", "recompute prefix each step",
-               t_re * 1e3, f"{b * n / t_re:.0f} tokens/s ({n} x {t_fwd * 1e3:.1f} ms full forward); "
+               t_re * 1e3, f"{b * n / t_re:.3g} tokens/s ({n} x {t_fwd * 1e3:.1f} ms full forward); "
                f"KV cache is {t_re / t_kv:.1f}x faster"))
   if not args.ar_only:
     _other_samplers(args, rows)
