@@ -9,9 +9,9 @@ transformer (the GPT's `TokenTrunk`, unchanged) runs over M = N / s^2 positions:
 Token-unshuffle: the normed output [W] is split along channels into s^2 chunks of W / s^2, each
 expanded back to W (one shared Dense), passed through its own residual MLP (one per sub-position) and
 its own output head (s^2 heads; head 0 is the trunk's head), giving logits [B, M, s^2, K] that
-`unshuffle` puts back in grid order [B, N, K]. (The paper's token-unshuffle restores each of the s^2
-chunks with an MLP and then uses the LLM's one output head; per-sub-position MLPs and heads are the
-untied form of that, and reduce to it when tied.)
+`unshuffle` puts back in grid order [B, N, K]. (Only the paper's abstract was at hand here; as
+recalled, not checked, its token-unshuffle restores the s^2 chunks with MLPs and then uses the LLM's
+single output head: per-sub-position MLPs and heads are the untied form, equal to it when tied.)
 
 As in the paper, the s^2 tokens of a window come from ONE forward pass and are sampled independently
 given everything before the window (no dependence among the s^2 tokens of the same window); the
