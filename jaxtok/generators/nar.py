@@ -165,6 +165,9 @@ class NAR(gpt.GPT):
     at slots 1 + d L ..; `d` may be traced. Returns (logits [B, L, K] of diagonal d + 1, entries
     past its length meaningless, new cache)."""
     num, longest = self.diag.shape
+    if tokens.ndim != 2 or tokens.shape[1] != longest:
+      raise ValueError(f"tokens must be int32 [B, L={longest}] (diagonal d, padded to the longest), "
+                       f"got shape {tuple(tokens.shape)}")
     cells = jnp.asarray(self.diag)[d]
     slot_dist = np.concatenate([[-1], np.where(self.diag >= 0, np.arange(num)[:, None], _FAR).reshape(-1)])
     mask = (jnp.asarray(slot_dist)[None, :] <= d)  # [1, S]: same for every query of the step

@@ -148,6 +148,9 @@ class TokenShuffle(gpt.GPT):
   def step(self, window: jax.Array, position, cache):
     """Writes window int32 [B, s^2] (window position-1) at slot `position` (may be traced);
     returns (logits [B, s^2, K] of window `position`, new cache)."""
+    if window.ndim != 2 or window.shape[1] != self.shuffle ** 2:
+      raise ValueError(f"window must be int32 [B, s^2={self.shuffle ** 2}], got shape "
+                       f"{tuple(window.shape)}")
     h, cache = self.net.extend_features(self.merge(window[:, None]), position, cache)
     return self.unmerge(h)[:, 0], cache
 

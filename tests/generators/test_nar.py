@@ -117,6 +117,9 @@ def test_bad_arguments():
   with pytest.raises(ValueError, match=r"prompt must be condition ids \[B, 1\], got shape \(1, 2\)"):
     m = _model()
     m.prefill(jnp.zeros((1, 2), jnp.int32), m.init_cache(1))
+  with pytest.raises(ValueError, match=r"tokens must be int32 \[B, L=3\] .*got shape \(1, 9\)"):
+    m = _model()
+    m.step(jnp.zeros((1, 9), jnp.int32), 0, m.init_cache(1))
   with pytest.raises(ValueError, match="diagonals must hold each raster index"):
     neighbor.sample(jax.random.key(0), None, None, None, jnp.zeros((1, 1), jnp.int32),
                     diagonals=np.array([[0, 0]]))

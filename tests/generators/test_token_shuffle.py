@@ -116,6 +116,9 @@ def test_bad_arguments():
     _model(grid_width=3)
   with pytest.raises(ValueError, match="tokens must have seq_len=16 positions, got 8"):
     _model()(jnp.zeros((1, 8), jnp.int32))
+  m = _model()
+  with pytest.raises(ValueError, match=r"window must be int32 \[B, s\^2=4\], got shape \(1, 3\)"):
+    m.step(jnp.zeros((1, 3), jnp.int32), 1, m.init_cache(1))
 
 
 def test_make_model_config_is_strict():
