@@ -233,6 +233,9 @@ def test_malformed_safetensors_headers_name_the_tensor(tmp_path, entry, match):
     ("maskgit_titok", "tiny,tokns=64", r"unknown config argument 'tokns'; expected one of .*'tokens'"),
     ("gpt_flextok", "codebook=x", r"'codebook' must be an int, got 'x'"),
     ("mar_vae", "codebook=16", r"unknown config argument 'codebook'; expected one of .*'token_dim'"),
+    ("token_shuffle_vqgan", "tiny,shufle=2", r"unknown config argument 'shufle'; expected one of .*'shuffle'"),
+    ("nar_vqgan", "grid_width=x", r"'grid_width' must be an int, got 'x'"),
+    ("nar_vqgan", "tiny,shuffle=2", r"unknown config argument 'shuffle'; expected one of .*'grid_width'"),
 ])
 def test_generator_config_typos_list_the_valid_arguments(module, arg, match):
   import importlib

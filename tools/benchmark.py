@@ -5,6 +5,8 @@ Usage:
   python tools/benchmark.py --suite tokenizers [--models titok_s128,titok_b64] [--batch 8]
   python tools/benchmark.py --suite train [--models main,titok_b64,flextok] [--batch 32]
   python tools/benchmark.py --suite samplers [--skip-ar] [--other-batch 2]
+  python tools/benchmark.py --suite samplers --ar-only --ar-size 256x4 --ar-tokens 64 --ar-batch 4
+      (GPT, Token-Shuffle s=2 and NAR at one size: tokens/s and model calls per image)
   python tools/benchmark.py --suite data [--batch 32] [--repeats 10]
   python tools/benchmark.py --compare-official ../1d-tokenizer [--models titok_s128,titok_bl64,rar]
       [--batch 8] [--repeats 2] [--breakdown]   (suite "official": jaxtok beside the PyTorch originals)
@@ -403,9 +405,20 @@ def _train_one(name, args, peak):
 
 # ---- samplers: tokens/s
 
+def _ar_size(spec: str) -> tuple[int, int, int]:
+  """(width, depth, heads) of --ar-size WIDTHxDEPTH (heads: width / 64)."""
+  try:
+    width, depth = (int(v) for v in spec.lower().split("x"))
+  except ValueError:
+    raise SystemExit(f"--ar-size must be WIDTHxDEPTH like 768x12, got {spec!r}") from None
+  if width % 64 or depth < 1:
+    raise SystemExit(f"--ar-size: width must be a multiple of 64 and depth >= 1, got {spec!r}")
+  return width, depth, width // 64
+
+
 def sampler_suite(args) -> list[tuple[str, str, float, str]]:
   """AR with KV cache vs recomputing the prefix (12 layers, width 768, batch 16, 256 tokens by
-  default), then the other samplers' tokens/s."""
+  default), Token-Shuffle and NAR at the same size, then the other samplers' tokens/s."""
   from flax import nnx
   from jaxtok.generators import gpt
   from jaxtok.samplers import autoregressive as ar
@@ -415,8 +428,10 @@ def sampler_suite(args) -> list[tuple[str, str, float, str]]:
     _other_samplers(args, rows)
     return rows
   b, n, vocab = args.ar_batch, args.ar_tokens, 4096
-  model = gpt.GPT(codebook_size=vocab, seq_len=n, num_classes=1000, width=768, depth=12, heads=12,
-                  dtype=jnp.dtype(args.dtype or "float32"), rngs=nnx.Rngs(0))
+  width, depth, heads = _ar_size(args.ar_size)
+  size = f"{depth}x{width}"
+  model = gpt.GPT(codebook_size=vocab, seq_len=n, num_classes=1000, width=width, depth=depth,
+                  heads=heads, dtype=jnp.dtype(args.dtype or "float32"), rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model)
   prompt = jnp.full((b, 1), vocab + 1, jnp.int32)  # class 1's id
 
@@ -427,8 +442,11 @@ def sampler_suite(args) -> list[tuple[str, str, float, str]]:
 
   t_kv = time_call(lambda: kv_sample(params, jax.random.key(0)), max(1, args.repeats // 3),
                    jax.block_until_ready)
-  rows.append((f"AR sample {n} tokens, batch {b}, 12x768", "KV cache (lax.scan)", t_kv * 1e3,
-               f"{b * n / t_kv:.0f} tokens/s"))
+  rows.append((f"AR sample {n} tokens, batch {b}, {size}", "KV cache (lax.scan)", t_kv * 1e3,
+               f"{b * n / t_kv:.0f} tokens/s, {n} model calls per image"))
+  _grid_ar_rows(args, rows, t_kv, prompt, size, dict(
+      codebook_size=vocab, seq_len=n, num_classes=1000, width=width, depth=depth, heads=heads,
+      dtype=jnp.dtype(args.dtype or "float32")))
 
   # Recompute: every step runs the full static-shape forward over all n positions, so the whole
   # sampler costs n of these forwards; time one and multiply (the sampler loop adds nothing).
@@ -439,12 +457,42 @@ def sampler_suite(args) -> list[tuple[str, str, float, str]]:
   seq = jnp.zeros((b, n), jnp.int32)
   t_fwd = time_call(lambda: full_forward(params, seq), args.repeats, jax.block_until_ready)
   t_re = t_fwd * n
-  rows.append((f"AR sample {n} tokens, batch {b}, 12x768", "recompute prefix each step",
-               t_re * 1e3, f"{b * n / t_re:.0f} tokens/s ({n} x {t_fwd * 1e3:.1f} ms full forward); "
+  rows.append((f"AR sample {n} tokens, batch {b}, {size}", "recompute prefix each step",
+               t_re * 1e3, f"{b * n / t_re:.3g} tokens/s ({n} x {t_fwd * 1e3:.1f} ms full forward); "
                f"KV cache is {t_re / t_kv:.1f}x faster"))
   if not args.ar_only:
     _other_samplers(args, rows)
   return rows
+
+
+def _grid_ar_rows(args, rows: Rows, t_gpt: float, prompt, size: str, cfg: dict) -> None:
+  """Token-Shuffle (s = 2) and NAR rows beside the GPT's KV-cache row: the same trunk size, tokens,
+  batch and prompt; tokens/s, model calls per image, and the speed-up over the GPT's row."""
+  from flax import nnx
+  from jaxtok.generators import nar as nar_lib
+  from jaxtok.generators import token_shuffle as ts_lib
+  from jaxtok.samplers import autoregressive as ar
+  from jaxtok.samplers import neighbor
+
+  b, n = prompt.shape[0], cfg["seq_len"]
+  ts = ts_lib.TokenShuffle(shuffle=2, **cfg, rngs=nnx.Rngs(0))
+  nar = nar_lib.NAR(**cfg, rngs=nnx.Rngs(0))
+  samplers = {
+      "Token-Shuffle s=2 (KV cache, windows of 4)": (ts, ts.num_windows, lambda m, rng: m.tokens_from_windows(
+          ar.sample(rng, m.prefill, m.step, m.init_cache(b), prompt, num_tokens=m.num_windows))),
+      "NAR (KV cache, one call per diagonal)": (nar, neighbor.num_model_calls(nar.diag),
+                                                lambda m, rng: neighbor.sample(
+          rng, m.prefill, m.step, m.init_cache(b), prompt, diagonals=m.diag)),
+  }
+  for impl, (model, calls, body) in samplers.items():
+    graphdef, params = nnx.split(model)
+    run = jax.jit(lambda params, rng, graphdef=graphdef, body=body: body(nnx.merge(graphdef, params), rng))
+    stage(f"timing {impl}")
+    t = time_call(lambda: run(params, jax.random.key(0)), max(1, args.repeats // 3),
+                  jax.block_until_ready)
+    rows.append((f"AR sample {n} tokens, batch {b}, {size}", impl, t * 1e3,
+                 f"{b * n / t:.0f} tokens/s, {calls} model calls per image; {t_gpt / t:.1f}x the GPT "
+                 f"row's tokens/s"))
 
 
 def _other_samplers(args, rows: Rows) -> None:
@@ -966,7 +1014,11 @@ def main(argv=None) -> int:
   parser.add_argument("--dtype", default=None, help="compute dtype override, e.g. bfloat16")
   parser.add_argument("--flow-steps", type=int, default=25, help="FlexTok decoder Euler steps")
   parser.add_argument("--ar-batch", type=int, default=16)
-  parser.add_argument("--ar-tokens", type=int, default=256)
+  parser.add_argument("--ar-tokens", type=int, default=256,
+                      help="samplers: tokens per AR sample (a square number: Token-Shuffle and NAR "
+                           "read them as a grid)")
+  parser.add_argument("--ar-size", default="768x12",
+                      help="samplers: WIDTHxDEPTH of the AR models (GPT, Token-Shuffle, NAR)")
   parser.add_argument("--skip-ar", action="store_true",
                       help="samplers: skip the autoregressive KV-cache vs recompute rows")
   parser.add_argument("--ar-only", action="store_true",

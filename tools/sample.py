@@ -4,7 +4,8 @@ r"""Samples tokens from a trained generator and decodes them to images with its 
       --config.model.codebook_size=64 --num_samples 16 --cfg_scale 2.0 --out runs/maskgit/samples
 
 The sampler follows config.model.name (`jaxtok.eval.generate`): gpt -> autoregressive with the
-KV cache (--num_tokens: generate only a prefix of ordered tokens), maskgit -> MaskGIT parallel
+KV cache (--num_tokens: generate only a prefix of ordered tokens), token_shuffle -> the same over
+s x s windows (one step per window), nar -> next-neighbour decoding (one step per diagonal), maskgit -> MaskGIT parallel
 decoding (--steps, --schedule, --choice_temperature; --mode titok --preset titok_b64 for the released
 TiTok / One-D-Piece procedure, where --cfg_scale is its guidance scale), mar -> MAR random order with the flow head
 (--steps iterations, --head_steps / --head_steps_lower DiSA annealing). Defaults come from the

@@ -3,6 +3,10 @@
   gpt      jaxtok.samplers.autoregressive.sample with the GPT's preallocated KV cache (prefill the
            condition id, then one cached step per token); `num_tokens` <= seq_len generates only a
            prefix (ordered tokens, FlexTok / One-D-Piece, decode any prefix);
+  token_shuffle  the same sampler over the Token-Shuffle model's windows (one step draws the s^2
+           tokens of a window as a group; always the whole grid);
+  nar      jaxtok.samplers.neighbor: one cached model call per diagonal of the grid (2n - 1 calls
+           for n x n tokens);
   maskgit  jaxtok.samplers.maskgit from all-mask tokens (mask id = codebook size): `mode`
            "maskgit" (google-research/maskgit, the default) or "titok" (the released TiTok /
            One-D-Piece generators' procedure, `maskgit_released`, settings from `preset`, any of
@@ -114,20 +118,48 @@ def _guided(model, opts: Options) -> bool:
   return int(getattr(model, "num_classes", 0)) > 0 and float(opts.cfg_scale) != 1.0
 
 
-def _gpt(model, rng, labels, opts: Options):
-  from jaxtok.samplers import autoregressive  # pylint: disable=g-import-not-at-top
+def _ar_setup(model, labels, opts: Options):
+  """(condition prompt [B, 1], cache, sampler keywords) shared by the AR kinds (gpt, token_shuffle,
+  nar): guidance runs with the null id as the unconditional prompt over a 2B cache."""
   b = labels.shape[0]
-  n = opts.num_tokens or model.seq_len
-  if not 1 <= n <= model.seq_len:
-    raise ValueError(f"--num_tokens must be in [1, seq_len={model.seq_len}], got {n}")
   prompt = model.condition_ids(labels, b)[:, None]
   guided = _guided(model, opts)
   uncond = jnp.full_like(prompt, model.null_id) if guided else None
   cache = model.init_cache(2 * b if guided else b)
-  return autoregressive.sample(rng, model.prefill, model.step, cache, prompt, num_tokens=n,
-                               temperature=opts.temperature, top_k=opts.top_k, top_p=opts.top_p,
-                               uncond_prompt_tokens=uncond, cfg_scale=opts.cfg_scale,
-                               cfg_schedule=opts.cfg_schedule or "constant")
+  return prompt, cache, dict(temperature=opts.temperature, top_k=opts.top_k, top_p=opts.top_p,
+                             uncond_prompt_tokens=uncond, cfg_scale=opts.cfg_scale,
+                             cfg_schedule=opts.cfg_schedule or "constant")
+
+
+def _gpt(model, rng, labels, opts: Options):
+  from jaxtok.samplers import autoregressive  # pylint: disable=g-import-not-at-top
+  n = opts.num_tokens or model.seq_len
+  if not 1 <= n <= model.seq_len:
+    raise ValueError(f"--num_tokens must be in [1, seq_len={model.seq_len}], got {n}")
+  prompt, cache, kw = _ar_setup(model, labels, opts)
+  return autoregressive.sample(rng, model.prefill, model.step, cache, prompt, num_tokens=n, **kw)
+
+
+def _whole_grid(model, opts: Options, kind: str) -> None:
+  if opts.num_tokens not in (None, model.seq_len):
+    raise ValueError(f"--num_tokens: {kind} generates the whole grid of seq_len={model.seq_len} "
+                     f"tokens, got {opts.num_tokens}")
+
+
+def _token_shuffle(model, rng, labels, opts: Options):
+  from jaxtok.samplers import autoregressive  # pylint: disable=g-import-not-at-top
+  _whole_grid(model, opts, "token_shuffle")
+  prompt, cache, kw = _ar_setup(model, labels, opts)
+  windows = autoregressive.sample(rng, model.prefill, model.step, cache, prompt,
+                                  num_tokens=model.num_windows, **kw)
+  return model.tokens_from_windows(windows)
+
+
+def _nar(model, rng, labels, opts: Options):
+  from jaxtok.samplers import neighbor  # pylint: disable=g-import-not-at-top
+  _whole_grid(model, opts, "nar")
+  prompt, cache, kw = _ar_setup(model, labels, opts)
+  return neighbor.sample(rng, model.prefill, model.step, cache, prompt, diagonals=model.diag, **kw)
 
 
 def _maskgit(model, rng, labels, opts: Options):
@@ -170,7 +202,8 @@ def _mar(model, rng, labels, opts: Options):
   return out.tokens
 
 
-SAMPLERS = {"gpt": _gpt, "maskgit": _maskgit, "mar": _mar}
+SAMPLERS = {"gpt": _gpt, "maskgit": _maskgit, "mar": _mar, "token_shuffle": _token_shuffle,
+            "nar": _nar}
 
 
 def make_sampler(name: str, graphdef: Any, params: Any, opts: Options) -> Callable[[jax.Array, jax.Array], jax.Array]:

@@ -49,14 +49,21 @@ class GPT(ClassConditionalTokenModel):
     b, n = tokens.shape
     if n > self.seq_len:
       raise ValueError(f"tokens has {n} positions, more than seq_len={self.seq_len}")
-    cond = self.condition_ids(labels, b)
+    cond = self.training_condition_ids(labels, b, train=train, rng=rng)
+    ids = jnp.concatenate([cond[:, None], tokens[:, :-1].astype(jnp.int32)], axis=1)
+    return self.net(ids)
+
+  def training_condition_ids(self, labels: jax.Array | None, batch: int, *, train: bool,
+                             rng: jax.Array | None) -> jax.Array:
+    """`condition_ids` [B] int32 with class dropout (the null id with probability class_dropout)
+    when train=True and the model is class-conditional; rng is needed then."""
+    cond = self.condition_ids(labels, batch)
     if train and self.class_dropout > 0 and self.num_classes > 0:
       if rng is None:
         raise ValueError("train=True with class_dropout > 0 needs rng")
-      drop = jax.random.bernoulli(rng, self.class_dropout, (b,))
+      drop = jax.random.bernoulli(rng, self.class_dropout, (batch,))
       cond = jnp.where(drop, self.null_id, cond)
-    ids = jnp.concatenate([cond[:, None], tokens[:, :-1].astype(jnp.int32)], axis=1)
-    return self.net(ids)
+    return cond
 
   def init_cache(self, batch: int, dtype=None):
     """A cache with seq_len slots per layer (condition + N - 1 tokens)."""
@@ -80,7 +87,12 @@ class GPT(ClassConditionalTokenModel):
 def loss(model: GPT, tokens: jax.Array, labels: jax.Array | None, *, rng: jax.Array | None = None,
          train: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Next-token cross-entropy (mean over tokens) and metrics {loss, accuracy}."""
-  logits = model(tokens, labels, train=train, rng=rng)
+  return cross_entropy(model(tokens, labels, train=train, rng=rng), tokens)
+
+
+def cross_entropy(logits: jax.Array, tokens: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Mean cross-entropy of logits [B, N, K] against tokens [B, N] int32, and metrics {loss,
+  accuracy} (the loss of every generator over discrete tokens here that predicts each token once)."""
   logp = jax.nn.log_softmax(logits, axis=-1)
   nll = -jnp.take_along_axis(logp, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
   acc = jnp.mean((jnp.argmax(logits, -1) == tokens).astype(jnp.float32))

@@ -58,17 +58,30 @@ class TokenTrunk(nnx.Module):
     self.head = Dense(width, output_vocab, ("embed", "vocab"), use_bias=False, dtype=dtype,
                       kernel_init=_INIT, rngs=rngs)
 
-  def _logits(self, x: jax.Array) -> jax.Array:
-    logits = self.head(self.norm(x)).astype(jnp.float32)
+  def logits(self, h: jax.Array) -> jax.Array:
+    """Logits [B, T, output_vocab] float32 of transformer features h [B, T, W] (norm, then head)."""
+    logits = self.head(self.norm(h)).astype(jnp.float32)
     return sharding.constrain(logits, ("act_batch", "act_seq", "act_vocab"))
 
   def __call__(self, ids: jax.Array) -> jax.Array:
     """Logits [B, T, output_vocab] float32 for input ids [B, T] int32."""
     return self.forward_embedded(self.embed(ids))
 
-  def forward_embedded(self, x: jax.Array) -> jax.Array:
-    """Logits [B, T, output_vocab] float32 for already-embedded inputs x [B, T, W]."""
-    return self._logits(self.blocks(x.astype(self.dtype), causal=self.causal))
+  def features(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
+    """Transformer features [B, T, W] (before the final norm) of embedded inputs x [B, T, W].
+
+    mask: None (the trunk's own causal / bidirectional rule) or a boolean [T, T] (or broadcastable
+    to [B, H, T, T]) mask that replaces it (True = may attend), e.g. NAR's near-causal mask.
+    """
+    x = x.astype(self.dtype)
+    if mask is None:
+      return self.blocks(x, causal=self.causal)
+    return self.blocks(x, mask=mask)
+
+  def forward_embedded(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
+    """Logits [B, T, output_vocab] float32 for already-embedded inputs x [B, T, W] (mask: see
+    `features`)."""
+    return self.logits(self.features(x, mask=mask))
 
   def init_cache(self, batch: int, length: int, dtype=None):
     """Zeroed caches of `length` slots (an opaque pytree for `extend`)."""
@@ -83,10 +96,15 @@ class TokenTrunk(nnx.Module):
     """
     return self.extend_embedded(self.embed(ids), start, cache)
 
+  def extend_features(self, x: jax.Array, start, cache, **kwargs):
+    """Features [B, T, W] (before the final norm) of embedded x [B, T, W] written at cache slots
+    start..start+T-1, and the new cache; kwargs (mask, positions, causal) go to `Attention.extend`."""
+    return self.blocks.extend(x.astype(self.dtype), cache, start, **kwargs)
+
   def extend_embedded(self, x: jax.Array, start, cache):
     """`extend` for already-embedded inputs x [B, T, W]."""
-    x, cache = self.blocks.extend(x.astype(self.dtype), cache, start)
-    return self._logits(x), cache
+    x, cache = self.extend_features(x, start, cache)
+    return self.logits(x), cache
 
 
 # Config fields of the class-conditional token models (GPT, MaskGIT).

@@ -227,13 +227,19 @@ class Attention(nnx.Module):
     return KVCache(jnp.zeros(shape, dt), jnp.zeros(shape, dt))
 
   def extend(self, x: jax.Array, cache: KVCache, start, *, mask: jax.Array | None = None,
-             positions: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
-    """Causal attention of x [B, T, W] at slots start..start+T-1 against the cache.
+             positions: jax.Array | None = None, causal: bool = True) -> tuple[jax.Array, KVCache]:
+    """Attention of x [B, T, W] at slots start..start+T-1 against the cache.
 
     Writes x's keys/values into the cache first; query t sees slots <= start + t (and, with `mask`
-    broadcastable to [B, H, T, S], only where it is True / adds it). RoPE positions default to
-    start + 0..T-1. Returns (y [B, T, W], new cache).
+    broadcastable to [B, H, T, S], only where it is True / adds it). causal=False drops the
+    slots <= start + t rule: then `mask` alone (required, boolean) says which slots each query sees,
+    and it must hide the slots not yet written (a block of queries that see each other, as NAR's
+    tokens of one distance do). RoPE positions default to start + 0..T-1. Returns (y [B, T, W],
+    new cache).
     """
+    if not causal and (mask is None or not jnp.issubdtype(jnp.asarray(mask).dtype, jnp.bool_)):
+      raise ValueError(f"extend(causal=False) needs a boolean mask over the cache slots, got "
+                       f"{None if mask is None else jnp.asarray(mask).dtype}")
     if positions is None and self.rope == "1d":
       positions = start + jnp.arange(x.shape[1])
     q, k, v = self._qkv(x, positions)
@@ -243,7 +249,9 @@ class Attention(nnx.Module):
         jax.lax.dynamic_update_slice_in_dim(cache.v, heads_major(v, cache.v), start, axis=2))
     slots = np.arange(cache.k.shape[2])
     seen = slots[None, :] <= (start + jnp.arange(x.shape[1]))[:, None]  # [T, S]
-    if mask is None:
+    if not causal:
+      full = mask
+    elif mask is None:
       full = seen
     elif jnp.issubdtype(jnp.asarray(mask).dtype, jnp.bool_):
       full = seen & mask

@@ -114,7 +114,9 @@ class Block(nnx.Module):
 
   def extend(self, x: jax.Array, cache: KVCache, start, *, mask: jax.Array | None = None,
              positions: jax.Array | None = None, cond: jax.Array | None = None,
-             segments: Sequence[int] | None = None) -> tuple[jax.Array, KVCache]:
+             segments: Sequence[int] | None = None,
+             causal: bool = True) -> tuple[jax.Array, KVCache]:
     """The block over x [B, T, W] at cache slots start..start+T-1 (see `Attention.extend`)."""
-    attend = lambda h: self.attn.extend(h, cache, start, mask=mask, positions=positions)
+    attend = lambda h: self.attn.extend(h, cache, start, mask=mask, positions=positions,
+                                        causal=causal)
     return self._run(x, attend, cond, segments)

@@ -58,10 +58,29 @@ _TYPES.update({seq: lambda v: isinstance(v, (list, tuple)) and all(_is_int(x) fo
                for seq in ("Sequence[int]", "tuple[int,...]", "tuple[int]", "list[int]")})
 
 
+def _init_parameters(cls: type) -> dict[str, inspect.Parameter]:
+  """The keyword parameters of cls.__init__ and of the base-class __init__s it forwards **kwargs to
+  (a subclass adding a few fields over its base's constructor), the most derived annotation first."""
+  params: dict[str, inspect.Parameter] = {}
+  for klass in cls.__mro__:
+    init = klass.__dict__.get("__init__")
+    if init is None or klass is object:
+      continue
+    try:
+      sig = inspect.signature(init).parameters
+    except (TypeError, ValueError):
+      continue
+    for name, p in sig.items():
+      params.setdefault(name, p)
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.values()):
+      break
+  return params
+
+
 def check_types(cls: type, kwargs: Mapping[str, Any], *, model: str) -> None:
   """Raises ValueError naming the key, the annotated type and the value for every kwarg whose value
   does not fit cls.__init__'s annotation (annotations outside _TYPES, e.g. Any or a dtype, pass)."""
-  params = inspect.signature(cls.__init__).parameters
+  params = _init_parameters(cls)
   for key, value in kwargs.items():
     if key not in params or params[key].annotation is inspect.Parameter.empty:
       continue

@@ -6,6 +6,10 @@ Contract (``jaxtok.generators.gpt.GPT.prefill`` / ``.step`` satisfy it):
   ``step_fn(token int32 [B'], position int32 scalar, cache) -> (logits [B', V] for position+1, cache)``
   where ``position`` is the sequence index of ``token`` (prompt first) and B' is B, or 2B with
   guidance.
+Token groups: when the callables return logits [B', G, V], each step draws G tokens at once
+(independently given the prefix, one noise draw of shape [B, G, V]) and feeds the group int32
+[B', G] back; the output is then [B, N, G] (``jaxtok.generators.token_shuffle``: G = s^2 tokens of a
+merged window). ``sample_recompute`` takes single tokens only.
 
 Guidance: pass ``uncond_prompt_tokens`` [B, P] (e.g. the null class id); the prompt and it run as
 one batch of 2B through the callables ([cond; uncond], so the cache must be made for 2B), each
@@ -45,9 +49,12 @@ def length_mask(lengths, num_tokens):
   return jnp.arange(num_tokens)[None, :] < jnp.asarray(lengths)[:, None]
 
 
-def _drawer(rng, b, num_tokens, guided, *, temperature, top_k, top_p, cfg_scale, cfg_schedule,
-            cfg_power):
-  """draw(logits [B', V], i) -> token int32 [B] for token index i (noise fold_in(rng, i))."""
+def make_drawer(rng, b, num_tokens, guided, *, temperature, top_k, top_p, cfg_scale, cfg_schedule,
+                cfg_power):
+  """draw(logits [B', ..., V], i) -> tokens int32 [B, ...] of step i of num_tokens: guidance
+  (``guidance.cfg_uncond_base`` of the [cond; uncond] halves at the schedule's scale for i /
+  num_tokens), then temperature, top-k, top-p and the noise fold_in(rng, i). Shared with the
+  samplers that decode a fixed number of steps (``samplers.neighbor``)."""
   def draw(logits, i):
     if guided:
       s = guidance.scale_at(cfg_schedule, cfg_scale, i / num_tokens, cfg_power)
@@ -60,7 +67,8 @@ def _drawer(rng, b, num_tokens, guided, *, temperature, top_k, top_p, cfg_scale,
 def _finish(out, lengths, num_tokens, pad_id):
   if lengths is None:
     return out
-  return jnp.where(length_mask(lengths, num_tokens), out, jnp.int32(pad_id))
+  keep = length_mask(lengths, num_tokens).reshape(out.shape[:2] + (1,) * (out.ndim - 2))
+  return jnp.where(keep, out, jnp.int32(pad_id))
 
 
 def _setup(rng, prompt_tokens, uncond_prompt_tokens, num_tokens, lengths, *, cfg_scale,
@@ -70,7 +78,7 @@ def _setup(rng, prompt_tokens, uncond_prompt_tokens, num_tokens, lengths, *, cfg
   guidance.check_scale(cfg_scale)
   b, p = prompt_tokens.shape
   guided = uncond_prompt_tokens is not None
-  draw = _drawer(rng, b, num_tokens, guided, cfg_scale=cfg_scale, cfg_schedule=cfg_schedule,
+  draw = make_drawer(rng, b, num_tokens, guided, cfg_scale=cfg_scale, cfg_schedule=cfg_schedule,
                  **draw_opts)
   return b, p, guided, draw
 
@@ -78,7 +86,7 @@ def _setup(rng, prompt_tokens, uncond_prompt_tokens, num_tokens, lengths, *, cfg
 def sample(rng, prefill_fn, step_fn, cache, prompt_tokens, *, num_tokens, temperature=1.0,
            top_k=None, top_p=None, uncond_prompt_tokens=None, cfg_scale=1.0,
            cfg_schedule="constant", cfg_power=1.0, lengths=None, pad_id=0):
-  """Returns generated tokens int32 [B, N] (see the module docstring for every option).
+  """Returns generated tokens int32 [B, N] ([B, N, G] for token groups; see the module docstring).
 
   cache: the callables' cache for B rows (2B with ``uncond_prompt_tokens``), any pytree.
   temperature >= 0 (0 = greedy), top_k in [1, V], top_p in (0, 1].
@@ -90,7 +98,7 @@ def sample(rng, prefill_fn, step_fn, cache, prompt_tokens, *, num_tokens, temper
   prompt = jnp.concatenate([prompt_tokens, uncond_prompt_tokens]) if guided else prompt_tokens
   logits, cache = prefill_fn(prompt.astype(jnp.int32), cache)
   first = draw(logits, 0)
-  out = jnp.zeros((b, num_tokens), jnp.int32).at[:, 0].set(first)
+  out = jnp.zeros((b, num_tokens) + first.shape[1:], jnp.int32).at[:, 0].set(first)
   stop = num_tokens if lengths is None else jnp.max(lengths)
 
   # Token i comes from the logits of step_fn(token i-1); no call is made after the last token.

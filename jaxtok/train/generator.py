@@ -2,6 +2,8 @@
 
 Generators (config.model.name):
   gpt       causal AR over discrete tokens      (jaxtok.generators.gpt)   e.g. FlexTok tokens
+  token_shuffle  causal AR over s x s windows of a token grid (jaxtok.generators.token_shuffle)
+  nar       next-neighbour AR over a token grid (jaxtok.generators.nar)   e.g. VQGAN tokens
   maskgit   bidirectional masked over discrete  (jaxtok.generators.bert)  e.g. TiTok tokens
   mar       masked over continuous tokens       (jaxtok.generators.mar)   e.g. VAE tokens
 Each module has `make_model(cfg, *, rngs)` and `loss(model, tokens, labels, *, rng, train) -> (loss,
@@ -34,7 +36,8 @@ from jaxtok.train import state as state_lib
 log = logging.getLogger(__name__)
 
 GENERATORS = {"gpt": "jaxtok.generators.gpt", "maskgit": "jaxtok.generators.bert",
-              "mar": "jaxtok.generators.mar"}
+              "mar": "jaxtok.generators.mar", "token_shuffle": "jaxtok.generators.token_shuffle",
+              "nar": "jaxtok.generators.nar"}
 
 
 def generator_module(name: str):

@@ -150,6 +150,23 @@ def test_kv_cache_with_a_mask_equals_masked_recompute(kind):
   np.testing.assert_allclose(jnp.concatenate([y, y2], 1), full, atol=1e-5)
 
 
+def test_kv_cache_without_the_causal_rule_follows_the_block_mask():
+  """extend(causal=False): a block of queries that see each other (NAR's diagonals) gives the full
+  recompute under the same block mask; the mask must be boolean and given."""
+  attn = attention.Attention(16, 2, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(4), (2, 6, 16))
+  group = np.array([0, 1, 1, 2, 2, 2])          # slot -> block; a query sees blocks <= its own
+  mask = group[None, :] <= group[:, None]       # [T, S]
+  full = attn(x, mask=mask)
+  cache, outs = attn.init_cache(2, 6), []
+  for lo, hi in ((0, 1), (1, 3), (3, 6)):
+    y, cache = attn.extend(x[:, lo:hi], cache, lo, mask=mask[lo:hi], causal=False)
+    outs.append(y)
+  np.testing.assert_allclose(jnp.concatenate(outs, 1), full, atol=1e-5)
+  with pytest.raises(ValueError, match="causal=False\\) needs a boolean mask over the cache slots, got float32"):
+    attn.extend(x[:, :1], attn.init_cache(2, 6), 0, mask=jnp.zeros((1, 6)), causal=False)
+
+
 def test_masked_keys_do_not_influence_kept_positions():
   attn = attention.Attention(8, 2, rngs=nnx.Rngs(0))
   x = jax.random.normal(jax.random.key(0), (1, 6, 8))

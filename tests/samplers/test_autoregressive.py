@@ -166,3 +166,29 @@ def test_drives_gpt_kv_cache_with_guidance_and_top_p():
   cached, recompute = run(state, KEY(3))
   np.testing.assert_array_equal(cached, recompute)
   assert np.all((np.asarray(cached) >= 0) & (np.asarray(cached) < 11))
+
+
+def test_token_groups_fill_n_by_g_and_pad_by_length():
+  """Logits [B', G, V] per step: out [B, N, G]; a group is drawn at once (greedy here: sub-position
+  g of step i gets token (i + g) % V), fed back whole, and steps >= lengths[b] hold pad_id."""
+  vocab, g, n = 7, 3, 5
+  fed = []
+
+  def logits_for(i, rows):
+    return jnp.broadcast_to(jax.nn.one_hot((i + jnp.arange(g)) % vocab, vocab) * 30.0, (rows, g, vocab))
+
+  def prefill(prompt, cache):
+    return logits_for(0, prompt.shape[0]), cache
+
+  def step(group, position, cache):
+    jax.debug.callback(lambda t: fed.append(np.asarray(t).copy()), group)
+    return logits_for(position, group.shape[0]), cache  # position p (prompt length 1) -> step p
+
+  out = ar.sample(jax.random.key(0), prefill, step, (), jnp.zeros((2, 1), jnp.int32),
+                  num_tokens=n, temperature=0.0, lengths=jnp.array([5, 2]), pad_id=-1)
+  want = (np.arange(n)[:, None] + np.arange(g)[None, :]) % vocab
+  assert out.shape == (2, n, g)
+  np.testing.assert_array_equal(out[0], want)
+  np.testing.assert_array_equal(out[1, :2], want[:2])
+  assert (np.asarray(out[1, 2:]) == -1).all()
+  np.testing.assert_array_equal(fed[0], np.broadcast_to(want[0], (2, g)))

@@ -27,7 +27,8 @@ def _dataset(tmp_path, continuous=False):
   return path
 
 
-@pytest.mark.parametrize("name", ["gpt_flextok", "maskgit_titok", "mar_vae"])
+@pytest.mark.parametrize("name", ["gpt_flextok", "maskgit_titok", "mar_vae", "token_shuffle_vqgan",
+                                  "nar_vqgan"])
 def test_tiny_configs_train_and_resume_exactly(tmp_path, name):
   cfg = _config(name)
   cfg.data.path = _dataset(tmp_path, continuous=name == "mar_vae")
