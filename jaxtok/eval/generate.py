@@ -3,6 +3,8 @@
   gpt      jaxtok.samplers.autoregressive.sample with the GPT's preallocated KV cache (prefill the
            condition id, then one cached step per token); `num_tokens` <= seq_len generates only a
            prefix (ordered tokens, FlexTok / One-D-Piece, decode any prefix);
+  rar      the same with RAR's cache, in raster order (the release's procedure: `cfg_schedule`
+           "power-cosine" with `cfg_power`, temperature);
   maskgit  jaxtok.samplers.maskgit from all-mask tokens (mask id = codebook size): `mode`
            "maskgit" (google-research/maskgit, the default) or "titok" (the released TiTok /
            One-D-Piece generators' procedure, `maskgit_released`, settings from `preset`, any of
@@ -35,6 +37,7 @@ class Options:
   top_p: float | None = None        # None / 1.0: no nucleus filter
   cfg_scale: float = 1.0
   cfg_schedule: str | None = None  # None: the sampler's default (constant; MAR: linear)
+  cfg_power: float = 1.0            # the "power-cosine" schedule's power (RAR)
   steps: int | None = None          # MaskGIT steps / MAR iterations (None: the config's)
   schedule: str = "cosine"          # MaskGIT mask schedule
   choice_temperature: float = 4.5   # MaskGIT re-masking noise
@@ -72,8 +75,8 @@ def options_from_config(sampling: Any, **overrides: Any) -> Options:
   unknown = sorted(set(s) - SAMPLING_KEYS)
   if unknown:
     raise ValueError(f"unknown config.sampling key(s) {unknown}; valid keys: {sorted(SAMPLING_KEYS)}")
-  for key in ("temperature", "top_k", "top_p", "cfg_scale", "cfg_schedule", "schedule",
-              "choice_temperature", "annealing", "mode", "preset") + TITOK_KEYS:
+  for key in ("temperature", "top_k", "top_p", "cfg_scale", "cfg_schedule", "cfg_power",
+              "schedule", "choice_temperature", "annealing", "mode", "preset") + TITOK_KEYS:
     if key in s:
       kw[key] = s[key]
   if "num_steps" in s:
@@ -105,8 +108,8 @@ def options_from_config(sampling: Any, **overrides: Any) -> Options:
   return Options(**kw)
 
 
-SAMPLING_KEYS = frozenset({"temperature", "top_k", "top_p", "cfg_scale", "cfg_schedule", "schedule",
-                           "choice_temperature", "annealing", "mode", "preset", "num_steps",
+SAMPLING_KEYS = frozenset({"temperature", "top_k", "top_p", "cfg_scale", "cfg_schedule",
+                           "cfg_power", "schedule", "choice_temperature", "annealing", "mode", "preset", "num_steps",
                            "num_iters", "head_steps_upper", "head_steps_lower"} | set(TITOK_KEYS))
 
 
@@ -127,7 +130,8 @@ def _gpt(model, rng, labels, opts: Options):
   return autoregressive.sample(rng, model.prefill, model.step, cache, prompt, num_tokens=n,
                                temperature=opts.temperature, top_k=opts.top_k, top_p=opts.top_p,
                                uncond_prompt_tokens=uncond, cfg_scale=opts.cfg_scale,
-                               cfg_schedule=opts.cfg_schedule or "constant")
+                               cfg_schedule=opts.cfg_schedule or "constant",
+                               cfg_power=opts.cfg_power)
 
 
 def _maskgit(model, rng, labels, opts: Options):
@@ -170,7 +174,8 @@ def _mar(model, rng, labels, opts: Options):
   return out.tokens
 
 
-SAMPLERS = {"gpt": _gpt, "maskgit": _maskgit, "mar": _mar}
+# RAR has GPT's interface (condition_ids, null_id, init_cache, prefill, step, seq_len).
+SAMPLERS = {"gpt": _gpt, "rar": _gpt, "maskgit": _maskgit, "mar": _mar}
 
 
 def make_sampler(name: str, graphdef: Any, params: Any, opts: Options) -> Callable[[jax.Array, jax.Array], jax.Array]:

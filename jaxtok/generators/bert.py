@@ -80,8 +80,11 @@ def random_mask(rng: jax.Array, batch: int, length: int, schedule=arccos_schedul
 
 
 def loss(model: MaskGITTransformer, tokens: jax.Array, labels, *, rng: jax.Array,
-         label_smoothing: float = 0.1, unmasked_weight: float = 0.1, train: bool = True):
-  """Masked-token cross-entropy and metrics {loss, masked_accuracy, mask_ratio}."""
+         label_smoothing: float = 0.1, unmasked_weight: float = 0.1, train: bool = True,
+         step=None):
+  """Masked-token cross-entropy and metrics {loss, masked_accuracy, mask_ratio}. `step` (the
+  training step, part of the generator loss contract) does not change this objective."""
+  del step
   r_mask, r_drop = jax.random.split(rng)
   b, n = tokens.shape
   mask = random_mask(r_mask, b, n)

@@ -78,8 +78,10 @@ class GPT(ClassConditionalTokenModel):
 
 
 def loss(model: GPT, tokens: jax.Array, labels: jax.Array | None, *, rng: jax.Array | None = None,
-         train: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Next-token cross-entropy (mean over tokens) and metrics {loss, accuracy}."""
+         train: bool = True, step=None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Next-token cross-entropy (mean over tokens) and metrics {loss, accuracy}. `step` (the
+  training step, part of the generator loss contract) does not change this objective."""
+  del step
   logits = model(tokens, labels, train=train, rng=rng)
   logp = jax.nn.log_softmax(logits, axis=-1)
   nll = -jnp.take_along_axis(logp, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
