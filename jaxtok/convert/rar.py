@@ -28,7 +28,6 @@ README_RAR / configs/training/generator/rar.yaml), which `infer_config` assumes.
 """
 from __future__ import annotations
 
-import os
 import re
 from typing import Any, Mapping
 
@@ -142,36 +141,11 @@ def infer_config(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
               mlp_ratio=int(flat["blocks.0.mlp.fc1.weight"].shape[0]) / width)
 
 
-def resolve_config(config: Any, flat: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
-  """A RAR config from a released name, a JSON file/string, a mapping (jaxtok or official with a
-  "model" key) or None (inferred from `flat`, assuming 16 heads)."""
-  from jaxtok import convert as convert_lib
-  cfg = convert_lib.resolve_config(config, flat, released=RELEASED, aliases=ALIASES,
-                                   infer=infer_config, from_official=from_official)
-  return dict(cfg, name="rar")
-
-
-def abstract_params(config: Mapping[str, Any]):
-  """The abstract nnx.State of the RAR `config` describes (no allocation)."""
-  from flax import nnx
-  from jaxtok.generators import rar
-  return nnx.split(nnx.eval_shape(lambda: rar.make_model(config, rngs=nnx.Rngs(0))))[1]
-
-
-def build(config: Mapping[str, Any], params=None):
-  """The `generators.rar.RAR` for `config`: holding `params` when given, freshly initialised
-  otherwise."""
-  from flax import nnx
-  from jaxtok.generators import rar
-  if params is None:
-    return rar.make_model(config, rngs=nnx.Rngs(0))
-  abstract = nnx.eval_shape(lambda: rar.make_model(config, rngs=nnx.Rngs(0)))
-  return nnx.merge(nnx.graphdef(abstract), params)
-
-
-def load(path: str | os.PathLike, config: Any = None):
-  """(config, nnx.State of a `generators.rar.RAR`) from an official file. Raises ValueError naming
-  every missing, unexpected or mis-shaped tensor."""
-  flat, _ = common.read_checkpoint(path)
-  cfg = resolve_config(config, flat)
-  return cfg, common.fill_state(abstract_params(cfg), convert(flat, cfg), source=os.fspath(path))
+# resolve_config(config, flat=None), abstract_params(config), build(config, params=None) and
+# load(path, config=None) -> (config, nnx.State of a `generators.rar.RAR`): see
+# common.GeneratorConverter (a config not given is read off the shapes, assuming 16 heads).
+_API = common.GeneratorConverter(
+    "jaxtok.generators.rar", "rar", released=RELEASED, aliases=ALIASES, infer=infer_config,
+    from_official=from_official, convert=convert)
+resolve_config, abstract_params, build, load = (
+    _API.resolve_config, _API.abstract_params, _API.build, _API.load)

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxtok.generators.trunk import TOKEN_MODEL_FIELDS, ClassConditionalTokenModel
+from jaxtok.generators.trunk import TOKEN_MODEL_FIELDS, ClassConditionalTokenModel, drop_classes
 from jaxtok.nn.options import model_kwargs
 
 
@@ -57,11 +57,9 @@ class MaskGITTransformer(ClassConditionalTokenModel):
     b, n = tokens.shape
     if n != self.seq_len:
       raise ValueError(f"tokens must have seq_len={self.seq_len} positions, got {n}")
-    cond = self.condition_ids(labels, b)
-    if train and self.class_dropout > 0 and self.num_classes > 0:
-      if rng is None:
-        raise ValueError("train=True with class_dropout > 0 needs rng")
-      cond = jnp.where(jax.random.bernoulli(rng, self.class_dropout, (b,)), self.null_id, cond)
+    cond = drop_classes(self.condition_ids(labels, b), null_id=self.null_id,
+                        class_dropout=self.class_dropout, num_classes=self.num_classes,
+                        train=train, rng=rng)
     return jnp.concatenate([cond[:, None], tokens.astype(jnp.int32)], axis=1)
 
 

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxtok.generators.trunk import TOKEN_MODEL_FIELDS, ClassConditionalTokenModel
+from jaxtok.generators.trunk import TOKEN_MODEL_FIELDS, ClassConditionalTokenModel, drop_classes
 from jaxtok.nn.options import model_kwargs
 
 
@@ -49,12 +49,9 @@ class GPT(ClassConditionalTokenModel):
     b, n = tokens.shape
     if n > self.seq_len:
       raise ValueError(f"tokens has {n} positions, more than seq_len={self.seq_len}")
-    cond = self.condition_ids(labels, b)
-    if train and self.class_dropout > 0 and self.num_classes > 0:
-      if rng is None:
-        raise ValueError("train=True with class_dropout > 0 needs rng")
-      drop = jax.random.bernoulli(rng, self.class_dropout, (b,))
-      cond = jnp.where(drop, self.null_id, cond)
+    cond = drop_classes(self.condition_ids(labels, b), null_id=self.null_id,
+                        class_dropout=self.class_dropout, num_classes=self.num_classes,
+                        train=train, rng=rng)
     ids = jnp.concatenate([cond[:, None], tokens[:, :-1].astype(jnp.int32)], axis=1)
     return self.net(ids)
 

@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxtok.generators.trunk import drop_classes
 from jaxtok.nn.block import Block
 from jaxtok.nn.dense import Dense
 from jaxtok.nn.embeddings import LearnedEmbedding, trunc_normal
@@ -149,11 +150,9 @@ class RAR(nnx.Module):
       orders = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
     elif tuple(orders.shape) != (b, n):
       raise ValueError(f"orders must have the tokens' shape {(b, n)}, got {tuple(orders.shape)}")
-    cond = self.condition_ids(labels, b)
-    if train and self.class_dropout > 0 and self.num_classes > 0:
-      if rng is None:
-        raise ValueError("train=True with class_dropout > 0 needs rng")
-      cond = jnp.where(jax.random.bernoulli(rng, self.class_dropout, (b,)), self.null_id, cond)
+    cond = drop_classes(self.condition_ids(labels, b), null_id=self.null_id,
+                        class_dropout=self.class_dropout, num_classes=self.num_classes,
+                        train=train, rng=rng)
     table, pos, ta = self.embeddings(), self.pos_embed(), self.target_aware_pos_embed()
     cond_emb = table[cond]
     shuffled = jnp.take_along_axis(tokens.astype(jnp.int32), orders, axis=1)

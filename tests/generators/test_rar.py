@@ -152,3 +152,23 @@ def test_bad_inputs_raise():
     rar.make_model(dict(TINY, widht=8), rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="'depth' must be int, got '2'"):
     rar.make_model(dict(TINY, depth="2"), rngs=nnx.Rngs(0))
+
+
+def test_eval_sampler_runs_rar_with_the_configs_guidance():
+  """tools/sample.py's path: `eval.generate` samples RAR through the GPT sampler with the config's
+  power-cosine guidance; the same tokens as calling samplers.autoregressive directly."""
+  from jaxtok.configs import rar as rar_config
+  from jaxtok.eval import generate
+  c = rar_config.get_config("size=B")
+  opts = generate.options_from_config(c.sampling, cfg_scale=3.0)
+  assert (opts.cfg_schedule, opts.cfg_power, opts.temperature) == ("power-cosine", 2.75, 1.0)
+  model = _model()
+  graphdef, params = nnx.split(model)
+  labels = jnp.asarray([1, 2])
+  got = generate.make_sampler("rar", graphdef, params, opts)(jax.random.key(5), labels)
+  prompt = model.condition_ids(labels, 2)[:, None]
+  want = autoregressive.sample(
+      jax.random.key(5), model.prefill, model.step, model.init_cache(4), prompt, num_tokens=N,
+      uncond_prompt_tokens=jnp.full_like(prompt, model.null_id), cfg_scale=3.0,
+      cfg_schedule="power-cosine", cfg_power=2.75)
+  np.testing.assert_array_equal(got, want)
