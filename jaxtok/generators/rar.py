@@ -54,7 +54,7 @@ def random_order_probability(step, anneal_start: int, anneal_end: int) -> jax.Ar
   1 before anneal_start, 1 - (step - start) / (end - start) inside, 0 after anneal_end
   (1d-tokenizer `get_rar_random_ratio`; `step` counts completed updates, its `global_step`). With
   anneal_start == anneal_end the switch is a step: 1 up to that step, 0 after it (as 1 at the start
-and 0 after the end of a longer anneal).
+  and 0 after the end of a longer anneal).
   """
   step = jnp.asarray(step, jnp.float32)
   span = max(anneal_end - anneal_start, 1)

@@ -1,5 +1,7 @@
 """RAR (generators.rar): the order mechanics, the KV cache against the full forward pass, sampling
 through samplers.autoregressive with the power-cosine guidance, and refused inputs."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +15,7 @@ K, N, C = 12, 6, 3
 TINY = dict(codebook_size=K, seq_len=N, num_classes=C, width=16, depth=2, heads=2)
 
 
+@functools.lru_cache(maxsize=None)  # tests only read the model
 def _model(seed=0, **overrides):
   """A tiny RAR with every parameter perturbed: a fresh one is adaLN-zero (blocks are the identity
   and the head ignores the condition), which would make cache and order tests vacuous."""
@@ -56,12 +59,13 @@ def test_order_is_causal_and_target_aware():
   through the target-aware embedding."""
   model = _model()
   tokens, labels = _tokens(1), jnp.asarray([1])
+  fwd = jax.jit(lambda t, o: model(t, labels, orders=o))
   order = jnp.asarray([[3, 0, 5, 1, 4, 2]])
-  base = model(tokens, labels, orders=order)
-  changed = model(tokens.at[0, 5].set((tokens[0, 5] + 1) % K), labels, orders=order)  # order slot 2
+  base = fwd(tokens, order)
+  changed = fwd(tokens.at[0, 5].set((tokens[0, 5] + 1) % K), order)  # the token at order slot 2
   np.testing.assert_allclose(changed[:, :3], base[:, :3], atol=1e-6)
   assert float(jnp.abs(changed[:, 3:] - base[:, 3:]).min()) > 0
-  other = model(tokens, labels, orders=jnp.asarray([[1, 0, 5, 3, 4, 2]]))
+  other = fwd(tokens, jnp.asarray([[1, 0, 5, 3, 4, 2]]))
   assert float(jnp.abs(other[:, 0] - base[:, 0]).max()) > 1e-3
 
 
@@ -69,7 +73,7 @@ def test_kv_cache_equals_full_forward_and_jits():
   for options in ({}, dict(scan_layers=True)):
     model = _model(**options)
     tokens, labels = _tokens(3), jnp.asarray([0, 2, -1])
-    full = model(tokens, labels)
+    full = jax.jit(model)(tokens, labels)
 
     @jax.jit
     def cached(tokens, labels):
@@ -122,14 +126,16 @@ def test_sampling_with_cache_equals_recompute_and_is_deterministic(guided):
 def test_loss_and_gradients():
   model = _model()
   tokens, labels = _tokens(4), jnp.asarray([0, 1, 2, -1])
-  value, metrics = rar.loss(model, tokens, labels, rng=jax.random.key(0), train=False)
-  logp = jax.nn.log_softmax(model(tokens, labels), -1)
+  value, metrics = jax.jit(lambda t, l: rar.loss(model, t, l, rng=jax.random.key(0), train=False))(
+      tokens, labels)
+  logp = jax.nn.log_softmax(jax.jit(model)(tokens, labels), -1)
   want = -jnp.mean(jnp.take_along_axis(logp, tokens[..., None], -1))
   assert float(value) == pytest.approx(float(want), rel=1e-6)
   assert float(metrics["random_order_probability"]) == 0.0
   graphdef, state = nnx.split(model)
-  grads = jax.grad(lambda s: rar.loss(nnx.merge(graphdef, s), tokens, labels, rng=jax.random.key(1),
-                                      train=True, step=jnp.int32(0))[0])(state)
+  grads = jax.jit(jax.grad(lambda s: rar.loss(nnx.merge(graphdef, s), tokens, labels,
+                                              rng=jax.random.key(1), train=True,
+                                              step=jnp.int32(0))[0]))(state)
   assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
   assert float(jnp.abs(grads["target_aware_pos_embed"]["embedding"].get_value()).max()) > 0
 
