@@ -34,6 +34,7 @@ from typing import Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxtok.generators.trunk import drop_classes
@@ -67,6 +68,21 @@ def sample_orders(rng: jax.Array, batch: int, length: int, probability) -> jax.A
   use = jax.random.uniform(r_use, (batch,)) < probability
   perms = jnp.argsort(jax.random.uniform(r_perm, (batch, length)), axis=1).astype(jnp.int32)
   return jnp.where(use[:, None], perms, jnp.arange(length, dtype=jnp.int32)[None])
+
+
+def _check_orders(orders: jax.Array, batch: int, length: int) -> None:
+  """ValueError unless orders is [B, N] and (when concrete) each row a permutation of 0..N-1: a
+  repeated position would silently train on a wrong target."""
+  if tuple(orders.shape) != (batch, length):
+    raise ValueError(f"orders must have the tokens' shape {(batch, length)}, got "
+                     f"{tuple(orders.shape)}")
+  if isinstance(orders, jax.core.Tracer):
+    return
+  o = np.asarray(orders)
+  bad = np.nonzero((np.sort(o, axis=1) != np.arange(length)).any(axis=1))[0]
+  if bad.size:
+    raise ValueError(f"orders must be a permutation of 0..{length - 1} per sample, got row "
+                     f"{bad[0]}: {o[bad[0]].tolist()}")
 
 
 class RAR(nnx.Module):
@@ -148,8 +164,8 @@ class RAR(nnx.Module):
       raise ValueError(f"tokens must be [B, seq_len={self.seq_len}], got {tuple(tokens.shape)}")
     if orders is None:
       orders = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
-    elif tuple(orders.shape) != (b, n):
-      raise ValueError(f"orders must have the tokens' shape {(b, n)}, got {tuple(orders.shape)}")
+    else:
+      _check_orders(orders, b, n)
     cond = drop_classes(self.condition_ids(labels, b), null_id=self.null_id,
                         class_dropout=self.class_dropout, num_classes=self.num_classes,
                         train=train, rng=rng)

@@ -146,6 +146,9 @@ def test_bad_inputs_raise():
     model(jnp.zeros((2, 5), jnp.int32))
   with pytest.raises(ValueError, match=r"orders must have the tokens' shape \(2, 6\), got \(2, 5\)"):
     model(_tokens(), orders=jnp.zeros((2, 5), jnp.int32))
+  with pytest.raises(ValueError, match=r"orders must be a permutation of 0..5 per sample, got row 1: "
+                                       r"\[0, 0, 1, 2, 3, 4\]"):
+    model(_tokens(), orders=jnp.asarray([[0, 1, 2, 3, 4, 5], [0, 0, 1, 2, 3, 4]]))
   with pytest.raises(ValueError, match="needs rng"):
     model(_tokens(), jnp.asarray([0, 1]), train=True)
   with pytest.raises(ValueError, match=r"prompt must be the condition ids \[B, 1\], got \(2, 2\)"):
