@@ -7,8 +7,8 @@ Generators (config.model.name):
   mar       masked over continuous tokens       (jaxtok.generators.mar)   e.g. VAE tokens
 Each module has `make_model(cfg, *, rngs)` and `loss(model, tokens, labels, *, rng, train, step) ->
 (loss, metrics)`, `step` being the number of completed updates (int32, traced; RAR anneals its
-random-order chance with it, the others ignore it). The data are a token dataset written by tools/pretokenize.py (jaxtok.data.tokens), read by
-grain, one slice per process. The state, its sharding, the optimizer and the checkpoints are the
+random-order chance with it, the others ignore it). The data are a token dataset written by
+tools/pretokenize.py (jaxtok.data.tokens), read by grain, one slice per process. The state, its sharding, the optimizer and the checkpoints are the
 tokenizer trainer's (jaxtok.train.state / optim / checkpoint), so a generator run resumes exactly
 like a tokenizer run: the per-step key is fold_in(base, step) and the iterator state is checkpointed.
 """
