@@ -35,6 +35,8 @@ are unknown: there token ids are clipped (VQ) or wrapped (FSQ) as documented, an
 |                                                       |                                     | decoder (missing [...])"                        |
 | image_size disagreeing with the positional embedding  | convert.titok.infer_config          | ValueError "image_size 64 does not match"       |
 | proxy-code head without legacy_reshape                | convert.titok.resolve_config / load | ValueError "needs legacy_reshape=True"          |
+| RAR token order that is not a permutation             | generators.rar.RAR (concrete orders;| ValueError "orders must be a permutation of     |
+|                                                       | tests/generators/test_rar.py)       | 0..N-1 per sample, got row b: [...]"            |
 """
 import json
 import os

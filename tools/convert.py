@@ -3,7 +3,7 @@
   python tools/convert.py --model titok --config tokenizer_titok_l32_imagenet \
       --weights tokenizer_titok_l32.bin --out /tmp/titok_l32
 
---model: titok | onedpiece | vqgan | maskgit | flextok. --config: a released model name (see
+--model: titok | onedpiece | vqgan | maskgit | rar | flextok. --config: a released model name (see
 --list), a jaxtok config as JSON (a string or a file), an official config (e.g. the HF config.json),
 or omitted to read the sizes off the tensor shapes. --weights: .safetensors, or a PyTorch file read
 with torch.load(weights_only=True) (needs torch). Writes OUT/params (orbax) and OUT/config.json;
@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-_MODEL = flags.DEFINE_enum("model", None, ["titok", "onedpiece", "vqgan", "maskgit", "flextok"],
+_MODEL = flags.DEFINE_enum("model", None, ["titok", "onedpiece", "vqgan", "maskgit", "rar", "flextok"],
                            "kind of official checkpoint")
 _CONFIG = flags.DEFINE_string("config", None, "released name, JSON config (string or file), or "
                               "omitted (inferred from the shapes)")
@@ -34,9 +34,9 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   from jaxtok import convert  # pylint: disable=g-import-not-at-top
   if _LIST.value:
-    from jaxtok.convert import maskgit, titok, vqgan  # pylint: disable=g-import-not-at-top
+    from jaxtok.convert import maskgit, rar, titok, vqgan  # pylint: disable=g-import-not-at-top
     for kind, names in (("titok/onedpiece", titok.RELEASED), ("vqgan", vqgan.RELEASED),
-                        ("maskgit", maskgit.RELEASED)):
+                        ("maskgit", maskgit.RELEASED), ("rar", rar.RELEASED)):
       for name in names:
         print(f"{kind:16s} {name}")
     return

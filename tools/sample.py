@@ -4,7 +4,8 @@ r"""Samples tokens from a trained generator and decodes them to images with its 
       --config.model.codebook_size=64 --num_samples 16 --cfg_scale 2.0 --out runs/maskgit/samples
 
 The sampler follows config.model.name (`jaxtok.eval.generate`): gpt -> autoregressive with the
-KV cache (--num_tokens: generate only a prefix of ordered tokens), token_shuffle -> the same over
+KV cache (--num_tokens: generate only a prefix of ordered tokens), rar -> the same in raster order
+(--cfg_schedule power-cosine --cfg_power P, the release's guidance), token_shuffle -> the same over
 s x s windows (one step per window), nar -> next-neighbour decoding (one step per diagonal), maskgit -> MaskGIT parallel
 decoding (--steps, --schedule, --choice_temperature; --mode titok --preset titok_b64 for the released
 TiTok / One-D-Piece procedure, where --cfg_scale is its guidance scale), mar -> MAR random order with the flow head
@@ -56,6 +57,8 @@ flags.DEFINE_float("top_p", None, "nucleus filter (1 = off)", flag_values=FLAGS)
 flags.DEFINE_float("cfg_scale", None, "classifier-free guidance scale (1 = off)", flag_values=FLAGS)
 flags.DEFINE_string("cfg_schedule", None, "guidance scale schedule (jaxtok.samplers.guidance)",
                     flag_values=FLAGS)
+flags.DEFINE_float("cfg_power", None, "power of the power-cosine guidance schedule (RAR)",
+                   flag_values=FLAGS)
 flags.DEFINE_integer("steps", None, "MaskGIT steps / MAR iterations", flag_values=FLAGS)
 flags.DEFINE_string("schedule", None, "MaskGIT mask schedule (cosine, arccos, linear, ...)",
                     flag_values=FLAGS)
@@ -141,7 +144,8 @@ def main(argv) -> dict:
                      f"{tokenizer.max_tokens} (--tokenizer_checkpoint / --config mismatch)")
   opts = generate.options_from_config(
       config.get("sampling"), temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p,
-      cfg_scale=FLAGS.cfg_scale, cfg_schedule=FLAGS.cfg_schedule, steps=FLAGS.steps,
+      cfg_scale=FLAGS.cfg_scale, cfg_schedule=FLAGS.cfg_schedule, cfg_power=FLAGS.cfg_power,
+      steps=FLAGS.steps,
       schedule=FLAGS.schedule, choice_temperature=FLAGS.choice_temperature, mode=FLAGS.mode,
       preset=FLAGS.preset,
       head_steps=FLAGS.head_steps, head_steps_lower=FLAGS.head_steps_lower,

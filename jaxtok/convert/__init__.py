@@ -9,6 +9,7 @@
   "onedpiece" One-D-Piece (TiTok layout; config name "onedpiece")  convert/titok.py
   "vqgan"     the MaskGIT VQGAN                                      convert/vqgan.py
   "maskgit"   TiTok's MaskGIT generators (ImageBert, UViTBert)       convert/maskgit.py
+  "rar"       RAR generators (rar_b / rar_l / rar_xl / rar_xxl)      convert/rar.py
   "flextok"   FlexTok                                                convert/flextok.py
 `config`: for FlexTok, None (the hydra config in the file), a name of flextok.RELEASED, or a
 mapping of overrides; for the others, a released model name (e.g. "tokenizer_titok_l32_imagenet"), a jaxtok config (mapping,
@@ -25,7 +26,7 @@ import json
 import os
 from typing import Any
 
-MODELS = ("titok", "onedpiece", "vqgan", "maskgit", "flextok")
+MODELS = ("titok", "onedpiece", "vqgan", "maskgit", "rar", "flextok")
 
 
 def convert(model: str, weights: str | os.PathLike, config: Any = None):
@@ -45,6 +46,9 @@ def convert(model: str, weights: str | os.PathLike, config: Any = None):
   if model == "maskgit":
     from jaxtok.convert import maskgit
     return maskgit.load(weights, config)
+  if model == "rar":
+    from jaxtok.convert import rar
+    return rar.load(weights, config)
   if model == "flextok":
     from jaxtok.convert import flextok
     if config is None or isinstance(config, str):  # None, or a name of flextok.RELEASED
@@ -76,6 +80,9 @@ def _abstract(config: dict):
   if config.get("name") == "maskgit_official":
     from jaxtok.convert import maskgit
     return maskgit.abstract_params(config)
+  if config.get("name") == "rar":
+    from jaxtok.convert import rar
+    return rar.abstract_params(config)
   from jaxtok.tokenizers import api
   return api.build(config).abstract_params()
 

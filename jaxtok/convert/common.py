@@ -8,6 +8,10 @@ The API is small on purpose (other converters build on it):
   state_shapes(abstract)              -> {name: shape} of an nnx.State (names: path joined by '.')
   fill_state(abstract, flat, source=) -> an nnx.State shaped like `abstract`, filled from `flat`
                                          (checked with check_keys first)
+  abstract_model(make_model, config)  -> the abstract nnx.State of make_model(config) (no allocation)
+  build_model(make_model, config, params=None) -> the module, holding params when given
+  GeneratorConverter(...)             -> resolve_config / abstract_params / build / load of a
+                                         generator converter (convert/maskgit.py, convert/rar.py)
   config_arg(config, released=)       -> a config mapping from a released name, a JSON or YAML file
                                          (the official repositories ship YAML), a JSON string, or a
                                          mapping / ConfigDict
@@ -26,8 +30,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-__all__ = ["read_checkpoint", "check_keys", "state_shapes", "fill_state", "config_arg",
-           "TORCH_SUFFIXES"]
+__all__ = ["read_checkpoint", "check_keys", "state_shapes", "fill_state", "abstract_model",
+           "build_model", "GeneratorConverter", "config_arg", "TORCH_SUFFIXES"]
 
 TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
@@ -209,6 +213,63 @@ def fill_state(abstract, flat: Mapping[str, Any], *, source: str = "checkpoint")
   check_keys({_name(p): tuple(v.shape) for p, v in entries}, flat, source=source)
   return nnx.from_flat_state([(p, v.replace(jnp.asarray(np.asarray(flat[_name(p)]), v.dtype)))
                               for p, v in entries])
+
+
+def abstract_model(make_model, config: Mapping[str, Any]):
+  """The abstract nnx.State of `make_model(config, rngs=...)` (a generator module's make_model),
+  without allocating it."""
+  from flax import nnx
+  return nnx.split(nnx.eval_shape(lambda: make_model(config, rngs=nnx.Rngs(0))))[1]
+
+
+def build_model(make_model, config: Mapping[str, Any], params=None):
+  """`make_model(config, rngs=...)` holding `params` (an nnx.State) when given, freshly initialised
+  otherwise."""
+  from flax import nnx
+  if params is None:
+    return make_model(config, rngs=nnx.Rngs(0))
+  abstract = nnx.eval_shape(lambda: make_model(config, rngs=nnx.Rngs(0)))
+  return nnx.merge(nnx.graphdef(abstract), params)
+
+
+class GeneratorConverter:
+  """The entry points of a generator converter, for the jaxtok generator module `module` (imported
+  on first use) whose configs are named `name`:
+    resolve_config(config, flat=None) -> config (a released name or alias, JSON, a jaxtok or an
+                                          official mapping, or None: inferred from flat's shapes)
+    abstract_params(config)           -> the abstract nnx.State (no allocation)
+    build(config, params=None)        -> the module, holding params when given
+    load(path, config=None)           -> (config, nnx.State) of an official file; ValueError naming
+                                          every missing, unexpected or mis-shaped tensor
+  `convert(flat, config)` maps the official names and layouts to jaxtok's.
+  """
+
+  def __init__(self, module: str, name: str, *, released, aliases, infer, from_official, convert):
+    self.module, self.name, self.convert = module, name, convert
+    self.released, self.aliases = released, aliases
+    self.infer, self.from_official = infer, from_official
+
+  def _make_model(self, config, *, rngs):
+    import importlib  # pylint: disable=g-import-not-at-top
+    return importlib.import_module(self.module).make_model(config, rngs=rngs)
+
+  def resolve_config(self, config: Any, flat: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    from jaxtok import convert  # pylint: disable=g-import-not-at-top
+    cfg = convert.resolve_config(config, flat, released=self.released, aliases=self.aliases,
+                                 infer=self.infer, from_official=self.from_official)
+    return dict(cfg, name=self.name)
+
+  def abstract_params(self, config: Mapping[str, Any]):
+    return abstract_model(self._make_model, config)
+
+  def build(self, config: Mapping[str, Any], params=None):
+    return build_model(self._make_model, config, params)
+
+  def load(self, path: str | os.PathLike, config: Any = None):
+    flat, _ = read_checkpoint(path)
+    cfg = self.resolve_config(config, flat)
+    return cfg, fill_state(self.abstract_params(cfg), self.convert(flat, cfg),
+                           source=os.fspath(path))
 
 
 def _read_config_file(path: str) -> Any:

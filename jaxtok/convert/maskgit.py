@@ -30,7 +30,6 @@ official configs, or `from_official` of an official config).
 """
 from __future__ import annotations
 
-import os
 import re
 from typing import Any, Mapping
 
@@ -196,36 +195,11 @@ def infer_config(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
               num_classes=vocab - k - 2, width=width, depth=depth, heads=16, intermediate=inter)
 
 
-def resolve_config(config: Any, flat: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
-  """A generator config from a released name, a JSON file/string, a mapping (jaxtok or official
-  with a "model" key) or None (inferred from `flat`, assuming 16 heads)."""
-  from jaxtok import convert
-  cfg = convert.resolve_config(config, flat, released=RELEASED, aliases=ALIASES,
-                               infer=infer_config, from_official=from_official)
-  return dict(cfg, name="maskgit_official")
-
-
-def abstract_params(config: Mapping[str, Any]):
-  """The abstract nnx.State of the generator `config` describes (no allocation)."""
-  from flax import nnx
-  from jaxtok.generators import maskgit_official
-  return nnx.split(nnx.eval_shape(lambda: maskgit_official.make_model(config, rngs=nnx.Rngs(0))))[1]
-
-
-def build(config: Mapping[str, Any], params=None):
-  """The `generators.maskgit_official` module for `config`: holding `params` when given, freshly
-  initialised otherwise."""
-  from flax import nnx
-  from jaxtok.generators import maskgit_official
-  if params is None:
-    return maskgit_official.make_model(config, rngs=nnx.Rngs(0))
-  abstract = nnx.eval_shape(lambda: maskgit_official.make_model(config, rngs=nnx.Rngs(0)))
-  return nnx.merge(nnx.graphdef(abstract), params)
-
-
-def load(path: str | os.PathLike, config: Any = None):
-  """(config, nnx.State of a `generators.maskgit_official.OfficialMaskGIT`) from an official file.
-  Raises ValueError naming every missing, unexpected or mis-shaped tensor."""
-  flat, _ = common.read_checkpoint(path)
-  cfg = resolve_config(config, flat)
-  return cfg, common.fill_state(abstract_params(cfg), convert(flat, cfg), source=os.fspath(path))
+# resolve_config(config, flat=None), abstract_params(config), build(config, params=None) and
+# load(path, config=None) -> (config, nnx.State of a `generators.maskgit_official.OfficialMaskGIT`):
+# see common.GeneratorConverter (a config not given is read off the shapes, assuming 16 heads).
+_API = common.GeneratorConverter(
+    "jaxtok.generators.maskgit_official", "maskgit_official", released=RELEASED, aliases=ALIASES,
+    infer=infer_config, from_official=from_official, convert=convert)
+resolve_config, abstract_params, build, load = (
+    _API.resolve_config, _API.abstract_params, _API.build, _API.load)

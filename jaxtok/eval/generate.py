@@ -7,6 +7,8 @@
            tokens of a window as a group; always the whole grid);
   nar      jaxtok.samplers.neighbor: one cached model call per diagonal of the grid (2n - 1 calls
            for n x n tokens);
+  rar      the same with RAR's cache, in raster order (the release's procedure: `cfg_schedule`
+           "power-cosine" with `cfg_power`, temperature);
   maskgit  jaxtok.samplers.maskgit from all-mask tokens (mask id = codebook size): `mode`
            "maskgit" (google-research/maskgit, the default) or "titok" (the released TiTok /
            One-D-Piece generators' procedure, `maskgit_released`, settings from `preset`, any of
@@ -39,6 +41,7 @@ class Options:
   top_p: float | None = None        # None / 1.0: no nucleus filter
   cfg_scale: float = 1.0
   cfg_schedule: str | None = None  # None: the sampler's default (constant; MAR: linear)
+  cfg_power: float = 1.0            # the "power-cosine" schedule's power (RAR)
   steps: int | None = None          # MaskGIT steps / MAR iterations (None: the config's)
   schedule: str = "cosine"          # MaskGIT mask schedule
   choice_temperature: float = 4.5   # MaskGIT re-masking noise
@@ -76,8 +79,8 @@ def options_from_config(sampling: Any, **overrides: Any) -> Options:
   unknown = sorted(set(s) - SAMPLING_KEYS)
   if unknown:
     raise ValueError(f"unknown config.sampling key(s) {unknown}; valid keys: {sorted(SAMPLING_KEYS)}")
-  for key in ("temperature", "top_k", "top_p", "cfg_scale", "cfg_schedule", "schedule",
-              "choice_temperature", "annealing", "mode", "preset") + TITOK_KEYS:
+  for key in ("temperature", "top_k", "top_p", "cfg_scale", "cfg_schedule", "cfg_power",
+              "schedule", "choice_temperature", "annealing", "mode", "preset") + TITOK_KEYS:
     if key in s:
       kw[key] = s[key]
   if "num_steps" in s:
@@ -109,8 +112,8 @@ def options_from_config(sampling: Any, **overrides: Any) -> Options:
   return Options(**kw)
 
 
-SAMPLING_KEYS = frozenset({"temperature", "top_k", "top_p", "cfg_scale", "cfg_schedule", "schedule",
-                           "choice_temperature", "annealing", "mode", "preset", "num_steps",
+SAMPLING_KEYS = frozenset({"temperature", "top_k", "top_p", "cfg_scale", "cfg_schedule",
+                           "cfg_power", "schedule", "choice_temperature", "annealing", "mode", "preset", "num_steps",
                            "num_iters", "head_steps_upper", "head_steps_lower"} | set(TITOK_KEYS))
 
 
@@ -128,7 +131,8 @@ def _ar_setup(model, labels, opts: Options):
   cache = model.init_cache(2 * b if guided else b)
   return prompt, cache, dict(temperature=opts.temperature, top_k=opts.top_k, top_p=opts.top_p,
                              uncond_prompt_tokens=uncond, cfg_scale=opts.cfg_scale,
-                             cfg_schedule=opts.cfg_schedule or "constant")
+                             cfg_schedule=opts.cfg_schedule or "constant",
+                             cfg_power=opts.cfg_power)
 
 
 def _gpt(model, rng, labels, opts: Options):
@@ -202,7 +206,8 @@ def _mar(model, rng, labels, opts: Options):
   return out.tokens
 
 
-SAMPLERS = {"gpt": _gpt, "maskgit": _maskgit, "mar": _mar, "token_shuffle": _token_shuffle,
+# RAR has GPT's interface (condition_ids, null_id, init_cache, prefill, step, seq_len).
+SAMPLERS = {"gpt": _gpt, "rar": _gpt, "maskgit": _maskgit, "mar": _mar, "token_shuffle": _token_shuffle,
             "nar": _nar}
 
 

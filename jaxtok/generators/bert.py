@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxtok.generators.trunk import TOKEN_MODEL_FIELDS, ClassConditionalTokenModel
+from jaxtok.generators.trunk import TOKEN_MODEL_FIELDS, ClassConditionalTokenModel, drop_classes
 from jaxtok.nn.options import model_kwargs
 
 
@@ -57,11 +57,9 @@ class MaskGITTransformer(ClassConditionalTokenModel):
     b, n = tokens.shape
     if n != self.seq_len:
       raise ValueError(f"tokens must have seq_len={self.seq_len} positions, got {n}")
-    cond = self.condition_ids(labels, b)
-    if train and self.class_dropout > 0 and self.num_classes > 0:
-      if rng is None:
-        raise ValueError("train=True with class_dropout > 0 needs rng")
-      cond = jnp.where(jax.random.bernoulli(rng, self.class_dropout, (b,)), self.null_id, cond)
+    cond = drop_classes(self.condition_ids(labels, b), null_id=self.null_id,
+                        class_dropout=self.class_dropout, num_classes=self.num_classes,
+                        train=train, rng=rng)
     return jnp.concatenate([cond[:, None], tokens.astype(jnp.int32)], axis=1)
 
 
@@ -80,8 +78,11 @@ def random_mask(rng: jax.Array, batch: int, length: int, schedule=arccos_schedul
 
 
 def loss(model: MaskGITTransformer, tokens: jax.Array, labels, *, rng: jax.Array,
-         label_smoothing: float = 0.1, unmasked_weight: float = 0.1, train: bool = True):
-  """Masked-token cross-entropy and metrics {loss, masked_accuracy, mask_ratio}."""
+         label_smoothing: float = 0.1, unmasked_weight: float = 0.1, train: bool = True,
+         step=None):
+  """Masked-token cross-entropy and metrics {loss, masked_accuracy, mask_ratio}. `step` (the
+  training step, part of the generator loss contract) does not change this objective."""
+  del step
   r_mask, r_drop = jax.random.split(rng)
   b, n = tokens.shape
   mask = random_mask(r_mask, b, n)

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxtok.generators.trunk import TOKEN_MODEL_FIELDS, ClassConditionalTokenModel
+from jaxtok.generators.trunk import TOKEN_MODEL_FIELDS, ClassConditionalTokenModel, drop_classes
 from jaxtok.nn.options import model_kwargs
 
 
@@ -55,15 +55,10 @@ class GPT(ClassConditionalTokenModel):
 
   def training_condition_ids(self, labels: jax.Array | None, batch: int, *, train: bool,
                              rng: jax.Array | None) -> jax.Array:
-    """`condition_ids` [B] int32 with class dropout (the null id with probability class_dropout)
-    when train=True and the model is class-conditional; rng is needed then."""
-    cond = self.condition_ids(labels, batch)
-    if train and self.class_dropout > 0 and self.num_classes > 0:
-      if rng is None:
-        raise ValueError("train=True with class_dropout > 0 needs rng")
-      drop = jax.random.bernoulli(rng, self.class_dropout, (batch,))
-      cond = jnp.where(drop, self.null_id, cond)
-    return cond
+    """`condition_ids` [B] int32 with class dropout (`trunk.drop_classes`) when train=True."""
+    return drop_classes(self.condition_ids(labels, batch), null_id=self.null_id,
+                        class_dropout=self.class_dropout, num_classes=self.num_classes,
+                        train=train, rng=rng)
 
   def init_cache(self, batch: int, dtype=None):
     """A cache with seq_len slots per layer (condition + N - 1 tokens)."""
@@ -85,8 +80,10 @@ class GPT(ClassConditionalTokenModel):
 
 
 def loss(model: GPT, tokens: jax.Array, labels: jax.Array | None, *, rng: jax.Array | None = None,
-         train: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Next-token cross-entropy (mean over tokens) and metrics {loss, accuracy}."""
+         train: bool = True, step=None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Next-token cross-entropy (mean over tokens) and metrics {loss, accuracy}. `step` (the
+  training step, part of the generator loss contract) does not change this objective."""
+  del step
   return cross_entropy(model(tokens, labels, train=train, rng=rng), tokens)
 
 

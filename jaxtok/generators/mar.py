@@ -91,8 +91,10 @@ def training_mask(rng: jax.Array, batch: int, length: int, *, min_ratio: float =
 
 
 def loss(model: MAR, tokens: jax.Array, labels, *, rng: jax.Array, batch_mul: int = 4,
-         train: bool = True):
-  """Flow loss on masked positions, and metrics {loss, mask_ratio}."""
+         train: bool = True, step=None):
+  """Flow loss on masked positions, and metrics {loss, mask_ratio}. `step` (the training step,
+  part of the generator loss contract) does not change this objective."""
+  del step
   r_mask, r_drop, r_flow = jax.random.split(rng, 3)
   b, n, d = tokens.shape
   mask = training_mask(r_mask, b, n)

@@ -179,8 +179,10 @@ class NAR(gpt.GPT):
 
 
 def loss(model: NAR, tokens: jax.Array, labels: jax.Array | None, *, rng: jax.Array | None = None,
-         train: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Cross-entropy over all N tokens (mean) with teacher forcing in one pass; {loss, accuracy}."""
+         train: bool = True, step=None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Cross-entropy over all N tokens (mean) with teacher forcing in one pass; {loss, accuracy}.
+  `step` (the generator loss contract) does not change this objective."""
+  del step
   return gpt.cross_entropy(model(tokens, labels, train=train, rng=rng), tokens)
 
 

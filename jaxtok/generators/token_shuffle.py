@@ -160,8 +160,11 @@ class TokenShuffle(gpt.GPT):
 
 
 def loss(model: TokenShuffle, tokens: jax.Array, labels: jax.Array | None, *,
-         rng: jax.Array | None = None, train: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Cross-entropy over all N tokens (mean) and metrics {loss, accuracy}."""
+         rng: jax.Array | None = None, train: bool = True,
+         step=None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Cross-entropy over all N tokens (mean) and metrics {loss, accuracy}. `step` (the generator
+  loss contract) does not change this objective."""
+  del step
   return gpt.cross_entropy(model(tokens, labels, train=train, rng=rng), tokens)
 
 

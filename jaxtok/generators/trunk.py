@@ -107,6 +107,21 @@ class TokenTrunk(nnx.Module):
     return self.logits(x), cache
 
 
+def drop_classes(cond: jax.Array, *, null_id: int, class_dropout: float, num_classes: int,
+                 train: bool, rng: jax.Array | None) -> jax.Array:
+  """Condition ids [B] int32 with each replaced by `null_id` with chance class_dropout when training
+  a class-conditional model (the unconditional model that guidance needs); unchanged otherwise.
+
+  Raises:
+    ValueError: train=True with class_dropout > 0 and rng None.
+  """
+  if not (train and class_dropout > 0 and num_classes > 0):
+    return cond
+  if rng is None:
+    raise ValueError("train=True with class_dropout > 0 needs rng")
+  return jnp.where(jax.random.bernoulli(rng, class_dropout, cond.shape), null_id, cond)
+
+
 # Config fields of the class-conditional token models (GPT, MaskGIT).
 TOKEN_MODEL_FIELDS = ("codebook_size", "seq_len", "num_classes", "width", "depth", "heads",
                       "mlp_ratio", "class_dropout")

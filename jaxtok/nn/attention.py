@@ -142,7 +142,8 @@ class Attention(nnx.Module):
     width, num_heads: W and H; head_dim E defaults to W / H.
     qkv_bias, out_bias: biases of the in- and out-projections.
     qk_norm: None, "layer" or "rms": per-head normalisation of q and k (before RoPE), without
-      affine parameters unless qk_norm_affine (then scale [E] per norm).
+      affine parameters unless qk_norm_affine (then scale [E] per norm, and bias [E] too with
+      qk_norm_bias and "layer": timm's / RAR's full LayerNorm).
     qk_norm_eps: its epsilon.
     rope: None, "1d" or "2d" (positions then come with each call; 1D defaults to 0..T-1).
     rope_theta: RoPE base.
@@ -155,9 +156,10 @@ class Attention(nnx.Module):
 
   def __init__(self, width: int, num_heads: int, *, head_dim: int | None = None,
                qkv_bias: bool = True, out_bias: bool = True, qk_norm: str | None = None,
-               qk_norm_affine: bool = False, qk_norm_eps: float = 1e-5, rope: str | None = None,
-               rope_theta: float = 10000.0, scale: float | None = None, implementation=None,
-               dtype=jnp.float32, qkv_init=None, out_init=None, rngs: nnx.Rngs):
+               qk_norm_affine: bool = False, qk_norm_bias: bool = False, qk_norm_eps: float = 1e-5,
+               rope: str | None = None, rope_theta: float = 10000.0, scale: float | None = None,
+               implementation=None, dtype=jnp.float32, qkv_init=None, out_init=None,
+               rngs: nnx.Rngs):
     if head_dim is None:
       if width % num_heads:
         raise ValueError(f"width must be divisible by heads, got width={width}, "
@@ -182,7 +184,7 @@ class Attention(nnx.Module):
     self.out_bias = nnx.Param(logical_init(zeros, "embed")(
         rngs.params(), (width,), jnp.float32)) if out_bias else None
     make_norm = lambda: norm_lib.Norm(e, kind=qk_norm, eps=qk_norm_eps, affine=qk_norm_affine,
-                                      use_bias=False, dtype=dtype, rngs=rngs)
+                                      use_bias=qk_norm_bias, dtype=dtype, rngs=rngs)
     self.q_norm = make_norm() if qk_norm else None
     self.k_norm = make_norm() if qk_norm else None
 

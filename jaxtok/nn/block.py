@@ -6,7 +6,9 @@
     sequence, (gate_msa, gate_mlp, shift_msa, scale_msa, shift_mlp, scale_mlp) (FlexTok's chunk
     order), and x = x + gate_msa * attn(norm1(x) * (1 + scale_msa) + shift_msa), likewise for the MLP.
     A fresh AdaLN block is the identity (adaLN-zero). `ada_segments` > 1 gives each of that many
-    consecutive parts of the sequence (lengths `segments`, static) its own modulation.
+    consecutive parts of the sequence (lengths `segments`, static) its own modulation. A condition
+    per position, cond [B, T, C] (RAR: class embedding + a learned per-position embedding), gives
+    every position its own modulation through the same Dense.
 
 The block's output is pinned to (act_batch, act_seq, act_embed).
 
@@ -38,8 +40,9 @@ class Block(nnx.Module):
     post_norm: BERT's post-norm order instead of pre-norm.
     adaln: add AdaLN-zero modulation from a condition of width cond_dim (default W), with
       ada_segments modulations per sample.
-    head_dim, qkv_bias, out_bias, qk_norm, rope, rope_theta, scale, implementation, qkv_init,
-      out_init: passed to `Attention`. mlp_init: the MLP kernels' initializer.
+    head_dim, qkv_bias, out_bias, qk_norm, qk_norm_eps, qk_norm_affine, qk_norm_bias, rope,
+      rope_theta, scale, implementation, qkv_init, out_init: passed to `Attention`. mlp_init: the
+      MLP kernels' initializer.
     dtype: compute dtype (parameters float32).
   """
 
@@ -48,9 +51,10 @@ class Block(nnx.Module):
                norm_affine: bool = True, post_norm: bool = False, adaln: bool = False,
                cond_dim: int | None = None, ada_segments: int = 1, head_dim: int | None = None,
                qkv_bias: bool = True, out_bias: bool = True, qk_norm: str | None = None,
-               rope: str | None = None, rope_theta: float = 10000.0, scale: float | None = None,
-               implementation=None, qkv_init=None, out_init=None, mlp_init=None,
-               dtype=jnp.float32, rngs: nnx.Rngs):
+               qk_norm_eps: float = 1e-5, qk_norm_affine: bool = False,
+               qk_norm_bias: bool = False, rope: str | None = None, rope_theta: float = 10000.0,
+               scale: float | None = None, implementation=None, qkv_init=None, out_init=None,
+               mlp_init=None, dtype=jnp.float32, rngs: nnx.Rngs):
     if adaln and post_norm:
       raise ValueError("AdaLN modulates a pre-norm block; post_norm=True cannot take it")
     self.post_norm, self.ada_segments, self.width = post_norm, ada_segments, width
@@ -58,9 +62,10 @@ class Block(nnx.Module):
                              rngs=rngs)
     self.norm1 = make_norm()
     self.attn = Attention(width, num_heads, head_dim=head_dim, qkv_bias=qkv_bias,
-                          out_bias=out_bias, qk_norm=qk_norm, rope=rope, rope_theta=rope_theta,
-                          scale=scale, implementation=implementation, dtype=dtype,
-                          qkv_init=qkv_init, out_init=out_init, rngs=rngs)
+                          out_bias=out_bias, qk_norm=qk_norm, qk_norm_eps=qk_norm_eps,
+                          qk_norm_affine=qk_norm_affine, qk_norm_bias=qk_norm_bias, rope=rope,
+                          rope_theta=rope_theta, scale=scale, implementation=implementation,
+                          dtype=dtype, qkv_init=qkv_init, out_init=out_init, rngs=rngs)
     self.norm2 = make_norm()
     self.mlp = Mlp(width, mlp_hidden, kind=mlp, use_bias=mlp_bias, dtype=dtype,
                    kernel_init=mlp_init, rngs=rngs)
@@ -69,13 +74,19 @@ class Block(nnx.Module):
                      rngs=rngs) if adaln else None
 
   def _modulation(self, cond, segments: Sequence[int] | None, length: int):
-    """Six [B, T, W] modulations from cond [B, C] (None without AdaLN)."""
+    """Six [B, T, W] modulations from cond [B, C] or [B, T, C] (None without AdaLN)."""
     if self.ada is None:
       if cond is not None:
         raise ValueError("cond given to a block built without adaln")
       return None
     if cond is None:
-      raise ValueError("an AdaLN block needs cond [B, C]")
+      raise ValueError("an AdaLN block needs cond [B, C] or [B, T, C]")
+    if cond.ndim == 3:  # one condition per position: the same Dense on each
+      if cond.shape[1] != length or segments is not None or self.ada_segments != 1:
+        raise ValueError(f"cond [B, T, C] needs T = the sequence length {length}, no segments and "
+                         f"ada_segments 1, got cond {tuple(cond.shape)}, segments {segments}, "
+                         f"ada_segments {self.ada_segments}")
+      return jnp.split(self.ada(jax.nn.silu(cond)), 6, axis=-1)
     segments = tuple(segments) if segments is not None else (length,)
     if len(segments) != self.ada_segments or sum(segments) != length:
       raise ValueError(f"segments must be {self.ada_segments} lengths summing to the sequence "
@@ -108,7 +119,8 @@ class Block(nnx.Module):
   def __call__(self, x: jax.Array, *, mask: jax.Array | None = None, causal: bool = False,
                positions: jax.Array | None = None, cond: jax.Array | None = None,
                segments: Sequence[int] | None = None) -> jax.Array:
-    """x [B, T, W]; mask/causal/positions as `Attention`; cond [B, C] and segments for AdaLN."""
+    """x [B, T, W]; mask/causal/positions as `Attention`; cond [B, C] (with segments) or [B, T, C]
+    for AdaLN."""
     attend = lambda h: (self.attn(h, mask=mask, causal=causal, positions=positions), None)
     return self._run(x, attend, cond, segments)[0]
 

@@ -4,11 +4,13 @@ Generators (config.model.name):
   gpt       causal AR over discrete tokens      (jaxtok.generators.gpt)   e.g. FlexTok tokens
   token_shuffle  causal AR over s x s windows of a token grid (jaxtok.generators.token_shuffle)
   nar       next-neighbour AR over a token grid (jaxtok.generators.nar)   e.g. VQGAN tokens
+  rar       causal AR, randomized orders        (jaxtok.generators.rar)   e.g. MaskGIT-VQ tokens
   maskgit   bidirectional masked over discrete  (jaxtok.generators.bert)  e.g. TiTok tokens
   mar       masked over continuous tokens       (jaxtok.generators.mar)   e.g. VAE tokens
-Each module has `make_model(cfg, *, rngs)` and `loss(model, tokens, labels, *, rng, train) -> (loss,
-metrics)`. The data are a token dataset written by tools/pretokenize.py (jaxtok.data.tokens), read by
-grain, one slice per process. The state, its sharding, the optimizer and the checkpoints are the
+Each module has `make_model(cfg, *, rngs)` and `loss(model, tokens, labels, *, rng, train, step) ->
+(loss, metrics)`, `step` being the number of completed updates (int32, traced; RAR anneals its
+random-order chance with it, the others ignore it). The data are a token dataset written by
+tools/pretokenize.py (jaxtok.data.tokens), read by grain, one slice per process. The state, its sharding, the optimizer and the checkpoints are the
 tokenizer trainer's (jaxtok.train.state / optim / checkpoint), so a generator run resumes exactly
 like a tokenizer run: the per-step key is fold_in(base, step) and the iterator state is checkpointed.
 """
@@ -37,7 +39,7 @@ log = logging.getLogger(__name__)
 
 GENERATORS = {"gpt": "jaxtok.generators.gpt", "maskgit": "jaxtok.generators.bert",
               "mar": "jaxtok.generators.mar", "token_shuffle": "jaxtok.generators.token_shuffle",
-              "nar": "jaxtok.generators.nar"}
+              "nar": "jaxtok.generators.nar", "rar": "jaxtok.generators.rar"}
 
 
 def generator_module(name: str):
@@ -59,7 +61,8 @@ def make_train_step(name: str, model: state_lib.ModelDef, tx: optax.GradientTran
 
     def loss_fn(params):
       net = nnx.merge(model.graphdef, params)
-      return module.loss(net, batch["tokens"], batch["label"], rng=rng, train=True)
+      return module.loss(net, batch["tokens"], batch["label"], rng=rng, train=True,
+                         step=state["step"])
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])

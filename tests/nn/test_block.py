@@ -85,6 +85,27 @@ def test_adaln_block_is_identity_at_init_and_modulates_per_segment():
     blk(x)
 
 
+def test_adaln_condition_per_position_and_full_qk_layernorm():
+  """cond [B, T, C] modulates each position through the same Dense (RAR): equal conditions give
+  the [B, C] result, and one position's condition changes that position only (before attention
+  mixes it). qk_norm_affine + qk_norm_bias give the QK LayerNorm a scale and a bias."""
+  blk = Block(8, 2, mlp_hidden=16, adaln=True, qk_norm="layer", qk_norm_affine=True,
+              qk_norm_bias=True, qk_norm_eps=1e-6, rngs=nnx.Rngs(0))
+  assert blk.attn.q_norm.bias.shape == (4,) and blk.attn.k_norm.eps == 1e-6
+  _randomize(blk)
+  x = jax.random.normal(jax.random.key(0), (2, 5, 8))
+  cond = jax.random.normal(jax.random.key(1), (2, 8))
+  per_pos = jnp.broadcast_to(cond[:, None], (2, 5, 8))
+  np.testing.assert_allclose(blk(x, cond=per_pos, causal=True), blk(x, cond=cond, causal=True),
+                             atol=1e-6)
+  moved = blk(x, cond=per_pos.at[:, 3].add(1.0), causal=True)
+  base = blk(x, cond=per_pos, causal=True)
+  np.testing.assert_allclose(moved[:, :3], base[:, :3], atol=1e-6)  # causal: later cond unseen
+  assert float(jnp.abs(moved[:, 3] - base[:, 3]).min()) > 0
+  with pytest.raises(ValueError, match=r"cond \[B, T, C\] needs T = the sequence length 5"):
+    blk(x, cond=per_pos[:, :4])
+
+
 def test_bf16_compute_keeps_float32_params_and_is_close():
   b32 = Block(16, 2, mlp_hidden=64, rngs=nnx.Rngs(0))
   b16 = Block(16, 2, mlp_hidden=64, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxtok.generators import bert, gpt, mar, maskgit_official
+from jaxtok.generators import bert, gpt, mar, maskgit_official, rar
 from jaxtok.tokenizers import titok, vqgan
 
 TOKENS = jnp.asarray([[1, 2, 3, 4, 5, 0], [5, 4, 3, 2, 1, 7]], jnp.int32)
@@ -25,6 +25,10 @@ MODELS = {
     "maskgit_official": (maskgit_official.make_model, dict(
         name="maskgit_official", arch="bert", codebook_size=16, seq_len=6, num_classes=3, width=16,
         depth=2, heads=2, intermediate=32), lambda m: m(TOKENS, jnp.asarray([0, 2]))),
+    "rar": (rar.make_model, dict(name="rar", codebook_size=16, seq_len=6, num_classes=3, width=16,
+                                 depth=2, heads=2),
+            lambda m: m(TOKENS, jnp.asarray([0, 2]),
+                        orders=jnp.asarray([[2, 0, 1, 5, 3, 4], [5, 4, 3, 2, 1, 0]]))),
     "mar": (mar.make_model, dict(name="mar", token_dim=3, seq_len=6, width=16, depth=2, heads=2,
                                  head_width=8, head_depth=1),
             lambda m: m.condition(jnp.ones((2, 6, 3)), TOKENS > 2)),
