@@ -36,8 +36,10 @@ RECIPES = ("single", "two_stage")
 STAGES = ("1", "2", "posttrain")
 # bytedance/1d-tokenizer modeling/titok.py (finetune_decoder=True): latent_tokens, encoder and
 # quantize get requires_grad_(False); decoder, pixel_quantize (our pixel_codebook, created after the
-# freeze) and pixel_decoder train. Path regular expressions over the model's parameter names.
-FROZEN_ENCODER = (r"^encoder/", r"^latent_tokens$", r"^codebook")
+# freeze) and pixel_decoder train. Path regular expressions over the model's parameter names; the
+# codebook pattern only for the quantizers that learn one (an FSQ/LFQ grid has no parameters).
+FROZEN_ENCODER = (r"^encoder/", r"^latent_tokens$")
+FROZEN_CODEBOOK = r"^codebook"
 
 
 def titok_model(arg: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
@@ -131,7 +133,8 @@ def freeze_encoder(c: ml_collections.ConfigDict) -> None:
   """Warm start from `config.init_from` with the encoder, latent tokens and codebook frozen and the
   quantizer's losses off (they would only reach frozen weights; the release multiplies them by 0)."""
   c.init_from = ml_collections.ConfigDict(dict(path="", step=-1, use_ema=True, pixel_decoder=""))
-  c.optim.frozen_patterns = FROZEN_ENCODER
+  learned_codebook = c.model.quantizer in ("vq", "rvq")
+  c.optim.frozen_patterns = FROZEN_ENCODER + ((FROZEN_CODEBOOK,) if learned_codebook else ())
   c.loss.quantizer = 0.0
 
 
