@@ -159,7 +159,10 @@ def validate_config(config: Any) -> None:
   ema = config.get("ema_decay", 0.0)
   if not 0.0 <= ema < 1.0:
     raise ValueError(f"config.ema_decay must lie in [0, 1), got {ema}")
-  warm_start.settings(config.get("init_from"))
+  if _get(config.optim, "frozen_patterns", ()) and warm_start.settings(config.get("init_from")) is None:
+    raise ValueError(f"config.optim.frozen_patterns {list(config.optim.frozen_patterns)} would "
+                     "freeze randomly initialised weights: set config.init_from.path to the run "
+                     "whose weights this one continues (e.g. the TiTok stage-1 workdir), got none")
 
 
 def train(config: Any, workdir: str, *, show_progress: bool = True) -> dict:
@@ -231,15 +234,12 @@ def _train_locked(config: Any, workdir: str, *, show_progress: bool,
     if is_main:
       log.info("resumed from step %d", start)
   else:
+    # A fresh run may warm-start from another run's weights (TiTok stage 2, post-training); a run
+    # with checkpoints of its own resumed above and never reads init_from again. Read (and checked)
+    # before the init is compiled, so a mismatching source fails at once.
+    warm = warm_start.load(config, abstract)
     state = jax.jit(init_fn, out_shardings=shardings)(init_rng)
     start = 0
-    # A fresh run may warm-start from another run's weights (TiTok stage 2, post-training); a run
-    # with checkpoints of its own resumed above and never reads init_from again.
-    warm = warm_start.load(config, abstract)
-    if warm is None and _get(config.optim, "frozen_patterns", ()):
-      raise ValueError(f"config.optim.frozen_patterns {list(config.optim.frozen_patterns)} would "
-                       "freeze randomly initialised weights: set config.init_from.path to the run "
-                       "whose weights this one continues (e.g. the TiTok stage-1 workdir), got none")
     if warm is not None:
       state = warm_start.apply(state, warm[0], shardings)
       if is_main:

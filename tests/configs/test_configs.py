@@ -163,8 +163,11 @@ def test_generator_trainer_refuses_the_retired_dialect():
 def test_stage2_and_posttrain_configs_build_and_freeze_existing_parameters(arg):
   from jaxtok.train import optim, warm_start
   c = importlib.import_module("jaxtok.configs.titok").get_config(arg)
-  loop.validate_config(c)
   assert c.init_from.path == "" and warm_start.settings(c.init_from) is None
+  with pytest.raises(ValueError, match=r"would freeze randomly initialised weights"):
+    loop.validate_config(c)
+  c.init_from.path = "runs/stage1"
+  loop.validate_config(c)
   assert c.loss.quantizer == 0.0 and c.loss.proxy == 0.0 and c.loss.l2 == 1.0
   params = api.build(c.model).abstract_params()
   optim.check_frozen_patterns(params, c.optim.frozen_patterns)  # each pattern matches a parameter
@@ -187,6 +190,7 @@ def test_stage2_full_config_is_the_released_recipe():
   assert (c.loss.gan, c.loss.gan_start, c.loss.lecam, c.disc_optim.lr, c.disc_optim.b2) == (
       0.01, 20_000, 0.001, 1e-4, 0.999)
   assert c.ema_decay == 0.999 and c.model.decoder_head == "proxy_codes"
+  c.init_from.path = "runs/stage1"
   loop.validate_config(c)
 
 

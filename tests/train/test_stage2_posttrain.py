@@ -50,6 +50,13 @@ def _weights(path, config, *, use_ema):
   return _flat(params)
 
 
+def _random_params(model_cfg, seed):
+  """Random weights shaped like the model's (no init compile: tests only compare and move them)."""
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda a: jnp.asarray(rng.standard_normal(a.shape), a.dtype),
+                      tok_api.build(model_cfg).abstract_params())
+
+
 def _stage2_config(init_path, steps=3):
   c = titok.get_config("tiny,recipe=two_stage,stage=2")
   c.total_steps = steps
@@ -126,9 +133,8 @@ def test_init_from_refuses_a_mismatching_model_and_leaves_the_source_alone(tmp_p
   # A stage-1 checkpoint whose weights are those of a different (wider) decoder.
   wide = titok.get_config("tiny,recipe=two_stage")
   wide.model.decoder_width = 48
-  tok = tok_api.build(wide.model)
   src = str(tmp_path / "params")
-  ckpt_lib.save_params(src, tok.init(jax.random.key(0)))
+  ckpt_lib.save_params(src, _random_params(wide.model, 0))
   before = _tree_hash(src)
   c = _stage2_config(src)
   with pytest.raises(ckpt_lib.CheckpointMismatchError, match=r"decoder\.[a-z_.]*.*\(48"):
@@ -169,8 +175,8 @@ def test_init_from_step_names_the_existing_steps(tmp_path):
 
 def test_graft_pixel_decoder_maps_the_vqgan_decoder_and_codebook():
   c = titok.get_config("tiny,recipe=two_stage,stage=2")
-  params = tok_api.build(c.model).init(jax.random.key(0))
-  vqgan = tok_api.build(c.teacher.model).init(jax.random.key(1))
+  params = _random_params(c.model, 0)
+  vqgan = _random_params(c.teacher.model, 1)
   out = warm_start.graft_pixel_decoder(params, vqgan)
   a, v, o = _flat(params), _flat(vqgan), _flat(out)
   for k in a:
@@ -182,7 +188,7 @@ def test_graft_pixel_decoder_maps_the_vqgan_decoder_and_codebook():
       np.testing.assert_array_equal(o[k], a[k])
   wrong = titok.get_config("tiny,recipe=two_stage").teacher.model
   wrong.z_channels = 4
-  bad = tok_api.build(wrong).init(jax.random.key(1))
+  bad = jax.eval_shape(tok_api.build(wrong).init, jax.random.key(1))
   with pytest.raises(ckpt_lib.CheckpointMismatchError, match=r"pixel_codebook"):
     warm_start.graft_pixel_decoder(params, bad)
 
