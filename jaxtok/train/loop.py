@@ -6,7 +6,8 @@
   * resume: the newest checkpoint in `<workdir>/checkpoints` is checked against this run (config
     fields, state structure: a difference is refused, see `checkpoint.Checkpointer.restore`) and
     restored straight into the target shardings (with the data iterator state), else the state is
-    initialised sharded;
+    initialised sharded, its model weights taken from `config.init_from` when set (warm start:
+    TiTok stage 2, decoder post-training; see `warm_start`);
   * every step: the host batch of this process becomes a global array sharded over the batch axis
     (`jax.make_array_from_process_local_data`), one call to the jitted `train_step`;
   * every `log_every` steps: metrics are fetched (the only host sync), checked for NaN/inf (the error

@@ -37,8 +37,8 @@ decoder post-training freeze the encoder, the quantizer and the latent tokens) e
 `stop_gradient`, so no gradient is computed for them (the encoder's backward pass is not run, as the
 release encodes under `torch.no_grad()`) and `grad_norm` is the trainable parameters' norm; the
 optimizer gives them a zero update. Non-parameter model variables matching a pattern (an EMA
-codebook) and the EMA of frozen parameters keep their values bitwise too. `loss.quantizer` (default 1) weights the model's own losses: the
-released TiTok stage 2 sets `quantizer_weight: 0.0`.
+codebook) and the EMA of frozen parameters keep their values bitwise too. `loss.quantizer` (default
+1) weights the model's own losses: the released TiTok stage 2 sets `quantizer_weight: 0.0`.
 
 The step folds `state["step"]` into the base rng inside the jit, donates the state, and returns
 metrics as device scalars (the loop fetches them only when it logs).
