@@ -99,12 +99,15 @@ def logical_to_mesh(names: Sequence[str | None] | P, rules: Sequence[tuple[str, 
 def state_shardings(state: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> Any:
   """NamedShardings for an nnx.State (or abstract state) from its parameters' logical names.
 
-  Variables without names are replicated. A dimension whose size the mesh axes do not divide is left
+  Variables without names are replicated; empty nodes (optax `MaskedNode`s, the moments that a
+  `multi_transform` does not keep for frozen parameters) stay as they are. A dimension whose size the mesh axes do not divide is left
   replicated rather than failing at run time.
   """
   specs = nnx.get_partition_spec(state)
 
   def to_sharding(leaf_spec, leaf):
+    if not hasattr(leaf, "shape") and not jax.tree.leaves(leaf):
+      return leaf  # an empty node (optax's MaskedNode for a frozen parameter's Adam moment)
     spec = logical_to_mesh(leaf_spec if isinstance(leaf_spec, P) else P(), rules, mesh)
     return NamedSharding(mesh, _fit(spec, getattr(leaf, "shape", ()), mesh))
 

@@ -115,6 +115,7 @@ def tiny_training(c: ml_collections.ConfigDict, steps: int = 4) -> None:
   c.data.heldout = 4
   if c.get("disc") is not None:  # a config with `add_gan`: a small discriminator that starts at once
     c.disc.update(channels=4, num_layers=2, num_groups=2)
+    c.disc_optim.warmup_steps = 1  # within the few steps (the schedule refuses warmup > total)
     c.loss.update(gan_start=2, disc_start=2)
 
 

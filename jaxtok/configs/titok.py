@@ -8,7 +8,21 @@ from step 0, the TA-TiTok / BL-SL recipe; "two_stage" = stage 1 of the released 
 predicts the proxy codes of a frozen MaskGIT VQGAN teacher and is trained by cross-entropy),
 quantizer (vq, fsq, lfq, bsq, rvq, rfsq, binary: any discrete kind of
 `jaxtok.tokenizers.bottleneck`, options in model.quantizer_options; or vae), res (image size), gan (single recipe: add the released stage-2 PatchGAN
-term, weight 0.01 with LeCAM 0.001 from step 20k, discriminator lr 1e-4), tiny (a CPU smoke config).
+term, weight 0.01 with LeCAM 0.001 from step 20k, discriminator lr 1e-4), tiny (a CPU smoke config),
+stage ("1" the default; "2" = stage 2 of the released two-stage recipe, needs recipe=two_stage;
+"posttrain" = RobusTok decoder post-training of any discrete TiTok, see `posttrain`).
+
+Two-stage training (the released TiTok-S/B/L recipe):
+
+  python tools/train.py --config configs/titok.py:recipe=two_stage --workdir /tmp/s1 \
+      --config.teacher.checkpoint=/path/maskgit_vqgan
+  python tools/train.py --config configs/titok.py:recipe=two_stage,stage=2 --workdir /tmp/s2 \
+      --config.init_from.path=/tmp/s1 --config.init_from.pixel_decoder=/path/maskgit_vqgan
+
+Stage 2 and post-training start from another run's weights (`config.init_from`, read by
+`jaxtok.train.warm_start` through `checkpoint.load_params`: read-only, strict about keys and shapes)
+and freeze the encoder, the latent tokens and the quantizer's codebook (`optim.frozen_patterns`);
+resuming the stage-2 run itself continues from its own checkpoints and ignores init_from.
 """
 from __future__ import annotations
 
@@ -19,6 +33,13 @@ from jaxtok.configs import common
 SIZES = ("S", "B", "L")
 QUANTIZERS = ("vq", "fsq", "lfq", "bsq", "rvq", "rfsq", "binary", "vae")
 RECIPES = ("single", "two_stage")
+STAGES = ("1", "2", "posttrain")
+# bytedance/1d-tokenizer modeling/titok.py (finetune_decoder=True): latent_tokens, encoder and
+# quantize get requires_grad_(False); decoder, pixel_quantize (our pixel_codebook, created after the
+# freeze) and pixel_decoder train. Path regular expressions over the model's parameter names; the
+# codebook pattern only for the quantizers that learn one (an FSQ/LFQ grid has no parameters).
+FROZEN_ENCODER = (r"^encoder/", r"^latent_tokens$")
+FROZEN_CODEBOOK = r"^codebook"
 
 
 def titok_model(arg: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
@@ -51,9 +72,17 @@ def titok_model(arg: ml_collections.ConfigDict, name: str) -> ml_collections.Con
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = common.parse_arg(arg, size="S", tokens=128, recipe="single", quantizer="vq", res=256,
-                       gan=False, tiny=False)
+                       gan=False, tiny=False, stage="1")
+  if a.stage not in STAGES:
+    raise ValueError(f"stage must be one of {STAGES}, got {a.stage!r}")
+  if a.stage == "2" and a.recipe != "two_stage":
+    raise ValueError(f"stage=2 is the second stage of recipe=two_stage, got recipe={a.recipe!r}")
   if a.gan and a.recipe != "single":
-    raise ValueError("gan applies to the single-stage recipe (pixel outputs), not recipe=two_stage")
+    raise ValueError("gan applies to the single-stage recipe (pixel outputs), not recipe=two_stage "
+                     "(its stage 2 has the GAN term already)")
+  if a.stage == "posttrain" and a.quantizer not in ("vq", "fsq"):
+    raise ValueError(f"stage=posttrain perturbs discrete tokens: quantizer must be 'vq' or 'fsq', "
+                     f"got {a.quantizer!r}")
   c = common.base_config()
   c.model = titok_model(a, "titok")
   c.total_steps = 650_000 if a.recipe == "single" else 1_000_000
@@ -76,6 +105,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         model=dict(name="vqgan", image_size=a.res, codebook_size=1024), checkpoint="",
         random_init_for_smoke_test=False))
   c.eval.token_counts = [a.tokens]
+  if a.recipe == "two_stage" and a.stage != "1":
+    stage2(c)  # post-training a two-stage TiTok continues its stage-2 losses
+  if a.stage == "posttrain":
+    posttrain(c, tiny=a.tiny)
   if a.tiny:
     common.tiny_training(c)
     c.model.update(image_size=16, patch_size=4, encoder_width=32, encoder_depth=1, encoder_heads=2,
@@ -94,3 +127,56 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
           codebook_size=32, num_groups=4))
       c.teacher.random_init_for_smoke_test = True
   return c
+
+
+def freeze_encoder(c: ml_collections.ConfigDict) -> None:
+  """Warm start from `config.init_from` with the encoder, latent tokens and codebook frozen and the
+  quantizer's losses off (they would only reach frozen weights; the release multiplies them by 0)."""
+  c.init_from = ml_collections.ConfigDict(dict(path="", step=-1, use_ema=True, pixel_decoder=""))
+  learned_codebook = c.model.quantizer in ("vq", "rvq")
+  c.optim.frozen_patterns = FROZEN_ENCODER + ((FROZEN_CODEBOOK,) if learned_codebook else ())
+  c.loss.quantizer = 0.0
+
+
+def stage2(c: ml_collections.ConfigDict) -> None:
+  """TiTok stage 2, "decoder fine-tuning" (bytedance/1d-tokenizer configs/training/TiTok/stage2/*.yaml,
+  losses.py ReconstructionLoss_Stage2), applied to a stage-1 config.
+
+  Frozen: encoder, latent_tokens, codebook; trained: decoder (its proxy-logit head), pixel_codebook
+  and pixel_decoder, on pixels. Differences from stage 1: l2 1.0 instead of the proxy CE,
+  quantizer_weight 0, commitment_cost 0, AdamW b2 0.999, warmup 5k, 500k steps, PatchGAN weight 0.01
+  (fixed, no adaptive weight) with LeCAM 0.001 from step 20k, discriminator lr 1e-4. The release's
+  0.1 * ConvNeXt-S perceptual term needs a network jaxtok does not ship: `loss.perceptual` stays 0
+  unless `loss.perceptual_weights` names an LPIPS file. `init_from.pixel_decoder` should name the
+  MaskGIT-VQGAN weights (the stage-1 teacher) as the release does; left empty, the stage-1
+  checkpoint's pixel decoder is kept.
+  """
+  c.total_steps = 500_000
+  c.optim.update(lr=1e-4, warmup_steps=5_000, end_lr=1e-5, b1=0.9, b2=0.999, wd=1e-4, clip=1.0)
+  c.model.commitment_cost = 0.0
+  c.loss.update(l2=1.0, proxy=0.0)
+  freeze_encoder(c)
+  common.add_gan(c, weight=0.01, start=20_000, lecam=0.001, disc_lr=1e-4)
+
+
+def posttrain(c: ml_collections.ConfigDict, *, tiny: bool = False) -> None:
+  """RobusTok decoder post-training ("Image Tokenizer Needs Post-Training", arXiv 2509.12474),
+  perturbation variant, applied to a trained tokenizer's config (either recipe).
+
+  The release (qiuk2/RobusTok configs/post-train.yaml, post_train_data.py; notes in
+  shared/reference/quantizers-and-samplers.md A.7 "Post-training") fine-tunes only the decoder
+  (`enc_tuning_method: frozen`) at lr 5e-5 on pairs (generated latents, image), where the latents come
+  from the trained generator (RAR) with teacher forcing that keeps each ground-truth token with
+  probability sigma = 0.7. Without a trained generator this recipe replaces the generator's tokens by
+  RobusTok latent perturbation (A.7 `add_perturbation`) on every step and every image (beta 1):
+  each token is redrawn with probability alpha = 1 - sigma = 0.3 from its delta nearest codes
+  (delta 100 as the main training's delta0; 8 in the tiny variant's 64-code book), so about
+  alpha * (delta - 1) / delta of the tokens change. Encoder, latent tokens and codebook are frozen;
+  the decoder (and a proxy head's pixel decoder) trains with the run's pixel losses (l2, and the GAN
+  of `gan` or of a two-stage TiTok's stage 2). The learning-rate schedule is not in the notes: constant 5e-5 after a 1k warmup.
+  """
+  c.loss.update(l2=1.0, proxy=0.0)
+  c.loss.perturb = ml_collections.ConfigDict(dict(alpha=0.3, beta=1.0, delta=8 if tiny else 100))
+  c.optim.update(lr=5e-5, warmup_steps=1_000, end_lr=5e-5)
+  c.total_steps = 100_000
+  freeze_encoder(c)

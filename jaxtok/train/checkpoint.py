@@ -27,7 +27,7 @@ Restore reads straight into the target shardings: the target is an abstract stat
 `jax.ShapeDtypeStruct`s carrying `NamedSharding`s (see `state.abstract_train_state`).
 
 The one reader of model weights is `load_params(path, target)` (tools, the generator sampler, the
-TiTok teacher). `path` may be a training workdir (its `checkpoints/`), a checkpoint directory of
+TiTok teacher, a run's warm start `config.init_from`). `path` may be a training workdir (its `checkpoints/`), a checkpoint directory of
 numbered steps (the newest is read), one step directory, an orbax parameter directory holding an
 nnx.State (`save_params`), or the output folder of tools/convert.py (`OUT/params` + `OUT/config.json`).
 From a training checkpoint only the weights are read (orbax partial restore of `ema_params` or

@@ -6,7 +6,8 @@
   * resume: the newest checkpoint in `<workdir>/checkpoints` is checked against this run (config
     fields, state structure: a difference is refused, see `checkpoint.Checkpointer.restore`) and
     restored straight into the target shardings (with the data iterator state), else the state is
-    initialised sharded;
+    initialised sharded, its model weights taken from `config.init_from` when set (warm start:
+    TiTok stage 2, decoder post-training; see `warm_start`);
   * every step: the host batch of this process becomes a global array sharded over the batch axis
     (`jax.make_array_from_process_local_data`), one call to the jitted `train_step`;
   * every `log_every` steps: metrics are fetched (the only host sync), checked for NaN/inf (the error
@@ -49,6 +50,7 @@ from jaxtok.train import evaluate as eval_lib
 from jaxtok.train import optim
 from jaxtok.train import state as state_lib
 from jaxtok.train import step as step_lib
+from jaxtok.train import warm_start
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +160,10 @@ def validate_config(config: Any) -> None:
   ema = config.get("ema_decay", 0.0)
   if not 0.0 <= ema < 1.0:
     raise ValueError(f"config.ema_decay must lie in [0, 1), got {ema}")
+  if _get(config.optim, "frozen_patterns", ()) and warm_start.settings(config.get("init_from")) is None:
+    raise ValueError(f"config.optim.frozen_patterns {list(config.optim.frozen_patterns)} would "
+                     "freeze randomly initialised weights: set config.init_from.path to the run "
+                     "whose weights this one continues (e.g. the TiTok stage-1 workdir), got none")
 
 
 def train(config: Any, workdir: str, *, show_progress: bool = True) -> dict:
@@ -229,8 +235,17 @@ def _train_locked(config: Any, workdir: str, *, show_progress: bool,
     if is_main:
       log.info("resumed from step %d", start)
   else:
+    # A fresh run may warm-start from another run's weights (TiTok stage 2, post-training); a run
+    # with checkpoints of its own resumed above and never reads init_from again. Read (and checked)
+    # before the init is compiled, so a mismatching source fails at once.
+    warm = warm_start.load(config, abstract)
     state = jax.jit(init_fn, out_shardings=shardings)(init_rng)
     start = 0
+    if warm is not None:
+      state = warm_start.apply(state, warm[0], shardings)
+      if is_main:
+        log.info("initialised the model from %s (%s weights, step %s)", warm[1]["path"],
+                 warm[1]["weights"], warm[1]["step"])
   if is_main:
     log.info("parameters: %d; mesh %s", state_lib.param_count(state), dict(mesh.shape))
 
@@ -245,7 +260,8 @@ def _train_locked(config: Any, workdir: str, *, show_progress: bool,
   train_step = step_lib.make_train_step(model, config.get("loss"), tx, state_shardings=shardings,
                                         ema_decay=ema_decay, disc=disc, disc_tx=disc_tx,
                                         perceptual_fn=perceptual_fn, teacher_fn=teacher_fn,
-                                        frozen=frozen, lr_schedule=schedule)
+                                        frozen=frozen, lr_schedule=schedule,
+                                        frozen_patterns=_get(config.optim, "frozen_patterns", ()))
   writer = EventWriter(os.path.join(workdir, "tb"), enabled=is_main)
   eval_counts = _token_counts(config, tokenizer)
   use_ema = ema_decay > 0

@@ -64,6 +64,25 @@ def frozen_mask(params: Any, patterns: Sequence[str]) -> Any:
       lambda path, _: any(c.search(path_to_str(path).lower()) for c in compiled), params)
 
 
+def check_frozen_patterns(params: Any, patterns: Sequence[str]) -> None:
+  """Raises ValueError naming every pattern of `patterns` that matches no parameter path.
+
+  A frozen pattern that matches nothing (a typo, a renamed module) would silently train what the
+  recipe meant to freeze.
+  """
+  names = [path_to_str(path).lower() for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  unused = [p for p in patterns if not any(re.search(p, n) for n in names)]
+  if unused:
+    raise ValueError(f"frozen_patterns {unused} match no parameter path; expected each to match at "
+                     f"least one of the {len(names)} paths, e.g. {names[:6]}")
+
+
+def frozen_labels(params: Any, patterns: Sequence[str]) -> Any:
+  """"frozen" / "train" label tree for `optax.multi_transform` (checks every pattern matches)."""
+  check_frozen_patterns(params, patterns)
+  return jax.tree.map(lambda f: "frozen" if f else "train", frozen_mask(params, patterns))
+
+
 def warmup_cosine(*, base_lr: float, total_steps: int, warmup_steps: int = 0, end_lr: float = 0.0,
                   init_lr: float = 0.0) -> optax.Schedule:
   """Learning rate: linear from `init_lr` to `base_lr` over `warmup_steps`, then a half cosine to
@@ -96,8 +115,11 @@ def make_optimizer(*, base_lr: float, total_steps: int, warmup_steps: int = 0, e
   """Global-norm clipping then AdamW with the warmup-cosine schedule and the decay mask.
 
   Args:
-    frozen_patterns: path regular expressions (as `no_decay_patterns`) of parameters that never change:
-      no weight decay and a zero update whatever their gradient (a final `optax.masked` zeroing).
+    frozen_patterns: path regular expressions (as `no_decay_patterns`) of parameters that never change
+      (TiTok stage 2, decoder post-training): `optax.multi_transform` sends them to `set_to_zero`, so
+      their update is exactly 0 whatever their gradient, they get no Adam moments (no optimizer
+      memory) and no weight decay, and the global-norm clip sees only the trainable gradients. Each
+      pattern must match at least one parameter (ValueError at `init` otherwise).
     mu_dtype: dtype of Adam's first moment (e.g. "bfloat16" to halve its memory); None keeps the
       parameter dtype.
     grad_clip: maximum global gradient norm; None or <= 0 disables clipping.
@@ -110,15 +132,21 @@ def make_optimizer(*, base_lr: float, total_steps: int, warmup_steps: int = 0, e
   schedule = warmup_cosine(base_lr=base_lr, total_steps=total_steps, warmup_steps=warmup_steps,
                            end_lr=end_lr)
   frozen = tuple(frozen_patterns)
-  patterns = tuple(no_decay_patterns) + frozen
+  for p in frozen:
+    try:
+      re.compile(p)
+    except re.error as err:
+      raise ValueError(f"frozen_patterns entries must be regular expressions, got {p!r}: {err}") from None
   adamw = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
                       mu_dtype=jnp.dtype(mu_dtype) if mu_dtype else None,
-                      mask=lambda params: decay_mask(params, patterns))
+                      mask=lambda params: decay_mask(params, no_decay_patterns))
   parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip is not None and grad_clip > 0 else []
   parts.append(adamw)
-  if frozen:
-    parts.append(optax.masked(optax.set_to_zero(), lambda params: frozen_mask(params, frozen)))
-  return optax.chain(*parts) if len(parts) > 1 else adamw
+  tx = optax.chain(*parts) if len(parts) > 1 else adamw
+  if not frozen:
+    return tx
+  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
+                               lambda params: frozen_labels(params, frozen))
 
 
 def optimizer_from_config(cfg: Any, total_steps: int) -> optax.GradientTransformation:

@@ -5,7 +5,7 @@ Abbreviations: B batch, H/W image height/width, K tokens, V proxy-code vocabular
 The generator (tokenizer) loss is
 
   L = l1 * |x - x^| + l2 * (x - x^)^2 + perceptual * P(x, x^)          pixel terms, when recon exists
-      + sum(train_forward losses)                                     quantizer / KL / flow, weighted
+      + quantizer * sum(train_forward losses)                         quantizer / KL / flow, weighted
       + proxy * CE(proxy logits, teacher codes)                        TiTok stage 1
       + gan_weight(step) * (-mean D(x^))                               hinge generator term
 
@@ -32,12 +32,20 @@ one of the delta nearest codebook entries for VQ, of the delta nearest level-gri
 annealed on the step) before decoding, so the reconstruction, perceptual and GAN terms see the
 perturbed tokens.
 
+Frozen parameters (`frozen_patterns`, the optimizer's `optim.frozen_patterns`: TiTok stage 2 and
+decoder post-training freeze the encoder, the quantizer and the latent tokens) enter the loss through
+`stop_gradient`, so no gradient is computed for them (the encoder's backward pass is not run, as the
+release encodes under `torch.no_grad()`) and `grad_norm` is the trainable parameters' norm; the
+optimizer gives them a zero update. Non-parameter model variables matching a pattern (an EMA
+codebook) and the EMA of frozen parameters keep their values bitwise too. `loss.quantizer` (default
+1) weights the model's own losses: the released TiTok stage 2 sets `quantizer_weight: 0.0`.
+
 The step folds `state["step"]` into the base rng inside the jit, donates the state, and returns
 metrics as device scalars (the loop fetches them only when it logs).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -121,13 +129,30 @@ def perturb_settings(section: Any) -> dict | None:
 # --------------------------------------------------------------------------------------------------
 
 
+def _stop_frozen(params: Any, patterns: tuple[str, ...]) -> Any:
+  """`params` with the leaves matching `patterns` behind stop_gradient (no gradient is computed)."""
+  if not patterns:
+    return params
+  mask = optim.frozen_mask(params, patterns)
+  return jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, mask)
+
+
+def _keep_frozen(old: Any, new: Any, patterns: tuple[str, ...]) -> Any:
+  """`new` with the leaves matching `patterns` taken from `old` (bitwise)."""
+  if not patterns:
+    return new
+  mask = optim.frozen_mask(old, patterns)
+  return jax.tree.map(lambda o, n, f: o if f else n, old, new, mask)
+
+
 def make_train_step(model: ModelDef, loss_cfg: Any, tx: optax.GradientTransformation, *,
                     state_shardings: Any, ema_decay: float = 0.0,
                     disc: ModelDef | None = None, disc_tx: optax.GradientTransformation | None = None,
                     perceptual_fn: Callable[[Any, jax.Array, jax.Array], jax.Array] | None = None,
                     teacher_fn: Callable[[Any, jax.Array], jax.Array] | None = None,
                     frozen: Any = None, lr_schedule: Callable | None = None,
-                    on_trace: Callable[[], None] | None = None) -> Callable:
+                    on_trace: Callable[[], None] | None = None,
+                    frozen_patterns: Sequence[str] = ()) -> Callable:
   """Builds the jitted `train_step(state, batch, rng) -> (state, metrics)`.
 
   Args:
@@ -145,6 +170,8 @@ def make_train_step(model: ModelDef, loss_cfg: Any, tx: optax.GradientTransforma
     frozen: pytree of frozen parameters passed to perceptual_fn / teacher_fn (not donated).
     lr_schedule: step -> learning rate, reported in the metrics.
     on_trace: called each time the step is traced (tests count compilations with it).
+    frozen_patterns: path regular expressions of the model's frozen variables (see the module
+      docstring); pass the optimizer's `frozen_patterns`.
 
   Returns:
     train_step(state, batch, rng): batch is images [B,H,W,3] float32 in [0,1] or {"image": ...};
@@ -159,8 +186,10 @@ def make_train_step(model: ModelDef, loss_cfg: Any, tx: optax.GradientTransforma
   disc_start = int(_cfg(loss_cfg, "disc_start", gan_start))
   w_lecam = float(_cfg(loss_cfg, "lecam", 0.0))
   lecam_decay = float(_cfg(loss_cfg, "lecam_decay", 0.999))
+  w_model = float(_cfg(loss_cfg, "quantizer", 1.0))
+  frozen_patterns = tuple(frozen_patterns or ())
   for name, v in (("l1", l1), ("l2", l2), ("perceptual", w_perc), ("proxy", w_proxy), ("gan", w_gan),
-                  ("lecam", w_lecam)):
+                  ("lecam", w_lecam), ("quantizer", w_model)):
     if v < 0:
       raise ValueError(f"loss weight {name} must be >= 0, got {v}")
   if w_perc > 0 and perceptual_fn is None:
@@ -195,6 +224,7 @@ def make_train_step(model: ModelDef, loss_cfg: Any, tx: optax.GradientTransforma
     codes = teacher_fn(frozen["teacher"], images) if w_proxy > 0 else None
 
     def gen_loss(params):
+      params = _stop_frozen(params, frozen_patterns)
       m = _merge(model.graphdef, params, model_state)
       terms = {}
       out = m.train_forward(images, rng=k_model, step=step, target=target, perturb=perturb_cfg)
@@ -211,10 +241,13 @@ def make_train_step(model: ModelDef, loss_cfg: Any, tx: optax.GradientTransforma
           terms["perceptual"] = w_perc * perceptual_fn(frozen["perceptual"], images, r).astype(f32)
         if disc_model is not None and w_gan > 0:
           terms["gan_g"] = gan.gan_weight(step, gan_start, w_gan) * gan.hinge_g_loss(disc_model(r))
-      for k, v in model_losses.items():
-        terms[f"model/{k}"] = jnp.asarray(v, f32)
+      if w_model > 0:
+        for k, v in model_losses.items():
+          terms[f"model/{k}"] = w_model * jnp.asarray(v, f32)
       total = sum(terms.values()) if terms else jnp.zeros((), f32)
       new_model_state = nnx.state(m, nnx.Not(nnx.Param)) if model_state is not None else None
+      if new_model_state is not None:
+        new_model_state = _keep_frozen(model_state, new_model_state, frozen_patterns)
       return total, (terms, model_metrics, recon, new_model_state)
 
     (total, (terms, model_metrics, recon, new_model_state)), grads = jax.value_and_grad(
@@ -226,7 +259,10 @@ def make_train_step(model: ModelDef, loss_cfg: Any, tx: optax.GradientTransforma
     if new_model_state is not None:
       new["model_state"] = new_model_state
     if ema_decay > 0:
-      new["ema_params"] = optim.ema_update(state["ema_params"], params, ema_decay)
+      # A frozen leaf's EMA is kept as is: decay * p + (1 - decay) * p need not round back to p.
+      new["ema_params"] = _keep_frozen(state["ema_params"],
+                                       optim.ema_update(state["ema_params"], params, ema_decay),
+                                       frozen_patterns)
 
     metrics = {"loss": total, "grad_norm": optax.tree.norm(grads)}
     metrics.update({f"loss/{k}": v for k, v in terms.items()})

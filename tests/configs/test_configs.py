@@ -155,3 +155,54 @@ def test_generator_trainer_refuses_the_retired_dialect():
     generator.model_config(old)
   with pytest.raises(ValueError, match=r"retired"):
     generator.build(old, 4)
+
+
+@pytest.mark.parametrize("arg", ["tiny,recipe=two_stage,stage=2", "tiny,stage=posttrain",
+                                 "tiny,recipe=two_stage,stage=posttrain", "tiny,stage=posttrain,gan",
+                                 "tiny,stage=posttrain,quantizer=fsq"])
+def test_stage2_and_posttrain_configs_build_and_freeze_existing_parameters(arg):
+  from jaxtok.train import optim, warm_start
+  c = importlib.import_module("jaxtok.configs.titok").get_config(arg)
+  assert c.init_from.path == "" and warm_start.settings(c.init_from) is None
+  with pytest.raises(ValueError, match=r"would freeze randomly initialised weights"):
+    loop.validate_config(c)
+  c.init_from.path = "runs/stage1"
+  loop.validate_config(c)
+  assert c.loss.quantizer == 0.0 and c.loss.proxy == 0.0 and c.loss.l2 == 1.0
+  params = api.build(c.model).abstract_params()
+  optim.check_frozen_patterns(params, c.optim.frozen_patterns)  # each pattern matches a parameter
+  frozen = optim.frozen_mask(params, c.optim.frozen_patterns)
+  names = {optim.path_to_str(p).split("/")[0]: f for p, f in jax.tree_util.tree_flatten_with_path(frozen)[0]}
+  assert names["encoder"] and names["latent_tokens"] and not names["decoder"]
+  assert names.get("codebook", "fsq" in arg)  # FSQ has no codebook parameter
+  if "pixel_decoder" in names:  # the release trains pixel_quantize and pixel_decoder in stage 2
+    assert not names["pixel_decoder"] and not names["pixel_codebook"]
+  if "posttrain" in arg:
+    assert c.loss.perturb.beta == 1.0 and c.loss.perturb.alpha == 0.3
+
+
+def test_stage2_full_config_is_the_released_recipe():
+  c = importlib.import_module("jaxtok.configs.titok").get_config("size=B,tokens=64,recipe=two_stage,stage=2")
+  # bytedance/1d-tokenizer configs/training/TiTok/stage2/titok_b64.yaml
+  assert c.total_steps == 500_000 and c.model.commitment_cost == 0.0
+  assert (c.optim.lr, c.optim.b1, c.optim.b2, c.optim.wd, c.optim.warmup_steps, c.optim.end_lr) == (
+      1e-4, 0.9, 0.999, 1e-4, 5_000, 1e-5)
+  assert (c.loss.gan, c.loss.gan_start, c.loss.lecam, c.disc_optim.lr, c.disc_optim.b2) == (
+      0.01, 20_000, 0.001, 1e-4, 0.999)
+  assert c.ema_decay == 0.999 and c.model.decoder_head == "proxy_codes"
+  c.init_from.path = "runs/stage1"
+  loop.validate_config(c)
+
+
+def test_stage_bad_values_raise():
+  titok = importlib.import_module("jaxtok.configs.titok")
+  with pytest.raises(ValueError, match=r"stage must be one of \('1', '2', 'posttrain'\), got '3'"):
+    titok.get_config("stage=3")
+  with pytest.raises(ValueError, match=r"stage=2 is the second stage of recipe=two_stage, got recipe='single'"):
+    titok.get_config("stage=2")
+  with pytest.raises(ValueError, match=r"quantizer must be 'vq' or 'fsq', got 'lfq'"):
+    titok.get_config("stage=posttrain,quantizer=lfq")
+  c = titok.get_config("tiny,recipe=two_stage,stage=2")
+  c.init_from.update(path="runs/s1", step=-5)
+  with pytest.raises(ValueError, match=r"config.init_from.step must be -1"):
+    loop.validate_config(c)

@@ -110,3 +110,34 @@ def test_flextok_vae_is_not_decayed_and_frozen_patterns_zero_updates():
   assert float(jnp.abs(upd["vae"]["conv"]["kernel"]).min()) > 0  # not frozen: Adam moves it
   assert optim.frozen_mask(params, ("^enc/",)) == {"vae": {"conv": {"kernel": False}},
                                                     "enc": {"kernel": True}}
+
+
+def test_frozen_patterns_keep_no_moments_clip_only_trainable_and_must_match():
+  params = {"enc": {"kernel": jnp.ones((2, 2))}, "dec": {"kernel": jnp.ones((2, 2))}}
+  tx = optim.make_optimizer(base_lr=0.1, total_steps=10, weight_decay=0.0, grad_clip=1.0,
+                            frozen_patterns=("^enc/",))
+  state = tx.init(params)
+  # No Adam moments for the frozen parameter: optax MaskedNode (no leaves), the trainable one has both.
+  leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+  names = [optim.path_to_str(p) for p, _ in leaves]
+  assert not [n for n in names if "enc" in n]
+  assert len([n for n in names if "dec" in n]) == 2
+  # A huge gradient on the frozen leaf must not shrink the trainable update through the global clip:
+  # the trainable gradient (norm 0.2 < 1) passes unclipped, so Adam's first update is -lr * sign.
+  grads = {"enc": {"kernel": 1e6 * jnp.ones((2, 2))}, "dec": {"kernel": 0.1 * jnp.ones((2, 2))}}
+  upd, _ = tx.update(grads, state, params)
+  np.testing.assert_array_equal(upd["enc"]["kernel"], 0.0)
+  reference = optim.make_optimizer(base_lr=0.1, total_steps=10, weight_decay=0.0, grad_clip=1.0)
+  ref, _ = reference.update({"dec": grads["dec"]}, reference.init({"dec": params["dec"]}),
+                            {"dec": params["dec"]})
+  np.testing.assert_array_equal(upd["dec"]["kernel"], ref["dec"]["kernel"])
+
+
+def test_a_frozen_pattern_that_matches_nothing_is_an_error():
+  params = {"enc": {"kernel": jnp.ones((2, 2))}, "dec": {"kernel": jnp.ones((2, 2))}}
+  tx = optim.make_optimizer(base_lr=0.1, total_steps=10, frozen_patterns=("^enc/", "^encoder/"))
+  with pytest.raises(ValueError, match=r"frozen_patterns \['\^encoder/'\] match no parameter path.*"
+                                       r"'dec/kernel'"):
+    tx.init(params)
+  with pytest.raises(ValueError, match=r"frozen_patterns entries must be regular expressions, got '\('"):
+    optim.make_optimizer(base_lr=0.1, total_steps=10, frozen_patterns=("(",))
