@@ -1,0 +1,100 @@
+"""Parity of converted official DINOv2 weights with the official PyTorch outputs.
+
+tests/fixtures/official/dinov2_tiny.safetensors holds two tiny random `DinoVisionTransformer`s of
+facebookresearch/dinov2 b8931f7 (width 32, depth 2, 2 heads, patch 14, trained grid 4 x 4, LayerScale):
+"reg." with 4 registers and the hub's antialiased position interpolation, "noreg." with the +0.1
+offset quirk; outputs at 56 x 56 (the stored positions), 42 x 42 and 70 x 56 (interpolated). See
+make_dinov2_fixture.py.txt.
+"""
+import functools
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxtok.convert import dinov2 as C
+from jaxtok.nn import dinov2 as D
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures", "official")
+WEIGHTS = os.path.join(FIXTURES, "dinov2_tiny.safetensors")
+TOL = 1e-4
+SIZES = ("56x56", "42x42", "70x56")
+
+
+@functools.lru_cache(maxsize=None)
+def _io():
+  with np.load(os.path.join(FIXTURES, "dinov2_tiny_outputs.npz")) as f:
+    return {k: f[k] for k in f.files}
+
+
+@functools.lru_cache(maxsize=None)
+def _model(prefix):
+  cfg, params = C.load(WEIGHTS, dict(num_heads=2), prefix=prefix + ".")
+  graphdef, _ = nnx.split(nnx.eval_shape(lambda: D.make_model(cfg, rngs=nnx.Rngs(0))))
+  return cfg, nnx.merge(graphdef, params)
+
+
+@pytest.mark.parametrize("prefix", ["reg", "noreg"])
+def test_outputs_match_official_at_the_training_and_other_resolutions(prefix):
+  cfg, model = _model(prefix)
+  assert cfg == dict(width=32, depth=2, num_heads=2, patch_size=14, image_size=56,
+                     num_registers=4 if prefix == "reg" else 0, ffn="mlp", layerscale=1.0)
+  assert (model.antialias, model.offset) == ((True, 0.0) if prefix == "reg" else (False, 0.1))
+  io = _io()
+  for size in SIZES:
+    images = jnp.asarray(io[f"images_{size}"].astype(np.float32) / np.float32(255.0))
+    out = model(images)
+    for key, name in (("cls", "x_norm_clstoken"), ("reg", "x_norm_regtokens"),
+                      ("patch", "x_norm_patchtokens"), ("prenorm", "x_prenorm")):
+      want = io[f"{prefix}_{size}_{key}"]
+      assert out[name].shape == want.shape, (size, name)
+      err = float(np.max(np.abs(np.asarray(out[name]) - want))) if want.size else 0.0
+      assert err < TOL, (prefix, size, name, err)
+
+
+def test_the_offset_quirk_and_antialias_change_the_interpolated_positions():
+  """Without the quirk (offset 0, no antialias) the 3 x 3 positions differ from the official ones."""
+  _, model = _model("noreg")
+  quirk = np.asarray(model.positions(3, 3))
+  model.offset = 0.0
+  try:
+    plain = np.asarray(model.positions(3, 3))
+  finally:
+    model.offset = 0.1
+  assert np.max(np.abs(quirk - plain)) > 1e-3
+  np.testing.assert_array_equal(quirk[0], plain[0])  # the cls row is never resampled
+  np.testing.assert_array_equal(model.positions(4, 4), model.pos_embed.get_value())
+
+
+def test_foreign_or_incomplete_files_are_refused(tmp_path):
+  flat = C.read(WEIGHTS, prefix="reg.")
+  with pytest.raises(ValueError, match="width 32 is not a released size"):
+    C.infer_config(flat)
+  with pytest.raises(ValueError, match="not a DINOv2 state dict"):
+    C.infer_config({"encoder.conv_in.weight": np.zeros((2, 2))})
+  with pytest.raises(ValueError, match=r"missing keys \[blocks\.blocks\.2\."):
+    C.load(WEIGHTS, dict(num_heads=2, depth=3), prefix="reg.")
+  with pytest.raises(ValueError, match="no tensor starts with prefix 'teacher.'"):
+    C.read(WEIGHTS, prefix="teacher.")
+  with pytest.raises(ValueError, match="does not exist"):
+    C.load(str(tmp_path / "dinov2_vitb14_reg4_pretrain.pth"))
+  with pytest.raises(TypeError, match="config must be a mapping"):
+    C.load(WEIGHTS, "B", prefix="reg.")
+
+
+def test_released_presets_and_swiglu_layout():
+  assert D.config_for("g", 4)["ffn"] == "swiglu" and D.swiglu_hidden(1536) == 4096
+  shapes = {k: tuple(v.shape) for k, v in nnx.to_flat_state(D.abstract_params(
+      dict(size="g", depth=1)))}
+  assert shapes[("blocks", "blocks", 0, "mlp", "gate", "kernel")] == (1536, 4096)
+  # w12 [2M, W] splits into gate (first half) and up (second half).
+  m, w = 6, 4
+  w12 = np.arange(2 * m * w, dtype=np.float32).reshape(2 * m, w)
+  out = C.convert({"blocks.0.mlp.w12.weight": w12, "blocks.0.mlp.w12.bias": np.arange(2 * m)}, 1)
+  np.testing.assert_array_equal(out["blocks.blocks.0.mlp.gate.kernel"], w12[:m].T)
+  np.testing.assert_array_equal(out["blocks.blocks.0.mlp.up.kernel"], w12[m:].T)
+  np.testing.assert_array_equal(out["blocks.blocks.0.mlp.up.bias"], np.arange(m, 2 * m))
+  with pytest.raises(ValueError, match="size must be one of"):
+    D.config_for("XL")
