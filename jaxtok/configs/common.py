@@ -87,8 +87,9 @@ def base_config() -> ml_collections.ConfigDict:
                                           gan_start=0, disc_start=0, lecam=0.0, lecam_decay=0.999))
   c.disc = None
   c.disc_optim = None
-  # REPA / semantic regularisation with a frozen DINOv2 (`losses.repa`), off; see add_repa.
-  c.repa = None
+  # REPA / semantic regularisation with a frozen DINOv2 (`losses.repa`): off while weight is 0; see
+  # add_repa (the model needs repa_layer > 0 too).
+  c.repa = ml_collections.ConfigDict(dict(weight=0.0, weights="", prefix="", dinov2=None))
   c.eval = ml_collections.ConfigDict(dict(token_counts=None))
   return c
 
@@ -100,8 +101,7 @@ def add_repa(c: ml_collections.ConfigDict, *, weights: str, layer: int, dim: int
   the DINOv2 width: 384 S, 768 B, 1024 L, 1536 g) and `config.repa` the loss weight (REPA and
   GigaTok: 0.5) and the path of the official DINOv2 weights file (required; never downloaded)."""
   c.model.update(repa_layer=layer, repa_hidden=hidden, repa_dim=dim)
-  c.repa = ml_collections.ConfigDict(dict(weight=weight, weights=weights, prefix=prefix,
-                                          dinov2=None))
+  c.repa.update(weight=weight, weights=weights, prefix=prefix)
 
 
 def add_gan(c: ml_collections.ConfigDict, *, weight: float, start: int, lecam: float,

@@ -39,7 +39,6 @@ W width.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping
 
 import jax
@@ -271,24 +270,12 @@ def abstract_params(cfg: Mapping[str, Any]) -> nnx.State:
 
 
 def features_fn(cfg: Mapping[str, Any]):
-  """(fn(params, images) -> forward_features dict, graphdef) for frozen use: `fn` merges the
-  parameters into a fresh module each call (jit-friendly; the parameters are only read)."""
+  """fn(params, images) -> the `__call__` dict of `make_model(cfg)` with `params` (an nnx.State, e.g.
+  from `convert.dinov2.load`), for frozen use: it merges the parameters into a fresh module each
+  call (jit-friendly; the parameters are only read)."""
   graphdef, _ = nnx.split(nnx.eval_shape(lambda: make_model(cfg, rngs=nnx.Rngs(0))))
 
   def fn(params, images):
     return nnx.merge(graphdef, params)(images)
 
   return fn
-
-
-def num_patches(image_size: int, patch_size: int = 14) -> int:
-  """N = (image_size / p)^2."""
-  return (image_size // patch_size)**2
-
-
-def grid_side(tokens: int) -> int:
-  """g with g * g == tokens; ValueError otherwise (REPA aligns square grids)."""
-  g = math.isqrt(int(tokens))
-  if g * g != tokens:
-    raise ValueError(f"a square token grid is needed, got {tokens} tokens")
-  return g

@@ -98,3 +98,17 @@ def test_released_presets_and_swiglu_layout():
   np.testing.assert_array_equal(out["blocks.blocks.0.mlp.up.bias"], np.arange(m, 2 * m))
   with pytest.raises(ValueError, match="size must be one of"):
     D.config_for("XL")
+
+
+def test_bad_inputs_name_the_argument():
+  _, model = _model("reg")
+  with pytest.raises(ValueError, match="multiples of the patch size 14, got 50 x 56"):
+    model(jnp.zeros((1, 50, 56, 3)))
+  with pytest.raises(ValueError, match=r"images must be \[B, H, W, 3\], got shape \(56, 56, 3\)"):
+    model(jnp.zeros((56, 56, 3)))
+  with pytest.raises(ValueError, match="out_size must be an int >= 1, got 0"):
+    D.bicubic_weights(4, 0)
+  with pytest.raises(ValueError, match="DINOv2 image_size must be a multiple of patch_size 14"):
+    D.make_model(dict(width=32, depth=1, num_heads=2, image_size=50), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"unknown DINOv2 config key\(s\) \['heads'\]"):
+    D.make_model(dict(width=32, depth=1, heads=2), rngs=nnx.Rngs(0))

@@ -99,3 +99,19 @@ def test_repa_misconfigurations_are_refused():
                                   repa_fn=fn, frozen={"repa": dino})
   with pytest.raises(ValueError, match="needs a REPA projector"):
     step(state, jnp.zeros((8, 16, 16, 3)), jax.random.key(0))
+
+
+@pytest.mark.slow
+def test_loop_trains_flextok_with_config_repa(tmp_path):
+  """config.repa through loop.train: the DINOv2 file is read by the loop, loss/repa is logged."""
+  import json  # pylint: disable=g-import-not-at-top
+  from jaxtok.train import loop  # pylint: disable=g-import-not-at-top
+  c = _config()
+  c.total_steps, c.final_eval, c.ckpt_every, c.eval_every = 2, False, 2, 2
+  report = loop.train(c, str(tmp_path / "run"), show_progress=False)
+  assert report["step"] == 2
+  lines = [json.loads(l) for l in open(tmp_path / "run" / "tb" / "metrics.jsonl")]
+  assert all(np.isfinite(l["loss/repa"]) for l in lines) and len(lines) == 2
+  c.repa.weights = ""
+  with pytest.raises(ValueError, match="needs config.repa.weights"):
+    loop.train(c, str(tmp_path / "run2"), show_progress=False)
