@@ -39,6 +39,7 @@ Config (`config.repa`, in every tokenizer config; off while weight is 0 (or the 
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 import jax
@@ -141,7 +142,6 @@ def load_teacher(cfg: dict) -> tuple[Callable, Any, dict]:
   settings of `settings` (the weights file is read here; ValueError if it is missing)."""
   from jaxtok.convert import dinov2 as convert_dinov2  # pylint: disable=g-import-not-at-top
   from jaxtok.nn import dinov2  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
   if not os.path.isfile(cfg["weights"]):
     raise ValueError(f"config.repa.weights {cfg['weights']!r} does not exist: it must be the path of "
                      f"{WEIGHTS_HELP}")
