@@ -131,3 +131,21 @@ def test_convert_registry_round_trip(tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   out = D.features_fn(cfg2)(params2, jnp.asarray(_io()["images_42x42"] / np.float32(255.0)))
   np.testing.assert_allclose(out["x_norm_patchtokens"], _io()["noreg_42x42_patch"], atol=TOL)
+
+
+@pytest.mark.parametrize("name,size", [("dinov2_vits14", "S"), ("dinov2_vitb14_reg", "B"),
+                                       ("dinov2_vitl14_reg", "L"), ("dinov2_vitg14_reg", "g")])
+def test_release_shapes_map_onto_the_presets(name, size):
+  """The released state dicts (shapes from the hub builders on the meta device) convert onto the
+  S/B/L/g-14 presets key for key (no weights: zero-stride arrays of the right shapes)."""
+  import gzip  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  from jaxtok.convert import common  # pylint: disable=g-import-not-at-top
+  with gzip.open(os.path.join(FIXTURES, "dinov2_release_shapes.json.gz"), "rt") as f:
+    shapes = json.load(f)[name]
+  flat = {k: np.broadcast_to(np.float32(0), s) for k, s in shapes.items()}
+  regs = 4 if name.endswith("_reg") else 0
+  cfg = C.infer_config(flat)
+  assert cfg == D.config_for(size, regs)
+  common.check_keys(common.state_shapes(D.abstract_params(cfg)), C.convert(flat, cfg["num_heads"]),
+                    source=name)
