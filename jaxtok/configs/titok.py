@@ -8,13 +8,17 @@ from step 0, the TA-TiTok / BL-SL recipe; "two_stage" = stage 1 of the released 
 predicts the proxy codes of a frozen MaskGIT VQGAN teacher and is trained by cross-entropy),
 quantizer (vq, fsq, lfq, bsq, rvq, rfsq, binary: any discrete kind of
 `jaxtok.tokenizers.bottleneck`, options in model.quantizer_options; or vae), res (image size), gan (single recipe: add the released stage-2 PatchGAN
-term, weight 0.01 with LeCAM 0.001 from step 20k, discriminator lr 1e-4), tiny (a CPU smoke config).
+term, weight 0.01 with LeCAM 0.001 from step 20k, discriminator lr 1e-4), tiny (a CPU smoke config),
+repa / repa_layer / repa_size (GigaTok's semantic regularisation: the path of an official DINOv2
+weights file, the decoder block aligned (GigaTok: 3), the DINOv2 size (default B); see
+`jaxtok.losses.repa`).
 """
 from __future__ import annotations
 
 import ml_collections
 
 from jaxtok.configs import common
+from jaxtok.nn.vit import vit_size
 
 SIZES = ("S", "B", "L")
 QUANTIZERS = ("vq", "fsq", "lfq", "bsq", "rvq", "rfsq", "binary", "vae")
@@ -51,7 +55,7 @@ def titok_model(arg: ml_collections.ConfigDict, name: str) -> ml_collections.Con
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = common.parse_arg(arg, size="S", tokens=128, recipe="single", quantizer="vq", res=256,
-                       gan=False, tiny=False)
+                       gan=False, tiny=False, repa="", repa_layer=0, repa_size="B")
   if a.gan and a.recipe != "single":
     raise ValueError("gan applies to the single-stage recipe (pixel outputs), not recipe=two_stage")
   c = common.base_config()
@@ -93,4 +97,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
           name="vqgan", image_size=16, ch=8, ch_mult=(1, 1, 2), num_res_blocks=1, z_channels=8,
           codebook_size=32, num_groups=4))
       c.teacher.random_init_for_smoke_test = True
+  # GigaTok's semantic regularisation: DINOv2-B, projector width 4 x decoder width.
+  width = c.model.get("decoder_width") or vit_size(c.model.decoder_size)[0]
+  common.repa_args(c, a.repa, a.repa_layer, a.repa_size, hidden=4 * int(width))
   return c

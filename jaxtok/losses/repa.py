@@ -29,8 +29,9 @@ The train step (`train.step`) computes the DINOv2 features under stop_gradient f
 in `frozen["repa"]` (never in the train state, never updated) and adds
 `repa.weight * alignment_loss(features, targets)` as the metric `loss/repa`.
 
-Config (`config.repa`, in every tokenizer config; off while weight is 0 (or the section is None);
-`configs.common.add_repa` sets it and the model fields):
+Config (`config.repa`, None = off in every tokenizer config; `configs.common.add_repa`, or the
+config arguments repa=PATH,repa_layer=K,repa_size=S|B|L|g, set it and the model fields; weight 0
+is off too):
   weight    the loss weight (> 0 to train with it)
   weights   path of the official DINOv2 weights (`.pth` via torch.load(weights_only=True), or
             `.safetensors`); required: nothing is downloaded

@@ -68,3 +68,21 @@ def test_teacher_resizes_to_the_decoder_grid_like_repa():
   model = dinov2.features_fn(cfg)
   want = model(params, dinov2.resize_bicubic(images, (42, 42)))["x_norm_patchtokens"]
   np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6)
+
+
+def test_config_arguments_turn_repa_on():
+  import configs.flextok  # pylint: disable=g-import-not-at-top
+  import configs.titok  # pylint: disable=g-import-not-at-top
+  assert configs.flextok.get_config("tiny").repa is None
+  c = configs.flextok.get_config("tiny,repa=/data/dinov2_vitl14_reg4_pretrain.pth,repa_layer=1")
+  assert (c.model.repa_layer, c.model.repa_dim, c.model.repa_hidden) == (1, 1024, 2048)
+  assert repa.settings(c.repa) == dict(weight=0.5, weights="/data/dinov2_vitl14_reg4_pretrain.pth",
+                                       prefix="", dinov2=None)
+  c = configs.titok.get_config("tiny,repa=/d/b.pth,repa_layer=1,repa_size=S")
+  assert (c.model.repa_layer, c.model.repa_dim, c.model.repa_hidden) == (1, 384, 128)
+  with pytest.raises(ValueError, match="repa_layer=2 needs repa=PATH"):
+    configs.flextok.get_config("tiny,repa_layer=2")
+  with pytest.raises(ValueError, match="needs repa_layer=K >= 1"):
+    configs.titok.get_config("tiny,repa=/d/b.pth")
+  with pytest.raises(ValueError, match="repa_size must be one of"):
+    configs.titok.get_config("tiny,repa=/d/b.pth,repa_layer=1,repa_size=XL")
