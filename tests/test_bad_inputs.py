@@ -37,6 +37,11 @@ are unknown: there token ids are clipped (VQ) or wrapped (FSQ) as documented, an
 | proxy-code head without legacy_reshape                | convert.titok.resolve_config / load | ValueError "needs legacy_reshape=True"          |
 | RAR token order that is not a permutation             | generators.rar.RAR (concrete orders;| ValueError "orders must be a permutation of     |
 |                                                       | tests/generators/test_rar.py)       | 0..N-1 per sample, got row b: [...]"            |
+| config.repa.weight > 0 without a DINOv2 weights file  | losses.repa.settings / load_teacher | ValueError "needs config.repa.weights: the path |
+| (or a path that does not exist)                       | (train step, loop; tests/losses/    | of an official DINOv2 weights file, e.g. ..."   |
+|                                                       | test_repa.py)                       |                                                 |
+| DINOv2 input whose size is not a multiple of 14       | nn.dinov2.DINOv2 (tests/convert/    | ValueError "... multiples of the patch size 14, |
+|                                                       | test_dinov2.py)                     | got H x W"                                      |
 """
 import json
 import os

@@ -87,8 +87,22 @@ def base_config() -> ml_collections.ConfigDict:
                                           gan_start=0, disc_start=0, lecam=0.0, lecam_decay=0.999))
   c.disc = None
   c.disc_optim = None
+  # REPA / semantic regularisation with a frozen DINOv2 (`losses.repa`), off (None); see add_repa
+  # (it also gives the model its projector: repa_layer > 0).
+  c.repa = None
   c.eval = ml_collections.ConfigDict(dict(token_counts=None))
   return c
+
+
+def add_repa(c: ml_collections.ConfigDict, *, weights: str, layer: int, dim: int,
+             hidden: int = 2048, weight: float = 0.5, prefix: str = "") -> None:
+  """Turns on REPA / GigaTok semantic regularisation (`jaxtok.losses.repa`): the model gets a
+  projector from its decoder block `layer` (model fields repa_layer, repa_hidden, repa_dim = `dim`,
+  the DINOv2 width: 384 S, 768 B, 1024 L, 1536 g) and `config.repa` the loss weight (REPA and
+  GigaTok: 0.5) and the path of the official DINOv2 weights file (required; never downloaded)."""
+  c.model.update(repa_layer=layer, repa_hidden=hidden, repa_dim=dim)
+  c.repa = ml_collections.ConfigDict(dict(weight=weight, weights=weights, prefix=prefix,
+                                          dinov2=None))
 
 
 def add_gan(c: ml_collections.ConfigDict, *, weight: float, start: int, lecam: float,
@@ -101,6 +115,28 @@ def add_gan(c: ml_collections.ConfigDict, *, weight: float, start: int, lecam: f
       lr=disc_lr, warmup_steps=c.optim.warmup_steps, end_lr=c.optim.end_lr, b1=c.optim.b1,
       b2=c.optim.b2, eps=1e-8, wd=c.optim.wd, clip=c.optim.clip, mu_dtype=None))
   c.loss.update(gan=weight, gan_start=start, disc_start=start, lecam=lecam)
+
+
+def repa_args(c: ml_collections.ConfigDict, weights: str, layer: int, size: str, *,
+              hidden: int) -> None:
+  """The config arguments `repa=PATH,repa_layer=K,repa_size=S|B|L|g` of the tokenizer configs:
+  `add_repa` with the DINOv2 width of `size` when a weights path is given; nothing otherwise.
+
+  Raises:
+    ValueError: for repa_layer without repa, repa without repa_layer >= 1, or an unknown size.
+  """
+  from jaxtok.nn import dinov2  # pylint: disable=g-import-not-at-top
+  if not weights:
+    if layer:
+      raise ValueError(f"config argument repa_layer={layer} needs repa=PATH (the DINOv2 weights "
+                       f"file), got none")
+    return
+  if layer < 1:
+    raise ValueError(f"config argument repa={weights} needs repa_layer=K >= 1 (the decoder block "
+                     f"whose output is aligned), got {layer}")
+  if size not in dinov2.SIZES:
+    raise ValueError(f"config argument repa_size must be one of {sorted(dinov2.SIZES)}, got {size!r}")
+  add_repa(c, weights=weights, layer=layer, dim=dinov2.SIZES[size][0], hidden=hidden)
 
 
 def tiny_training(c: ml_collections.ConfigDict, steps: int = 4) -> None:

@@ -4,6 +4,8 @@ losses because the decoder samples).
 
   python tools/train.py --config configs/flextok.py:size=d18_d28 --workdir /tmp/flextok
   python tools/train.py --config configs/flextok.py:tiny --workdir /tmp/flextok_tiny
+  # with REPA (a DINOv2 weights file is required; jaxtok never downloads it):
+  python tools/train.py --config configs/flextok.py:repa=/data/dinov2_vitl14_reg4_pretrain.pth,repa_layer=8 ...
 
 Model fields follow `jaxtok.tokenizers.flextok.make_model` (size presets d12_d12, d18_d18, d18_d28).
 """
@@ -17,7 +19,8 @@ SIZES = ("d12_d12", "d18_d18", "d18_d28")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  a = common.parse_arg(arg, size="d18_d28", tokens=256, res=256, tiny=False)
+  a = common.parse_arg(arg, size="d18_d28", tokens=256, res=256, tiny=False, repa="", repa_layer=0,
+                       repa_size="L")
   if not a.tiny and a.size not in SIZES:
     raise ValueError(f"size must be one of {SIZES}, got {a.size!r}")
   c = common.base_config()
@@ -37,4 +40,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.update(size="tiny", image_size=16, patch_size=4, num_tokens=8, dtype="float32")
     c.eval.token_counts = [1, 8]
     c.ema_decay = 0.9
+  # REPA on the decoder (the paper: DINOv2-L; REPA's projector width 2048).
+  common.repa_args(c, a.repa, a.repa_layer, a.repa_size, hidden=2048)
   return c

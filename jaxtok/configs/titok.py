@@ -23,12 +23,17 @@ Stage 2 and post-training start from another run's weights (`config.init_from`, 
 `jaxtok.train.warm_start` through `checkpoint.load_params`: read-only, strict about keys and shapes)
 and freeze the encoder, the latent tokens and the quantizer's codebook (`optim.frozen_patterns`);
 resuming the stage-2 run itself continues from its own checkpoints and ignores init_from.
+
+repa / repa_layer / repa_size (GigaTok's semantic regularisation: the path of an official DINOv2
+weights file, the decoder block aligned (GigaTok: 3), the DINOv2 size (default B); see
+`jaxtok.losses.repa`).
 """
 from __future__ import annotations
 
 import ml_collections
 
 from jaxtok.configs import common
+from jaxtok.nn.vit import vit_size
 
 SIZES = ("S", "B", "L")
 QUANTIZERS = ("vq", "fsq", "lfq", "bsq", "rvq", "rfsq", "binary", "vae")
@@ -72,7 +77,8 @@ def titok_model(arg: ml_collections.ConfigDict, name: str) -> ml_collections.Con
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = common.parse_arg(arg, size="S", tokens=128, recipe="single", quantizer="vq", res=256,
-                       gan=False, tiny=False, stage="1")
+                       gan=False, tiny=False, stage="1", repa="", repa_layer=0,
+                       repa_size="B")
   if a.stage not in STAGES:
     raise ValueError(f"stage must be one of {STAGES}, got {a.stage!r}")
   if a.stage == "2" and a.recipe != "two_stage":
@@ -126,6 +132,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
           name="vqgan", image_size=16, ch=8, ch_mult=(1, 1, 2), num_res_blocks=1, z_channels=8,
           codebook_size=32, num_groups=4))
       c.teacher.random_init_for_smoke_test = True
+  # GigaTok's semantic regularisation: DINOv2-B, projector width 4 x decoder width.
+  width = c.model.get("decoder_width") or vit_size(c.model.decoder_size)[0]
+  common.repa_args(c, a.repa, a.repa_layer, a.repa_size, hidden=4 * int(width))
   return c
 
 

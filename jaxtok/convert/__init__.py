@@ -11,6 +11,7 @@
   "maskgit"   TiTok's MaskGIT generators (ImageBert, UViTBert)       convert/maskgit.py
   "rar"       RAR generators (rar_b / rar_l / rar_xl / rar_xxl)      convert/rar.py
   "flextok"   FlexTok                                                convert/flextok.py
+  "dinov2"    DINOv2 (a frozen feature network, `nn.dinov2`)         convert/dinov2.py
 `config`: for FlexTok, None (the hydra config in the file), a name of flextok.RELEASED, or a
 mapping of overrides; for the others, a released model name (e.g. "tokenizer_titok_l32_imagenet"), a jaxtok config (mapping,
 JSON string or file), an official config (with a "model" key, e.g. the HF config.json), or None to
@@ -26,7 +27,7 @@ import json
 import os
 from typing import Any
 
-MODELS = ("titok", "onedpiece", "vqgan", "maskgit", "rar", "flextok")
+MODELS = ("titok", "onedpiece", "vqgan", "maskgit", "rar", "flextok", "dinov2")
 
 
 def convert(model: str, weights: str | os.PathLike, config: Any = None):
@@ -56,6 +57,12 @@ def convert(model: str, weights: str | os.PathLike, config: Any = None):
     else:  # a mapping of overrides (flextok.jaxtok_config's keywords)
       cfg, _, params = flextok.load(weights, **dict(config))
     return cfg, params
+  if model == "dinov2":  # config: None (the shapes) or overrides (mapping, JSON string or file)
+    from jaxtok.convert import common, dinov2
+    overrides = None if config is None else {
+        k: v for k, v in common.config_arg(config).items() if k != "name"}
+    cfg, params = dinov2.load(weights, overrides)
+    return dict(cfg, name="dinov2"), params
   raise ValueError(f"model must be one of {MODELS}, got {model!r}")
 
 
@@ -77,6 +84,9 @@ def resolve_config(config: Any, flat, *, released, aliases, infer, from_official
 
 
 def _abstract(config: dict):
+  if config.get("name") == "dinov2":
+    from jaxtok.nn import dinov2
+    return dinov2.abstract_params(config)
   if config.get("name") == "maskgit_official":
     from jaxtok.convert import maskgit
     return maskgit.abstract_params(config)

@@ -5,6 +5,9 @@
   AdaLN (pre-norm only): from silu(cond) one zero-initialised Dense gives, per segment of the
     sequence, (gate_msa, gate_mlp, shift_msa, scale_msa, shift_mlp, scale_mlp) (FlexTok's chunk
     order), and x = x + gate_msa * attn(norm1(x) * (1 + scale_msa) + shift_msa), likewise for the MLP.
+  LayerScale (CaiT / DINOv2, pre-norm only): learned per-channel ls1, ls2 [W] (initialised to
+    `layerscale`) scale each branch before the residual add: x = x + ls1 * attn(norm1(x)), likewise
+    ls2 for the MLP.
     A fresh AdaLN block is the identity (adaLN-zero). `ada_segments` > 1 gives each of that many
     consecutive parts of the sequence (lengths `segments`, static) its own modulation. A condition
     per position, cond [B, T, C] (RAR: class embedding + a learned per-position embedding), gives
@@ -28,6 +31,7 @@ from jaxtok.nn.attention import Attention, KVCache
 from jaxtok.nn.dense import Dense
 from jaxtok.nn.mlp import Mlp
 from jaxtok.nn.norm import Norm
+from jaxtok.sharding import logical_init
 
 
 class Block(nnx.Module):
@@ -40,6 +44,8 @@ class Block(nnx.Module):
     post_norm: BERT's post-norm order instead of pre-norm.
     adaln: add AdaLN-zero modulation from a condition of width cond_dim (default W), with
       ada_segments modulations per sample.
+    layerscale: None, or the initial value of the LayerScale vectors ls1, ls2 [W] (DINOv2: 1.0 in
+      its released models, 1e-5 when training from scratch).
     head_dim, qkv_bias, out_bias, qk_norm, qk_norm_eps, qk_norm_affine, qk_norm_bias, rope,
       rope_theta, scale, implementation, qkv_init, out_init: passed to `Attention`. mlp_init: the
       MLP kernels' initializer.
@@ -49,7 +55,8 @@ class Block(nnx.Module):
   def __init__(self, width: int, num_heads: int, *, mlp_hidden: int, mlp: str = "gelu",
                mlp_bias: bool = True, norm: str = "layer", norm_eps: float = 1e-5,
                norm_affine: bool = True, post_norm: bool = False, adaln: bool = False,
-               cond_dim: int | None = None, ada_segments: int = 1, head_dim: int | None = None,
+               cond_dim: int | None = None, ada_segments: int = 1, layerscale: float | None = None,
+               head_dim: int | None = None,
                qkv_bias: bool = True, out_bias: bool = True, qk_norm: str | None = None,
                qk_norm_eps: float = 1e-5, qk_norm_affine: bool = False,
                qk_norm_bias: bool = False, rope: str | None = None, rope_theta: float = 10000.0,
@@ -57,6 +64,9 @@ class Block(nnx.Module):
                mlp_init=None, dtype=jnp.float32, rngs: nnx.Rngs):
     if adaln and post_norm:
       raise ValueError("AdaLN modulates a pre-norm block; post_norm=True cannot take it")
+    if layerscale is not None and post_norm:
+      raise ValueError(f"LayerScale scales pre-norm branches; post_norm=True cannot take it "
+                       f"(layerscale={layerscale!r})")
     self.post_norm, self.ada_segments, self.width = post_norm, ada_segments, width
     make_norm = lambda: Norm(width, kind=norm, eps=norm_eps, affine=norm_affine, dtype=dtype,
                              rngs=rngs)
@@ -72,6 +82,14 @@ class Block(nnx.Module):
     self.ada = Dense(cond_dim or width, ada_segments * 6 * width, ("embed", "mlp"),
                      kernel_init=nnx.initializers.zeros, dtype=dtype,
                      rngs=rngs) if adaln else None
+    make_ls = lambda: nnx.Param(logical_init(nnx.initializers.constant(float(layerscale)), "embed")(
+        rngs.params(), (width,), jnp.float32))
+    self.ls1 = make_ls() if layerscale is not None else None
+    self.ls2 = make_ls() if layerscale is not None else None
+
+  @staticmethod
+  def _scale(ls, y):
+    return y if ls is None else y * ls.get_value().astype(y.dtype)
 
   def _modulation(self, cond, segments: Sequence[int] | None, length: int):
     """Six [B, T, W] modulations from cond [B, C] or [B, T, C] (None without AdaLN)."""
@@ -108,11 +126,12 @@ class Block(nnx.Module):
       g_msa, g_mlp, sh_msa, sc_msa, sh_mlp, sc_mlp = mods
       h = h * (1 + sc_msa) + sh_msa
     y, extra = attend(h)
+    y = self._scale(self.ls1, y)
     x = x + (y if mods is None else g_msa * y)
     h = self.norm2(x)
     if mods is not None:
       h = h * (1 + sc_mlp) + sh_mlp
-    y = self.mlp(h)
+    y = self._scale(self.ls2, self.mlp(h))
     x = x + (y if mods is None else g_mlp * y)
     return sharding.constrain(x, ("act_batch", "act_seq", "act_embed")), extra
 

@@ -15,6 +15,10 @@ The KV cache of an unrolled stack is a tuple of per-layer `KVCache`s (k, v [B, H
 updated in place; a scanned stack's is one `KVCache` with k, v [L, B, H, S, E], scanned with the
 blocks. Callers treat it as an opaque pytree from `init_cache`.
 
+`Stack(x, capture=k)` also returns the hidden state after the first k blocks (1 <= k <= L), for
+losses on intermediate features (REPA, GigaTok's semantic regularisation); a scanned stack then runs
+two scans, over layers [0, k) and [k, L).
+
 Dimension names: L layers, B batch, T sequence, S cache length, W width, H heads, E head dim.
 """
 from __future__ import annotations
@@ -93,24 +97,44 @@ class Stack(nnx.Module):
       return run
     return jax.checkpoint(run, policy=_POLICY[self.remat])
 
-  def _apply(self, x, cache, start, kwargs):
+  def _apply(self, x, cache, start, kwargs, capture=None):
+    """(x, cache) after all blocks, plus the hidden state after block `capture` when given."""
     x = sharding.constrain(x, ("act_batch", "act_seq", "act_embed"))
+    hidden = None
     if self.scan_layers:
       graphdef, state = nnx.split(self.blocks)
       run = self._layer_fn(graphdef, kwargs, start)
       body = lambda x, layer: run(layer[0], x, layer[1])
-      return jax.lax.scan(body, x, (state, cache))
+      if capture is None:
+        return jax.lax.scan(body, x, (state, cache)) + (None,)
+      # No cache here (training only): the layers [0, capture) and [capture, L) as two scans.
+      part = lambda lo, hi: jax.tree.map(lambda a: a[lo:hi], state)
+      hidden, _ = jax.lax.scan(body, x, (part(0, capture), None))
+      x = hidden
+      if capture < self.depth:
+        x, _ = jax.lax.scan(body, x, (part(capture, self.depth), None))
+      return x, None, hidden
     caches = []
     for i, block in enumerate(self.blocks):
       graphdef, state = nnx.split(block)
       x, layer_cache = self._layer_fn(graphdef, kwargs, start)(
           state, x, None if cache is None else cache[i])
       caches.append(layer_cache)
-    return x, None if cache is None else tuple(caches)
+      if capture == i + 1:
+        hidden = x
+    return x, None if cache is None else tuple(caches), hidden
 
-  def __call__(self, x: jax.Array, **kwargs) -> jax.Array:
-    """x [B, T, W]; keyword arguments (mask, causal, positions, cond, segments) go to every block."""
-    return self._apply(x, None, None, kwargs)[0]
+  def __call__(self, x: jax.Array, *, capture: int | None = None, **kwargs):
+    """x [B, T, W]; keyword arguments (mask, causal, positions, cond, segments) go to every block.
+
+    Returns [B, T, W]; with capture=k (1 <= k <= L) the pair (output, hidden state after block k).
+    """
+    if capture is None:
+      return self._apply(x, None, None, kwargs)[0]
+    if isinstance(capture, bool) or not isinstance(capture, int) or not 1 <= capture <= self.depth:
+      raise ValueError(f"capture must be an int in [1, {self.depth}] (a block count), got {capture!r}")
+    out, _, hidden = self._apply(x, None, None, kwargs, capture)
+    return out, hidden
 
   def init_cache(self, batch: int, length: int, dtype=None) -> KVCache | tuple[KVCache, ...]:
     """Zeroed caches of `length` slots: per layer k, v [batch, H, length, E] (stacked when scanned)."""
@@ -123,5 +147,5 @@ class Stack(nnx.Module):
 
   def extend(self, x: jax.Array, cache, start, **kwargs):
     """Every block's `extend` at slots start..start+T-1: (x [B, T, W], new cache)."""
-    return self._apply(x, cache, start, kwargs)
+    return self._apply(x, cache, start, kwargs)[:2]
 

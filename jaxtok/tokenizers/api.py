@@ -54,7 +54,8 @@ class TrainOutput(NamedTuple):
   annealed schedules); target "pixels" or "proxy_logits" (TiTok stage 1: logits over the proxy
   codebook); perturb None or RobusTok settings {alpha, beta, delta [, anneal_start, anneal_end,
   end_ratio]} applied by the model to its own tokens (`quantizers.perturb.apply`); num_tokens a fixed
-  kept prefix instead of the model's own draw. The model draws its kept length itself (tail drop /
+  kept prefix instead of the model's own draw. Models with a REPA projector (`repa_layer` > 0) also
+  take features=True and then fill `features`. The model draws its kept length itself (tail drop /
   nested dropout, in its configured mode) on every target. A model that cannot honour a request
   (proxy logits without a proxy head, perturbation of continuous tokens) raises ValueError.
 
@@ -65,11 +66,15 @@ class TrainOutput(NamedTuple):
       GAN losses are not included: the trainer adds them from `recon`.
     metrics: dict of float32 scalars (and arrays the trainer does not log).
     logits: [B, N, V] float32 proxy-code logits for target "proxy_logits", else None.
+    features: [B, g*g, D] float32 projected intermediate decoder features on the decoder's square
+      token grid (row-major) when a model that supports REPA / semantic regularisation is called
+      with `features=True` (`jaxtok.losses.repa`), else None.
   """
   recon: jax.Array | None
   losses: dict[str, jax.Array]
   metrics: dict[str, jax.Array]
   logits: jax.Array | None = None
+  features: jax.Array | None = None
 
 
 TARGETS = ("pixels", "proxy_logits")

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxtok.losses import repa as repa_lib
 from jaxtok.nn import norm as norm_lib
 from jaxtok.nn.block import Block
 from jaxtok.nn.dense import Dense
@@ -136,6 +137,10 @@ class FlexTok(nnx.Module):
     dtype: compute dtype (parameters float32; norms, softmax, FSQ and the flow loss float32).
     remat, scan_layers, attention_impl: of both transformers (`nn.stack`, `nn.attention`); the
       VAE's attention uses attention_impl too.
+    repa_layer: 0 (off), or k in 1..dec_depth: the decoder's patch tokens after block k go through
+      a REPA projector (`losses.repa.Projector`, hidden repa_hidden, output repa_dim = the DINOv2
+      width: 1024 for the paper's DINOv2-L) and `train_forward(..., features=True)` returns them
+      on the (grid x grid) patch grid, for `config.repa` (the paper trains the decoder with REPA).
   """
 
   def __init__(self, *, image_size: int = 256, use_vae: bool = True,
@@ -148,7 +153,8 @@ class FlexTok(nnx.Module):
                fsq_levels: Sequence[int] = FSQ_LEVELS, nested_dropout_mode: str = "uniform",
                cond_dropout: float = 0.1, max_timestep: float = 1.0, zero_init_heads: bool = True,
                dtype: Any = jnp.float32, remat: Any = "none", scan_layers: bool = False,
-               attention_impl: Any = None, rngs: nnx.Rngs):
+               attention_impl: Any = None, repa_layer: int = 0, repa_hidden: int = 2048,
+               repa_dim: int = 1024, rngs: nnx.Rngs):
     for name, value in (("image_size", image_size), ("patch_size", patch_size),
                         ("enc_width", enc_width), ("enc_depth", enc_depth), ("dec_width", dec_width),
                         ("dec_depth", dec_depth), ("head_dim", head_dim), ("num_tokens", num_tokens)):
@@ -223,6 +229,9 @@ class FlexTok(nnx.Module):
     self.decoder = stack(dec_width, dec_depth, adaln=True)
     self.dec_head_ada = dense(dec_width, 2 * dec_width, ("embed", "mlp"), _ZEROS)
     self.dec_head = dense(dec_width, patch_dim, ("embed", "patch"), head_init)
+    repa_lib.check_model_fields(repa_layer, dec_depth, repa_hidden, repa_dim, model="FlexTok")
+    self.repa_layer = repa_layer
+    self.repa_proj = repa_lib.Projector(dec_width, repa_hidden, repa_dim, **kw) if repa_layer else None
 
   # ---- pieces
 
@@ -259,8 +268,9 @@ class FlexTok(nnx.Module):
     return self.enc_head(_layer_norm(x[:, self.num_patches:])).astype(jnp.float32)
 
   def velocity(self, x_t: jax.Array, t: jax.Array, codes: jax.Array, keep_k: jax.Array,
-               null: jax.Array) -> jax.Array:
-    """The decoder: predicted velocity float32 [B, h, w, C].
+               null: jax.Array, *, features: bool = False):
+    """The decoder: predicted velocity float32 [B, h, w, C] (with features=True, the pair (velocity,
+    REPA features float32 [B, N, repa_dim] of the patch tokens after decoder block repa_layer)).
 
     Args:
       x_t: [B, h, w, C] noisy latents; t: [B] float in [0, 1].
@@ -277,10 +287,17 @@ class FlexTok(nnx.Module):
     x = jnp.concatenate([p, r], axis=1)
     freqs = timestep_embedding(t, _TIME_FEATURES, max_period=256.0, scale=1000.0 / self.max_timestep)
     cond = self.time_fc2(jax.nn.silu(self.time_fc1(freqs)))
-    x = self.decoder(x, cond=cond, segments=(self.num_patches, self.num_tokens))
+    kwargs = dict(cond=cond, segments=(self.num_patches, self.num_tokens))
+    if features:
+      if self.repa_proj is None:
+        raise ValueError("features=True needs a REPA projector: build FlexTok with repa_layer > 0")
+      x, hidden = self.decoder(x, capture=self.repa_layer, **kwargs)
+    else:
+      x = self.decoder(x, **kwargs)
     shift, scale = jnp.split(self.dec_head_ada(jax.nn.silu(cond))[:, None], 2, axis=-1)
     out = self.dec_head(_layer_norm(x[:, :self.num_patches]) * (1.0 + scale) + shift)
-    return unpatchify(out.astype(jnp.float32), self.patch_size, self.grid, self.grid)
+    v = unpatchify(out.astype(jnp.float32), self.patch_size, self.grid, self.grid)
+    return (v, self.repa_proj(hidden[:, :self.num_patches])) if features else v
 
   def _check_rng(self, rng, needed: bool, what: str):
     if needed and rng is None:
@@ -348,8 +365,10 @@ class FlexTok(nnx.Module):
 
   def train_forward(self, images: jax.Array, *, rng: jax.Array, step: int | jax.Array | None = None,
                     target: str = "pixels", perturb: dict | None = None,
-                    num_tokens: int | None = None) -> TrainOutput:
-    """One rectified-flow training pass: TrainOutput(recon=None, losses={"flow"}, metrics).
+                    num_tokens: int | None = None, features: bool = False) -> TrainOutput:
+    """One rectified-flow training pass: TrainOutput(recon=None, losses={"flow"}, metrics), plus
+    features [B, N, repa_dim] (REPA: the projected decoder patch tokens of this noisy pass, on the
+    grid x grid patch grid) when features=True.
 
     Per sample: kept length keep_k (nested dropout over 1..K', K' = num_tokens or K, in
     `nested_dropout_mode`), condition dropout with probability `cond_dropout`, t = sigmoid(N(0, 1));
@@ -379,18 +398,20 @@ class FlexTok(nnx.Module):
     t = jax.nn.sigmoid(jax.random.normal(r_t, (b,), jnp.float32))
     noise = jax.random.normal(r_noise, x0.shape, jnp.float32)
     x_t, target = flow_targets(x0, noise, t)
-    v = self.velocity(x_t, t, codes, keep, null)
+    v = self.velocity(x_t, t, codes, keep, null, features=features)
+    v, feats = v if features else (v, None)
     loss = jnp.mean(jnp.square(v - target))
     metrics.update(keep_k=jnp.mean(keep.astype(jnp.float32)), t=jnp.mean(t),
                    null_fraction=jnp.mean(null.astype(jnp.float32)))
-    return TrainOutput(recon=None, losses={"flow": loss, **q.losses}, metrics=metrics)
+    return TrainOutput(recon=None, losses={"flow": loss, **q.losses}, metrics=metrics,
+                       features=feats)
 
 
 _FIELDS = ("image_size", "use_vae", "vae_channels", "vae_latent_channels", "vae_layers_per_block",
            "vae_norm_groups", "vae_mid_attention", "vae_scaling_factor", "vae_sample_posterior",
            "patch_size", "enc_width", "enc_depth", "dec_width", "dec_depth", "head_dim", "mlp_ratio",
            "num_tokens", "fsq_levels", "nested_dropout_mode", "cond_dropout", "max_timestep",
-           "zero_init_heads")
+           "zero_init_heads", "repa_layer", "repa_hidden", "repa_dim")
 
 
 def make_model(cfg: Mapping[str, Any], *, rngs: nnx.Rngs) -> FlexTok:

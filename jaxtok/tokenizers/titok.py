@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxtok.losses import repa as repa_lib
 from jaxtok.nn import conv as conv_lib
 from jaxtok.nn.dense import Dense
 from jaxtok.nn.embeddings import LearnedEmbedding, scaled_normal, trunc_normal
@@ -117,7 +118,9 @@ class TiTokDecoder(nnx.Module):
       self.ffn = Dense(width, 2 * width, ("embed", "mlp"), dtype=dtype, rngs=rngs)
       self.ffn_out = Dense(2 * width, proxy_codebook_size, ("mlp", "vocab"), dtype=dtype, rngs=rngs)
 
-  def __call__(self, codes: jax.Array, num_tokens: int | jax.Array | None = None) -> jax.Array:
+  def __call__(self, codes: jax.Array, num_tokens: int | jax.Array | None = None,
+               capture: int | None = None):
+    """The head's output; with capture=k also the G grid tokens [B, G, W] after block k."""
     b, k, _ = codes.shape
     g2 = self.grid**2
     x = self.decoder_embed(codes) + self.latent_token_positional_embedding(k).astype(self.dtype)
@@ -132,13 +135,19 @@ class TiTokDecoder(nnx.Module):
       keep = jnp.concatenate(
           [jnp.ones((keep_latent.shape[0], 1 + g2), bool), keep_latent], axis=1)
       mask = keep[:, None, None, :]  # keys only: [B, 1, 1, S]
-    seq = self.transformer(seq, mask=mask)
+    hidden = None
+    if capture is None:
+      seq = self.transformer(seq, mask=mask)
+    else:
+      seq, hidden = self.transformer(seq, mask=mask, capture=capture)
+      hidden = hidden[:, 1:1 + g2]
     x = self.ln_post(seq[:, 1:1 + g2])
     if self.head == "pixels":
       x = unpatchify(self.ffn(x), self.patch, self.grid, self.grid)
-      return self.conv_out(x).astype(jnp.float32)
-    logits = self.ffn_out(jnp.tanh(self.ffn(x)))
-    return logits.astype(jnp.float32).reshape(b, self.grid, self.grid, -1)
+      out = self.conv_out(x).astype(jnp.float32)
+    else:
+      out = self.ffn_out(jnp.tanh(self.ffn(x))).astype(jnp.float32).reshape(b, self.grid, self.grid, -1)
+    return out if capture is None else (out, hidden)
 
 
 class TiTok(nnx.Module):
@@ -156,7 +165,8 @@ class TiTok(nnx.Module):
                pixel_ch_mult: Sequence[int] = (1, 1, 2, 2, 4), pixel_num_res_blocks: int = 2,
                pixel_z_channels: int = 256, pixel_num_groups: int = 32, tail_drop: bool = False,
                tail_drop_mode: str = "uniform", dtype: Any = jnp.float32, remat: Any = "none", scan_layers: bool = False,
-               attention_impl: str | None = None, rngs: nnx.Rngs):
+               attention_impl: str | None = None, repa_layer: int = 0, repa_hidden: int = 2048,
+               repa_dim: int = 768, rngs: nnx.Rngs):
     if image_size % patch_size:
       raise ValueError(f"image_size ({image_size}) must be divisible by patch_size ({patch_size})")
     if quantizer not in QUANTIZERS:
@@ -204,6 +214,12 @@ class TiTok(nnx.Module):
         num_heads=decoder_heads, num_latent_tokens=num_latent_tokens, token_size=token_size,
         head=decoder_head, proxy_codebook_size=proxy_codebook_size, dtype=dtype, stack=stack,
         rngs=rngs)
+    # GigaTok's semantic regularisation (`losses.repa`): the decoder's grid tokens after block
+    # repa_layer (GigaTok: distill_depth 3) -> MLP projector -> cosine to DINOv2-B (repa_dim 768).
+    repa_lib.check_model_fields(repa_layer, decoder_depth, repa_hidden, repa_dim, model="TiTok")
+    self.repa_layer = repa_layer
+    self.repa_proj = repa_lib.Projector(decoder_width, repa_hidden, repa_dim, dtype=dtype,
+                                        rngs=rngs) if repa_layer else None
     if decoder_head == "proxy_codes":
       self.pixel_codebook = nnx.Param(logical_init(
           bottleneck_lib.symmetric_uniform(1.0 / proxy_codebook_size), "codebook", None)(
@@ -275,13 +291,22 @@ class TiTok(nnx.Module):
                        f"{tuple(tokens.shape)}")
 
   def decode_codes(self, codes: jax.Array, *, num_tokens: int | jax.Array | None = None,
-                   logits: bool = False) -> jax.Array:
+                   logits: bool = False, features: bool = False):
     """Codes [B, K', D] -> images [B, H, W, 3] float32 (or proxy logits [B, g, g, P] with logits=True).
 
     num_tokens: optional int or int32 array ([] or [B]); latents at positions >= num_tokens are
       masked out of the decoder's attention (tail drop), which equals decoding codes[:, :num_tokens].
+    features: also return the REPA-projected grid tokens float32 [B, G, repa_dim] after decoder
+      block repa_layer (the pair (output, features)).
     """
-    out = self.decoder(codes.astype(jnp.float32), num_tokens)
+    if features:
+      if self.repa_proj is None:
+        raise ValueError("features=True needs a REPA projector: build TiTok with repa_layer > 0")
+      out, hidden = self.decoder(codes.astype(jnp.float32), num_tokens, capture=self.repa_layer)
+      return self._head_output(out, logits), self.repa_proj(hidden)
+    return self._head_output(self.decoder(codes.astype(jnp.float32), num_tokens), logits)
+
+  def _head_output(self, out: jax.Array, logits: bool) -> jax.Array:
     if self.decoder_head == "pixels" or logits:
       return out
     return vqgan_lib.codes_to_pixels(self.pixel_decoder, self.pixel_codebook.get_value(),
@@ -317,7 +342,7 @@ class TiTok(nnx.Module):
 
   def train_forward(self, images: jax.Array, *, rng: jax.Array, step: int | jax.Array | None = None,
                     target: str = "pixels", perturb: dict | None = None,
-                    num_tokens: int | None = None) -> TrainOutput:
+                    num_tokens: int | None = None, features: bool = False) -> TrainOutput:
     """Training pass: encode (train=True), optionally perturb the codes, decode the kept prefix.
 
     Args:
@@ -331,6 +356,8 @@ class TiTok(nnx.Module):
         nearby codes (`quantizers.perturb.apply`: the codebook's nearest for VQ, level-grid
         neighbours for FSQ); metrics perturb/change_rate and perturb/alpha. Only vq and fsq.
       num_tokens: decode this prefix instead of drawing one.
+      features: also return TrainOutput.features, the REPA-projected decoder grid tokens
+        [B, G, repa_dim] after block repa_layer (GigaTok semantic regularisation; needs repa_layer > 0).
 
     With tail_drop and num_tokens None, one kept length is drawn per batch on every target
     (`kept_length`: U{1..K} for tail_drop_mode "uniform", U{1, 2, 4, ..., K} for "pow2"; metric
@@ -356,12 +383,13 @@ class TiTok(nnx.Module):
     keep = self.kept_length(drop_rng, num_tokens)
     if keep is not None:
       metrics["kept_tokens"] = jnp.asarray(keep, jnp.float32)
+    out = self.decode_codes(codes, num_tokens=keep, logits=target == "proxy_logits",
+                            features=features)
+    out, feats = out if features else (out, None)
     if target == "proxy_logits":
-      logits = self.decode_codes(codes, num_tokens=keep, logits=True)
       return TrainOutput(recon=None, losses=dict(losses), metrics=metrics,
-                         logits=logits.reshape(logits.shape[0], -1, logits.shape[-1]))
-    recon = self.decode_codes(codes, num_tokens=keep)
-    return TrainOutput(recon=recon, losses=dict(losses), metrics=metrics)
+                         logits=out.reshape(out.shape[0], -1, out.shape[-1]), features=feats)
+    return TrainOutput(recon=out, losses=dict(losses), metrics=metrics, features=feats)
 
 
 # ---- configs
@@ -383,7 +411,7 @@ _FIELDS = ("image_size", "patch_size", "num_latent_tokens", "token_size", "quant
            "kl_weight",
            "vae_inference", "legacy_reshape", "decoder_head", "proxy_codebook_size", "pixel_ch",
            "pixel_ch_mult", "pixel_num_res_blocks", "pixel_z_channels", "pixel_num_groups",
-           "tail_drop", "tail_drop_mode")
+           "tail_drop", "tail_drop_mode", "repa_layer", "repa_hidden", "repa_dim")
 # Keys make_model reads besides _FIELDS and the common options (nn.options.COMMON).
 _SIZE_KEYS = ("name",) + tuple(f"{part}_{key}" for part in ("encoder", "decoder")
                                for key in ("size", "width", "depth", "heads"))

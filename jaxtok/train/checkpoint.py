@@ -119,7 +119,8 @@ def config_differences(stored: dict, current: dict, *,
   """'field: checkpoint A, now B' for every dotted field whose JSON value differs (sorted).
 
   Fields in `ignore` (logging/checkpoint cadence, device prefetch depth; a top-level name covers
-  its sub-fields) are skipped.
+  its sub-fields) are skipped, and so is a field absent on one side and None on the other: an
+  optional section that is off (e.g. `repa`, added after the checkpoint was written) changes nothing.
   """
   a, b = _flatten(config_to_json(stored)), _flatten(config_to_json(current))
   out = []
@@ -127,7 +128,7 @@ def config_differences(stored: dict, current: dict, *,
     if key.split(".")[0] in ignore or key in ignore:
       continue
     va, vb = a.get(key, "<absent>"), b.get(key, "<absent>")
-    if va != vb:
+    if va != vb and {va, vb} != {"<absent>", None}:
       out.append(f"{key}: checkpoint {json.dumps(va)}, now {json.dumps(vb)}")
   return out
 

@@ -45,6 +45,7 @@ from jaxtok import sharding as shd
 from jaxtok.data import pipeline as data_pipeline
 from jaxtok.data import prefetch as prefetch_lib
 from jaxtok.data.photos import PhotoCrops, load_photos  # noqa: F401  (re-exported)
+from jaxtok.losses import repa as repa_lib
 from jaxtok.train import checkpoint as ckpt_lib
 from jaxtok.train import evaluate as eval_lib
 from jaxtok.train import optim
@@ -257,11 +258,17 @@ def _train_locked(config: Any, workdir: str, *, show_progress: bool,
     perceptual_fn, weights = perceptual.from_config(config.get("loss"), config)
     frozen["perceptual"] = jax.device_put(
         weights, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  repa_cfg, repa_fn = repa_lib.settings(config.get("repa")), None
+  if repa_cfg is not None:
+    repa_fn, dino_params, _ = repa_lib.load_teacher(repa_cfg)
+    frozen["repa"] = jax.device_put(
+        dino_params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
   train_step = step_lib.make_train_step(model, config.get("loss"), tx, state_shardings=shardings,
                                         ema_decay=ema_decay, disc=disc, disc_tx=disc_tx,
                                         perceptual_fn=perceptual_fn, teacher_fn=teacher_fn,
                                         frozen=frozen, lr_schedule=schedule,
-                                        frozen_patterns=_get(config.optim, "frozen_patterns", ()))
+                                        frozen_patterns=_get(config.optim, "frozen_patterns", ()),
+                                        repa=config.get("repa"), repa_fn=repa_fn)
   writer = EventWriter(os.path.join(workdir, "tb"), enabled=is_main)
   eval_counts = _token_counts(config, tokenizer)
   use_ema = ema_decay > 0

@@ -40,11 +40,19 @@ optimizer gives them a zero update. Non-parameter model variables matching a pat
 codebook) and the EMA of frozen parameters keep their values bitwise too. `loss.quantizer` (default
 1) weights the model's own losses: the released TiTok stage 2 sets `quantizer_weight: 0.0`.
 
+REPA / GigaTok semantic regularisation (`config.repa`, `jaxtok.losses.repa`): with repa weight > 0 the
+step calls train_forward(..., features=True), computes DINOv2's patch features of the images (resized
+to the model's feature grid x 14 px) from `frozen["repa"]` under stop_gradient, and adds
+`weight * repa.alignment_loss(out.features, dinov2 features)` as `loss/repa`. The DINOv2 parameters
+live in `frozen` only: never differentiated, never updated.
+
 The step folds `state["step"]` into the base rng inside the jit, donates the state, and returns
 metrics as device scalars (the loop fetches them only when it logs).
 """
 from __future__ import annotations
 
+import inspect
+import math
 from typing import Any, Callable, Sequence
 
 import jax
@@ -53,6 +61,7 @@ import optax
 from flax import nnx
 
 from jaxtok.losses import gan
+from jaxtok.losses import repa as repa_lib
 from jaxtok.quantizers import perturb as perturb_lib
 from jaxtok.train import optim
 from jaxtok.train.state import ModelDef, TrainState
@@ -151,6 +160,7 @@ def make_train_step(model: ModelDef, loss_cfg: Any, tx: optax.GradientTransforma
                     perceptual_fn: Callable[[Any, jax.Array, jax.Array], jax.Array] | None = None,
                     teacher_fn: Callable[[Any, jax.Array], jax.Array] | None = None,
                     frozen: Any = None, lr_schedule: Callable | None = None,
+                    repa: Any = None, repa_fn: Callable | None = None,
                     on_trace: Callable[[], None] | None = None,
                     frozen_patterns: Sequence[str] = ()) -> Callable:
   """Builds the jitted `train_step(state, batch, rng) -> (state, metrics)`.
@@ -167,7 +177,10 @@ def make_train_step(model: ModelDef, loss_cfg: Any, tx: optax.GradientTransforma
     perceptual_fn: `perceptual_fn(frozen["perceptual"], x, x^) -> scalar`, used when loss.perceptual > 0.
     teacher_fn: `teacher_fn(frozen["teacher"], x) -> codes int32 [B, N]` (TiTok stage 1 proxy codes,
       N = g*g row-major); the student's logits are `train_forward(..., target="proxy_logits").logits`.
-    frozen: pytree of frozen parameters passed to perceptual_fn / teacher_fn (not donated).
+    frozen: pytree of frozen parameters passed to perceptual_fn / teacher_fn / repa_fn (not donated).
+    repa: the `config.repa` section (`losses.repa.settings`: weight, weights, prefix, dinov2) or None.
+    repa_fn: `repa_fn(frozen["repa"], images, grid) -> [B, grid*grid, D]` DINOv2 patch features
+      (`losses.repa.load_teacher`), needed when repa.weight > 0.
     lr_schedule: step -> learning rate, reported in the metrics.
     on_trace: called each time the step is traced (tests count compilations with it).
     frozen_patterns: path regular expressions of the model's frozen variables (see the module
@@ -208,10 +221,28 @@ def make_train_step(model: ModelDef, loss_cfg: Any, tx: optax.GradientTransforma
     raise ValueError("loss.perturb applies to pixel training; it cannot be combined with loss.proxy > 0 "
                      "(TiTok stage 1)")
   target = "proxy_logits" if w_proxy > 0 else "pixels"
+  repa_cfg = repa_lib.settings(repa)
+  w_repa = repa_cfg["weight"] if repa_cfg is not None else 0.0
+  if w_repa > 0 and repa_fn is None:
+    raise ValueError(f"config.repa.weight > 0 needs the frozen DINOv2 (repa_fn from "
+                     f"losses.repa.load_teacher, reading {repa_lib.WEIGHTS_HELP}), got repa_fn=None")
   if disc is not None and disc_tx is None:
     raise ValueError("a discriminator needs its optimizer: disc_tx is None")
   if not 0.0 <= ema_decay < 1.0:
     raise ValueError(f"ema_decay must lie in [0, 1), got {ema_decay}")
+
+  def _repa_term(features, images, dino_params):
+    if features is None:
+      raise ValueError("config.repa.weight > 0 but the model returned no features: build it with "
+                       "repa_layer > 0 (configs.common.add_repa sets the model fields)")
+    grid = math.isqrt(features.shape[1])
+    if grid * grid != features.shape[1]:
+      raise ValueError(f"REPA features must lie on a square token grid, got {features.shape[1]} tokens")
+    targets = repa_fn(dino_params, images, grid)
+    if targets.shape[-1] != features.shape[-1]:
+      raise ValueError(f"the model's repa_dim {features.shape[-1]} must equal the DINOv2 width "
+                       f"{targets.shape[-1]} (config.model.repa_dim)")
+    return repa_lib.alignment_loss(features, targets)
 
   def step_fn(state: TrainState, batch: Any, rng: jax.Array, frozen: Any):
     if on_trace is not None:
@@ -227,8 +258,17 @@ def make_train_step(model: ModelDef, loss_cfg: Any, tx: optax.GradientTransforma
       params = _stop_frozen(params, frozen_patterns)
       m = _merge(model.graphdef, params, model_state)
       terms = {}
-      out = m.train_forward(images, rng=k_model, step=step, target=target, perturb=perturb_cfg)
+      extra = {}
+      if w_repa > 0:
+        if "features" not in inspect.signature(m.train_forward).parameters:
+          raise ValueError(f"config.repa needs a model whose train_forward returns decoder features "
+                           f"(features=True: FlexTok, TiTok); {type(m).__name__} has none")
+        extra["features"] = True
+      out = m.train_forward(images, rng=k_model, step=step, target=target, perturb=perturb_cfg,
+                            **extra)
       recon, model_losses, model_metrics = out.recon, dict(out.losses), dict(out.metrics)
+      if w_repa > 0:
+        terms["repa"] = w_repa * _repa_term(out.features, images, frozen["repa"])
       if w_proxy > 0:
         terms["proxy_ce"] = w_proxy * proxy_code_loss(out.logits, codes)
       if recon is not None:

@@ -65,6 +65,19 @@ def test_block_matches_numpy(masked, post):
   np.testing.assert_allclose(got, _np_block(x, p, keep, post), rtol=1e-4, atol=1e-4)
 
 
+def test_layerscale_scales_each_branch_before_the_residual():
+  """DINOv2's LayerScale: x + ls1 * attn(norm1(x)), then + ls2 * mlp(norm2(x)); ls initialised to the value."""
+  blk = Block(8, 2, mlp_hidden=32, layerscale=1e-5, rngs=nnx.Rngs(0))
+  np.testing.assert_array_equal(np.asarray(blk.ls1.get_value()), np.full(8, 1e-5, np.float32))
+  p = _randomize(blk, seed=5)
+  x = np.random.RandomState(1).randn(2, 5, 8)
+  h = x + p["ls1"] * _np_attn(_np_ln(x, p["norm1"]), p["attn"])
+  want = h + p["ls2"] * _np_mlp(_np_ln(h, p["norm2"]), p["mlp"])
+  np.testing.assert_allclose(blk(jnp.asarray(x, jnp.float32)), want, rtol=1e-4, atol=1e-4)
+  with pytest.raises(ValueError, match="layerscale=1.0"):
+    Block(8, 2, mlp_hidden=32, layerscale=1.0, post_norm=True, rngs=nnx.Rngs(0))
+
+
 def test_adaln_block_is_identity_at_init_and_modulates_per_segment():
   blk = Block(8, 2, mlp_hidden=16, norm_affine=False, adaln=True, cond_dim=4, ada_segments=2,
               rngs=nnx.Rngs(0))

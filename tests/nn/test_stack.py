@@ -51,6 +51,22 @@ def test_scanned_equals_unrolled_outputs_and_gradients():
   assert any(float(jnp.abs(a).sum()) > 0 for a in jax.tree.leaves(gs))
 
 
+def test_capture_returns_the_hidden_state_after_k_blocks_scanned_and_unrolled():
+  unrolled = _stack()
+  scanned = _scanned_copy(unrolled)
+  x = jax.random.normal(jax.random.key(2), (2, 5, 16))
+  want = x
+  for i, block in enumerate(unrolled.blocks):
+    want = block(want, causal=True)
+    for stack in (unrolled, scanned):
+      out, hidden = stack(x, causal=True, capture=i + 1)
+      np.testing.assert_allclose(hidden, want, rtol=1e-5, atol=1e-5)
+      np.testing.assert_allclose(out, unrolled(x, causal=True), rtol=1e-5, atol=1e-5)
+  for bad in (0, DEPTH + 1, True, 1.0):
+    with pytest.raises(ValueError, match="capture must be an int in"):
+      unrolled(x, capture=bad)
+
+
 @pytest.mark.parametrize("scan", [False, True])
 def test_remat_policies_give_equal_gradients(scan):
   x = jax.random.normal(jax.random.key(2), (2, 5, 16))

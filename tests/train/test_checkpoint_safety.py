@@ -80,6 +80,11 @@ def test_config_differences_names_fields_and_skips_cadence():
       "ema_decay: checkpoint 0.99, now \"<absent>\"", "model.width: checkpoint 8, now 16",
       "seed: checkpoint \"<absent>\", now 3"]
   assert ckpt_lib.config_differences(a, a) == []
+  # An optional section that is off (None) equals its absence (a checkpoint written before it existed).
+  assert ckpt_lib.config_differences(a, dict(a, repa=None)) == []
+  assert ckpt_lib.config_differences(dict(a, repa=None), a) == []
+  assert ckpt_lib.config_differences(a, dict(a, repa={"weight": 0.5})) == [
+      "repa.weight: checkpoint \"<absent>\", now 0.5"]
 
 
 def test_config_mismatch_is_refused_and_nothing_moves(tmp_path):
