@@ -57,25 +57,34 @@ def encode_with_codec(image: np.ndarray, codec: str, quality: int) -> tuple[int,
   return size, np.asarray(Image.open(buf).convert("RGB"))
 
 
-def codec_bytes_at_psnr(image: np.ndarray, target_psnr: float, codec: str = "JPEG") -> dict:
+def codec_curve(image: np.ndarray, codec: str = "JPEG") -> list[tuple[int, float]]:
+  """(bytes, PSNR) of `image` encoded at every quality 1..100 (index q - 1)."""
+  out = []
+  for q in range(1, 101):
+    size, decoded = encode_with_codec(image, codec, q)
+    out.append((size, psnr_uint8(image, decoded)))
+  return out
+
+
+def codec_bytes_at_psnr(image: np.ndarray, target_psnr: float, codec: str = "JPEG", *,
+                        curve: list[tuple[int, float]] | None = None) -> dict:
   """Smallest-quality encoding of `image` whose PSNR is at least `target_psnr`.
 
-  PSNR is not strictly monotone in the quality setting, so this scans every quality 1..100 and keeps
-  the smallest file that reaches the target (100 encodes of a small image take milliseconds).
+  PSNR is not strictly monotone in the quality setting, so this scans every quality 1..100 (or reads
+  `curve`, `codec_curve`'s output for this image and codec) and keeps the smallest file that reaches
+  the target.
 
   Returns:
     {"bytes", "quality", "psnr", "reached"}: reached is False when even quality 100 falls short (then
     the quality-100 encoding is reported).
   """
+  curve = curve if curve is not None else codec_curve(image, codec)
   best = None
-  last = None
-  for q in range(1, 101):
-    size, decoded = encode_with_codec(image, codec, q)
-    p = psnr_uint8(image, decoded)
-    last = {"bytes": size, "quality": q, "psnr": p, "reached": False}
+  for q, (size, p) in enumerate(curve, start=1):
     if p >= target_psnr and (best is None or size < best["bytes"]):
       best = {"bytes": size, "quality": q, "psnr": p, "reached": True}
-  return best if best is not None else last
+  size, p = curve[-1]
+  return best if best is not None else {"bytes": size, "quality": 100, "psnr": p, "reached": False}
 
 
 def rate_distortion_table(images: Sequence[np.ndarray], reconstructions: dict[int, Sequence[np.ndarray]],
@@ -98,6 +107,7 @@ def rate_distortion_table(images: Sequence[np.ndarray], reconstructions: dict[in
   """
   rows = []
   h, w = images[0].shape[:2]
+  curves = {codec: [codec_curve(a, codec) for a in images] for codec in codecs}
   for k in sorted(reconstructions):
     recs = reconstructions[k]
     if len(recs) != len(images):
@@ -111,7 +121,8 @@ def rate_distortion_table(images: Sequence[np.ndarray], reconstructions: dict[in
         raise ValueError(f"coded_bytes[{name!r}][{k}] has {len(sizes[k])} sizes for {len(images)} images")
       row[f"{name}_bytes"] = float(np.mean(sizes[k]))
     for codec in codecs:
-      found = [codec_bytes_at_psnr(a, p, codec) for a, p in zip(images, psnrs)]
+      found = [codec_bytes_at_psnr(a, p, codec, curve=curves[codec][i])
+               for i, (a, p) in enumerate(zip(images, psnrs))]
       row[f"{codec.lower()}_bytes"] = float(np.mean([f["bytes"] for f in found]))
       row[f"{codec.lower()}_reached"] = float(np.mean([f["reached"] for f in found]))
     rows.append(row)
