@@ -52,7 +52,7 @@ def main(argv) -> dict:
   else:
     k = FLAGS.num_tokens or model.tokenizer.max_tokens
     datas = [image_codec.compress(model, im, num_tokens=k) for im in images]
-    recs = image_codec.detokenize(model, image_codec.tokenize(model, images)[:, :k])
+    recs = image_codec.reconstructions(model, images, [k])[k]
     choices = [image_codec.Choice(k, d, float(image_codec.psnr(im, r)), True)
                for d, im, r in zip(datas, images, recs)]
   os.makedirs(FLAGS.output, exist_ok=True)

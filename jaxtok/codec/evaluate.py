@@ -1,5 +1,8 @@
 """Rate-distortion of real token files against JPEG / WebP / AVIF, and bits per token per prior.
 
+Images larger than the tokenizer are coded as whole S x S tiles in one file (`image_codec`); the
+token counts are per tile.
+
 Every token file is made by `image_codec.encode_tokens` and measured in whole bytes (the 10-byte
 header included); the image codecs' files are measured whole as well (`metrics.rate_distortion`).
 """
@@ -41,27 +44,26 @@ def evaluate(tokenizer: Any, params: Any, prior_by_name: Mapping[str, Any], imag
   k_max = tokenizer.max_tokens
   counts = sorted(counts or range(1, k_max + 1))
   base = image_codec.Model(tokenizer, params, None)
-  tokens = image_codec.tokenize(base, images)
-  recs = {k: image_codec.detokenize(base, tokens[:, :k]) for k in counts}
+  h, w = images.shape[1:3]
+  tokens = [image_codec.image_tokens(base, im) for im in images]        # [T, K] each
+  recs = {k: [image_codec.decode_image(base, list(t[:, :k]), h, w) for t in tokens] for k in counts}
   coded, bits, header = {}, {}, []
   for name, prior in prior_by_name.items():
     memo = _Memo(prior)
     model = image_codec.Model(tokenizer, params, memo)
     mid = image_codec.model_id(model)
-    coded[name] = {k: [] for k in counts}
+    coded[name] = {k: [len(image_codec.encode_tokens(model, t[:, :k], (h, w), mid=mid))
+                       for t in tokens] for k in counts}
     payload_bits, ideal = [], []
-    for i, image in enumerate(images):
-      for k in counts:
-        coded[name][k].append(len(image_codec.encode_tokens(model, tokens[i, :k], image.shape[:2],
-                                                            mid=mid)))
-      full = image_codec.encode_tokens(model, tokens[i], image.shape[:2], mid=mid)
-      head, payload, _ = container.unpack(full, model_id=mid)
+    for t in tokens:
+      full = image_codec.encode_tokens(model, t, (h, w), mid=mid)
+      _, payload, _ = container.unpack(full, model_id=mid)
       header.append(len(full) - len(payload))
-      payload_bits.append(8 * len(payload) / k_max)
-      ideal.append(sum(freqs.bits(memo.cdf(tokens[i, :j]), int(t))
-                       for j, t in enumerate(tokens[i])) / k_max)
+      payload_bits.append(8 * len(payload) / t.size)
+      ideal.append(sum(freqs.bits(memo.cdf(row[:j]), int(v)) for row in t for j, v in enumerate(row))
+                   / t.size)
     bits[name] = {"coded": float(np.mean(payload_bits)), "ideal": float(np.mean(ideal))}
-  rows = rd.rate_distortion_table(list(images), {k: list(recs[k]) for k in counts},
+  rows = rd.rate_distortion_table(list(images), recs,
                                   tokenizer.vocab_size, codecs, coded_bytes=coded)
   return {"rows": rows, "bits_per_token": bits, "header_bytes": float(np.mean(header)),
           "num_images": int(len(images)), "counts": [int(k) for k in counts]}

@@ -1,11 +1,14 @@
 """Images <-> jaxtok token files: an ordered 1D tokenizer, a token prior and the arithmetic coder.
 
-The tokenizer (One-D-Piece, FlexTok: any whose prefixes decode) gives k ordered tokens per image; the
-prior turns them into bytes (`arithmetic`, `container`). The number of tokens is chosen per image:
-fixed, the fewest reaching a target PSNR, or the most fitting a byte budget. A truncated file decodes
-to the image at the tokens its bytes determine (`decompress(..., partial=True)`).
+The tokenizer (One-D-Piece, FlexTok: any whose prefixes decode) gives k ordered tokens per S x S
+tile; the prior turns them into bytes (`arithmetic`, `container`). An image larger than the tokenizer
+is cut into whole S x S tiles, coded in one stream in token-major order (every tile's first token,
+then every tile's second, ...), each token predicted from its own tile's earlier tokens. The number of
+tokens is chosen per image: fixed, the fewest reaching a target PSNR, or the most fitting a byte
+budget. A truncated file decodes to the image at the tokens its bytes determine
+(`decompress(..., partial=True)`): with tiles, every tile at about the same count.
 
-Images are uint8 [H, W, 3] at the tokenizer's size.
+Images are uint8 [H, W, 3] with H and W multiples of the tokenizer's size S.
 """
 from __future__ import annotations
 
@@ -47,74 +50,116 @@ def model_id(model: Model) -> bytes:
 
 def _check_image(model: Model, image: np.ndarray) -> np.ndarray:
   image = np.asarray(image)
-  size = model.tokenizer.image_size
+  s = model.tokenizer.image_size
   if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
     raise ValueError(f"image must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
-  if size is not None and image.shape[:2] != (size, size):
-    raise ValueError(f"image must be {size}x{size} (the tokenizer's size), got "
-                     f"{image.shape[0]}x{image.shape[1]}")
+  h, w = image.shape[:2]
+  if h < s or w < s or h % s or w % s:
+    raise ValueError(f"image must be a whole number of the tokenizer's {s}x{s} tiles (H and W "
+                     f"multiples of {s}), got {h}x{w}: crop or pad it first")
   return image
 
 
+def to_tiles(image: np.ndarray, size: int) -> np.ndarray:
+  """uint8 [H, W, 3] -> its size x size tiles [T, size, size, 3], row-major (T = H W / size^2)."""
+  h, w, c = image.shape
+  t = image.reshape(h // size, size, w // size, size, c).transpose(0, 2, 1, 3, 4)
+  return t.reshape(-1, size, size, c)
+
+
+def from_tiles(tiles: np.ndarray, height: int, width: int) -> np.ndarray:
+  """Inverse of `to_tiles`: [T, s, s, 3] -> [height, width, 3]."""
+  s, c = tiles.shape[1], tiles.shape[-1]
+  t = tiles.reshape(height // s, width // s, s, s, c).transpose(0, 2, 1, 3, 4)
+  return t.reshape(height, width, c)
+
+
 def tokenize(model: Model, images: np.ndarray) -> np.ndarray:
-  """uint8 [B, H, W, 3] -> all K tokens int32 [B, K] (prefixes of them are the shorter codes)."""
-  for im in images:
-    _check_image(model, im)
+  """uint8 [B, S, S, 3] tiles -> all K tokens int32 [B, K] (prefixes of them are the shorter codes)."""
   out = model.tokenizer.encode(model.params, np.asarray(images, np.float32) / 255.0)
   return np.asarray(out.tokens, np.int32)
 
 
 def detokenize(model: Model, tokens: np.ndarray) -> np.ndarray:
-  """tokens int32 [B, k] -> uint8 [B, H, W, 3]."""
+  """tokens int32 [B, k] -> uint8 [B, S, S, 3]."""
   images = model.tokenizer.decode(model.params, np.asarray(tokens, np.int32))
   return np.asarray(np.clip(np.round(np.asarray(images) * 255.0), 0, 255), np.uint8)
 
 
-def encode_tokens(model: Model, tokens: Sequence[int], image_hw: tuple[int, int], *,
+def image_tokens(model: Model, image: np.ndarray) -> np.ndarray:
+  """uint8 [H, W, 3] -> all K tokens of each tile, int32 [T, K]."""
+  image = _check_image(model, image)
+  return tokenize(model, to_tiles(image, model.tokenizer.image_size))
+
+
+def decode_image(model: Model, per_tile: Sequence[np.ndarray], height: int, width: int) -> np.ndarray:
+  """Tokens of each tile (any count >= 1 each) -> uint8 [height, width, 3]."""
+  s = model.tokenizer.image_size
+  tiles = np.zeros((len(per_tile), s, s, 3), np.uint8)
+  for n in sorted({len(t) for t in per_tile}):
+    idx = [i for i, t in enumerate(per_tile) if len(t) == n]
+    tiles[idx] = detokenize(model, np.stack([per_tile[i] for i in idx]))
+  return from_tiles(tiles, height, width)
+
+
+def _interleaved(prior: Any, num_tiles: int):
+  """The coder's model over tiles' tokens in token-major order: position j is token j // T of tile
+  j % T, predicted from that tile's earlier tokens only (prefix[t::T])."""
+  return lambda prefix: prior.cdf(prefix[len(prefix) % num_tiles::num_tiles])
+
+
+def encode_tokens(model: Model, tokens: np.ndarray, image_hw: tuple[int, int], *,
                   mid: bytes | None = None) -> bytes:
-  """k token ids -> a token file."""
-  payload, _ = arithmetic.encode(tokens, model.prior.cdf, precision=PRECISION)
-  header = container.Header(mid or model_id(model), int(image_hw[0]), int(image_hw[1]), len(tokens),
-                            len(payload))
+  """Tokens int [T, k] (k per tile; [k] for one tile) -> a token file.
+
+  Token-major order (every tile's first token, then every tile's second, ...), so any byte prefix
+  decodes all tiles at about the same token count.
+  """
+  tokens = np.asarray(tokens).reshape(-1, np.shape(tokens)[-1])
+  seq = tokens.T.reshape(-1)
+  payload, _ = arithmetic.encode(seq, _interleaved(model.prior, len(tokens)), precision=PRECISION)
+  header = container.Header(mid or model_id(model), int(image_hw[0]), int(image_hw[1]),
+                            tokens.shape[1], len(payload))
   return container.pack(header, payload)
 
 
 def decode_tokens(model: Model, data: bytes, *, partial: bool = False,
-                  mid: bytes | None = None) -> tuple[np.ndarray, container.Header]:
-  """A token file -> (tokens int32 [k'], header); k' < k only for a truncated file with partial."""
+                  mid: bytes | None = None) -> tuple[list[np.ndarray], container.Header]:
+  """A token file -> (each tile's tokens int32 [k_t], header); k_t < k only for a truncated file
+  read with partial=True."""
   header, payload, complete = container.unpack(data, model_id=mid or model_id(model),
                                                partial=partial)
-  tokens = arithmetic.decode(payload, model.prior.cdf, header.num_tokens, precision=PRECISION,
-                             partial=not complete)
-  return tokens, header
+  s = model.tokenizer.image_size
+  if header.height % s or header.width % s or not header.height or not header.width:
+    raise ValueError(f"the file holds a {header.height}x{header.width} image, which is not made of "
+                     f"this tokenizer's {s}x{s} tiles")
+  t = (header.height // s) * (header.width // s)
+  seq = arithmetic.decode(payload, _interleaved(model.prior, t), t * header.num_tokens,
+                          precision=PRECISION, partial=not complete)
+  return [seq[i::t] for i in range(t)], header
 
 
 def compress(model: Model, image: np.ndarray, *, num_tokens: int | None = None) -> bytes:
-  """uint8 [H, W, 3] -> a token file of its first num_tokens tokens (default all K)."""
-  image = _check_image(model, image)
+  """uint8 [H, W, 3] (whole S x S tiles) -> a token file of each tile's first num_tokens tokens
+  (default all K)."""
   k = model.tokenizer.max_tokens if num_tokens is None else num_tokens
   if not isinstance(k, (int, np.integer)) or not 1 <= k <= model.tokenizer.max_tokens:
     raise ValueError(f"num_tokens must be an int in [1, {model.tokenizer.max_tokens}], got {k!r}")
-  tokens = tokenize(model, image[None])[0, :k]
-  return encode_tokens(model, tokens, image.shape[:2])
+  return encode_tokens(model, image_tokens(model, image)[:, :k], np.shape(image)[:2])
 
 
 def decompress(model: Model, data: bytes, *, partial: bool = False) -> tuple[np.ndarray, int]:
-  """A token file -> (uint8 [H, W, 3], tokens used).
+  """A token file -> (uint8 [H, W, 3], tokens decoded over all tiles).
 
   partial=True accepts a truncated file and decodes the tokens its bytes determine (ValueError when
-  they determine none).
+  they do not give every tile at least one token).
   """
-  mid = model_id(model)
-  tokens, header = decode_tokens(model, data, partial=partial, mid=mid)
-  if len(tokens) == 0:
-    raise ValueError(f"the {len(data)} bytes given determine no token yet (the file holds "
-                     f"{header.num_tokens} tokens in {header.payload_bytes} payload bytes)")
-  size = model.tokenizer.image_size
-  if size is not None and (header.height, header.width) != (size, size):
-    raise ValueError(f"the file holds a {header.height}x{header.width} image, this tokenizer decodes "
-                     f"{size}x{size}")
-  return detokenize(model, tokens[None])[0], len(tokens)
+  per_tile, header = decode_tokens(model, data, partial=partial, mid=model_id(model))
+  if min(len(t) for t in per_tile) == 0:
+    raise ValueError(f"the {len(data)} bytes given determine no token yet for some tile (the file "
+                     f"holds {header.num_tokens} tokens per tile in {header.payload_bytes} payload "
+                     f"bytes)")
+  return decode_image(model, per_tile, header.height, header.width), sum(len(t) for t in per_tile)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -125,14 +170,16 @@ def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def reconstructions(model: Model, images: np.ndarray, counts: Sequence[int]) -> dict[int, np.ndarray]:
-  """{k: uint8 [B, H, W, 3] decoded from the first k tokens} for each k in counts."""
-  tokens = tokenize(model, images)
-  return {int(k): detokenize(model, tokens[:, :k]) for k in counts}
+  """{k: uint8 [B, H, W, 3] decoded from each tile's first k tokens} for each k in counts."""
+  tokens = [image_tokens(model, im) for im in images]
+  h, w = np.shape(images)[1:3]
+  return {int(k): np.stack([decode_image(model, list(t[:, :k]), h, w) for t in tokens])
+          for k in counts}
 
 
 def choose_length(model: Model, images: np.ndarray, *, target_psnr: float | None = None,
                   max_bytes: int | None = None, counts: Sequence[int] | None = None) -> list[Choice]:
-  """Per image, the token count to keep, and its file.
+  """Per image, the token count to keep (the same for each of its tiles), and its file.
 
   target_psnr: the fewest tokens whose decoded image reaches it (all of `counts` if none does:
   reached=False). max_bytes: the most tokens whose whole file fits (the fewest if none does:
@@ -140,26 +187,22 @@ def choose_length(model: Model, images: np.ndarray, *, target_psnr: float | None
   """
   if (target_psnr is None) == (max_bytes is None):
     raise ValueError("give exactly one of target_psnr and max_bytes")
-  images = np.asarray(images)
   counts = sorted(counts or range(1, model.tokenizer.max_tokens + 1))
-  tokens = tokenize(model, images)
-  recs = {k: detokenize(model, tokens[:, :k]) for k in counts}
   mid = model_id(model)
   out = []
-  for i, image in enumerate(images):
-    files = {}
-
-    def file(k):
-      if k not in files:
-        files[k] = encode_tokens(model, tokens[i, :k], image.shape[:2], mid=mid)
-      return files[k]
-
-    quality = {k: float(psnr(image, recs[k][i])) for k in counts}
+  for image in images:
+    tokens = image_tokens(model, image)
+    h, w = image.shape[:2]
+    quality = {k: float(psnr(image, decode_image(model, list(tokens[:, :k]), h, w))) for k in counts}
+    file = lambda k: encode_tokens(model, tokens[:, :k], (h, w), mid=mid)  # pylint: disable=cell-var-from-loop
     if target_psnr is not None:
       hits = [k for k in counts if quality[k] >= target_psnr]
       k, reached = (hits[0], True) if hits else (counts[-1], False)
+      data = file(k)
     else:
-      fits = [k for k in counts if len(file(k)) <= max_bytes]
+      files = {k: file(k) for k in counts}
+      fits = [k for k in counts if len(files[k]) <= max_bytes]
       k, reached = (fits[-1], True) if fits else (counts[0], False)
-    out.append(Choice(k, file(k), quality[k], reached))
+      data = files[k]
+    out.append(Choice(k, data, quality[k], reached))
   return out
