@@ -14,6 +14,7 @@ Pairs (tests/fixtures/official, see README.md there):
          cache and the power-cosine guidance schedule (RAR-B's released temperature 1.0, scale 16,
          power 2.75: configs/rar.py:size=B's sampling block).
 """
+import importlib
 import json
 import os
 
@@ -26,8 +27,6 @@ from flax import nnx
 from jaxtok import convert
 from jaxtok.configs import rar as rar_configs
 from jaxtok.convert import common
-from jaxtok.convert import maskgit as maskgit_convert
-from jaxtok.convert import rar as rar_convert
 from jaxtok.convert import vqgan as vqgan_convert
 from jaxtok.eval import generate
 from jaxtok.eval import images as img_lib
@@ -50,13 +49,14 @@ def _fixture(name):
   return os.path.join(FIXTURES, f"{name}.safetensors")
 
 
-def _pipeline(tokenizer_kind, tokenizer_name, tokenizer_config, converter, generator_name,
+def _pipeline(tokenizer_kind, tokenizer_name, tokenizer_config, generator_kind, generator_name,
               generator_config, opts):
-  """(tokenizer, generator config, `sample(key) -> (tokens, uint8 grid)`) from two official files."""
+  """(tokenizer, generator config, `sample(key) -> (tokens, uint8 grid)`) from two official files
+  (kinds as `jaxtok.convert.convert` names them)."""
   tcfg, tparams = convert.convert(tokenizer_kind, _fixture(tokenizer_name), tokenizer_config)
   tokenizer = api.build(tcfg)
-  gcfg, gparams = convert.convert(converter.__name__.rsplit(".", 1)[1], _fixture(generator_name),
-                                  generator_config)
+  gcfg, gparams = convert.convert(generator_kind, _fixture(generator_name), generator_config)
+  converter = importlib.import_module(f"jaxtok.convert.{generator_kind}")
   assert gcfg["seq_len"] == tokenizer.max_tokens
   assert gcfg["codebook_size"] == tokenizer.vocab_size
   sampler = generate.make_sampler(gcfg["name"], nnx.graphdef(converter.build(gcfg, gparams)),
@@ -64,8 +64,9 @@ def _pipeline(tokenizer_kind, tokenizer_name, tokenizer_config, converter, gener
 
   def sample(key):
     tokens = sampler(key, LABELS)
-    images = img_lib.to_uint8(tokenizer.decode(tparams, tokens))
-    return np.asarray(tokens), img_lib.grid(images)
+    pixels = np.asarray(tokenizer.decode(tparams, tokens))
+    assert np.isfinite(pixels).all()
+    return np.asarray(tokens), img_lib.grid(img_lib.to_uint8(pixels))
 
   return tokenizer, gcfg, sample
 
@@ -88,19 +89,16 @@ def _check_grids(sample, *, seq_len, codebook_size, image_size):
 def test_titok_vq_and_its_maskgit_generator_sample_with_the_released_procedure():
   opts = generate.Options(mode="titok", preset="titok_b64")
   assert opts.titok_settings()["guidance_scale"] == 3.0  # guided (a class-conditional generator)
-  tokenizer, gcfg, sample = _pipeline("titok", "titok_vq", TITOK_CONFIG, maskgit_convert,
+  tokenizer, gcfg, sample = _pipeline("titok", "titok_vq", TITOK_CONFIG, "maskgit",
                                       "maskgit_imagebert", IMAGEBERT_CONFIG, opts)
   assert gcfg["name"] == "maskgit_official" and tokenizer.max_tokens == 6
-  _check_grids(sample, seq_len=6, codebook_size=16, image_size=32)
+  tokens, _ = _check_grids(sample, seq_len=6, codebook_size=16, image_size=32)
   # Guidance reaches the model: the random fixture's class moves its logits by < 5e-4, too little to
-  # show at the preset's scale 3 (the same tokens as unguided), but a scale of 1e4 changes them.
-  tokens = {}
-  for scale in (0.0, 1e4):
-    _, _, guided = _pipeline("titok", "titok_vq", TITOK_CONFIG, maskgit_convert, "maskgit_imagebert",
-                             IMAGEBERT_CONFIG, generate.Options(mode="titok", preset="titok_b64",
-                                                                guidance_scale=scale))
-    tokens[scale] = guided(jax.random.key(0))[0]
-  assert (tokens[0.0] != tokens[1e4]).any()
+  # show at the preset's scale 3 (its tokens equal unguided ones), but a scale of 1e4 changes them.
+  _, _, strong = _pipeline("titok", "titok_vq", TITOK_CONFIG, "maskgit", "maskgit_imagebert",
+                           IMAGEBERT_CONFIG, generate.Options(mode="titok", preset="titok_b64",
+                                                              guidance_scale=1e4))
+  assert (strong(jax.random.key(0))[0] != tokens).any()
 
 
 def test_rar_with_kv_cache_and_power_cosine_guidance_decodes_with_the_maskgit_vqgan():
@@ -111,7 +109,7 @@ def test_rar_with_kv_cache_and_power_cosine_guidance_decodes_with_the_maskgit_vq
   opts = generate.options_from_config(rar_configs.get_config("size=B").sampling)
   assert (opts.temperature, opts.cfg_scale, opts.cfg_schedule, opts.cfg_power) == (
       1.0, 16.0, "power-cosine", 2.75)
-  tokenizer, gcfg, sample = _pipeline("vqgan", "maskgit_vqgan", VQGAN_CONFIG, rar_convert,
+  tokenizer, gcfg, sample = _pipeline("vqgan", "maskgit_vqgan", VQGAN_CONFIG, "rar",
                                       "rar_tiny", RAR_CONFIG, opts)
   assert gcfg["name"] == "rar" and tokenizer.max_tokens == 16
   tokens, _ = _check_grids(sample, seq_len=16, codebook_size=32, image_size=8)
