@@ -13,6 +13,14 @@ TiTok / One-D-Piece procedure, where --cfg_scale is its guidance scale), mar -> 
 config's `sampling` block; --temperature, --top_k, --top_p, --cfg_scale, --cfg_schedule override
 them. Guidance needs a class-conditional generator (num_classes > 0).
 
+--workdir may also be a converted released generator (tools/convert.py --model maskgit or rar:
+params/ + config.json); --config is then optional and only its `sampling` block is read (e.g.
+configs/rar.py:size=B for RAR-B's released settings), and --tokenizer_checkpoint is required (a
+converted tokenizer directory works):
+
+  python tools/sample.py --workdir converted/titok_b64_maskgit --tokenizer_checkpoint converted/titok_b64 \
+      --mode titok --preset titok_b64 --num_samples 16
+
 The tokenizer is the one the training data were made with (`<workdir>/data_meta.json`, written by
 tools/train_generator.py from the dataset's meta.json), unless --tokenizer_checkpoint (and
 --tokenizer_config) say otherwise. Writes `<out>/tokens.npz` (tokens, labels, options),
@@ -39,7 +47,8 @@ log = logging.getLogger("sample")
 
 FLAGS = flags.FlagValues()
 cli.define_config(FLAGS, "config", "generator config file[:arg] (as trained)")
-flags.DEFINE_string("workdir", None, "the generator's run directory", flag_values=FLAGS)
+flags.DEFINE_string("workdir", None, "the generator's run directory, or a converted generator "
+                    "(tools/convert.py --out)", flag_values=FLAGS)
 flags.DEFINE_string("out", None, "output folder (default <workdir>/samples)", flag_values=FLAGS)
 flags.DEFINE_string("tokenizer_checkpoint", None, "tokenizer weights (default: from "
                     "<workdir>/data_meta.json)", flag_values=FLAGS)
@@ -105,25 +114,49 @@ def data_meta(config, workdir: str) -> dict:
   return {}
 
 
+def is_converted(workdir: str | None) -> bool:
+  """Whether `workdir` is a tools/convert.py output (params/ + config.json) rather than a run."""
+  return bool(workdir) and os.path.isdir(os.path.join(workdir, "params")) and os.path.isfile(
+      os.path.join(workdir, "config.json"))
+
+
+def load_generator(config, workdir: str, use_ema: bool):
+  """(model config, graphdef, params): a training run's newest checkpoint, or a converted release."""
+  if is_converted(workdir):
+    from jaxtok import convert  # pylint: disable=g-import-not-at-top
+    import ml_collections  # pylint: disable=g-import-not-at-top
+    gcfg, graphdef, params = convert.load_converted_generator(workdir)
+    return ml_collections.ConfigDict(gcfg), graphdef, params
+  from jaxtok.train import generator  # pylint: disable=g-import-not-at-top
+  gcfg = generator.model_config(config)
+  try:
+    graphdef, params = generator.load_params(config, workdir, use_ema=use_ema)
+  except FileNotFoundError as err:
+    raise FileNotFoundError(f"--workdir: {err}") from None
+  return gcfg, graphdef, params
+
+
 def main(argv) -> dict:
   cli.parse(FLAGS, argv, __doc__)
   config = FLAGS.config
-  if config is None:
+  converted = is_converted(FLAGS.workdir)
+  if config is None and not converted:
     raise ValueError("--config is required: the generator's config file (as trained)")
-  if not FLAGS.workdir or not os.path.isdir(os.path.join(FLAGS.workdir, "checkpoints")):
+  run_dir = bool(FLAGS.workdir) and os.path.isdir(os.path.join(FLAGS.workdir, "checkpoints"))
+  if not converted and not run_dir:
     raise FileNotFoundError(f"--workdir: expected a generator run directory with checkpoints/ "
-                            f"(tools/train_generator.py), got {FLAGS.workdir!r}")
+                            f"(tools/train_generator.py) or a converted generator (tools/convert.py "
+                            f"--out: params/ and config.json), got {FLAGS.workdir!r}")
   if FLAGS.num_samples < 1 or FLAGS.batch_size < 1:
     raise ValueError(f"--num_samples and --batch_size must be >= 1, got {FLAGS.num_samples} and "
                      f"{FLAGS.batch_size}")
   import jax  # pylint: disable=g-import-not-at-top
   from jaxtok.eval import checkpoints, generate  # pylint: disable=g-import-not-at-top
-  from jaxtok.train import generator  # pylint: disable=g-import-not-at-top
 
-  gcfg = generator.model_config(config)
+  gcfg, graphdef, params = load_generator(config, FLAGS.workdir, FLAGS.use_ema)
   num_classes = int(gcfg.get("num_classes", 0))
   labels = sample_labels(FLAGS.labels, FLAGS.num_samples, num_classes, FLAGS.seed)
-  meta = data_meta(config, FLAGS.workdir)
+  meta = {} if converted else data_meta(config, FLAGS.workdir)
   tok_info = meta.get("tokenizer", {})
   tok_ckpt = FLAGS.tokenizer_checkpoint or tok_info.get("checkpoint")
   if not tok_ckpt:
@@ -134,16 +167,13 @@ def main(argv) -> dict:
     tok_cfg = tok_info.get("config")
   tokenizer, tok_params, tok_loaded = checkpoints.load_tokenizer(tok_cfg, tok_ckpt, flag="--tokenizer_checkpoint",
                                                         config_flag="--tokenizer_config")
-  try:
-    graphdef, params = generator.load_params(config, FLAGS.workdir, use_ema=FLAGS.use_ema)
-  except FileNotFoundError as err:
-    raise FileNotFoundError(f"--workdir: {err}") from None
   seq_len = int(gcfg.seq_len)
   if tokenizer.max_tokens is not None and seq_len > tokenizer.max_tokens:
     raise ValueError(f"the generator makes {seq_len} tokens, the tokenizer decodes at most "
                      f"{tokenizer.max_tokens} (--tokenizer_checkpoint / --config mismatch)")
   opts = generate.options_from_config(
-      config.get("sampling"), temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p,
+      config.get("sampling") if config is not None else None, temperature=FLAGS.temperature,
+      top_k=FLAGS.top_k, top_p=FLAGS.top_p,
       cfg_scale=FLAGS.cfg_scale, cfg_schedule=FLAGS.cfg_schedule, cfg_power=FLAGS.cfg_power,
       steps=FLAGS.steps,
       schedule=FLAGS.schedule, choice_temperature=FLAGS.choice_temperature, mode=FLAGS.mode,

@@ -3,6 +3,8 @@
   convert(model, weights, config=None) -> (jaxtok config dict, nnx.State)
   save_converted(out_dir, config, params)   writes out_dir/params (orbax) and out_dir/config.json
   load_converted(out_dir) -> (config, params)
+  load_converted_generator(out_dir) -> (config, graphdef, params)   a generator, for
+                                            jaxtok.eval.generate.make_sampler(config["name"], ...)
 
 `model` (the kind of official checkpoint):
   "titok"     TiTok two-stage (S/B/L) and single-stage VQ / VAE      convert/titok.py
@@ -83,16 +85,27 @@ def resolve_config(config: Any, flat, *, released, aliases, infer, from_official
   return config
 
 
+GENERATORS = ("maskgit_official", "rar")  # config names of converted generators
+
+
+def _generator_converter(config: dict):
+  """The converter module of a generator config (None for a tokenizer config)."""
+  if config.get("name") == "maskgit_official":
+    from jaxtok.convert import maskgit
+    return maskgit
+  if config.get("name") == "rar":
+    from jaxtok.convert import rar
+    return rar
+  return None
+
+
 def _abstract(config: dict):
   if config.get("name") == "dinov2":
     from jaxtok.nn import dinov2
     return dinov2.abstract_params(config)
-  if config.get("name") == "maskgit_official":
-    from jaxtok.convert import maskgit
-    return maskgit.abstract_params(config)
-  if config.get("name") == "rar":
-    from jaxtok.convert import rar
-    return rar.abstract_params(config)
+  converter = _generator_converter(config)
+  if converter is not None:
+    return converter.abstract_params(config)
   from jaxtok.tokenizers import api
   return api.build(config).abstract_params()
 
@@ -123,3 +136,16 @@ def load_converted(out_dir: str | os.PathLike):
   params, _ = ckpt_lib.load_params(os.path.join(out_dir, "params"), _abstract(config),
                                    flag=out_dir)
   return config, params
+
+
+def load_converted_generator(out_dir: str | os.PathLike):
+  """(config, graphdef, params) of a generator written by `save_converted` (a converted TiTok MaskGIT
+  generator or RAR), ready for `jaxtok.eval.generate.make_sampler(config["name"], graphdef, params,
+  options)`. A tokenizer's directory is refused."""
+  config, params = load_converted(out_dir)
+  converter = _generator_converter(config)
+  if converter is None:
+    raise ValueError(f"{os.fspath(out_dir)} holds a converted {config.get('name')!r} (a tokenizer), "
+                     f"not a generator (one of {GENERATORS})")
+  from flax import nnx
+  return config, nnx.graphdef(converter.build(config, params)), params

@@ -9,9 +9,10 @@
            for n x n tokens);
   rar      the same with RAR's cache, in raster order (the release's procedure: `cfg_schedule`
            "power-cosine" with `cfg_power`, temperature);
-  maskgit  jaxtok.samplers.maskgit from all-mask tokens (mask id = codebook size): `mode`
-           "maskgit" (google-research/maskgit, the default) or "titok" (the released TiTok /
-           One-D-Piece generators' procedure, `maskgit_released`, settings from `preset`, any of
+  maskgit  jaxtok.samplers.maskgit from all-mask tokens (mask id = codebook size; also
+           "maskgit_official", a converted released TiTok generator): `mode` "maskgit"
+           (google-research/maskgit, the default) or "titok" (the released TiTok / One-D-Piece
+           generators' procedure, `maskgit_released`, settings from `preset`, any of
            its settings overriding; guidance always runs for a class-conditional model there);
   mar      jaxtok.samplers.mar.sample with the MAR transformer as the condition function and its
            FlowHead (t = 1 noise) adapted by `flow.flip_time`; DiSA step annealing of the head.
@@ -206,9 +207,10 @@ def _mar(model, rng, labels, opts: Options):
   return out.tokens
 
 
-# RAR has GPT's interface (condition_ids, null_id, init_cache, prefill, step, seq_len).
-SAMPLERS = {"gpt": _gpt, "rar": _gpt, "maskgit": _maskgit, "mar": _mar, "token_shuffle": _token_shuffle,
-            "nar": _nar}
+# RAR has GPT's interface (condition_ids, null_id, init_cache, prefill, step, seq_len); a converted
+# official TiTok MaskGIT generator ("maskgit_official", jaxtok.convert.maskgit) has MaskGIT's.
+SAMPLERS = {"gpt": _gpt, "rar": _gpt, "maskgit": _maskgit, "maskgit_official": _maskgit, "mar": _mar,
+            "token_shuffle": _token_shuffle, "nar": _nar}
 
 
 def make_sampler(name: str, graphdef: Any, params: Any, opts: Options) -> Callable[[jax.Array, jax.Array], jax.Array]:
