@@ -5,7 +5,9 @@
 For every token count and every prior (uniform = raw ids, unigram, per-position unigram, causal GPT)
 codes the held-out crops into whole token files and measures their bytes (headers included), and the
 bytes each image codec needs to reach the same PSNR per image (whole files; `jaxtok.codec.evaluate`).
-Writes <out>/rate_distortion.json, <out>/rate_distortion.png and prints a table.
+--image_size 96 --max_scale 1 evaluates larger held-out crops, coded as whole tiles of the tokenizer's
+size in one file (3 x 3 tiles of the 32 px main job). Writes <out>/rate_distortion.json,
+<out>/rate_distortion.png and prints a table.
 """
 from __future__ import annotations
 
@@ -25,7 +27,11 @@ flags.DEFINE_string("prior", None, "priors folder (tools/train_prior.py)", flag_
 flags.DEFINE_string("out", None, "output folder", flag_values=FLAGS)
 flags.DEFINE_integer("heldout", None, "held-out crops (default: the run's data.heldout)",
                      flag_values=FLAGS)
-flags.DEFINE_list("counts", None, "token counts (default 1..K)", flag_values=FLAGS)
+flags.DEFINE_list("counts", None, "token counts per tile (default 1..K)", flag_values=FLAGS)
+flags.DEFINE_integer("image_size", None, "held-out crop size, a multiple of the tokenizer's (coded "
+                     "as tiles; default: the run's)", flag_values=FLAGS)
+flags.DEFINE_integer("max_scale", None, "held-out crops' largest down-scale (default: the run's)",
+                     flag_values=FLAGS)
 
 
 def table(result: dict) -> str:
@@ -49,7 +55,8 @@ def main(argv) -> dict:
   priors = {kind: prior_training.load(FLAGS.prior, kind, model.tokenizer)
             for kind in prior_training.KINDS}
   images = prior_training.heldout_images(prior_training.run_data_config(FLAGS.checkpoint),
-                                         FLAGS.heldout)
+                                         FLAGS.heldout, image_size=FLAGS.image_size,
+                                         max_scale=FLAGS.max_scale)
   counts = [int(c) for c in FLAGS.counts] if FLAGS.counts else None
   result = evaluate.evaluate(model.tokenizer, model.params, priors, images, counts=counts)
   result["targets"] = evaluate.targets(result)

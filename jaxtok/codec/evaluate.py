@@ -63,8 +63,8 @@ def evaluate(tokenizer: Any, params: Any, prior_by_name: Mapping[str, Any], imag
       ideal.append(sum(freqs.bits(memo.cdf(row[:j]), int(v)) for row in t for j, v in enumerate(row))
                    / t.size)
     bits[name] = {"coded": float(np.mean(payload_bits)), "ideal": float(np.mean(ideal))}
-  rows = rd.rate_distortion_table(list(images), recs,
-                                  tokenizer.vocab_size, codecs, coded_bytes=coded)
+  rows = rd.rate_distortion_table(list(images), recs, tokenizer.vocab_size, codecs, coded_bytes=coded,
+                                  tiles=len(tokens[0]))
   return {"rows": rows, "bits_per_token": bits, "header_bytes": float(np.mean(header)),
           "num_images": int(len(images)), "counts": [int(k) for k in counts]}
 

@@ -48,10 +48,14 @@ def training_images(data_cfg: dict, *, count: int, seed: int) -> np.ndarray:
   return to_uint8(np.concatenate(batches)[:count])
 
 
-def heldout_images(data_cfg: dict, count: int | None = None) -> np.ndarray:
-  """The run's held-out crops (the images its evaluations score), uint8 [N, S, S, 3]."""
+def heldout_images(data_cfg: dict, count: int | None = None, *, image_size: int | None = None,
+                   max_scale: int | None = None) -> np.ndarray:
+  """The run's held-out crops (the images its evaluations score), uint8 [N, S, S, 3]; image_size /
+  max_scale draw larger crops (whole tiles for the codec) from the same held-out photos instead."""
   from jaxtok.data import pipeline  # pylint: disable=g-import-not-at-top
-  return to_uint8(pipeline.heldout_images(data_cfg, count=count))
+  cfg = dict(data_cfg)
+  cfg.update({k: v for k, v in (("image_size", image_size), ("max_scale", max_scale)) if v})
+  return to_uint8(pipeline.heldout_images(cfg, count=count))
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

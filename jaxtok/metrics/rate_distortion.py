@@ -89,7 +89,8 @@ def codec_bytes_at_psnr(image: np.ndarray, target_psnr: float, codec: str = "JPE
 
 def rate_distortion_table(images: Sequence[np.ndarray], reconstructions: dict[int, Sequence[np.ndarray]],
                           codebook_size: int, codecs: Sequence[str] = CODECS,
-                          coded_bytes: dict[str, dict[int, Sequence[int]]] | None = None) -> list[dict]:
+                          coded_bytes: dict[str, dict[int, Sequence[int]]] | None = None,
+                          tiles: int = 1) -> list[dict]:
   """Per token count: the tokenizer's rate and mean PSNR, and each codec's mean bytes at that PSNR.
 
   Args:
@@ -98,6 +99,7 @@ def rate_distortion_table(images: Sequence[np.ndarray], reconstructions: dict[in
     codebook_size: K, for the raw token rate.
     coded_bytes: {name: {num_tokens: file bytes per image}} of real token files (e.g. one entry per
       prior); each gives a `<name>_bytes` column (mean).
+    tiles: tokenizer tiles per image (num_tokens counts per tile; the raw rate is tiles x that).
 
   Returns:
     One dict per token count (ascending): num_tokens, token_bytes (raw ids, k log2 K / 8),
@@ -113,7 +115,7 @@ def rate_distortion_table(images: Sequence[np.ndarray], reconstructions: dict[in
     if len(recs) != len(images):
       raise ValueError(f"reconstructions[{k}] has {len(recs)} images for {len(images)} originals")
     psnrs = [psnr_uint8(a, b) for a, b in zip(images, recs)]
-    bits = token_bits(k, codebook_size)
+    bits = tiles * token_bits(k, codebook_size)
     row = {"num_tokens": k, "token_bytes": bits / 8, "bits_per_pixel": bits / (h * w),
            "psnr": float(np.mean(psnrs))}
     for name, sizes in (coded_bytes or {}).items():

@@ -65,3 +65,12 @@ def test_codec_eval_reports_whole_file_sizes(fitted, tmp_path):
   with open(tmp_path / "rate_distortion.json") as f:
     assert json.load(f)["targets"] == result["targets"]
   assert os.path.exists(tmp_path / "rate_distortion.png")
+  s = prior_training.run_data_config(run)["image_size"]
+  tiled = load_tool("codec_eval").main(["codec_eval", f"--checkpoint={run}", f"--prior={prior}",
+                                        f"--out={tmp_path / 't'}", "--heldout=1", "--counts=2",
+                                        f"--image_size={2 * s}", "--max_scale=1"])
+  row = tiled["rows"][0]
+  # 2 x 2 tiles in one file, 2 tokens each: the raw rate is 4 x 2 x log2 K bits, the uniform prior's
+  # file that many bits (whole bytes, within 2 bits) plus one 10-byte header.
+  assert row["token_bytes"] == pytest.approx(8 * uni["ideal"] / 8, rel=1e-3)   # 8 tokens x log2 K bits
+  assert abs(row["uniform_bytes"] - 10 - row["token_bytes"]) <= 1
