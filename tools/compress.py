@@ -4,7 +4,8 @@
   python tools/compress.py ... --target_psnr 24     # per image: the fewest tokens reaching 24 dB
   python tools/compress.py ... --max_bytes 24       # per image: the most tokens fitting 24 bytes
 
-Images are fitted to the tokenizer's size (--fit crop | resize). The prior (--prior_kind: causal,
+Images are fitted to the tokenizer's size, or to --size (a multiple of it: coded as tiles in one file),
+with --fit crop | stretch. The prior (--prior_kind: causal,
 unigram, unigram_pos, or uniform which needs no --prior) comes from tools/train_prior.py; decoding
 needs the same checkpoint and prior (tools/decompress.py). Writes <output>/<name>.jtk and
 <output>/summary.json (tokens, bytes and PSNR per image).
@@ -26,6 +27,8 @@ FLAGS = flags.FlagValues()
 cli.define_codec_flags(FLAGS, inputs="folder of images", outputs="folder for the .jtk files")
 flags.DEFINE_enum("fit", "crop", list(img_lib.FITS), "how images meet the tokenizer's size",
                   flag_values=FLAGS)
+flags.DEFINE_integer("size", None, "fit images to size x size, a multiple of the tokenizer's size "
+                     "(coded as tiles; default: the tokenizer's size)", flag_values=FLAGS)
 flags.DEFINE_integer("num_tokens", None, "tokens per image (default: all, or chosen by "
                      "--target_psnr / --max_bytes)", flag_values=FLAGS)
 flags.DEFINE_float("target_psnr", None, "fewest tokens whose decoded image reaches this PSNR (dB)",
@@ -44,8 +47,8 @@ def main(argv) -> dict:
   from jaxtok.codec import image_codec, prior_training  # pylint: disable=g-import-not-at-top
   model = prior_training.load_model(FLAGS.checkpoint, FLAGS.prior, FLAGS.prior_kind)
   paths = img_lib.list_images(FLAGS.input)
-  images = img_lib.to_uint8(img_lib.load_images(FLAGS.input, paths, model.tokenizer.image_size,
-                                                FLAGS.fit))
+  images = img_lib.to_uint8(img_lib.load_images(FLAGS.input, paths,
+                                                FLAGS.size or model.tokenizer.image_size, FLAGS.fit))
   if FLAGS.target_psnr is not None or FLAGS.max_bytes is not None:
     choices = image_codec.choose_length(model, images, target_psnr=FLAGS.target_psnr,
                                         max_bytes=FLAGS.max_bytes)

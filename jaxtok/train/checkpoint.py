@@ -128,7 +128,8 @@ def config_differences(stored: dict, current: dict, *,
     if key.split(".")[0] in ignore or key in ignore:
       continue
     va, vb = a.get(key, "<absent>"), b.get(key, "<absent>")
-    if va != vb and {va, vb} != {"<absent>", None}:
+    off = (va == "<absent>" and vb is None) or (va is None and vb == "<absent>")
+    if va != vb and not off:
       out.append(f"{key}: checkpoint {json.dumps(va)}, now {json.dumps(vb)}")
   return out
 

@@ -45,6 +45,13 @@ def test_compress_decompress_round_trip_and_checks(fitted, folder, tmp_path):
   budget = comp.main(["compress", *common, f"--input={src}", f"--output={tmp_path / 'b'}",
                       "--max_bytes=13"])
   assert all(f["bytes"] <= 13 or not f["reached"] for f in budget["files"].values())
+  s = model.tokenizer.image_size
+  tiled = comp.main(["compress", *common, f"--input={src}", f"--output={tmp_path / 't'}",
+                     f"--size={2 * s}", "--num_tokens=3"])
+  out = decomp.main(["decompress", *common, f"--input={tmp_path / 't'}", f"--output={tmp_path / 'tp'}"])
+  assert set(out.values()) == {4 * 3}                     # 2 x 2 tiles, 3 tokens each
+  assert img_lib.read_image(str(tmp_path / "tp" / "im0.png")).shape == (2 * s, 2 * s, 3)
+  assert all(f["num_tokens"] == 3 for f in tiled["files"].values())
   with pytest.raises(ValueError, match="at most one of"):
     comp.main(["compress", *common, f"--input={src}", f"--output={tmp_path / 'c'}",
                "--max_bytes=13", "--target_psnr=20"])

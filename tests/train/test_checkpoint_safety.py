@@ -85,6 +85,13 @@ def test_config_differences_names_fields_and_skips_cadence():
   assert ckpt_lib.config_differences(dict(a, repa=None), a) == []
   assert ckpt_lib.config_differences(a, dict(a, repa={"weight": 0.5})) == [
       "repa.weight: checkpoint \"<absent>\", now 0.5"]
+  # List values (e.g. optim.frozen_patterns) compare too, also against absence.
+  c = dict(a, optim={"frozen_patterns": ["^encoder"]})
+  assert ckpt_lib.config_differences(c, c) == []
+  assert ckpt_lib.config_differences(a, c) == [
+      "optim.frozen_patterns: checkpoint \"<absent>\", now [\"^encoder\"]"]
+  assert ckpt_lib.config_differences(c, dict(a, optim={"frozen_patterns": ["^decoder"]})) == [
+      "optim.frozen_patterns: checkpoint [\"^encoder\"], now [\"^decoder\"]"]
 
 
 def test_config_mismatch_is_refused_and_nothing_moves(tmp_path):
