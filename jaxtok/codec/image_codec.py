@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from jaxtok.codec import arithmetic, container
+from jaxtok.eval.images import to_uint8
 
 PRECISION = 30
 
@@ -82,8 +83,7 @@ def tokenize(model: Model, images: np.ndarray) -> np.ndarray:
 
 def detokenize(model: Model, tokens: np.ndarray) -> np.ndarray:
   """tokens int32 [B, k] -> uint8 [B, S, S, 3]."""
-  images = model.tokenizer.decode(model.params, np.asarray(tokens, np.int32))
-  return np.asarray(np.clip(np.round(np.asarray(images) * 255.0), 0, 255), np.uint8)
+  return to_uint8(model.tokenizer.decode(model.params, np.asarray(tokens, np.int32)))
 
 
 def image_tokens(model: Model, image: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from jaxtok.codec import priors, vocab
+from jaxtok.eval.images import to_uint8
 
 KINDS = ("uniform", "unigram", "unigram_pos", "causal")
 
@@ -58,15 +59,12 @@ def heldout_images(data_cfg: dict, count: int | None = None, *, image_size: int 
   return to_uint8(pipeline.heldout_images(cfg, count=count))
 
 
-def to_uint8(images: np.ndarray) -> np.ndarray:
-  return np.clip(np.round(np.asarray(images) * 255.0), 0, 255).astype(np.uint8)
-
-
 def tokenize(tokenizer: Any, params: Any, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-  """uint8 [N, S, S, 3] -> all K tokens int32 [N, K]."""
-  out = [np.asarray(tokenizer.encode(params, images[i:i + batch_size].astype(np.float32) / 255.0).tokens)
-         for i in range(0, len(images), batch_size)]
-  return np.concatenate(out).astype(np.int32)
+  """uint8 [N, S, S, 3] -> all K tokens int32 [N, K] (`image_codec.tokenize` in batches)."""
+  from jaxtok.codec import image_codec  # pylint: disable=g-import-not-at-top
+  model = image_codec.Model(tokenizer, params, None)
+  return np.concatenate([image_codec.tokenize(model, images[i:i + batch_size])
+                         for i in range(0, len(images), batch_size)])
 
 
 def gpt_config(meta: dict) -> Any:
