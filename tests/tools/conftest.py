@@ -78,3 +78,14 @@ def image_folder(tmp_path_factory):
     os.makedirs(root / os.path.dirname(name), exist_ok=True)
     Image.fromarray(np.ascontiguousarray(p)).save(root / name)
   return str(root)
+
+
+@pytest.fixture(scope="session")
+def token_dir(tiny_titok, tmp_path_factory):
+  """A token dataset (tools/pretokenize.py) of 20 bundled photos through the tiny TiTok: int32 [20, 8]
+  tokens in [0, 64), one class label per photo."""
+  workdir = tiny_titok[0]
+  out = str(tmp_path_factory.mktemp("data") / "titok_tokens")
+  load_tool("pretokenize").main(["pretokenize", f"--checkpoint={workdir}", f"--out={out}",
+                                 "--source=photos", "--num_examples=20", "--batch_size=8"])
+  return out

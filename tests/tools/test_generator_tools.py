@@ -13,15 +13,6 @@ from jaxtok.data import tokens as token_data
 from tests.tools.conftest import load_tool, random_like, save_train_checkpoint
 
 
-@pytest.fixture(scope="module")
-def token_dir(tiny_titok, tmp_path_factory):
-  workdir = tiny_titok[0]
-  out = str(tmp_path_factory.mktemp("data") / "titok_tokens")
-  load_tool("pretokenize").main(["pretokenize", f"--checkpoint={workdir}", f"--out={out}",
-                                 "--source=photos", "--num_examples=20", "--batch_size=8"])
-  return out
-
-
 def test_pretokenize_photos_and_folder(tiny_titok, token_dir, image_folder, tmp_path):
   workdir, _, tokenizer, ema, _ = tiny_titok
   meta = token_data.read_meta(token_dir)
