@@ -22,6 +22,13 @@ Variable length (FlexTok / One-D-Piece ordered tokens, any prefix is decodable):
 never computed) and positions >= lengths[b] hold ``pad_id``. Since token i always uses the noise
 ``fold_in(rng, i)``, a sample of length L is the first L tokens of the full-length sample: decode
 ``tokens[:, :L]`` or pass the lengths as the decoder's keep count.
+
+Teacher forcing (RobusTok's generator-sampled post-training, qiuk2/RobusTok `RAR/rar.py generate(prob=)`):
+``forced=(tokens int32 [B, N], keep bool [B, N])`` replaces drawn token i by ``tokens[:, i]`` where
+``keep[:, i]``, and the replaced token is what the next steps condition on, so the result is a
+sequence sampled from the model along a partly ground-truth prefix. The noise of token i stays
+``fold_in(rng, i)``, so positions that are not kept draw exactly what an unforced run would draw
+from the same logits.
 """
 import jax
 import jax.numpy as jnp
@@ -29,8 +36,18 @@ import jax.numpy as jnp
 from jaxtok.samplers import _checks, categorical, guidance
 
 
-def _check(num_tokens, lengths, uncond, prompt, cfg_schedule):
+def _check(num_tokens, lengths, uncond, prompt, cfg_schedule, forced=None):
   _checks.positive_int("num_tokens", num_tokens)
+  if forced is not None:
+    if not isinstance(forced, (tuple, list)) or len(forced) != 2:
+      raise TypeError(f"forced must be a pair (tokens int32 [B, N], keep bool [B, N]), got "
+                      f"{type(forced).__name__}")
+    want = (prompt.shape[0], num_tokens)
+    for name, a in zip(("forced tokens", "forced keep"), forced):
+      if tuple(jnp.shape(a)) != want:
+        raise ValueError(f"{name} must have shape {want} (batch, num_tokens), got {tuple(jnp.shape(a))}")
+    if jnp.asarray(forced[1]).dtype != jnp.bool_:
+      raise TypeError(f"forced keep must be bool, got {jnp.asarray(forced[1]).dtype}")
   guidance.check_schedule(cfg_schedule)
   if uncond is not None and tuple(uncond.shape) != tuple(prompt.shape):
     raise ValueError(f"uncond_prompt_tokens must have the prompt's shape {tuple(prompt.shape)}, "
@@ -72,28 +89,38 @@ def _finish(out, lengths, num_tokens, pad_id):
 
 
 def _setup(rng, prompt_tokens, uncond_prompt_tokens, num_tokens, lengths, *, cfg_scale,
-           cfg_schedule, **draw_opts):
-  """Checks the arguments of both samplers; (B, P, guided, draw) for their loops."""
-  _check(num_tokens, lengths, uncond_prompt_tokens, prompt_tokens, cfg_schedule)
+           cfg_schedule, forced=None, **draw_opts):
+  """Checks the arguments of both samplers; (B, P, guided, draw) for their loops (draw applies
+  `forced`)."""
+  _check(num_tokens, lengths, uncond_prompt_tokens, prompt_tokens, cfg_schedule, forced)
   guidance.check_scale(cfg_scale)
   b, p = prompt_tokens.shape
   guided = uncond_prompt_tokens is not None
   draw = make_drawer(rng, b, num_tokens, guided, cfg_scale=cfg_scale, cfg_schedule=cfg_schedule,
                  **draw_opts)
+  if forced is not None:
+    tokens, keep = jnp.asarray(forced[0], jnp.int32), jnp.asarray(forced[1])
+    plain = draw
+
+    def draw(logits, i):  # pylint: disable=function-redefined
+      return jnp.where(keep[:, i], tokens[:, i], plain(logits, i))
   return b, p, guided, draw
 
 
 def sample(rng, prefill_fn, step_fn, cache, prompt_tokens, *, num_tokens, temperature=1.0,
            top_k=None, top_p=None, uncond_prompt_tokens=None, cfg_scale=1.0,
-           cfg_schedule="constant", cfg_power=1.0, lengths=None, pad_id=0):
+           cfg_schedule="constant", cfg_power=1.0, lengths=None, pad_id=0, forced=None):
   """Returns generated tokens int32 [B, N] ([B, N, G] for token groups; see the module docstring).
 
   cache: the callables' cache for B rows (2B with ``uncond_prompt_tokens``), any pytree.
   temperature >= 0 (0 = greedy), top_k in [1, V], top_p in (0, 1].
+  forced: optional (tokens int32 [B, N], keep bool [B, N]), teacher forcing (module docstring);
+    single tokens only.
   """
   b, p, guided, draw = _setup(rng, prompt_tokens, uncond_prompt_tokens, num_tokens, lengths,
                               temperature=temperature, top_k=top_k, top_p=top_p,
-                              cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, cfg_power=cfg_power)
+                              cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, cfg_power=cfg_power,
+                              forced=forced)
   feed = (lambda t: jnp.concatenate([t, t])) if guided else (lambda t: t)
   prompt = jnp.concatenate([prompt_tokens, uncond_prompt_tokens]) if guided else prompt_tokens
   logits, cache = prefill_fn(prompt.astype(jnp.int32), cache)
@@ -115,7 +142,7 @@ def sample(rng, prefill_fn, step_fn, cache, prompt_tokens, *, num_tokens, temper
 
 def sample_recompute(rng, logits_fn, prompt_tokens, *, num_tokens, temperature=1.0, top_k=None,
                      top_p=None, uncond_prompt_tokens=None, cfg_scale=1.0, cfg_schedule="constant",
-                     cfg_power=1.0, lengths=None, pad_id=0):
+                     cfg_power=1.0, lengths=None, pad_id=0, forced=None):
   """Reference sampler without a cache, same options and same draws as `sample`.
 
   ``logits_fn(seq int32 [B', P+N], length) -> logits [B', V]`` for the token at sequence index
@@ -123,7 +150,8 @@ def sample_recompute(rng, logits_fn, prompt_tokens, *, num_tokens, temperature=1
   """
   b, p, guided, draw = _setup(rng, prompt_tokens, uncond_prompt_tokens, num_tokens, lengths,
                               temperature=temperature, top_k=top_k, top_p=top_p,
-                              cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, cfg_power=cfg_power)
+                              cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, cfg_power=cfg_power,
+                              forced=forced)
   prompt = jnp.concatenate([prompt_tokens, uncond_prompt_tokens]) if guided else prompt_tokens
   seq = jnp.concatenate([prompt.astype(jnp.int32), jnp.zeros((prompt.shape[0], num_tokens), jnp.int32)], 1)
 

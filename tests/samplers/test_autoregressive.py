@@ -192,3 +192,32 @@ def test_token_groups_fill_n_by_g_and_pad_by_length():
   np.testing.assert_array_equal(out[1, :2], want[:2])
   assert (np.asarray(out[1, 2:]) == -1).all()
   np.testing.assert_array_equal(fed[0], np.broadcast_to(want[0], (2, g)))
+
+
+def test_teacher_forcing_keeps_ground_truth_and_conditions_on_the_mixed_prefix():
+  """forced=(gt, keep): kept positions hold gt; the others are the draws of the toy chain from the
+  *mixed* previous token (greedy, so each is argmax of TABLE[prev] + COND + POS by hand); the cached
+  and recomputing samplers agree; all-False keep equals the unforced sample for the same key."""
+  gt = jnp.array([[4, 4, 4, 4, 4, 4], [0, 1, 2, 3, 4, 5], [6, 6, 6, 6, 6, 6]], jnp.int32)
+  keep = jnp.array([[1, 0, 1, 0, 0, 1], [0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1]], bool)
+  cache = jnp.zeros((3,), jnp.int32)
+  got = ar.sample(KEY(5), prefill, step, cache, PROMPT, num_tokens=N, temperature=0.0,
+                  forced=(gt, keep))
+  ref = ar.sample_recompute(KEY(5), logits_fn, PROMPT, num_tokens=N, temperature=0.0, forced=(gt, keep))
+  np.testing.assert_array_equal(got, ref)
+  table, cond, pos = np.asarray(TABLE), np.asarray(COND), np.asarray(POS)
+  for b in range(3):
+    prev = int(PROMPT[b, 1])
+    for i in range(N):
+      want = int(gt[b, i]) if keep[b, i] else int(np.argmax(table[prev] + cond[PROMPT[b, 0]] + pos[2 + i]))
+      assert int(got[b, i]) == want, (b, i)
+      prev = want
+  # Sampling noise of an unkept position is that of the unforced run: with nothing kept, same tokens.
+  free = ar.sample(KEY(6), prefill, step, cache, PROMPT, num_tokens=N, temperature=1.0)
+  none = ar.sample(KEY(6), prefill, step, cache, PROMPT, num_tokens=N, temperature=1.0,
+                   forced=(gt, jnp.zeros_like(keep)))
+  np.testing.assert_array_equal(free, none)
+  with pytest.raises(ValueError, match=r"forced keep must have shape \(3, 6\)"):
+    ar.sample(KEY(6), prefill, step, cache, PROMPT, num_tokens=N, forced=(gt, keep[:, :2]))
+  with pytest.raises(TypeError, match="forced keep must be bool"):
+    ar.sample(KEY(6), prefill, step, cache, PROMPT, num_tokens=N, forced=(gt, keep.astype(jnp.int32)))
