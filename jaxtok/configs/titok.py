@@ -10,7 +10,9 @@ quantizer (vq, fsq, lfq, bsq, rvq, rfsq, binary: any discrete kind of
 `jaxtok.tokenizers.bottleneck`, options in model.quantizer_options; or vae), res (image size), gan (single recipe: add the released stage-2 PatchGAN
 term, weight 0.01 with LeCAM 0.001 from step 20k, discriminator lr 1e-4), tiny (a CPU smoke config),
 stage ("1" the default; "2" = stage 2 of the released two-stage recipe, needs recipe=two_stage;
-"posttrain" = RobusTok decoder post-training of any discrete TiTok, see `posttrain`).
+"posttrain" = RobusTok decoder post-training of any discrete TiTok, see `posttrain`; with
+post=generated the paper's own variant on tokens sampled by a trained generator, see
+`posttrain_generated`).
 
 Two-stage training (the released TiTok-S/B/L recipe):
 
@@ -39,6 +41,7 @@ SIZES = ("S", "B", "L")
 QUANTIZERS = ("vq", "fsq", "lfq", "bsq", "rvq", "rfsq", "binary", "vae")
 RECIPES = ("single", "two_stage")
 STAGES = ("1", "2", "posttrain")
+POST_VARIANTS = ("perturb", "generated")
 # bytedance/1d-tokenizer modeling/titok.py (finetune_decoder=True): latent_tokens, encoder and
 # quantize get requires_grad_(False); decoder, pixel_quantize (our pixel_codebook, created after the
 # freeze) and pixel_decoder train. Path regular expressions over the model's parameter names; the
@@ -78,7 +81,7 @@ def titok_model(arg: ml_collections.ConfigDict, name: str) -> ml_collections.Con
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = common.parse_arg(arg, size="S", tokens=128, recipe="single", quantizer="vq", res=256,
                        gan=False, tiny=False, stage="1", repa="", repa_layer=0,
-                       repa_size="B")
+                       repa_size="B", post="perturb")
   if a.stage not in STAGES:
     raise ValueError(f"stage must be one of {STAGES}, got {a.stage!r}")
   if a.stage == "2" and a.recipe != "two_stage":
@@ -86,6 +89,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if a.gan and a.recipe != "single":
     raise ValueError("gan applies to the single-stage recipe (pixel outputs), not recipe=two_stage "
                      "(its stage 2 has the GAN term already)")
+  if a.post not in POST_VARIANTS:
+    raise ValueError(f"post must be one of {POST_VARIANTS}, got {a.post!r}")
+  if a.post != "perturb" and a.stage != "posttrain":
+    raise ValueError(f"post={a.post} selects the post-training variant: it needs stage=posttrain, "
+                     f"got stage={a.stage!r}")
   if a.stage == "posttrain" and a.quantizer not in ("vq", "fsq"):
     raise ValueError(f"stage=posttrain perturbs discrete tokens: quantizer must be 'vq' or 'fsq', "
                      f"got {a.quantizer!r}")
@@ -115,6 +123,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     stage2(c)  # post-training a two-stage TiTok continues its stage-2 losses
   if a.stage == "posttrain":
     posttrain(c, tiny=a.tiny)
+    if a.post == "generated":
+      posttrain_generated(c)
   if a.tiny:
     common.tiny_training(c)
     c.model.update(image_size=16, patch_size=4, encoder_width=32, encoder_depth=1, encoder_heads=2,
@@ -189,3 +199,18 @@ def posttrain(c: ml_collections.ConfigDict, *, tiny: bool = False) -> None:
   c.optim.update(lr=5e-5, warmup_steps=1_000, end_lr=5e-5)
   c.total_steps = 100_000
   freeze_encoder(c)
+
+
+def posttrain_generated(c: ml_collections.ConfigDict) -> None:
+  """The paper's own post-training on top of `posttrain`: no latent perturbation (the release's
+  beta 0); each batch's tokens are redrawn by a trained causal generator with teacher forcing that
+  keeps each ground-truth token with probability sigma = 0.7 (`jaxtok.train.posttrain`). Set the
+  generator's workdir: --config.posttrain.generator=runs/rar (a gpt or rar run over this
+  tokenizer's tokens, or a converted release). Guidance applies only to a class-conditional
+  generator on labelled batches; the release's example uses cfg_scale 16, power-cosine, power 2.75.
+  """
+  del c.loss["perturb"]
+  c.posttrain = ml_collections.ConfigDict(dict(
+      generator="", sigma=0.7, temperature=1.0, cfg_scale=1.0, cfg_schedule="constant",
+      cfg_power=1.0, use_ema=True))
+

@@ -342,7 +342,8 @@ class TiTok(nnx.Module):
 
   def train_forward(self, images: jax.Array, *, rng: jax.Array, step: int | jax.Array | None = None,
                     target: str = "pixels", perturb: dict | None = None,
-                    num_tokens: int | None = None, features: bool = False) -> TrainOutput:
+                    num_tokens: int | None = None, features: bool = False,
+                    resample: Any = None) -> TrainOutput:
     """Training pass: encode (train=True), optionally perturb the codes, decode the kept prefix.
 
     Args:
@@ -358,6 +359,9 @@ class TiTok(nnx.Module):
       num_tokens: decode this prefix instead of drawing one.
       features: also return TrainOutput.features, the REPA-projected decoder grid tokens
         [B, G, repa_dim] after block repa_layer (GigaTok semantic regularisation; needs repa_layer > 0).
+      resample: RobusTok generator-sampled post-training, `resample(tokens int32 [B, K], rng) ->
+        (tokens, metrics)` (`jaxtok.train.posttrain`): the decoder gets the codes of the returned
+        tokens (an unchanged token keeps its code). Only vq and fsq; not with perturb.
 
     With tail_drop and num_tokens None, one kept length is drawn per batch on every target
     (`kept_length`: U{1..K} for tail_drop_mode "uniform", U{1, 2, 4, ..., K} for "pow2"; metric
@@ -365,6 +369,10 @@ class TiTok(nnx.Module):
     """
     check_target(target, proxy_head=self.decoder_head == "proxy_codes",
                  model=f"this TiTok (decoder_head {self.decoder_head!r})")
+    if resample is not None and (perturb is not None or self.quantizer not in ("vq", "fsq")):
+      raise ValueError(f"generator-sampled post-training (resample) needs one id per token from "
+                       f"quantizer 'vq' or 'fsq' and no perturb; got quantizer {self.quantizer!r}, "
+                       f"perturb {'set' if perturb is not None else 'None'}")
     if perturb is not None and self.quantizer not in ("vq", "fsq"):
       raise ValueError(f"RobusTok perturbation needs discrete tokens from quantizer 'vq' or 'fsq' "
                        f"(nearest codes of a codebook or level grid), got quantizer "
@@ -379,6 +387,11 @@ class TiTok(nnx.Module):
       # EMA codebook the neighbours come from the codebook as this step updated it.
       codes, info = self.bottleneck.perturb(bottleneck_lib.read(self, self.bottleneck), perturb, step,
                                             jax.random.fold_in(rng, 1), z, codes, tokens)
+      metrics.update(info)
+    if resample is not None:
+      new, info = resample(tokens, jax.random.fold_in(rng, 2))
+      new_codes = self.bottleneck.indices_to_codes(bottleneck_lib.read(self, self.bottleneck), new)
+      codes = jnp.where((new == tokens)[..., None], codes, new_codes.astype(codes.dtype))
       metrics.update(info)
     keep = self.kept_length(drop_rng, num_tokens)
     if keep is not None:

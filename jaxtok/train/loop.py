@@ -49,6 +49,7 @@ from jaxtok.losses import repa as repa_lib
 from jaxtok.train import checkpoint as ckpt_lib
 from jaxtok.train import evaluate as eval_lib
 from jaxtok.train import optim
+from jaxtok.train import posttrain
 from jaxtok.train import state as state_lib
 from jaxtok.train import step as step_lib
 from jaxtok.train import warm_start
@@ -263,12 +264,20 @@ def _train_locked(config: Any, workdir: str, *, show_progress: bool,
     repa_fn, dino_params, _ = repa_lib.load_teacher(repa_cfg)
     frozen["repa"] = jax.device_put(
         dino_params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  resample_fn, post_cfg = None, posttrain.settings(config.get("posttrain"))
+  if post_cfg is not None:
+    resample_fn, frozen["generator"] = posttrain.load(
+        post_cfg, codebook_size=tokenizer.vocab_size, num_tokens=tokenizer.max_tokens, mesh=mesh)
+    if is_main:
+      log.info("post-training on tokens sampled by the generator in %s (sigma %.2f)",
+               post_cfg["generator"], post_cfg["sigma"])
   train_step = step_lib.make_train_step(model, config.get("loss"), tx, state_shardings=shardings,
                                         ema_decay=ema_decay, disc=disc, disc_tx=disc_tx,
                                         perceptual_fn=perceptual_fn, teacher_fn=teacher_fn,
                                         frozen=frozen, lr_schedule=schedule,
                                         frozen_patterns=_get(config.optim, "frozen_patterns", ()),
-                                        repa=config.get("repa"), repa_fn=repa_fn)
+                                        repa=config.get("repa"), repa_fn=repa_fn,
+                                        resample_fn=resample_fn)
   writer = EventWriter(os.path.join(workdir, "tb"), enabled=is_main)
   eval_counts = _token_counts(config, tokenizer)
   use_ema = ema_decay > 0

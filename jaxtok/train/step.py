@@ -162,7 +162,8 @@ def make_train_step(model: ModelDef, loss_cfg: Any, tx: optax.GradientTransforma
                     frozen: Any = None, lr_schedule: Callable | None = None,
                     repa: Any = None, repa_fn: Callable | None = None,
                     on_trace: Callable[[], None] | None = None,
-                    frozen_patterns: Sequence[str] = ()) -> Callable:
+                    frozen_patterns: Sequence[str] = (),
+                    resample_fn: Callable | None = None) -> Callable:
   """Builds the jitted `train_step(state, batch, rng) -> (state, metrics)`.
 
   Args:
@@ -185,6 +186,10 @@ def make_train_step(model: ModelDef, loss_cfg: Any, tx: optax.GradientTransforma
     on_trace: called each time the step is traced (tests count compilations with it).
     frozen_patterns: path regular expressions of the model's frozen variables (see the module
       docstring); pass the optimizer's `frozen_patterns`.
+    resample_fn: RobusTok generator-sampled post-training (`jaxtok.train.posttrain.load`):
+      `resample_fn(frozen["generator"], tokens, labels, rng) -> (tokens, metrics)` replaces the
+      encoder's tokens by teacher-forced generator samples before decoding (labels: the batch's
+      "label" when it has one, else None).
 
   Returns:
     train_step(state, batch, rng): batch is images [B,H,W,3] float32 in [0,1] or {"image": ...};
@@ -230,6 +235,13 @@ def make_train_step(model: ModelDef, loss_cfg: Any, tx: optax.GradientTransforma
     raise ValueError("a discriminator needs its optimizer: disc_tx is None")
   if not 0.0 <= ema_decay < 1.0:
     raise ValueError(f"ema_decay must lie in [0, 1), got {ema_decay}")
+  if resample_fn is not None and perturb_cfg is not None:
+    raise ValueError("config.posttrain (generator-sampled tokens) and loss.perturb are two variants of "
+                     "post-training; set one of them (the release's post-training has beta 0: no "
+                     "perturbation)")
+  if resample_fn is not None and w_proxy > 0:
+    raise ValueError("config.posttrain applies to pixel training; it cannot be combined with "
+                     "loss.proxy > 0 (TiTok stage 1)")
 
   def _repa_term(features, images, dino_params):
     if features is None:
@@ -264,6 +276,12 @@ def make_train_step(model: ModelDef, loss_cfg: Any, tx: optax.GradientTransforma
           raise ValueError(f"config.repa needs a model whose train_forward returns decoder features "
                            f"(features=True: FlexTok, TiTok); {type(m).__name__} has none")
         extra["features"] = True
+      if resample_fn is not None:
+        if "resample" not in inspect.signature(m.train_forward).parameters:
+          raise ValueError(f"config.posttrain needs a model whose train_forward takes resample= "
+                           f"(TiTok / One-D-Piece); {type(m).__name__} has none")
+        labels = batch.get("label") if isinstance(batch, dict) else None
+        extra["resample"] = lambda tok, key: resample_fn(frozen["generator"], tok, labels, key)
       out = m.train_forward(images, rng=k_model, step=step, target=target, perturb=perturb_cfg,
                             **extra)
       recon, model_losses, model_metrics = out.recon, dict(out.losses), dict(out.metrics)
