@@ -61,7 +61,7 @@ class ECAR(nnx.Module):
     self.grid_side, self.num_stages = side, num_stages
     self.token_dim, self.seq_len, self.num_classes = token_dim, seq_len, num_classes
     self.class_dropout = class_dropout
-    self.bounds = ms.uniform_bounds(num_stages)
+    self.bounds = tuple(float(v) for v in ms.uniform_bounds(num_stages))
     length = 1 + sum(r * r for r in self.sides)
     init = nnx.initializers.normal(0.02)
     self.token_in = nnx.Linear(token_dim, width, kernel_init=logical_init(init, None, "embed"), rngs=rngs)
