@@ -28,6 +28,7 @@ def model():
   return ecar.make_model(cfg.model, rngs=nnx.Rngs(KEY(0)))
 
 
+@pytest.mark.slow
 def test_prefix_conditions_and_loss(model):
   assert model.sides == (1, 2, 4) and model.grid_side == 4
   maps = tuple(jax.random.normal(jax.random.fold_in(KEY(0), j), (2, r, r, 4))

@@ -45,6 +45,7 @@ def tiny():
   return tok, random_like(tok.abstract_params(), seed=0, scale=0.3)
 
 
+@pytest.mark.slow
 def test_prefix_decoding_continues_the_same_trajectory(tiny):
   tok, params = tiny
   images = jax.random.uniform(KEY(1), (2, 16, 16, 3))
@@ -81,6 +82,7 @@ def test_prefix_decoding_continues_the_same_trajectory(tiny):
     tok.model(params).decode(tokens[:, :3])
 
 
+@pytest.mark.slow
 def test_flow_loss_falls_on_a_fixed_batch(tiny):
   tok, params = tiny
   images = jax.random.uniform(KEY(5), (4, 16, 16, 3))

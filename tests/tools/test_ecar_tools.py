@@ -31,7 +31,8 @@ def test_ecar_trains_with_falling_loss_then_samples(tmp_path):
   last = train.main(args)
   assert np.isfinite(last["loss"]) and last["loss"] < first["loss"] - 0.1, (first, last)
 
-  tok_cfg = vae.get_config("tiny,tokens=16")
+  tok_cfg = vae.get_config("tiny")
+  tok_cfg.model.num_latent_tokens = 16   # the 4 x 4 grid (the tiny preset has 8)
   tokenizer = api.build(tok_cfg.model)
   raw = random_like(tokenizer.abstract_params(), seed=2)
   tok_dir = str(tmp_path / "vae")
