@@ -8,6 +8,7 @@ Usage:
   python tools/benchmark.py --suite samplers --ar-only --ar-size 256x4 --ar-tokens 64 --ar-batch 4
       (GPT, Token-Shuffle s=2 and NAR at one size: tokens/s and model calls per image)
   python tools/benchmark.py --suite data [--batch 32] [--repeats 10]
+  python tools/benchmark.py --suite ecar [--other-batch 4] [--repeats 5]
   python tools/benchmark.py --compare-official ../1d-tokenizer [--models titok_s128,titok_bl64,rar]
       [--batch 8] [--repeats 2] [--breakdown]   (suite "official": jaxtok beside the PyTorch originals)
 
@@ -995,9 +996,93 @@ def _official_rar(args, rar_mod, rows):
   rows += _pair_rows(case, t["ours"], t["theirs"], per, unit="tokens/s")
 
 
+def ecar_suite(args) -> list[tuple[str, str, float, str]]:
+  """E-CAR's stage-wise sampling beside MAR and a full-grid flow on the same 8 x 8 grid of 16-dim
+  tokens and the same small trunk and head (width 256, 4 layers; head 3 x 256), with the model
+  calls per image batch; then D-AR's decode and streaming previews per group (a small tokenizer)."""
+  from flax import nnx
+  from jaxtok.generators import ecar as ecar_lib
+  from jaxtok.generators import mar as mar_lib
+  from jaxtok.samplers import ecar, flow, mar
+  from jaxtok.tokenizers import api, dar as dar_lib
+
+  rows = Rows()
+  b, side, d, steps = args.other_batch or 4, 8, 16, 8
+  n = side * side
+  reps = max(1, args.repeats // 5)
+  kw = dict(width=256, depth=4, heads=4, head_width=256, head_depth=3, num_classes=10)
+  labels = jnp.zeros((b,), jnp.int32)
+  stage("ecar: building models")
+  model = ecar_lib.ECAR(token_dim=d, seq_len=n, num_stages=4, rngs=nnx.Rngs(0), **kw)
+  graph, params = nnx.split(model)
+
+  @jax.jit
+  def run_ecar(params, rng):
+    m = nnx.merge(graph, params)
+    return ecar.sample(rng, m.stage_condition, m.velocity, batch=b, grid_side=side, token_dim=d,
+                       num_stages=4, head_steps=steps, cond=labels).tokens
+
+  calls = ecar.model_calls(4, steps)
+  t = time_call(lambda: run_ecar(params, jax.random.key(0)), reps, jax.block_until_ready)
+  rows.append((f"E-CAR 4 stages (1,2,4,8)^2, {steps} head steps/stage, batch {b}", "ecar.sample",
+               t * 1e3, f"{b * n / t:.0f} tokens/s; {calls['condition']} trunk + {calls['head']} "
+               f"head calls"))
+
+  mar_model = mar_lib.MAR(token_dim=d, seq_len=n, rngs=nnx.Rngs(0), **kw)
+  mgraph, mparams = nnx.split(mar_model)
+  iters = 16
+
+  @jax.jit
+  def run_mar(params, rng):
+    m = nnx.merge(mgraph, params)
+    head = flow.flip_time(lambda x, t, z: m.head(x, jnp.full((x.shape[0],), t), z))
+    return mar.sample(rng, m.condition, head, batch=b, num_tokens=n, token_dim=d, steps=iters,
+                      head_steps=steps, cond=labels).tokens
+
+  t = time_call(lambda: run_mar(mparams, jax.random.key(0)), reps, jax.block_until_ready)
+  rows.append((f"MAR {iters} iterations, {steps} head steps each, batch {b}", "mar.sample", t * 1e3,
+               f"{b * n / t:.0f} tokens/s; {iters} trunk + {iters * steps} head calls"))
+
+  # A DiT-like flow over the whole grid: trunk (fed x_t) and head at every one of 4 * steps steps.
+  one = ecar_lib.ECAR(token_dim=d, seq_len=n, num_stages=1, rngs=nnx.Rngs(0), **kw)
+  ograph, oparams = nnx.split(one)
+  fsteps = 4 * steps
+
+  @jax.jit
+  def run_flow(params, rng):
+    m = nnx.merge(ograph, params)
+    def v(x, t, c):
+      z = m.stage_condition((x.reshape(b, side, side, d),), c).reshape(b * n, -1)
+      return m.velocity(x, t, z)
+    return flow.sample(v, jax.random.normal(rng, (b * n, d)), labels, steps=fsteps)
+
+  t = time_call(lambda: run_flow(oparams, jax.random.key(0)), reps, jax.block_until_ready)
+  rows.append((f"full-grid flow {fsteps} steps, batch {b}", "flow.sample (trunk + head per step)",
+               t * 1e3, f"{b * n / t:.0f} tokens/s; {fsteps} trunk + {fsteps} head calls"))
+
+  stage("dar: building the tokenizer")
+  groups = 4
+  cfg = dict(name="dar", image_size=32, patch_size=4, enc_width=64, enc_depth=2, token_width=64,
+             token_depth=2, dec_width=64, dec_depth=2, head_dim=16, num_tokens=16,
+             num_groups=groups, num_steps=16, fsq_levels=(8, 5, 5))
+  tok = api.build(cfg)
+  tparams = tok.init(jax.random.key(0))
+  tokens = jnp.zeros((b, 16), jnp.int32)
+  noise = jax.random.normal(jax.random.key(1), (b, 32, 32, 3))
+  decode = jax.jit(lambda p, x: tok.model(p).decode(x, noise=noise))
+  views = jax.jit(lambda p, x: dar_lib.previews(tok.model(p), x, noise))
+  t = time_call(lambda: decode(tparams, tokens), reps, jax.block_until_ready)
+  rows.append((f"D-AR decode 32px, 16 tokens in {groups} groups, 16 steps, batch {b}", "DAR.decode",
+               t * 1e3, f"{t * 1e3 / groups:.2f} ms per group"))
+  t = time_call(lambda: views(tparams, tokens), reps, jax.block_until_ready)
+  rows.append((f"D-AR streaming previews (one per group), batch {b}", "dar.previews", t * 1e3,
+               f"{t * 1e3 / groups:.2f} ms per group preview"))
+  return rows
+
+
 SUITES = {"quantizers": quantizer_suite, "tokenizers": tokenizer_suite, "train": train_suite,
           "samplers": sampler_suite, "data": data_suite,
-          "official": official_suite}
+          "official": official_suite, "ecar": ecar_suite}
 
 
 def main(argv=None) -> int:

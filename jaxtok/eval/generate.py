@@ -16,6 +16,8 @@
            its settings overriding; guidance always runs for a class-conditional model there);
   mar      jaxtok.samplers.mar.sample with the MAR transformer as the condition function and its
            FlowHead (t = 1 noise) adapted by `flow.flip_time`; DiSA step annealing of the head.
+  ecar     jaxtok.samplers.ecar.sample: one condition call and one window of head steps per stage
+           (head_steps at the first stage annealed to head_steps_lower at the last).
 Labels int32 [B], -1 = unconditional. Classifier-free guidance runs only when the generator is
 class-conditional (num_classes > 0) and cfg_scale != 1; the null condition is the model's null id.
 
@@ -207,10 +209,26 @@ def _mar(model, rng, labels, opts: Options):
   return out.tokens
 
 
+def _ecar(model, rng, labels, opts: Options):
+  from jaxtok.samplers import ecar, schedules  # pylint: disable=g-import-not-at-top
+  _whole_grid(model, opts, "ecar")
+  lower = opts.head_steps_lower or opts.head_steps
+  head_steps = (schedules.disa_steps(opts.annealing, model.num_stages, opts.head_steps, lower)
+                if lower != opts.head_steps else opts.head_steps)
+  guided = _guided(model, opts)
+  out = ecar.sample(rng, model.stage_condition, model.velocity, batch=labels.shape[0],
+                    grid_side=model.grid_side, token_dim=model.token_dim,
+                    num_stages=model.num_stages, head_steps=head_steps, cond=labels,
+                    uncond=jnp.full_like(labels, -1) if guided else None,
+                    cfg_scale=opts.cfg_scale, cfg_schedule=opts.cfg_schedule or "constant",
+                    cfg_power=opts.cfg_power, temperature=opts.temperature)
+  return out.tokens
+
+
 # RAR has GPT's interface (condition_ids, null_id, init_cache, prefill, step, seq_len); a converted
 # official TiTok MaskGIT generator ("maskgit_official", jaxtok.convert.maskgit) has MaskGIT's.
 SAMPLERS = {"gpt": _gpt, "rar": _gpt, "maskgit": _maskgit, "maskgit_official": _maskgit, "mar": _mar,
-            "token_shuffle": _token_shuffle, "nar": _nar}
+            "token_shuffle": _token_shuffle, "nar": _nar, "ecar": _ecar}
 
 
 def make_sampler(name: str, graphdef: Any, params: Any, opts: Options) -> Callable[[jax.Array, jax.Array], jax.Array]:

@@ -11,7 +11,7 @@ from jaxtok.configs import common
 from jaxtok.tokenizers import api
 from jaxtok.train import loop
 
-NAMES = ["titok", "onedpiece", "vqgan", "vae", "flextok"]
+NAMES = ["titok", "onedpiece", "vqgan", "vae", "flextok", "dar"]
 
 
 def _module_exists(name):
