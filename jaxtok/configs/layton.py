@@ -1,4 +1,4 @@
-"""Layton (arXiv 2503.08377): 1D VQ tokens decoded by a latent consistency decoder into a frozen VAE's
+"""Layton (Latent Consistency Tokenizer): 1D VQ tokens decoded by a latent consistency decoder into a frozen VAE's
 latent space, trained with the consistency-training loss (in train_forward's losses) plus pixel
 losses on the 1-step reconstruction.
 
@@ -6,8 +6,8 @@ losses on the 1-step reconstruction.
   python tools/train.py --config configs/layton.py:tiny --workdir /tmp/layton_tiny
 
 Model fields follow `jaxtok.tokenizers.layton.Layton`. The full config's VAE has Stable Diffusion's
-shape (f8, 4 channels, scaling 0.18215) and is frozen (`optim.frozen_patterns`); load pretrained
-weights into it (warm start) before training, since jaxtok ships none. The encoder/decoder widths,
+shape (f8, 4 channels, scaling 0.18215) and is frozen (stop_gradient in the model, no weight decay);
+load pretrained weights into it (warm start) before training, since jaxtok ships none. The encoder/decoder widths,
 the codebook size (16384) and the token size (16) of the full config are our assumptions, not
 numbers from the paper.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 import ml_collections
 
 from jaxtok.configs import common
+from jaxtok.train import optim
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -28,7 +29,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       vae_scaling_factor=0.18215, latent_patch_size=4, dec_width=1024, dec_depth=24, dec_heads=16,
       prediction="epsilon", target_decay=0.95, train_steps=a.steps, decode_steps=a.steps,
       dtype="bfloat16"))
-  c.optim.frozen_patterns = (r"^vae/",)
+  # The VAE gets zero gradients (stop_gradient in the model); no weight decay keeps it unchanged.
+  c.optim.no_decay_patterns = optim.NO_DECAY_PATTERNS + (r"^vae/",)
   c.total_steps = 200_000
   c.data.image_size = a.res
   c.data.batch_size = 64

@@ -98,6 +98,7 @@ MODULES = {
     "vae": "vae",
     "flextok": "flextok",
     "layton": "layton",
+    "gpstoken": "gpstoken",
 }
 
 

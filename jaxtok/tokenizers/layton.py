@@ -1,4 +1,4 @@
-"""Layton: Latent Consistency Tokenizer (OPPO-Mente-Lab, arXiv 2503.08377): K 1D tokens decoded by a
+"""Layton: Latent Consistency Tokenizer (OPPO-Mente-Lab): K 1D tokens decoded by a
 latent consistency decoder into the latent space of a frozen latent-diffusion VAE.
 
   images [0, 1] -> TiTok-style ViT encoder (patches + K learned latent tokens, `titok.TiTokEncoder`)
@@ -34,7 +34,8 @@ Training (`train_forward`), stated exactly:
   * Pixel supervision (Layton's reason for a 1-2 step decoder): recon = VAE-decoded result of
     `train_steps` consistency sampling steps from fresh noise, with gradients through F, the tokens
     and the encoder; the trainer adds its l1 / l2 / perceptual / GAN losses on it. The VAE stays
-    frozen: its latents get stop_gradient, and configs freeze its parameters (`optim.frozen_patterns`).
+    frozen: its weights enter every pass behind stop_gradient (zero gradients), and configs.layton
+    exempts them from weight decay, so AdamW never moves them.
 
 Dimension names: B batch, S image size, K tokens, D code dimension, h/w latent size, C latent
 channels, p latent patch size, N = (h/p)^2 latent patches, W decoder width.
@@ -251,13 +252,19 @@ class Layton(nnx.Module):
     the VAE is frozen)."""
     x = images.astype(jnp.float32) * 2.0 - 1.0
     if self.vae is not None:
-      x = self.vae.encode(x.astype(self.dtype))[0].astype(jnp.float32) * self.scaling_factor
+      x = self._frozen_vae().encode(x.astype(self.dtype))[0].astype(jnp.float32) * self.scaling_factor
     return jax.lax.stop_gradient(x)
+
+  def _frozen_vae(self) -> nnx.Module:
+    """The VAE with its weights behind stop_gradient: gradients reach the latents, never the VAE
+    (with no weight decay on ^vae/, configs.layton, AdamW then leaves it unchanged)."""
+    graphdef, state = nnx.split(self.vae)
+    return nnx.merge(graphdef, jax.tree.map(jax.lax.stop_gradient, state))
 
   def latents_to_images(self, latents: jax.Array) -> jax.Array:
     """latents [B, h, w, C] -> images float32 [B, S, S, 3] clipped to [0, 1] (differentiable)."""
-    x = latents if self.vae is None else self.vae.decode((latents / self.scaling_factor).astype(
-        self.dtype))
+    x = latents if self.vae is None else self._frozen_vae().decode(
+        (latents / self.scaling_factor).astype(self.dtype))
     return jnp.clip((x.astype(jnp.float32) + 1.0) * 0.5, 0.0, 1.0)
 
   # ---- the consistency function
