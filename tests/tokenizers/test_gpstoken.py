@@ -1,11 +1,10 @@
 """GPSToken: the splatting renderer against its closed form and finite differences, the partition's
 exact cover, the generation order, the model's contract and the tiny config's falling loss."""
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 
 from jaxtok.configs import gpstoken as gps_config
@@ -146,17 +145,41 @@ def test_contract_encode_decode_and_jit(tiny):
     tok.encode(params, images, num_tokens=4)
 
 
+def _fixed_batch_losses(tok, params, images, steps, lr=3e-3):
+  """Adam on one batch with one rng (same noise and timesteps every step), the train step's loss
+  (l1 on recon + the model's losses; model state carried): the loss per step, float [steps]."""
+  import optax
+  from jaxtok.train import state as state_lib
+  graphdef = tok.graphdef
+  p, rest = state_lib.split_params(params)
+  tx = optax.adam(lr)
+  rng = jax.random.key(11)
+
+  def loss_fn(p, rest):
+    m = nnx.merge(graphdef, p, jax.tree.map(lambda x: x, rest))  # fresh Variables, as the step
+    out = m.train_forward(images, rng=rng)
+    total = jnp.mean(jnp.abs(out.recon - images)) + sum(out.losses.values())
+    return total, nnx.state(m, nnx.Not(nnx.Param))
+
+  @jax.jit
+  def step(p, rest, opt):
+    (loss, rest), g = jax.value_and_grad(loss_fn, has_aux=True)(p, rest)
+    upd, opt = tx.update(g, opt, p)
+    return optax.apply_updates(p, upd), rest, opt, loss
+
+  opt, losses = tx.init(p), []
+  for _ in range(steps):
+    p, rest, opt, loss = step(p, rest, opt)
+    losses.append(float(loss))
+  return np.array(losses)
+
+
 @pytest.mark.slow
-def test_tiny_config_trains_with_falling_loss(tmp_path):
-  from jaxtok.train import loop
-  c = gps_config.get_config("tiny")
-  c.total_steps = 30
-  c.ckpt_every = 30
-  c.eval_every = 30
-  c.final_eval = False
-  c.optim.lr = 3e-3
-  report = loop.train(c, str(tmp_path), show_progress=False)
-  assert report["step"] == 30
-  losses = np.array([json.loads(l)["loss"] for l in open(tmp_path / "tb" / "metrics.jsonl")])
+def test_tiny_config_loss_falls_on_a_fixed_batch(tiny):
+  """The tiny config's model (the tiny training recipe's Adam on l1 + model losses) fits one batch:
+  the same-rng loss falls. (tools/train.py with configs/gpstoken.py:tiny runs the same contract.)"""
+  tok, params = tiny[:2]
+  images = jnp.asarray(np.random.default_rng(12).uniform(size=(4, 16, 16, 3)), jnp.float32)
+  losses = _fixed_batch_losses(tok, params, images, 25)
   assert np.all(np.isfinite(losses))
-  assert losses[-5:].mean() < 0.7 * losses[:5].mean(), losses
+  assert losses[-3:].mean() < 0.5 * losses[:3].mean(), losses
