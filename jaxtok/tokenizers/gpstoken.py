@@ -284,7 +284,7 @@ def make_model(cfg: Mapping[str, Any], *, rngs: nnx.Rngs) -> GPSToken:
   scan_layers, attention_impl. Any other key raises ValueError listing the valid ones. dmax None
   (renders everywhere) is written as dmax=0 in a config."""
   cfg = as_dict(cfg)
-  kwargs = model_kwargs(cfg, _FIELDS, model="GPSToken", cls=None)
+  kwargs = model_kwargs(cfg, _FIELDS, model="GPSToken", cls=GPSToken)
   if "dmax" in kwargs:
     kwargs["dmax"] = None if float(kwargs["dmax"]) == 0.0 else float(kwargs["dmax"])
   if "dec_ch_mult" in kwargs:

@@ -183,3 +183,19 @@ def test_tiny_config_loss_falls_on_a_fixed_batch(tiny):
   losses = _fixed_batch_losses(tok, params, images, 25)
   assert np.all(np.isfinite(losses))
   assert losses[-3:].mean() < 0.5 * losses[:3].mean(), losses
+
+
+def test_bad_inputs_raise_naming_the_argument():
+  base_cfg = dict(gps_config.get_config("tiny").model)
+  build = lambda **kw: nnx.eval_shape(lambda: gpstoken.make_model(dict(base_cfg, **kw),
+                                                                 rngs=nnx.Rngs(0)))
+  with pytest.raises(ValueError, match="unknown GPSToken config key"):
+    build(bogus=1)
+  with pytest.raises(ValueError, match="render_size"):
+    build(render_size=4)
+  with pytest.raises(ValueError, match="min_size must be >= 2"):
+    build(min_size=1)
+  with pytest.raises(ValueError, match="sigmas must be"):
+    gaussian_render.render(jnp.ones((2, 2)), jnp.ones((2, 2)), jnp.ones((2, 1)), 4, 4)
+  with pytest.raises(ValueError, match="a rendered side must be >= 2"):
+    gaussian_render.pixel_coords(1)
