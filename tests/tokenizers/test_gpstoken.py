@@ -147,7 +147,8 @@ def test_contract_encode_decode_and_jit(tiny):
 
 def _fixed_batch_losses(tok, params, images, steps, lr=3e-3):
   """Adam on one batch with one rng (same noise and timesteps every step), the train step's loss
-  (l1 on recon + the model's losses; model state carried): the loss per step, float [steps]."""
+  (l1 on recon + the model's losses; model state carried): (loss per step float [steps], the final
+  parameters)."""
   import optax
   from jaxtok.train import state as state_lib
   graphdef = tok.graphdef
@@ -171,7 +172,7 @@ def _fixed_batch_losses(tok, params, images, steps, lr=3e-3):
   for _ in range(steps):
     p, rest, opt, loss = step(p, rest, opt)
     losses.append(float(loss))
-  return np.array(losses)
+  return np.array(losses), p
 
 
 @pytest.mark.slow
@@ -180,7 +181,7 @@ def test_tiny_config_loss_falls_on_a_fixed_batch(tiny):
   the same-rng loss falls. (tools/train.py with configs/gpstoken.py:tiny runs the same contract.)"""
   tok, params = tiny[:2]
   images = jnp.asarray(np.random.default_rng(12).uniform(size=(4, 16, 16, 3)), jnp.float32)
-  losses = _fixed_batch_losses(tok, params, images, 25)
+  losses, final = _fixed_batch_losses(tok, params, images, 25)
   assert np.all(np.isfinite(losses))
   assert losses[-3:].mean() < 0.5 * losses[:3].mean(), losses
 
