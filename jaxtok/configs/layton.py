@@ -1,15 +1,16 @@
-"""Layton (Latent Consistency Tokenizer): 1D VQ tokens decoded by a latent consistency decoder into a frozen VAE's
-latent space, trained with the consistency-training loss (in train_forward's losses) plus pixel
-losses on the 1-step reconstruction.
+"""Layton (Latent Consistency Tokenizer): 1D VQ tokens decoded by a latent consistency decoder into
+a frozen VAE's latent space, trained with the consistency-training loss (in train_forward's losses)
+plus pixel losses on the 1-step reconstruction.
 
-  python tools/train.py --config configs/layton.py --workdir /tmp/layton          # 1024px, 256 tokens
+  python tools/train.py --config configs/layton.py --workdir /tmp/layton       # 1024px, 256 tokens
   python tools/train.py --config configs/layton.py:tiny --workdir /tmp/layton_tiny
 
 Model fields follow `jaxtok.tokenizers.layton.Layton`. The full config's VAE has Stable Diffusion's
 shape (f8, 4 channels, scaling 0.18215) and is frozen (stop_gradient in the model, no weight decay);
-load pretrained weights into it (warm start) before training, since jaxtok ships none. The encoder/decoder widths,
-the codebook size (16384) and the token size (16) of the full config are our assumptions, not
-numbers from the paper.
+load pretrained weights into it (warm start) before training, since jaxtok ships none. The
+encoder/decoder widths, the codebook size (16384) and the token size (16) of the full config are our
+assumptions, not numbers from the paper. `steps=N` sets the consistency steps of training and
+decoding (1-4).
 """
 from __future__ import annotations
 
