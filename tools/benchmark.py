@@ -9,6 +9,7 @@ Usage:
       (GPT, Token-Shuffle s=2 and NAR at one size: tokens/s and model calls per image)
   python tools/benchmark.py --suite data [--batch 32] [--repeats 10]
   python tools/benchmark.py --suite ecar [--other-batch 4] [--repeats 5]
+  python tools/benchmark.py --suite gaussian_layton [--batch 4] [--repeats 5]
   python tools/benchmark.py --compare-official ../1d-tokenizer [--models titok_s128,titok_bl64,rar]
       [--batch 8] [--repeats 2] [--breakdown]   (suite "official": jaxtok beside the PyTorch originals)
 
@@ -1077,12 +1078,56 @@ def ecar_suite(args) -> list[tuple[str, str, float, str]]:
   t = time_call(lambda: views(tparams, tokens), reps, jax.block_until_ready)
   rows.append((f"D-AR streaming previews (one per group), batch {b}", "dar.previews", t * 1e3,
                f"{t * 1e3 / groups:.2f} ms per group preview"))
+def gaussian_layton_suite(args) -> list[tuple[str, str, float, str]]:
+  """Layton and GPSToken tiny configs beside TiTok tiny: encode and decode ms per batch (random
+  parameters: the numbers are speed, not quality), Layton decode at 1 and 2 consistency steps, and
+  the Gaussian splatting renderer alone per image (tiny and the release's M-128 sizes)."""
+  from jaxtok import tokenizers
+  from jaxtok.configs import gpstoken as gps_cfg, layton as layton_cfg, titok as titok_cfg
+  from jaxtok.tokenizers import gaussian_render
+
+  rows = Rows()
+  b = args.batch or 4
+  rs = np.random.default_rng(0)
+  for name, c, dec_opts in (("titok tiny", titok_cfg.get_config("tiny"), [{}]),
+                            ("layton tiny", layton_cfg.get_config("tiny"),
+                             [{"num_steps": 1}, {"num_steps": 2}]),
+                            ("gpstoken tiny", gps_cfg.get_config("tiny"), [{}])):
+    stage(f"{name}: building")
+    tok = tokenizers.build(c.model)
+    params = jax.tree.map(lambda a: jnp.asarray(0.02 * rs.normal(size=a.shape), a.dtype),
+                          tok.abstract_params())
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    s = tok.image_size
+    images = jnp.asarray(rs.random((b, s, s, 3)), jnp.float32)
+    tokens = jax.block_until_ready(tok.encode(params, images).tokens)
+    t_enc = time_call(lambda: tok.encode(params, images).tokens, args.repeats, jax.block_until_ready)
+    note = f"{n_params / 1e3:.0f}k params, {s}px, tokens {tuple(tokens.shape[1:])}"
+    rows.append((f"{name} encode, batch {b}", "jaxtok", t_enc * 1e3, note))
+    for opts in dec_opts:
+      t_dec = time_call(lambda: tok.decode(params, tokens, **opts), args.repeats,
+                        jax.block_until_ready)
+      extra = f", {opts['num_steps']} consistency step(s)" if opts else ""
+      rows.append((f"{name} decode, batch {b}{extra}", "jaxtok", t_dec * 1e3, note))
+  for s_num, r, c_dim in ((8, 8, 4), (128, 64, 16)):
+    sig = jnp.asarray(np.stack([rs.uniform(0.05, 0.3, (b, s_num)), rs.uniform(0.05, 0.3, (b, s_num)),
+                                rs.uniform(-0.5, 0.5, (b, s_num))], -1), jnp.float32)
+    mu = jnp.asarray(rs.uniform(-1, 1, (b, s_num, 2)), jnp.float32)
+    feat = jnp.asarray(rs.normal(size=(b, s_num, c_dim)), jnp.float32)
+    fn = lambda s_, m_, f_, r=r: gaussian_render.render(s_, m_, f_, r, r, 3.0)
+    t = jax_time(fn, sig, mu, feat, repeats=args.repeats)
+    rows.append((f"splatting renderer, {s_num} Gaussians -> {r}x{r}x{c_dim}", "jaxtok",
+                 t * 1e3 / b, f"per image (batch {b}), dmax 3"))
   return rows
 
 
 SUITES = {"quantizers": quantizer_suite, "tokenizers": tokenizer_suite, "train": train_suite,
           "samplers": sampler_suite, "data": data_suite,
-          "official": official_suite, "ecar": ecar_suite}
+          "official": official_suite,
+          # second-wave models: one line each
+          "ecar": ecar_suite,
+          "gaussian_layton": gaussian_layton_suite,
+          }
 
 
 def main(argv=None) -> int:

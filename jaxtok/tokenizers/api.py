@@ -98,6 +98,8 @@ MODULES = {
     "vae": "vae",
     "flextok": "flextok",
     "dar": "dar",
+    "layton": "layton",
+    "gpstoken": "gpstoken",
 }
 
 

@@ -1,0 +1,49 @@
+"""Layton (Latent Consistency Tokenizer): 1D VQ tokens decoded by a latent consistency decoder into
+a frozen VAE's latent space, trained with the consistency-training loss (in train_forward's losses)
+plus pixel losses on the 1-step reconstruction.
+
+  python tools/train.py --config configs/layton.py --workdir /tmp/layton       # 1024px, 256 tokens
+  python tools/train.py --config configs/layton.py:tiny --workdir /tmp/layton_tiny
+
+Model fields follow `jaxtok.tokenizers.layton.Layton`. The full config's VAE has Stable Diffusion's
+shape (f8, 4 channels, scaling 0.18215) and is frozen (stop_gradient in the model, no weight decay);
+load pretrained weights into it (warm start) before training, since jaxtok ships none. The
+encoder/decoder widths, the codebook size (16384) and the token size (16) of the full config are our
+assumptions, not numbers from the paper. `steps=N` sets the consistency steps of training and
+decoding (1-4).
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from jaxtok.configs import common
+from jaxtok.train import optim
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  a = common.parse_arg(arg, tokens=256, res=1024, steps=1, tiny=False)
+  c = common.base_config()
+  c.model = ml_collections.ConfigDict(dict(
+      name="layton", image_size=a.res, patch_size=32, enc_width=1024, enc_depth=24, enc_heads=16,
+      num_latent_tokens=a.tokens, token_size=16, codebook_size=16384, quantizer="vq",
+      use_vae=True, vae_channels=(128, 256, 512, 512), vae_latent_channels=4,
+      vae_scaling_factor=0.18215, latent_patch_size=4, dec_width=1024, dec_depth=24, dec_heads=16,
+      prediction="epsilon", target_decay=0.95, train_steps=a.steps, decode_steps=a.steps,
+      dtype="bfloat16"))
+  # The VAE gets zero gradients (stop_gradient in the model); no weight decay keeps it unchanged.
+  c.optim.no_decay_patterns = optim.NO_DECAY_PATTERNS + (r"^vae/",)
+  c.total_steps = 200_000
+  c.data.image_size = a.res
+  c.data.batch_size = 64
+  c.loss.update(l1=1.0, l2=0.0)
+  c.eval.token_counts = [a.tokens]
+  if a.tiny:
+    common.tiny_training(c)
+    c.model.update(image_size=16, patch_size=4, enc_width=32, enc_depth=1, enc_heads=2,
+                   num_latent_tokens=8, token_size=8, codebook_size=64, vae_channels=(8, 8),
+                   vae_latent_channels=4, vae_layers_per_block=1, vae_norm_groups=4,
+                   vae_mid_attention=False, vae_scaling_factor=1.0, latent_patch_size=2,
+                   dec_width=32, dec_depth=1, dec_heads=2, dtype="float32")
+    c.eval.token_counts = [8]
+    c.ema_decay = 0.9
+  return c
