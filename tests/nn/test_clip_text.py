@@ -5,6 +5,7 @@ definition (token + position embedding, pre-LN ResidualAttentionBlocks with the 
 QuickGELU, ln_final, pooled = EOT row @ text_projection), on tiny random official-layout weights.
 """
 import gzip
+import math
 
 import jax
 import jax.numpy as jnp
@@ -45,31 +46,39 @@ def _ln(x, w, b, eps=1e-5):
   return (x - mu) / np.sqrt(var + eps) * w + b
 
 
+def resblock(x, p, heads, *, mask=None, act="gelu"):
+  """numpy float64 open_clip ResidualAttentionBlock (nn.MultiheadAttention, pre-LN eps 1e-5): x
+  [B, T, W]; p(name) the tensor `name` of the block; mask additive [T, T] or None."""
+  b, t, w = x.shape
+  e = w // heads
+  h = _ln(x, p("ln_1.weight"), p("ln_1.bias"))
+  qkv = h @ p("attn.in_proj_weight").T + p("attn.in_proj_bias")
+  q, k, v = (qkv[..., j * w:(j + 1) * w].reshape(b, t, heads, e) for j in range(3))
+  s = np.einsum("bthe,bshe->bhts", q, k) / np.sqrt(e) + (0 if mask is None else mask)
+  s = np.exp(s - s.max(-1, keepdims=True))
+  s /= s.sum(-1, keepdims=True)
+  o = np.einsum("bhts,bshe->bthe", s, v).reshape(b, t, w)
+  x = x + o @ p("attn.out_proj.weight").T + p("attn.out_proj.bias")
+  h = _ln(x, p("ln_2.weight"), p("ln_2.bias")) @ p("mlp.c_fc.weight").T + p("mlp.c_fc.bias")
+  if act == "quick_gelu":
+    h = h / (1 + np.exp(-1.702 * h))
+  else:  # exact GELU
+    h = 0.5 * h * (1 + np.vectorize(math.erf)(h / np.sqrt(2)))
+  return x + h @ p("mlp.c_proj.weight").T + p("mlp.c_proj.bias")
+
+
 def reference(sd, ids, heads=H, act="quick_gelu"):
   """numpy float64 forward of the official layout -> (tokens, penultimate, pooled)."""
   sd = {k: np.asarray(v, np.float64) for k, v in sd.items()}
   b, t = ids.shape
   x = sd["token_embedding.weight"][ids] + sd["positional_embedding"][:t]
   depth = len({k.split(".")[2] for k in sd if k.startswith("transformer.resblocks.")})
-  w = x.shape[-1]
-  e = w // heads
   causal = np.triu(np.full((t, t), -np.inf), 1)
   penult = x
   for i in range(depth):
-    p = lambda name: sd[f"transformer.resblocks.{i}.{name}"]
     if i == depth - 1:
       penult = x
-    h = _ln(x, p("ln_1.weight"), p("ln_1.bias"))
-    qkv = h @ p("attn.in_proj_weight").T + p("attn.in_proj_bias")
-    q, k, v = (qkv[..., j * w:(j + 1) * w].reshape(b, t, heads, e) for j in range(3))
-    s = np.einsum("bthe,bshe->bhts", q, k) / np.sqrt(e) + causal
-    s = np.exp(s - s.max(-1, keepdims=True))
-    s /= s.sum(-1, keepdims=True)
-    o = np.einsum("bhts,bshe->bthe", s, v).reshape(b, t, w)
-    x = x + o @ p("attn.out_proj.weight").T + p("attn.out_proj.bias")
-    h = _ln(x, p("ln_2.weight"), p("ln_2.bias")) @ p("mlp.c_fc.weight").T + p("mlp.c_fc.bias")
-    h = h / (1 + np.exp(-1.702 * h)) if act == "quick_gelu" else None
-    x = x + h @ p("mlp.c_proj.weight").T + p("mlp.c_proj.bias")
+    x = resblock(x, lambda name: sd[f"transformer.resblocks.{i}.{name}"], heads, mask=causal, act=act)
   tokens = _ln(x, sd["ln_final.weight"], sd["ln_final.bias"])
   pooled = tokens[np.arange(b), ids.argmax(-1)] @ sd["text_projection"]
   return tokens, penult, pooled
