@@ -2,6 +2,7 @@
 
   gelu:   down(gelu(up(x)))                       up [W, M], down [M, W]
   quick_gelu: down(h * sigmoid(1.702 h)), h = up(x)   (OpenAI CLIP's activation)
+  gelu_tanh: down(gelu_tanh(up(x)))               (diffusers' "gelu-approximate": MM-DiT / MaskGen)
   swiglu: down(silu(gate(x)) * up(x))             gate, up [W, M], down [M, W]
 GELU is exact (erf) unless approximate=True. Matmuls run in the compute dtype.
 
@@ -15,7 +16,7 @@ from flax import nnx
 
 from jaxtok.nn.dense import Dense
 
-KINDS = ("gelu", "swiglu", "quick_gelu")
+KINDS = ("gelu", "swiglu", "quick_gelu", "gelu_tanh")
 
 
 class Mlp(nnx.Module):
@@ -39,5 +40,5 @@ class Mlp(nnx.Module):
       h = self.up(x)
       h = h * jax.nn.sigmoid(1.702 * h)
     else:
-      h = jax.nn.gelu(self.up(x), approximate=self.approximate)
+      h = jax.nn.gelu(self.up(x), approximate=self.approximate or self.kind == "gelu_tanh")
     return self.down(h)
