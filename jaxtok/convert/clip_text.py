@@ -19,8 +19,8 @@ HF transformers (`CLIPModel` / `CLIPTextModelWithProjection`):
   text_model.encoder.layers.i.layer_norm1 / 2, mlp.fc1 / fc2, text_model.final_layer_norm
   text_projection.weight [D, W] (a Linear)             -> text_projection = weight.T
 
-Not visible in the shapes: the head count (from the width: 512 -> 8, 768 -> 12, 1024 -> 16,
-1280 -> 20, open_clip's text towers) and the activation (QuickGELU for OpenAI's weights, the
+Not visible in the shapes: the head count (width / 64, as every open_clip / OpenAI text tower:
+512 -> 8, 768 -> 12, 1024 -> 16) and the activation (QuickGELU for OpenAI's weights, the
 default; pass {"activation": "gelu"} for open_clip-trained ones). Any other key is an error.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ import numpy as np
 from jaxtok.convert import common
 from jaxtok.convert.titok import _vit
 
-_HEADS = {512: 8, 768: 12, 1024: 16, 1280: 20}
+HEAD_WIDTH = 64  # open_clip's text towers: heads = width / 64 (512 -> 8, 768 -> 12, 1024 -> 16)
 _DROP = re.compile(r"(visual\.|vision_model\.|visual_projection|logit_scale|logit_bias|"
                    r"input_resolution|context_length|vocab_size|attn_mask|"
                    r"text_model\.embeddings\.position_ids)")
@@ -86,7 +86,7 @@ def official_tensors(flat: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def infer_config(flat: Mapping[str, np.ndarray], num_heads: int | None = None) -> dict[str, Any]:
-  """A CLIPText config read off open_clip-named tensors (heads: `num_heads`, else from the width;
+  """A CLIPText config read off open_clip-named tensors (heads: `num_heads`, else width / 64;
   QuickGELU)."""
   need = ("token_embedding.weight", "positional_embedding", "text_projection")
   missing = [k for k in need if k not in flat]
@@ -94,11 +94,11 @@ def infer_config(flat: Mapping[str, np.ndarray], num_heads: int | None = None) -
     raise ValueError(f"not a CLIP text state dict: missing {missing} (keys start with "
                      f"{sorted({k.split('.')[0] for k in flat})[:10]})")
   vocab, width = flat["token_embedding.weight"].shape
-  if num_heads is None and width not in _HEADS:
-    raise ValueError(f"CLIP text width {width} is not a released size ({sorted(_HEADS)}); pass a "
-                     f"config with num_heads")
+  if num_heads is None and width % HEAD_WIDTH:
+    raise ValueError(f"CLIP text width {width} is not a multiple of {HEAD_WIDTH} (open_clip's head "
+                     f"width); pass a config with num_heads")
   depth = len({m.group(1) for k in flat for m in [re.match(r"transformer\.resblocks\.(\d+)\.", k)] if m})
-  return dict(width=int(width), depth=depth, num_heads=num_heads or _HEADS[int(width)], vocab_size=int(vocab),
+  return dict(width=int(width), depth=depth, num_heads=num_heads or int(width) // HEAD_WIDTH, vocab_size=int(vocab),
               context_length=int(flat["positional_embedding"].shape[0]),
               embed_dim=int(flat["text_projection"].shape[1]), activation="quick_gelu")
 

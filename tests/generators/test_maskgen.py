@@ -24,13 +24,15 @@ CONFIG = dict(name="maskgen", codebook_size=V, seq_len=K, num_classes=CLASSES, w
               micro_condition_dim=MICRO, text_drop_prob=0.1, sample_aesthetic_score=6.5)
 
 
-def official_state(seed=0, depth=DEPTH):
+def official_state(seed=0, depth=DEPTH, *, width=W, text=TEXT, micro=MICRO, v=V, k=K,
+                   classes=CLASSES):
   rng = np.random.default_rng(seed)
   n = lambda *s: rng.normal(0, 0.3, s).astype(np.float32)
   lin = lambda name, o, i: {f"{name}.weight": n(o, i), f"{name}.bias": n(o)}
-  sd = {"embeddings.weight": n(V + 2 + CLASSES, W), "pos_embed": n(1, K, W)}
-  sd.update(lin("text_embed_proj", W, TEXT))
-  sd.update(lin("cond_pooled_proj", W, TEXT + MICRO))
+  W = width
+  sd = {"embeddings.weight": n(v + 2 + classes, W), "pos_embed": n(1, k, W)}
+  sd.update(lin("text_embed_proj", W, text))
+  sd.update(lin("cond_pooled_proj", W, text + micro))
   sd.update(lin("norm.linear", 2 * W, W))
   for i in range(depth):
     last = i == depth - 1
@@ -45,7 +47,7 @@ def official_state(seed=0, depth=DEPTH):
       sd.update(lin(p + "attn.to_add_out", W, W))
       sd.update(lin(p + "ff_context.net.0.proj", 4 * W, W))
       sd.update(lin(p + "ff_context.net.2", W, 4 * W))
-  sd["lm_head.weight"] = sd["embeddings.weight"][:V].copy()
+  sd["lm_head.weight"] = sd["embeddings.weight"][:v].copy()
   return sd
 
 
