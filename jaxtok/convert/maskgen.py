@@ -6,7 +6,8 @@ its blocks are diffusers' `JointTransformerBlock`. Key map (Linear weight [O, I]
   text_embed_proj / cond_pooled_proj               same names
   embeddings.weight [V + 2 + classes, W]           embeddings
   pos_embed [1, K, W]                              pos_embed [K, W]
-  lm_head.weight (tied: embeddings[:V], if saved)  dropped (checked equal)
+  lm_head.weight (the tied table, if saved)        dropped (checked equal), or the table itself
+                                                   when embeddings.weight was deduplicated away
   norm.linear [2W, W] (scale, shift)               norm_ada
   blocks.i.norm1.linear [6W, W]                    blocks.i.image.ada; diffusers' chunk order
       (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp) reordered to nn.Block's
@@ -21,7 +22,8 @@ its blocks are diffusers' `JointTransformerBlock`. Key map (Linear weight [O, I]
   blocks.i.ff.net.0.proj / ff.net.2                blocks.i.image.mlp.up / down
   blocks.i.ff_context.net.0.proj / net.2           blocks.i.context.mlp.up / down
 (LayerNorms without affine hold no tensors.) Heads are not visible in the shapes: the releases use
-16 (both L and XL); the codebook size is lm_head's rows when saved, else rows - 2 - 1000 classes.
+16 (both L and XL); the codebook size is the table's rows - 2 - 1000 classes (the releases'
+condition_num_classes).
 """
 from __future__ import annotations
 
@@ -135,7 +137,6 @@ def _block(i: int, items: Mapping[str, np.ndarray], heads: int, last: bool, widt
 def convert(flat: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> dict[str, np.ndarray]:
   """Official MaskGen-VQ state dict -> {jaxtok parameter name: array} for `config`."""
   heads, depth, width = int(config["heads"]), int(config["depth"]), int(config["width"])
-  v_size = int(config["codebook_size"])
   out: dict[str, np.ndarray] = {}
   blocks: dict[int, dict[str, np.ndarray]] = {}
   for key, v in flat.items():
@@ -154,10 +155,13 @@ def convert(flat: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> dict[s
     elif key == "pos_embed":
       out["pos_embed"] = v.reshape(v.shape[-2:])
     elif key == "lm_head.weight":
-      table = np.asarray(flat.get("embeddings.weight"))
-      if v.shape[0] != v_size or not np.array_equal(v, table[:v_size]):
-        raise ValueError(f"lm_head.weight must be the tied embeddings.weight[:{v_size}] "
-                         f"(weight_tying, the releases'); an untied head is not supported")
+      # WeightTiedLMHead holds the whole embedding table (it slices [:V] in forward); a file saved
+      # with shared tensors deduplicated may keep only this name.
+      if "embeddings.weight" not in flat:
+        out["embeddings"] = v
+      elif not np.array_equal(v, np.asarray(flat["embeddings.weight"])):
+        raise ValueError("lm_head.weight must be the tied embeddings.weight (weight_tying, the "
+                         "releases'); an untied head is not supported")
     else:
       out[key] = v  # text_embed_proj.bias, cond_pooled_proj.bias (same names), or unexpected
   for i, items in blocks.items():
@@ -166,16 +170,18 @@ def convert(flat: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> dict[s
 
 
 def infer_config(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
-  """A config read off the shapes, assuming the releases' 16 heads and 1000 class rows (unless
-  lm_head.weight shows the codebook size), micro-conditioning when cond_pooled_proj is wider than
-  text_embed_proj (the extra columns = its width)."""
-  need = ("embeddings.weight", "pos_embed", "text_embed_proj.weight", "cond_pooled_proj.weight")
-  missing = [k for k in need if k not in flat]
+  """A config read off the shapes, assuming the releases' 16 heads and 1000 class rows,
+  micro-conditioning when cond_pooled_proj is wider than text_embed_proj (the extra columns = its
+  width)."""
+  need = ("pos_embed", "text_embed_proj.weight", "cond_pooled_proj.weight")
+  missing = [k for k in need if k not in flat] + (
+      [] if "embeddings.weight" in flat or "lm_head.weight" in flat else ["embeddings.weight"])
   if missing:
     raise ValueError(f"not an official MaskGen-VQ state dict: missing {missing} (keys start with "
                      f"{sorted({k.split('.')[0] for k in flat})})")
-  rows, width = (int(d) for d in flat["embeddings.weight"].shape)
-  v_size = int(flat["lm_head.weight"].shape[0]) if "lm_head.weight" in flat else rows - 1002
+  table = flat["embeddings.weight"] if "embeddings.weight" in flat else flat["lm_head.weight"]
+  rows, width = (int(d) for d in table.shape)
+  v_size = rows - 1002
   text_dim = int(flat["text_embed_proj.weight"].shape[1])
   micro = int(flat["cond_pooled_proj.weight"].shape[1]) - text_dim
   depth = len({k.split(".")[1] for k in flat if k.startswith("blocks.")})

@@ -47,7 +47,7 @@ def official_state(seed=0, depth=DEPTH, *, width=W, text=TEXT, micro=MICRO, v=V,
       sd.update(lin(p + "attn.to_add_out", W, W))
       sd.update(lin(p + "ff_context.net.0.proj", 4 * W, W))
       sd.update(lin(p + "ff_context.net.2", W, 4 * W))
-  sd["lm_head.weight"] = sd["embeddings.weight"][:v].copy()
+  sd["lm_head.weight"] = sd["embeddings.weight"].copy()  # WeightTiedLMHead: the whole table
   return sd
 
 
@@ -139,9 +139,13 @@ def test_converted_maskgen_matches_the_official_forward():
 
 def test_inferred_config_and_refusals(tmp_path):
   sd = official_state()
-  cfg = C.infer_config(sd)
+  big = official_state(v=20, classes=1000, depth=1)
+  cfg = C.infer_config(big)
   assert (cfg["codebook_size"], cfg["num_classes"], cfg["depth"], cfg["micro_condition_dim"]) == (
-      V, CLASSES, DEPTH, MICRO)
+      20, 1000, 1, MICRO)
+  # a file whose shared tensors were deduplicated to lm_head.weight alone converts the same
+  only_head = {k: v for k, v in sd.items() if k != "embeddings.weight"}
+  np.testing.assert_array_equal(C.convert(only_head, CONFIG)["embeddings"], sd["embeddings.weight"])
   assert C.resolve_config("generator_maskgen_vq_xl")["width"] == 1280
   bad = dict(sd, **{"lm_head.weight": sd["lm_head.weight"] + 1})
   with pytest.raises(ValueError, match="tied"):

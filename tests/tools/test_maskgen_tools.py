@@ -51,6 +51,7 @@ def files(tmp_path_factory):
   return dict(root=str(root), clip=clip, bpe=bpe)
 
 
+@pytest.mark.slow
 def test_sample_tool_generates_from_a_prompt(files):
   root = files["root"]
   args = ["sample", f"--workdir={root}/maskgen", f"--tokenizer_checkpoint={root}/tatitok",
