@@ -171,7 +171,8 @@ def test_quick_gelu_mlp_option():
   x = jnp.linspace(-2, 2, 8).reshape(2, 4)
   h = x @ mlp.up.kernel.get_value() + mlp.up.bias.get_value()
   want = (h * jax.nn.sigmoid(1.702 * h)) @ mlp.down.kernel.get_value() + mlp.down.bias.get_value()
-  np.testing.assert_allclose(np.asarray(mlp(x)), np.asarray(want), atol=1e-6)
+  np.testing.assert_allclose(np.asarray(jax.jit(lambda m, v: m(v))(mlp, x)), np.asarray(want),
+                             atol=1e-6)
   with pytest.raises(ValueError, match="quick_gelu"):
     Mlp(4, 8, kind="relu", rngs=nnx.Rngs(0))
 
@@ -179,11 +180,12 @@ def test_quick_gelu_mlp_option():
 def test_model_refuses_bad_ids_and_config():
   model = T.make_model(dict(width=W, depth=1, num_heads=H, vocab_size=V, context_length=CTX,
                             embed_dim=D), rngs=nnx.Rngs(0))
-  assert model(jnp.zeros((1, 3), jnp.int32))["penultimate"].shape == (1, 3, W)
+  run = jax.jit(lambda m, ids: m(ids))  # the checks are on shapes and dtypes: they raise at trace
+  assert run(model, jnp.zeros((1, 3), jnp.int32))["penultimate"].shape == (1, 3, W)
   with pytest.raises(ValueError, match="context_length"):
-    model(jnp.zeros((1, CTX + 1), jnp.int32))
+    run(model, jnp.zeros((1, CTX + 1), jnp.int32))
   with pytest.raises(ValueError, match=r"int \[B, T\]"):
-    model(jnp.zeros((1, 3), jnp.float32))
+    run(model, jnp.zeros((1, 3), jnp.float32))
   with pytest.raises(ValueError, match="unknown CLIPText config key"):
     T.make_model(dict(widht=3), rngs=nnx.Rngs(0))
   assert T.config_for("L-14")["width"] == 768
