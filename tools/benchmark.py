@@ -10,6 +10,7 @@ Usage:
   python tools/benchmark.py --suite data [--batch 32] [--repeats 10]
   python tools/benchmark.py --suite ecar [--other-batch 4] [--repeats 5]
   python tools/benchmark.py --suite gaussian_layton [--batch 4] [--repeats 5]
+  python tools/benchmark.py --suite text [--batch 8] [--repeats 4]   (CLIP text, TA-TiTok, MaskGen)
   python tools/benchmark.py --compare-official ../1d-tokenizer [--models titok_s128,titok_bl64,rar]
       [--batch 8] [--repeats 2] [--breakdown]   (suite "official": jaxtok beside the PyTorch originals)
 
@@ -1078,6 +1079,9 @@ def ecar_suite(args) -> list[tuple[str, str, float, str]]:
   t = time_call(lambda: views(tparams, tokens), reps, jax.block_until_ready)
   rows.append((f"D-AR streaming previews (one per group), batch {b}", "dar.previews", t * 1e3,
                f"{t * 1e3 / groups:.2f} ms per group preview"))
+  return rows
+
+
 def gaussian_layton_suite(args) -> list[tuple[str, str, float, str]]:
   """Layton and GPSToken tiny configs beside TiTok tiny: encode and decode ms per batch (random
   parameters: the numbers are speed, not quality), Layton decode at 1 and 2 consistency steps, and
@@ -1121,12 +1125,70 @@ def gaussian_layton_suite(args) -> list[tuple[str, str, float, str]]:
   return rows
 
 
+def text_suite(args) -> list[tuple[str, str, float, str]]:
+  """Text-conditioned models at small sizes (random weights): the CLIP text encoder on 77-token
+  captions, TA-TiTok encode and text-aware decode, MaskGen-VQ sampling (guided, the release's
+  procedure) -- images/s at --batch (default 8)."""
+  from flax import nnx
+  from jaxtok.generators import maskgen
+  from jaxtok.nn import clip_text
+  from jaxtok.tokenizers import api, tatitok
+  b = args.batch or 8
+  rows = Rows()
+  rng = np.random.default_rng(0)
+  stage("text: CLIP text encoder")
+  clip_cfg = dict(width=256, depth=4, num_heads=4, vocab_size=49408, context_length=77,
+                  embed_dim=256)
+  clip_params = nnx.state(clip_text.make_model(clip_cfg, rngs=nnx.Rngs(0)), nnx.Param)
+  ids = jnp.asarray(rng.integers(1, 49406, (b, 77)), jnp.int32)
+  feats_fn = jax.jit(clip_text.features_fn(clip_cfg))
+  t = time_call(lambda: feats_fn(clip_params, ids), args.repeats, jax.block_until_ready)
+  rows.append((f"CLIP text W256 L4, 77 tokens, batch {b}", "jaxtok", t * 1e3,
+               f"{b / t:.3g} captions/s"))
+  feats = feats_fn(clip_params, ids)
+  stage("text: TA-TiTok")
+  cfg = dict(name="tatitok", image_size=64, patch_size=8, encoder_width=128, encoder_depth=2,
+             encoder_heads=4, decoder_width=128, decoder_depth=2, decoder_heads=4,
+             num_latent_tokens=32, token_size=16, codebook_size=1024, use_l2_norm=False,
+             text_context_length=77, text_embed_dim=256)
+  tok = api.build(cfg)
+  params = tok.init(jax.random.key(0))
+  images = jnp.asarray(rng.random((b, 64, 64, 3)), jnp.float32)
+  t_enc = time_call(lambda: tok.encode(params, images).tokens, args.repeats, jax.block_until_ready)
+  tokens = tok.encode(params, images).tokens
+  note = "64px, patch 8, W128 L2+2, 32 tokens, VQ 1024"
+  rows.append((f"TA-TiTok encode, batch {b}", "jaxtok", t_enc * 1e3,
+               f"{b / t_enc:.3g} images/s; {note}"))
+  decode = tatitok.decode_fn(tok)
+  t_dec = time_call(lambda: decode(params, tokens, feats["tokens"]), args.repeats,
+                    jax.block_until_ready)
+  rows.append((f"TA-TiTok decode with 77 text tokens, batch {b}", "jaxtok", t_dec * 1e3,
+               f"{b / t_dec:.3g} images/s; {note}"))
+  stage("text: MaskGen-VQ sampling")
+  gcfg = dict(codebook_size=1024, seq_len=32, num_classes=0, width=128, depth=4, heads=4,
+              text_dim=256, micro_condition=True, micro_condition_dim=64)
+  graphdef, gparams = nnx.split(maskgen.make_model(gcfg, rngs=nnx.Rngs(0)))
+  cond = maskgen.text_condition(feats)
+  null = {k: v[:1] for k, v in cond.items()}
+
+  @jax.jit
+  def sample(p, key):
+    return maskgen.sample(nnx.merge(graphdef, p), key, cond, null)
+
+  t_s = time_call(lambda: sample(gparams, jax.random.key(1)), max(1, args.repeats // 2),
+                  jax.block_until_ready)
+  rows.append((f"MaskGen-VQ sample 32 tokens, 16 guided steps, batch {b}", "jaxtok", t_s * 1e3,
+               f"{b / t_s:.3g} images/s (tokens only); W128 L4, 77 text tokens"))
+  return rows
+
+
 SUITES = {"quantizers": quantizer_suite, "tokenizers": tokenizer_suite, "train": train_suite,
           "samplers": sampler_suite, "data": data_suite,
           "official": official_suite,
           # second-wave models: one line each
           "ecar": ecar_suite,
           "gaussian_layton": gaussian_layton_suite,
+          "text": text_suite,
           }
 
 

@@ -23,7 +23,18 @@ converted tokenizer directory works):
 
 The tokenizer is the one the training data were made with (`<workdir>/data_meta.json`, written by
 tools/train_generator.py from the dataset's meta.json), unless --tokenizer_checkpoint (and
---tokenizer_config) say otherwise. Writes `<out>/tokens.npz` (tokens, labels, options),
+--tokenizer_config) say otherwise.
+
+Text-to-image (MaskGen, `jaxtok.generators.maskgen`; a converted release, tools/convert.py --model
+maskgen): --prompt "a photo of an astronaut" (repeatable) with the user's CLIP text-tower weights
+(--clip_weights) and BPE merges file (--bpe); without them it refuses. A TA-TiTok tokenizer decodes
+with the prompts' CLIP features:
+
+  python tools/sample.py --workdir converted/maskgen_vq_l --tokenizer_checkpoint converted/tatitok_bl128_vq \
+      --prompt "a photo of an astronaut" --clip_weights open_clip_vit_l14_336.bin \
+      --bpe bpe_simple_vocab_16e6.txt.gz --num_samples 4
+
+Writes `<out>/tokens.npz` (tokens, labels, options),
 `<out>/images/<i>.png` (one per sample; a folder tools/evaluate.py --samples reads for gFID) and
 `<out>/grid.png`.
 """
@@ -83,6 +94,14 @@ flags.DEFINE_integer("head_steps_lower", None, "MAR: flow-head steps at the last
 flags.DEFINE_integer("num_tokens", None, "GPT: generate only this many leading tokens",
                      flag_values=FLAGS)
 flags.DEFINE_bool("use_ema", True, "use EMA weights when kept", flag_values=FLAGS)
+flags.DEFINE_multi_string("prompt", None, "text-to-image generators (maskgen): the caption(s), "
+                          "cycled over --num_samples; needs --clip_weights and --bpe",
+                          flag_values=FLAGS)
+flags.DEFINE_string("clip_weights", None, "--prompt: the CLIP text tower's official weights "
+                    "(OpenAI ViT-L/14-336 for the releases; open_clip or HF layout)",
+                    flag_values=FLAGS)
+flags.DEFINE_string("bpe", None, "--prompt: CLIP's BPE merges file (bpe_simple_vocab_16e6.txt.gz)",
+                    flag_values=FLAGS)
 
 
 def sample_labels(spec: str | None, n: int, num_classes: int, seed: int) -> np.ndarray:
@@ -136,6 +155,47 @@ def load_generator(config, workdir: str, use_ema: bool):
   return gcfg, graphdef, params
 
 
+def sample_from_text(gcfg, graphdef, params, opts, tokenizer, tok_params, tok_loaded, key):
+  """(prompts [N], tokens int32 [N, K], images uint8 [N, S, S, 3]) for --prompt with a text-to-image
+  generator: the captions' CLIP features (the user's --clip_weights and --bpe) condition it, the
+  empty caption's give the guidance's unconditional branch, and a TA-TiTok decoder reads the
+  captions' features too."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from jaxtok.eval import generate  # pylint: disable=g-import-not-at-top
+  from jaxtok.generators import maskgen  # pylint: disable=g-import-not-at-top
+  from jaxtok.text import encoder as encoder_lib  # pylint: disable=g-import-not-at-top
+  if not FLAGS.prompt:
+    raise ValueError(f"--prompt is required: {gcfg.name} generates images from text")
+  if gcfg.name not in generate.TEXT_SAMPLERS:
+    raise ValueError(f"--prompt needs a text-to-image generator ({sorted(generate.TEXT_SAMPLERS)}), "
+                     f"got {gcfg.name!r}")
+  text = encoder_lib.TextEncoder.from_files(FLAGS.clip_weights, FLAGS.bpe)
+  prompts = [FLAGS.prompt[i % len(FLAGS.prompt)] for i in range(FLAGS.num_samples)]
+  feats, null = text(prompts), text([""])
+  sampler = generate.make_text_sampler(gcfg.name, graphdef, params, opts)
+  null_cond = maskgen.text_condition(null)
+  counter = iter(range(1 << 30))
+
+  def run(rows):
+    cond = maskgen.text_condition({k: v[rows] for k, v in feats.items()})
+    return sampler(jax.random.fold_in(key, next(counter)), cond, null_cond)
+
+  rows = np.arange(len(prompts))
+  tokens = cli.batched(run, rows, FLAGS.batch_size)
+  if tok_loaded["model_config"].get("name") == "tatitok":
+    from jaxtok.tokenizers import tatitok  # pylint: disable=g-import-not-at-top
+    decode = tatitok.decode_fn(tokenizer)
+    images = cli.batched(lambda r: img_lib.to_uint8(decode(tok_params, jnp.asarray(tokens[r]),
+                                                           jnp.asarray(feats["tokens"][r]))),
+                         rows, FLAGS.batch_size)
+  else:
+    from jaxtok.eval import tokenize_cli  # pylint: disable=g-import-not-at-top
+    images = tokenize_cli.decode_tokens(tokenizer, tok_params, tokens,
+                                        batch_size=FLAGS.batch_size, seed=FLAGS.seed)
+  return prompts, tokens, images
+
+
 def main(argv) -> dict:
   cli.parse(FLAGS, argv, __doc__)
   config = FLAGS.config
@@ -182,27 +242,34 @@ def main(argv) -> dict:
       num_tokens=FLAGS.num_tokens)
   if num_classes == 0 and opts.cfg_scale != 1.0:
     log.warning("cfg_scale %s ignored: the generator is unconditional (num_classes = 0)", opts.cfg_scale)
-  sampler = generate.make_sampler(gcfg.name, graphdef, params, opts)
   key = jax.random.key(FLAGS.seed)
   counter = iter(range(1 << 30))
-  tokens = cli.batched(lambda lab: sampler(jax.random.fold_in(key, next(counter)), lab), labels,
-                       FLAGS.batch_size)
-  from jaxtok.eval import tokenize_cli  # pylint: disable=g-import-not-at-top
-  decoded = tokenize_cli.decode_tokens(tokenizer, tok_params, tokens, batch_size=FLAGS.batch_size,
-                                       seed=FLAGS.seed)
+  prompts = None
+  if FLAGS.prompt or gcfg.name in generate.TEXT_SAMPLERS:
+    prompts, tokens, decoded = sample_from_text(gcfg, graphdef, params, opts, tokenizer,
+                                                tok_params, tok_loaded, key)
+    labels = np.full((len(tokens),), -1, np.int32)
+  else:
+    sampler = generate.make_sampler(gcfg.name, graphdef, params, opts)
+    tokens = cli.batched(lambda lab: sampler(jax.random.fold_in(key, next(counter)), lab), labels,
+                         FLAGS.batch_size)
+    from jaxtok.eval import tokenize_cli  # pylint: disable=g-import-not-at-top
+    decoded = tokenize_cli.decode_tokens(tokenizer, tok_params, tokens,
+                                         batch_size=FLAGS.batch_size, seed=FLAGS.seed)
   out = FLAGS.out or os.path.join(FLAGS.workdir, "samples")
   os.makedirs(out, exist_ok=True)
   np.savez(os.path.join(out, "tokens.npz"), tokens=tokens, labels=labels,
            names=np.asarray([f"{i:05d}" for i in range(len(tokens))]),
            options=json.dumps(dataclasses.asdict(opts)), generator=str(gcfg.name),
            # The tokenizer's config, so tools/tokenize_images.py --tokens refuses to decode with another.
-           config=json.dumps(tok_loaded["model_config"]), checkpoint=str(tok_ckpt))
+           config=json.dumps(tok_loaded["model_config"]), checkpoint=str(tok_ckpt),
+           prompts=np.asarray(prompts if prompts is not None else [], dtype=str))
   for i, image in enumerate(decoded):
     img_lib.save_png(os.path.join(out, "images", f"{i:05d}.png"), image)
   img_lib.save_png(os.path.join(out, "grid.png"), img_lib.grid(decoded),
                    scale=max(1, 64 // decoded.shape[1]))
   print(f"{len(tokens)} samples ({gcfg.name}, tokens {tokens.shape}) -> {out}", flush=True)
-  return {"tokens": tokens, "labels": labels, "images": decoded, "out": out}
+  return {"tokens": tokens, "labels": labels, "images": decoded, "out": out, "prompts": prompts}
 
 
 if __name__ == "__main__":

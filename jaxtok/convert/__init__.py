@@ -14,6 +14,9 @@
   "rar"       RAR generators (rar_b / rar_l / rar_xl / rar_xxl)      convert/rar.py
   "flextok"   FlexTok                                                convert/flextok.py
   "dinov2"    DINOv2 (a frozen feature network, `nn.dinov2`)         convert/dinov2.py
+  "tatitok"   TA-TiTok (text-aware TiTok, VQ / VAE)                  convert/tatitok.py
+  "clip_text" CLIP text tower (frozen, `nn.clip_text`)               convert/clip_text.py
+  "maskgen"   MaskGen-VQ text-to-image generators (L / XL)           convert/maskgen.py
 `config`: for FlexTok, None (the hydra config in the file), a name of flextok.RELEASED, or a
 mapping of overrides; for the others, a released model name (e.g. "tokenizer_titok_l32_imagenet"), a jaxtok config (mapping,
 JSON string or file), an official config (with a "model" key, e.g. the HF config.json), or None to
@@ -29,7 +32,8 @@ import json
 import os
 from typing import Any
 
-MODELS = ("titok", "onedpiece", "vqgan", "maskgit", "rar", "flextok", "dinov2")
+MODELS = ("titok", "onedpiece", "vqgan", "maskgit", "rar", "flextok", "dinov2", "tatitok", "clip_text",
+          "maskgen")
 
 
 def convert(model: str, weights: str | os.PathLike, config: Any = None):
@@ -65,6 +69,18 @@ def convert(model: str, weights: str | os.PathLike, config: Any = None):
         k: v for k, v in common.config_arg(config).items() if k != "name"}
     cfg, params = dinov2.load(weights, overrides)
     return dict(cfg, name="dinov2"), params
+  if model == "maskgen":
+    from jaxtok.convert import maskgen
+    return maskgen.load(weights, config)
+  if model == "tatitok":
+    from jaxtok.convert import tatitok
+    return tatitok.load(weights, config)
+  if model == "clip_text":  # config: None (the shapes) or overrides (mapping, JSON string or file)
+    from jaxtok.convert import clip_text, common
+    overrides = None if config is None else {
+        k: v for k, v in common.config_arg(config).items() if k != "name"}
+    cfg, params = clip_text.load(weights, overrides)
+    return dict(cfg, name="clip_text"), params
   raise ValueError(f"model must be one of {MODELS}, got {model!r}")
 
 
@@ -85,7 +101,7 @@ def resolve_config(config: Any, flat, *, released, aliases, infer, from_official
   return config
 
 
-GENERATORS = ("maskgit_official", "rar")  # config names of converted generators
+GENERATORS = ("maskgit_official", "rar", "maskgen")  # config names of converted generators
 
 
 def _generator_converter(config: dict):
@@ -96,6 +112,9 @@ def _generator_converter(config: dict):
   if config.get("name") == "rar":
     from jaxtok.convert import rar
     return rar
+  if config.get("name") == "maskgen":
+    from jaxtok.convert import maskgen
+    return maskgen
   return None
 
 
@@ -103,6 +122,9 @@ def _abstract(config: dict):
   if config.get("name") == "dinov2":
     from jaxtok.nn import dinov2
     return dinov2.abstract_params(config)
+  if config.get("name") == "clip_text":
+    from jaxtok.nn import clip_text
+    return clip_text.abstract_params(config)
   converter = _generator_converter(config)
   if converter is not None:
     return converter.abstract_params(config)

@@ -28,6 +28,12 @@ HELDOUT_SEED = 1234
 
 def bundled_photos() -> list[np.ndarray]:
   """Every bundled colour photograph as a uint8 [h, w, 3] array (a fixed order)."""
+  return [p for _, p in named_photos()]
+
+
+def named_photos() -> list[tuple[str, np.ndarray]]:
+  """(name, uint8 [h, w, 3]) of every bundled colour photograph, in `bundled_photos`' order; the
+  scikit-learn ones are named "china" and "flower"."""
   import skimage.data as skd  # pylint: disable=g-import-not-at-top
   photos = []
   for n in SKIMAGE_PHOTOS:
@@ -37,10 +43,11 @@ def bundled_photos() -> list[np.ndarray]:
       continue
     im = np.asarray(im)
     if im.ndim == 3 and im.shape[-1] >= 3:
-      photos.append(np.ascontiguousarray(im[..., :3]).astype(np.uint8))
+      photos.append((n, np.ascontiguousarray(im[..., :3]).astype(np.uint8)))
   try:
     from sklearn.datasets import load_sample_images  # pylint: disable=g-import-not-at-top
-    photos += [np.asarray(im, np.uint8) for im in load_sample_images().images]
+    photos += [(n, np.asarray(im, np.uint8))
+               for n, im in zip(("china", "flower"), load_sample_images().images)]
   except Exception:  # scikit-learn absent or without its sample images.
     pass
   if len(photos) < 3:
@@ -96,7 +103,9 @@ class PhotoCrops:
 
   Batch `i` of the run is a pure function of (seed, i): every process computes the same global batch
   and keeps its own rows, so multi-process runs read disjoint slices and resuming is exact.
-  State: {"step": i} (the next batch index). Batches are float32 [global_batch / processes, S, S, 3].
+  State: {"step": i} (the next batch index). Batches are float32 [global_batch / processes, S, S, 3];
+  after each, `last_photos` int32 [global_batch / processes] holds the index (into `photos`) of the
+  photograph each row was cropped from (for per-photo captions).
   """
 
   def __init__(self, photos: list[np.ndarray], *, image_size: int, global_batch: int, seed: int,
@@ -106,12 +115,13 @@ class PhotoCrops:
                        f"({process_count})")
     if not 0 <= process_index < process_count:
       raise ValueError(f"process_index must lie in [0, {process_count}), got {process_index}")
-    self._scaled = []
-    for p in photos:
+    self._scaled, self._owner = [], []  # owner: the photo index of each scaled copy
+    for j, p in enumerate(photos):
       for s in range(1, max_scale + 1):
         small = p[::s, ::s]
         if small.shape[0] >= image_size and small.shape[1] >= image_size:
           self._scaled.append(small)
+          self._owner.append(j)
     if not self._scaled:
       raise ValueError(f"no photograph is at least {image_size}x{image_size}")
     self.image_size, self.global_batch, self.seed = image_size, global_batch, seed
@@ -134,13 +144,16 @@ class PhotoCrops:
     rng = np.random.default_rng([self.seed, self.step])
     s = self.image_size
     out = np.empty((self.global_batch, s, s, 3), np.uint8)
+    owner = np.empty(self.global_batch, np.int32)
     for i in range(self.global_batch):
-      p = self._scaled[int(rng.integers(len(self._scaled)))]
+      pick = int(rng.integers(len(self._scaled)))
+      p, owner[i] = self._scaled[pick], self._owner[pick]
       y = int(rng.integers(0, p.shape[0] - s + 1))
       x = int(rng.integers(0, p.shape[1] - s + 1))
       crop = p[y:y + s, x:x + s]
       out[i] = crop[:, ::-1] if rng.random() < 0.5 else crop
     self.step += 1
+    self.last_photos = owner[self.offset:self.offset + self.local]  # which photo each row shows
     return out[self.offset:self.offset + self.local].astype(np.float32) / 255.0
 
 

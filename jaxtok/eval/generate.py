@@ -242,3 +242,34 @@ def make_sampler(name: str, graphdef: Any, params: Any, opts: Options) -> Callab
     return body(nnx.merge(graphdef, params), rng, jnp.asarray(labels, jnp.int32), opts)
 
   return lambda rng, labels: sample(params, rng, labels)
+
+
+def _maskgen(model, rng, cond, null, opts: Options):
+  """MaskGen-VQ from text: the release's procedure (`generators.maskgen.SAMPLING`), any setting given
+  in opts (steps, guidance_scale or cfg_scale, randomize_temperature, guidance_decay, ...) winning."""
+  from jaxtok.generators import maskgen  # pylint: disable=g-import-not-at-top
+  settings = opts.titok_settings()
+  if "guidance_scale" not in settings and float(opts.cfg_scale) != 1.0:
+    settings["guidance_scale"] = opts.cfg_scale
+  return maskgen.sample(model, rng, cond, null, **settings)
+
+
+# Text-conditioned generators: condition dicts from a caption's CLIP features instead of class ids.
+TEXT_SAMPLERS = {"maskgen": _maskgen}
+
+
+def make_text_sampler(name: str, graphdef: Any, params: Any,
+                      opts: Options) -> Callable[[jax.Array, Any, Any], jax.Array]:
+  """A jitted `sample(rng, cond, null) -> tokens int32 [B, N]` for a text-conditioned generator;
+  cond / null: the model's condition dicts (`generators.maskgen.text_condition`), null the empty
+  caption's ([1, ...] rows broadcast), None for unguided sampling."""
+  if name not in TEXT_SAMPLERS:
+    raise ValueError(f"text prompts need a text-conditioned generator ({sorted(TEXT_SAMPLERS)}), "
+                     f"got config.model.name {name!r}")
+  body = TEXT_SAMPLERS[name]
+
+  @jax.jit
+  def sample(params, rng, cond, null):
+    return body(nnx.merge(graphdef, params), rng, cond, null, opts)
+
+  return lambda rng, cond, null: sample(params, rng, cond, null)

@@ -88,7 +88,14 @@ def loss(model: MaskGITTransformer, tokens: jax.Array, labels, *, rng: jax.Array
   mask = random_mask(r_mask, b, n)
   inputs = jnp.where(mask, model.mask_id, tokens)
   logits = model(inputs, labels, train=train, rng=r_drop)
-  k = model.codebook_size
+  return masked_ce(logits, tokens, mask, model.codebook_size, label_smoothing, unmasked_weight)
+
+
+def masked_ce(logits: jax.Array, tokens: jax.Array, mask: jax.Array, k: int,
+              label_smoothing: float, unmasked_weight: float):
+  """(loss, {loss, masked_accuracy, mask_ratio}): cross-entropy of logits [B, N, K] against tokens
+  [B, N] with label smoothing, weight 1 on masked positions and unmasked_weight elsewhere,
+  normalised by the weight sum (1d-tokenizer's MLMLoss)."""
   target = jax.nn.one_hot(tokens, k) * (1 - label_smoothing) + label_smoothing / k
   ce = -jnp.sum(target * jax.nn.log_softmax(logits, -1), axis=-1)
   w = jnp.where(mask, 1.0, unmasked_weight)

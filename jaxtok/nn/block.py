@@ -39,7 +39,8 @@ class Block(nnx.Module):
 
   Args:
     width, num_heads: W and H.
-    mlp_hidden: MLP hidden width M; mlp: "gelu" or "swiglu"; mlp_bias: MLP biases.
+    mlp_hidden: MLP hidden width M; mlp: an `Mlp` kind ("gelu", "gelu_tanh", "quick_gelu",
+      "swiglu"); mlp_bias: MLP biases.
     norm: "layer" or "rms"; norm_eps; norm_affine: learned scale (and bias for "layer").
     post_norm: BERT's post-norm order instead of pre-norm.
     adaln: add AdaLN-zero modulation from a condition of width cond_dim (default W), with

@@ -1,6 +1,8 @@
-"""The transformer MLP: GELU (ViT / open_clip) or SwiGLU (Llama / FlexTok).
+"""The transformer MLP: GELU (ViT / open_clip), QuickGELU (OpenAI CLIP) or SwiGLU (Llama / FlexTok).
 
   gelu:   down(gelu(up(x)))                       up [W, M], down [M, W]
+  quick_gelu: down(h * sigmoid(1.702 h)), h = up(x)   (OpenAI CLIP's activation)
+  gelu_tanh: down(gelu_tanh(up(x)))               (diffusers' "gelu-approximate": MM-DiT / MaskGen)
   swiglu: down(silu(gate(x)) * up(x))             gate, up [W, M], down [M, W]
 GELU is exact (erf) unless approximate=True. Matmuls run in the compute dtype.
 
@@ -14,7 +16,7 @@ from flax import nnx
 
 from jaxtok.nn.dense import Dense
 
-KINDS = ("gelu", "swiglu")
+KINDS = ("gelu", "swiglu", "quick_gelu", "gelu_tanh")
 
 
 class Mlp(nnx.Module):
@@ -34,6 +36,9 @@ class Mlp(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.kind == "swiglu":
       h = jax.nn.silu(self.gate(x)) * self.up(x)
+    elif self.kind == "quick_gelu":
+      h = self.up(x)
+      h = h * jax.nn.sigmoid(1.702 * h)
     else:
-      h = jax.nn.gelu(self.up(x), approximate=self.approximate)
+      h = jax.nn.gelu(self.up(x), approximate=self.approximate or self.kind == "gelu_tanh")
     return self.down(h)

@@ -20,6 +20,7 @@ Guidance (only with `uncond`), by guidance_decay, g = guidance_scale, p = guidan
   constant      w_s = g                                    logits = c + w_s (c - u)
   linear        w_s = g s / S  (0 at step 0)               logits = c + w_s (c - u)
   power-cosine  w_s = (g - 1)(1 - cos(pi (s/S)^p)) / 2 + 1  logits = u + w_s (c - u)   (MDT)
+  maskgen_cosine / maskgen_linear: MaskGen's (`MASKGEN_DECAYS`), r = (s + 1) / S, c + w_s (c - u).
 The two formulas are the release's (`guidance.cfg_cond_base`, neutral at 0, and the u-based one,
 neutral at 1). Where w_s = 0 the conditional logits are used alone, as the release skips the
 unconditional pass there (here it still runs, for static shapes, and is discarded).
@@ -42,6 +43,12 @@ import numpy as np
 from jaxtok.samplers import _checks, guidance, maskgit, schedules
 
 DECAYS = ("constant", "linear", "power-cosine")
+# MaskGen's schedules (bytedance/1d-tokenizer modeling/maskgen.py MaskGen_VQ.generate), both with
+# r = (s + 1) / S and logits = c + w_s (c - u):
+#   maskgen_cosine  w_s = (g - 1)(1 - cos(pi r^p)) / 2 + 1     (its "cosine", the default, p = 1)
+#   maskgen_linear  w_s = (g - 1) r + 1                        (its "linear")
+# (its "none" is "constant" above).
+MASKGEN_DECAYS = ("maskgen_cosine", "maskgen_linear")
 
 def _released(steps, randomize_temperature, guidance_scale, guidance_decay, annealing):
   # guidance_scale_pow is never set by a release: demo_util.sample_fn's default 3.0 applies.
@@ -101,8 +108,9 @@ def _nonneg_finite(name, value):
 def _check(steps, randomize_temperature, softmax_temperature_annealing, guidance_scale,
            guidance_decay, guidance_scale_pow):
   _checks.positive_int("steps", steps)
-  if guidance_decay not in DECAYS:
-    raise ValueError(f"guidance_decay must be one of {DECAYS}, got {guidance_decay!r}")
+  if guidance_decay not in DECAYS + MASKGEN_DECAYS:
+    raise ValueError(f"guidance_decay must be one of {DECAYS + MASKGEN_DECAYS}, got "
+                     f"{guidance_decay!r}")
   _nonneg_finite("randomize_temperature", randomize_temperature)
   guidance.check_scale(guidance_scale, "guidance_scale")
   # Static: power-cosine branches on p = 0 while tracing (guidance.power_cosine_scale).
@@ -133,6 +141,12 @@ def step_tables(k, steps, randomize_temperature, softmax_temperature_annealing, 
     scale = _times(guidance_scale, np.ones(steps))
   elif guidance_decay == "linear":  # set after step s - 1 as ratio * g; 0 before the first step
     scale = _times(guidance_scale, s / steps)
+  elif guidance_decay == "maskgen_linear":
+    scale = guidance.linear_scale(jnp.asarray(guidance_scale, jnp.float32),
+                                  jnp.asarray(ratio, jnp.float32))
+  elif guidance_decay == "maskgen_cosine":
+    scale = guidance.power_cosine_scale(guidance_scale, jnp.asarray(ratio, jnp.float32),
+                                        guidance_scale_pow)
   else:
     scale = guidance.power_cosine_scale(guidance_scale, jnp.asarray(s / steps, jnp.float32),
                                         guidance_scale_pow)

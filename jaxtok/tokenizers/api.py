@@ -100,6 +100,7 @@ MODULES = {
     "dar": "dar",
     "layton": "layton",
     "gpstoken": "gpstoken",
+    "tatitok": "tatitok",
 }
 
 

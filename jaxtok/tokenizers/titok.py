@@ -119,21 +119,28 @@ class TiTokDecoder(nnx.Module):
       self.ffn_out = Dense(2 * width, proxy_codebook_size, ("mlp", "vocab"), dtype=dtype, rngs=rngs)
 
   def __call__(self, codes: jax.Array, num_tokens: int | jax.Array | None = None,
-               capture: int | None = None):
-    """The head's output; with capture=k also the G grid tokens [B, G, W] after block k."""
+               capture: int | None = None, context: jax.Array | None = None):
+    """The head's output; with capture=k also the G grid tokens [B, G, W] after block k.
+
+    context: optional [B, S, W] tokens appended after the latents (TA-TiTok's projected text), seen
+      by every position and never masked by num_tokens.
+    """
     b, k, _ = codes.shape
     g2 = self.grid**2
     x = self.decoder_embed(codes) + self.latent_token_positional_embedding(k).astype(self.dtype)
     masks = jnp.broadcast_to(self.mask_token().astype(self.dtype), (b, g2, self.width))
     cls = jnp.broadcast_to(self.class_embedding().astype(self.dtype), (b, 1, self.width))
     prefix = jnp.concatenate([cls, masks], axis=1) + self.positional_embedding().astype(self.dtype)
-    seq = self.ln_pre(jnp.concatenate([prefix, x], axis=1))
+    parts = [prefix, x] + ([] if context is None else [context.astype(self.dtype)])
+    seq = self.ln_pre(jnp.concatenate(parts, axis=1))
     mask = None
     if num_tokens is not None:
       n = jnp.asarray(num_tokens, jnp.int32).reshape(-1)  # [] or [B]
       keep_latent = jnp.arange(k)[None, :] < n[:, None]  # [1 or B, K']
+      rows = keep_latent.shape[0]
       keep = jnp.concatenate(
-          [jnp.ones((keep_latent.shape[0], 1 + g2), bool), keep_latent], axis=1)
+          [jnp.ones((rows, 1 + g2), bool), keep_latent] +
+          ([] if context is None else [jnp.ones((rows, context.shape[1]), bool)]), axis=1)
       mask = keep[:, None, None, :]  # keys only: [B, 1, 1, S]
     hidden = None
     if capture is None:
@@ -291,20 +298,23 @@ class TiTok(nnx.Module):
                        f"{tuple(tokens.shape)}")
 
   def decode_codes(self, codes: jax.Array, *, num_tokens: int | jax.Array | None = None,
-                   logits: bool = False, features: bool = False):
+                   logits: bool = False, features: bool = False, context: jax.Array | None = None):
     """Codes [B, K', D] -> images [B, H, W, 3] float32 (or proxy logits [B, g, g, P] with logits=True).
 
     num_tokens: optional int or int32 array ([] or [B]); latents at positions >= num_tokens are
       masked out of the decoder's attention (tail drop), which equals decoding codes[:, :num_tokens].
     features: also return the REPA-projected grid tokens float32 [B, G, repa_dim] after decoder
       block repa_layer (the pair (output, features)).
+    context: optional [B, S, W_dec] tokens the decoder appends after the latents (TA-TiTok).
     """
     if features:
       if self.repa_proj is None:
         raise ValueError("features=True needs a REPA projector: build TiTok with repa_layer > 0")
-      out, hidden = self.decoder(codes.astype(jnp.float32), num_tokens, capture=self.repa_layer)
+      out, hidden = self.decoder(codes.astype(jnp.float32), num_tokens, capture=self.repa_layer,
+                                 context=context)
       return self._head_output(out, logits), self.repa_proj(hidden)
-    return self._head_output(self.decoder(codes.astype(jnp.float32), num_tokens), logits)
+    return self._head_output(self.decoder(codes.astype(jnp.float32), num_tokens, context=context),
+                             logits)
 
   def _head_output(self, out: jax.Array, logits: bool) -> jax.Array:
     if self.decoder_head == "pixels" or logits:
@@ -343,7 +353,7 @@ class TiTok(nnx.Module):
   def train_forward(self, images: jax.Array, *, rng: jax.Array, step: int | jax.Array | None = None,
                     target: str = "pixels", perturb: dict | None = None,
                     num_tokens: int | None = None, features: bool = False,
-                    resample: Any = None) -> TrainOutput:
+                    resample: Any = None, context: jax.Array | None = None) -> TrainOutput:
     """Training pass: encode (train=True), optionally perturb the codes, decode the kept prefix.
 
     Args:
@@ -362,6 +372,7 @@ class TiTok(nnx.Module):
       resample: RobusTok generator-sampled post-training, `resample(tokens int32 [B, K], rng) ->
         (tokens, metrics)` (`jaxtok.train.posttrain`): the decoder gets the codes of the returned
         tokens (an unchanged token keeps its code). Only vq and fsq; not with perturb.
+      context: optional [B, S, W_dec] tokens appended to the decoder's sequence (TA-TiTok's text).
 
     With tail_drop and num_tokens None, one kept length is drawn per batch on every target
     (`kept_length`: U{1..K} for tail_drop_mode "uniform", U{1, 2, 4, ..., K} for "pow2"; metric
@@ -397,7 +408,7 @@ class TiTok(nnx.Module):
     if keep is not None:
       metrics["kept_tokens"] = jnp.asarray(keep, jnp.float32)
     out = self.decode_codes(codes, num_tokens=keep, logits=target == "proxy_logits",
-                            features=features)
+                            features=features, context=context)
     out, feats = out if features else (out, None)
     if target == "proxy_logits":
       return TrainOutput(recon=None, losses=dict(losses), metrics=metrics,
@@ -439,10 +450,17 @@ def make_model(cfg: Mapping[str, Any], *, rngs: nnx.Rngs) -> TiTok:
   "vae". Common options: dtype, remat, scan_layers, attention_impl (`nn.options`). Any other key
   raises ValueError listing the valid ones.
   """
+  return TiTok(**titok_kwargs(cfg), rngs=rngs)
+
+
+def titok_kwargs(cfg: Mapping[str, Any], *, fields: Sequence[str] = _FIELDS, cls: type = TiTok,
+                 model: str = "TiTok") -> dict[str, Any]:
+  """The constructor keywords `make_model` reads from cfg (a model composing TiTok, such as
+  TA-TiTok, passes its own extra `fields` and class)."""
   cfg = as_dict(cfg)
-  kwargs = model_kwargs(cfg, _FIELDS, model="TiTok", extra=_SIZE_KEYS, cls=TiTok)
-  check_types(TiTok, {k: cfg[k] for k in _SIZE_KEYS if not k.endswith(("_size", "name"))
-                      and cfg.get(k) is not None}, model="TiTok")
+  kwargs = model_kwargs(cfg, fields, model=model, extra=_SIZE_KEYS, cls=cls)
+  check_types(cls, {k: cfg[k] for k in _SIZE_KEYS if not k.endswith(("_size", "name"))
+                    and cfg.get(k) is not None}, model=model)
   kwargs.update(_sizes(cfg, "encoder"))
   kwargs.update(_sizes(cfg, "decoder"))
   if cfg.get("name") == "onedpiece":
@@ -452,4 +470,4 @@ def make_model(cfg: Mapping[str, Any], *, rngs: nnx.Rngs) -> TiTok:
   for key in ("fsq_levels", "pixel_ch_mult"):
     if key in kwargs:
       kwargs[key] = tuple(int(v) for v in kwargs[key])
-  return TiTok(**kwargs, rngs=rngs)
+  return kwargs

@@ -8,6 +8,8 @@ Generators (config.model.name):
   maskgit   bidirectional masked over discrete  (jaxtok.generators.bert)  e.g. TiTok tokens
   mar       masked over continuous tokens       (jaxtok.generators.mar)   e.g. VAE tokens
   ecar      stage-wise multistage flow, continuous (jaxtok.generators.ecar) e.g. VAE tokens
+  maskgen   text-to-image masked (MaskGen-VQ)   (jaxtok.generators.maskgen) TA-TiTok tokens; its
+            labels are a text-condition dict (see that module), not class ids
 Each module has `make_model(cfg, *, rngs)` and `loss(model, tokens, labels, *, rng, train, step) ->
 (loss, metrics)`, `step` being the number of completed updates (int32, traced; RAR anneals its
 random-order chance with it, the others ignore it). The data are a token dataset written by
@@ -41,7 +43,8 @@ log = logging.getLogger(__name__)
 GENERATORS = {"gpt": "jaxtok.generators.gpt", "maskgit": "jaxtok.generators.bert",
               "mar": "jaxtok.generators.mar", "token_shuffle": "jaxtok.generators.token_shuffle",
               "nar": "jaxtok.generators.nar", "rar": "jaxtok.generators.rar",
-              "ecar": "jaxtok.generators.ecar"}
+              "ecar": "jaxtok.generators.ecar",
+              "maskgen": "jaxtok.generators.maskgen"}
 
 
 def generator_module(name: str):

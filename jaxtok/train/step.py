@@ -22,6 +22,9 @@ The step knows the model only through its training contract (`jaxtok.tokenizers.
   out = model.train_forward(images, rng=rng, step=step, target="pixels" | "proxy_logits",
                             perturb=settings or None)
 
+A dict batch with "text_features" (float [B, S, C], a caption's CLIP features) also passes
+text_features=... to train_forward (TA-TiTok's text-aware decoder).
+
 target "proxy_logits" when loss.proxy > 0 (TiTok stage 1: out.logits [B, N, V] against the teacher's
 codes), "pixels" otherwise. Everything model-specific lives in the model: the kept length (One-D-Piece
 tail drop / FlexTok nested dropout, in the model's mode, on every target), the flow loss, and
@@ -282,6 +285,8 @@ def make_train_step(model: ModelDef, loss_cfg: Any, tx: optax.GradientTransforma
                            f"(TiTok / One-D-Piece); {type(m).__name__} has none")
         labels = batch.get("label") if isinstance(batch, dict) else None
         extra["resample"] = lambda tok, key: resample_fn(frozen["generator"], tok, labels, key)
+      if isinstance(batch, dict) and "text_features" in batch:  # text-aware models (TA-TiTok)
+        extra["text_features"] = batch["text_features"]
       out = m.train_forward(images, rng=k_model, step=step, target=target, perturb=perturb_cfg,
                             **extra)
       recon, model_losses, model_metrics = out.recon, dict(out.losses), dict(out.metrics)

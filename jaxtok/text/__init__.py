@@ -1,0 +1,1 @@
+"""Text tokenizers for text-conditioned models (CLIP's byte-level BPE)."""
