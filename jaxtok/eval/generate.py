@@ -207,10 +207,29 @@ def _mar(model, rng, labels, opts: Options):
   return out.tokens
 
 
+def _tokenbridge(model, rng, labels, opts: Options):
+  """MAR's loop with TokenBridge's categorical channel head; returns dequantized latents [B, N, D]."""
+  from jaxtok.samplers import mar  # pylint: disable=g-import-not-at-top
+  guided = _guided(model, opts)
+
+  def head_sampler(key, zc, zu, scale):
+    idx = model.head.sample(key, zc, temperature=opts.temperature, top_k=opts.top_k,
+                            top_p=opts.top_p, z_uncond=zu, cfg_scale=scale)
+    return model.dequantize(idx)
+
+  out = mar.sample(rng, lambda tok, mask, cond: model.condition(tok, mask, cond), None,
+                   batch=labels.shape[0], num_tokens=model.seq_len, token_dim=model.token_dim,
+                   steps=opts.steps or min(64, model.seq_len), head_steps=1, cond=labels,
+                   uncond=jnp.full_like(labels, -1) if guided else None, cfg_scale=opts.cfg_scale,
+                   cfg_schedule=opts.cfg_schedule or "linear", head_sampler=head_sampler)
+  return out.tokens
+
+
 # RAR has GPT's interface (condition_ids, null_id, init_cache, prefill, step, seq_len); a converted
 # official TiTok MaskGIT generator ("maskgit_official", jaxtok.convert.maskgit) has MaskGIT's.
 SAMPLERS = {"gpt": _gpt, "rar": _gpt, "maskgit": _maskgit, "maskgit_official": _maskgit, "mar": _mar,
             "token_shuffle": _token_shuffle, "nar": _nar}
+SAMPLERS["tokenbridge"] = _tokenbridge
 
 
 def make_sampler(name: str, graphdef: Any, params: Any, opts: Options) -> Callable[[jax.Array, jax.Array], jax.Array]:
