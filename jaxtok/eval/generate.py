@@ -225,11 +225,26 @@ def _tokenbridge(model, rng, labels, opts: Options):
   return out.tokens
 
 
+def _cubid(model, rng, labels, opts: Options):
+  """CubiD's element-wise masked decoding of the [T, D] cube; returns dequantized latents."""
+  from jaxtok.samplers import cubid  # pylint: disable=g-import-not-at-top
+  guided = _guided(model, opts)
+  grid = jnp.full((labels.shape[0], model.seq_len, model.token_dim), model.mask_id, jnp.int32)
+  out, _ = cubid.sample(rng, lambda g, cond: model(g, cond), grid, mask_id=model.mask_id,
+                        steps=opts.steps or min(16, model.seq_len * model.token_dim),
+                        schedule=opts.schedule, temperature=opts.temperature,
+                        choice_temperature=opts.choice_temperature, top_k=opts.top_k,
+                        top_p=opts.top_p, cond=labels,
+                        uncond=jnp.full_like(labels, -1) if guided else None,
+                        cfg_scale=opts.cfg_scale, cfg_schedule=opts.cfg_schedule or "constant")
+  return model.dequantize(out)
+
+
 # RAR has GPT's interface (condition_ids, null_id, init_cache, prefill, step, seq_len); a converted
 # official TiTok MaskGIT generator ("maskgit_official", jaxtok.convert.maskgit) has MaskGIT's.
 SAMPLERS = {"gpt": _gpt, "rar": _gpt, "maskgit": _maskgit, "maskgit_official": _maskgit, "mar": _mar,
             "token_shuffle": _token_shuffle, "nar": _nar}
-SAMPLERS["tokenbridge"] = _tokenbridge
+SAMPLERS.update(tokenbridge=_tokenbridge, cubid=_cubid)
 
 
 def make_sampler(name: str, graphdef: Any, params: Any, opts: Options) -> Callable[[jax.Array, jax.Array], jax.Array]:

@@ -85,30 +85,16 @@ def frequency_order(tokens, *, grid: tuple[int, int] | None = None, cutoff: floa
   return tuple(int(i) for i in np.lexsort((np.arange(d), -ratio)))
 
 
-class TokenBridge(mar.MAR):
-  """MAR backbone (conditions z) + DimwiseARHead (adaLN) over dimension-wise quantized tokens."""
+class DimwiseLevels:
+  """Dimension-wise quantization of a model's float tokens with fixed Gaussian bins; needs the
+  attributes token_dim (set by the model) and bits, std_range, value_range (`init_levels`);
+  used by TokenBridge and CubiD."""
 
-  def __init__(self, *, token_dim: int, seq_len: int, num_classes: int = 0, width: int = 768,
-               depth: int = 12, heads: int = 12, head_width: int = 1024, head_depth: int = 3,
-               head_heads: int = 8, bits: int = 6, std_range: float = 3.0, value_range: float = 5.0,
-               channel_order: Sequence[int] | None = None, class_dropout: float = 0.1,
-               dtype=jnp.float32, remat="none", scan_layers: bool = False, attention_impl=None,
-               rngs: nnx.Rngs):
-    # Checked here (the spec's own checks) so a bad config fails before any parameter is made.
+  def init_levels(self, token_dim: int, bits: int, std_range: float, value_range: float) -> None:
+    """Checks the bins' settings (`dimwise.standard_normal`'s errors) and stores them."""
     dimwise.standard_normal(max(int(token_dim), 1), bits=bits, std_range=std_range,
                             value_range=value_range)
     self.bits, self.std_range, self.value_range = int(bits), float(std_range), float(value_range)
-    self.head_heads = head_heads
-    self.channel_order = None if channel_order is None else tuple(int(c) for c in channel_order)
-    super().__init__(token_dim=token_dim, seq_len=seq_len, num_classes=num_classes, width=width,
-                     depth=depth, heads=heads, head_width=head_width, head_depth=head_depth,
-                     class_dropout=class_dropout, dtype=dtype, remat=remat, scan_layers=scan_layers,
-                     attention_impl=attention_impl, rngs=rngs)
-
-  def make_head(self, *, token_dim, cond_dim, width, depth, rngs):
-    return DimwiseARHead(num_channels=token_dim, levels=self.levels, cond_dim=cond_dim, width=width,
-                         depth=depth, heads=self.head_heads, order=self.channel_order, adaln=True,
-                         rngs=rngs)
 
   @property
   def levels(self) -> int:
@@ -127,6 +113,29 @@ class TokenBridge(mar.MAR):
   def dequantize(self, indices: jax.Array) -> jax.Array:
     """Latents float32 [..., D] of indices int [..., D]."""
     return dimwise.indices_to_codes(indices, self.spec())
+
+
+class TokenBridge(mar.MAR, DimwiseLevels):
+  """MAR backbone (conditions z) + DimwiseARHead (adaLN) over dimension-wise quantized tokens."""
+
+  def __init__(self, *, token_dim: int, seq_len: int, num_classes: int = 0, width: int = 768,
+               depth: int = 12, heads: int = 12, head_width: int = 1024, head_depth: int = 3,
+               head_heads: int = 8, bits: int = 6, std_range: float = 3.0, value_range: float = 5.0,
+               channel_order: Sequence[int] | None = None, class_dropout: float = 0.1,
+               dtype=jnp.float32, remat="none", scan_layers: bool = False, attention_impl=None,
+               rngs: nnx.Rngs):
+    self.init_levels(token_dim, bits, std_range, value_range)  # before the head is made
+    self.head_heads = head_heads
+    self.channel_order = None if channel_order is None else tuple(int(c) for c in channel_order)
+    super().__init__(token_dim=token_dim, seq_len=seq_len, num_classes=num_classes, width=width,
+                     depth=depth, heads=heads, head_width=head_width, head_depth=head_depth,
+                     class_dropout=class_dropout, dtype=dtype, remat=remat, scan_layers=scan_layers,
+                     attention_impl=attention_impl, rngs=rngs)
+
+  def make_head(self, *, token_dim, cond_dim, width, depth, rngs):
+    return DimwiseARHead(num_channels=token_dim, levels=self.levels, cond_dim=cond_dim, width=width,
+                         depth=depth, heads=self.head_heads, order=self.channel_order, adaln=True,
+                         rngs=rngs)
 
 
 def loss(model: TokenBridge, tokens: jax.Array, labels, *, rng: jax.Array, train: bool = True,

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 GENERATORS = {"gpt": "jaxtok.generators.gpt", "maskgit": "jaxtok.generators.bert",
               "mar": "jaxtok.generators.mar", "token_shuffle": "jaxtok.generators.token_shuffle",
               "nar": "jaxtok.generators.nar", "rar": "jaxtok.generators.rar"}
-GENERATORS["tokenbridge"] = "jaxtok.generators.tokenbridge"
+GENERATORS.update(tokenbridge="jaxtok.generators.tokenbridge", cubid="jaxtok.generators.cubid")
 
 
 def generator_module(name: str):
