@@ -16,6 +16,10 @@
            its settings overriding; guidance always runs for a class-conditional model there);
   mar      jaxtok.samplers.mar.sample with the MAR transformer as the condition function and its
            FlowHead (t = 1 noise) adapted by `flow.flip_time`; DiSA step annealing of the head.
+  tokenbridge  the mar loop with TokenBridge's categorical channel head (`head_sampler`); returns
+           the dequantized latents float32 [B, N, D];
+  cubid    jaxtok.samplers.cubid over the [N, D] cube of level indices (MaskGIT steps, confidence
+           choice); returns the dequantized latents float32 [B, N, D].
 Labels int32 [B], -1 = unconditional. Classifier-free guidance runs only when the generator is
 class-conditional (num_classes > 0) and cfg_scale != 1; the null condition is the model's null id.
 

@@ -10,7 +10,10 @@ v = eps - x, so t = 1 is noise and t = 0 is data; sampling integrates dx/dt = v 
 z, the D dimension-wise tokens are generated one channel after another by a small causal transformer
 whose first input is the projected condition and whose later inputs are the previous channels' token
 embeddings (a separate embedding table and output head per channel, realised as one table/head of
-D * levels entries, each channel using its own slice). Channel order is a fixed permutation.
+D * levels entries, each channel using its own slice). Channel order is a fixed permutation. With
+adaln=True (TokenBridge's form) the blocks and the final norm are modulated by z (adaLN-zero) and a
+learned start vector and per-step position embedding are added; sampling draws with
+`samplers.categorical` and may apply classifier-free guidance per channel.
 
 Dimension names: N tokens (rows), D token dimension / channels, W condition width, V levels per channel.
 """

@@ -7,6 +7,8 @@ Generators (config.model.name):
   rar       causal AR, randomized orders        (jaxtok.generators.rar)   e.g. MaskGIT-VQ tokens
   maskgit   bidirectional masked over discrete  (jaxtok.generators.bert)  e.g. TiTok tokens
   mar       masked over continuous tokens       (jaxtok.generators.mar)   e.g. VAE tokens
+  tokenbridge  MAR over dimension-wise quantized VAE tokens, channel-AR head (generators.tokenbridge)
+  cubid     masked diffusion over (token, dimension) elements of quantized tokens (generators.cubid)
 Each module has `make_model(cfg, *, rngs)` and `loss(model, tokens, labels, *, rng, train, step) ->
 (loss, metrics)`, `step` being the number of completed updates (int32, traced; RAR anneals its
 random-order chance with it, the others ignore it). The data are a token dataset written by
