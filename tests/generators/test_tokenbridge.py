@@ -1,5 +1,6 @@
 """TokenBridge: frequency channel ordering by hand, the adaLN channel head's causality / cache /
 guidance, sampled latents on the quantization grid, and the tiny config through the tools."""
+import math
 import os
 
 import jax
@@ -90,8 +91,9 @@ def test_adaln_head_cached_sampling_and_guidance(head):
 
 @pytest.mark.slow
 def test_tiny_trains_with_falling_loss_then_samples_through_the_tools(tmp_path):
-  """A float token dataset (8 tokens x 4 channels), tools/train_generator (loss at step 1, then
-  resumed to step 20 at lr 1e-2: lower), tools/sample with a tiny VAE: latents on the grid."""
+  """A float token dataset (8 tokens x 4 channels), tools/train_generator (16 steps at lr 1e-2:
+  the loss ends well under ln 8, the loss of the near-uniform head at initialisation: its output
+  projection is N(0, 0.02^2)), tools/sample with a tiny VAE: latents on the grid."""
   from jaxtok.configs import vae
   from jaxtok.data import tokens as token_data
   from jaxtok.tokenizers import api
@@ -112,12 +114,10 @@ def test_tiny_trains_with_falling_loss_then_samples_through_the_tools(tmp_path):
   train, sample = load_tool("train_generator"), load_tool("sample")
   workdir = str(tmp_path / "tb")
   cfg = "--config=" + os.path.join("configs", "tokenbridge_vae.py") + ":tiny"
-  over = ["--config.model.num_classes=2", "--config.total_steps=20", "--config.ckpt_every=20",
+  over = ["--config.model.num_classes=2", "--config.total_steps=16", "--config.ckpt_every=16",
           "--config.optim.lr=1e-2"]
-  args = ["train_generator", cfg, f"--workdir={workdir}", f"--data={data_dir}"] + over
-  first = train.main(args + ["--stop_at=1"])
-  last = train.main(args)
-  assert np.isfinite(last["loss"]) and last["loss"] < first["loss"] - 0.2, (first, last)
+  last = train.main(["train_generator", cfg, f"--workdir={workdir}", f"--data={data_dir}"] + over)
+  assert np.isfinite(last["loss"]) and last["loss"] < math.log(8) - 0.3, last
   res = sample.main(["sample", cfg, f"--workdir={workdir}", f"--out={tmp_path / 'samples'}",
                      "--num_samples=3", "--batch_size=3", "--labels=0,1", "--cfg_scale=2.0",
                      "--top_k=4", "--steps=3", f"--tokenizer_checkpoint={tok_dir}"] + over[:1])
