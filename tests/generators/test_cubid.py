@@ -104,3 +104,13 @@ def test_tiny_trains_with_falling_loss_and_samples():
   out = sampler(jax.random.key(0), jnp.array([0, 1]))
   assert out.shape == (2, 8, 4) and out.dtype == jnp.float32
   np.testing.assert_array_equal(model.dequantize(model.quantize(out)[0]), out)  # on the grid
+
+
+def test_bad_config_and_inputs():
+  with pytest.raises(ValueError, match=r"unknown cubid config key\(s\) \['levels'\]"):
+    cubid_lib.make_model({"name": "cubid", "token_dim": 4, "seq_len": 8, "levels": 16},
+                         rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="bits must be <= 16, got 17"):
+    cubid_lib.CubiD(token_dim=4, seq_len=8, bits=17, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"grid must be \[B, T, D\]"):
+    cubid.sample(KEY(0), lambda g: g, jnp.zeros((2, 6), jnp.int32), mask_id=4, steps=2)

@@ -130,3 +130,13 @@ def test_tiny_trains_with_falling_loss_then_samples_through_the_tools(tmp_path):
   assert int(idx.min()) >= 0 and int(idx.max()) < 8
   np.testing.assert_array_equal(np.asarray(dimwise.indices_to_codes(idx, spec)), out)
   assert res["images"].shape == (3, 16, 16, 3)
+
+
+def test_bad_config_and_inputs():
+  with pytest.raises(ValueError, match=r"unknown tokenbridge config key\(s\) \['codebook_size'\]"):
+    tokenbridge.make_model({"name": "tokenbridge", "token_dim": 4, "seq_len": 8,
+                            "codebook_size": 16}, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="bits must be <= 16, got 20"):
+    tokenbridge.TokenBridge(token_dim=4, seq_len=8, bits=20, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="cutoff must be in"):
+    tokenbridge.frequency_order(np.zeros((1, 4, 2)), cutoff=0.0)
