@@ -1182,13 +1182,79 @@ def text_suite(args) -> list[tuple[str, str, float, str]]:
   return rows
 
 
+# ---- dimwise: TokenBridge, CubiD and the masked-diffusion decoders at one small size
+
+def dimwise_suite(args) -> list[tuple[str, str, float, str]]:
+  """tokens/s and model calls per image: TokenBridge, CubiD, MAR and masked diffusion (sequential /
+  parallel first-hitting, ancestral, deferred commitment, an untrained unmasking policy), all on
+  16 tokens (x 8 dims for the continuous / dimension-wise ones), 2 x 64 trunks, batch 4."""
+  from flax import nnx
+  from jaxtok.eval import generate
+  from jaxtok.generators import bert, cubid, mar as mar_lib, tokenbridge
+  from jaxtok.samplers import deferred, masked_diffusion, unmasking_policy
+
+  rows = Rows()
+  b, n, d, reps = 4, 16, 8, max(1, args.repeats // 3)
+  labels = jnp.zeros((b,), jnp.int32)
+  trunk = dict(seq_len=n, num_classes=10, width=64, depth=2, heads=2)
+
+  def timed(case, impl, fn, calls):
+    jitted = jax.jit(fn)
+    out = jitted(jax.random.key(0))
+    t = time_call(lambda: jitted(jax.random.key(0)), reps, jax.block_until_ready)
+    rows.append((case, impl, t * 1e3, f"{b * n / t:.0f} tokens/s; {calls(out)} model calls per image"))
+
+  stage("dimwise: TokenBridge / CubiD / MAR")
+  case = f"{n} tokens x {d} dims, batch {b}, 2x64"
+  opts = generate.Options(steps=8)
+  for name, model, calls in (
+      ("TokenBridge (8 iterations, 16 levels)", tokenbridge.TokenBridge(
+          token_dim=d, bits=4, head_width=64, head_depth=1, head_heads=2, rngs=nnx.Rngs(0), **trunk),
+       f"8 trunk + {8 * d} head"),
+      ("CubiD (8 steps over 128 elements, 16 levels)",
+       cubid.CubiD(token_dim=d, bits=4, rngs=nnx.Rngs(0), **trunk), "8"),
+      ("MAR (8 iterations, flow head 8 steps)", mar_lib.MAR(
+          token_dim=d, head_width=64, head_depth=2, rngs=nnx.Rngs(0), **trunk),
+       "8 trunk + 64 head")):
+    graphdef, params = nnx.split(model)
+    kind = {"TokenBridge": "tokenbridge", "CubiD": "cubid", "MAR": "mar"}[name.split()[0]]
+    o = generate.Options(steps=8, head_steps=8) if kind == "mar" else opts
+    sampler = generate.make_sampler(kind, graphdef, params, o)
+    timed(case, name, lambda r, s=sampler: s(r, labels), lambda out, c=calls: c)
+
+  stage("dimwise: masked diffusion decoders")
+  net = bert.MaskGITTransformer(codebook_size=256, rngs=nnx.Rngs(0), **trunk)
+  graphdef, params = nnx.split(net)
+  model = nnx.merge(graphdef, params)
+  fn = lambda t: model(t, labels)
+  start = jnp.full((b, n), net.mask_id, jnp.int32)
+  case = f"masked diffusion {n} tokens, vocab 256, batch {b}, 2x64"
+  mid = net.mask_id
+  timed(case, "first_hitting (exact)", lambda r: masked_diffusion.first_hitting(
+      r, fn, start, mask_id=mid)[0], lambda out: n)
+  timed(case, "first_hitting_parallel, 4 per call", lambda r: masked_diffusion.first_hitting_parallel(
+      r, fn, start, mask_id=mid, tokens_per_step=4)[0], lambda out: n // 4)
+  timed(case, "ancestral, 8 steps", lambda r: masked_diffusion.ancestral(
+      r, fn, start, mask_id=mid, steps=8), lambda out: 8)
+  timed(case, "deferred (window 4, threshold 0.9)", lambda r: deferred.sample(
+      r, fn, start, mask_id=mid, window=4, threshold=0.9)[1],
+        lambda out: f"{float(np.mean(np.asarray(out).max(-1) + 1)):.1f}")
+  policy = unmasking_policy.UnmaskingPolicy(width=16, heads=2, rngs=nnx.Rngs(0))
+  timed(case, "unmasking policy (untrained, <= 8 steps)", lambda r: unmasking_policy.rollout(
+      r, policy, fn, start, mask_id=mid, max_steps=8).calls,
+        lambda out: f"{float(np.mean(np.asarray(out))):.1f}")
+  return rows
+
+
 SUITES = {"quantizers": quantizer_suite, "tokenizers": tokenizer_suite, "train": train_suite,
           "samplers": sampler_suite, "data": data_suite,
+<<<<<<< HEAD
           "official": official_suite,
           # second-wave models: one line each
           "ecar": ecar_suite,
           "gaussian_layton": gaussian_layton_suite,
           "text": text_suite,
+          "dimwise": dimwise_suite,
           }
 
 

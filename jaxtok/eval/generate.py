@@ -18,6 +18,10 @@
            FlowHead (t = 1 noise) adapted by `flow.flip_time`; DiSA step annealing of the head.
   ecar     jaxtok.samplers.ecar.sample: one condition call and one window of head steps per stage
            (head_steps at the first stage annealed to head_steps_lower at the last).
+  tokenbridge  the mar loop with TokenBridge's categorical channel head (`head_sampler`); returns
+           the dequantized latents float32 [B, N, D];
+  cubid    jaxtok.samplers.cubid over the [N, D] cube of level indices (MaskGIT steps, confidence
+           choice); returns the dequantized latents float32 [B, N, D].
 Labels int32 [B], -1 = unconditional. Classifier-free guidance runs only when the generator is
 class-conditional (num_classes > 0) and cfg_scale != 1; the null condition is the model's null id.
 
@@ -225,10 +229,44 @@ def _ecar(model, rng, labels, opts: Options):
   return out.tokens
 
 
+def _tokenbridge(model, rng, labels, opts: Options):
+  """MAR's loop with TokenBridge's categorical channel head; returns dequantized latents [B, N, D]."""
+  from jaxtok.samplers import mar  # pylint: disable=g-import-not-at-top
+  guided = _guided(model, opts)
+
+  def head_sampler(key, zc, zu, scale):
+    idx = model.head.sample(key, zc, temperature=opts.temperature, top_k=opts.top_k,
+                            top_p=opts.top_p, z_uncond=zu, cfg_scale=scale)
+    return model.dequantize(idx)
+
+  out = mar.sample(rng, lambda tok, mask, cond: model.condition(tok, mask, cond), None,
+                   batch=labels.shape[0], num_tokens=model.seq_len, token_dim=model.token_dim,
+                   steps=opts.steps or min(64, model.seq_len), head_steps=1, cond=labels,
+                   uncond=jnp.full_like(labels, -1) if guided else None, cfg_scale=opts.cfg_scale,
+                   cfg_schedule=opts.cfg_schedule or "linear", head_sampler=head_sampler)
+  return out.tokens
+
+
+def _cubid(model, rng, labels, opts: Options):
+  """CubiD's element-wise masked decoding of the [T, D] cube; returns dequantized latents."""
+  from jaxtok.samplers import cubid  # pylint: disable=g-import-not-at-top
+  guided = _guided(model, opts)
+  grid = jnp.full((labels.shape[0], model.seq_len, model.token_dim), model.mask_id, jnp.int32)
+  out, _ = cubid.sample(rng, lambda g, cond: model(g, cond), grid, mask_id=model.mask_id,
+                        steps=opts.steps or min(16, model.seq_len * model.token_dim),
+                        schedule=opts.schedule, temperature=opts.temperature,
+                        choice_temperature=opts.choice_temperature, top_k=opts.top_k,
+                        top_p=opts.top_p, cond=labels,
+                        uncond=jnp.full_like(labels, -1) if guided else None,
+                        cfg_scale=opts.cfg_scale, cfg_schedule=opts.cfg_schedule or "constant")
+  return model.dequantize(out)
+
+
 # RAR has GPT's interface (condition_ids, null_id, init_cache, prefill, step, seq_len); a converted
 # official TiTok MaskGIT generator ("maskgit_official", jaxtok.convert.maskgit) has MaskGIT's.
 SAMPLERS = {"gpt": _gpt, "rar": _gpt, "maskgit": _maskgit, "maskgit_official": _maskgit, "mar": _mar,
             "token_shuffle": _token_shuffle, "nar": _nar, "ecar": _ecar}
+SAMPLERS.update(tokenbridge=_tokenbridge, cubid=_cubid)
 
 
 def make_sampler(name: str, graphdef: Any, params: Any, opts: Options) -> Callable[[jax.Array, jax.Array], jax.Array]:

@@ -10,7 +10,10 @@ v = eps - x, so t = 1 is noise and t = 0 is data; sampling integrates dx/dt = v 
 z, the D dimension-wise tokens are generated one channel after another by a small causal transformer
 whose first input is the projected condition and whose later inputs are the previous channels' token
 embeddings (a separate embedding table and output head per channel, realised as one table/head of
-D * levels entries, each channel using its own slice). Channel order is a fixed permutation.
+D * levels entries, each channel using its own slice). Channel order is a fixed permutation. With
+adaln=True (TokenBridge's form) the blocks and the final norm are modulated by z (adaLN-zero) and a
+learned start vector and per-step position embedding are added; sampling draws with
+`samplers.categorical` and may apply classifier-free guidance per channel.
 
 Dimension names: N tokens (rows), D token dimension / channels, W condition width, V levels per channel.
 """
@@ -23,6 +26,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxtok.generators.trunk import TokenTrunk
+from jaxtok.nn.block import Block
+from jaxtok.nn.dense import Dense
+from jaxtok.nn.norm import Norm
+from jaxtok.nn.stack import Stack
+from jaxtok.samplers import categorical, guidance
 from jaxtok.nn.embeddings import timestep_embedding
 from jaxtok.sharding import logical_init
 
@@ -105,25 +113,79 @@ def flow_loss(head: FlowHead, x: jax.Array, z: jax.Array, rng: jax.Array, *, bat
 
 
 class DimwiseARHead(nnx.Module):
-  """TokenBridge's channel-autoregressive head over D dimension-wise tokens with V levels each."""
+  """TokenBridge's channel-autoregressive head over D dimension-wise tokens with V levels each.
+
+  adaln=False: a causal `TokenTrunk` (RoPE, RMSNorm) whose first input is the projected condition.
+  adaln=True (TokenBridge's head): a learned start vector plus the projected condition opens the
+  sequence, a learned position embedding per step is added, the blocks are pre-LayerNorm `Block`s
+  with adaLN-zero modulation from the condition z itself, and the head's norm is modulated by z too
+  (shift and scale, zero-initialised), before the output projection.
+  """
 
   def __init__(self, *, num_channels: int, levels: int, cond_dim: int, width: int = 256,
-               depth: int = 4, heads: int = 4, order: Sequence[int] | None = None, rngs: nnx.Rngs):
+               depth: int = 4, heads: int = 4, order: Sequence[int] | None = None,
+               adaln: bool = False, rngs: nnx.Rngs):
     if num_channels < 1 or levels < 2:
       raise ValueError(f"need num_channels >= 1 and levels >= 2, got {num_channels} and {levels}")
     order = tuple(range(num_channels)) if order is None else tuple(int(i) for i in order)
     if sorted(order) != list(range(num_channels)):
       raise ValueError(f"order must be a permutation of range({num_channels}), got {order}")
-    self.num_channels, self.levels, self.order = num_channels, levels, order
+    self.num_channels, self.levels, self.order, self.adaln = num_channels, levels, order, adaln
     self.cond_proj = nnx.Linear(cond_dim, width, kernel_init=logical_init(_INIT, None, "embed"), rngs=rngs)
-    self.net = TokenTrunk(input_vocab=num_channels * levels, output_vocab=num_channels * levels,
-                          width=width, depth=depth, heads=heads, causal=True, rngs=rngs)
+    vocab = num_channels * levels
+    if not adaln:
+      self.net = TokenTrunk(input_vocab=vocab, output_vocab=vocab, width=width, depth=depth,
+                            heads=heads, causal=True, rngs=rngs)
+      return
+    init = nnx.initializers.normal(0.02)
+    self.embed = nnx.Embed(vocab, width, embedding_init=logical_init(init, "vocab", "embed"), rngs=rngs)
+    self.start = nnx.Param(logical_init(init, "embed")(rngs.params(), (width,)))
+    self.pos = nnx.Param(logical_init(init, None, "embed")(rngs.params(), (num_channels, width)))
+    self.blocks = Stack(depth, lambda r: Block(
+        width, heads, mlp_hidden=4 * width, norm="layer", norm_eps=1e-6, adaln=True,
+        cond_dim=cond_dim, rngs=r), rngs=rngs)
+    self.final_norm = Norm(width, kind="layer", eps=1e-6, affine=False, rngs=rngs)
+    self.final_ada = Dense(cond_dim, 2 * width, ("embed", "mlp"), kernel_init=nnx.initializers.zeros,
+                           rngs=rngs)
+    self.out = Dense(width, vocab, ("embed", "vocab"), kernel_init=init, rngs=rngs)
+
+  def _embed(self, ids):
+    return (self.embed if self.adaln else self.net.embed)(ids)
+
+  def _start(self, z):
+    """The first input [N, 1, W]: projected condition (plus the learned start vector with adaLN)."""
+    x = self.cond_proj(z)
+    return (x + self.start.get_value() if self.adaln else x)[:, None]
+
+  def _logits(self, h, z):
+    """All channels' logits [N, T, D*V] float32 of features h [N, T, W] (adaLN path)."""
+    shift, scale = jnp.split(self.final_ada(jax.nn.silu(z.astype(jnp.float32))), 2, axis=-1)
+    h = self.final_norm(h) * (1 + scale[:, None]) + shift[:, None]
+    return self.out(h).astype(jnp.float32)
 
   def _inputs(self, z, ordered_tokens):
     """Embedded sequence [N, D, W]: projected condition, then tokens of channels 0..D-2 (in order)."""
     offsets = jnp.arange(self.num_channels - 1) * self.levels
-    emb = self.net.embed(ordered_tokens[:, :-1] + offsets)
-    return jnp.concatenate([self.cond_proj(z)[:, None].astype(emb.dtype), emb], axis=1)
+    emb = self._embed(ordered_tokens[:, :-1] + offsets)
+    x = jnp.concatenate([self._start(z).astype(emb.dtype), emb], axis=1)
+    return x + self.pos.get_value() if self.adaln else x
+
+  def _forward(self, z, x):
+    """Teacher-forced logits [N, D, D*V] of the embedded sequence x [N, D, W]."""
+    if not self.adaln:
+      return self.net.forward_embedded(x)
+    return self._logits(self.blocks(x, causal=True, cond=z.astype(jnp.float32)), z)
+
+  def _extend(self, z, x, i, cache):
+    """Logits [N, 1, D*V] of one embedded input x [N, 1, W] at step i, and the new cache."""
+    if not self.adaln:
+      return self.net.extend_embedded(x, i, cache)
+    x = x + jax.lax.dynamic_slice_in_dim(self.pos.get_value(), i, 1, axis=0)
+    h, cache = self.blocks.extend(x, cache, i, cond=z.astype(jnp.float32))
+    return self._logits(h, z), cache
+
+  def _init_cache(self, n):
+    return (self.blocks if self.adaln else self.net).init_cache(n, self.num_channels)
 
   def _channel_logits(self, logits, position):
     """Slice of the shared head belonging to the channel generated at `position`: [..., V]."""
@@ -133,7 +195,7 @@ class DimwiseARHead(nnx.Module):
     """Teacher-forced logits [N, D, V] (in channel index order) for tokens [N, D] int32."""
     perm = jnp.asarray(self.order)
     ordered = tokens[:, perm].astype(jnp.int32)
-    out = self.net.forward_embedded(self._inputs(z, ordered))  # [N, D, D*V]
+    out = self._forward(z, self._inputs(z, ordered))  # [N, D, D*V]
     per = out.reshape(out.shape[0], self.num_channels, self.num_channels, self.levels)
     diag = per[:, jnp.arange(self.num_channels), jnp.arange(self.num_channels)]  # [N, D(ordered), V]
     return diag[:, jnp.argsort(perm)]
@@ -143,30 +205,37 @@ class DimwiseARHead(nnx.Module):
     logp = jax.nn.log_softmax(self(z, tokens), -1)
     return -jnp.mean(jnp.take_along_axis(logp, tokens[..., None].astype(jnp.int32), -1))
 
-  def sample(self, rng: jax.Array, z: jax.Array, *, temperature: float = 1.0) -> jax.Array:
+  def sample(self, rng: jax.Array, z: jax.Array, *, temperature: float = 1.0, top_k=None,
+             top_p=None, z_uncond: jax.Array | None = None, cfg_scale=1.0) -> jax.Array:
     """Samples tokens [N, D] int32 channel by channel with a KV cache (temperature 0 = argmax).
 
-    Categorical draws use jax.random.categorical(mode="high") so low-probability levels are not cut off.
+    Draws use `samplers.categorical.sample` (temperature, top-k, top-p, full-precision tails).
+    Guidance: with z_uncond [N, W] both conditions run as one batch of 2N rows; each channel's
+    logits are combined as u + s (c - u) (`guidance.cfg_uncond_base`, s = cfg_scale, which may be
+    traced) and the one drawn token is fed back to both halves.
     """
-    if temperature < 0:
-      raise ValueError(f"temperature must be >= 0, got {temperature}")
     n, d = z.shape[0], self.num_channels
-    cache = self.net.init_cache(n, d)
-
-    def draw(key, logits):
-      if temperature == 0:
-        return jnp.argmax(logits, -1).astype(jnp.int32)
-      return jax.random.categorical(key, logits / temperature, mode="high").astype(jnp.int32)
-
-    logits, cache = self.net.extend_embedded(self.cond_proj(z)[:, None], 0, cache)
+    categorical.check_args(self.levels, temperature=temperature, top_k=top_k, top_p=top_p)
+    guided = z_uncond is not None
+    zz = jnp.concatenate([z, z_uncond], 0) if guided else z
+    cache = self._init_cache(zz.shape[0])
     keys = jax.random.split(rng, d)
-    first = draw(keys[0], self._channel_logits(logits[:, 0], 0))
+
+    def draw(key, logits, i):
+      logits = self._channel_logits(logits[:, 0], i)
+      if guided:
+        logits = guidance.cfg_uncond_base(logits[:n], logits[n:], cfg_scale)
+      return categorical.sample(key, logits, temperature=temperature, top_k=top_k, top_p=top_p)
+
+    logits, cache = self._extend(zz, self._start(zz), 0, cache)
+    first = draw(keys[0], logits, 0)
 
     def body(carry, i):
       prev, cache = carry
-      x = self.net.embed(prev + (i - 1) * self.levels)[:, None]
-      logits, cache = self.net.extend_embedded(x, i, cache)
-      tok = draw(keys[i], self._channel_logits(logits[:, 0], i))
+      both = jnp.concatenate([prev, prev]) if guided else prev
+      x = self._embed(both + (i - 1) * self.levels)[:, None]
+      logits, cache = self._extend(zz, x, i, cache)
+      tok = draw(keys[i], logits, i)
       return (tok, cache), tok
 
     (_, _), rest = jax.lax.scan(body, (first, cache), jnp.arange(1, d))

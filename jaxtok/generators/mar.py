@@ -51,8 +51,12 @@ class MAR(nnx.Module):
     self.net = TokenTrunk(input_vocab=num_classes + 1, output_vocab=width, width=width, depth=depth,
                           heads=heads, causal=False, dtype=dtype, remat=remat,
                           scan_layers=scan_layers, attention_impl=attention_impl, rngs=rngs)
-    self.head = FlowHead(token_dim=token_dim, cond_dim=width, width=head_width, depth=head_depth,
-                         rngs=rngs)
+    self.head = self.make_head(token_dim=token_dim, cond_dim=width, width=head_width,
+                               depth=head_depth, rngs=rngs)
+
+  def make_head(self, *, token_dim, cond_dim, width, depth, rngs):
+    """The per-token head on the conditions z (FlowHead here; TokenBridge overrides it)."""
+    return FlowHead(token_dim=token_dim, cond_dim=cond_dim, width=width, depth=depth, rngs=rngs)
 
   @property
   def null_id(self) -> int:

@@ -55,11 +55,14 @@ def _head_steps(head_steps, steps):
 
 def sample(rng, condition_fn, head_fn, *, batch, num_tokens, token_dim, steps, head_steps,
            cond=None, uncond=None, cfg_scale=1.0, cfg_schedule="linear", cfg_power=1.0,
-           temperature=1.0, head_method="euler", head_shift=1.0):
+           temperature=1.0, head_method="euler", head_shift=1.0, head_sampler=None):
   """Generates continuous tokens; returns `MARSample` (tokens float32 [B, N, D], order, step).
 
   steps in [1, N] iterations; head_steps an int or int [steps] (DiSA); temperature >= 0.
   Keys: order from ``fold_in(rng, 0)``, iteration s's head noise from ``fold_in(rng, s + 1)``.
+  head_sampler: instead of the flow head, ``head_sampler(key, zc [M, W], zu [M, W] or None, scale)
+  -> tokens float32 [M, D]`` draws the new tokens (TokenBridge's categorical channel head; head_fn
+  and head_steps are then unused) with the key ``fold_in(rng, s + 1)``.
   """
   for name, v in (("batch", batch), ("num_tokens", num_tokens), ("token_dim", token_dim),
                   ("steps", steps)):
@@ -93,11 +96,15 @@ def sample(rng, condition_fn, head_fn, *, batch, num_tokens, token_dim, steps, h
     valid = j < s_count
     pos = jnp.take_along_axis(order, jnp.minimum(s_start + j, n - 1)[None].repeat(b, 0), -1)
     rows = lambda z: jnp.take_along_axis(z, pos[..., None], 1).reshape(b * width, -1)
-    x0 = temperature * jax.random.normal(jax.random.fold_in(rng, s + 1), (b * width, d))
     r = (s_start + s_count) / n
     scale = guidance.scale_at(cfg_schedule, cfg_scale, r, cfg_power)
-    new = flow.sample(head_fn, x0, rows(zc), uncond=None if zu is None else rows(zu),
-                      steps=s_head, method=head_method, shift=head_shift, cfg_scale=scale)
+    key = jax.random.fold_in(rng, s + 1)
+    if head_sampler is not None:
+      new = head_sampler(key, rows(zc), None if zu is None else rows(zu), scale)
+    else:
+      x0 = temperature * jax.random.normal(key, (b * width, d))
+      new = flow.sample(head_fn, x0, rows(zc), uncond=None if zu is None else rows(zu),
+                        steps=s_head, method=head_method, shift=head_shift, cfg_scale=scale)
     # Rows beyond this iteration's count go to index n and are dropped.
     dest = jnp.where(valid[None], pos, n)
     bi = jnp.arange(b)[:, None]

@@ -89,6 +89,55 @@ def first_hitting(rng, logits_fn, tokens, *, mask_id, temperature=1.0, top_k=Non
   return tok, times
 
 
+def first_hitting_parallel(rng, logits_fn, tokens, *, mask_id, tokens_per_step, temperature=1.0,
+                           top_k=None, top_p=None, cond=None, uncond=None, cfg_scale=1.0,
+                           time_conditioned=False):
+  """The first-hitting sampler with m = min(tokens_per_step, n) first-hitting events per model call.
+
+  With n masked at time t the next m unmasking times are t_1 = t u_1^(1/n), t_j = t_{j-1}
+  u_j^(1/(n-j+1)) (the m largest of n i.i.d. uniform(0, t) times), at m masked positions chosen
+  uniformly without replacement (top-m of Gumbel noise); all m tokens are drawn independently from
+  the model's conditionals at the current state (called at time t_1), which is the approximation:
+  tokens_per_step = 1 is `first_hitting` itself, the same draws from the same keys. Returns
+  (tokens int32 [B, K], hit_times float32 [B, K]); ceil(n / tokens_per_step) calls for n masks.
+  """
+  _check(logits_fn, tokens, cond, mask_id, time_conditioned, temperature, top_k, top_p)
+  guidance.check_scale(cfg_scale)
+  m = _checks.positive_int("tokens_per_step", tokens_per_step)
+  model = _model(logits_fn, time_conditioned, cond, uncond, cfg_scale, mask_id)
+  b, k = tokens.shape
+  m = min(m, k)
+
+  def body(carry):
+    j, tok, t, times = carry
+    masked = tok == mask_id
+    n = jnp.sum(masked, -1)
+    k_time, k_pos, k_tok = jax.random.split(jax.random.fold_in(rng, j), 3)
+    u = jax.random.uniform(k_time, (b, m), minval=jnp.finfo(jnp.float32).tiny)
+    # Event i (0-based) happens among n - i remaining masks: cumulative product of u_i^(1/(n-i)).
+    left = jnp.maximum(n[:, None] - jnp.arange(m)[None], 1)
+    hits = t[:, None] * jnp.cumprod(u ** (1.0 / left), axis=1)  # [B, m], decreasing
+    active = jnp.arange(m)[None] < n[:, None]
+    logits = model(tok, jnp.where(n > 0, hits[:, 0], t))
+    score = jnp.where(masked, categorical.gumbel(k_pos, (b, k)), -jnp.inf)
+    pos = jax.lax.top_k(score, m)[1]  # [B, m]; the first is `first_hitting`'s argmax
+    rows = jnp.take_along_axis(logits, pos[..., None], 1)  # [B, m, V]
+    new = categorical.sample(k_tok, rows if m > 1 else rows[:, 0],
+                             temperature=temperature, top_k=top_k, top_p=top_p).reshape(b, m)
+    sel = (jnp.arange(k)[None, None] == pos[..., None]) & active[..., None]  # [B, m, K]
+    hit = sel.any(1)
+    value = jnp.sum(jnp.where(sel, new[..., None], 0), 1)
+    when = jnp.sum(jnp.where(sel, hits[..., None], 0.0), 1)
+    last = jnp.take_along_axis(hits, jnp.clip(n - 1, 0, m - 1)[:, None], 1)[:, 0]
+    t = jnp.where(n > 0, jnp.where(n >= m, hits[:, -1], last), t)
+    return j + 1, jnp.where(hit, value, tok), t, jnp.where(hit, when, times)
+
+  init = (jnp.int32(0), tokens.astype(jnp.int32), jnp.ones((b,), jnp.float32),
+          jnp.ones((b, k), jnp.float32))
+  _, tok, _, times = jax.lax.while_loop(lambda c: jnp.any(c[1] == mask_id), body, init)
+  return tok, times
+
+
 def unmask_probabilities(schedule, steps):
   """float32 [steps]: probability that a token still masked at r_i unmasks by r_{i+1}, i.e.
   (gamma(r_i) - gamma(r_{i+1})) / gamma(r_i); the last entry is 1."""

@@ -59,12 +59,13 @@ def forbid_mask(logits, mask_id):
 
 def sample(rng, logits_fn, tokens, *, mask_id, steps, schedule="cosine", temperature=1.0,
            choice_temperature=4.5, top_k=None, top_p=None, cond=None, uncond=None, cfg_scale=1.0,
-           cfg_schedule="constant", cfg_power=1.0):
+           cfg_schedule="constant", cfg_power=1.0, random_choice=False):
   """Fills every ``mask_id`` entry of tokens int32 [B, K].
 
   Returns (tokens int32 [B, K], masked_counts int32 [steps, B]: masked tokens left after each
   step). steps in [1, K]; temperature >= 0 (0 = argmax tokens); choice_temperature >= 0 (may
-  be traced); cfg_scale may be traced.
+  be traced); cfg_scale may be traced. random_choice=True re-masks a uniformly random subset of
+  the new tokens instead of the least confident ones (confidence = pure Gumbel noise).
   """
   _checks.positive_int("steps", steps)
   guidance.check_schedule(cfg_schedule)
@@ -91,7 +92,8 @@ def sample(rng, logits_fn, tokens, *, mask_id, steps, schedule="cosine", tempera
     logp = jax.nn.log_softmax(categorical.filter_logits(logits / t, top_k=top_k, top_p=top_p), -1)
     conf = jnp.take_along_axis(logp, sampled[..., None], -1)[..., 0]
     r = (s + 1.0) / steps
-    conf = conf + choice_temperature * (1.0 - r) * categorical.gumbel(k_choice, conf.shape)
+    noise = categorical.gumbel(k_choice, conf.shape)
+    conf = noise if random_choice else conf + choice_temperature * (1.0 - r) * noise
     conf = jnp.where(masked, conf, jnp.inf)
     new = jnp.where(masked, sampled, tok)
     rank = jnp.argsort(jnp.argsort(conf, -1), -1)  # exact: ranks are a permutation

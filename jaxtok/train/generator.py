@@ -10,6 +10,8 @@ Generators (config.model.name):
   ecar      stage-wise multistage flow, continuous (jaxtok.generators.ecar) e.g. VAE tokens
   maskgen   text-to-image masked (MaskGen-VQ)   (jaxtok.generators.maskgen) TA-TiTok tokens; its
             labels are a text-condition dict (see that module), not class ids
+  tokenbridge  MAR over dimension-wise quantized VAE tokens, channel-AR head (generators.tokenbridge)
+  cubid     masked diffusion over (token, dimension) elements of quantized tokens (generators.cubid)
 Each module has `make_model(cfg, *, rngs)` and `loss(model, tokens, labels, *, rng, train, step) ->
 (loss, metrics)`, `step` being the number of completed updates (int32, traced; RAR anneals its
 random-order chance with it, the others ignore it). The data are a token dataset written by
@@ -45,6 +47,7 @@ GENERATORS = {"gpt": "jaxtok.generators.gpt", "maskgit": "jaxtok.generators.bert
               "nar": "jaxtok.generators.nar", "rar": "jaxtok.generators.rar",
               "ecar": "jaxtok.generators.ecar",
               "maskgen": "jaxtok.generators.maskgen"}
+GENERATORS.update(tokenbridge="jaxtok.generators.tokenbridge", cubid="jaxtok.generators.cubid")
 
 
 def generator_module(name: str):

@@ -116,7 +116,8 @@ def test_gan_flag_adds_discriminator(name):
       mod.get_config("recipe=two_stage,gan")
 
 
-GENERATORS = ["maskgit_titok", "gpt_flextok", "mar_vae", "token_shuffle_vqgan", "nar_vqgan", "rar"]
+GENERATORS = ["maskgit_titok", "gpt_flextok", "mar_vae", "token_shuffle_vqgan", "nar_vqgan", "rar",
+              "tokenbridge_vae", "cubid_vae"]
 # The fields a run config has whether it trains a tokenizer or a generator (one dialect).
 SHARED = {"seed", "total_steps", "log_every", "eval_every", "ckpt_every", "keep_checkpoints",
           "on_config_change", "ema_decay", "optim", "mesh", "sharding_rules", "model", "data"}
