@@ -1248,7 +1248,6 @@ def dimwise_suite(args) -> list[tuple[str, str, float, str]]:
 
 SUITES = {"quantizers": quantizer_suite, "tokenizers": tokenizer_suite, "train": train_suite,
           "samplers": sampler_suite, "data": data_suite,
-<<<<<<< HEAD
           "official": official_suite,
           # second-wave models: one line each
           "ecar": ecar_suite,
