@@ -207,10 +207,22 @@ def _mar(model, rng, labels, opts: Options):
   return out.tokens
 
 
+def _any_order(model, rng, labels, opts: Options):
+  """ASSD (`samplers.assd`) over uniformly random orders, drafting `steps` positions per iteration
+  (default 4); no guidance."""
+  from jaxtok.generators import any_order  # pylint: disable=g-import-not-at-top
+  from jaxtok.samplers import assd  # pylint: disable=g-import-not-at-top
+  k = opts.steps or 4
+  orders = any_order.random_orders(jax.random.fold_in(rng, 1), labels.shape[0], model.seq_len)
+  return assd.sample(rng, lambda s, o, c, y: model.parallel_logits(s, o, c, k, y),
+                     model.chain_logits, orders, num_draft=k, cond=labels,
+                     temperature=opts.temperature, top_k=opts.top_k, top_p=opts.top_p)[0]
+
+
 # RAR has GPT's interface (condition_ids, null_id, init_cache, prefill, step, seq_len); a converted
 # official TiTok MaskGIT generator ("maskgit_official", jaxtok.convert.maskgit) has MaskGIT's.
 SAMPLERS = {"gpt": _gpt, "rar": _gpt, "maskgit": _maskgit, "maskgit_official": _maskgit, "mar": _mar,
-            "token_shuffle": _token_shuffle, "nar": _nar}
+            "token_shuffle": _token_shuffle, "nar": _nar, "any_order": _any_order}
 
 
 def make_sampler(name: str, graphdef: Any, params: Any, opts: Options) -> Callable[[jax.Array, jax.Array], jax.Array]:

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 
 from jaxtok.samplers import _checks, categorical
 
-_AUX = 2 ** 31 - 1
+AUX_FOLD = 2 ** 31 - 1  # fold_in index of the keys not tied to a token index
 
 
 def _beta(p, q, rho):
@@ -101,7 +101,8 @@ def kseq_select(uniforms, drafts, active, p, q, residual_key):
   return jnp.where(keep, drafts[j], res_tok), jnp.where(keep, j, -1)
 
 
-def _probs(logits, temperature, top_k, top_p):
+def filtered_probs(logits, temperature, top_k, top_p):
+  """softmax(filter(logits / temperature)) float32 [..., V]: what `categorical.sample` draws from."""
   return jax.nn.softmax(categorical.filter_logits(logits / temperature, top_k=top_k, top_p=top_p), -1)
 
 
@@ -132,12 +133,12 @@ def sample(rng, target_fn, target_cache, draft_fn, draft_cache, prompt_tokens, *
   b, p = prompt_tokens.shape
   v = jax.eval_shape(target_fn, jnp.zeros((k, 1), jnp.int32), 0, target_cache)[0].shape[-1]
   categorical.check_args(v, temperature=temperature, top_k=top_k, top_p=top_p)
-  probs = lambda lg: _probs(lg, temperature, top_k, top_p)
+  probs = lambda lg: filtered_probs(lg, temperature, top_k, top_p)
   draw = lambda key, lg: categorical.sample(key, lg[None], temperature=temperature, top_k=top_k,
                                             top_p=top_p)[0]
 
   def one(key, prompt):
-    aux = jax.random.fold_in(key, _AUX)
+    aux = jax.random.fold_in(key, AUX_FOLD)
     rows = jnp.broadcast_to(prompt[None], (k, p)).astype(jnp.int32)
     lg, tc = target_fn(rows, 0, target_cache)
     _, dc = draft_fn(rows, 0, draft_cache)

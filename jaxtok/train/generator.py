@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 
 GENERATORS = {"gpt": "jaxtok.generators.gpt", "maskgit": "jaxtok.generators.bert",
               "mar": "jaxtok.generators.mar", "token_shuffle": "jaxtok.generators.token_shuffle",
-              "nar": "jaxtok.generators.nar", "rar": "jaxtok.generators.rar"}
+              "nar": "jaxtok.generators.nar", "rar": "jaxtok.generators.rar",
+              "any_order": "jaxtok.generators.any_order"}
 
 
 def generator_module(name: str):
