@@ -14,6 +14,8 @@
            (google-research/maskgit, the default) or "titok" (the released TiTok / One-D-Piece
            generators' procedure, `maskgit_released`, settings from `preset`, any of
            its settings overriding; guidance always runs for a class-conditional model there);
+  any_order  jaxtok.samplers.assd over uniformly random orders, `steps` (default 4) positions
+           drafted per iteration, exact for the model's sequential sampling; no guidance;
   mar      jaxtok.samplers.mar.sample with the MAR transformer as the condition function and its
            FlowHead (t = 1 noise) adapted by `flow.flip_time`; DiSA step annealing of the head.
 Labels int32 [B], -1 = unconditional. Classifier-free guidance runs only when the generator is

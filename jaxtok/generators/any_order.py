@@ -24,13 +24,18 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxtok.generators.gpt import GPT, cross_entropy
-from jaxtok.generators.trunk import TOKEN_MODEL_FIELDS
+from jaxtok.generators.trunk import TOKEN_MODEL_FIELDS, ClassConditionalTokenModel
 from jaxtok.nn.options import model_kwargs
 from jaxtok.sharding import logical_init
 
 
-class AnyOrderGPT(GPT):
-  """GPT with own-position and target-position embeddings (fields: `GPT`'s)."""
+class AnyOrderGPT(ClassConditionalTokenModel):
+  """GPT's trunk and condition ids with own-position and target-position embeddings (fields:
+  `GPT`'s). No left-to-right KV-cache interface: `chain_logits` and `parallel_logits` are its calls."""
+  CAUSAL, EXTRA_IDS = True, 1
+  null_id = GPT.null_id
+  condition_ids = GPT.condition_ids
+  training_condition_ids = GPT.training_condition_ids
 
   def __init__(self, *, rngs: nnx.Rngs, **fields):
     super().__init__(rngs=rngs, **fields)
