@@ -110,3 +110,16 @@ def test_loss_falls_and_errors():
     assd.sample(KEY(0), draft, chain, jnp.asarray([[0, 0, 1, 2, 3, 4]]), num_draft=2)
   with pytest.raises(ValueError, match="num_draft must be an int >= 1, got 0"):
     assd.sample(KEY(0), draft, chain, jnp.asarray([[0, 1, 2, 3, 4, 5]]), num_draft=0)
+
+
+def test_config_registered_and_builds():
+  from jaxtok.configs import any_order as config
+  from jaxtok.train import generator
+  c = config.get_config("tiny,tokens=12,classes=3")
+  assert c.model.name == "any_order" and c.model.seq_len == 12 and c.model.num_classes == 3
+  generator.model_config(c)
+  m = nnx.eval_shape(lambda: generator.generator_module("any_order").make_model(c.model,
+                                                                              rngs=nnx.Rngs(0)))
+  assert isinstance(m, any_order.AnyOrderGPT) and m.own_pos.embedding.shape == (13, 32)
+  with pytest.raises(ValueError, match="'tokens' must be an int"):
+    config.get_config("tokens=12.5")
