@@ -42,17 +42,20 @@ def test_full_pass_logits_and_cheap_step_exact_for_one_layer(one_layer):
   old = jnp.asarray(np.where(rs.rand(2, N) < 0.5, V, rs.randint(0, V, (2, N))), jnp.int32)
   pos = jnp.asarray([[1, 4, 7], [0, 5, 11]], jnp.int32)
   new = old.at[jnp.arange(2)[:, None], pos].set(jnp.asarray([[3, V, 1], [V, 2, 6]]))
-  for m, exact in [(one_layer, True), (m2, False)]:
+  def passes(m):
     full, cache = m.logits_and_cache(old, labels, extra_slots=3)
-    np.testing.assert_allclose(full, m(old, labels), atol=1e-4)
     cheap = m.cached_logits(jnp.take_along_axis(new, pos, 1), pos, cache)
-    ref = jnp.take_along_axis(m(new, labels), pos[..., None], 1)
+    same = m.cached_logits(jnp.take_along_axis(old, pos, 1), pos, cache)
+    return full, m(old, labels), cheap, jnp.take_along_axis(m(new, labels), pos[..., None], 1), same
+
+  for m, exact in [(one_layer, True), (m2, False)]:
+    full, plain, cheap, ref, same = jax.jit(passes)(m)
+    np.testing.assert_allclose(full, plain, atol=1e-4)
     if exact:  # one layer: the cached keys/values of unchanged positions are what a full pass gives
       np.testing.assert_allclose(cheap, ref, atol=1e-4)
     else:  # deeper: they are stale (the changed tokens moved the other positions' features)
       assert np.abs(np.asarray(cheap - ref)).max() > 1e-3
     # with unchanged tokens the cheap step is exact at any depth
-    same = m.cached_logits(jnp.take_along_axis(old, pos, 1), pos, cache)
     np.testing.assert_allclose(same, jnp.take_along_axis(full, pos[..., None], 1), atol=1e-4)
 
 
