@@ -11,6 +11,7 @@ Usage:
   python tools/benchmark.py --suite ecar [--other-batch 4] [--repeats 5]
   python tools/benchmark.py --suite gaussian_layton [--batch 4] [--repeats 5]
   python tools/benchmark.py --suite text [--batch 8] [--repeats 4]   (CLIP text, TA-TiTok, MaskGen)
+  python tools/benchmark.py --suite speculative [--repeats 3]   (SpecTr, ASSD, ReCAP vs plain)
   python tools/benchmark.py --compare-official ../1d-tokenizer [--models titok_s128,titok_bl64,rar]
       [--batch 8] [--repeats 2] [--breakdown]   (suite "official": jaxtok beside the PyTorch originals)
 
@@ -1246,6 +1247,95 @@ def dimwise_suite(args) -> list[tuple[str, str, float, str]]:
   return rows
 
 
+# ---- speculative: exact faster decoding (SpecTr, ASSD) and ReCAP against their plain samplers
+
+def _peaky(model, scale: float):
+  """Random-init logits are nearly uniform; scale the head so the models are confident like trained
+  ones (acceptance then depends on how the draft and target disagree, not on flat distributions)."""
+  model.net.head.kernel[...] = model.net.head.kernel[...] * scale
+  return model
+
+
+def speculative_suite(args) -> list[tuple[str, str, float, str]]:
+  """GPT target 2 x 128 (vocab 256, 32 tokens, batch 4) sampled plainly and with SpecTr (k = 1, 2, 4
+  drafts of 4 tokens from a self-speculative 1-layer draft: the target's embedding, first block and
+  head); an any-order model of the target's size with plain sequential sampling vs ASSD; MaskGIT vs
+  ReCAP. Random weights with scaled heads: the acceptance rates measure the mechanism, not a trained
+  draft/target pair."""
+  from flax import nnx
+  from jaxtok.generators import any_order, bert, gpt
+  from jaxtok.samplers import assd, maskgit, recap, spectr
+  from jaxtok.samplers import autoregressive as ar
+
+  rows, reps = Rows(), max(1, args.repeats // 3)
+  b, n, vocab, width, depth, draft_len = 4, 32, 256, 128, 2, 4
+  kw = dict(codebook_size=vocab, seq_len=n, num_classes=0, width=width, heads=4, class_dropout=0.0)
+  target = _peaky(gpt.GPT(depth=depth, rngs=nnx.Rngs(0), **kw), 8.0)
+  draft = gpt.GPT(depth=1, rngs=nnx.Rngs(1), **kw)
+  for name in ("embed", "norm", "head"):
+    nnx.update(getattr(draft.net, name), nnx.state(getattr(target.net, name)))
+  nnx.update(draft.net.blocks.blocks[0], nnx.state(target.net.blocks.blocks[0]))
+  prompt = jnp.full((b, 1), target.null_id, jnp.int32)
+  case = f"GPT {depth}x{width} target, {n} tokens, batch {b}"
+  stage("speculative: plain AR")
+  plain = jax.jit(lambda r: ar.sample(r, target.prefill, target.step, target.init_cache(b), prompt,
+                                      num_tokens=n))
+  t_plain = time_call(lambda: plain(jax.random.key(0)), reps, jax.block_until_ready)
+  rows.append((case, "plain AR (KV cache)", t_plain * 1e3, f"{n} target calls per image"))
+  slots = 1 + n + draft_len
+  # The last case drafts with the target itself: every draft is accepted, the call-count floor.
+  for k, dm, dname in [(1, draft, f"1x{width}"), (2, draft, f"1x{width}"), (4, draft, f"1x{width}"),
+                       (1, target, "target as")]:
+    stage(f"speculative: SpecTr k={k}, {dname} draft")
+    fn = jax.jit(lambda r, k=k, dm=dm: spectr.sample(
+        r, target.net.extend, target.net.init_cache(k, slots), dm.net.extend,
+        dm.net.init_cache(k, slots), prompt, num_tokens=n, num_drafts=k, draft_len=draft_len))
+    t = time_call(lambda fn=fn: fn(jax.random.key(0)), reps, jax.block_until_ready)
+    st = {key: np.asarray(v) for key, v in fn(jax.random.key(0))[1].items()}
+    rows.append((case, f"SpecTr k={k}, L={draft_len} ({dname} draft)", t * 1e3,
+                 f"{st['target_calls'].mean():.1f} target + {st['draft_calls'].mean():.0f} draft "
+                 f"calls per image; acceptance {st['accepted'].sum() / st['drafted'].sum():.2f}; "
+                 f"{t_plain / t:.2f}x plain"))
+
+  stage("speculative: any-order model, sequential vs ASSD")
+  ao = _peaky(any_order.AnyOrderGPT(depth=depth, rngs=nnx.Rngs(2), **kw), 8.0)
+  orders = any_order.random_orders(jax.random.key(3), b, n)
+  case = f"any-order {depth}x{width}, {n} tokens, batch {b} (full passes, no KV cache)"
+  t_seq = None
+  for k in (1, 4):
+    fn = jax.jit(lambda r, k=k: assd.sample(
+        r, lambda s, o, c, y: ao.parallel_logits(s, o, c, k, y), ao.chain_logits, orders,
+        num_draft=k))
+    t = time_call(lambda fn=fn: fn(jax.random.key(0)), reps, jax.block_until_ready)
+    st = {key: np.asarray(v) for key, v in fn(jax.random.key(0))[1].items()}
+    t_seq = t_seq or t
+    acc = st["accepted"].sum() / max(1, st["drafted"].sum())
+    rows.append((case, "sequential (ASSD k=1)" if k == 1 else f"ASSD k={k}", t * 1e3,
+                 f"{st['model_calls'].mean():.1f} model calls per image"
+                 + ("" if k == 1 else f"; acceptance {acc:.2f}; {t_seq / t:.2f}x sequential")))
+
+  stage("speculative: MaskGIT vs ReCAP")
+  m = _peaky(bert.MaskGITTransformer(depth=depth, rngs=nnx.Rngs(4), **kw), 8.0)
+  steps = 16
+  case = f"MaskGIT {depth}x{width}, {n} tokens, {steps} steps, batch {b}"
+  fn = jax.jit(lambda r: maskgit.sample(r, lambda t: m(t), jnp.full((b, n), m.mask_id, jnp.int32),
+                                        mask_id=m.mask_id, steps=steps))
+  t_mg = time_call(lambda: fn(jax.random.key(0)), reps, jax.block_until_ready)
+  rows.append((case, "maskgit.sample", t_mg * 1e3, f"{steps} full calls per image"))
+  for cheap in (1, 3):
+    q = recap.max_group_tokens("cosine", n, steps, cheap)
+    fn = jax.jit(lambda r, cheap=cheap, q=q: recap.sample(
+        r, lambda t, y: m.logits_and_cache(t, y, extra_slots=q),
+        lambda t, p, cache, y: m.cached_logits(t, p, cache), batch=b, num_tokens=n,
+        mask_id=m.mask_id, steps=steps, cheap_steps=cheap)[0])
+    t = time_call(lambda fn=fn: fn(jax.random.key(0)), reps, jax.block_until_ready)
+    full = len(recap.groups(steps, cheap))
+    rows.append((case, f"ReCAP, {cheap} cheap per full", t * 1e3,
+                 f"{full} full + {steps - full} cheap calls (<= {q} positions each); "
+                 f"{t_mg / t:.2f}x maskgit"))
+  return rows
+
+
 SUITES = {"quantizers": quantizer_suite, "tokenizers": tokenizer_suite, "train": train_suite,
           "samplers": sampler_suite, "data": data_suite,
           "official": official_suite,
@@ -1254,6 +1344,7 @@ SUITES = {"quantizers": quantizer_suite, "tokenizers": tokenizer_suite, "train":
           "gaussian_layton": gaussian_layton_suite,
           "text": text_suite,
           "dimwise": dimwise_suite,
+          "speculative": speculative_suite,
           }
 
 

@@ -14,6 +14,8 @@
            (google-research/maskgit, the default) or "titok" (the released TiTok / One-D-Piece
            generators' procedure, `maskgit_released`, settings from `preset`, any of
            its settings overriding; guidance always runs for a class-conditional model there);
+  any_order  jaxtok.samplers.assd over uniformly random orders, `steps` (default 4) positions
+           drafted per iteration, exact for the model's sequential sampling; no guidance;
   mar      jaxtok.samplers.mar.sample with the MAR transformer as the condition function and its
            FlowHead (t = 1 noise) adapted by `flow.flip_time`; DiSA step annealing of the head.
   ecar     jaxtok.samplers.ecar.sample: one condition call and one window of head steps per stage
@@ -262,10 +264,22 @@ def _cubid(model, rng, labels, opts: Options):
   return model.dequantize(out)
 
 
+def _any_order(model, rng, labels, opts: Options):
+  """ASSD (`samplers.assd`) over uniformly random orders, drafting `steps` positions per iteration
+  (default 4); no guidance."""
+  from jaxtok.generators import any_order  # pylint: disable=g-import-not-at-top
+  from jaxtok.samplers import assd  # pylint: disable=g-import-not-at-top
+  k = opts.steps or 4
+  orders = any_order.random_orders(jax.random.fold_in(rng, 1), labels.shape[0], model.seq_len)
+  return assd.sample(rng, lambda s, o, c, y: model.parallel_logits(s, o, c, k, y),
+                     model.chain_logits, orders, num_draft=k, cond=labels,
+                     temperature=opts.temperature, top_k=opts.top_k, top_p=opts.top_p)[0]
+
+
 # RAR has GPT's interface (condition_ids, null_id, init_cache, prefill, step, seq_len); a converted
 # official TiTok MaskGIT generator ("maskgit_official", jaxtok.convert.maskgit) has MaskGIT's.
 SAMPLERS = {"gpt": _gpt, "rar": _gpt, "maskgit": _maskgit, "maskgit_official": _maskgit, "mar": _mar,
-            "token_shuffle": _token_shuffle, "nar": _nar, "ecar": _ecar}
+            "token_shuffle": _token_shuffle, "nar": _nar, "ecar": _ecar, "any_order": _any_order}
 SAMPLERS.update(tokenbridge=_tokenbridge, cubid=_cubid)
 
 

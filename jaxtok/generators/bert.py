@@ -62,6 +62,39 @@ class MaskGITTransformer(ClassConditionalTokenModel):
                         train=train, rng=rng)
     return jnp.concatenate([cond[:, None], tokens.astype(jnp.int32)], axis=1)
 
+  # ---- ReCAP (jaxtok.samplers.recap): a full pass that keeps every layer's keys/values, and a
+  # cheap pass of a few positions against them ----
+
+  def logits_and_cache(self, tokens: jax.Array, labels=None, *, extra_slots: int):
+    """`__call__`'s logits [B, N, K] and a KV cache of 1 + N + extra_slots slots (condition, tokens,
+    then room for `cached_logits`' queries) holding every layer's keys/values of this pass."""
+    ids = self.input_ids(tokens, labels)
+    b, s = ids.shape
+    cache = self.net.blocks.init_cache(b, s + extra_slots)
+    visible = (jnp.arange(s + extra_slots) < s)[None, None, None, :]  # the unwritten slots hidden
+    h, cache = self.net.extend_features(self.net.embed(ids), 0, cache, mask=visible, causal=False)
+    return self.net.logits(h)[:, 1:], cache
+
+  def cached_logits(self, tokens: jax.Array, positions: jax.Array, cache) -> jax.Array:
+    """Logits [B, Q, K] of tokens int32 [B, Q] (ids or the mask id) at token positions int32 [B, Q]
+    (distinct, in [0, N)), attending to themselves and to the cache's keys/values of every other
+    slot (the condition and the tokens at other positions, as the full pass left them)."""
+    b, q = tokens.shape
+    n = self.seq_len
+    slots = self.blocks_cache_slots(cache)
+    stale = jnp.zeros((b, slots), bool).at[jnp.arange(b)[:, None], 1 + positions].set(True)
+    col = jnp.arange(slots)[None, :]
+    visible = ((col <= n) & ~stale) | ((col > n) & (col <= n + q))  # [B, S]
+    h, _ = self.net.extend_features(self.net.embed(tokens.astype(jnp.int32)), n + 1, cache,
+                                    mask=visible[:, None, None, :], positions=1 + positions,
+                                    causal=False)
+    return self.net.logits(h)
+
+  @staticmethod
+  def blocks_cache_slots(cache) -> int:
+    """Number of slots of a cache made by `logits_and_cache`."""
+    return jax.tree.leaves(cache)[0].shape[-2]
+
 
 def arccos_schedule(u: jax.Array) -> jax.Array:
   """MaskGIT arccos mask ratio arccos(u) / (pi / 2), clipped to [1e-6, 1]."""

@@ -85,22 +85,34 @@ def sample(rng, logits_fn, tokens, *, mask_id, steps, schedule="cosine", tempera
     masked = tok == mask_id
     scale = guidance.scale_at(cfg_schedule, cfg_scale, s / steps, cfg_power)
     logits = forbid_mask(call_logits(logits_fn, tok, cond, uncond, scale), mask_id)
-    k_tok, k_choice = jax.random.split(jax.random.fold_in(rng, s))
-    sampled = categorical.sample(k_tok, logits, temperature=temperature, top_k=top_k, top_p=top_p)
-    # Confidence under the distribution the token was drawn from (temperature and filters).
-    t = temperature if temperature > 0 else 1.0
-    logp = jax.nn.log_softmax(categorical.filter_logits(logits / t, top_k=top_k, top_p=top_p), -1)
-    conf = jnp.take_along_axis(logp, sampled[..., None], -1)[..., 0]
-    r = (s + 1.0) / steps
-    noise = categorical.gumbel(k_choice, conf.shape)
-    conf = noise if random_choice else conf + choice_temperature * (1.0 - r) * noise
-    conf = jnp.where(masked, conf, jnp.inf)
+    sampled, conf = draw_with_confidence(rng, s, steps, logits, masked, temperature=temperature,
+                                         top_k=top_k, top_p=top_p,
+                                         choice_temperature=choice_temperature,
+                                         random_choice=random_choice)
     new = jnp.where(masked, sampled, tok)
     rank = jnp.argsort(jnp.argsort(conf, -1), -1)  # exact: ranks are a permutation
     new = jnp.where(rank < counts[s][:, None], mask_id, new)
     return new, jnp.sum(new == mask_id, -1).astype(jnp.int32)
 
   return jax.lax.scan(body, tokens.astype(jnp.int32), jnp.arange(steps))
+
+
+def draw_with_confidence(rng, s, steps, logits, masked, *, temperature, top_k, top_p,
+                         choice_temperature, random_choice=False):
+  """Step s of `sample` before re-masking: (sampled int32 [B, K] from logits [B, K, V] with the key
+  split(fold_in(rng, s))[0], confidence float32 [B, K]: the log-probability of the sampled id plus
+  choice_temperature (1 - (s + 1) / steps) Gumbel noise from split(...)[1] -- or that noise alone
+  with random_choice (a uniformly random choice of the kept positions); +inf where not masked)."""
+  k_tok, k_choice = jax.random.split(jax.random.fold_in(rng, s))
+  sampled = categorical.sample(k_tok, logits, temperature=temperature, top_k=top_k, top_p=top_p)
+  # Confidence under the distribution the token was drawn from (temperature and filters).
+  t = temperature if temperature > 0 else 1.0
+  logp = jax.nn.log_softmax(categorical.filter_logits(logits / t, top_k=top_k, top_p=top_p), -1)
+  conf = jnp.take_along_axis(logp, sampled[..., None], -1)[..., 0]
+  r = (s + 1.0) / steps
+  noise = categorical.gumbel(k_choice, conf.shape)
+  conf = noise if random_choice else conf + choice_temperature * (1.0 - r) * noise
+  return sampled, jnp.where(masked, conf, jnp.inf)
 
 
 # ---- named procedures ----

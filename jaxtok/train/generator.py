@@ -46,7 +46,8 @@ GENERATORS = {"gpt": "jaxtok.generators.gpt", "maskgit": "jaxtok.generators.bert
               "mar": "jaxtok.generators.mar", "token_shuffle": "jaxtok.generators.token_shuffle",
               "nar": "jaxtok.generators.nar", "rar": "jaxtok.generators.rar",
               "ecar": "jaxtok.generators.ecar",
-              "maskgen": "jaxtok.generators.maskgen"}
+              "maskgen": "jaxtok.generators.maskgen",
+              "any_order": "jaxtok.generators.any_order"}
 GENERATORS.update(tokenbridge="jaxtok.generators.tokenbridge", cubid="jaxtok.generators.cubid")
 
 
