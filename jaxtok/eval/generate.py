@@ -16,6 +16,7 @@
            its settings overriding; guidance always runs for a class-conditional model there);
   mar      jaxtok.samplers.mar.sample with the MAR transformer as the condition function and its
            FlowHead (t = 1 noise) adapted by `flow.flip_time`; DiSA step annealing of the head.
+  xar      jaxtok.samplers.next_x: entity by entity, `steps` flow steps each (default 40).
 Labels int32 [B], -1 = unconditional. Classifier-free guidance runs only when the generator is
 class-conditional (num_classes > 0) and cfg_scale != 1; the null condition is the model's null id.
 
@@ -207,10 +208,22 @@ def _mar(model, rng, labels, opts: Options):
   return out.tokens
 
 
+def _xar(model, rng, labels, opts: Options):
+  from jaxtok.samplers import next_x  # pylint: disable=g-import-not-at-top
+  _whole_grid(model, opts, "xar")
+  guided = _guided(model, opts)
+  seq = next_x.sample(rng, model.velocity, batch=labels.shape[0], entity_ids=model.entity_ids,
+                      token_dim=model.token_dim, steps=opts.steps or 40, cond=labels,
+                      uncond=jnp.full_like(labels, -1) if guided else None,
+                      cfg_scale=opts.cfg_scale, cfg_schedule=opts.cfg_schedule or "linear",
+                      cfg_power=opts.cfg_power, temperature=opts.temperature)
+  return model.tokens_from_sequence(seq)
+
+
 # RAR has GPT's interface (condition_ids, null_id, init_cache, prefill, step, seq_len); a converted
 # official TiTok MaskGIT generator ("maskgit_official", jaxtok.convert.maskgit) has MaskGIT's.
 SAMPLERS = {"gpt": _gpt, "rar": _gpt, "maskgit": _maskgit, "maskgit_official": _maskgit, "mar": _mar,
-            "token_shuffle": _token_shuffle, "nar": _nar}
+            "token_shuffle": _token_shuffle, "nar": _nar, "xar": _xar}
 
 
 def make_sampler(name: str, graphdef: Any, params: Any, opts: Options) -> Callable[[jax.Array, jax.Array], jax.Array]:

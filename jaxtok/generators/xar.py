@@ -58,6 +58,17 @@ def logit_normal(rng: jax.Array, shape) -> jax.Array:
   return jax.nn.sigmoid(jax.random.normal(rng, shape))
 
 
+def entity_noise(rng: jax.Array, x: jax.Array, ids) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Noisy Context Learning's inputs for a clean sequence x [B, T, D] with entity ids [T] (0..E-1):
+  (x_t, t [B, T], eps) with one logit-normal time per entity of each sample (so every entity, and
+  thus every context, is noised at its own independent level) and x_t = (1 - t) x + t eps."""
+  ids = np.asarray(ids)
+  r_t, r_eps = jax.random.split(rng)
+  t = logit_normal(r_t, (x.shape[0], int(ids.max()) + 1))[:, ids]
+  eps = jax.random.normal(r_eps, x.shape)
+  return (1 - t)[..., None] * x + t[..., None] * eps, t, eps
+
+
 class XAR(nnx.Module):
   """Block-causal flow transformer over entities; `velocity` is the model, `loss` trains it."""
 
@@ -160,12 +171,9 @@ def loss(model: XAR, tokens: jax.Array, labels, *, rng: jax.Array, train: bool =
   if n != model.seq_len or d != model.token_dim:
     raise ValueError(f"tokens must be [B, {model.seq_len}, {model.token_dim}], got "
                      f"{tuple(tokens.shape)}")
-  r_t, r_eps, r_drop = jax.random.split(rng, 3)
+  r_noise, r_drop = jax.random.split(rng)
   x = model.layout.to_sequence(tokens.astype(jnp.float32))
-  ids = jnp.asarray(model.entity_ids)
-  t = logit_normal(r_t, (b, model.layout.num_entities))[:, ids]  # one time per entity, [B, T]
-  eps = jax.random.normal(r_eps, x.shape)
-  x_t = (1 - t)[..., None] * x + t[..., None] * eps
+  x_t, t, eps = entity_noise(r_noise, x, model.entity_ids)
   cls = drop_classes(model.class_ids(labels, b), null_id=model.null_id,
                      class_dropout=model.class_dropout, num_classes=model.num_classes,
                      train=train, rng=r_drop)
