@@ -55,3 +55,9 @@ def _train_then_sample(tmp_path, vae_and_tokens, config_arg, sample_flags):
 @pytest.mark.slow
 def test_xar_trains_with_falling_loss_then_samples(tmp_path, vae_and_tokens):
   _train_then_sample(tmp_path, vae_and_tokens, "xar_vae.py:tiny,entity=cell", ["--steps=3"])
+
+
+@pytest.mark.slow
+def test_himar_trains_with_falling_loss_then_samples(tmp_path, vae_and_tokens):
+  _train_then_sample(tmp_path, vae_and_tokens, "himar_vae.py:tiny",
+                     ["--steps=3", "--head_steps=3", "--head_steps_lower=2"])
