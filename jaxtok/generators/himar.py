@@ -35,9 +35,9 @@ from flax import nnx
 
 from jaxtok.generators import entities
 from jaxtok.generators.grid import grid_shape
-from jaxtok.generators.heads import FlowHead, flow_loss_per_row
-from jaxtok.generators.mar import training_mask
-from jaxtok.generators.trunk import TokenTrunk, drop_classes
+from jaxtok.generators.heads import flow_loss_per_row
+from jaxtok.generators.mar import MAR, training_mask
+from jaxtok.generators.trunk import drop_classes
 from jaxtok.nn.options import model_kwargs
 from jaxtok.sharding import logical_init
 
@@ -74,18 +74,14 @@ class HiMAR(nnx.Module):
     self.token_dim, self.seq_len, self.num_classes = token_dim, seq_len, num_classes
     self.pivot_factor, self.class_dropout = pivot_factor, class_dropout
     self.num_pivots = (self.h // pivot_factor) * (self.w // pivot_factor)
-    init = nnx.initializers.normal(0.02)
-    self.token_in = nnx.Linear(token_dim, width, kernel_init=logical_init(init, None, "embed"), rngs=rngs)
-    self.mask_embedding = nnx.Param(logical_init(init, "embed")(rngs.params(), (width,)))
-    self.pos_embedding = nnx.Param(logical_init(init, None, "embed")(
-        rngs.params(), (1 + self.num_pivots + seq_len, width)))
-    self.phase_embedding = nnx.Param(logical_init(init, None, "embed")(rngs.params(), (2, width)))
-    self.head_phase_embedding = nnx.Param(logical_init(init, None, "embed")(rngs.params(), (2, width)))
-    self.net = TokenTrunk(input_vocab=num_classes + 1, output_vocab=width, width=width, depth=depth,
-                          heads=heads, causal=False, dtype=dtype, remat=remat,
-                          scan_layers=scan_layers, attention_impl=attention_impl, rngs=rngs)
-    self.head = FlowHead(token_dim=token_dim, cond_dim=width, width=head_width, depth=head_depth,
-                         rngs=rngs)
+    # The transformer and head are MAR's, over the P + N positions [pivots, dense].
+    self.mar = MAR(token_dim=token_dim, seq_len=self.num_pivots + seq_len, num_classes=num_classes,
+                   width=width, depth=depth, heads=heads, head_width=head_width,
+                   head_depth=head_depth, class_dropout=class_dropout, dtype=dtype, remat=remat,
+                   scan_layers=scan_layers, attention_impl=attention_impl, rngs=rngs)
+    init = logical_init(nnx.initializers.normal(0.02), None, "embed")
+    self.phase_embedding = nnx.Param(init(rngs.params(), (2, width)))
+    self.head_phase_embedding = nnx.Param(init(rngs.params(), (2, width)))
 
   @property
   def null_id(self) -> int:
@@ -118,13 +114,10 @@ class HiMAR(nnx.Module):
       raise ValueError(f"pivots must be [B, {self.num_pivots}, {self.token_dim}] and dense "
                        f"[B, {self.seq_len}, {self.token_dim}], got {tuple(pivots.shape)} and "
                        f"{tuple(dense.shape)}")
-    x = self.token_in(jnp.concatenate([pivots, dense], axis=1).astype(jnp.float32))
-    mask = jnp.concatenate([pivot_mask, dense_mask], axis=1)
-    x = jnp.where(mask[..., None], self.mask_embedding.get_value(), x)
-    cls = self.net.embed(self.class_ids(labels, b))[:, None].astype(x.dtype)
-    x = jnp.concatenate([cls, x], axis=1) + self.pos_embedding.get_value()
-    x = x + self.phase_embedding.get_value()[phase]
-    return self.net.forward_embedded(x)[:, 1:]
+    return self.mar.condition(jnp.concatenate([pivots, dense], axis=1),
+                              jnp.concatenate([pivot_mask, dense_mask], axis=1),
+                              self.class_ids(labels, b),
+                              offset=self.phase_embedding.get_value()[phase])
 
   def condition_pivots(self, pivots: jax.Array, mask: jax.Array, labels=None) -> jax.Array:
     """Phase 1: z [B, P, W] of the pivot positions; every dense token is masked."""
@@ -144,7 +137,7 @@ class HiMAR(nnx.Module):
   def head_velocity(self, x_t: jax.Array, t: jax.Array, z: jax.Array, phase: int) -> jax.Array:
     """The scale-aware head: FlowHead velocity [M, D] (t [M], t = 1 noise) with condition z [M, W]
     plus the phase's head embedding."""
-    return self.head(x_t, t, z + self.head_phase_embedding.get_value()[phase])
+    return self.mar.head(x_t, t, z + self.head_phase_embedding.get_value()[phase])
 
 
 def loss(model: HiMAR, tokens: jax.Array, labels, *, rng: jax.Array, batch_mul: int = 4,
