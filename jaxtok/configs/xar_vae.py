@@ -4,9 +4,9 @@
   python tools/sample.py --config configs/xar_vae.py:tiny,entity=cell --workdir runs/xar --steps 8
 
 arg: "size=B,tokens=256,token_dim=16,classes=1000,grid_width=0,entity=cell,entity_size=8" or
-"tiny" (8 tokens of 4 dimensions as a 2 x 4 grid, the tiny VAE's; 2 x 2 cells). entity: token | cell | subsample |
-scale | image (`jaxtok.generators.entities`); entity_size: the cell side / the stride (cell,
-subsample) or the number of scales (scale, 0 = all). B/L/H are the release's xAR-B/L/H widths with
+"tiny" (8 tokens of 4 dimensions as a 2 x 4 grid, the tiny VAE's; 2 x 2 cells). entity: token |
+cell | subsample | scale | image (`jaxtok.generators.entities`); entity_size: the cell side / the
+stride (cell, subsample) or the number of scales (scale, 0 = all). B/L/H are the release's xAR-B/L/H widths with
 its encoder and decoder depths added (8 + 8, 16 + 16, 20 + 20); its recipe: batch 2048, 800 epochs,
 lr 5e-5 x batch / 256 with 100 warm-up epochs, 2 x 2 cells of 8 x 8 tokens on a 16 x 16 grid,
 sampling with 40 (B) / 50 (L) flow steps per entity and guidance rising linearly over entities.

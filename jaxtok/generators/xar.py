@@ -93,8 +93,9 @@ class XAR(nnx.Module):
     self.pos_embedding = nnx.Param(logical_init(_INIT, None, "embed")(rngs.params(), (t, width)))
     self.class_embed = nnx.Embed(num_classes + 1, width,
                                  embedding_init=logical_init(_INIT, "vocab", "embed"), rngs=rngs)
-    self.time_in = nnx.Linear(_FREQ, width, kernel_init=logical_init(_INIT, None, "embed"), rngs=rngs)
-    self.time_out = nnx.Linear(width, width, kernel_init=logical_init(_INIT, "embed", "embed"),
+    self.time_in = nnx.Linear(_FREQ, width, kernel_init=logical_init(_INIT, None, "embed"),
+                              rngs=rngs)
+    self.time_out = nnx.Linear(width, width, kernel_init=logical_init(_INIT, "embed", "mlp"),
                                rngs=rngs)
     self.blocks = Stack(depth, lambda r: Block(
         width, heads, mlp_hidden=swiglu_hidden(width, mlp_ratio), mlp="swiglu", mlp_bias=False,

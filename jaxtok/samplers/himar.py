@@ -3,7 +3,8 @@ pivots, then over the dense tokens given the generated pivots.
 
 Callables (B batch, P pivots, N dense tokens, D token dimension, W condition width):
   ``pivot_condition_fn(pivots [B', P, D], mask [B', P], labels) -> z [B', P, W]``
-  ``dense_condition_fn(dense [B', N, D], mask [B', N], (labels, pivots [B', P, D])) -> z [B', N, W]``
+  ``dense_condition_fn(dense [B', N, D], mask [B', N], (labels, pivots [B', P, D]))``
+    ``-> z [B', N, W]``
   ``head_fn(x [M, D], t scalar, z [M, W], phase) -> velocity [M, D]`` in `flow`'s time convention
     (t = 0 noise); phase 0 pivots, 1 dense (the scale-aware head).
 With guidance the pivots ride in the condition pytree, so `mar.sample`'s doubled batch carries

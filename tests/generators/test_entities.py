@@ -77,7 +77,8 @@ def test_block_causal_mask_by_hand():
                    [1, 1, 1, 1, 1]], bool)
   np.testing.assert_array_equal(m, want)
   # Entity "token": the ordinary causal mask.
-  np.testing.assert_array_equal(entities.block_causal_mask(np.arange(4)), np.tril(np.ones((4, 4), bool)))
+  np.testing.assert_array_equal(entities.block_causal_mask(np.arange(4)),
+                                np.tril(np.ones((4, 4), bool)))
 
 
 def test_teacher_forcing_mask_by_hand():

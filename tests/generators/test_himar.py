@@ -44,7 +44,8 @@ def test_phase_masking_rules_and_phase_two_reads_the_pivots(model):
   dmask = jnp.zeros((2, 16), bool).at[:, :8].set(True)
   z2 = dense_fn(dense, dmask, (labels, pivots))
   assert z2.shape == (2, 16, 16)
-  np.testing.assert_allclose(dense_fn(dense.at[:, 2].add(5.0), dmask, (labels, pivots)), z2, atol=1e-5)
+  np.testing.assert_allclose(dense_fn(dense.at[:, 2].add(5.0), dmask, (labels, pivots)), z2,
+                             atol=1e-5)
   assert not np.allclose(dense_fn(dense.at[:, 12].add(5.0), dmask, (labels, pivots)), z2)
   for i in range(4):  # changing any one pivot changes the phase-2 conditions
     assert not np.allclose(dense_fn(dense, dmask, (labels, pivots.at[:, i].add(1.0))), z2)
