@@ -22,13 +22,18 @@ def _model(entity, k=2, noisy_context=True, seq_len=8, grid_width=4):
   return m
 
 
+@pytest.fixture(scope="module")
+def cell_model():
+  return _model("cell")
+
+
 def _jit(model, method):
   graphdef, state = nnx.split(model)
   return jax.jit(lambda *a: getattr(nnx.merge(graphdef, state), method)(*a))
 
 
-def test_velocity_is_block_causal_over_cells():
-  m = _model("cell")  # 2 x 4 grid: entity 0 = sequence 0..3, entity 1 = 4..7
+def test_velocity_is_block_causal_over_cells(cell_model):
+  m = cell_model  # 2 x 4 grid: entity 0 = sequence 0..3, entity 1 = 4..7
   f = _jit(m, "velocity")
   x = jax.random.normal(jax.random.key(0), (2, 8, 2))
   t = jnp.full((2, 8), 0.5)
@@ -77,9 +82,10 @@ def test_token_entities_without_noisy_context_are_next_token_flow_ar():
     np.testing.assert_allclose(moved[:, i], out[:, i], atol=1e-5)
 
 
-def test_loss_under_jit_has_gradients_and_refuses_bad_shapes():
-  for noisy in (True, False):
-    m = _model("subsample", noisy_context=noisy)
+def test_loss_under_jit_has_gradients_and_refuses_bad_shapes(cell_model):
+  m = cell_model
+  for noisy in (True, False):  # Noisy Context Learning, then the teacher-forcing ablation
+    m.noisy_context = noisy
     graphdef, state = nnx.split(m)
     tokens = jax.random.normal(jax.random.key(4), (2, 8, 2))
 
@@ -89,6 +95,7 @@ def test_loss_under_jit_has_gradients_and_refuses_bad_shapes():
                       rng=jax.random.key(5))[0]
     value, g = jax.value_and_grad(f)(state)
     assert np.isfinite(value) and float(jnp.abs(g["out"]["kernel"].get_value()).sum()) > 0
+  m.noisy_context = True
   with pytest.raises(ValueError, match=r"tokens must be \[B, 8, 2\]"):
     xar.loss(m, jnp.zeros((1, 4, 2)), None, rng=jax.random.key(0))
   with pytest.raises(ValueError, match="entity must be one of"):
