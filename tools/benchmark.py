@@ -12,6 +12,7 @@ Usage:
   python tools/benchmark.py --suite gaussian_layton [--batch 4] [--repeats 5]
   python tools/benchmark.py --suite text [--batch 8] [--repeats 4]   (CLIP text, TA-TiTok, MaskGen)
   python tools/benchmark.py --suite speculative [--repeats 3]   (SpecTr, ASSD, ReCAP vs plain)
+  python tools/benchmark.py --suite next_x [--other-batch 4] [--repeats 3]   (xAR, Hi-MAR, MAR)
   python tools/benchmark.py --compare-official ../1d-tokenizer [--models titok_s128,titok_bl64,rar]
       [--batch 8] [--repeats 2] [--breakdown]   (suite "official": jaxtok beside the PyTorch originals)
 
@@ -1336,6 +1337,63 @@ def speculative_suite(args) -> list[tuple[str, str, float, str]]:
   return rows
 
 
+# ---- next_x: xAR (each entity kind) and Hi-MAR beside MAR on the same small network
+
+def next_x_suite(args) -> list[tuple[str, str, float, str]]:
+  """Rows (case, implementation, ms per batch, tokens/s and transformer passes per image): 64
+  continuous 16-dim tokens (an 8 x 8 grid), one 4 x 256 transformer size for all, unconditional,
+  10 flow steps per entity (xAR) or per head call (MAR, Hi-MAR)."""
+  from flax import nnx
+  from jaxtok.generators import himar as himar_lib
+  from jaxtok.generators import mar as mar_lib
+  from jaxtok.generators import xar as xar_lib
+  from jaxtok.samplers import flow, himar, mar, next_x
+
+  b, n, d, steps, iters = args.other_batch or 4, 64, 16, 10, 16
+  size = dict(width=256, depth=4, heads=4)
+  reps = max(1, args.repeats // 3)
+  rows = Rows()
+  case = f"64 tokens x 16 dims (8 x 8), batch {b}, 4x256, {steps} flow steps"
+
+  def timed(name, model, run, passes):
+    graphdef, params = nnx.split(model)
+    fn = jax.jit(lambda p, r: run(nnx.merge(graphdef, p), r))
+    stage(f"next_x: {name}")
+    t = time_call(lambda: fn(params, jax.random.key(0)), reps, jax.block_until_ready)
+    rows.append((case, name, t * 1e3, f"{b * n / t:.0f} tokens/s; {passes} transformer passes "
+                 f"per image"))
+
+  def mar_head(model):
+    return flow.flip_time(lambda x, t, z: model.head(x, jnp.full((x.shape[0],), t), z))
+
+  m = mar_lib.MAR(token_dim=d, seq_len=n, head_width=256, head_depth=2, rngs=nnx.Rngs(0), **size)
+  timed(f"MAR, {iters} iterations", m, lambda model, r: mar.sample(
+      r, model.condition, mar_head(model), batch=b, num_tokens=n, token_dim=d, steps=iters,
+      head_steps=steps).tokens, f"{iters} (+ {iters * steps} head)")
+  for kind, k in (("token", 1), ("cell", 2), ("cell", 4), ("subsample", 2), ("scale", 0),
+                  ("image", 1)):
+    x = xar_lib.XAR(token_dim=d, seq_len=n, entity=kind, entity_size=k, rngs=nnx.Rngs(0), **size)
+    e = x.layout.num_entities
+    label = f"xAR {kind}" + (f" {k}x{k}" if kind == "cell" else f" stride {k}" if kind == "subsample"
+                             else "") + f", {e} entities"
+    timed(label, x, lambda model, r: next_x.sample(
+        r, model.velocity, batch=b, entity_ids=model.entity_ids, token_dim=d, steps=steps),
+        e * steps)
+  hm = himar_lib.HiMAR(token_dim=d, seq_len=n, pivot_factor=4, head_width=256, head_depth=2,
+                       rngs=nnx.Rngs(0), **size)
+
+  def run_himar(model, r):
+    head = lambda x, t, z, phase: flow.flip_time(
+        lambda x, t, z: model.head_velocity(x, jnp.full((x.shape[0],), t), z, phase))(x, t, z)
+    return himar.sample(r, model.condition_pivots, model.condition_dense, head, batch=b,
+                        num_pivots=model.num_pivots, num_tokens=n, token_dim=d,
+                        pivot_steps=model.pivot_iters, steps=iters, head_steps=steps).tokens
+  passes = hm.pivot_iters + iters
+  timed(f"Hi-MAR, {hm.num_pivots} pivots ({hm.pivot_iters} iterations) + {iters} iterations", hm,
+        run_himar, f"{passes} (+ {passes * steps} head)")
+  return rows
+
+
 SUITES = {"quantizers": quantizer_suite, "tokenizers": tokenizer_suite, "train": train_suite,
           "samplers": sampler_suite, "data": data_suite,
           "official": official_suite,
@@ -1345,6 +1403,7 @@ SUITES = {"quantizers": quantizer_suite, "tokenizers": tokenizer_suite, "train":
           "text": text_suite,
           "dimwise": dimwise_suite,
           "speculative": speculative_suite,
+          "next_x": next_x_suite,
           }
 
 

@@ -24,6 +24,9 @@
            the dequantized latents float32 [B, N, D];
   cubid    jaxtok.samplers.cubid over the [N, D] cube of level indices (MaskGIT steps, confidence
            choice); returns the dequantized latents float32 [B, N, D].
+  xar      jaxtok.samplers.next_x: entity by entity, `steps` flow steps each (default 40).
+  himar    jaxtok.samplers.himar: MAR's loop over the pivots (4 x their grid side iterations),
+           then over the dense tokens (`steps`), the scale-aware head told the phase; DiSA as mar.
 Labels int32 [B], -1 = unconditional. Classifier-free guidance runs only when the generator is
 class-conditional (num_classes > 0) and cfg_scale != 1; the null condition is the model's null id.
 
@@ -276,11 +279,44 @@ def _any_order(model, rng, labels, opts: Options):
                      temperature=opts.temperature, top_k=opts.top_k, top_p=opts.top_p)[0]
 
 
+def _xar(model, rng, labels, opts: Options):
+  from jaxtok.samplers import next_x  # pylint: disable=g-import-not-at-top
+  _whole_grid(model, opts, "xar")
+  guided = _guided(model, opts)
+  seq = next_x.sample(rng, model.velocity, batch=labels.shape[0], entity_ids=model.entity_ids,
+                      token_dim=model.token_dim, steps=opts.steps or 40, cond=labels,
+                      uncond=jnp.full_like(labels, -1) if guided else None,
+                      cfg_scale=opts.cfg_scale, cfg_schedule=opts.cfg_schedule or "linear",
+                      cfg_power=opts.cfg_power, temperature=opts.temperature)
+  return model.tokens_from_sequence(seq)
+
+
+def _himar(model, rng, labels, opts: Options):
+  from jaxtok.samplers import flow, himar, schedules  # pylint: disable=g-import-not-at-top
+  _whole_grid(model, opts, "himar")
+  steps = opts.steps or min(64, model.seq_len)
+  lower = opts.head_steps_lower or opts.head_steps
+  anneal = lambda n: (schedules.disa_steps(opts.annealing, n, opts.head_steps, lower)
+                      if lower != opts.head_steps else opts.head_steps)
+  head = lambda x, t, z, phase: flow.flip_time(
+      lambda x, t, z: model.head_velocity(x, jnp.full((x.shape[0],), t), z, phase))(x, t, z)
+  guided = _guided(model, opts)
+  out = himar.sample(rng, model.condition_pivots, model.condition_dense, head,
+                     batch=labels.shape[0], num_pivots=model.num_pivots, num_tokens=model.seq_len,
+                     token_dim=model.token_dim, pivot_steps=model.pivot_iters, steps=steps,
+                     head_steps=anneal(steps), pivot_head_steps=anneal(model.pivot_iters),
+                     labels=labels, uncond=jnp.full_like(labels, -1) if guided else None,
+                     cfg_scale=opts.cfg_scale, cfg_schedule=opts.cfg_schedule or "linear",
+                     temperature=opts.temperature)
+  return out.tokens
+
+
 # RAR has GPT's interface (condition_ids, null_id, init_cache, prefill, step, seq_len); a converted
 # official TiTok MaskGIT generator ("maskgit_official", jaxtok.convert.maskgit) has MaskGIT's.
 SAMPLERS = {"gpt": _gpt, "rar": _gpt, "maskgit": _maskgit, "maskgit_official": _maskgit, "mar": _mar,
             "token_shuffle": _token_shuffle, "nar": _nar, "ecar": _ecar, "any_order": _any_order}
 SAMPLERS.update(tokenbridge=_tokenbridge, cubid=_cubid)
+SAMPLERS.update(xar=_xar, himar=_himar)
 
 
 def make_sampler(name: str, graphdef: Any, params: Any, opts: Options) -> Callable[[jax.Array, jax.Array], jax.Array]:

@@ -63,9 +63,10 @@ class MAR(nnx.Module):
     return self.num_classes
 
   def condition(self, tokens: jax.Array, mask: jax.Array, labels=None, *, train: bool = False,
-                rng=None) -> jax.Array:
+                rng=None, offset: jax.Array | None = None) -> jax.Array:
     """Per-position conditions z [B, N, W] float32 from tokens [B, N, D] and mask [B, N] (True =
-    unknown; those tokens' values are ignored)."""
+    unknown; those tokens' values are ignored). offset [W]: added to every input (Hi-MAR's phase
+    embedding)."""
     b, n, d = tokens.shape
     if n != self.seq_len or d != self.token_dim:
       raise ValueError(f"tokens must be [B, {self.seq_len}, {self.token_dim}], got {tuple(tokens.shape)}")
@@ -79,6 +80,8 @@ class MAR(nnx.Module):
     x = jnp.where(mask[..., None], self.mask_embedding.get_value(), x)
     x = jnp.concatenate([self.net.embed(cond)[:, None].astype(x.dtype), x], axis=1)
     x = x + self.pos_embedding.get_value()
+    if offset is not None:
+      x = x + offset
     return self.net.forward_embedded(x)[:, 1:]
 
 

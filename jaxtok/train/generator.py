@@ -12,6 +12,8 @@ Generators (config.model.name):
             labels are a text-condition dict (see that module), not class ids
   tokenbridge  MAR over dimension-wise quantized VAE tokens, channel-AR head (generators.tokenbridge)
   cubid     masked diffusion over (token, dimension) elements of quantized tokens (generators.cubid)
+  xar       next-X flow AR over continuous tokens (jaxtok.generators.xar) e.g. VAE tokens
+  himar     pivots then masked AR, continuous   (jaxtok.generators.himar) e.g. VAE tokens
 Each module has `make_model(cfg, *, rngs)` and `loss(model, tokens, labels, *, rng, train, step) ->
 (loss, metrics)`, `step` being the number of completed updates (int32, traced; RAR anneals its
 random-order chance with it, the others ignore it). The data are a token dataset written by
@@ -47,7 +49,8 @@ GENERATORS = {"gpt": "jaxtok.generators.gpt", "maskgit": "jaxtok.generators.bert
               "nar": "jaxtok.generators.nar", "rar": "jaxtok.generators.rar",
               "ecar": "jaxtok.generators.ecar",
               "maskgen": "jaxtok.generators.maskgen",
-              "any_order": "jaxtok.generators.any_order"}
+              "any_order": "jaxtok.generators.any_order",
+              "xar": "jaxtok.generators.xar", "himar": "jaxtok.generators.himar"}
 GENERATORS.update(tokenbridge="jaxtok.generators.tokenbridge", cubid="jaxtok.generators.cubid")
 
 
