@@ -7,6 +7,7 @@ Generators (config.model.name):
   rar       causal AR, randomized orders        (jaxtok.generators.rar)   e.g. MaskGIT-VQ tokens
   maskgit   bidirectional masked over discrete  (jaxtok.generators.bert)  e.g. TiTok tokens
   mar       masked over continuous tokens       (jaxtok.generators.mar)   e.g. VAE tokens
+  resgen    masked RVQ, sum-of-codes MoG head   (jaxtok.generators.resgen) e.g. RVQ TiTok tokens
 Each module has `make_model(cfg, *, rngs)` and `loss(model, tokens, labels, *, rng, train, step) ->
 (loss, metrics)`, `step` being the number of completed updates (int32, traced; RAR anneals its
 random-order chance with it, the others ignore it). The data are a token dataset written by
@@ -39,7 +40,8 @@ log = logging.getLogger(__name__)
 
 GENERATORS = {"gpt": "jaxtok.generators.gpt", "maskgit": "jaxtok.generators.bert",
               "mar": "jaxtok.generators.mar", "token_shuffle": "jaxtok.generators.token_shuffle",
-              "nar": "jaxtok.generators.nar", "rar": "jaxtok.generators.rar"}
+              "nar": "jaxtok.generators.nar", "rar": "jaxtok.generators.rar",
+              "resgen": "jaxtok.generators.resgen"}
 
 
 def generator_module(name: str):
