@@ -10,8 +10,9 @@ head), depth-wise masking, re-quantisation of the predicted vectors (`jaxtok.gen
 
 The tokenizer is any RVQ tokenizer (`configs/titok.py:quantizer=rvq`, levels in
 model.quantizer_options.num_quantizers); tools/pretokenize.py writes its code vectors to
-<data>/codebook.npy, which `model.codebook` must name (the generator keeps them as a frozen
-parameter: `optim.frozen_patterns`).
+<data>/codebook.npy, which `model.codebook` must name. The generator keeps them as its `codebook`
+parameter, which never changes: it is stop-gradient'ed (Adam's update of a zero gradient is exactly
+0) and excluded from weight decay (`optim.NO_DECAY_PATTERNS` matches "codebook").
 
 arg: "size=B,tokens=64,levels=8,codebook=4096,code_dim=12,classes=1000" or "tiny" (8 tokens, 2 levels,
 64 codes of dimension 12: the tiny TiTok with quantizer=rvq).
@@ -40,6 +41,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                  b1=0.9, b2=0.95, wd=0.05, clip=1.0),
       sampling=dict(num_steps=4 if tiny else 28, temperature=1.0, choice_temperature=1.0,
                     schedule="cosine"))
-  # The RVQ code vectors are the tokenizer's: never trained here.
-  c.optim.frozen_patterns = (r"^codebook$",)
   return c

@@ -190,8 +190,9 @@ class ResGen(nnx.Module):
     class_dropout: chance a training label becomes the null class (for guidance-free conditioning).
     codebook: path of a float32 [Q, C, E] .npy of the tokenizer's effective codes (tools/pretokenize
       writes <data>/codebook.npy for an RVQ tokenizer); "" initialises random codes of scale 2^-q
-      (tests, benchmarks). Kept as the `codebook` parameter, frozen by the config
-      (optim.frozen_patterns) and stop-gradient'ed in the loss.
+      (tests, benchmarks). Kept as the `codebook` parameter, stop-gradient'ed wherever it is read
+      (a zero gradient leaves it exactly unchanged under Adam; "codebook" is in the optimizer's
+      no-decay patterns).
     schedule: training mask schedule gamma (cosine, linear, arccos, pow:P).
   """
 
