@@ -126,7 +126,11 @@ def check_data(config, meta: dict, path: str) -> None:
       problems.append(f"config.model.{trailing} is {g[trailing]}, the data's tokens have {shape[1]} "
                       f"entries each (--config.model.{trailing}={shape[1]})")
     book = meta.get("codebook_size")
-    if book is not None and g.get("codebook_size") != book:
+    if g.get("num_bits") is not None:
+      if book is not None and book != 2:
+        problems.append(f"generator {g.name!r} needs bit tokens (codebook_size 2: a binary tokenizer "
+                        f"with more than 31 bits per token), the tokenizer has {book} codes")
+    elif book is not None and g.get("codebook_size") != book:
       problems.append(f"config.model.codebook_size is {g.get('codebook_size')}, the tokenizer has "
                       f"{book} codes (--config.model.codebook_size={book})")
   classes = int(g.get("num_classes", 0))

@@ -207,15 +207,18 @@ def _mar(model, rng, labels, opts: Options):
   return out.tokens
 
 
-def _resgen(model, rng, labels, opts: Options):
-  from jaxtok.generators import resgen  # pylint: disable=g-import-not-at-top
-  return resgen.generate(model, rng, labels, opts)
+def _by_module(model, rng, labels, opts: Options):
+  """The generator module's own `generate(model, rng, labels, opts)` (resgen, binary_diffusion,
+  binary_ar)."""
+  import sys  # pylint: disable=g-import-not-at-top
+  return sys.modules[type(model).__module__].generate(model, rng, labels, opts)
 
 
 # RAR has GPT's interface (condition_ids, null_id, init_cache, prefill, step, seq_len); a converted
 # official TiTok MaskGIT generator ("maskgit_official", jaxtok.convert.maskgit) has MaskGIT's.
 SAMPLERS = {"gpt": _gpt, "rar": _gpt, "maskgit": _maskgit, "maskgit_official": _maskgit, "mar": _mar,
-            "token_shuffle": _token_shuffle, "nar": _nar, "resgen": _resgen}
+            "token_shuffle": _token_shuffle, "nar": _nar, "resgen": _by_module,
+            "binary_diffusion": _by_module, "binary_ar": _by_module}
 
 
 def make_sampler(name: str, graphdef: Any, params: Any, opts: Options) -> Callable[[jax.Array, jax.Array], jax.Array]:

@@ -8,6 +8,7 @@ Generators (config.model.name):
   maskgit   bidirectional masked over discrete  (jaxtok.generators.bert)  e.g. TiTok tokens
   mar       masked over continuous tokens       (jaxtok.generators.mar)   e.g. VAE tokens
   resgen    masked RVQ, sum-of-codes MoG head   (jaxtok.generators.resgen) e.g. RVQ TiTok tokens
+  binary_diffusion / binary_ar  Bernoulli diffusion / AR over bit tokens (Instella-T2I bits)
 Each module has `make_model(cfg, *, rngs)` and `loss(model, tokens, labels, *, rng, train, step) ->
 (loss, metrics)`, `step` being the number of completed updates (int32, traced; RAR anneals its
 random-order chance with it, the others ignore it). The data are a token dataset written by
@@ -41,7 +42,9 @@ log = logging.getLogger(__name__)
 GENERATORS = {"gpt": "jaxtok.generators.gpt", "maskgit": "jaxtok.generators.bert",
               "mar": "jaxtok.generators.mar", "token_shuffle": "jaxtok.generators.token_shuffle",
               "nar": "jaxtok.generators.nar", "rar": "jaxtok.generators.rar",
-              "resgen": "jaxtok.generators.resgen"}
+              "resgen": "jaxtok.generators.resgen",
+              "binary_diffusion": "jaxtok.generators.binary_diffusion",
+              "binary_ar": "jaxtok.generators.binary_ar"}
 
 
 def generator_module(name: str):
