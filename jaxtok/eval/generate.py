@@ -16,6 +16,9 @@
            its settings overriding; guidance always runs for a class-conditional model there);
   mar      jaxtok.samplers.mar.sample with the MAR transformer as the condition function and its
            FlowHead (t = 1 noise) adapted by `flow.flip_time`; DiSA step annealing of the head.
+  resgen, binary_diffusion, binary_ar   the generator module's own `generate(model, rng, labels,
+           opts)` (samplers.resgen; samplers.binary_diffusion; the cached loop of
+           generators.binary_ar); tokens int32 [B, N, Q] (RVQ levels) or [B, N, n] (bits).
 Labels int32 [B], -1 = unconditional. Classifier-free guidance runs only when the generator is
 class-conditional (num_classes > 0) and cfg_scale != 1; the null condition is the model's null id.
 
