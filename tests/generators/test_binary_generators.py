@@ -75,16 +75,22 @@ def _random_model(module, **fields):
 
 def test_binary_ar_cached_sampling_matches_teacher_forcing():
   graphdef, state = _random_model(binary_ar, num_classes=2)
-  model = nnx.merge(graphdef, state)
   bits = jnp.asarray(MODES[[0, 1]])
-  full = model(bits, jnp.asarray([0, 1]))
-  cache = model.init_cache(2)
-  logits, cache = model.prefill(model.condition_ids(jnp.asarray([0, 1]), 2), cache)
-  steps = [logits]
-  for i in range(1, 3):
-    logits, cache = model.step(bits[:, i - 1], i, cache)
-    steps.append(logits)
-  np.testing.assert_allclose(np.stack(steps, 1), full, atol=1e-5)
+  labels = jnp.asarray([0, 1])
+
+  @jax.jit
+  def both(state):
+    model = nnx.merge(graphdef, state)
+    cache = model.init_cache(2)
+    logits, cache = model.prefill(model.condition_ids(labels, 2), cache)
+    steps = [logits]
+    for i in range(1, 3):
+      logits, cache = model.step(bits[:, i - 1], jnp.int32(i), cache)
+      steps.append(logits)
+    return model(bits, labels), jnp.stack(steps, 1)
+
+  full, cached = both(state)
+  np.testing.assert_allclose(cached, full, atol=1e-5)
 
 
 def _total_variation(samples: np.ndarray) -> float:

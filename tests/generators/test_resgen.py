@@ -1,5 +1,6 @@
 """ResGen: depth-wise masking by hand, exact re-quantisation, the mixture NLL by hand, the sampler
-recovering a target from an exact predictor, and a tiny model's loss (frozen codebook)."""
+recovering a target from an exact predictor, config errors (training through the tools:
+tests/tools/test_resgen_tools.py)."""
 import math
 
 import jax
@@ -83,11 +84,11 @@ def test_requantize_recovers_the_masked_codes_from_the_exact_collective_vector()
 def test_requantize_matches_rvq_greedy_on_the_tokenizers_residual():
   """Tokens made by `residual.rvq_quantize` of arbitrary latents: the predicted vector x - partial
   (the exact collective vector plus the tokenizer's final error) re-quantises to the same codes."""
-  key = jax.random.key(2)
-  states = residual.init_states(key, 3, 16, 4)
-  x = jax.random.normal(jax.random.key(3), (2, 5, 4))
-  tokens = residual.rvq_quantize(x, states).indices
-  table = jnp.stack([s.codebook for s in states])
+  rng = np.random.default_rng(2)
+  table = jnp.asarray(rng.normal(size=(3, 16, 4)) * 0.5 ** np.arange(3)[:, None, None], jnp.float32)
+  states = [vq.VQState(table[i], jnp.zeros((16,)), table[i], jnp.asarray(True)) for i in range(3)]
+  x = jnp.asarray(rng.normal(size=(2, 5, 4)), jnp.float32)
+  tokens = jax.jit(lambda x: residual.rvq_quantize(x, states).indices)(x)
   mask = _jit_mask(4, 2, 5, 3)
   partial, _ = jax.jit(rg.split_sums)(tokens, mask, table)
   out = np.asarray(jax.jit(rg.requantize)(x - partial, mask, table))
@@ -171,21 +172,6 @@ def tiny_model():
   rng = np.random.default_rng(0)
   state = jax.tree.map(lambda a: jnp.asarray(0.05 * rng.normal(size=a.shape), a.dtype), state)
   return nnx.merge(graphdef, state), c
-
-
-def test_tiny_loss_is_finite_and_the_codebook_gets_no_gradient(tiny_model):
-  model, _ = tiny_model
-  tokens = jax.random.randint(jax.random.key(0), (3, 4, 2), 0, 8)
-  graphdef, params = nnx.split(model, nnx.Param)
-
-  @jax.jit
-  def f(p):
-    return rg.loss(nnx.merge(graphdef, p), tokens, jnp.asarray([0, 2, -1]), rng=jax.random.key(1))
-
-  (value, metrics), grads = jax.value_and_grad(f, has_aux=True)(params)
-  assert np.isfinite(float(value)) and 0 < float(metrics["mask_ratio"]) <= 1
-  assert float(jnp.abs(grads["codebook"].get_value()).max()) == 0.0
-  assert float(jnp.abs(grads["mask_embedding"].get_value()).max()) > 0.0
 
 
 def test_bad_config_and_codebook_file(tiny_model, tmp_path):

@@ -21,7 +21,7 @@ def rvq_tokens(tmp_path_factory):
   save_train_checkpoint(workdir, {"step": jnp.int32(1), "params": params}, config)
   out = str(tmp_path_factory.mktemp("data") / "rvq_tokens")
   load_tool("pretokenize").main(["pretokenize", f"--checkpoint={workdir}", f"--out={out}",
-                                 "--source=photos", "--num_examples=16", "--batch_size=8",
+                                 "--source=photos", "--num_examples=8", "--batch_size=8",
                                  "--use_ema=false"])
   return out, params
 
@@ -31,7 +31,7 @@ def test_resgen_trains_with_falling_loss_then_samples(rvq_tokens, tmp_path):
   data, params = rvq_tokens
   tokens = np.load(os.path.join(data, "tokens.npy"))
   book = np.load(os.path.join(data, "codebook.npy"))
-  assert tokens.shape == (16, 8, 2) and tokens.dtype == np.int32
+  assert tokens.shape == (8, 8, 2) and tokens.dtype == np.int32
   # The tiny TiTok uses cosine codes: the stored vectors are the unit-normalised codebook.
   raw = np.asarray(params["codebook"].get_value())
   np.testing.assert_allclose(book, raw / np.linalg.norm(raw, axis=-1, keepdims=True), rtol=1e-5)
