@@ -38,8 +38,8 @@ def test_resgen_trains_with_falling_loss_then_samples(rvq_tokens, tmp_path):
   train, sample = load_tool("train_generator"), load_tool("sample")
   workdir = str(tmp_path / "resgen")
   cfg = "--config=" + os.path.join("configs", "resgen.py") + ":tiny"
-  over = [f"--config.model.codebook={data}/codebook.npy", "--config.total_steps=16",
-          "--config.ckpt_every=16", "--config.optim.lr=1e-2"]
+  over = [f"--config.model.codebook={data}/codebook.npy", "--config.total_steps=8",
+          "--config.ckpt_every=8", "--config.optim.lr=1e-2"]
   args = ["train_generator", cfg, f"--workdir={workdir}", f"--data={data}"] + over
   first = train.main(args + ["--stop_at=1"])
   last = train.main(args)
