@@ -2,7 +2,6 @@
 [N, 8, 2] tokens and its codebook.npy, tools/train_generator.py with falling loss, tools/sample.py."""
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
