@@ -58,3 +58,17 @@ def test_token_data_check_for_the_bit_generators(tmp_path):
     config.model.num_bits = 16
     with pytest.raises(ValueError, match=r"config.model.num_bits is 16, the data's tokens have 32"):
       token_data.check_data(config, token_data.read_meta(path), path)
+
+
+@pytest.mark.parametrize("name", ["resgen", "binary_diffusion", "binary_ar"])
+def test_generator_configs_share_the_dialect_and_type_their_counts(name):
+  import importlib
+  from jaxtok.configs import common
+  from jaxtok.train import generator
+  mod = importlib.import_module(f"jaxtok.configs.{name}")
+  c = mod.get_config("tiny,tokens=12,classes=3")
+  assert c.model.seq_len == 12 and c.model.num_classes == 3 and c.model.name == name
+  assert set(common.run_config().keys()) <= set(c.keys())
+  assert generator.model_config(c) is c.model and name in generator.GENERATORS
+  with pytest.raises(ValueError, match="'tokens' must be an int"):
+    mod.get_config("tokens=12.5")
