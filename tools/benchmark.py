@@ -13,6 +13,8 @@ Usage:
   python tools/benchmark.py --suite text [--batch 8] [--repeats 4]   (CLIP text, TA-TiTok, MaskGen)
   python tools/benchmark.py --suite speculative [--repeats 3]   (SpecTr, ASSD, ReCAP vs plain)
   python tools/benchmark.py --suite next_x [--other-batch 4] [--repeats 3]   (xAR, Hi-MAR, MAR)
+  python tools/benchmark.py --suite resgen [--other-batch 4] [--ar-size 256x4]
+      (ResGen beside MaskGIT / MAR; Instella's binary diffusion and binary AR beside the GPT)
   python tools/benchmark.py --compare-official ../1d-tokenizer [--models titok_s128,titok_bl64,rar]
       [--batch 8] [--repeats 2] [--breakdown]   (suite "official": jaxtok beside the PyTorch originals)
 
@@ -1394,6 +1396,86 @@ def next_x_suite(args) -> list[tuple[str, str, float, str]]:
   return rows
 
 
+def resgen_suite(args) -> list[tuple[str, str, float, str]]:
+  """ResGen beside MaskGIT and MAR, and Instella's binary diffusion and binary AR beside the GPT, all
+  on one small trunk (4 x 256, 4 heads; --ar-size overrides), batch --other-batch (default 4), 64
+  positions. ResGen: 4 RVQ levels (256 tokens), 8 steps; MaskGIT over the same 256 tokens flattened,
+  8 steps; MAR: 64 x 16-dim tokens, 8 iterations, 25 head steps. Bits: 64 tokens x 32 bits, binary
+  diffusion 20 steps (the release's default), binary AR and the GPT (4096 codes) one cached call
+  per token. tokens/s counts each model's own tokens (ResGen: positions x levels; bits: 32-bit
+  tokens)."""
+  from flax import nnx
+  from jaxtok.generators import bert, binary_ar, gpt, resgen
+  from jaxtok.generators import binary_diffusion as bd
+  from jaxtok.generators import mar as mar_lib
+  from jaxtok.samplers import autoregressive as ar
+  from jaxtok.samplers import binary_diffusion as bd_sampler
+  from jaxtok.samplers import flow, mar, maskgit
+  from jaxtok.samplers import resgen as rg_sampler
+
+  rows = Rows()
+  b, n, levels = args.other_batch or 4, 64, 4
+  width, depth, heads = _ar_size(args.ar_size if args.ar_size != "768x12" else "256x4")
+  size = f"{depth}x{width}"
+  trunk = dict(width=width, depth=depth, heads=heads)
+  reps = max(1, args.repeats // 3)
+  labels = jnp.zeros((b,), jnp.int32)
+
+  def timed(case, impl, fn, tokens, calls):
+    stage(f"resgen suite: {case} / {impl}")
+    t = time_call(lambda: fn(jax.random.key(0)), reps, jax.block_until_ready)
+    rows.append((case, impl, t * 1e3, f"{b * tokens / t:.0f} tokens/s, {calls} model calls per image"))
+
+  g, p = nnx.split(resgen.ResGen(num_levels=levels, codebook_size=256, code_dim=16, seq_len=n,
+                                 num_classes=10, num_mixtures=16, rngs=nnx.Rngs(0), **trunk))
+  rg_run = jax.jit(lambda rng: rg_sampler.sample(
+      rng, lambda t, m, c: nnx.merge(g, p)(t, m, c), nnx.merge(g, p).table(), batch=b, seq_len=n,
+      steps=8, cond=labels))
+  timed(f"{n} positions x {levels} RVQ levels, batch {b}, {size}", "ResGen, 8 steps (MoG head, "
+        "re-quantisation)", rg_run, n * levels, 8)
+
+  g2, p2 = nnx.split(bert.MaskGITTransformer(codebook_size=256, seq_len=n * levels, num_classes=10,
+                                             rngs=nnx.Rngs(0), **trunk))
+  mg_run = jax.jit(lambda rng: maskgit.sample(
+      rng, lambda t: nnx.merge(g2, p2)(t, labels), jnp.full((b, n * levels), 256, jnp.int32),
+      mask_id=256, steps=8)[0])
+  timed(f"{n} positions x {levels} RVQ levels, batch {b}, {size}", f"MaskGIT over the {n * levels} "
+        "tokens flattened, 8 steps", mg_run, n * levels, 8)
+
+  g3, p3 = nnx.split(mar_lib.MAR(token_dim=16, seq_len=n, num_classes=10, head_width=256,
+                                 head_depth=2, rngs=nnx.Rngs(0), **trunk))
+
+  def mar_run(rng):
+    model = nnx.merge(g3, p3)
+    head = flow.flip_time(lambda x, t, z: model.head(x, jnp.full((x.shape[0],), t), z))
+    return mar.sample(rng, model.condition, head, batch=b, num_tokens=n, token_dim=16, steps=8,
+                      head_steps=25, cond=labels).tokens
+  timed(f"{n} continuous 16-dim tokens, batch {b}, {size}", "MAR, 8 iterations, 25 head steps",
+        jax.jit(mar_run), n, 8)
+
+  bits = 32
+  g4, p4 = nnx.split(bd.BinaryDiffusion(num_bits=bits, seq_len=n, num_classes=10, rngs=nnx.Rngs(0),
+                                        **trunk))
+  bd_run = jax.jit(lambda rng: bd_sampler.sample(
+      rng, lambda x, t, c: nnx.merge(g4, p4)(x, t, c), (b, n, bits), steps=20, cond=labels))
+  timed(f"{n} tokens x {bits} bits, batch {b}, {size}", "binary diffusion, 20 steps", bd_run, n, 20)
+
+  g5, p5 = nnx.split(binary_ar.BinaryAR(num_bits=bits, seq_len=n, num_classes=10, rngs=nnx.Rngs(0),
+                                        **trunk))
+  bar_run = jax.jit(lambda rng: binary_ar.sample(rng, nnx.merge(g5, p5), labels))
+  timed(f"{n} tokens x {bits} bits, batch {b}, {size}", "binary AR (KV cache, bits independent "
+        "per token)", bar_run, n, n)
+
+  g6, p6 = nnx.split(gpt.GPT(codebook_size=4096, seq_len=n, num_classes=10, rngs=nnx.Rngs(0), **trunk))
+
+  def gpt_run(rng):
+    m = nnx.merge(g6, p6)
+    return ar.sample(rng, m.prefill, m.step, m.init_cache(b), m.condition_ids(labels, b)[:, None],
+                     num_tokens=n)
+  timed(f"{n} tokens, 4096 codes, batch {b}, {size}", "GPT (KV cache)", jax.jit(gpt_run), n, n)
+  return rows
+
+
 SUITES = {"quantizers": quantizer_suite, "tokenizers": tokenizer_suite, "train": train_suite,
           "samplers": sampler_suite, "data": data_suite,
           "official": official_suite,
@@ -1404,6 +1486,7 @@ SUITES = {"quantizers": quantizer_suite, "tokenizers": tokenizer_suite, "train":
           "dimwise": dimwise_suite,
           "speculative": speculative_suite,
           "next_x": next_x_suite,
+          "resgen": resgen_suite,
           }
 
 

@@ -12,9 +12,11 @@ Sources (--source):
           sorted class subfolder (`folder/<class>/x.png`), -1 for files directly in --folder;
   tfds    a prepared tensorflow-datasets dataset (--tfds_name, --split, --data_dir) read without
           TensorFlow, short side resized and centre-cropped; label = the record's `label`.
-Writes a directory (`jaxtok.data.tokens.write_token_dataset`): tokens.npy (int32 [N, K'] or float32
-[N, K', D]), labels.npy (int32 [N]) and meta.json, which records the tokenizer (its model config,
-the checkpoint path and weights) so tools/sample.py can decode what a generator trained on it makes.
+Writes a directory (`jaxtok.data.tokens.write_token_dataset`): tokens.npy (int32 [N, K'], int32
+[N, K', Q] for residual / unpacked-bit tokens, or float32 [N, K', D]), labels.npy (int32 [N]),
+codebook.npy (float32 [Q, C, D], RVQ tokenizers only: the code vectors ResGen needs) and meta.json,
+which records the tokenizer (its model config, the checkpoint path and weights) so tools/sample.py
+can decode what a generator trained on it makes.
 """
 from __future__ import annotations
 
@@ -79,7 +81,12 @@ def main(argv) -> str:
               tokenizer={"config": info["model_config"], "checkpoint": info["path"],
                          "weights": info["weights"], "step": info["step"],
                          "num_tokens": int(tokens.shape[1])})
-  token_data.write_token_dataset(FLAGS.out, tokens, labels, meta)
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  arrays = {}
+  if getattr(tokenizer.model(params), "quantizer", None) == "rvq":
+    # The code vectors of every level, for generators that work in code space (ResGen).
+    arrays["codebook"] = np.asarray(checkpoints.codebook_vectors(tokenizer, params), np.float32)
+  token_data.write_token_dataset(FLAGS.out, tokens, labels, meta, arrays=arrays)
   print(f"wrote {FLAGS.out}: tokens {tokens.dtype} {tokens.shape}, labels in "
         f"[{labels.min()}, {labels.max()}]", flush=True)
   return FLAGS.out

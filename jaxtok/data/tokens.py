@@ -1,7 +1,9 @@
 """Pre-tokenized datasets: what tools/pretokenize.py writes and what generator training reads.
 
 A token dataset is a directory holding
-  tokens.npy   int32 [N, K] discrete tokens, or float32 [N, K, D] continuous tokens
+  tokens.npy   int32 [N, K] discrete tokens, int32 [N, K, Q] discrete tokens with a trailing axis
+               (residual levels, or bits), or float32 [N, K, D] continuous tokens
+  codebook.npy optional float32 [Q, C, D]: an RVQ tokenizer's code vectors (ResGen reads them)
   labels.npy   int32 [N] class labels (-1 where unlabelled)
   meta.json    {"num_examples", "token_shape", "token_dtype", "codebook_size", "tokenizer": {...}, ...}
 It is written atomically (into a temporary sibling directory, then renamed), read by memory mapping
@@ -23,12 +25,18 @@ import numpy as np
 
 
 def write_token_dataset(path: str, tokens: np.ndarray, labels: np.ndarray | None = None,
-                        meta: Mapping[str, Any] | None = None) -> None:
-  """Writes a token dataset directory atomically (an existing directory at `path` is replaced)."""
+                        meta: Mapping[str, Any] | None = None,
+                        arrays: Mapping[str, np.ndarray] | None = None) -> None:
+  """Writes a token dataset directory atomically (an existing directory at `path` is replaced).
+
+  Integer tokens (ndim 2 or 3) are stored int32, floating [N, K, D] float32. `arrays`: extra
+  <name>.npy files (e.g. {"codebook": [Q, C, D]}).
+  """
   tokens = np.asarray(tokens)
   if tokens.ndim not in (2, 3):
-    raise ValueError(f"tokens must be [N, K] (discrete) or [N, K, D] (continuous), got shape {tokens.shape}")
-  if tokens.ndim == 2:
+    raise ValueError(f"tokens must be [N, K] (discrete), [N, K, Q] (discrete, a trailing axis) or "
+                     f"[N, K, D] (continuous), got shape {tokens.shape}")
+  if tokens.ndim == 2 or np.issubdtype(tokens.dtype, np.integer):
     if not np.issubdtype(tokens.dtype, np.integer):
       raise TypeError(f"discrete tokens [N, K] must be integers, got {tokens.dtype}")
     tokens = tokens.astype(np.int32)
@@ -46,6 +54,8 @@ def write_token_dataset(path: str, tokens: np.ndarray, labels: np.ndarray | None
   try:
     np.save(os.path.join(tmp, "tokens.npy"), tokens)
     np.save(os.path.join(tmp, "labels.npy"), labels)
+    for name, value in (arrays or {}).items():
+      np.save(os.path.join(tmp, f"{name}.npy"), np.asarray(value))
     with open(os.path.join(tmp, "meta.json"), "w") as f:
       json.dump(info, f, indent=2, sort_keys=True)
     if os.path.exists(path):
@@ -108,8 +118,19 @@ def check_data(config, meta: dict, path: str) -> None:
     if continuous:
       problems.append(f"generator {g.name!r} needs discrete tokens; {path!r} holds continuous tokens "
                       f"{shape} (use configs/mar_vae.py)")
+    trailing = next((f for f in ("num_levels", "num_bits") if g.get(f) is not None), None)
+    if trailing and len(shape) != 2:
+      problems.append(f"generator {g.name!r} needs tokens [N, K, {trailing}]; {path!r} holds tokens "
+                      f"of shape [N] + {shape}")
+    elif trailing and shape[1] != g[trailing]:
+      problems.append(f"config.model.{trailing} is {g[trailing]}, the data's tokens have {shape[1]} "
+                      f"entries each (--config.model.{trailing}={shape[1]})")
     book = meta.get("codebook_size")
-    if book is not None and g.get("codebook_size") != book:
+    if g.get("num_bits") is not None:
+      if book is not None and book != 2:
+        problems.append(f"generator {g.name!r} needs bit tokens (codebook_size 2: a binary tokenizer "
+                        f"with more than 31 bits per token), the tokenizer has {book} codes")
+    elif book is not None and g.get("codebook_size") != book:
       problems.append(f"config.model.codebook_size is {g.get('codebook_size')}, the tokenizer has "
                       f"{book} codes (--config.model.codebook_size={book})")
   classes = int(g.get("num_classes", 0))

@@ -27,6 +27,9 @@
   xar      jaxtok.samplers.next_x: entity by entity, `steps` flow steps each (default 40).
   himar    jaxtok.samplers.himar: MAR's loop over the pivots (4 x their grid side iterations),
            then over the dense tokens (`steps`), the scale-aware head told the phase; DiSA as mar.
+  resgen, binary_diffusion, binary_ar   the generator module's own `generate(model, rng, labels,
+           opts)` (samplers.resgen; samplers.binary_diffusion; the cached loop of
+           generators.binary_ar); tokens int32 [B, N, Q] (RVQ levels) or [B, N, n] (bits).
 Labels int32 [B], -1 = unconditional. Classifier-free guidance runs only when the generator is
 class-conditional (num_classes > 0) and cfg_scale != 1; the null condition is the model's null id.
 
@@ -311,12 +314,20 @@ def _himar(model, rng, labels, opts: Options):
   return out.tokens
 
 
+def _by_module(model, rng, labels, opts: Options):
+  """The generator module's own `generate(model, rng, labels, opts)` (resgen, binary_diffusion,
+  binary_ar)."""
+  import sys  # pylint: disable=g-import-not-at-top
+  return sys.modules[type(model).__module__].generate(model, rng, labels, opts)
+
+
 # RAR has GPT's interface (condition_ids, null_id, init_cache, prefill, step, seq_len); a converted
 # official TiTok MaskGIT generator ("maskgit_official", jaxtok.convert.maskgit) has MaskGIT's.
 SAMPLERS = {"gpt": _gpt, "rar": _gpt, "maskgit": _maskgit, "maskgit_official": _maskgit, "mar": _mar,
             "token_shuffle": _token_shuffle, "nar": _nar, "ecar": _ecar, "any_order": _any_order}
 SAMPLERS.update(tokenbridge=_tokenbridge, cubid=_cubid)
 SAMPLERS.update(xar=_xar, himar=_himar)
+SAMPLERS.update(resgen=_by_module, binary_diffusion=_by_module, binary_ar=_by_module)
 
 
 def make_sampler(name: str, graphdef: Any, params: Any, opts: Options) -> Callable[[jax.Array, jax.Array], jax.Array]:

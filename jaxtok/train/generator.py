@@ -14,6 +14,8 @@ Generators (config.model.name):
   cubid     masked diffusion over (token, dimension) elements of quantized tokens (generators.cubid)
   xar       next-X flow AR over continuous tokens (jaxtok.generators.xar) e.g. VAE tokens
   himar     pivots then masked AR, continuous   (jaxtok.generators.himar) e.g. VAE tokens
+  resgen    masked RVQ, sum-of-codes MoG head   (jaxtok.generators.resgen) e.g. RVQ TiTok tokens
+  binary_diffusion / binary_ar  Bernoulli diffusion / AR over bit tokens (Instella-T2I bits)
 Each module has `make_model(cfg, *, rngs)` and `loss(model, tokens, labels, *, rng, train, step) ->
 (loss, metrics)`, `step` being the number of completed updates (int32, traced; RAR anneals its
 random-order chance with it, the others ignore it). The data are a token dataset written by
@@ -50,7 +52,10 @@ GENERATORS = {"gpt": "jaxtok.generators.gpt", "maskgit": "jaxtok.generators.bert
               "ecar": "jaxtok.generators.ecar",
               "maskgen": "jaxtok.generators.maskgen",
               "any_order": "jaxtok.generators.any_order",
-              "xar": "jaxtok.generators.xar", "himar": "jaxtok.generators.himar"}
+              "xar": "jaxtok.generators.xar", "himar": "jaxtok.generators.himar",
+              "resgen": "jaxtok.generators.resgen",
+              "binary_diffusion": "jaxtok.generators.binary_diffusion",
+              "binary_ar": "jaxtok.generators.binary_ar"}
 GENERATORS.update(tokenbridge="jaxtok.generators.tokenbridge", cubid="jaxtok.generators.cubid")
 
 

@@ -1,0 +1,174 @@
+"""Binary (Bernoulli) diffusion over bit-vector tokens, Instella-T2I's diffusion generator.
+
+Tokens are bits int32 [B, N, n] in {0, 1}: N tokens (a 1D binary tokenizer's latents, e.g.
+`configs/instella.py`) of n bits each.
+
+Corruption (Instella-T2I's released training code, following Binary Latent Diffusion): continuous
+time t in [0, 1], each bit independently
+    x_t ~ Bernoulli(x_0 (1 - t) + t / 2),
+so P(x_t = x_0) = 1 - t / 2: t = 0 is the data, t = 1 is uniform noise (`corrupt`, `keep_prob`).
+Training draws t ~ U(0, 1) per sample.
+
+Parameterisation ("epsilon" in the release): the network outputs flip logits f, the logit of
+P(x_0 != x_t); the logits of x_0 = 1 are then (1 - 2 x_t) f (`x0_logits`), and the loss is the binary
+cross-entropy of those logits against x_0, averaged over every bit (`loss`).
+
+The network: bits -> Linear(n, W) plus a learned position embedding, with a class token and a time
+token (sinusoidal features of t, `nn.embeddings.timestep_embedding`, through a Linear) in front, a
+bidirectional `TokenTrunk`, and n flip logits per token. (The release conditions on text through
+AdaLN-Zero MMDiT blocks; here the condition is a class id and t is a token, the trunk being the
+library's one transformer.)
+
+Sampling: `jaxtok.samplers.binary_diffusion` (the release's "protocol 1").
+
+Dimension names: B batch, N tokens, n bits per token, W width, C classes.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxtok.generators.trunk import TokenTrunk, drop_classes
+from jaxtok.nn.embeddings import timestep_embedding
+from jaxtok.nn.options import model_kwargs
+from jaxtok.sharding import logical_init
+
+FIELDS = ("num_bits", "seq_len", "num_classes", "width", "depth", "heads", "mlp_ratio",
+          "class_dropout")
+
+
+def keep_prob(t: jax.Array) -> jax.Array:
+  """P(x_t = x_0) = 1 - t / 2 of the corruption at time t (float32, t's shape)."""
+  return 1.0 - 0.5 * jnp.asarray(t, jnp.float32)
+
+
+def corrupt(rng: jax.Array, bits: jax.Array, t: jax.Array) -> jax.Array:
+  """x_t int32 [B, ...] ~ Bernoulli(x_0 (1 - t) + t / 2) for bits [B, ...] in {0, 1} and t [B]."""
+  t = jnp.asarray(t, jnp.float32).reshape((-1,) + (1,) * (bits.ndim - 1))
+  p_one = bits.astype(jnp.float32) * (1.0 - t) + 0.5 * t
+  return jax.random.bernoulli(rng, p_one).astype(jnp.int32)
+
+
+def x0_logits(flip_logits: jax.Array, x_t: jax.Array) -> jax.Array:
+  """Logits of x_0 = 1 from flip logits (logit of x_0 != x_t): (1 - 2 x_t) f (float32)."""
+  return jnp.where(x_t > 0, -flip_logits, flip_logits).astype(jnp.float32)
+
+
+def check_bits(bits: jax.Array, seq_len: int, num_bits: int) -> None:
+  if bits.ndim != 3 or tuple(bits.shape[1:]) != (seq_len, num_bits):
+    raise ValueError(f"bits must be [B, {seq_len}, {num_bits}] (tokens of num_bits bits), got "
+                     f"{tuple(bits.shape)}")
+
+
+class BitModel(nnx.Module):
+  """The shared shape of the bit-token generators: bits -> Linear -> trunk -> n logits per token,
+  a class token in front (id C = the null class). `extra_tokens` learned slots follow the class
+  token (the diffusion model's time token); `causal` picks the trunk's mask."""
+
+  def __init__(self, *, num_bits: int, seq_len: int, num_classes: int = 0, width: int = 768,
+               depth: int = 12, heads: int = 12, mlp_ratio: float = 4.0, class_dropout: float = 0.1,
+               causal: bool = False, dtype=jnp.float32, remat="none", scan_layers: bool = False,
+               attention_impl=None, rngs: nnx.Rngs):
+    for name, value in (("num_bits", num_bits), ("seq_len", seq_len)):
+      if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    if num_classes < 0:
+      raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+    if not 0.0 <= class_dropout < 1.0:
+      raise ValueError(f"class_dropout must be in [0, 1), got {class_dropout}")
+    self.num_bits, self.seq_len, self.num_classes = num_bits, seq_len, num_classes
+    self.class_dropout = class_dropout
+    init = nnx.initializers.normal(0.02)
+    self.bits_in = nnx.Linear(num_bits, width, kernel_init=logical_init(init, None, "embed"),
+                              rngs=rngs)
+    self.pos_embedding = nnx.Param(logical_init(init, None, "embed")(rngs.params(),
+                                                                     (seq_len, width)))
+    self.net = TokenTrunk(input_vocab=num_classes + 1, output_vocab=num_bits, width=width,
+                          depth=depth, heads=heads, mlp_ratio=mlp_ratio, causal=causal, dtype=dtype,
+                          remat=remat, scan_layers=scan_layers, attention_impl=attention_impl,
+                          rngs=rngs)
+
+  @property
+  def null_id(self) -> int:
+    return self.num_classes
+
+  def condition_ids(self, labels, batch: int, *, train: bool = False, rng=None) -> jax.Array:
+    """Class ids [B] int32 (labels < 0 or an unconditional model: the null id; class dropout when
+    training)."""
+    if labels is None or self.num_classes == 0:
+      return jnp.full((batch,), self.null_id, jnp.int32)
+    labels = jnp.asarray(labels, jnp.int32)
+    cond = jnp.where(labels < 0, self.null_id, labels)
+    return drop_classes(cond, null_id=self.null_id, class_dropout=self.class_dropout,
+                        num_classes=self.num_classes, train=train, rng=rng)
+
+  def embed_bits(self, bits: jax.Array, start: int | jax.Array = 0) -> jax.Array:
+    """Inputs [B, T, W] of bits [B, T, n] at token positions start..start+T-1."""
+    pos = jax.lax.dynamic_slice_in_dim(self.pos_embedding.get_value(), start, bits.shape[1])
+    return self.bits_in(bits.astype(jnp.float32)) + pos
+
+
+class BinaryDiffusion(BitModel):
+  """Bidirectional flip-logit model over [class, time, bits_1..bits_N]."""
+
+  def __init__(self, *, width: int = 768, rngs: nnx.Rngs, **kw):
+    super().__init__(width=width, causal=False, rngs=rngs, **kw)
+    self.time_in = nnx.Linear(width, width, kernel_init=logical_init(nnx.initializers.normal(0.02),
+                                                                     None, "embed"), rngs=rngs)
+    self.width = width
+
+  def __call__(self, x_t: jax.Array, t: jax.Array, labels=None, *, train: bool = False,
+               rng=None) -> jax.Array:
+    """Flip logits [B, N, n] float32 for noisy bits x_t int [B, N, n] at times t [B] in [0, 1]."""
+    check_bits(x_t, self.seq_len, self.num_bits)
+    b = x_t.shape[0]
+    cond = self.net.embed(self.condition_ids(labels, b, train=train, rng=rng))
+    time = self.time_in(timestep_embedding(jnp.broadcast_to(t, (b,)), self.width))
+    x = self.embed_bits(x_t)
+    x = jnp.concatenate([cond[:, None].astype(x.dtype), time[:, None].astype(x.dtype), x], axis=1)
+    return self.net.forward_embedded(x)[:, 2:]
+
+
+def loss(model: BinaryDiffusion, tokens: jax.Array, labels, *, rng: jax.Array, train: bool = True,
+         step=None):
+  """Mean binary cross-entropy of the x_0 logits against the clean bits; metrics {loss, accuracy
+  (of the thresholded x_0 prediction)}. `step` is unused."""
+  del step
+  r_t, r_x, r_drop = jax.random.split(rng, 3)
+  b = tokens.shape[0]
+  t = jax.random.uniform(r_t, (b,))
+  x_t = corrupt(r_x, tokens, t)
+  logits = x0_logits(model(x_t, t, labels, train=train, rng=r_drop), x_t)
+  target = tokens.astype(jnp.float32)
+  value = jnp.mean(bce_with_logits(logits, target))
+  acc = jnp.mean(((logits > 0) == (tokens > 0)).astype(jnp.float32))
+  return value, {"loss": value, "accuracy": acc}
+
+
+def bce_with_logits(logits: jax.Array, target: jax.Array) -> jax.Array:
+  """Elementwise binary cross-entropy -[y log s(l) + (1 - y) log(1 - s(l))], stable in l."""
+  return jnp.maximum(logits, 0.0) - logits * target + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+
+
+def make_model(cfg: Mapping, *, rngs: nnx.Rngs) -> BinaryDiffusion:
+  """A BinaryDiffusion from its constructor's fields plus `nn.options.COMMON` and `name`; any other
+  key raises ValueError."""
+  return BinaryDiffusion(**model_kwargs(cfg, FIELDS, model="binary_diffusion", cls=BitModel),
+                         rngs=rngs)
+
+
+def generate(model: BinaryDiffusion, rng: jax.Array, labels: jax.Array, opts) -> jax.Array:
+  """Bits int32 [B, N, n] for labels int32 [B] (`samplers.binary_diffusion.sample`; opts:
+  `eval.generate.Options`: steps, temperature, cfg_scale s in the library's u + s (c - u)
+  convention, i.e. Instella's (1 + w) c - w u with w = s - 1; guidance runs for a class-conditional
+  model when s != 1)."""
+  from jaxtok.samplers import binary_diffusion as sampler  # pylint: disable=g-import-not-at-top
+  b = labels.shape[0]
+  guided = model.num_classes > 0 and float(opts.cfg_scale) != 1.0
+  return sampler.sample(rng, lambda x, t, cond: model(x, t, cond), (b, model.seq_len, model.num_bits),
+                        steps=opts.steps or 20, temperature=opts.temperature, cond=labels,
+                        uncond=jnp.full_like(labels, -1) if guided else None,
+                        cfg_scale=float(opts.cfg_scale) - 1.0 if guided else 0.0)
