@@ -14,6 +14,7 @@
   "rar"       RAR generators (rar_b / rar_l / rar_xl / rar_xxl)      convert/rar.py
   "flextok"   FlexTok                                                convert/flextok.py
   "dinov2"    DINOv2 (a frozen feature network, `nn.dinov2`)         convert/dinov2.py
+  "siglip"    SigLIP vision tower (HF layout, `nn.siglip`)           convert/siglip.py
 `config`: for FlexTok, None (the hydra config in the file), a name of flextok.RELEASED, or a
 mapping of overrides; for the others, a released model name (e.g. "tokenizer_titok_l32_imagenet"), a jaxtok config (mapping,
 JSON string or file), an official config (with a "model" key, e.g. the HF config.json), or None to
@@ -29,7 +30,7 @@ import json
 import os
 from typing import Any
 
-MODELS = ("titok", "onedpiece", "vqgan", "maskgit", "rar", "flextok", "dinov2")
+MODELS = ("titok", "onedpiece", "vqgan", "maskgit", "rar", "flextok", "dinov2", "siglip")
 
 
 def convert(model: str, weights: str | os.PathLike, config: Any = None):
@@ -65,6 +66,12 @@ def convert(model: str, weights: str | os.PathLike, config: Any = None):
         k: v for k, v in common.config_arg(config).items() if k != "name"}
     cfg, params = dinov2.load(weights, overrides)
     return dict(cfg, name="dinov2"), params
+  if model == "siglip":  # config: None (the shapes) or overrides (mapping, JSON string or file)
+    from jaxtok.convert import common, siglip
+    overrides = None if config is None else {
+        k: v for k, v in common.config_arg(config).items() if k != "name"}
+    cfg, params = siglip.load(weights, overrides)
+    return dict(cfg, name="siglip"), params
   raise ValueError(f"model must be one of {MODELS}, got {model!r}")
 
 
@@ -103,6 +110,9 @@ def _abstract(config: dict):
   if config.get("name") == "dinov2":
     from jaxtok.nn import dinov2
     return dinov2.abstract_params(config)
+  if config.get("name") == "siglip":
+    from jaxtok.nn import siglip
+    return siglip.abstract_params(config)
   converter = _generator_converter(config)
   if converter is not None:
     return converter.abstract_params(config)
