@@ -97,6 +97,7 @@ MODULES = {
     "vqgan": "vqgan",
     "vae": "vae",
     "flextok": "flextok",
+    "tokenflow": "tokenflow",
 }
 
 
