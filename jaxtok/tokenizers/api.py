@@ -98,6 +98,7 @@ MODULES = {
     "vae": "vae",
     "flextok": "flextok",
     "tokenflow": "tokenflow",
+    "dualtoken": "dualtoken",
 }
 
 

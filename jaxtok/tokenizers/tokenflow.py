@@ -101,8 +101,8 @@ class SemanticDecoder(nnx.Module):
     return self.head(self.norm(self.blocks(x))).astype(jnp.float32)
 
 
-def frozen_tower(siglip: Mapping[str, Any] | None, dtype, *, rngs: nnx.Rngs) -> siglip_lib.SigLIPVision:
-  """The SigLIP tower of a semantic tokenizer from its `siglip` config mapping (nn.siglip fields or
+def siglip_tower(siglip: Mapping[str, Any] | None, dtype, *, rngs: nnx.Rngs) -> siglip_lib.SigLIPVision:
+  """A SigLIP tower of a semantic tokenizer from its `siglip` config mapping (nn.siglip fields or
   `size`; the MAP head is never built: no tokenizer reads the pooled output)."""
   if siglip is None or not isinstance(siglip, Mapping):
     raise ValueError(f"siglip must be a mapping of nn.siglip fields (width, depth, num_heads, "
@@ -111,10 +111,11 @@ def frozen_tower(siglip: Mapping[str, Any] | None, dtype, *, rngs: nnx.Rngs) -> 
 
 
 def with_siglip(params: nnx.State, path: str, siglip: Mapping[str, Any], *,
-                prefix: str = "vision_model.") -> nnx.State:
-  """`params` of a TokenFlow / DualToken with its `siglip` subtree replaced by the tower in the HF
-  weights file `path` (`convert.siglip`, checked against the model's `siglip` config: a file of
-  another shape is refused naming the tensors). The file's MAP head, if any, is dropped."""
+                prefix: str = "vision_model.", into: tuple[str, ...] = ("siglip",)) -> nnx.State:
+  """`params` of a TokenFlow / DualToken with the subtrees named in `into` (the frozen `siglip`;
+  DualToken also its trainable `encoder`) replaced by the tower in the HF weights file `path`
+  (`convert.siglip`, checked against the model's `siglip` config: a file of another shape is refused
+  naming the tensors). The file's MAP head, if any, is dropped."""
   from jaxtok.convert import common  # pylint: disable=g-import-not-at-top
   from jaxtok.convert import siglip as convert_siglip  # pylint: disable=g-import-not-at-top
   cfg = {**dict(siglip), "head": False}
@@ -125,7 +126,10 @@ def with_siglip(params: nnx.State, path: str, siglip: Mapping[str, Any], *,
   loaded = common.fill_state(siglip_lib.abstract_params(cfg),
                              convert_siglip.convert(flat, int(cfg["num_heads"])), source=str(path))
   out = jax.tree.map(lambda x: x, params)
-  out["siglip"] = loaded
+  for name in into:
+    if name not in out:
+      raise ValueError(f"into names {name!r}, which these params do not have")
+    out[name] = jax.tree.map(lambda x: x, loaded)
   return out
 
 
@@ -142,7 +146,7 @@ class TokenFlow(nnx.Module):
                remat: Any = "none", scan_layers: bool = False, attention_impl: str | None = None,
                rngs: nnx.Rngs):
     dtype = compute_dtype(dtype)
-    self.siglip = frozen_tower(siglip, dtype, rngs=rngs)
+    self.siglip = siglip_tower(siglip, dtype, rngs=rngs)
     self.siglip_layer = self.siglip.check_layer(siglip_layer)
     if self.siglip.image_size != image_size:
       raise ValueError(f"siglip image_size ({self.siglip.image_size}) must equal image_size "
