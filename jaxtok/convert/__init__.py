@@ -15,6 +15,7 @@
   "flextok"   FlexTok                                                convert/flextok.py
   "dinov2"    DINOv2 (a frozen feature network, `nn.dinov2`)         convert/dinov2.py
   "siglip"    SigLIP vision tower (HF layout, `nn.siglip`)           convert/siglip.py
+  "t5"        T5 encoder (HF layout, `nn.t5`)                        convert/t5.py
 `config`: for FlexTok, None (the hydra config in the file), a name of flextok.RELEASED, or a
 mapping of overrides; for the others, a released model name (e.g. "tokenizer_titok_l32_imagenet"), a jaxtok config (mapping,
 JSON string or file), an official config (with a "model" key, e.g. the HF config.json), or None to
@@ -30,7 +31,7 @@ import json
 import os
 from typing import Any
 
-MODELS = ("titok", "onedpiece", "vqgan", "maskgit", "rar", "flextok", "dinov2", "siglip")
+MODELS = ("titok", "onedpiece", "vqgan", "maskgit", "rar", "flextok", "dinov2", "siglip", "t5")
 
 
 def convert(model: str, weights: str | os.PathLike, config: Any = None):
@@ -72,6 +73,12 @@ def convert(model: str, weights: str | os.PathLike, config: Any = None):
         k: v for k, v in common.config_arg(config).items() if k != "name"}
     cfg, params = siglip.load(weights, overrides)
     return dict(cfg, name="siglip"), params
+  if model == "t5":  # config: None (the shapes) or overrides (mapping, JSON string or file)
+    from jaxtok.convert import common, t5
+    overrides = None if config is None else {
+        k: v for k, v in common.config_arg(config).items() if k != "name"}
+    cfg, params = t5.load(weights, overrides)
+    return dict(cfg, name="t5"), params
   raise ValueError(f"model must be one of {MODELS}, got {model!r}")
 
 
@@ -113,6 +120,9 @@ def _abstract(config: dict):
   if config.get("name") == "siglip":
     from jaxtok.nn import siglip
     return siglip.abstract_params(config)
+  if config.get("name") == "t5":
+    from jaxtok.nn import t5
+    return t5.abstract_params(config)
   converter = _generator_converter(config)
   if converter is not None:
     return converter.abstract_params(config)

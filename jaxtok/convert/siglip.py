@@ -117,16 +117,18 @@ def convert(flat: Mapping[str, np.ndarray], num_heads: int) -> dict[str, np.ndar
       out[key] = v
   for dst, parts in qkv.items():
     names = [f"{c}.weight" for c in "qkv"] + [f"{c}.bias" for c in "qkv"]
-    missing = [n for n in names if n not in parts]
-    if missing:  # leave the pieces under their own names: the shape check names them
-      out.update({f"{dst}.{n}": a for n, a in parts.items()})
+    if any(n not in parts for n in names):  # leave the pieces under their own names: the shape
+      out.update({f"{dst}.{n}": a for n, a in parts.items()})  # check names them
       continue
-    width = parts["q.weight"].shape[1]
-    e = parts["q.weight"].shape[0] // num_heads
-    out[dst + ".qkv"] = np.stack([parts[f"{c}.weight"].T for c in "qkv"], axis=1).reshape(
-        width, 3, num_heads, e)
-    out[dst + ".qkv_bias"] = np.stack([parts[f"{c}.bias"] for c in "qkv"]).reshape(3, num_heads, e)
+    out[dst + ".qkv"] = fuse_qkv([parts[f"{c}.weight"] for c in "qkv"], num_heads)
+    out[dst + ".qkv_bias"] = np.stack([parts[f"{c}.bias"] for c in "qkv"]).reshape(3, num_heads, -1)
   return out
+
+
+def fuse_qkv(weights: list[np.ndarray], heads: int) -> np.ndarray:
+  """torch Linear weights q, k, v [H*E, W] each -> jaxtok's fused qkv [W, 3, H, E]."""
+  width = weights[0].shape[1]
+  return np.stack([w.T for w in weights], axis=1).reshape(width, 3, heads, -1)
 
 
 def _out(dst: str, kind: str, v: np.ndarray, heads: int) -> dict[str, np.ndarray]:

@@ -2,6 +2,8 @@
 
   gelu:   down(gelu(up(x)))                       up [W, M], down [M, W]
   swiglu: down(silu(gate(x)) * up(x))             gate, up [W, M], down [M, W]
+  geglu:  down(gelu_tanh(gate(x)) * up(x))        (T5 v1.1 / Flan-T5 "gated-gelu": wi_0, wi_1, wo)
+  relu:   down(relu(up(x)))                       (T5 v1.0 "DenseReluDense": wi, wo)
 GELU is exact (erf) unless approximate=True. Matmuls run in the compute dtype.
 
 Dimension names: W width, M hidden width.
@@ -14,7 +16,7 @@ from flax import nnx
 
 from jaxtok.nn.dense import Dense
 
-KINDS = ("gelu", "swiglu")
+KINDS = ("gelu", "swiglu", "geglu", "relu")
 
 
 class Mlp(nnx.Module):
@@ -27,13 +29,17 @@ class Mlp(nnx.Module):
     self.kind, self.approximate = kind, approximate
     dense = lambda i, o, names: Dense(i, o, names, use_bias=use_bias, dtype=dtype,
                                       kernel_init=kernel_init, rngs=rngs)
-    self.gate = dense(width, hidden, ("embed", "mlp")) if kind == "swiglu" else None
+    self.gate = dense(width, hidden, ("embed", "mlp")) if kind in ("swiglu", "geglu") else None
     self.up = dense(width, hidden, ("embed", "mlp"))
     self.down = dense(hidden, width, ("mlp", "embed"))
 
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.kind == "swiglu":
       h = jax.nn.silu(self.gate(x)) * self.up(x)
+    elif self.kind == "geglu":
+      h = jax.nn.gelu(self.gate(x), approximate=True) * self.up(x)
+    elif self.kind == "relu":
+      h = jax.nn.relu(self.up(x))
     else:
       h = jax.nn.gelu(self.up(x), approximate=self.approximate)
     return self.down(h)
