@@ -24,13 +24,13 @@ def _setup():
   return cfg, tok, params, jnp.asarray(crops)
 
 
-def train_losses(tok, params, images, steps, lr=3e-3):
-  """(first, last) of each loss term over `steps` Adam steps on one batch (pixel MSE + the model's
-  losses), the trained params."""
+def train_losses(forward, params, images, steps, lr=3e-3):
+  """(loss terms per step, trained params, last grads) of `steps` Adam steps on one batch: pixel MSE
+  + the model's losses, with forward(params, rng) -> TrainOutput."""
   opt = optax.adam(lr)
 
   def loss_fn(p, rng):
-    out = tok.model(p).train_forward(images, rng=rng)
+    out = forward(p, rng)
     terms = dict(out.losses, pixel=jnp.mean(jnp.square(out.recon - images)))
     return sum(terms.values()), terms
 
@@ -87,7 +87,8 @@ def test_one_index_selects_the_semantic_and_the_pixel_code():
 @pytest.mark.slow
 def test_reconstruction_and_semantic_losses_fall_and_the_tower_stays_frozen():
   _, tok, params, images = _setup()
-  hist, trained, grads = train_losses(tok, params, images, steps=30)
+  hist, trained, grads = train_losses(
+      lambda p, rng: tok.model(p).train_forward(images, rng=rng), params, images, steps=30)
   for term in ("pixel", "semantic"):
     first, last = float(hist[0][term]), float(np.mean([h[term] for h in hist[-3:]]))
     assert last < 0.8 * first, (term, first, last)
