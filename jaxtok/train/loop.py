@@ -152,8 +152,9 @@ def validate_config(config: Any) -> None:
   if bs % jax.device_count() and config.get("mesh") is not None:
     n = jax.device_count()
     raise ValueError(f"config.data.batch_size ({bs}) must be divisible by the device count ({n})")
-  if config.model.get("name") not in ("titok", "onedpiece", "vqgan", "vae", "flextok"):
-    raise ValueError(f"config.model.name must be one of titok, onedpiece, vqgan, vae, flextok, "
+  from jaxtok.tokenizers.api import MODULES  # pylint: disable=g-import-not-at-top
+  if config.model.get("name") not in MODULES:  # every tokenizer registered with tokenizers.build
+    raise ValueError(f"config.model.name must be one of {', '.join(MODULES)}, "
                      f"got {config.model.get('name')!r}")
   change = config.get("on_config_change", "error")
   if change not in ckpt_lib.ON_CONFIG_CHANGE:
