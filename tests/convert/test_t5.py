@@ -126,11 +126,11 @@ def test_foreign_files_and_bad_inputs(tmp_path):
     C.infer_config({"vision_model.post_layernorm.weight": np.zeros(2)})
   with pytest.raises(ValueError, match="do not exist; expected a Hugging Face T5 checkpoint"):
     C.load(tmp_path / "model.safetensors")
-  model = T.make_model(dict(vocab_size=V, width=W, depth=1, num_heads=H, head_dim=E, mlp_hidden=F),
-                       rngs=nnx.Rngs(0))
+  model = nnx.eval_shape(lambda: T.make_model(dict(  # the input checks run before any compute
+      vocab_size=V, width=W, depth=1, num_heads=H, head_dim=E, mlp_hidden=F), rngs=nnx.Rngs(0)))
   with pytest.raises(ValueError, match="ids must be an integer array"):
     model(jnp.zeros((2, 3), jnp.float32))
   with pytest.raises(ValueError, match=r"mask must have the shape of ids \(2, 3\)"):
     model(jnp.zeros((2, 3), jnp.int32), jnp.ones((2, 4), bool))
   with pytest.raises(ValueError, match="T5 mlp must be 'geglu'"):
-    T.make_model(dict(mlp="swiglu"), rngs=nnx.Rngs(0))
+    nnx.eval_shape(lambda: T.make_model(dict(mlp="swiglu"), rngs=nnx.Rngs(0)))

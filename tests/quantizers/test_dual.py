@@ -17,11 +17,15 @@ def _data(seed=0, n=24, k=16, ds=6, dp=3):
   return f(n, ds), f(n, dp), f(k, ds), f(k, dp)
 
 
+# One compilation for every weight pair (the weights are traced).
+_jit_quantize = jax.jit(lambda s, p, cs, cp, ws, wp: dual.quantize(s, p, cs, cp, semantic_weight=ws,
+                                                                   pixel_weight=wp))
+
+
 @pytest.mark.parametrize("w_sem,w_pix", [(1.0, 1.0), (1.0, 0.0), (0.0, 1.0), (0.3, 2.0)])
 def test_index_is_the_argmin_of_the_weighted_distance_sum(w_sem, w_pix):
   s, p, cs, cp = _data()
-  out = dual.quantize(jnp.asarray(s), jnp.asarray(p), jnp.asarray(cs), jnp.asarray(cp),
-                      semantic_weight=w_sem, pixel_weight=w_pix)
+  out = _jit_quantize(jnp.asarray(s), jnp.asarray(p), jnp.asarray(cs), jnp.asarray(cp), w_sem, w_pix)
   # By hand, on the l2-normalised vectors (float64).
   s64, p64, cs64, cp64 = (_unit(a.astype(np.float64)) for a in (s, p, cs, cp))
   d_sem = ((s64[:, None] - cs64[None])**2).sum(-1)
@@ -48,7 +52,7 @@ def test_the_joint_choice_differs_from_either_books_own_choice():
   cp = np.array([[0.0, 1.0], [1.0, 0.0]], np.float32)
   s = np.array([[1.0, 0.2]], np.float32)   # near cs[0]
   p = np.array([[1.0, 0.1]], np.float32)   # nearer cp[1]
-  pick = lambda ws, wp: int(dual.quantize(s, p, cs, cp, semantic_weight=ws, pixel_weight=wp).indices[0])
+  pick = lambda ws, wp: int(_jit_quantize(s, p, cs, cp, ws, wp).indices[0])
   assert pick(1.0, 0.0) == 0 and pick(0.0, 1.0) == 1
   d = dual.joint_distances(jnp.asarray(s), jnp.asarray(p), cs, cp)[0]
   assert pick(1.0, 1.0) == int(np.argmin(d[0]))
@@ -61,12 +65,12 @@ def test_straight_through_and_codebook_gradients():
     out = dual.quantize(s, p, cs, cp)
     return jnp.sum(out.semantic * 2.0) + jnp.sum(out.pixel), out.losses["codebook"]
 
-  (gs, gp) = jax.grad(lambda s, p: f(s, p, cs, cp)[0], argnums=(0, 1))(s, p)
+  (gs, gp) = jax.jit(jax.grad(lambda s, p: f(s, p, cs, cp)[0], argnums=(0, 1)))(s, p)
   # d/ds of sum(2 * normalize(s)) through the straight-through: the normaliser's Jacobian.
   want = jax.grad(lambda s: jnp.sum(2.0 * s / jnp.linalg.norm(s, axis=-1, keepdims=True)))(s)
   np.testing.assert_allclose(gs, want, atol=1e-5)
   assert np.abs(np.asarray(gp)).sum() > 0
-  gcs, gcp = jax.grad(lambda cs, cp: f(s, p, cs, cp)[1], argnums=(0, 1))(cs, cp)
+  gcs, gcp = jax.jit(jax.grad(lambda cs, cp: f(s, p, cs, cp)[1], argnums=(0, 1)))(cs, cp)
   assert np.abs(np.asarray(gcs)).sum() > 0 and np.abs(np.asarray(gcp)).sum() > 0
 
 

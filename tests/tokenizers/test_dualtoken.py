@@ -74,9 +74,9 @@ def test_bad_configs_and_inputs():
   cfg, tok, params, images = _setup()
   base = dict(cfg.to_dict())
   with pytest.raises(ValueError, match=r"pixel_layer must name a shallow block output in \[1, 1\].*got 2"):
-    D.make_model(dict(base, pixel_layer=2), rngs=nnx.Rngs(0))
+    nnx.eval_shape(lambda: D.make_model(dict(base, pixel_layer=2), rngs=nnx.Rngs(0)))
   with pytest.raises(ValueError, match=r"unknown DualToken config key\(s\) \['layers'\]"):
-    D.make_model(dict(base, layers=2), rngs=nnx.Rngs(0))
+    nnx.eval_shape(lambda: D.make_model(dict(base, layers=2), rngs=nnx.Rngs(0)))
   with pytest.raises(ValueError, match=r"tokens must have shape \[B, 16, 2\]"):
     tok.model(params).decode(jnp.zeros((1, 16), jnp.int32))
   with pytest.raises(ValueError, match="tokens"):

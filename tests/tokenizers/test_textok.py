@@ -87,4 +87,4 @@ def test_with_t5_and_bad_inputs(tmp_path):
   with pytest.raises(ValueError, match=r"tokens must be float \[B, 4, 4\]"):
     m.decode(jnp.zeros((8, 3, 4)), ids, mask)
   with pytest.raises(ValueError, match="t5 must be a mapping"):
-    X.make_model(dict(cfg.to_dict(), t5=None), rngs=nnx.Rngs(0))
+    nnx.eval_shape(lambda: X.make_model(dict(cfg.to_dict(), t5=None), rngs=nnx.Rngs(0)))
