@@ -12,7 +12,7 @@ Key map (transformers `T5EncoderModel`, or the encoder half of `T5ForConditional
   encoder.block.i.layer.0.layer_norm.weight                -> blocks.blocks.i.norm1.scale
   encoder.block.i.layer.1.layer_norm.weight                -> blocks.blocks.i.norm2.scale
   encoder.block.i.layer.1.DenseReluDense.wi_0 / wi_1 / wo  -> mlp.gate / mlp.up / mlp.down (.T)
-      (v1.0: wi -> mlp.up)
+      (T5 v1.0 files, a ReLU `wi`, are refused: only v1.1 / Flan-T5 is supported)
   encoder.final_layer_norm.weight                          -> norm.scale
 
 Heads are not visible in the shapes of every tensor, but relative_attention_bias [buckets, H] shows
@@ -50,11 +50,13 @@ def infer_config(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
   except KeyError as e:
     raise ValueError(f"not a T5 state dict (no tensor {e}); keys start with "
                      f"{sorted({k.split('.')[0] for k in flat})[:10]}") from None
-  gated = "encoder.block.0.layer.1.DenseReluDense.wi_0.weight" in flat
-  wi = flat["encoder.block.0.layer.1.DenseReluDense." + ("wi_0" if gated else "wi") + ".weight"]
+  if "encoder.block.0.layer.1.DenseReluDense.wi_0.weight" not in flat:
+    raise ValueError("a T5 v1.0 checkpoint (ReLU DenseReluDense.wi) is not supported; use a v1.1 / "
+                     "Flan-T5 encoder (gated-gelu wi_0 / wi_1)")
+  wi = flat["encoder.block.0.layer.1.DenseReluDense.wi_0.weight"]
   depth = len({int(m.group(1)) for k in flat for m in [_LAYER.match(k)] if m})
   return dict(vocab_size=vocab, width=width, depth=depth, num_heads=heads, head_dim=inner // heads,
-              mlp_hidden=int(wi.shape[0]), mlp="geglu" if gated else "relu", num_buckets=buckets)
+              mlp_hidden=int(wi.shape[0]), mlp="geglu", num_buckets=buckets)
 
 
 def convert(flat: Mapping[str, np.ndarray], num_heads: int) -> dict[str, np.ndarray]:
@@ -62,7 +64,7 @@ def convert(flat: Mapping[str, np.ndarray], num_heads: int) -> dict[str, np.ndar
   `fill_state` reports them."""
   out: dict[str, np.ndarray] = {}
   qkv: dict[str, dict[str, np.ndarray]] = {}
-  mlp = {"wi_0": "gate", "wi_1": "up", "wi": "up", "wo": "down"}
+  mlp = {"wi_0": "gate", "wi_1": "up", "wo": "down"}
   for key, value in encoder_tensors(flat).items():
     v = np.asarray(value, np.float32)
     m = _LAYER.match(key)

@@ -3,7 +3,6 @@
   gelu:   down(gelu(up(x)))                       up [W, M], down [M, W]
   swiglu: down(silu(gate(x)) * up(x))             gate, up [W, M], down [M, W]
   geglu:  down(gelu_tanh(gate(x)) * up(x))        (T5 v1.1 / Flan-T5 "gated-gelu": wi_0, wi_1, wo)
-  relu:   down(relu(up(x)))                       (T5 v1.0 "DenseReluDense": wi, wo)
 GELU is exact (erf) unless approximate=True. Matmuls run in the compute dtype.
 
 Dimension names: W width, M hidden width.
@@ -16,7 +15,7 @@ from flax import nnx
 
 from jaxtok.nn.dense import Dense
 
-KINDS = ("gelu", "swiglu", "geglu", "relu")
+KINDS = ("gelu", "swiglu", "geglu")
 
 
 class Mlp(nnx.Module):
@@ -38,8 +37,6 @@ class Mlp(nnx.Module):
       h = jax.nn.silu(self.gate(x)) * self.up(x)
     elif self.kind == "geglu":
       h = jax.nn.gelu(self.gate(x), approximate=True) * self.up(x)
-    elif self.kind == "relu":
-      h = jax.nn.relu(self.up(x))
     else:
       h = jax.nn.gelu(self.up(x), approximate=self.approximate)
     return self.down(h)

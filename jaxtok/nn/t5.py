@@ -7,7 +7,8 @@ parts:
   -> N pre-norm Blocks: RMSNorm (T5LayerNorm: x / sqrt(mean(x^2) + eps) * w, no mean, no bias,
      eps 1e-6); attention without biases and WITHOUT the 1/sqrt(E) score scale (T5 folds it into
      the initialisation), q/k/v/o fused into qkv [W, 3, H, E] / out [H, E, W] with E = d_kv (H * E may
-     differ from W); MLP without biases: "geglu" (v1.1's gated-gelu, tanh GELU) or "relu" (v1.0)
+     differ from W); MLP without biases: "geglu" (v1.1's gated-gelu, tanh GELU; the v1.0 ReLU MLP
+     is not supported)
   -> final RMSNorm -> last_hidden_state [B, L, W].
 
 Relative position bias: block 0's `relative_attention_bias` [num_buckets, H] is looked up at the
@@ -58,7 +59,7 @@ class T5Encoder(nnx.Module):
 
   Args:
     vocab_size, width (d_model), depth (num_layers), num_heads, head_dim (d_kv), mlp_hidden (d_ff).
-    mlp: "geglu" (T5 v1.1 / Flan-T5) or "relu" (T5 v1.0).
+    mlp: "geglu" (T5 v1.1 / Flan-T5; the only kind).
     num_buckets, max_distance: the relative position buckets (32, 128 in every release).
     dtype, remat, scan_layers, attention_impl: `nn.options`.
   """
@@ -73,8 +74,9 @@ class T5Encoder(nnx.Module):
                     ("num_buckets", num_buckets), ("max_distance", max_distance)):
       if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise ValueError(f"T5 {name} must be an int >= 1, got {v!r}")
-    if mlp not in ("geglu", "relu"):
-      raise ValueError(f"T5 mlp must be 'geglu' (v1.1) or 'relu' (v1.0), got {mlp!r}")
+    if mlp != "geglu":
+      raise ValueError(f"T5 mlp must be 'geglu' (v1.1 / Flan-T5; v1.0's ReLU MLP is not supported), "
+                       f"got {mlp!r}")
     self.vocab_size, self.num_buckets, self.max_distance = vocab_size, num_buckets, max_distance
     self.dtype = dtype
     self.embed = nnx.Param(logical_init(nnx.initializers.normal(1.0), "vocab", "embed")(
