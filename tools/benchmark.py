@@ -15,6 +15,7 @@ Usage:
   python tools/benchmark.py --suite next_x [--other-batch 4] [--repeats 3]   (xAR, Hi-MAR, MAR)
   python tools/benchmark.py --suite resgen [--other-batch 4] [--ar-size 256x4]
       (ResGen beside MaskGIT / MAR; Instella's binary diffusion and binary AR beside the GPT)
+  python tools/benchmark.py --suite semantic [--batch 8] [--repeats 5]   (TokenFlow, DualToken, TexTok, TiTok)
   python tools/benchmark.py --compare-official ../1d-tokenizer [--models titok_s128,titok_bl64,rar]
       [--batch 8] [--repeats 2] [--breakdown]   (suite "official": jaxtok beside the PyTorch originals)
 
@@ -1476,6 +1477,92 @@ def resgen_suite(args) -> list[tuple[str, str, float, str]]:
   return rows
 
 
+# ---- semantic tokenizers: TokenFlow / DualToken beside a TiTok of similar size
+
+# 64 px, 8 x 8 = 64 tokens each, transformer widths 192 (random weights: throughput only).
+_SEM_SIGLIP = dict(width=192, depth=4, num_heads=3, mlp_hidden=768, patch_size=8, image_size=64)
+
+
+def _semantic_configs() -> dict:
+  """name -> model config of the semantic suite (the tiny configs scaled to 64 px and width 192)."""
+  from jaxtok.configs import dualtoken, titok, tokenflow
+  tf = tokenflow.get_config("tiny").model
+  tf.update(image_size=64, siglip=dict(_SEM_SIGLIP), codebook_size=4096, semantic_dim=32, pixel_dim=8,
+            ch=32, ch_mult=(1, 1, 2, 4), num_res_blocks=1, z_channels=64, num_groups=8,
+            decoder_width=192, decoder_depth=2, decoder_heads=3)
+  dt = dualtoken.get_config("tiny").model
+  dt.update(image_size=64, siglip=dict(_SEM_SIGLIP), pixel_layer=2, codebook_size=4096, code_dim=32,
+            decoder_width=192, decoder_depth=4, decoder_heads=3)
+  tt = titok.get_config("tiny").model
+  tt.update(image_size=64, patch_size=8, encoder_width=192, encoder_depth=4, encoder_heads=3,
+            decoder_width=192, decoder_depth=4, decoder_heads=3, num_latent_tokens=64,
+            codebook_size=4096)
+  return {"titok_64px": tt, "tokenflow_64px": tf, "dualtoken_64px": dt}
+
+
+def semantic_suite(args) -> list[tuple[str, str, float, str]]:
+  """Encode and decode throughput (images/s) of TokenFlow, DualToken and TexTok next to a TiTok of
+  similar size (64 px, 64 tokens, width-192 transformers; float32), batch --batch (default 8)."""
+  from jaxtok import tokenizers
+  rows = Rows()
+  batch = args.batch or 8
+  for name, model in _semantic_configs().items():
+    def one(name=name, model=model):
+      stage(f"{name}: building")
+      tok = tokenizers.build(model)
+      params = jax.block_until_ready(tok.init(jax.random.key(0)))
+      n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+      images = jnp.asarray(np.random.default_rng(0).random((batch, 64, 64, 3)), jnp.float32)
+      stage(f"{name}: compiling encode")
+      tokens = jax.block_until_ready(tok.encode(params, images).tokens)
+      t_enc = time_call(lambda: tok.encode(params, images).tokens, args.repeats, jax.block_until_ready)
+      note = f"{n_params / 1e6:.1f}M params, tokens {tuple(tokens.shape[1:])}"
+      rows.append((f"{name} encode, batch {batch}", "jaxtok", t_enc * 1e3,
+                   f"{batch / t_enc:.3g} images/s; {note}"))
+      stage(f"{name}: compiling decode")
+      jax.block_until_ready(tok.decode(params, tokens))
+      t_dec = time_call(lambda: tok.decode(params, tokens), args.repeats, jax.block_until_ready)
+      rows.append((f"{name} decode, batch {batch}", "jaxtok", t_dec * 1e3,
+                   f"{batch / t_dec:.3g} images/s"))
+    _recording_failure(rows, f"{name}, batch {batch}", "jaxtok", one)
+  _recording_failure(rows, f"textok_64px, batch {batch}", "jaxtok",
+                     lambda: _textok_rows(args, batch, rows))
+  return rows
+
+
+def _textok_rows(args, batch, rows):
+  """TexTok at the suite's size (64 image tokens, width 192, 4 blocks each side) with a random 2-block
+  T5 (width 128) over 16-word captions: through its module (the build facade takes no captions)."""
+  from flax import nnx
+  from jaxtok.configs import textok
+  from jaxtok.data import captions
+  from jaxtok.tokenizers import textok as textok_lib
+  model = textok.get_config("tiny").model
+  model.update(image_size=64, patch_size=8, num_latent_tokens=64, token_size=8, width=192, depth=4,
+               num_heads=3, t5=dict(model.t5, width=128, depth=2, num_heads=2, head_dim=64,
+                                    mlp_hidden=256))
+  stage("textok_64px: building")
+  graphdef, params = jax.jit(lambda: nnx.split(textok_lib.make_model(model, rngs=nnx.Rngs(0))))()
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  vocab = captions.WordVocab()
+  texts = [list(captions.CAPTIONS.values())[i % len(captions.CAPTIONS)] for i in range(batch)]
+  ids, mask = (jnp.asarray(a) for a in vocab.encode(texts, length=16))
+  images = jnp.asarray(np.random.default_rng(0).random((batch, 64, 64, 3)), jnp.float32)
+  enc = jax.jit(lambda p: nnx.merge(graphdef, p).encode(images, ids, mask).tokens)
+  dec = jax.jit(lambda p, t: nnx.merge(graphdef, p).decode(t, ids, mask))
+  stage("textok_64px: compiling encode")
+  tokens = jax.block_until_ready(enc(params))
+  t_enc = time_call(lambda: enc(params), args.repeats, jax.block_until_ready)
+  rows.append((f"textok_64px encode, batch {batch}", "jaxtok", t_enc * 1e3,
+               f"{batch / t_enc:.3g} images/s; {n_params / 1e6:.1f}M params (T5 included), tokens "
+               f"{tuple(tokens.shape[1:])} float, captions of 16 ids"))
+  stage("textok_64px: compiling decode")
+  jax.block_until_ready(dec(params, tokens))
+  t_dec = time_call(lambda: dec(params, tokens), args.repeats, jax.block_until_ready)
+  rows.append((f"textok_64px decode, batch {batch}", "jaxtok", t_dec * 1e3,
+               f"{batch / t_dec:.3g} images/s (T5 run on the captions inside)"))
+
+
 SUITES = {"quantizers": quantizer_suite, "tokenizers": tokenizer_suite, "train": train_suite,
           "samplers": sampler_suite, "data": data_suite,
           "official": official_suite,
@@ -1487,6 +1574,7 @@ SUITES = {"quantizers": quantizer_suite, "tokenizers": tokenizer_suite, "train":
           "speculative": speculative_suite,
           "next_x": next_x_suite,
           "resgen": resgen_suite,
+          "semantic": semantic_suite,
           }
 
 

@@ -17,6 +17,8 @@
   "tatitok"   TA-TiTok (text-aware TiTok, VQ / VAE)                  convert/tatitok.py
   "clip_text" CLIP text tower (frozen, `nn.clip_text`)               convert/clip_text.py
   "maskgen"   MaskGen-VQ text-to-image generators (L / XL)           convert/maskgen.py
+  "siglip"    SigLIP vision tower (HF layout, `nn.siglip`)           convert/siglip.py
+  "t5"        T5 encoder (HF layout, `nn.t5`)                        convert/t5.py
 `config`: for FlexTok, None (the hydra config in the file), a name of flextok.RELEASED, or a
 mapping of overrides; for the others, a released model name (e.g. "tokenizer_titok_l32_imagenet"), a jaxtok config (mapping,
 JSON string or file), an official config (with a "model" key, e.g. the HF config.json), or None to
@@ -33,7 +35,10 @@ import os
 from typing import Any
 
 MODELS = ("titok", "onedpiece", "vqgan", "maskgit", "rar", "flextok", "dinov2", "tatitok", "clip_text",
-          "maskgen")
+          "maskgen", "siglip", "t5")
+# Frozen feature towers: `jaxtok.convert.<name>.load(weights, overrides) -> (config, params)` and
+# `jaxtok.nn.<name>.abstract_params(config)`.
+FROZEN_TOWERS = ("clip_text", "siglip", "t5")
 
 
 def convert(model: str, weights: str | os.PathLike, config: Any = None):
@@ -75,12 +80,13 @@ def convert(model: str, weights: str | os.PathLike, config: Any = None):
   if model == "tatitok":
     from jaxtok.convert import tatitok
     return tatitok.load(weights, config)
-  if model == "clip_text":  # config: None (the shapes) or overrides (mapping, JSON string or file)
-    from jaxtok.convert import clip_text, common
+  if model in FROZEN_TOWERS:  # config: None (the shapes) or overrides (mapping, JSON string or file)
+    import importlib  # pylint: disable=g-import-not-at-top
+    from jaxtok.convert import common
     overrides = None if config is None else {
         k: v for k, v in common.config_arg(config).items() if k != "name"}
-    cfg, params = clip_text.load(weights, overrides)
-    return dict(cfg, name="clip_text"), params
+    cfg, params = importlib.import_module(f"jaxtok.convert.{model}").load(weights, overrides)
+    return dict(cfg, name=model), params
   raise ValueError(f"model must be one of {MODELS}, got {model!r}")
 
 
@@ -122,9 +128,9 @@ def _abstract(config: dict):
   if config.get("name") == "dinov2":
     from jaxtok.nn import dinov2
     return dinov2.abstract_params(config)
-  if config.get("name") == "clip_text":
-    from jaxtok.nn import clip_text
-    return clip_text.abstract_params(config)
+  if config.get("name") in FROZEN_TOWERS:
+    import importlib  # pylint: disable=g-import-not-at-top
+    return importlib.import_module(f"jaxtok.nn.{config['name']}").abstract_params(config)
   converter = _generator_converter(config)
   if converter is not None:
     return converter.abstract_params(config)

@@ -4,6 +4,7 @@
   quick_gelu: down(h * sigmoid(1.702 h)), h = up(x)   (OpenAI CLIP's activation)
   gelu_tanh: down(gelu_tanh(up(x)))               (diffusers' "gelu-approximate": MM-DiT / MaskGen)
   swiglu: down(silu(gate(x)) * up(x))             gate, up [W, M], down [M, W]
+  geglu:  down(gelu_tanh(gate(x)) * up(x))        (T5 v1.1 / Flan-T5 "gated-gelu": wi_0, wi_1, wo)
 GELU is exact (erf) unless approximate=True. Matmuls run in the compute dtype.
 
 Dimension names: W width, M hidden width.
@@ -16,7 +17,7 @@ from flax import nnx
 
 from jaxtok.nn.dense import Dense
 
-KINDS = ("gelu", "swiglu", "quick_gelu", "gelu_tanh")
+KINDS = ("gelu", "swiglu", "quick_gelu", "gelu_tanh", "geglu")
 
 
 class Mlp(nnx.Module):
@@ -29,7 +30,7 @@ class Mlp(nnx.Module):
     self.kind, self.approximate = kind, approximate
     dense = lambda i, o, names: Dense(i, o, names, use_bias=use_bias, dtype=dtype,
                                       kernel_init=kernel_init, rngs=rngs)
-    self.gate = dense(width, hidden, ("embed", "mlp")) if kind == "swiglu" else None
+    self.gate = dense(width, hidden, ("embed", "mlp")) if kind in ("swiglu", "geglu") else None
     self.up = dense(width, hidden, ("embed", "mlp"))
     self.down = dense(hidden, width, ("mlp", "embed"))
 
@@ -39,6 +40,8 @@ class Mlp(nnx.Module):
     elif self.kind == "quick_gelu":
       h = self.up(x)
       h = h * jax.nn.sigmoid(1.702 * h)
+    elif self.kind == "geglu":
+      h = jax.nn.gelu(self.gate(x), approximate=True) * self.up(x)
     else:
       h = jax.nn.gelu(self.up(x), approximate=self.approximate or self.kind == "gelu_tanh")
     return self.down(h)

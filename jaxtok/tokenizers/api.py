@@ -101,6 +101,8 @@ MODULES = {
     "layton": "layton",
     "gpstoken": "gpstoken",
     "tatitok": "tatitok",
+    "tokenflow": "tokenflow",
+    "dualtoken": "dualtoken",
 }
 
 

@@ -23,6 +23,7 @@ import optax
 NO_DECAY_PATTERNS: tuple[str, ...] = (
     r"bias", r"norm", r"(^|[/_])ln", r"embed", r"latent_token", r"mask_token", r"codebook",
     r"register", r"cls_token", r"class_token", r"pos_emb", r"gamma", r"^vae/",
+    r"^siglip/", r"^t5/",  # frozen towers: TokenFlow / DualToken SigLIP, TexTok T5 (stop-gradient)
 )
 
 

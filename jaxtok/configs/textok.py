@@ -1,0 +1,34 @@
+"""TexTok (text-conditioned 1D tokenizer; `jaxtok.tokenizers.textok`).
+
+  model config only: the trainer passes images alone, TexTok needs captions (see the module).
+
+Arguments: tokens (N image tokens: the compression ratio; the paper sweeps 32 to 256), tiny.
+Full size: 256 px, patch 16, ViT-B encoder and decoder, 8-dim KL tokens, a T5-base-shaped encoder
+(random until `tokenizers.textok.with_t5` loads released weights; the paper uses T5-XL).
+tiny: 16 px, patch 4, 4 tokens, width 32, 1 block, a random 1-block T5 over `data.captions.WordVocab`.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from jaxtok.configs import common
+
+T5_BASE = dict(vocab_size=32128, width=768, depth=12, num_heads=12, head_dim=64, mlp_hidden=2048,
+               mlp="geglu")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  a = common.parse_arg(arg, tokens=64, tiny=False)
+  c = common.base_config()
+  c.model = ml_collections.ConfigDict(dict(
+      name="textok", image_size=256, patch_size=16, num_latent_tokens=a.tokens, token_size=8,
+      width=768, depth=12, num_heads=12, t5=dict(T5_BASE), kl_weight=1e-6, dtype="bfloat16"))
+  c.data.image_size = 256
+  if a.tiny:
+    from jaxtok.data import captions  # pylint: disable=g-import-not-at-top
+    common.tiny_training(c)
+    c.model.update(image_size=16, patch_size=4, num_latent_tokens=4 if a.tokens == 64 else a.tokens,
+                   token_size=4, width=32, depth=1, num_heads=2, dtype="float32",
+                   t5=dict(vocab_size=len(captions.WordVocab()), width=16, depth=1, num_heads=2,
+                           head_dim=8, mlp_hidden=32, mlp="geglu"))
+  return c
