@@ -111,7 +111,10 @@ def state_shardings(state: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] = D
     spec = logical_to_mesh(leaf_spec if isinstance(leaf_spec, P) else P(), rules, mesh)
     return NamedSharding(mesh, _fit(spec, getattr(leaf, "shape", ()), mesh))
 
-  return jax.tree.map(to_sharding, specs, state, is_leaf=lambda x: isinstance(x, P))
+  # A spec of None sits where the state holds an empty node inside an already-masked optimizer state
+  # (a frozen parameter excluded from weight decay too: MaskedNode under a mask); treat it as a leaf
+  # so the whole node is passed to to_sharding, which keeps it.
+  return jax.tree.map(to_sharding, specs, state, is_leaf=lambda x: isinstance(x, P) or x is None)
 
 
 def _fit(spec: P, shape: Sequence[int], mesh: Any) -> P:

@@ -67,3 +67,21 @@ def test_logical_params_build_under_a_mesh_with_global_eager_sharding_on():
   assert model.up.kernel.get_metadata()["eager_sharding"] is False
   specs = shd.state_shardings(nnx.state(model, nnx.Param), mesh)
   assert specs["up"]["kernel"].spec == P("fsdp", "tensor")
+
+
+def test_state_shardings_keep_masked_nodes_of_a_frozen_parameter_excluded_from_decay():
+  """A frozen parameter that the weight-decay mask also excludes leaves a MaskedNode under a masked
+  optimizer state, where nnx.get_partition_spec gives None: the shardings keep the node (this failed
+  with a pytree-structure error for ResGen's frozen codebook)."""
+  import optax
+  from jaxtok.configs import resgen
+  from jaxtok.train import generator, state as state_lib
+  c = resgen.get_config("tiny")
+  c.optim.frozen_patterns = [r"^codebook$"]
+  _, _, init_fn, _ = generator.build(c, 10)
+  abstract, shardings = state_lib.abstract_train_state(
+      init_fn, jax.random.key(0), state_lib.mesh_from_config(c), state_lib.rules_from_config(c))
+  masked = [x for x in jax.tree.leaves(abstract["opt_state"], is_leaf=lambda x: isinstance(
+      x, optax.MaskedNode)) if isinstance(x, optax.MaskedNode)]
+  assert masked  # the codebook's moments are not kept
+  assert jax.tree.structure(abstract) == jax.tree.structure(shardings)
