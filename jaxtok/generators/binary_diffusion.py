@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxtok.generators.trunk import TokenTrunk, drop_classes
+from jaxtok.generators.trunk import TokenTrunk, check_generator_args, drop_classes
 from jaxtok.nn.embeddings import timestep_embedding
 from jaxtok.nn.options import model_kwargs
 from jaxtok.sharding import logical_init
@@ -72,13 +72,8 @@ class BitModel(nnx.Module):
                depth: int = 12, heads: int = 12, mlp_ratio: float = 4.0, class_dropout: float = 0.1,
                causal: bool = False, dtype=jnp.float32, remat="none", scan_layers: bool = False,
                attention_impl=None, rngs: nnx.Rngs):
-    for name, value in (("num_bits", num_bits), ("seq_len", seq_len)):
-      if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    if num_classes < 0:
-      raise ValueError(f"num_classes must be >= 0, got {num_classes}")
-    if not 0.0 <= class_dropout < 1.0:
-      raise ValueError(f"class_dropout must be in [0, 1), got {class_dropout}")
+    check_generator_args(num_classes=num_classes, class_dropout=class_dropout, num_bits=num_bits,
+                         seq_len=seq_len)
     self.num_bits, self.seq_len, self.num_classes = num_bits, seq_len, num_classes
     self.class_dropout = class_dropout
     init = nnx.initializers.normal(0.02)

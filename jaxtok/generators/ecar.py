@@ -28,7 +28,7 @@ from flax import nnx
 
 from jaxtok.generators.grid import grid_shape
 from jaxtok.generators.heads import FlowHead
-from jaxtok.generators.trunk import TokenTrunk, drop_classes
+from jaxtok.generators.trunk import TokenTrunk, check_generator_args, drop_classes
 from jaxtok.nn.options import model_kwargs
 from jaxtok.samplers import ecar as ms
 from jaxtok.sharding import logical_init
@@ -52,10 +52,7 @@ class ECAR(nnx.Module):
                width: int = 768, depth: int = 12, heads: int = 12, head_width: int = 1024,
                head_depth: int = 3, class_dropout: float = 0.1, dtype=jnp.float32, remat="none",
                scan_layers: bool = False, attention_impl=None, rngs: nnx.Rngs):
-    if token_dim < 1:
-      raise ValueError(f"token_dim must be >= 1, got {token_dim}")
-    if not 0.0 <= class_dropout < 1.0:
-      raise ValueError(f"class_dropout must be in [0, 1), got {class_dropout}")
+    check_generator_args(num_classes=num_classes, class_dropout=class_dropout, token_dim=token_dim)
     side, _ = grid_shape(seq_len)
     self.sides = ms.stage_sides(side, num_stages)
     self.grid_side, self.num_stages = side, num_stages

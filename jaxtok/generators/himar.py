@@ -37,7 +37,7 @@ from jaxtok.generators import entities
 from jaxtok.generators.grid import grid_shape
 from jaxtok.generators.heads import flow_loss_per_row
 from jaxtok.generators.mar import MAR, training_mask
-from jaxtok.generators.trunk import drop_classes
+from jaxtok.generators.trunk import check_generator_args, drop_classes
 from jaxtok.nn.options import model_kwargs
 from jaxtok.sharding import logical_init
 
@@ -63,10 +63,7 @@ class HiMAR(nnx.Module):
                head_width: int = 1024, head_depth: int = 3, class_dropout: float = 0.1,
                dtype=jnp.float32, remat="none", scan_layers: bool = False, attention_impl=None,
                rngs: nnx.Rngs):
-    if token_dim < 1:
-      raise ValueError(f"token_dim must be >= 1, got {token_dim}")
-    if not 0.0 <= class_dropout < 1.0:
-      raise ValueError(f"class_dropout must be in [0, 1), got {class_dropout}")
+    check_generator_args(num_classes=num_classes, class_dropout=class_dropout, token_dim=token_dim)
     self.h, self.w = grid_shape(seq_len, grid_width)
     if pivot_factor < 2 or self.h % pivot_factor or self.w % pivot_factor:
       raise ValueError(f"pivot_factor must be >= 2 and divide both grid sides {self.h} x {self.w}, "

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxtok.generators.trunk import TokenTrunk, drop_classes
+from jaxtok.generators.trunk import TokenTrunk, check_generator_args, drop_classes
 from jaxtok.nn.options import model_kwargs
 from jaxtok.quantizers import search
 from jaxtok.samplers import schedules
@@ -201,14 +201,9 @@ class ResGen(nnx.Module):
                mlp_ratio: float = 4.0, num_mixtures: int = 16, class_dropout: float = 0.1,
                codebook: str = "", schedule: str = "cosine", dtype=jnp.float32, remat="none",
                scan_layers: bool = False, attention_impl=None, rngs: nnx.Rngs):
-    for name, value in (("num_levels", num_levels), ("codebook_size", codebook_size),
-                        ("code_dim", code_dim), ("seq_len", seq_len), ("num_mixtures", num_mixtures)):
-      if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    if num_classes < 0:
-      raise ValueError(f"num_classes must be >= 0, got {num_classes}")
-    if not 0.0 <= class_dropout < 1.0:
-      raise ValueError(f"class_dropout must be in [0, 1), got {class_dropout}")
+    check_generator_args(num_classes=num_classes, class_dropout=class_dropout,
+                         num_levels=num_levels, codebook_size=codebook_size, code_dim=code_dim,
+                         seq_len=seq_len, num_mixtures=num_mixtures)
     schedules.get(schedule)
     self.num_levels, self.codebook_size, self.code_dim = num_levels, codebook_size, code_dim
     self.seq_len, self.num_classes, self.num_mixtures = seq_len, num_classes, num_mixtures

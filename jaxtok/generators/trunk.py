@@ -30,6 +30,18 @@ def swiglu_hidden(width: int, mlp_ratio: float) -> int:
   return 8 * ((int(2 * mlp_ratio * width / 3) + 7) // 8)
 
 
+
+def check_generator_args(*, num_classes: int = 0, class_dropout: float = 0.0, **at_least_one: int) -> None:
+  """The generators' shared constructor checks: ValueError naming the argument unless every keyword
+  in `at_least_one` is >= 1, num_classes >= 0 and class_dropout lies in [0, 1)."""
+  for name, value in at_least_one.items():
+    if value < 1:
+      raise ValueError(f"{name} must be >= 1, got {value}")
+  if num_classes < 0:
+    raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+  if not 0.0 <= class_dropout < 1.0:
+    raise ValueError(f"class_dropout must be in [0, 1), got {class_dropout}")
+
 class TokenTrunk(nnx.Module):
   """Token ids (or embedded inputs) -> logits, with a KV cache when causal.
 
@@ -141,12 +153,7 @@ class ClassConditionalTokenModel(nnx.Module):
                rngs: nnx.Rngs):
     if codebook_size < 2:
       raise ValueError(f"codebook_size must be >= 2, got {codebook_size}")
-    if seq_len < 1:
-      raise ValueError(f"seq_len must be >= 1, got {seq_len}")
-    if num_classes < 0:
-      raise ValueError(f"num_classes must be >= 0, got {num_classes}")
-    if not 0.0 <= class_dropout < 1.0:
-      raise ValueError(f"class_dropout must be in [0, 1), got {class_dropout}")
+    check_generator_args(num_classes=num_classes, class_dropout=class_dropout, seq_len=seq_len)
     self.codebook_size, self.seq_len, self.num_classes = codebook_size, seq_len, num_classes
     self.class_dropout = class_dropout
     self.net = TokenTrunk(input_vocab=codebook_size + num_classes + self.EXTRA_IDS,

@@ -38,7 +38,7 @@ from flax import nnx
 
 from jaxtok.generators import entities
 from jaxtok.generators.grid import grid_shape
-from jaxtok.generators.trunk import drop_classes, swiglu_hidden
+from jaxtok.generators.trunk import check_generator_args, drop_classes, swiglu_hidden
 from jaxtok.nn.block import Block
 from jaxtok.nn.dense import Dense
 from jaxtok.nn.embeddings import timestep_embedding
@@ -77,12 +77,7 @@ class XAR(nnx.Module):
                heads: int = 12, mlp_ratio: float = 4.0, class_dropout: float = 0.1,
                noisy_context: bool = True, dtype=jnp.float32, remat="none",
                scan_layers: bool = False, attention_impl=None, rngs: nnx.Rngs):
-    if token_dim < 1:
-      raise ValueError(f"token_dim must be >= 1, got {token_dim}")
-    if num_classes < 0:
-      raise ValueError(f"num_classes must be >= 0, got {num_classes}")
-    if not 0.0 <= class_dropout < 1.0:
-      raise ValueError(f"class_dropout must be in [0, 1), got {class_dropout}")
+    check_generator_args(num_classes=num_classes, class_dropout=class_dropout, token_dim=token_dim)
     h, w = grid_shape(seq_len, grid_width)
     self.layout = entities.Layout(entity, h, w, entity_size)
     self.token_dim, self.seq_len, self.num_classes = token_dim, seq_len, num_classes
