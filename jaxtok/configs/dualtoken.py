@@ -15,6 +15,7 @@ from __future__ import annotations
 import ml_collections
 
 from jaxtok.configs import common
+from jaxtok.configs.tokenflow import SIGLIP_B16_256, SIGLIP_TINY, semantic_recipe, tiny_codebook
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -22,20 +23,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = common.base_config()
   c.model = ml_collections.ConfigDict(dict(
       name="dualtoken", image_size=256,
-      siglip=dict(width=768, depth=12, num_heads=12, mlp_hidden=3072, patch_size=16, image_size=256),
-      pixel_layer=6, codebook_size=a.codebook, code_dim=32, decoder_width=768, decoder_depth=8,
+      siglip=dict(SIGLIP_B16_256), pixel_layer=6, codebook_size=a.codebook, code_dim=32, decoder_width=768, decoder_depth=8,
       decoder_heads=12, commitment_cost=0.25, semantic_loss_weight=1.0, dtype="bfloat16"))
-  c.total_steps = 500_000
-  c.data.image_size = 256
-  c.data.batch_size = 256
-  c.optim.update(lr=1e-4, warmup_steps=5_000, end_lr=1e-5, b1=0.9, b2=0.95, wd=0.05)
-  c.loss.update(l1=0.0, l2=1.0)
+  semantic_recipe(c)
   if a.tiny:
     common.tiny_training(c)
     c.model.update(
         image_size=16,
-        siglip=dict(width=32, depth=2, num_heads=2, mlp_hidden=64, patch_size=4, image_size=16),
-        pixel_layer=1, codebook_size=64 if a.codebook == 16384 else a.codebook, code_dim=8,
+        siglip=dict(SIGLIP_TINY), pixel_layer=1, codebook_size=tiny_codebook(a.codebook), code_dim=8,
         decoder_width=32, decoder_depth=1, decoder_heads=2, dtype="float32")
     c.ema_decay = 0.9
   return c

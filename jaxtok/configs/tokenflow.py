@@ -16,28 +16,40 @@ import ml_collections
 
 from jaxtok.configs import common
 
+# SigLIP-B/16 at 256 px (16 x 16 patches) and the tiny random 2-block tower; shared with DualToken.
+SIGLIP_B16_256 = dict(width=768, depth=12, num_heads=12, mlp_hidden=3072, patch_size=16, image_size=256)
+SIGLIP_TINY = dict(width=32, depth=2, num_heads=2, mlp_hidden=64, patch_size=4, image_size=16)
+
+
+def semantic_recipe(c: ml_collections.ConfigDict) -> None:
+  """The training recipe of the SigLIP-based tokenizers (TokenFlow, DualToken) at 256 px."""
+  c.total_steps = 500_000
+  c.data.image_size = 256
+  c.data.batch_size = 256
+  c.optim.update(lr=1e-4, warmup_steps=5_000, end_lr=1e-5, b1=0.9, b2=0.95, wd=0.05)
+  c.loss.update(l1=0.0, l2=1.0)
+
+
+def tiny_codebook(codebook: int) -> int:
+  """The tiny variants' codebook: 64 unless an explicit size was asked for."""
+  return 64 if codebook == 16384 else codebook
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = common.parse_arg(arg, codebook=16384, tiny=False)
   c = common.base_config()
   c.model = ml_collections.ConfigDict(dict(
       name="tokenflow", image_size=256,
-      siglip=dict(width=768, depth=12, num_heads=12, mlp_hidden=3072, patch_size=16, image_size=256),
-      siglip_layer=-2, codebook_size=a.codebook, semantic_dim=32, pixel_dim=8, ch=128,
+      siglip=dict(SIGLIP_B16_256), siglip_layer=-2, codebook_size=a.codebook, semantic_dim=32, pixel_dim=8, ch=128,
       ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, z_channels=256, num_groups=32, decoder_width=768,
       decoder_depth=3, decoder_heads=12, semantic_weight=1.0, pixel_weight=1.0,
       commitment_cost=0.25, semantic_loss_weight=1.0, dtype="bfloat16"))
-  c.total_steps = 500_000
-  c.data.image_size = 256
-  c.data.batch_size = 256
-  c.optim.update(lr=1e-4, warmup_steps=5_000, end_lr=1e-5, b1=0.9, b2=0.95, wd=0.05)
-  c.loss.update(l1=0.0, l2=1.0)
+  semantic_recipe(c)
   if a.tiny:
     common.tiny_training(c)
     c.model.update(
         image_size=16,
-        siglip=dict(width=32, depth=2, num_heads=2, mlp_hidden=64, patch_size=4, image_size=16),
-        siglip_layer=-2, codebook_size=64 if a.codebook == 16384 else a.codebook, semantic_dim=8,
+        siglip=dict(SIGLIP_TINY), siglip_layer=-2, codebook_size=tiny_codebook(a.codebook), semantic_dim=8,
         pixel_dim=4, ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=8, num_groups=4,
         decoder_width=32, decoder_depth=1, decoder_heads=2, dtype="float32")
     c.ema_decay = 0.9
