@@ -10,6 +10,7 @@ from flax import nnx
 from jaxtok.configs import gpstoken as gps_config
 from jaxtok.data import photos
 from jaxtok.tokenizers import api, gaussian_render, gps_partition, gpstoken
+from tests.tokenizers.fit import fixed_batch_losses
 
 
 def test_single_gaussian_matches_closed_form_at_every_pixel():
@@ -145,43 +146,13 @@ def test_contract_encode_decode_and_jit(tiny):
     tok.encode(params, images, num_tokens=4)
 
 
-def _fixed_batch_losses(tok, params, images, steps, lr=3e-3):
-  """Adam on one batch with one rng (same noise and timesteps every step), the train step's loss
-  (l1 on recon + the model's losses; model state carried): (loss per step float [steps], the final
-  parameters)."""
-  import optax
-  from jaxtok.train import state as state_lib
-  graphdef = tok.graphdef
-  p, rest = state_lib.split_params(params)
-  tx = optax.adam(lr)
-  rng = jax.random.key(11)
-
-  def loss_fn(p, rest):
-    m = nnx.merge(graphdef, p, jax.tree.map(lambda x: x, rest))  # fresh Variables, as the step
-    out = m.train_forward(images, rng=rng)
-    total = jnp.mean(jnp.abs(out.recon - images)) + sum(out.losses.values())
-    return total, nnx.state(m, nnx.Not(nnx.Param))
-
-  @jax.jit
-  def step(p, rest, opt):
-    (loss, rest), g = jax.value_and_grad(loss_fn, has_aux=True)(p, rest)
-    upd, opt = tx.update(g, opt, p)
-    return optax.apply_updates(p, upd), rest, opt, loss
-
-  opt, losses = tx.init(p), []
-  for _ in range(steps):
-    p, rest, opt, loss = step(p, rest, opt)
-    losses.append(float(loss))
-  return np.array(losses), p
-
-
 @pytest.mark.slow
 def test_tiny_config_loss_falls_on_a_fixed_batch(tiny):
   """The tiny config's model (the tiny training recipe's Adam on l1 + model losses) fits one batch:
   the same-rng loss falls. (tools/train.py with configs/gpstoken.py:tiny runs the same contract.)"""
   tok, params = tiny[:2]
   images = jnp.asarray(np.random.default_rng(12).uniform(size=(4, 16, 16, 3)), jnp.float32)
-  losses, final = _fixed_batch_losses(tok, params, images, 25)
+  losses, final = fixed_batch_losses(tok, params, images, 25)
   assert np.all(np.isfinite(losses))
   assert losses[-3:].mean() < 0.5 * losses[:3].mean(), losses
 
