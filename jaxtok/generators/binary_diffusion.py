@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxtok.generators.trunk import TokenTrunk, check_generator_args, drop_classes
+from jaxtok.generators.trunk import TokenTrunk, check_generator_args, class_condition
 from jaxtok.nn.embeddings import timestep_embedding
 from jaxtok.nn.options import model_kwargs
 from jaxtok.sharding import logical_init
@@ -93,12 +93,8 @@ class BitModel(nnx.Module):
   def condition_ids(self, labels, batch: int, *, train: bool = False, rng=None) -> jax.Array:
     """Class ids [B] int32 (labels < 0 or an unconditional model: the null id; class dropout when
     training)."""
-    if labels is None or self.num_classes == 0:
-      return jnp.full((batch,), self.null_id, jnp.int32)
-    labels = jnp.asarray(labels, jnp.int32)
-    cond = jnp.where(labels < 0, self.null_id, labels)
-    return drop_classes(cond, null_id=self.null_id, class_dropout=self.class_dropout,
-                        num_classes=self.num_classes, train=train, rng=rng)
+    return class_condition(labels, batch, null_id=self.null_id, num_classes=self.num_classes,
+                           class_dropout=self.class_dropout, train=train, rng=rng)
 
   def embed_bits(self, bits: jax.Array, start: int | jax.Array = 0) -> jax.Array:
     """Inputs [B, T, W] of bits [B, T, n] at token positions start..start+T-1."""

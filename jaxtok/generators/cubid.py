@@ -29,7 +29,7 @@ from flax import nnx
 
 from jaxtok.generators.bert import random_mask
 from jaxtok.generators.tokenbridge import DimwiseLevels
-from jaxtok.generators.trunk import TokenTrunk, drop_classes
+from jaxtok.generators.trunk import TokenTrunk, check_generator_args, drop_classes
 from jaxtok.nn.options import model_kwargs
 from jaxtok.sharding import logical_init
 
@@ -54,10 +54,8 @@ class CubiD(nnx.Module, DimwiseLevels):
                depth: int = 12, heads: int = 12, bits: int = 4, std_range: float = 3.0,
                value_range: float = 5.0, class_dropout: float = 0.1, dtype=jnp.float32,
                remat="none", scan_layers: bool = False, attention_impl=None, rngs: nnx.Rngs):
-    if token_dim < 1 or seq_len < 1:
-      raise ValueError(f"token_dim and seq_len must be >= 1, got {token_dim} and {seq_len}")
-    if not 0.0 <= class_dropout < 1.0:
-      raise ValueError(f"class_dropout must be in [0, 1), got {class_dropout}")
+    check_generator_args(num_classes=num_classes, class_dropout=class_dropout, token_dim=token_dim,
+                         seq_len=seq_len)
     self.token_dim, self.seq_len, self.num_classes = token_dim, seq_len, num_classes
     self.class_dropout = class_dropout
     self.init_levels(token_dim, bits, std_range, value_range)

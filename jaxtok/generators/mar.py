@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxtok.generators.heads import FlowHead, flow_loss_per_row
-from jaxtok.generators.trunk import TokenTrunk
+from jaxtok.generators.trunk import TokenTrunk, check_generator_args
 from jaxtok.nn.options import model_kwargs
 from jaxtok.sharding import logical_init
 
@@ -37,10 +37,8 @@ class MAR(nnx.Module):
                depth: int = 12, heads: int = 12, head_width: int = 1024, head_depth: int = 3,
                class_dropout: float = 0.1, dtype=jnp.float32, remat="none",
                scan_layers: bool = False, attention_impl=None, rngs: nnx.Rngs):
-    if token_dim < 1 or seq_len < 1:
-      raise ValueError(f"token_dim and seq_len must be >= 1, got {token_dim} and {seq_len}")
-    if not 0.0 <= class_dropout < 1.0:
-      raise ValueError(f"class_dropout must be in [0, 1), got {class_dropout}")
+    check_generator_args(num_classes=num_classes, class_dropout=class_dropout, token_dim=token_dim,
+                         seq_len=seq_len)
     self.token_dim, self.seq_len, self.num_classes = token_dim, seq_len, num_classes
     self.class_dropout = class_dropout
     init = nnx.initializers.normal(0.02)

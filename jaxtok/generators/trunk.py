@@ -31,6 +31,17 @@ def swiglu_hidden(width: int, mlp_ratio: float) -> int:
 
 
 
+
+def class_condition(labels: jax.Array | None, batch: int, *, null_id: int, num_classes: int,
+                    class_dropout: float, train: bool, rng: jax.Array | None) -> jax.Array:
+  """Class ids int32 [B] of generators whose class i is id i and null is `null_id`: labels < 0 (or an
+  unconditional model, or labels None) give the null id; class dropout when training (`drop_classes`)."""
+  if labels is None or num_classes == 0:
+    return jnp.full((batch,), null_id, jnp.int32)
+  labels = jnp.asarray(labels, jnp.int32)
+  return drop_classes(jnp.where(labels < 0, null_id, labels), null_id=null_id,
+                      class_dropout=class_dropout, num_classes=num_classes, train=train, rng=rng)
+
 def check_generator_args(*, num_classes: int = 0, class_dropout: float = 0.0, **at_least_one: int) -> None:
   """The generators' shared constructor checks: ValueError naming the argument unless every keyword
   in `at_least_one` is >= 1, num_classes >= 0 and class_dropout lies in [0, 1)."""
