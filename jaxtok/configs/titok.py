@@ -106,7 +106,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.ema_decay = 0.999
   if a.recipe == "single":
     # Pixel L2 from step 0 (the perceptual term needs a feature-network weights file:
-    # set config.loss.perceptual and config.perceptual_weights to enable it).
+    # set config.loss.perceptual and config.loss.perceptual_weights to enable it).
     c.loss.update(l2=1.0)
     if a.gan:
       # bytedance/1d-tokenizer configs/training/TiTok/stage2: discriminator_weight 0.01,
