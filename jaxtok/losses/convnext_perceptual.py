@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtok.losses.perceptual import load_state_dict
+from jaxtok.losses.perceptual import load_state_dict, require_loaded
 
 f32 = jnp.float32
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -135,11 +135,7 @@ def load_convnext(path: str | os.PathLike) -> ConvNeXtWeights:
 
 
 def _require(weights: Any) -> ConvNeXtWeights:
-  if not isinstance(weights, ConvNeXtWeights):
-    raise ValueError("the ConvNeXt perceptual term needs trained weights loaded with "
-                     "load_convnext(path) (an untrained network is not perceptual); got "
-                     f"{type(weights).__name__}")
-  return weights
+  return require_loaded(weights, ConvNeXtWeights, "the ConvNeXt perceptual term", "load_convnext")
 
 
 def _ln(x, scale, bias):

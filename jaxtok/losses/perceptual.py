@@ -243,12 +243,17 @@ def load_lpips_vgg16(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> 
   return lpips_vgg16_weights(merged, source=",".join(paths))
 
 
-def _require(weights: Any) -> LPIPSWeights:
-  if not isinstance(weights, LPIPSWeights):
-    raise ValueError("LPIPS needs its trained weights, loaded from a file with "
-                     "load_lpips_vgg16(path) (an untrained network is not perceptual); got "
-                     f"{type(weights).__name__}")
+def require_loaded(weights: Any, cls: type, network: str, loader: str) -> Any:
+  """weights, if it is a `cls` (weights read from a file by `loader`); else ValueError: a perceptual
+  network with untrained weights measures nothing perceptual."""
+  if not isinstance(weights, cls):
+    raise ValueError(f"{network} needs its trained weights, loaded from a file with {loader}(path) "
+                     f"(an untrained network is not perceptual); got {type(weights).__name__}")
   return weights
+
+
+def _require(weights: Any) -> LPIPSWeights:
+  return require_loaded(weights, LPIPSWeights, "LPIPS", "load_lpips_vgg16")
 
 
 def _conv3x3(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
