@@ -1489,7 +1489,7 @@ def _semantic_configs() -> dict:
   tf = tokenflow.get_config("tiny").model
   tf.update(image_size=64, siglip=dict(_SEM_SIGLIP), codebook_size=4096, semantic_dim=32, pixel_dim=8,
             ch=32, ch_mult=(1, 1, 2, 4), num_res_blocks=1, z_channels=64, num_groups=8,
-            decoder_width=192, decoder_depth=2, decoder_heads=3)
+            decoder_width=192, decoder_depth=2, decoder_heads=3, scales=None)
   dt = dualtoken.get_config("tiny").model
   dt.update(image_size=64, siglip=dict(_SEM_SIGLIP), pixel_layer=2, codebook_size=4096, code_dim=32,
             decoder_width=192, decoder_depth=4, decoder_heads=3)
