@@ -24,7 +24,9 @@ CONFIG = dict(name="maskgen_kl", token_dim=D, seq_len=K, width=W, depth=DEPTH, h
               head_depth=HD, scale_factor=0.7525)
 
 
-def official_state(seed=0):
+def official_state(seed=0, *, text=TEXT, k=K, d=D):
+  """A tiny random MaskGen_KL state dict (official names and layouts)."""
+  TEXT, K, D = text, k, d  # pylint: disable=invalid-name
   rng = np.random.default_rng(seed + 100)
   n = lambda *s: rng.normal(0, 0.3, s).astype(np.float32)
   lin = lambda name, o, i: {f"{name}.weight": n(o, i), f"{name}.bias": n(o)}
