@@ -48,6 +48,7 @@ def test_training_mask_is_one_ceil_arccos_count_per_batch():
     assert (mask.sum(1) == want).all()
 
 
+@pytest.mark.slow
 def test_loss_is_the_masked_mean_of_the_hybrid_terms():
   """loss == the release's definition rebuilt from its parts with the same keys: latents x scale,
   the batch mask, z, the DDPM terms on every token repeated mul times, averaged over masked rows
