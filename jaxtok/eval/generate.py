@@ -354,10 +354,13 @@ def _maskgen(model, rng, cond, null, opts: Options):
 
 
 def _maskgen_kl(model, rng, cond, null, opts: Options):
-  """MaskGen-KL from text: `generators.maskgen_kl.SAMPLING` with opts' steps, cfg_scale,
-  cfg_schedule and temperature; continuous tokens float32 [B, K, D] (unscaled VAE latents)."""
+  """MaskGen-KL from text: `generators.maskgen_kl.SAMPLING` with opts' steps, cfg_schedule,
+  temperature and cfg_scale (1, the Options default, keeps the release's 3 as for MaskGen-VQ);
+  continuous tokens float32 [B, K, D] (unscaled VAE latents)."""
   from jaxtok.generators import maskgen_kl  # pylint: disable=g-import-not-at-top
-  settings = dict(cfg_scale=opts.cfg_scale, temperature=opts.temperature)
+  settings = dict(temperature=opts.temperature)
+  if float(opts.cfg_scale) != 1.0:
+    settings["cfg_scale"] = opts.cfg_scale
   if opts.steps:
     settings["steps"] = opts.steps
   if opts.cfg_schedule:
