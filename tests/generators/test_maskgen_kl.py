@@ -189,7 +189,8 @@ def test_tiny_maskgen_kl_loss_falls_with_captions():
   for _ in range(30):
     state, metrics = step(state, batch, jax.random.key(1))
     losses.append(float(metrics["loss"]))
-  assert np.isfinite(losses).all() and np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5]), losses
+  # Medians: a draw of t = 0 (the decoder NLL term) can spike one step.
+  assert np.isfinite(losses).all() and np.median(losses[-5:]) < 0.6 * np.median(losses[:5]), losses
 
 
 def test_configs_build_and_match_the_released_sizes():
