@@ -15,6 +15,22 @@ rectified-flow loss of the window); the loss is the mean squared error averaged 
 over stages (each stage weighs the same, as Pyramid Flow's uniform choice of stage per sample).
 The head reads t in this package's flow convention (t = 0 noise), not FlowHead's own.
 
+Paper check (arXiv 2412.14170v2, checked 2026-12-06). What could be read of the paper: the abstract
+and introduction (arxiv.org/html/2412.14170v2 as stored for search; its method section was not
+retrievable there) and third-party summaries. They state: (1) stage-wise continuous token maps
+M_1, ..., M_S, M_s in R^{(h_s w_s) x C}, at increasing resolution, M_S at the full latent size, each
+generated in parallel by a hierarchical AR transformer and serving as the condition of the later
+stages ("progressively refined token maps as hierarchical conditions"); (2) a multistage flow in
+which each stage "transforms only partial-denoised distributions", i.e. the image is denoised
+while the resolution grows, so the per-token flow work is divided by the stage count; (3) the
+multistage flow follows Pyramidal Flow Matching. This module agrees with all three: the block-
+causal trunk over [class, M_1, ..., M_S] is (1) (stage k reads U(end of stage k-1)), and the
+windows and jumps of `jaxtok.samplers.ecar` are (2)-(3), whose math was checked against Pyramid
+Flow's released scheduler and pipeline (see that module). No official E-CAR code was found, so
+the equations the paper's method section may add (exact stage count and sides, the time split,
+how the stage's time enters the head, per-stage loss weights) could not be compared; the choices
+here (sides doubling to the grid, uniform boundaries, equal stage weights) are Pyramid Flow's.
+
 Dimension names: B batch, G grid side, N = G*G tokens, D token dimension, W width, L = 1 + sum r_k^2.
 """
 from __future__ import annotations

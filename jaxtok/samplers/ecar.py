@@ -20,6 +20,26 @@ is why the start time s_k is below the previous end b_k (Pyramid Flow's "correct
 1/3). The windows [s_k, e_k] therefore overlap at each jump while the boundaries b partition [0, 1].
 With one stage, s_0 = 0 and e_0 = 1: plain rectified flow over the whole grid.
 
+Checked against Pyramid Flow's released code (jy0205/Pyramid-Flow, diffusion_schedulers/
+scheduling_flow_matching.py and its pipelines), in its sigma = 1 - t notation: stage_range = [0, 1/3,
+2/3, 1] (our `uniform_bounds`); stage k > 0 starts at the "corrected" signal level
+b / (sqrt(1 + 1/gamma) (1 - b) + b) = b / (2 - b) for gamma = 1/3 (our `windows`); the jump is
+alpha * latents + beta * block_noise with alpha = 1 / (sqrt(1 + 1/gamma) (1 - b) + b) = 1 / (2 - b),
+beta = alpha (1 - b) / sqrt(gamma) = sqrt(3) (1 - b) / (2 - b) (our `jump_coefficients`), and the
+block noise has covariance (1 + gamma) I - gamma J per 2x2 block (our `block_noise`). Its training
+(`add_pyramid_noise`) builds the pyramid by bilinear /2 resizing (exactly our 2x2 mean), takes
+start = s U(D_{k-1} x) + (1 - s) n_k and end = e D_k x + (1 - e) n_k with one unit-variance noise
+n_k per stage (end = x at the last stage), draws the in-window time uniformly and regresses the
+constant secant velocity: our `trajectory` + `interpolate` have the same per-stage marginals (ours
+couples the stages through the jump, as teacher forcing of E-CAR's stage-causal trunk needs one
+joint path). Known differences: Pyramid Flow relabels each stage's timestep embedding by the
+stages' flow lengths (non-overlapping labels), while the head here reads the signal level t itself
+(a fixed linear reparameterisation of the same window; the overlap of windows at a jump is told
+apart by the stage embedding in z); and Pyramid Flow splits each batch equally across stages,
+while `generators.ecar.loss` trains every stage of every example with equal weights (the same
+expected objective up to a constant factor). E-CAR's own method section could not be read here
+(see `jaxtok.generators.ecar`).
+
 Maps are float32 [B, r, r, D] (row-major token grids; a generator's [B, r*r, D] sequence reshaped).
 """
 from __future__ import annotations

@@ -48,7 +48,8 @@ def test_window_endpoints_are_the_stage_states():
   x = jax.random.normal(KEY(3), (1, 4, 4, 2))
   bounds = ms.uniform_bounds(3)
   starts, ends = ms.windows(bounds)
-  for k, st in enumerate(ms.trajectory(x, bounds, KEY(4))):
+  states = jax.jit(lambda x, r: ms.trajectory(x, bounds, r))(x, KEY(4))
+  for k, st in enumerate(states):
     r = st.start.shape[1]
     for tau, want_x, want_t in ((0.0, st.start, starts[k]), (1.0, st.end, ends[k])):
       x_t, t, _ = ms.interpolate(st, float(starts[k]), float(ends[k]), jnp.full((1, r, r), tau))
