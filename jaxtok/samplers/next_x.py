@@ -26,8 +26,9 @@ AR step e (of E): positions of entities < e hold the generated tokens at time 0 
 the release's sampler caches them), entity e starts from ``temperature`` * N(0, 1) noise and is
 integrated by `flow.sample` (Euler or Heun, ``steps`` steps, ``shift``) from t = 1 to t = 0;
 positions of later entities hold zeros, which the mask keeps from every position that matters.
-Each flow step calls ``velocity_fn`` once on the whole sequence (twice per Heun step; guidance runs
-cond and uncond as one doubled batch), so a sample costs E * steps calls with Euler.
+The reference calls ``velocity_fn`` once per flow step on the whole sequence (twice per Heun step;
+guidance runs cond and uncond as one doubled batch, the cached path's cache holding both halves),
+so a sample costs E * steps calls with Euler.
 
 Guidance: ``u + s (c - u)`` on the velocity at scale ``guidance.scale_at(cfg_schedule, cfg_scale,
 r_e)`` with r_e = e / (E - 1) (the release: linear from 1 at the first entity to the full scale
