@@ -69,3 +69,13 @@ def test_gpt_on_dar_tokens_trains_then_samples_with_previews(dar_tokens, tiny_ti
   with pytest.raises(ValueError, match="--previews needs a D-AR tokenizer"):
     sample.main(["sample", cfg, f"--workdir={workdir}", f"--out={tmp_path / 'x'}", "--previews",
                  f"--tokenizer_checkpoint={tiny_titok[0]}"])
+
+
+def test_gpt_dar_config_follows_dar():
+  from jaxtok.configs import gpt_dar
+  tiny, full = gpt_dar.get_config("tiny"), gpt_dar.get_config("size=B")
+  assert (tiny.model.codebook_size, tiny.model.seq_len) == (8 * 5 * 5, TOKENS)
+  assert (full.model.codebook_size, full.model.seq_len, full.model.num_classes) == (64000, 256, 1000)
+  assert gpt_dar.get_config("tiny,tokens=4,codebook=50").model.seq_len == 4
+  with pytest.raises(ValueError, match="unknown config argument 'groups'"):
+    gpt_dar.get_config("tiny,groups=2")
