@@ -47,6 +47,7 @@ def test_gpt_on_dar_tokens_trains_then_samples_with_previews(dar_tokens, tiny_ti
   args = ["train_generator", cfg, f"--workdir={workdir}", f"--data={data}"] + over
   first = train.main(args + ["--stop_at=1"])
   last = train.main(args)
+  print(f"GPT on D-AR tokens: loss {first['loss']:.3f} at step 1 -> {last['loss']:.3f} at step 16")
   assert np.isfinite(last["loss"]) and last["loss"] < first["loss"] - 0.5, (first, last)
   out = tmp_path / "samples"
   res = sample.main(["sample", cfg, f"--workdir={workdir}", f"--out={out}", "--num_samples=3",
