@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 from jaxtok.samplers import unmasking_policy as up
@@ -67,3 +68,15 @@ def test_grpo_training_raises_the_reward_toward_the_best_policy():
   assert metrics["reward"].shape == (30,)
   assert before < 0.2 and after > before + 0.6 and after > 0.9
   assert first_before > 3.0 and first_after < 1.3  # toward "one position first"
+
+
+def test_train_refuses_bad_counts():
+  graphdef, params = nnx.split(up.UnmaskingPolicy(width=16, heads=2, rngs=nnx.Rngs(0)))
+  tx = optax.adam(1e-2)
+  run = lambda **kw: up.train(jax.random.key(0), graphdef, params, tx, tx.init(params),
+                              copies_logits, valid, jnp.full((2, K), MASK), mask_id=MASK,
+                              max_steps=K, **kw)
+  with pytest.raises(ValueError, match="updates"):
+    run(updates=0, group=2)
+  with pytest.raises(ValueError, match="group"):
+    run(updates=1, group=0)
