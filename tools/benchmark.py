@@ -1345,7 +1345,9 @@ def speculative_suite(args) -> list[tuple[str, str, float, str]]:
 def next_x_suite(args) -> list[tuple[str, str, float, str]]:
   """Rows (case, implementation, ms per batch, tokens/s and transformer passes per image): 64
   continuous 16-dim tokens (an 8 x 8 grid), one 4 x 256 transformer size for all, unconditional,
-  10 flow steps per entity (xAR) or per head call (MAR, Hi-MAR)."""
+  10 flow steps per entity (xAR) or per head call (MAR, Hi-MAR). Each xAR kind runs twice on the
+  same model: the whole-sequence recompute (`next_x.sample`) and the KV cache
+  (`next_x.sample_cached`), the latter's note giving its speed-up."""
   from flax import nnx
   from jaxtok.generators import himar as himar_lib
   from jaxtok.generators import mar as mar_lib
@@ -1358,13 +1360,15 @@ def next_x_suite(args) -> list[tuple[str, str, float, str]]:
   rows = Rows()
   case = f"64 tokens x 16 dims (8 x 8), batch {b}, 4x256, {steps} flow steps"
 
-  def timed(name, model, run, passes):
+  def timed(name, model, run, passes, recompute=None):
     graphdef, params = nnx.split(model)
     fn = jax.jit(lambda p, r: run(nnx.merge(graphdef, p), r))
     stage(f"next_x: {name}")
     t = time_call(lambda: fn(params, jax.random.key(0)), reps, jax.block_until_ready)
+    note = "" if recompute is None else f"; {recompute / t:.2f}x the recompute's speed"
     rows.append((case, name, t * 1e3, f"{b * n / t:.0f} tokens/s; {passes} transformer passes "
-                 f"per image"))
+                 f"per image{note}"))
+    return t
 
   def mar_head(model):
     return flow.flip_time(lambda x, t, z: model.head(x, jnp.full((x.shape[0],), t), z))
@@ -1379,9 +1383,13 @@ def next_x_suite(args) -> list[tuple[str, str, float, str]]:
     e = x.layout.num_entities
     label = f"xAR {kind}" + (f" {k}x{k}" if kind == "cell" else f" stride {k}" if kind == "subsample"
                              else "") + f", {e} entities"
-    timed(label, x, lambda model, r: next_x.sample(
+    full = timed(label, x, lambda model, r: next_x.sample(
         r, model.velocity, batch=b, entity_ids=model.entity_ids, token_dim=d, steps=steps),
         e * steps)
+    # The same model through the KV cache: each flow step over one entity, one prefill per entity.
+    timed(label + ", KV cache", x, lambda model, r: next_x.sample_cached(
+        r, model.extend, model.init_cache, batch=b, entity_ids=model.entity_ids, token_dim=d,
+        steps=steps), f"{e * steps} entity-sized (+ {e - 1} prefill)", recompute=full)
   hm = himar_lib.HiMAR(token_dim=d, seq_len=n, pivot_factor=4, head_width=256, head_depth=2,
                        rngs=nnx.Rngs(0), **size)
 

@@ -34,6 +34,9 @@ with the prompts' CLIP features:
       --prompt "a photo of an astronaut" --clip_weights open_clip_vit_l14_336.bin \
       --bpe bpe_simple_vocab_16e6.txt.gz --num_samples 4
 
+A D-AR tokenizer (configs/gpt_dar.py) also streams: --previews writes the image after each group
+of tokens (`<out>/previews/<i>.png`, coarse to fine).
+
 Writes `<out>/tokens.npz` (tokens, labels, options),
 `<out>/images/<i>.png` (one per sample; a folder tools/evaluate.py --samples reads for gFID) and
 `<out>/grid.png`.
@@ -94,6 +97,9 @@ flags.DEFINE_integer("head_steps_lower", None, "MAR: flow-head steps at the last
 flags.DEFINE_integer("num_tokens", None, "GPT: generate only this many leading tokens",
                      flag_values=FLAGS)
 flags.DEFINE_bool("use_ema", True, "use EMA weights when kept", flag_values=FLAGS)
+flags.DEFINE_bool("previews", False, "D-AR tokenizers: also write each sample's streaming previews, "
+                  "the image decoded after each group of tokens (<out>/previews/<i>.png, groups "
+                  "left to right; the last is the sample)", flag_values=FLAGS)
 flags.DEFINE_multi_string("prompt", None, "text-to-image generators (maskgen): the caption(s), "
                           "cycled over --num_samples; needs --clip_weights and --bpe",
                           flag_values=FLAGS)
@@ -196,6 +202,17 @@ def sample_from_text(gcfg, graphdef, params, opts, tokenizer, tok_params, tok_lo
   return prompts, tokens, images
 
 
+def dar_previews(tokenizer, params, tokens: np.ndarray) -> np.ndarray:
+  """uint8 [N, G', S, S, 3]: --previews of tokens [N, K] (`tokenizers.dar.preview_fn`), batch i
+  with the key `tokenize_cli.decode_tokens` gives it, so each last preview is the decoded sample."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxtok.tokenizers import dar  # pylint: disable=g-import-not-at-top
+  fn, key, counter = dar.preview_fn(tokenizer), jax.random.key(FLAGS.seed), iter(range(1 << 30))
+  return cli.batched(lambda chunk: img_lib.to_uint8(np.moveaxis(np.asarray(fn(
+      params, jax.numpy.asarray(chunk), jax.random.fold_in(key, next(counter)))), 0, 1)),
+      tokens, FLAGS.batch_size)
+
+
 def main(argv) -> dict:
   cli.parse(FLAGS, argv, __doc__)
   config = FLAGS.config
@@ -227,6 +244,9 @@ def main(argv) -> dict:
     tok_cfg = tok_info.get("config")
   tokenizer, tok_params, tok_loaded = checkpoints.load_tokenizer(tok_cfg, tok_ckpt, flag="--tokenizer_checkpoint",
                                                         config_flag="--tokenizer_config")
+  if FLAGS.previews and tok_loaded["model_config"].get("name") != "dar":
+    raise ValueError(f"--previews needs a D-AR tokenizer (its decoder streams one image per group "
+                     f"of tokens), got {tok_loaded['model_config'].get('name')!r}")
   seq_len = int(gcfg.seq_len)
   if tokenizer.max_tokens is not None and seq_len > tokenizer.max_tokens:
     raise ValueError(f"the generator makes {seq_len} tokens, the tokenizer decodes at most "
@@ -268,8 +288,13 @@ def main(argv) -> dict:
     img_lib.save_png(os.path.join(out, "images", f"{i:05d}.png"), image)
   img_lib.save_png(os.path.join(out, "grid.png"), img_lib.grid(decoded),
                    scale=max(1, 64 // decoded.shape[1]))
+  previews = dar_previews(tokenizer, tok_params, tokens) if FLAGS.previews else None
+  for i, strip in enumerate(previews if previews is not None else []):
+    img_lib.save_png(os.path.join(out, "previews", f"{i:05d}.png"),
+                     img_lib.grid(strip, columns=len(strip)), scale=max(1, 64 // strip.shape[1]))
   print(f"{len(tokens)} samples ({gcfg.name}, tokens {tokens.shape}) -> {out}", flush=True)
-  return {"tokens": tokens, "labels": labels, "images": decoded, "out": out, "prompts": prompts}
+  return {"tokens": tokens, "labels": labels, "images": decoded, "out": out, "prompts": prompts,
+          "previews": previews}
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@
            the dequantized latents float32 [B, N, D];
   cubid    jaxtok.samplers.cubid over the [N, D] cube of level indices (MaskGIT steps, confidence
            choice); returns the dequantized latents float32 [B, N, D].
-  xar      jaxtok.samplers.next_x: entity by entity, `steps` flow steps each (default 40).
+  xar      jaxtok.samplers.next_x: entity by entity, `steps` flow steps each (default 40), each step
+           over the current entity against the KV cache of the clean context (`sample_cached`).
   himar    jaxtok.samplers.himar: MAR's loop over the pivots (4 x their grid side iterations),
            then over the dense tokens (`steps`), the scale-aware head told the phase; DiSA as mar.
   resgen, binary_diffusion, binary_ar   the generator module's own `generate(model, rng, labels,
@@ -286,11 +287,12 @@ def _xar(model, rng, labels, opts: Options):
   from jaxtok.samplers import next_x  # pylint: disable=g-import-not-at-top
   _whole_grid(model, opts, "xar")
   guided = _guided(model, opts)
-  seq = next_x.sample(rng, model.velocity, batch=labels.shape[0], entity_ids=model.entity_ids,
-                      token_dim=model.token_dim, steps=opts.steps or 40, cond=labels,
-                      uncond=jnp.full_like(labels, -1) if guided else None,
-                      cfg_scale=opts.cfg_scale, cfg_schedule=opts.cfg_schedule or "linear",
-                      cfg_power=opts.cfg_power, temperature=opts.temperature)
+  seq = next_x.sample_cached(rng, model.extend, model.init_cache, batch=labels.shape[0],
+                             entity_ids=model.entity_ids, token_dim=model.token_dim,
+                             steps=opts.steps or 40, cond=labels,
+                             uncond=jnp.full_like(labels, -1) if guided else None,
+                             cfg_scale=opts.cfg_scale, cfg_schedule=opts.cfg_schedule or "linear",
+                             cfg_power=opts.cfg_power, temperature=opts.temperature)
   return model.tokens_from_sequence(seq)
 
 

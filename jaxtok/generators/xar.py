@@ -15,6 +15,12 @@ noisy at independent levels; the loss is the mean squared velocity error over al
 inference the context is the generated (clean) entities at t = 0 (`samplers.next_x`), which the
 model has seen as the low-noise end of its training contexts.
 
+KV cache (`init_cache`, `extend`; `samplers.next_x.sample_cached`): under the block-causal mask the
+keys/values of generated entities depend only on those clean entities, so they are computed once
+(one `extend` of each finished entity at t = 0) and every flow step of the next entity runs only its
+own tokens against them, as the release's sampler does (`update_cache`); the context stays clean, as
+there (no re-noising at inference).
+
 `noisy_context=False` is the teacher-forcing ablation: one pass over [clean copy; noisy copy] of the
 sequence with `teacher_forcing_mask` (noisy entity e sees the clean entities < e and itself), the
 loss on the noisy copy only. With entity "token" this is next-token flow AR with a causal
@@ -116,17 +122,25 @@ class XAR(nnx.Module):
     labels = jnp.asarray(labels, jnp.int32)
     return jnp.where(labels < 0, self.null_id, labels)
 
-  def _features(self, x_seq, t_seq, cls, mask):
-    """Velocity [B, T', D] float32 of inputs [B, T', D] at times [B, T'] under a [T', T'] mask."""
+  def _embed(self, x_seq, t_seq, cls, pos):
+    """Block inputs [B, T', W] and per-position AdaLN conditions [B, T', W] (compute dtype) of
+    tokens [B, T', D] at times [B, T'] with position embeddings pos [T', W]."""
     b, n, _ = x_seq.shape
-    pos = self.pos_embedding.get_value()
-    pos = jnp.concatenate([pos] * (n // pos.shape[0]), axis=0)
     x = self.token_in(x_seq.astype(jnp.float32)) + pos
     temb = timestep_embedding(t_seq.reshape(-1), _FREQ)
     temb = self.time_out(jax.nn.silu(self.time_in(temb))).reshape(b, n, -1)
     c = temb + self.class_embed(cls)[:, None]
-    h = self.blocks(x.astype(self.dtype), mask=jnp.asarray(mask), cond=c.astype(self.dtype))
+    return x.astype(self.dtype), c.astype(self.dtype)
+
+  def _head(self, h):
     return self.out(self.norm(h)).astype(jnp.float32)
+
+  def _features(self, x_seq, t_seq, cls, mask):
+    """Velocity [B, T', D] float32 of inputs [B, T', D] at times [B, T'] under a [T', T'] mask."""
+    pos = self.pos_embedding.get_value()
+    pos = jnp.concatenate([pos] * (x_seq.shape[1] // pos.shape[0]), axis=0)
+    x, c = self._embed(x_seq, t_seq, cls, pos)
+    return self._head(self.blocks(x, mask=jnp.asarray(mask), cond=c))
 
   def velocity(self, x_seq: jax.Array, t_seq: jax.Array, labels=None) -> jax.Array:
     """Velocity eps - x [B, T, D] float32 for the entity sequence x_seq [B, T, D] at per-position
@@ -149,6 +163,33 @@ class XAR(nnx.Module):
     out = self._features(x, t, self.class_ids(labels, b),
                          entities.teacher_forcing_mask(self.entity_ids))
     return out[:, self.layout.length:]
+
+  def init_cache(self, batch: int):
+    """Zeroed KV cache of every layer over the T sequence positions (k, v [batch, H, T, E] per
+    layer, the compute dtype; an opaque pytree for `extend`)."""
+    return self.blocks.init_cache(batch, self.layout.length)
+
+  def extend(self, x: jax.Array, t: jax.Array, start, cache, labels=None):
+    """One entity against the KV cache: (velocity float32 [B, L, D], new cache).
+
+    x [B, L, D] are the tokens of sequence positions start..start+L-1 (one whole entity; start int,
+    may be traced) at times t [B, L]; the cache holds the keys/values of positions < start (the
+    clean context, written by earlier calls at t = 0). The entity's positions see those slots and
+    each other, exactly the rows of `velocity`'s block-causal mask for this entity, so the result
+    equals `velocity` on the whole sequence at these positions (tested). The returned cache also
+    holds x's keys/values at start..start+L-1: keep it after a call on the clean entity at t = 0
+    (the prefill of the context of later entities), drop it after a flow step.
+    """
+    b, n, d = x.shape
+    if d != self.token_dim or n > self.layout.length:
+      raise ValueError(f"x must be [B, L <= {self.layout.length}, {self.token_dim}], got "
+                       f"{tuple(x.shape)}")
+    pos = jax.lax.dynamic_slice_in_dim(self.pos_embedding.get_value(), start, n, axis=0)
+    h, c = self._embed(x, t, self.class_ids(labels, b), pos)
+    # Slots written so far: the context (< start) and this entity; later slots hold stale values.
+    seen = (jnp.arange(self.layout.length) < start + n)[None, :]
+    h, cache = self.blocks.extend(h, cache, start, mask=seen, causal=False, cond=c)
+    return self._head(h), cache
 
   def tokens_from_sequence(self, seq: jax.Array) -> jax.Array:
     """Entity sequence [B, T, D] -> grid tokens [B, N, D]."""

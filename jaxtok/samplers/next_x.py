@@ -1,24 +1,41 @@
 """Next-X generation (xAR, Ren et al. 2025): entity by entity, each entity a whole flow integration
-conditioned on the entities generated before it; the whole loop is one `lax.scan` inside a jit.
+conditioned on the entities generated before it; the whole loop is `lax.scan`s inside a jit.
 
-B: batch, T: sequence positions, E: entities, D: token dimension. Callable:
+Two paths with the same result (tested to float32 round-off):
+  `sample_cached` (the default, what `eval.generate` runs): the clean context of the entities
+    generated so far is fixed while entity e integrates, so its keys/values live in a KV cache.
+    Each flow step runs only entity e's L_e tokens against the cache; once entity e is done, one
+    call on its clean tokens at t = 0 writes its keys/values (the release's sampler does the same:
+    its first flow step of entity e also appends entity e - 1's clean keys/values to the cache).
+    A sample costs E * steps entity-sized calls plus E - 1 entity-sized prefills, instead of
+    E * steps calls on the whole T-position sequence.
+  `sample` (the reference): every flow step recomputes the whole sequence.
+
+B: batch, T: sequence positions, E: entities, L: tokens of one entity, D: token dimension.
+Callables:
   ``velocity_fn(x float32 [B', T, D], t float32 [B', T], cond) -> v [B', T, D]`` in the FlowHead
     convention (t = 1 noise, v = eps - x; `jaxtok.generators.xar.XAR.velocity` with cond = labels),
     block-causal at entity granularity (positions of entity e read only entities <= e).
   ``entity_ids``: int [T], the entity of each position (non-decreasing, 0..E-1).
+  ``extend_fn(x float32 [B', L, D], t float32 [B', L], start, cache, cond) -> (v [B', L, D],
+    cache)`` (`sample_cached`; `XAR.extend`): the velocity of one entity at positions
+    start..start+L-1 given the cache of positions < start, and the cache with x's keys/values
+    written; ``init_cache(batch) -> cache``.
 
 AR step e (of E): positions of entities < e hold the generated tokens at time 0 (clean context, as
 the release's sampler caches them), entity e starts from ``temperature`` * N(0, 1) noise and is
 integrated by `flow.sample` (Euler or Heun, ``steps`` steps, ``shift``) from t = 1 to t = 0;
 positions of later entities hold zeros, which the mask keeps from every position that matters.
-Each flow step calls ``velocity_fn`` once on the whole sequence (twice per Heun step; guidance runs
-cond and uncond as one doubled batch), so a sample costs E * steps calls with Euler.
+The reference calls ``velocity_fn`` once per flow step on the whole sequence (twice per Heun step;
+guidance runs cond and uncond as one doubled batch, the cached path's cache holding both halves),
+so a sample costs E * steps calls with Euler.
 
 Guidance: ``u + s (c - u)`` on the velocity at scale ``guidance.scale_at(cfg_schedule, cfg_scale,
 r_e)`` with r_e = e / (E - 1) (the release: linear from 1 at the first entity to the full scale
 at the last). The release integrates an SDE (Euler-Maruyama); this sampler integrates the ODE.
 
-Keys: entity e's starting noise from ``fold_in(rng, e)``.
+Keys: entity e's starting noise from ``fold_in(rng, e)`` (drawn for the whole [B, T, D] sequence and
+read at e's positions, so both paths start every entity from the same noise).
 """
 import jax
 import jax.numpy as jnp
@@ -37,17 +54,39 @@ def check_entity_ids(entity_ids) -> np.ndarray:
   return ids.astype(np.int32)
 
 
-def sample(rng, velocity_fn, *, batch, entity_ids, token_dim, steps, method="euler", shift=1.0,
-           cond=None, uncond=None, cfg_scale=1.0, cfg_schedule="linear", cfg_power=1.0,
-           temperature=1.0):
-  """Generates the entity sequence float32 [B, T, D] (steps: flow steps per entity)."""
+def _check(batch, entity_ids, token_dim, steps, temperature, cfg_schedule, cfg_scale):
+  """The checked entity ids int32 [T]."""
   _checks.positive_int("batch", batch)
   _checks.positive_int("token_dim", token_dim)
   _checks.positive_int("steps", steps)
   _checks.temperature(temperature)
   guidance.check_schedule(cfg_schedule)
   guidance.check_scale(cfg_scale)
-  ids_np = check_entity_ids(entity_ids)
+  return check_entity_ids(entity_ids)
+
+
+def runs(entity_ids) -> list[tuple[int, int, int, int]]:
+  """Maximal runs of consecutive entities of one size in checked ids [T]: (first entity, entities,
+  tokens per entity L, first position), so each run scans with static shapes (one run for every
+  kind but "scale", whose entities grow)."""
+  sizes = np.bincount(entity_ids)
+  starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+  out = []
+  for e, size in enumerate(sizes):
+    if out and out[-1][2] == size:
+      first, count, _, pos = out[-1]
+      out[-1] = (first, count + 1, int(size), pos)
+    else:
+      out.append((e, 1, int(size), int(starts[e])))
+  return out
+
+
+def sample(rng, velocity_fn, *, batch, entity_ids, token_dim, steps, method="euler", shift=1.0,
+           cond=None, uncond=None, cfg_scale=1.0, cfg_schedule="linear", cfg_power=1.0,
+           temperature=1.0):
+  """The reference path (whole-sequence recompute at every flow step): the entity sequence
+  float32 [B, T, D] (steps: flow steps per entity)."""
+  ids_np = _check(batch, entity_ids, token_dim, steps, temperature, cfg_schedule, cfg_scale)
   num = int(ids_np[-1]) + 1
   ids = jnp.asarray(ids_np)
   shape = (batch, ids_np.size, token_dim)
@@ -75,3 +114,44 @@ def sample(rng, velocity_fn, *, batch, entity_ids, token_dim, steps, method="eul
 
   seq, _ = jax.lax.scan(body, jnp.zeros(shape, jnp.float32), jnp.arange(num, dtype=jnp.int32))
   return seq
+
+
+def sample_cached(rng, extend_fn, init_cache, *, batch, entity_ids, token_dim, steps,
+                  method="euler", shift=1.0, cond=None, uncond=None, cfg_scale=1.0,
+                  cfg_schedule="linear", cfg_power=1.0, temperature=1.0):
+  """The KV-cached path: the same entity sequence float32 [B, T, D] as `sample` (same keys, same
+  guidance), with flow steps over one entity's tokens only. Under guidance the cache holds the
+  doubled batch [cond; uncond], whose contexts differ through the class embedding."""
+  ids_np = _check(batch, entity_ids, token_dim, steps, temperature, cfg_schedule, cfg_scale)
+  num = int(ids_np[-1]) + 1
+  shape = (batch, ids_np.size, token_dim)
+  doubled = uncond is not None
+  pair = (lambda a: guidance.concat_batch(a, a)) if doubled else (lambda a: a)
+  context_cond = guidance.concat_batch(cond, uncond) if doubled else cond
+  cache = init_cache(batch * (2 if doubled else 1))
+  pieces = []
+  for first, count, size, pos in runs(ids_np):
+
+    def body(cache, e, first=first, size=size, pos=pos):
+      start = pos + (e - first) * size
+
+      def field(x, s, c):  # flow's convention (s = 0 noise): dx/ds = -v(x, t = 1 - s)
+        v, _ = extend_fn(x, jnp.broadcast_to(1.0 - s, x.shape[:2]), start, cache, c)
+        return -jnp.asarray(v, jnp.float32)
+
+      noise = jax.random.normal(jax.random.fold_in(rng, e), shape)
+      x0 = temperature * jax.lax.dynamic_slice_in_dim(noise, start, size, axis=1)
+      scale = guidance.scale_at(cfg_schedule, cfg_scale, e / max(num - 1, 1), cfg_power)
+      new = flow.sample(field, x0, cond, steps=steps, method=method, shift=shift, uncond=uncond,
+                        cfg_scale=scale)
+
+      def prefill(cache):  # the clean entity at t = 0: context of every later entity
+        x = pair(new)
+        return extend_fn(x, jnp.zeros(x.shape[:2], jnp.float32), start, cache, context_cond)[1]
+
+      cache = jax.lax.cond(e < num - 1, prefill, lambda c: c, cache)
+      return cache, new
+
+    cache, ents = jax.lax.scan(body, cache, jnp.arange(first, first + count, dtype=jnp.int32))
+    pieces.append(ents.transpose(1, 0, 2, 3).reshape(batch, count * size, token_dim))
+  return jnp.concatenate(pieces, axis=1)

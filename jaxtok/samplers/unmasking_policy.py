@@ -20,6 +20,10 @@ nfe_penalty * (model calls); group-relative advantages A = (r - mean_group) / (s
 loss = -mean(A * log pi(actions)), log pi summed over steps and masked positions. One gradient
 step per batch of fresh on-policy rollouts, so GRPO's importance ratio is 1 and its clipping is
 inactive; the KL penalty to a reference policy is omitted.
+
+Training (`train`): `updates` GRPO steps in one `lax.scan` (pure and jit-able: the policy's
+parameters and optax state in, trained parameters and per-update metrics out), update i on fresh
+rollouts from ``fold_in(rng, i)``, the denoiser frozen (only the policy's parameters get gradients).
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
 
 from jaxtok.nn.block import Block
@@ -109,3 +114,29 @@ def grpo_loss(policy: UnmaskingPolicy, rng, logits_fn: Callable, reward_fn: Call
   reward = reward_fn(out.tokens) - nfe_penalty * out.calls
   adv = jax.lax.stop_gradient(group_advantages(reward, group))
   return -jnp.mean(adv * out.log_prob), {"reward": reward.mean(), "calls": out.calls.mean()}
+
+
+def train(rng, graphdef, params, optimizer: optax.GradientTransformation, opt_state,
+          logits_fn: Callable, reward_fn: Callable, prompts, *, updates: int, mask_id: int,
+          group: int, max_steps: int, nfe_penalty: float = 0.0):
+  """`updates` GRPO steps of the policy (graphdef, params) with `optimizer` from `opt_state`.
+
+  Returns (params, opt_state, metrics) with metrics {loss, reward, calls} float32 [updates] (the
+  mean reward and model calls of each update's own rollouts, before its step). Pure: jit it with
+  graphdef, optimizer, the callables and the keyword arguments static (closed over).
+  """
+  _checks.positive_int("updates", updates)
+  _checks.positive_int("group", group)
+
+  def step(carry, i):
+    params, opt_state = carry
+    loss_fn = lambda p: grpo_loss(nnx.merge(graphdef, p), jax.random.fold_in(rng, i), logits_fn,
+                                  reward_fn, prompts, mask_id=mask_id, group=group,
+                                  max_steps=max_steps, nfe_penalty=nfe_penalty)
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    delta, opt_state = optimizer.update(grads, opt_state, params)
+    return (optax.apply_updates(params, delta), opt_state), dict(metrics, loss=loss)
+
+  (params, opt_state), metrics = jax.lax.scan(step, (params, opt_state),
+                                              jnp.arange(updates, dtype=jnp.int32))
+  return params, opt_state, metrics

@@ -315,6 +315,20 @@ def previews(model: DAR, tokens: jax.Array, noise: jax.Array) -> jax.Array:
   return jnp.stack(out)
 
 
+def preview_fn(tokenizer):
+  """A jitted fn(params, tokens int [B, g' K/G], rng) -> `previews` float32 [G', B, S, S, 3] for a
+  Tokenizer built from a D-AR config, from the noise the facade's `decode(params, tokens, rng)`
+  draws (so the last preview is that decode; the facade's decode returns one image only)."""
+  graphdef = tokenizer.graphdef
+
+  @jax.jit
+  def fn(params, tokens, rng):
+    model = nnx.merge(graphdef, params)
+    return previews(model, tokens, model._noise(tokens.shape[0], rng, None))  # pylint: disable=protected-access
+
+  return fn
+
+
 _FIELDS = ("image_size", "patch_size", "enc_width", "enc_depth", "token_width", "token_depth",
            "dec_width", "dec_depth", "head_dim", "mlp_ratio", "num_tokens", "num_groups",
            "num_steps", "fsq_levels", "time_shift")
