@@ -1617,8 +1617,10 @@ def cross_suite(args) -> list[tuple[str, str, float, str]]:
   def recompute(state):
     m = nnx.merge(dg, state)
     mask = jnp.tril(jnp.ones((n, n), bool))
-    def body(_, i):  # the full prefix (masked to <= i) and the context's keys/values again
-      return None, jax.lax.dynamic_index_in_dim(m(seq, mask=mask, context=ctx), i, axis=1,
+    def body(_, i):  # the prefix (inputs after i zeroed, so XLA cannot hoist the call out of the
+      # loop) and the context's keys/values again, every step
+      prefix = jnp.where((jnp.arange(n) <= i)[None, :, None], seq, 0.0)
+      return None, jax.lax.dynamic_index_in_dim(m(prefix, mask=mask, context=ctx), i, axis=1,
                                                 keepdims=False)
     return jax.lax.scan(body, None, jnp.arange(n))[1]
 
