@@ -1617,6 +1617,75 @@ def maskgen_kl_suite(args) -> list[tuple[str, str, float, str]]:
   return rows
 
 
+def cross_suite(args) -> list[tuple[str, str, float, str]]:
+  """Cross-attention in the shared Block: D-AR's velocity network (256 patches, a group of 32
+  conditions; width 128, 2 layers, batch 4) with cross="ada" beside the in-context layout it
+  replaced (AdaLN blocks over [patches; conditions]); then decoding 64 tokens with a causal
+  cross="residual" stack reading a 77-token context: KV cache with the context's keys/values
+  computed once, against recomputing prefix and context at every step."""
+  from flax import nnx
+  from jaxtok.nn.block import Block
+  from jaxtok.nn.rope import grid_positions
+  from jaxtok.nn.stack import Stack
+
+  rows = Rows()
+  b, width, depth, heads, p, g = args.batch or 4, 128, 2, 4, 256, 32
+  reps = max(1, args.repeats // 2)
+  rs = np.random.default_rng(0)
+  x = jnp.asarray(rs.standard_normal((b, p, width)), jnp.float32)
+  c = jnp.asarray(rs.standard_normal((b, g, width)), jnp.float32)
+  t = jnp.asarray(rs.standard_normal((b, width)), jnp.float32)
+
+  def built(**block):
+    make = lambda r: Block(width, heads, mlp_hidden=4 * width, norm_eps=1e-6, rngs=r, **block)
+    return nnx.split(Stack(depth, make, rngs=nnx.Rngs(0)))
+
+  stage("cross: D-AR velocity stacks")
+  cg, cp = built(adaln=True, cross="ada", context_mlp="silu", mlp="silu", rope="2d")
+  pos = grid_positions(16, 16)
+  run_cross = jax.jit(lambda s: nnx.merge(cg, s)(x, cond=t, context=c, positions=pos))
+  ig, ip = built(adaln=True, ada_segments=2)
+  run_cat = jax.jit(lambda s: nnx.merge(ig, s)(jnp.concatenate([x, c], axis=1), cond=t,
+                                               segments=(p, g))[:, :p])
+  for name, fn, params in (("cross-attention to the group (cross='ada')", run_cross, cp),
+                           ("in-context [patches; group] self-attention", run_cat, ip)):
+    ms = time_call(lambda: fn(params), reps, jax.block_until_ready) * 1e3
+    rows.append((f"D-AR velocity {p} patches + {g} conditions, {depth}x{width}, batch {b}", name, ms,
+                 f"{b / ms * 1e3:.0f} calls/s"))
+
+  stage("cross: cached decoding against a context")
+  n, s_ctx = 64, 77
+  dg, dp = built(cross="residual", rope="1d")
+  ctx = jnp.asarray(rs.standard_normal((b, s_ctx, width)), jnp.float32)
+  seq = jnp.asarray(rs.standard_normal((b, n, width)), jnp.float32)
+
+  @jax.jit
+  def cached(state):
+    m = nnx.merge(dg, state)
+    def body(cache, i):
+      y, cache = m.extend(jax.lax.dynamic_slice_in_dim(seq, i, 1, axis=1), cache, i)
+      return cache, y[:, 0]
+    return jax.lax.scan(body, m.init_cache(b, n, context=ctx), jnp.arange(n))[1]
+
+  @jax.jit
+  def recompute(state):
+    m = nnx.merge(dg, state)
+    mask = jnp.tril(jnp.ones((n, n), bool))
+    def body(_, i):  # the prefix (inputs after i zeroed, so XLA cannot hoist the call out of the
+      # loop) and the context's keys/values again, every step
+      prefix = jnp.where((jnp.arange(n) <= i)[None, :, None], seq, 0.0)
+      return None, jax.lax.dynamic_index_in_dim(m(prefix, mask=mask, context=ctx), i, axis=1,
+                                                keepdims=False)
+    return jax.lax.scan(body, None, jnp.arange(n))[1]
+
+  for name, fn in (("KV cache, context keys/values once", cached),
+                   ("recompute prefix + context each step", recompute)):
+    ms = time_call(lambda: fn(dp), reps, jax.block_until_ready) * 1e3
+    rows.append((f"decode {n} tokens, {s_ctx}-token context, {depth}x{width}, batch {b}", name, ms,
+                 f"{b * n / ms * 1e3:.0f} tokens/s"))
+  return rows
+
+
 SUITES = {"quantizers": quantizer_suite, "tokenizers": tokenizer_suite, "train": train_suite,
           "samplers": sampler_suite, "data": data_suite,
           "official": official_suite,
@@ -1630,6 +1699,7 @@ SUITES = {"quantizers": quantizer_suite, "tokenizers": tokenizer_suite, "train":
           "resgen": resgen_suite,
           "semantic": semantic_suite,
           "maskgen_kl": maskgen_kl_suite,
+          "cross": cross_suite,
           }
 
 

@@ -17,7 +17,8 @@ shared parts:
                 embeddings[:V]^T (the head is tied to the token table).
 
 Each stream of a JointBlock is a shared `nn.Block` (adaln=True) whose parts run the MM-DiT order;
-the joint attention is `nn.attention.attend` over the two streams' q, k, v (no new attention).
+the joint attention is `nn.attention.attend` over the two streams' q, k, v (no new attention),
+through the public `Block.modulation`, `Attention.project` and `Attention.output`.
 
 Training (`loss`): per sample u ~ U(0, 1), n = max(1, round(K arccos(u) / (pi/2))) positions masked
 (`bert.random_mask`), cross-entropy with label smoothing 0.1 on masked tokens and weight 0.1 on the
@@ -90,8 +91,8 @@ class JointBlock(nnx.Module):
 
   def __call__(self, x: jax.Array, c: jax.Array, p: jax.Array):
     bx = self.image
-    gx_msa, gx_mlp, shx_msa, scx_msa, shx_mlp, scx_mlp = bx._modulation(p, None, x.shape[1])
-    qx, kx, vx = bx.attn._qkv(_modulated(bx.norm1, x, shx_msa, scx_msa), None)
+    gx_msa, gx_mlp, shx_msa, scx_msa, shx_mlp, scx_mlp = bx.modulation(p, None, x.shape[1])
+    qx, kx, vx = bx.attn.project(_modulated(bx.norm1, x, shx_msa, scx_msa))
     if self.context_pre_only:
       scale, shift = jnp.split(self.context_ada(jax.nn.silu(p)), 2, axis=-1)
       hc = _modulated(self.context_norm, c, shift[:, None], scale[:, None])
@@ -99,16 +100,16 @@ class JointBlock(nnx.Module):
       qc, kc, vc = jnp.moveaxis(self.context_qkv(hc).reshape(b, t, 3, self.heads, -1), 2, 0)
     else:
       bc = self.context
-      gc_msa, gc_mlp, shc_msa, scc_msa, shc_mlp, scc_mlp = bc._modulation(p, None, c.shape[1])
-      qc, kc, vc = bc.attn._qkv(_modulated(bc.norm1, c, shc_msa, scc_msa), None)
+      gc_msa, gc_mlp, shc_msa, scc_msa, shc_mlp, scc_mlp = bc.modulation(p, None, c.shape[1])
+      qc, kc, vc = bc.attn.project(_modulated(bc.norm1, c, shc_msa, scc_msa))
     cat = lambda a, b: jnp.concatenate([a, b.astype(a.dtype)], axis=1)
     y = attend(cat(qx, qc), cat(kx, kc), cat(vx, vc), implementation=bx.attn.implementation)
     k = x.shape[1]
-    x = x + gx_msa * bx.attn._out(y[:, :k])
+    x = x + gx_msa * bx.attn.output(y[:, :k])
     x = x + gx_mlp * bx.mlp(_modulated(bx.norm2, x, shx_mlp, scx_mlp))
     if self.context_pre_only:
       return x, None
-    c = c + gc_msa * bc.attn._out(y[:, k:])
+    c = c + gc_msa * bc.attn.output(y[:, k:])
     c = c + gc_mlp * bc.mlp(_modulated(bc.norm2, c, shc_mlp, scc_mlp))
     return x, c
 

@@ -24,7 +24,23 @@ contractions, whatever `implementation`): with [B, S, H, E] XLA:CPU transposed t
 of every layer at every decoding step, about half of an AR sampling step at RAR's size
 (benchmarks/RESULTS.md, "Against the originals").
 
-Dimension names: B batch, T query length, S key length, W width, H heads, E head dim.
+Cross-attention: queries from x [B, T, W], keys and values from a context [B, S, Wc].
+  - `Attention(cross=True)` (implied by context_dim = Wc != W) has its own projections q [W, H, E]
+    (+ q_bias [H, E]) and kv [Wc, 2, H, E] (+ kv_bias [2, H, E]) instead of the fused qkv, and
+    needs `context` at every call.
+  - A self-attention (fused qkv) called with `context` [B, S, W] projects x with the q slice
+    and the context with the k, v slices of the same qkv (one set of weights for both, e.g. a
+    pooling probe attending to tokens).
+  `mask` then ranges over context positions (broadcastable to [B, H, T, S]); causal must be False.
+  RoPE rotates q by `positions` and k by `context_positions` only when given (D-AR rotates only
+  the queries of its cross-attention). Cached decoding: `context_kv(context)` computes the
+  context's k, v [B, H, S, E] once; `attend_context(x, kv)` attends to them at every step (no
+  writes: the context does not grow).
+Public pieces for models that wire attention themselves (MM-DiT's joint attention):
+`project(x) -> q, k, v`, `attend` over any q, k, v, then `output(y)`.
+
+Dimension names: B batch, T query length, S key length, W width, Wc context width, H heads,
+E head dim.
 """
 from __future__ import annotations
 
@@ -136,10 +152,13 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: jax.Array | None =
 
 
 class Attention(nnx.Module):
-  """Self-attention x [B, T, W] -> [B, T, W] in the compute dtype.
+  """Self-attention (or cross-attention to a context) x [B, T, W] -> [B, T, W] in the compute dtype.
 
   Args:
     width, num_heads: W and H; head_dim E defaults to W / H.
+    cross: separate q [W, H, E] and kv [Wc, 2, H, E] projections (+ q_bias, kv_bias) for
+      cross-attention to a context [B, S, Wc]; implied by context_dim != width.
+    context_dim: Wc (default W).
     qkv_bias, out_bias: biases of the in- and out-projections.
     qk_norm: None, "layer" or "rms": per-head normalisation of q and k (before RoPE), without
       affine parameters unless qk_norm_affine (then scale [E] per norm, and bias [E] too with
@@ -151,11 +170,13 @@ class Attention(nnx.Module):
     implementation: None, "xla" or "cudnn" (see `attend`).
     dtype: compute dtype; parameters are float32.
     qkv_init, out_init: initializers (default PyTorch MultiheadAttention's xavier-uniform on the
-      fused in-projection, trunc_normal(0.02) out).
+      fused in-projection, or on each of q, k, v for cross; trunc_normal(0.02) out); qkv_init
+      also initialises q and kv of a cross Attention.
   """
 
   def __init__(self, width: int, num_heads: int, *, head_dim: int | None = None,
-               qkv_bias: bool = True, out_bias: bool = True, qk_norm: str | None = None,
+               cross: bool = False, context_dim: int | None = None, qkv_bias: bool = True,
+               out_bias: bool = True, qk_norm: str | None = None,
                qk_norm_affine: bool = False, qk_norm_bias: bool = False, qk_norm_eps: float = 1e-5,
                rope: str | None = None, rope_theta: float = 10000.0, scale: float | None = None,
                implementation=None, dtype=jnp.float32, qkv_init=None, out_init=None,
@@ -168,17 +189,38 @@ class Attention(nnx.Module):
     if rope not in (None,) + rope_lib.KINDS:
       raise ValueError(f"rope must be one of {rope_lib.KINDS} or None, got {rope!r}")
     check_implementation(implementation)
+    if context_dim is not None and (isinstance(context_dim, bool) or not isinstance(context_dim, int)
+                                    or context_dim < 1):
+      raise ValueError(f"context_dim must be None or an int >= 1, got {context_dim!r}")
+    self.cross = bool(cross) or context_dim not in (None, width)
+    self.context_dim = context_dim or width
     self.width, self.num_heads, self.head_dim = width, num_heads, head_dim
     self.rope, self.rope_theta, self.scale = rope, rope_theta, scale
     self.implementation, self.dtype = implementation, dtype
     h, e = num_heads, head_dim
-    qkv_init = qkv_init if qkv_init is not None else xavier_uniform_fused(width, 3)
+    qkv_init = qkv_init if qkv_init is not None or self.cross else xavier_uniform_fused(width, 3)
     out_init = out_init if out_init is not None else trunc_normal(0.02)
     zeros = nnx.initializers.zeros
-    self.qkv = nnx.Param(logical_init(qkv_init, "embed", None, "heads", "kv")(
-        rngs.params(), (width, 3, h, e), jnp.float32))
-    self.qkv_bias = nnx.Param(logical_init(zeros, None, "heads", "kv")(
-        rngs.params(), (3, h, e), jnp.float32)) if qkv_bias else None
+    if self.cross:  # xavier-uniform on q [W, W] and on each of k, v [W, Wc] (torch's k/v_proj_weight)
+      self.qkv = self.qkv_bias = None
+      q_init = qkv_init if qkv_init is not None else nnx.initializers.variance_scaling(
+          1.0, "fan_avg", "uniform", in_axis=0, out_axis=(1, 2))
+      kv_init = qkv_init if qkv_init is not None else nnx.initializers.variance_scaling(
+          1.0, "fan_avg", "uniform", in_axis=0, out_axis=(2, 3), batch_axis=(1,))
+      self.q = nnx.Param(logical_init(q_init, "embed", "heads", "kv")(
+          rngs.params(), (width, h, e), jnp.float32))
+      self.q_bias = nnx.Param(logical_init(zeros, "heads", "kv")(
+          rngs.params(), (h, e), jnp.float32)) if qkv_bias else None
+      self.kv = nnx.Param(logical_init(kv_init, "embed", None, "heads", "kv")(
+          rngs.params(), (self.context_dim, 2, h, e), jnp.float32))
+      self.kv_bias = nnx.Param(logical_init(zeros, None, "heads", "kv")(
+          rngs.params(), (2, h, e), jnp.float32)) if qkv_bias else None
+    else:
+      self.q = self.q_bias = self.kv = self.kv_bias = None
+      self.qkv = nnx.Param(logical_init(qkv_init, "embed", None, "heads", "kv")(
+          rngs.params(), (width, 3, h, e), jnp.float32))
+      self.qkv_bias = nnx.Param(logical_init(zeros, None, "heads", "kv")(
+          rngs.params(), (3, h, e), jnp.float32)) if qkv_bias else None
     self.out = nnx.Param(logical_init(out_init, "heads", "kv", "embed")(
         rngs.params(), (h, e, width), jnp.float32))
     self.out_bias = nnx.Param(logical_init(zeros, "embed")(
@@ -188,39 +230,115 @@ class Attention(nnx.Module):
     self.q_norm = make_norm() if qk_norm else None
     self.k_norm = make_norm() if qk_norm else None
 
-  def _qkv(self, x: jax.Array, positions) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """q, k, v [B, T, H, E] in the compute dtype, normalised and rotated."""
-    dt = self.dtype
-    qkv = jnp.einsum("btw,wche->btche", x.astype(dt), self.qkv.get_value().astype(dt))
-    if self.qkv_bias is not None:
-      qkv = qkv + self.qkv_bias.get_value().astype(dt)
-    q, k, v = (sharding.constrain(qkv[:, :, i], ("act_batch", "act_seq", "act_heads", None))
-               for i in range(3))
-    if self.q_norm is not None:
-      q, k = self.q_norm(q), self.k_norm(k)
-    if self.rope is not None:
-      if positions is None:
-        if self.rope == "2d":
-          raise ValueError("2D RoPE needs positions [T, 2] or [B, T, 2] (e.g. rope.grid_positions)")
-        positions = jnp.arange(x.shape[1])
-      q = rope_lib.apply(q, positions, self.rope, self.rope_theta)
-      k = rope_lib.apply(k, positions, self.rope, self.rope_theta)
-    return q, k, v
+  def project(self, x: jax.Array, positions: jax.Array | None = None, *,
+              context: jax.Array | None = None,
+              context_positions: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """q [B, T, H, E] of x [B, T, W] and k, v [B, T, H, E] of x (or [B, S, H, E] of context
+    [B, S, Wc]), in the compute dtype, qk-normalised and rotated (module docstring)."""
+    if context is None:
+      if self.cross:
+        raise ValueError("a cross Attention needs context [B, S, Wc]")
+      dt = self.dtype
+      qkv = jnp.einsum("btw,wche->btche", x.astype(dt), self.qkv.get_value().astype(dt))
+      if self.qkv_bias is not None:
+        qkv = qkv + self.qkv_bias.get_value().astype(dt)
+      q, k, v = (sharding.constrain(qkv[:, :, i], ("act_batch", "act_seq", "act_heads", None))
+                 for i in range(3))
+      if self.q_norm is not None:
+        q, k = self.q_norm(q), self.k_norm(k)
+      if self.rope is not None:
+        positions = self._positions(positions, x.shape[1])
+        q = rope_lib.apply(q, positions, self.rope, self.rope_theta)
+        k = rope_lib.apply(k, positions, self.rope, self.rope_theta)
+      return q, k, v
+    k, v = self._context_kv(context, context_positions)
+    return self._query(x, positions), k, v
 
-  def _out(self, y: jax.Array) -> jax.Array:
+  def _positions(self, positions, length: int):
+    if positions is None:
+      if self.rope == "2d":
+        raise ValueError("2D RoPE needs positions [T, 2] or [B, T, 2] (e.g. rope.grid_positions)")
+      positions = jnp.arange(length)
+    return positions
+
+  def _in_weights(self):
+    """(wq [W, H, E], bq [H, E] | None, wkv [Wc, 2, H, E], bkv [2, H, E] | None): the separate
+    cross projections, or the slices of the fused qkv."""
+    if self.cross:
+      get = lambda p: None if p is None else p.get_value()
+      return get(self.q), get(self.q_bias), get(self.kv), get(self.kv_bias)
+    qkv, bias = self.qkv.get_value(), None if self.qkv_bias is None else self.qkv_bias.get_value()
+    return qkv[:, 0], None if bias is None else bias[0], qkv[:, 1:], None if bias is None else bias[1:]
+
+  def _query(self, x: jax.Array, positions) -> jax.Array:
+    """q [B, T, H, E] of x [B, T, W] for cross-attention: normalised, rotated by positions."""
+    dt = self.dtype
+    wq, bq, _, _ = self._in_weights()
+    q = jnp.einsum("btw,whe->bthe", x.astype(dt), wq.astype(dt))
+    if bq is not None:
+      q = q + bq.astype(dt)
+    q = sharding.constrain(q, ("act_batch", "act_seq", "act_heads", None))
+    if self.q_norm is not None:
+      q = self.q_norm(q)
+    if self.rope is not None:
+      q = rope_lib.apply(q, self._positions(positions, x.shape[1]), self.rope, self.rope_theta)
+    return q
+
+  def _context_kv(self, context: jax.Array, context_positions) -> tuple[jax.Array, jax.Array]:
+    """k, v [B, S, H, E] of context [B, S, Wc]; k rotated only when context_positions is given."""
+    _, _, wkv, bkv = self._in_weights()
+    if context.ndim != 3 or context.shape[-1] != wkv.shape[0]:
+      raise ValueError(f"context must be [B, S, {wkv.shape[0]}], got {tuple(context.shape)}")
+    dt = self.dtype
+    kv = jnp.einsum("bsw,wche->bsche", context.astype(dt), wkv.astype(dt))
+    if bkv is not None:
+      kv = kv + bkv.astype(dt)
+    k, v = (sharding.constrain(kv[:, :, i], ("act_batch", "act_seq", "act_heads", None))
+            for i in range(2))
+    if self.k_norm is not None:
+      k = self.k_norm(k)
+    if self.rope is not None and context_positions is not None:
+      k = rope_lib.apply(k, context_positions, self.rope, self.rope_theta)
+    return k, v
+
+  def output(self, y: jax.Array) -> jax.Array:
+    """The out-projection of attention outputs y [B, T, H, E]: [B, T, W] in the compute dtype."""
     y = jnp.einsum("bthe,hew->btw", y, self.out.get_value().astype(self.dtype))
     if self.out_bias is not None:
       y = y + self.out_bias.get_value().astype(self.dtype)
     return y
 
   def __call__(self, x: jax.Array, *, mask: jax.Array | None = None, causal: bool = False,
-               positions: jax.Array | None = None) -> jax.Array:
-    """x [B, T, W]; mask bool/additive broadcastable to [B, H, T, T]; positions for RoPE ([T] or
-    [B, T] for 1D, [T, 2] or [B, T, 2] for 2D). Returns [B, T, W] in the compute dtype."""
-    q, k, v = self._qkv(x, positions)
+               positions: jax.Array | None = None, context: jax.Array | None = None,
+               context_positions: jax.Array | None = None) -> jax.Array:
+    """x [B, T, W]; mask bool/additive broadcastable to [B, H, T, T] ([B, H, T, S] with context
+    [B, S, Wc]); positions for RoPE ([T] or [B, T] for 1D, [T, 2] or [B, T, 2] for 2D), and
+    context_positions likewise for the context. Returns [B, T, W] in the compute dtype."""
+    if context is not None and causal:
+      raise ValueError("causal=True needs self-attention; cross-attention takes a mask over the "
+                       "context positions")
+    q, k, v = self.project(x, positions, context=context, context_positions=context_positions)
     y = attend(q, k, v, mask=mask, causal=causal, scale=self.scale,
                implementation=self.implementation)
-    return self._out(y)
+    return self.output(y)
+
+  def context_kv(self, context: jax.Array, *, context_positions: jax.Array | None = None,
+                 dtype=None) -> KVCache:
+    """The context's keys/values k, v [B, H, S, E] (the cache layout; compute dtype unless given),
+    computed once for `attend_context` at every decoding step."""
+    k, v = self._context_kv(context, context_positions)
+    heads_major = lambda t: t.transpose(0, 2, 1, 3).astype(dtype or self.dtype)
+    return KVCache(heads_major(k), heads_major(v))
+
+  def attend_context(self, x: jax.Array, kv: KVCache, *, mask: jax.Array | None = None,
+                     positions: jax.Array | None = None) -> jax.Array:
+    """Cross-attention of x [B, T, W] to precomputed context keys/values kv (`context_kv`):
+    [B, T, W], equal to calling the module with that context (tested). mask over the context
+    positions, broadcastable to [B, H, T, S]; positions rotate the queries under RoPE."""
+    q = self._query(x, positions)
+    y = attend(q, kv.k.astype(q.dtype), kv.v.astype(q.dtype), mask=mask, scale=self.scale,
+               implementation=self.implementation, kv_heads_major=True)
+    return self.output(y)
 
   def init_cache(self, batch: int, length: int, dtype=None) -> KVCache:
     """Zeroed k, v [batch, H, length, E] (compute dtype unless given)."""
@@ -239,12 +357,15 @@ class Attention(nnx.Module):
     tokens of one distance do). RoPE positions default to start + 0..T-1. Returns (y [B, T, W],
     new cache).
     """
+    if self.cross:
+      raise ValueError("extend writes self-attention keys; a cross Attention attends to fixed "
+                       "context keys: use context_kv once, then attend_context")
     if not causal and (mask is None or not jnp.issubdtype(jnp.asarray(mask).dtype, jnp.bool_)):
       raise ValueError(f"extend(causal=False) needs a boolean mask over the cache slots, got "
                        f"{None if mask is None else jnp.asarray(mask).dtype}")
     if positions is None and self.rope == "1d":
       positions = start + jnp.arange(x.shape[1])
-    q, k, v = self._qkv(x, positions)
+    q, k, v = self.project(x, positions)
     heads_major = lambda t, c: t.transpose(0, 2, 1, 3).astype(c.dtype)  # [B, T, H, E] -> [B, H, T, E]
     cache = KVCache(
         jax.lax.dynamic_update_slice_in_dim(cache.k, heads_major(k, cache.k), start, axis=2),
@@ -261,4 +382,4 @@ class Attention(nnx.Module):
       full = jnp.where(seen, jnp.asarray(mask, jnp.float32), jnp.finfo(jnp.float32).min)
     y = attend(q, cache.k.astype(q.dtype), cache.v.astype(q.dtype), mask=full, scale=self.scale,
                implementation=self.implementation, kv_heads_major=True)
-    return self._out(y), cache
+    return self.output(y), cache

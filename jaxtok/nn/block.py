@@ -13,13 +13,33 @@
     per position, cond [B, T, C] (RAR: class embedding + a learned per-position embedding), gives
     every position its own modulation through the same Dense.
 
+Cross-attention to a context [B, S, Wc] (`cross`, pre-norm only; its own `Attention(cross=True)`
+with separate q and kv projections, and its own norm `norm_c`), in one of two orders:
+  "residual": x = x + attn(norm1 x);  x = x + cross_attn(norm_c x, context);  x = x + mlp(norm2 x)
+    (the transformer decoder / PixArt order). With AdaLN the cross branch is not modulated: the
+    condition modulates only the attention and MLP branches, as in DiT-style cross-attention blocks.
+  "ada" (D-AR's SiTBlock, showlab/D-AR `diff_decoder.py`; needs AdaLN and C = W): the cross
+    branch reads x before the self-attention and becomes part of the condition, per position:
+    s = cross_attn(norm_c x, context); (six modulations) = ada(silu(cond + s)); then the modulated
+    attention and MLP branches as above.
+  context_mlp (an `Mlp` kind): each block first maps the context through its own
+    norm_ctx(mlp(context)) with an Mlp Wc -> Wc -> Wc (D-AR's per-block cond_embed + LayerNorm).
+  `context_mask` (bool or additive, broadcastable to [B, H, T, S]) masks context positions. The
+  KV cache of a cross block is a `CrossCache`: the self-attention's KVCache, written step by step,
+  and the context's k, v [B, H, S, E], computed once by `init_cache(..., context=)` and reused by
+  every `extend`.
+
+Public pieces for models that wire the branches themselves (MaskGen's MM-DiT JointBlock):
+`modulation(cond, segments, length)`, `attn.project`, `attn.output`, `norm1`, `norm2`, `mlp`.
+
 The block's output is pinned to (act_batch, act_seq, act_embed).
 
-Dimension names: B batch, T sequence, W width, C condition width.
+Dimension names: B batch, T sequence, S context length, W width, Wc context width, C condition
+width.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +53,15 @@ from jaxtok.nn.mlp import Mlp
 from jaxtok.nn.norm import Norm
 from jaxtok.sharding import logical_init
 
+CROSS_ORDERS = ("residual", "ada")
+
+
+class CrossCache(NamedTuple):
+  """The cache of a cross block: the self-attention's k, v and the context's (both [B, H, S, E];
+  a scanned Stack stacks each along a leading layer axis)."""
+  self_kv: KVCache
+  context: KVCache
+
 
 class Block(nnx.Module):
   """x [B, T, W] -> [B, T, W] in the compute dtype.
@@ -40,13 +69,16 @@ class Block(nnx.Module):
   Args:
     width, num_heads: W and H.
     mlp_hidden: MLP hidden width M; mlp: an `Mlp` kind ("gelu", "gelu_tanh", "quick_gelu",
-      "swiglu"); mlp_bias: MLP biases.
+      "swiglu", "geglu", "silu"); mlp_bias: MLP biases.
     norm: "layer" or "rms"; norm_eps; norm_affine: learned scale (and bias for "layer").
     post_norm: BERT's post-norm order instead of pre-norm.
     adaln: add AdaLN-zero modulation from a condition of width cond_dim (default W), with
       ada_segments modulations per sample.
     layerscale: None, or the initial value of the LayerScale vectors ls1, ls2 [W] (DINOv2: 1.0 in
       its released models, 1e-5 when training from scratch).
+    cross: None, "residual" or "ada": a cross-attention branch to a context (module docstring);
+      context_dim: its width Wc (default W); context_mlp: None or an `Mlp` kind for the per-block
+      context map.
     head_dim, qkv_bias, out_bias, qk_norm, qk_norm_eps, qk_norm_affine, qk_norm_bias, rope,
       rope_theta, scale, implementation, qkv_init, out_init: passed to `Attention`. mlp_init: the
       MLP kernels' initializer.
@@ -57,7 +89,8 @@ class Block(nnx.Module):
                mlp_bias: bool = True, norm: str = "layer", norm_eps: float = 1e-5,
                norm_affine: bool = True, post_norm: bool = False, adaln: bool = False,
                cond_dim: int | None = None, ada_segments: int = 1, layerscale: float | None = None,
-               head_dim: int | None = None,
+               cross: str | None = None, context_dim: int | None = None,
+               context_mlp: str | None = None, head_dim: int | None = None,
                qkv_bias: bool = True, out_bias: bool = True, qk_norm: str | None = None,
                qk_norm_eps: float = 1e-5, qk_norm_affine: bool = False,
                qk_norm_bias: bool = False, rope: str | None = None, rope_theta: float = 10000.0,
@@ -68,7 +101,20 @@ class Block(nnx.Module):
     if layerscale is not None and post_norm:
       raise ValueError(f"LayerScale scales pre-norm branches; post_norm=True cannot take it "
                        f"(layerscale={layerscale!r})")
+    if cross not in (None,) + CROSS_ORDERS:
+      raise ValueError(f"cross must be None or one of {CROSS_ORDERS}, got {cross!r}")
+    if cross is not None and post_norm:
+      raise ValueError(f"cross-attention is a pre-norm branch; post_norm=True cannot take it "
+                       f"(cross={cross!r})")
+    if cross == "ada" and (not adaln or (cond_dim or width) != width):
+      raise ValueError(f"cross='ada' adds the cross-attention output to the AdaLN condition: it "
+                       f"needs adaln=True and cond_dim = width {width}, got adaln={adaln}, "
+                       f"cond_dim={cond_dim}")
+    if cross is None and (context_dim is not None or context_mlp is not None):
+      raise ValueError(f"context_dim / context_mlp need cross, got context_dim={context_dim!r}, "
+                       f"context_mlp={context_mlp!r}")
     self.post_norm, self.ada_segments, self.width = post_norm, ada_segments, width
+    self.cross = cross
     make_norm = lambda: Norm(width, kind=norm, eps=norm_eps, affine=norm_affine, dtype=dtype,
                              rngs=rngs)
     self.norm1 = make_norm()
@@ -87,13 +133,28 @@ class Block(nnx.Module):
         rngs.params(), (width,), jnp.float32))
     self.ls1 = make_ls() if layerscale is not None else None
     self.ls2 = make_ls() if layerscale is not None else None
+    # Created last, so a block without cross draws the same parameters as before it existed.
+    wc = context_dim or width
+    self.norm_c = make_norm() if cross is not None else None
+    self.cross_attn = Attention(
+        width, num_heads, cross=True, context_dim=wc, head_dim=head_dim, qkv_bias=qkv_bias,
+        out_bias=out_bias, qk_norm=qk_norm, qk_norm_eps=qk_norm_eps, qk_norm_affine=qk_norm_affine,
+        qk_norm_bias=qk_norm_bias, rope=rope, rope_theta=rope_theta, scale=scale,
+        implementation=implementation, dtype=dtype, qkv_init=qkv_init, out_init=out_init,
+        rngs=rngs) if cross is not None else None
+    self.context_mlp = Mlp(wc, wc, kind=context_mlp, use_bias=mlp_bias, dtype=dtype,
+                           kernel_init=mlp_init, rngs=rngs) if context_mlp is not None else None
+    self.norm_ctx = Norm(wc, kind=norm, eps=norm_eps, affine=norm_affine, dtype=dtype,
+                         rngs=rngs) if context_mlp is not None else None
 
   @staticmethod
   def _scale(ls, y):
     return y if ls is None else y * ls.get_value().astype(y.dtype)
 
-  def _modulation(self, cond, segments: Sequence[int] | None, length: int):
-    """Six [B, T, W] modulations from cond [B, C] or [B, T, C] (None without AdaLN)."""
+  def modulation(self, cond: jax.Array | None, segments: Sequence[int] | None, length: int):
+    """The six modulations (gate_msa, gate_mlp, shift_msa, scale_msa, shift_mlp, scale_mlp), each
+    [B, T, W] in the compute dtype, from cond [B, C] (per segment: `segments` lengths summing to
+    T = length, None = one) or [B, T, C]; None for a block without AdaLN (then cond must be None)."""
     if self.ada is None:
       if cond is not None:
         raise ValueError("cond given to a block built without adaln")
@@ -114,14 +175,33 @@ class Block(nnx.Module):
     mod = jnp.repeat(mod, np.asarray(segments), axis=1, total_repeat_length=length)
     return jnp.split(mod, 6, axis=-1)
 
-  def _run(self, x: jax.Array, attend: Callable, cond, segments):
-    """The residual branches around attend(h) -> (y, extra); returns (x, extra)."""
+  def _context(self, context: jax.Array | None) -> jax.Array | None:
+    """The context as this block's cross-attention reads it (checked; per-block map if any)."""
+    if self.cross is None:
+      if context is not None:
+        raise ValueError("context given to a block built without cross")
+      return None
+    if context is None:
+      raise ValueError(f"a block with cross={self.cross!r} needs context [B, S, Wc]")
+    if self.context_mlp is not None:
+      context = self.norm_ctx(self.context_mlp(context))
+    return context
+
+  def _run(self, x: jax.Array, attend: Callable, cond, segments, cross: Callable | None = None):
+    """The residual branches around attend(h) -> (y, extra) (and cross(h) -> y, the cross branch);
+    returns (x, extra)."""
     if self.post_norm:
       y, extra = attend(x)
       x = self.norm1(x + y)
       x = self.norm2(x + self.mlp(x))
       return sharding.constrain(x, ("act_batch", "act_seq", "act_embed")), extra
-    mods = self._modulation(cond, segments, x.shape[1])
+    if self.cross == "ada":  # D-AR: the cross output joins the condition, one per position
+      if cond is None or segments is not None:
+        raise ValueError(f"cross='ada' needs cond [B, C] or [B, T, C] and no segments, got cond "
+                         f"{None if cond is None else tuple(cond.shape)}, segments {segments}")
+      s = cross(self.norm_c(x))
+      cond = (cond[:, None] if cond.ndim == 2 else cond) + s
+    mods = self.modulation(cond, segments, x.shape[1])
     h = self.norm1(x)
     if mods is not None:
       g_msa, g_mlp, sh_msa, sc_msa, sh_mlp, sc_mlp = mods
@@ -129,6 +209,8 @@ class Block(nnx.Module):
     y, extra = attend(h)
     y = self._scale(self.ls1, y)
     x = x + (y if mods is None else g_msa * y)
+    if self.cross == "residual":
+      x = x + cross(self.norm_c(x))
     h = self.norm2(x)
     if mods is not None:
       h = h * (1 + sc_mlp) + sh_mlp
@@ -138,17 +220,48 @@ class Block(nnx.Module):
 
   def __call__(self, x: jax.Array, *, mask: jax.Array | None = None, causal: bool = False,
                positions: jax.Array | None = None, cond: jax.Array | None = None,
-               segments: Sequence[int] | None = None) -> jax.Array:
+               segments: Sequence[int] | None = None, context: jax.Array | None = None,
+               context_mask: jax.Array | None = None,
+               context_positions: jax.Array | None = None) -> jax.Array:
     """x [B, T, W]; mask/causal/positions as `Attention`; cond [B, C] (with segments) or [B, T, C]
-    for AdaLN."""
+    for AdaLN; context [B, S, Wc] (with context_mask over its positions, broadcastable to
+    [B, H, T, S], and context_positions for RoPE) for a cross block."""
+    context = self._context(context)
     attend = lambda h: (self.attn(h, mask=mask, causal=causal, positions=positions), None)
-    return self._run(x, attend, cond, segments)[0]
+    cross = lambda h: self.cross_attn(h, mask=context_mask, positions=positions, context=context,
+                                      context_positions=context_positions)
+    return self._run(x, attend, cond, segments, cross)[0]
 
-  def extend(self, x: jax.Array, cache: KVCache, start, *, mask: jax.Array | None = None,
-             positions: jax.Array | None = None, cond: jax.Array | None = None,
-             segments: Sequence[int] | None = None,
-             causal: bool = True) -> tuple[jax.Array, KVCache]:
-    """The block over x [B, T, W] at cache slots start..start+T-1 (see `Attention.extend`)."""
-    attend = lambda h: self.attn.extend(h, cache, start, mask=mask, positions=positions,
+  def init_cache(self, batch: int, length: int, dtype=None, *, context: jax.Array | None = None,
+                 context_positions: jax.Array | None = None) -> KVCache | CrossCache:
+    """The self-attention's zeroed cache of `length` slots; for a cross block a `CrossCache` that
+    also holds the context's keys/values (computed here, once)."""
+    self_kv = self.attn.init_cache(batch, length, dtype)
+    context = self._context(context)
+    if context is None:
+      return self_kv
+    return CrossCache(self_kv, self.cross_attn.context_kv(context, dtype=dtype,
+                                                          context_positions=context_positions))
+
+  def extend(self, x: jax.Array, cache: KVCache | CrossCache, start, *,
+             mask: jax.Array | None = None, positions: jax.Array | None = None,
+             cond: jax.Array | None = None, segments: Sequence[int] | None = None,
+             causal: bool = True, context_mask: jax.Array | None = None):
+    """The block over x [B, T, W] at cache slots start..start+T-1 (see `Attention.extend`); a cross
+    block takes the `CrossCache` of `init_cache(..., context=)` and attends to its fixed context
+    keys/values. Returns (y [B, T, W], new cache)."""
+    if (self.cross is not None) != isinstance(cache, CrossCache):
+      raise ValueError(f"a block with cross={self.cross!r} needs "
+                       f"{'a CrossCache from init_cache(..., context=)' if self.cross else 'a KVCache'}"
+                       f", got {type(cache).__name__}")
+    self_kv = cache.self_kv if self.cross is not None else cache
+    attend = lambda h: self.attn.extend(h, self_kv, start, mask=mask, positions=positions,
                                         causal=causal)
-    return self._run(x, attend, cond, segments)
+    if self.cross is None:
+      return self._run(x, attend, cond, segments)
+    if positions is None and self.cross_attn.rope == "1d":
+      positions = start + jnp.arange(x.shape[1])
+    cross = lambda h: self.cross_attn.attend_context(h, cache.context, mask=context_mask,
+                                                     positions=positions)
+    y, self_kv = self._run(x, attend, cond, segments, cross)
+    return y, CrossCache(self_kv, cache.context)

@@ -5,6 +5,7 @@
   gelu_tanh: down(gelu_tanh(up(x)))               (diffusers' "gelu-approximate": MM-DiT / MaskGen)
   swiglu: down(silu(gate(x)) * up(x))             gate, up [W, M], down [M, W]
   geglu:  down(gelu_tanh(gate(x)) * up(x))        (T5 v1.1 / Flan-T5 "gated-gelu": wi_0, wi_1, wo)
+  silu:   down(silu(up(x)))                       (timm Mlp(act_layer=nn.SiLU): D-AR's decoder)
 GELU is exact (erf) unless approximate=True. Matmuls run in the compute dtype.
 
 Dimension names: W width, M hidden width.
@@ -17,7 +18,7 @@ from flax import nnx
 
 from jaxtok.nn.dense import Dense
 
-KINDS = ("gelu", "swiglu", "quick_gelu", "gelu_tanh", "geglu")
+KINDS = ("gelu", "swiglu", "quick_gelu", "gelu_tanh", "geglu", "silu")
 
 
 class Mlp(nnx.Module):
@@ -42,6 +43,8 @@ class Mlp(nnx.Module):
       h = h * jax.nn.sigmoid(1.702 * h)
     elif self.kind == "geglu":
       h = jax.nn.gelu(self.gate(x), approximate=True) * self.up(x)
+    elif self.kind == "silu":
+      h = jax.nn.silu(self.up(x))
     else:
       h = jax.nn.gelu(self.up(x), approximate=self.approximate or self.kind == "gelu_tanh")
     return self.down(h)

@@ -13,7 +13,10 @@ recompute. Gradients are the same with every policy (tested).
 
 The KV cache of an unrolled stack is a tuple of per-layer `KVCache`s (k, v [B, H, S, E]), each
 updated in place; a scanned stack's is one `KVCache` with k, v [L, B, H, S, E], scanned with the
-blocks. Callers treat it as an opaque pytree from `init_cache`.
+blocks. Callers treat it as an opaque pytree from `init_cache`. Blocks with cross-attention take
+`context=` (and `context_mask=`, `context_positions=`) like any other keyword, passed to every
+block (scanned or not, under any remat policy); their caches are `block.CrossCache`s, made by
+`init_cache(batch, length, context=...)`, which computes every layer's context keys/values once.
 
 `Stack(x, capture=k)` also returns the hidden state after the first k blocks (1 <= k <= L), for
 losses on intermediate features (REPA, GigaTok's semantic regularisation); a scanned stack then runs
@@ -125,7 +128,8 @@ class Stack(nnx.Module):
     return x, None if cache is None else tuple(caches), hidden
 
   def __call__(self, x: jax.Array, *, capture: int | None = None, **kwargs):
-    """x [B, T, W]; keyword arguments (mask, causal, positions, cond, segments) go to every block.
+    """x [B, T, W]; keyword arguments (mask, causal, positions, cond, segments, context,
+    context_mask, context_positions) go to every block.
 
     Returns [B, T, W]; with capture=k (1 <= k <= L) the pair (output, hidden state after block k).
     """
@@ -136,8 +140,17 @@ class Stack(nnx.Module):
     out, _, hidden = self._apply(x, None, None, kwargs, capture)
     return out, hidden
 
-  def init_cache(self, batch: int, length: int, dtype=None) -> KVCache | tuple[KVCache, ...]:
-    """Zeroed caches of `length` slots: per layer k, v [batch, H, length, E] (stacked when scanned)."""
+  def init_cache(self, batch: int, length: int, dtype=None, *, context: jax.Array | None = None,
+                 context_positions: jax.Array | None = None) -> Any:
+    """Zeroed caches of `length` slots: per layer k, v [batch, H, length, E] (stacked when scanned);
+    with context [B, S, Wc] (cross blocks) per layer a `CrossCache` that also holds the context's
+    keys/values [B, H, S, E], computed here once."""
+    kw = dict(context=context, context_positions=context_positions)
+    if context is not None and self.scan_layers:  # each layer's projection of the one context
+      graphdef, state = nnx.split(self.blocks)
+      return jax.vmap(lambda s: nnx.merge(graphdef, s).init_cache(batch, length, dtype, **kw))(state)
+    if context is not None:
+      return tuple(block.init_cache(batch, length, dtype, **kw) for block in self.blocks)
     if self.scan_layers:
       attn = self.blocks.attn
       shape = (self.depth, batch, attn.num_heads, length, attn.head_dim)

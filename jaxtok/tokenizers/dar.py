@@ -16,10 +16,17 @@ Parts (all shared `nn` parts):
             FSQ keeps this module free of codebook state);
   token decoder  the codes' causal transformer (`Stack`, causal) -> per-token conditions; causal,
             so a group's conditions depend only on tokens up to that group (prefix-consistent);
-  velocity  a DiT-style `Stack` of AdaLN blocks over [patches of x_t; the active group's
-            conditions] (in-context conditioning; the release cross-attends from patches to the
-            group's conditions, which `nn.attention` does not offer), AdaLN from the time
-            embedding, a zero-initialised patch head.
+  velocity  the release's `DiffusionCore` of SiT blocks over the patches of x_t: each block
+            (`nn.Block(cross="ada", context_mlp="silu")`) cross-attends from the normalised
+            patches to the active group's conditions (context = LayerNorm(Dense(conditions)),
+            mapped per block by LayerNorm(Linear-SiLU-Linear)), adds that output to the time
+            embedding, and AdaLN-modulates its self-attention and SiLU MLP with the sum, per patch;
+            LayerNorm without affine (eps 1e-6), qk LayerNorm, 2D RoPE on the patch grid (the
+            cross-attention rotates only its queries); LayerNorm and a zero-initialised linear
+            patch head (the released config's mlp_head=false).
+  Left as before (not the release): the encoder and token decoder blocks have no zero-initialised
+  branch gates, qk-norm or SiLU MLP; one time embedding serves all decoder blocks (the release
+  gives each block its own); no REPA branch.
 Decoding any prefix of g' groups runs the same trajectory: steps of groups < g' are those of the
 full decode, and the remaining steps reuse the last available group ("finishing the trajectory
 with the tokens available"); `previews` returns the image after each group from one shared run.
@@ -44,6 +51,7 @@ from jaxtok.nn.dense import Dense
 from jaxtok.nn.embeddings import sincos_2d, timestep_embedding
 from jaxtok.nn.norm import Norm
 from jaxtok.nn.options import model_kwargs
+from jaxtok.nn.rope import grid_positions
 from jaxtok.nn.stack import Stack
 from jaxtok.nn.vit import patchify, unpatchify
 from jaxtok.quantizers import base, fsq
@@ -127,10 +135,10 @@ class DAR(nnx.Module):
     kw = dict(dtype=dtype, rngs=rngs)
     dense = lambda i, o, names, init=_XAVIER: Dense(i, o, names, kernel_init=init, **kw)
 
-    def stack(width, depth, adaln=False):
+    def stack(width, depth, **velocity):
       block = lambda r: Block(width, max(1, width // head_dim), mlp_hidden=int(mlp_ratio * width),
-                              norm_eps=1e-6, adaln=adaln, ada_segments=2 if adaln else 1,
-                              implementation=attention_impl, dtype=dtype, rngs=r)
+                              norm_eps=1e-6, implementation=attention_impl, dtype=dtype, rngs=r,
+                              **velocity)
       return Stack(depth, block, scan_layers=scan_layers, remat=remat, rngs=rngs)
 
     # Encoder.
@@ -144,15 +152,15 @@ class DAR(nnx.Module):
     self.tok_pos = nnx.Param(logical_init(_INIT, None, "embed")(rngs.params(), (num_tokens, token_width)))
     self.tok_stack = stack(token_width, token_depth)
     self.tok_norm = Norm(token_width, kind="layer", eps=1e-6, affine=False, dtype=dtype, rngs=rngs)
-    # Velocity network.
+    # Velocity network (the release's DiffusionCore + SiTBlocks).
     self.cond_in = dense(token_width, dec_width, ("mlp", "embed"))
-    self.group_pos = nnx.Param(logical_init(_INIT, None, "embed")(rngs.params(), (self.group_size, dec_width)))
     self.dec_patch = dense(patch_dim, dec_width, ("patch", "embed"))
     self.time_fc1 = dense(dec_width, dec_width, (None, "embed"))
     self.time_fc2 = dense(dec_width, dec_width, ("mlp", "embed"))
-    self.decoder = stack(dec_width, dec_depth, adaln=True)
+    self.decoder = stack(dec_width, dec_depth, adaln=True, cross="ada", context_mlp="silu",
+                         mlp="silu", norm_affine=False, qk_norm="layer", qk_norm_affine=True,
+                         qk_norm_bias=True, qk_norm_eps=1e-6, rope="2d")
     self.dec_norm = Norm(dec_width, kind="layer", eps=1e-6, affine=False, dtype=dtype, rngs=rngs)
-    self.dec_head_ada = dense(dec_width, 2 * dec_width, ("embed", "mlp"), _ZEROS)
     self.dec_head = dense(dec_width, patch_dim, ("embed", "patch"), _ZEROS)
 
   # ---- pieces
@@ -177,13 +185,10 @@ class DAR(nnx.Module):
     """Velocity float32 [B, S, S, 3] (per unit of t, toward the data) of x_t [B, S, S, 3] at
     shifted times t [B], conditioned on one group's conditions group_cond [B, K/G, Wt]."""
     p = self.dec_patch(patchify(x_t.astype(self.dtype), self.patch_size))
-    p = p + sincos_2d(self.grid, self.grid, p.shape[-1]).astype(p.dtype)
-    c = self.cond_in(group_cond.astype(self.dtype)) + self.group_pos.get_value().astype(self.dtype)
+    c = self.dec_norm(self.cond_in(group_cond.astype(self.dtype)))
     temb = self.time_fc2(jax.nn.silu(self.time_fc1(timestep_embedding(t, p.shape[-1]).astype(self.dtype))))
-    x = self.decoder(jnp.concatenate([p, c], axis=1), cond=temb,
-                     segments=(self.num_patches, self.group_size))
-    shift, scale = jnp.split(self.dec_head_ada(jax.nn.silu(temb))[:, None], 2, axis=-1)
-    out = self.dec_head(self.dec_norm(x[:, :self.num_patches]) * (1.0 + scale) + shift)
+    x = self.decoder(p, cond=temb, context=c, positions=grid_positions(self.grid, self.grid))
+    out = self.dec_head(self.dec_norm(x))
     return unpatchify(out.astype(jnp.float32), self.patch_size, self.grid, self.grid)
 
   def _groups(self, conds: jax.Array) -> jax.Array:

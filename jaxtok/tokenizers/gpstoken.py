@@ -22,10 +22,12 @@ densities, cut-off dmax) -> the VQGAN conv decoder (`nn.conv.Decoder`, z_channel
 Training: train_forward returns recon; the trainer's pixel / perceptual / GAN losses train the whole
 pipeline end to end through the renderer.
 
-Differences from the release (stated, not hidden): the release's Gaussian blocks cross-attend to
-their own RoI features; here the RoI features enter additively and the Gaussians attend to the image
-patches within one self-attention sequence (the shared Block has no cross-attention). RoIAlign
-averages several samples per bin; here one bilinear sample at each bin centre.
+Differences from the release (stated, not hidden): the release (xtudbxk/GPSToken
+`models/attnblock.py`, every version to 372231d) has no cross-attention: each `AttnBlock` adds
+Linear(r*r -> 1) of the Gaussian's own RoI features to its token, then self-attends over the S
+Gaussian tokens only and applies the MLP. Here the RoI features enter once, additively, and the
+Gaussians self-attend together with image patch tokens in one sequence. RoIAlign averages several
+samples per bin; here one bilinear sample at each bin centre.
 
 Generation order (`layout_then_texture` / `from_layout_texture`): GPSToken generates in two stages,
 spatial layout (all Gaussians' geometry) first, then texture conditioned on it. A GPT over GPSToken

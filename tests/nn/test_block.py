@@ -85,7 +85,7 @@ def test_adaln_block_is_identity_at_init_and_modulates_per_segment():
   cond = jax.random.normal(jax.random.key(1), (2, 4))
   np.testing.assert_array_equal(blk(x, cond=cond, segments=(3, 2)), x)  # adaLN-zero
   _randomize(blk)
-  mods = blk._modulation(cond, (3, 2), 5)
+  mods = blk.modulation(cond, (3, 2), 5)
   assert len(mods) == 6 and mods[0].shape == (2, 5, 8)
   np.testing.assert_array_equal(mods[0][:, 0], mods[0][:, 2])  # one modulation per segment
   assert not np.allclose(mods[0][:, 2], mods[0][:, 3])
