@@ -10,6 +10,7 @@ Generators (config.model.name):
   ecar      stage-wise multistage flow, continuous (jaxtok.generators.ecar) e.g. VAE tokens
   maskgen   text-to-image masked (MaskGen-VQ)   (jaxtok.generators.maskgen) TA-TiTok tokens; its
             labels are a text-condition dict (see that module), not class ids
+  flowtok   text <-> image-token flow matching (generators.flowtok): maskgen's label dict, float tokens
   tokenbridge  MAR over dimension-wise quantized VAE tokens, channel-AR head (generators.tokenbridge)
   cubid     masked diffusion over (token, dimension) elements of quantized tokens (generators.cubid)
   xar       next-X flow AR over continuous tokens (jaxtok.generators.xar) e.g. VAE tokens
@@ -57,6 +58,7 @@ GENERATORS = {"gpt": "jaxtok.generators.gpt", "maskgit": "jaxtok.generators.bert
               "binary_diffusion": "jaxtok.generators.binary_diffusion",
               "binary_ar": "jaxtok.generators.binary_ar"}
 GENERATORS.update(tokenbridge="jaxtok.generators.tokenbridge", cubid="jaxtok.generators.cubid")
+GENERATORS.update(flowtok="jaxtok.generators.flowtok")
 
 
 def generator_module(name: str):

@@ -1,0 +1,227 @@
+"""FlowTok: the text <-> image-token flow (oracle exactness both ways), the loss against its written
+definition, the CFG indicator, the refusals, the registries, and a tiny model whose loss falls."""
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxtok.generators import flowtok as F
+
+K, D, C, P, B = 6, 3, 8, 5, 4
+CONFIG = dict(name="flowtok", token_dim=D, seq_len=K, text_dim=C, pooled_dim=P, direction="t2i",
+              width=16, depth=1, heads=2, projector_width=16, projector_depth=1, projector_heads=2,
+              align_hidden=16, cfg_prob=0.5, kl_weight=0.01, align_weight=1.0)
+
+
+def _perturbed(cfg, seed=0):
+  """A model whose every parameter is moved off its init (the zero-initialised output and AdaLN
+  layers would otherwise make the velocity identically 0)."""
+  model = F.make_model(cfg, rngs=nnx.Rngs(seed))
+  graphdef, state = nnx.split(model)
+  leaves, tree = jax.tree.flatten(state)
+  keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
+  leaves = [a + 0.2 * jax.random.normal(k, a.shape, a.dtype) for a, k in zip(leaves, keys)]
+  return nnx.merge(graphdef, jax.tree.unflatten(tree, leaves))
+
+
+@functools.lru_cache(maxsize=None)
+def _model(direction="t2i"):
+  return _perturbed(dict(CONFIG, direction=direction))
+
+
+def _batch(seed=0, b=B):
+  rng = np.random.default_rng(seed)
+  text = jnp.asarray(rng.normal(0, 1, (b, K, C)), jnp.float32)
+  pooled = jnp.asarray(rng.normal(0, 1, (b, P)), jnp.float32)
+  image = jnp.asarray(rng.normal(0, 1, (b, K, D)), jnp.float32)
+  return text, pooled, image
+
+
+def test_oracle_velocity_maps_text_tokens_exactly_to_image_tokens_and_back():
+  """Linear path, v = x1 - x0: Euler and Heun are exact for this constant field, forward (text ->
+  image) and backward (image -> text); the straight-line field (x1 - x) / (1 - t) is also exact for
+  Euler, which checks the time grid (t = i / steps)."""
+  rng = np.random.default_rng(0)
+  x0 = jnp.asarray(rng.normal(0, 1, (2, K, D)), jnp.float32)  # text tokens
+  x1 = jnp.asarray(rng.normal(0, 1, (2, K, D)), jnp.float32)  # image tokens
+  const = lambda x, t, null: jnp.broadcast_to(x1 - x0, x.shape)
+  for method in ("euler", "heun"):
+    img = F.transport(const, x0, steps=3, method=method)
+    np.testing.assert_allclose(np.asarray(img), np.asarray(x1), atol=1e-5)
+    back = F.transport(const, img, steps=5, method=method, reverse=True)
+    np.testing.assert_allclose(np.asarray(back), np.asarray(x0), atol=1e-5)
+  line = lambda x, t, null: (x1 - x) / (1.0 - t)
+  np.testing.assert_allclose(np.asarray(F.transport(line, x0, steps=7)), np.asarray(x1), atol=1e-5)
+  # the path and target of the loss are the ones the oracle integrates
+  t = jnp.asarray([0.25, 0.5])
+  xt = F.interpolate(x0, x1, t)
+  np.testing.assert_allclose(np.asarray(xt[0]), np.asarray(0.75 * x0[0] + 0.25 * x1[0]), atol=1e-6)
+
+
+def test_clip_contrastive_loss_by_hand():
+  eye = jnp.eye(2)
+  # logits = I at scale 1: each row's CE is -log(e / (e + 1)) = log(1 + 1/e)
+  np.testing.assert_allclose(float(F.clip_contrastive_loss(eye, 3 * eye, 0.0)),
+                             math.log(1 + math.exp(-1)), rtol=1e-6)
+  a = jnp.asarray([[1.0, 2.0], [3.0, -1.0], [0.5, 0.5]])
+  b = jnp.asarray([[0.0, 1.0], [1.0, 1.0], [-2.0, 1.0]])
+  an = np.asarray(a) / np.linalg.norm(np.asarray(a), axis=1, keepdims=True)
+  bn = np.asarray(b) / np.linalg.norm(np.asarray(b), axis=1, keepdims=True)
+  logits = 2.0 * an @ bn.T
+  ce = lambda l: -np.mean(np.diag(l) - np.log(np.exp(l).sum(1)))
+  np.testing.assert_allclose(float(F.clip_contrastive_loss(a, b, math.log(2.0))),
+                             (ce(logits) + ce(logits.T)) / 2, rtol=1e-5)
+  with pytest.raises(ValueError, match="paired features"):
+    F.clip_contrastive_loss(a, b[:2], 0.0)
+
+
+def test_loss_equals_its_written_definition():
+  """L = mean|v(x_t, t, null) - (x1' - Z_T)|^2 + g1 KL + g2 InfoNCE(T_P, MLP(Z_T)), with x1' the
+  image tokens whose null rows take the next row's, recomputed here in numpy from the same draws."""
+  model = _model()
+  text, pooled, image = _batch()
+  key = jax.random.key(3)
+  value, metrics = jax.jit(lambda m, k: F.loss(m, image, {"text": text, "pooled": pooled}, rng=k))(
+      model, key)
+  r_z, r_t, r_null = jax.random.split(key, 3)
+  mean, logvar = model.projector(text)
+  z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(r_z, mean.shape)
+  t = np.asarray(jax.nn.sigmoid(jax.random.normal(r_t, (B,))))
+  null = np.asarray(jax.random.bernoulli(r_null, 0.5, (B,)))
+  assert 0 < null.sum() < B, null  # the draw exercises both branches
+  img = np.asarray(image)
+  x1 = np.where(null[:, None, None], img[(np.arange(B) + 1) % B], img)
+  z_np = np.asarray(z)
+  xt = (1 - t)[:, None, None] * z_np + t[:, None, None] * x1
+  v = np.asarray(model.velocity(jnp.asarray(xt), jnp.asarray(t), jnp.asarray(null)))
+  fm = np.mean((v - (x1 - z_np))**2)
+  mu, lv = np.asarray(mean, np.float64), np.asarray(logvar, np.float64)
+  kl = np.mean(0.5 * np.sum(mu**2 + np.exp(lv) - 1 - lv, axis=(1, 2)))
+  f = np.asarray(model.align_features(z), np.float64)
+  p = np.asarray(pooled, np.float64)
+  f, p = f / np.linalg.norm(f, axis=1, keepdims=True), p / np.linalg.norm(p, axis=1, keepdims=True)
+  logits = np.exp(float(model.logit_scale.get_value())) * p @ f.T
+  ce = lambda l: -np.mean(np.diag(l) - np.log(np.exp(l).sum(1)))
+  align = (ce(logits) + ce(logits.T)) / 2
+  np.testing.assert_allclose(float(metrics["flow_loss"]), fm, rtol=1e-4)
+  np.testing.assert_allclose(float(metrics["kl"]), kl, rtol=1e-4)
+  np.testing.assert_allclose(float(metrics["align"]), align, rtol=1e-4)
+  np.testing.assert_allclose(float(value), fm + 0.01 * kl + align, rtol=1e-4)
+  # eval: no indicator draw, so no target shuffle
+  _, m_eval = F.loss(model, image, {"text": text, "pooled": pooled}, rng=key, train=False)
+  assert float(m_eval["flow_loss"]) != pytest.approx(float(metrics["flow_loss"]))
+
+
+def test_guidance_scale_one_is_unguided_and_the_indicator_branch_combines_by_hand():
+  model = _model()
+  text, _, _ = _batch(1, b=2)
+  run = jax.jit(lambda m, s: F.text_to_image(m, None, text, steps=3, cfg_scale=s))
+  plain = F.text_to_image(model, None, text, steps=3)  # Python 1: one branch only
+  np.testing.assert_allclose(np.asarray(run(model, 1.0)), np.asarray(plain), atol=1e-5)
+  guided = np.asarray(run(model, 3.0))
+  assert np.abs(guided - np.asarray(plain)).max() > 1e-3  # the indicator changes the velocity
+  # one Euler step from t = 0: z + u + s (c - u)
+  z, _, _ = model.project_text(text)
+  c = model.velocity(z, 0.0, jnp.zeros((2,), jnp.int32))
+  u = model.velocity(z, 0.0, jnp.ones((2,), jnp.int32))
+  one = F.text_to_image(model, None, text, steps=1, cfg_scale=3.0)
+  np.testing.assert_allclose(np.asarray(one), np.asarray(z + u + 3.0 * (c - u)), atol=1e-5)
+
+
+def test_text_to_image_then_image_to_text_returns_the_text_tokens():
+  """With the model's own field: forward (t2i) then the same ODE backward recovers Z_T up to the
+  integration error; an "i2t" model runs the other way round. The sampler is one jitted call."""
+  text, _, _ = _batch(2, b=2)
+  for direction in ("t2i", "i2t"):
+    model = _model(direction)
+    z, _, _ = model.project_text(text)
+    img = jax.jit(lambda m: F.text_to_image(m, None, text, steps=32, method="heun"))(model)
+    back = jax.jit(lambda m, x: F.image_to_text(m, x, steps=32, method="heun"))(model, img)
+    assert float(jnp.abs(img - z).max()) > 0.1  # the flow moved the tokens
+    np.testing.assert_allclose(np.asarray(back), np.asarray(z), atol=2e-3)
+  # sampling draws Z_T from N(mean, var): the key matters
+  model = _model()
+  a = F.sample(model, jax.random.key(0), {"text": text}, steps=2)
+  b = F.sample(model, jax.random.key(1), {"text": text}, steps=2)
+  assert a.shape == (2, K, D) and a.dtype == jnp.float32 and float(jnp.abs(a - b).max()) > 1e-4
+
+
+def test_refusals_name_the_argument():
+  model = _model()
+  text, pooled, image = _batch()
+  with pytest.raises(ValueError, match=r"x must be float \[B, 6, 3\]"):
+    model.velocity(image[..., :2], 0.5)
+  with pytest.raises(ValueError, match="text length = seq_len"):
+    model.project_text(text[:, :5])
+  with pytest.raises(TypeError, match="tokens must be floating"):
+    F.loss(model, image.astype(jnp.int32), {"text": text, "pooled": pooled}, rng=jax.random.key(0))
+  with pytest.raises(TypeError, match="text-condition dict"):
+    F.loss(model, image, jnp.zeros((B,), jnp.int32), rng=jax.random.key(0))
+  with pytest.raises(ValueError, match=r"pooled must be float \[B=4, pooled_dim=5\]"):
+    F.loss(model, image, {"text": text, "pooled": pooled[:, :3]}, rng=jax.random.key(0))
+  with pytest.raises(ValueError, match="batch size 4"):
+    F.loss(model, image, {"text": text[:2], "pooled": pooled[:2]}, rng=jax.random.key(0))
+  with pytest.raises(ValueError, match="unknown flowtok config key"):
+    F.make_model(dict(CONFIG, widht=8), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="direction must be one of"):
+    F.make_model(dict(CONFIG, direction="both"), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="cfg_prob"):
+    F.make_model(dict(CONFIG, cfg_prob=1.0), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="method must be"):
+    F.transport(lambda x, t, n: x, image, steps=2, method="rk4")
+
+
+def test_config_registries_and_text_sampler():
+  from jaxtok.configs import flowtok as cfg_lib
+  from jaxtok.eval import generate
+  from jaxtok.train import generator
+  for arg in ("size=B", "size=XL,i2t", "tiny"):
+    c = cfg_lib.get_config(arg)
+    assert c.model.name == "flowtok" and generator.generator_module("flowtok") is F
+  assert cfg_lib.get_config("size=XL,i2t").model.direction == "i2t"
+  assert (cfg_lib.get_config("size=XL").model.width, cfg_lib.get_config("size=XL").model.depth) == (1152, 28)
+  with pytest.raises(ValueError, match="size"):
+    cfg_lib.get_config("size=H")
+  c = cfg_lib.get_config("tiny")
+  graphdef, params = nnx.split(F.make_model(c.model, rngs=nnx.Rngs(0)))
+  opts = generate.options_from_config(c.sampling)
+  sampler = generate.make_text_sampler("flowtok", graphdef, params, opts)
+  m = c.model
+  cond = {"text": jnp.ones((2, m.seq_len, m.text_dim)), "pooled": jnp.ones((2, m.pooled_dim))}
+  out = sampler(jax.random.key(0), cond, None)
+  assert out.shape == (2, m.seq_len, m.token_dim) and out.dtype == jnp.float32
+
+
+@pytest.mark.slow
+def test_tiny_flowtok_loss_falls_with_clip_features():
+  """The generator trainer's step on a fixed batch: two captions' features from a tiny random CLIP
+  text tower, each paired with its own fixed image tokens; 40 AdamW steps, the loss falls."""
+  import optax
+  from jaxtok.nn import clip_text
+  from jaxtok.train import generator, state as state_lib
+  tower = clip_text.make_model(dict(width=C, depth=1, num_heads=2, vocab_size=64, context_length=K,
+                                    embed_dim=P), rngs=nnx.Rngs(0))
+  ids = jnp.asarray([[1, 5, 7, 63, 0, 0], [2, 9, 63, 0, 0, 0]], jnp.int32)
+  feats = tower(ids)
+  rows = np.arange(8) % 2
+  rng = np.random.default_rng(0)
+  image = jnp.asarray(rng.normal(0, 1, (2, K, D)), jnp.float32)[rows]
+  labels = {"text": feats["penultimate"][rows], "pooled": feats["pooled"][rows],
+            "null_text": jnp.zeros((8, K, C)), "null_pooled": jnp.zeros((8, P))}
+  model = state_lib.model_def(lambda rngs: F.make_model(dict(CONFIG, cfg_prob=0.1), rngs=rngs))
+  tx = optax.adam(3e-3)
+  state = {"step": jnp.zeros((), jnp.int32), "params": model.init(jax.random.key(0))}
+  state["opt_state"] = tx.init(state["params"])
+  step = jax.jit(generator.make_train_step("flowtok", model, tx))
+  losses, flows = [], []
+  for _ in range(40):
+    state, metrics = step(state, {"tokens": image, "label": labels}, jax.random.key(1))
+    losses.append(float(metrics["loss"]))
+    flows.append(float(metrics["flow_loss"]))
+  assert np.isfinite(losses).all()
+  assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
+  assert np.mean(flows[-5:]) < 0.5 * np.mean(flows[:5]), flows
