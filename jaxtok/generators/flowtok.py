@@ -70,7 +70,7 @@ from jaxtok.nn.embeddings import sincos_1d, timestep_embedding
 from jaxtok.nn.norm import Norm
 from jaxtok.nn.options import model_kwargs
 from jaxtok.nn.stack import Stack
-from jaxtok.samplers import flow
+from jaxtok.samplers import _checks, flow
 from jaxtok.sharding import logical_init
 from jaxtok.tokenizers import vae
 
@@ -163,8 +163,7 @@ class FlowTok(nnx.Module):
                     ("heads", heads), ("projector_width", projector_width),
                     ("projector_depth", projector_depth), ("projector_heads", projector_heads),
                     ("align_hidden", align_hidden)):
-      if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"FlowTok {name} must be an int >= 1, got {v!r}")
+      _checks.positive_int(f"FlowTok {name}", v)
     if width % 2:
       raise ValueError(f"FlowTok width must be even (sin-cos positions), got {width}")
     if direction not in DIRECTIONS:
@@ -341,7 +340,10 @@ def sample(model: FlowTok, rng: jax.Array, cond: Mapping[str, jax.Array],
   settings steps / method / cfg_scale). null (the empty caption's features) is unused: FlowTok's
   guidance branch is the indicator, not a caption."""
   del null
-  return text_to_image(model, rng, _text(cond)[0], **settings)
+  if not isinstance(cond, Mapping) or "text" not in cond:
+    raise TypeError(f"cond must be a text-condition dict with 'text' [B, T, C], got "
+                    f"{type(cond).__name__}{sorted(cond) if isinstance(cond, Mapping) else ''}")
+  return text_to_image(model, rng, cond["text"], **settings)
 
 
 def make_model(cfg: Mapping, *, rngs: nnx.Rngs) -> FlowTok:

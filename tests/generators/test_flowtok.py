@@ -33,6 +33,11 @@ def _model(direction="t2i"):
   return _perturbed(dict(CONFIG, direction=direction))
 
 
+def _ce(logits):
+  """Mean cross-entropy of rows against the diagonal (numpy)."""
+  return -np.mean(np.diag(logits) - np.log(np.exp(logits).sum(1)))
+
+
 def _batch(seed=0, b=B):
   rng = np.random.default_rng(seed)
   text = jnp.asarray(rng.normal(0, 1, (b, K, C)), jnp.float32)
@@ -72,9 +77,8 @@ def test_clip_contrastive_loss_by_hand():
   an = np.asarray(a) / np.linalg.norm(np.asarray(a), axis=1, keepdims=True)
   bn = np.asarray(b) / np.linalg.norm(np.asarray(b), axis=1, keepdims=True)
   logits = 2.0 * an @ bn.T
-  ce = lambda l: -np.mean(np.diag(l) - np.log(np.exp(l).sum(1)))
   np.testing.assert_allclose(float(F.clip_contrastive_loss(a, b, math.log(2.0))),
-                             (ce(logits) + ce(logits.T)) / 2, rtol=1e-5)
+                             (_ce(logits) + _ce(logits.T)) / 2, rtol=1e-5)
   with pytest.raises(ValueError, match="paired features"):
     F.clip_contrastive_loss(a, b[:2], 0.0)
 
@@ -84,69 +88,81 @@ def test_loss_equals_its_written_definition():
   image tokens whose null rows take the next row's, recomputed here in numpy from the same draws."""
   model = _model()
   text, pooled, image = _batch()
+  labels = {"text": text, "pooled": pooled}
   key = jax.random.key(3)
-  value, metrics = jax.jit(lambda m, k: F.loss(m, image, {"text": text, "pooled": pooled}, rng=k))(
-      model, key)
   r_z, r_t, r_null = jax.random.split(key, 3)
-  mean, logvar = model.projector(text)
-  z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(r_z, mean.shape)
-  t = np.asarray(jax.nn.sigmoid(jax.random.normal(r_t, (B,))))
-  null = np.asarray(jax.random.bernoulli(r_null, 0.5, (B,)))
+
+  @jax.jit
+  def draws(m):
+    (value, metrics), (_, m_eval) = (F.loss(m, image, labels, rng=key),
+                                     F.loss(m, image, labels, rng=key, train=False))
+    mean, logvar = m.projector(text)
+    z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(r_z, mean.shape)
+    t = jax.nn.sigmoid(jax.random.normal(r_t, (B,)))
+    return (value, metrics, m_eval["flow_loss"], mean, logvar, z, t,
+            jax.random.bernoulli(r_null, 0.5, (B,)), m.align_features(z))
+
+  value, metrics, fm_eval, mean, logvar, z, t, null, feats = draws(model)
+  t, null, z_np = np.asarray(t), np.asarray(null), np.asarray(z)
   assert 0 < null.sum() < B, null  # the draw exercises both branches
   img = np.asarray(image)
   x1 = np.where(null[:, None, None], img[(np.arange(B) + 1) % B], img)
-  z_np = np.asarray(z)
   xt = (1 - t)[:, None, None] * z_np + t[:, None, None] * x1
-  v = np.asarray(model.velocity(jnp.asarray(xt), jnp.asarray(t), jnp.asarray(null)))
+  v = np.asarray(jax.jit(lambda m, x, t, n: m.velocity(x, t, n))(model, xt, t, null))
   fm = np.mean((v - (x1 - z_np))**2)
   mu, lv = np.asarray(mean, np.float64), np.asarray(logvar, np.float64)
   kl = np.mean(0.5 * np.sum(mu**2 + np.exp(lv) - 1 - lv, axis=(1, 2)))
-  f = np.asarray(model.align_features(z), np.float64)
-  p = np.asarray(pooled, np.float64)
+  f, p = np.asarray(feats, np.float64), np.asarray(pooled, np.float64)
   f, p = f / np.linalg.norm(f, axis=1, keepdims=True), p / np.linalg.norm(p, axis=1, keepdims=True)
   logits = np.exp(float(model.logit_scale.get_value())) * p @ f.T
-  ce = lambda l: -np.mean(np.diag(l) - np.log(np.exp(l).sum(1)))
-  align = (ce(logits) + ce(logits.T)) / 2
+  align = (_ce(logits) + _ce(logits.T)) / 2
   np.testing.assert_allclose(float(metrics["flow_loss"]), fm, rtol=1e-4)
   np.testing.assert_allclose(float(metrics["kl"]), kl, rtol=1e-4)
   np.testing.assert_allclose(float(metrics["align"]), align, rtol=1e-4)
   np.testing.assert_allclose(float(value), fm + 0.01 * kl + align, rtol=1e-4)
   # eval: no indicator draw, so no target shuffle
-  _, m_eval = F.loss(model, image, {"text": text, "pooled": pooled}, rng=key, train=False)
-  assert float(m_eval["flow_loss"]) != pytest.approx(float(metrics["flow_loss"]))
+  assert float(fm_eval) != pytest.approx(float(metrics["flow_loss"]))
 
 
 def test_guidance_scale_one_is_unguided_and_the_indicator_branch_combines_by_hand():
   model = _model()
   text, _, _ = _batch(1, b=2)
-  run = jax.jit(lambda m, s: F.text_to_image(m, None, text, steps=3, cfg_scale=s))
-  plain = F.text_to_image(model, None, text, steps=3)  # Python 1: one branch only
-  np.testing.assert_allclose(np.asarray(run(model, 1.0)), np.asarray(plain), atol=1e-5)
-  guided = np.asarray(run(model, 3.0))
-  assert np.abs(guided - np.asarray(plain)).max() > 1e-3  # the indicator changes the velocity
+
+  @jax.jit
+  def run(m, s):
+    traced = F.text_to_image(m, None, text, steps=3, cfg_scale=s)  # a traced scale: both branches
+    plain = F.text_to_image(m, None, text, steps=3)  # Python 1: one branch only
+    one = F.text_to_image(m, None, text, steps=1, cfg_scale=3.0)
+    z, _, _ = m.project_text(text)
+    c = m.velocity(z, 0.0, jnp.zeros((2,), jnp.int32))
+    u = m.velocity(z, 0.0, jnp.ones((2,), jnp.int32))
+    return traced, plain, one, z + u + 3.0 * (c - u)
+
+  traced, plain, one, by_hand = run(model, 1.0)
+  np.testing.assert_allclose(np.asarray(traced), np.asarray(plain), atol=1e-5)
   # one Euler step from t = 0: z + u + s (c - u)
-  z, _, _ = model.project_text(text)
-  c = model.velocity(z, 0.0, jnp.zeros((2,), jnp.int32))
-  u = model.velocity(z, 0.0, jnp.ones((2,), jnp.int32))
-  one = F.text_to_image(model, None, text, steps=1, cfg_scale=3.0)
-  np.testing.assert_allclose(np.asarray(one), np.asarray(z + u + 3.0 * (c - u)), atol=1e-5)
+  np.testing.assert_allclose(np.asarray(one), np.asarray(by_hand), atol=1e-5)
+  guided = np.asarray(run(model, 3.0)[0])
+  assert np.abs(guided - np.asarray(plain)).max() > 1e-3  # the indicator changes the velocity
 
 
 def test_text_to_image_then_image_to_text_returns_the_text_tokens():
   """With the model's own field: forward (t2i) then the same ODE backward recovers Z_T up to the
   integration error; an "i2t" model runs the other way round. The sampler is one jitted call."""
   text, _, _ = _batch(2, b=2)
+
+  @jax.jit
+  def there_and_back(m):
+    img = F.text_to_image(m, None, text, steps=16, method="heun")
+    return m.project_text(text)[0], img, F.image_to_text(m, img, steps=16, method="heun")
+
   for direction in ("t2i", "i2t"):
-    model = _model(direction)
-    z, _, _ = model.project_text(text)
-    img = jax.jit(lambda m: F.text_to_image(m, None, text, steps=32, method="heun"))(model)
-    back = jax.jit(lambda m, x: F.image_to_text(m, x, steps=32, method="heun"))(model, img)
+    z, img, back = there_and_back(_model(direction))
     assert float(jnp.abs(img - z).max()) > 0.1  # the flow moved the tokens
     np.testing.assert_allclose(np.asarray(back), np.asarray(z), atol=2e-3)
   # sampling draws Z_T from N(mean, var): the key matters
-  model = _model()
-  a = F.sample(model, jax.random.key(0), {"text": text}, steps=2)
-  b = F.sample(model, jax.random.key(1), {"text": text}, steps=2)
+  draw = jax.jit(lambda m, key: F.sample(m, key, {"text": text}, steps=2))
+  a, b = draw(_model(), jax.random.key(0)), draw(_model(), jax.random.key(1))
   assert a.shape == (2, K, D) and a.dtype == jnp.float32 and float(jnp.abs(a - b).max()) > 1e-4
 
 
