@@ -225,11 +225,14 @@ class FlowTok(nnx.Module):
     h = jax.nn.gelu(self.align_fc1(z.reshape(z.shape[0], -1).astype(jnp.float32)), approximate=False)
     return self.align_fc2(h).astype(jnp.float32)
 
+  def check_pooled(self, pooled: jax.Array, batch: int) -> None:
+    if pooled.ndim != 2 or pooled.shape != (batch, self.pooled_dim):
+      raise ValueError(f"pooled must be float [B={batch}, pooled_dim={self.pooled_dim}], got "
+                       f"{tuple(pooled.shape)}")
+
   def alignment_loss(self, z: jax.Array, pooled: jax.Array) -> jax.Array:
     """L_align float32 scalar of Z_T [B, K, D] against the CLIP pooled features [B, P]."""
-    if pooled.ndim != 2 or pooled.shape != (z.shape[0], self.pooled_dim):
-      raise ValueError(f"pooled must be float [B={z.shape[0]}, pooled_dim={self.pooled_dim}], got "
-                       f"{tuple(pooled.shape)}")
+    self.check_pooled(pooled, z.shape[0])
     scale = jnp.minimum(self.logit_scale.get_value(), _LOGIT_SCALE_MAX)
     return clip_contrastive_loss(pooled, self.align_features(z), scale)
 
@@ -278,6 +281,7 @@ def loss(model: FlowTok, tokens: jax.Array, labels: Mapping[str, jax.Array], *, 
   if text.shape[0] != tokens.shape[0]:
     raise ValueError(f"labels['text'] must have the tokens' batch size {tokens.shape[0]}, got "
                      f"{text.shape[0]}")
+  model.check_pooled(pooled, tokens.shape[0])
   r_z, r_t, r_null = jax.random.split(rng, 3)
   b = tokens.shape[0]
   z, mean, logvar = model.project_text(text, r_z)

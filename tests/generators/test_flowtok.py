@@ -17,15 +17,25 @@ CONFIG = dict(name="flowtok", token_dim=D, seq_len=K, text_dim=C, pooled_dim=P, 
               align_hidden=16, cfg_prob=0.5, kl_weight=0.01, align_weight=1.0)
 
 
+def _filled(make, std, seed=0, unit_scales=False):
+  """(graphdef, state) of the module make(rngs) with every parameter drawn from N(0, std^2) in
+  numpy (unit_scales: norm scales 1), filled into the abstract module: an nnx init, eager or
+  jitted, costs seconds of compilation."""
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: make(nnx.Rngs(0))))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, a):
+    if unit_scales and getattr(path[-1], "key", None) == "scale":
+      return jnp.ones(a.shape, a.dtype)
+    return jnp.asarray(rng.normal(0, std, a.shape), a.dtype)
+
+  return graphdef, jax.tree_util.tree_map_with_path(fill, abstract)
+
+
 def _perturbed(cfg, seed=0):
-  """A model whose every parameter is moved off its init (the zero-initialised output and AdaLN
-  layers would otherwise make the velocity identically 0)."""
-  model = F.make_model(cfg, rngs=nnx.Rngs(seed))
-  graphdef, state = nnx.split(model)
-  leaves, tree = jax.tree.flatten(state)
-  keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-  leaves = [a + 0.2 * jax.random.normal(k, a.shape, a.dtype) for a, k in zip(leaves, keys)]
-  return nnx.merge(graphdef, jax.tree.unflatten(tree, leaves))
+  """A model with every parameter drawn from N(0, 0.2^2): the zero-initialised output and AdaLN
+  layers would otherwise make the velocity identically 0."""
+  return nnx.merge(*_filled(lambda rngs: F.make_model(cfg, rngs=rngs), 0.2, seed))
 
 
 @functools.lru_cache(maxsize=None)
@@ -94,21 +104,20 @@ def test_loss_equals_its_written_definition():
 
   @jax.jit
   def draws(m):
-    (value, metrics), (_, m_eval) = (F.loss(m, image, labels, rng=key),
-                                     F.loss(m, image, labels, rng=key, train=False))
+    value, metrics = F.loss(m, image, labels, rng=key)
+    # the same draws, written out: Z_T, logit-normal t, indicator, shuffled targets, x_t
     mean, logvar = m.projector(text)
     z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(r_z, mean.shape)
     t = jax.nn.sigmoid(jax.random.normal(r_t, (B,)))
-    return (value, metrics, m_eval["flow_loss"], mean, logvar, z, t,
-            jax.random.bernoulli(r_null, 0.5, (B,)), m.align_features(z))
+    null = jax.random.bernoulli(r_null, 0.5, (B,))
+    x1 = jnp.where(null[:, None, None], image[(jnp.arange(B) + 1) % B], image)
+    xt = (1 - t)[:, None, None] * z + t[:, None, None] * x1
+    return value, metrics, mean, logvar, z, null, x1, m.velocity(xt, t, null), m.align_features(z)
 
-  value, metrics, fm_eval, mean, logvar, z, t, null, feats = draws(model)
-  t, null, z_np = np.asarray(t), np.asarray(null), np.asarray(z)
+  value, metrics, mean, logvar, z, null, x1, v, feats = draws(model)
+  null, x1, z_np, v = np.asarray(null), np.asarray(x1), np.asarray(z), np.asarray(v)
   assert 0 < null.sum() < B, null  # the draw exercises both branches
-  img = np.asarray(image)
-  x1 = np.where(null[:, None, None], img[(np.arange(B) + 1) % B], img)
-  xt = (1 - t)[:, None, None] * z_np + t[:, None, None] * x1
-  v = np.asarray(jax.jit(lambda m, x, t, n: m.velocity(x, t, n))(model, xt, t, null))
+  np.testing.assert_array_equal(x1[null], np.asarray(image)[(np.flatnonzero(null) + 1) % B])
   fm = np.mean((v - (x1 - z_np))**2)
   mu, lv = np.asarray(mean, np.float64), np.asarray(logvar, np.float64)
   kl = np.mean(0.5 * np.sum(mu**2 + np.exp(lv) - 1 - lv, axis=(1, 2)))
@@ -120,8 +129,6 @@ def test_loss_equals_its_written_definition():
   np.testing.assert_allclose(float(metrics["kl"]), kl, rtol=1e-4)
   np.testing.assert_allclose(float(metrics["align"]), align, rtol=1e-4)
   np.testing.assert_allclose(float(value), fm + 0.01 * kl + align, rtol=1e-4)
-  # eval: no indicator draw, so no target shuffle
-  assert float(fm_eval) != pytest.approx(float(metrics["flow_loss"]))
 
 
 def test_guidance_scale_one_is_unguided_and_the_indicator_branch_combines_by_hand():
@@ -154,16 +161,15 @@ def test_text_to_image_then_image_to_text_returns_the_text_tokens():
   @jax.jit
   def there_and_back(m):
     img = F.text_to_image(m, None, text, steps=16, method="heun")
-    return m.project_text(text)[0], img, F.image_to_text(m, img, steps=16, method="heun")
+    # sampling draws Z_T from N(mean, var): the key matters
+    draws = [F.sample(m, jax.random.key(i), {"text": text}, steps=2) for i in (0, 1)]
+    return m.project_text(text)[0], img, F.image_to_text(m, img, steps=16, method="heun"), draws
 
   for direction in ("t2i", "i2t"):
-    z, img, back = there_and_back(_model(direction))
+    z, img, back, (a, b) = there_and_back(_model(direction))
     assert float(jnp.abs(img - z).max()) > 0.1  # the flow moved the tokens
     np.testing.assert_allclose(np.asarray(back), np.asarray(z), atol=2e-3)
-  # sampling draws Z_T from N(mean, var): the key matters
-  draw = jax.jit(lambda m, key: F.sample(m, key, {"text": text}, steps=2))
-  a, b = draw(_model(), jax.random.key(0)), draw(_model(), jax.random.key(1))
-  assert a.shape == (2, K, D) and a.dtype == jnp.float32 and float(jnp.abs(a - b).max()) > 1e-4
+    assert a.shape == (2, K, D) and a.dtype == jnp.float32 and float(jnp.abs(a - b).max()) > 1e-4
 
 
 def test_refusals_name_the_argument():
@@ -203,41 +209,48 @@ def test_config_registries_and_text_sampler():
   with pytest.raises(ValueError, match="size"):
     cfg_lib.get_config("size=H")
   c = cfg_lib.get_config("tiny")
-  graphdef, params = nnx.split(F.make_model(c.model, rngs=nnx.Rngs(0)))
+  abstract = nnx.eval_shape(lambda: F.make_model(c.model, rngs=nnx.Rngs(0)))  # the config builds
+  assert (abstract.seq_len, abstract.token_dim, abstract.direction) == (8, 4, "t2i")
   opts = generate.options_from_config(c.sampling)
+  assert (opts.steps, opts.cfg_scale) == (4, 1.0)
+  graphdef, params = nnx.split(_model())
   sampler = generate.make_text_sampler("flowtok", graphdef, params, opts)
-  m = c.model
-  cond = {"text": jnp.ones((2, m.seq_len, m.text_dim)), "pooled": jnp.ones((2, m.pooled_dim))}
-  out = sampler(jax.random.key(0), cond, None)
-  assert out.shape == (2, m.seq_len, m.token_dim) and out.dtype == jnp.float32
+  text, pooled, _ = _batch(4, b=2)
+  out = sampler(jax.random.key(0), {"text": text, "pooled": pooled}, None)
+  assert out.shape == (2, K, D) and out.dtype == jnp.float32
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(
+      sampler(jax.random.key(0), {"text": text, "pooled": pooled}, None)))
 
 
 @pytest.mark.slow
 def test_tiny_flowtok_loss_falls_with_clip_features():
   """The generator trainer's step on a fixed batch: two captions' features from a tiny random CLIP
-  text tower, each paired with its own fixed image tokens; 40 AdamW steps, the loss falls."""
+  text tower, each paired with its own fixed image tokens; 30 Adam steps: the flow loss and the
+  total fall."""
   import optax
   from jaxtok.nn import clip_text
   from jaxtok.train import generator, state as state_lib
-  tower = clip_text.make_model(dict(width=C, depth=1, num_heads=2, vocab_size=64, context_length=K,
-                                    embed_dim=P), rngs=nnx.Rngs(0))
+  clip_cfg = dict(width=C, depth=1, num_heads=2, vocab_size=64, context_length=K, embed_dim=P)
+  _, clip_params = _filled(lambda rngs: clip_text.make_model(clip_cfg, rngs=rngs), 0.3, 1, True)
   ids = jnp.asarray([[1, 5, 7, 63, 0, 0], [2, 9, 63, 0, 0, 0]], jnp.int32)
-  feats = tower(ids)
+  feats = jax.jit(clip_text.features_fn(clip_cfg))(clip_params, ids)
   rows = np.arange(8) % 2
   rng = np.random.default_rng(0)
   image = jnp.asarray(rng.normal(0, 1, (2, K, D)), jnp.float32)[rows]
   labels = {"text": feats["penultimate"][rows], "pooled": feats["pooled"][rows],
             "null_text": jnp.zeros((8, K, C)), "null_pooled": jnp.zeros((8, P))}
   model = state_lib.model_def(lambda rngs: F.make_model(dict(CONFIG, cfg_prob=0.1), rngs=rngs))
-  tx = optax.adam(3e-3)
-  state = {"step": jnp.zeros((), jnp.int32), "params": model.init(jax.random.key(0))}
+  tx = optax.adam(1e-2)
+  params = _filled(lambda rngs: F.make_model(dict(CONFIG, cfg_prob=0.1), rngs=rngs), 0.02, 2, True)[1]
+  state = {"step": jnp.zeros((), jnp.int32), "params": params}
   state["opt_state"] = tx.init(state["params"])
   step = jax.jit(generator.make_train_step("flowtok", model, tx))
   losses, flows = [], []
-  for _ in range(40):
+  for _ in range(30):
     state, metrics = step(state, {"tokens": image, "label": labels}, jax.random.key(1))
     losses.append(float(metrics["loss"]))
     flows.append(float(metrics["flow_loss"]))
   assert np.isfinite(losses).all()
-  assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
-  assert np.mean(flows[-5:]) < 0.5 * np.mean(flows[:5]), flows
+  # the alignment term cannot fall far: 4 rows share each caption (its floor is log 4)
+  assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
+  assert np.mean(flows[-5:]) < 0.4 * np.mean(flows[:5]), flows
