@@ -1686,6 +1686,45 @@ def cross_suite(args) -> list[tuple[str, str, float, str]]:
   return rows
 
 
+def flowtok_suite(args) -> list[tuple[str, str, float, str]]:
+  """FlowTok text-to-image sampling (random weights, random 77-token caption features of width 256)
+  beside MaskGen-VQ at the same transformer width and depth (W128 L4, the text suite's MaskGen):
+  images/s and generated tokens/s at --batch (default 8)."""
+  from flax import nnx
+  from jaxtok.generators import flowtok, maskgen
+  b = args.batch or 8
+  rows = Rows()
+  rng = np.random.default_rng(0)
+  text = jnp.asarray(rng.normal(0, 1, (b, 77, 256)), jnp.float32)
+  pooled = jnp.asarray(rng.normal(0, 1, (b, 256)), jnp.float32)
+  stage("flowtok: building")
+  fcfg = dict(token_dim=16, seq_len=77, text_dim=256, pooled_dim=256, width=128, depth=4, heads=4,
+              projector_width=128, projector_depth=1, projector_heads=4, align_hidden=256)
+  fdef, fparams = nnx.split(flowtok.make_model(fcfg, rngs=nnx.Rngs(0)))
+  for steps, scale in ((16, 7.0), (50, 7.0), (16, 1.0)):
+    run = jax.jit(lambda p, key, steps=steps, scale=scale: flowtok.sample(
+        nnx.merge(fdef, p), key, {"text": text, "pooled": pooled}, steps=steps, cfg_scale=scale))
+    stage(f"flowtok: {steps} steps, cfg {scale}")
+    t = time_call(lambda: run(fparams, jax.random.key(1)), max(1, args.repeats // 2),
+                  jax.block_until_ready)
+    kind = "guided (2 velocity calls/step)" if scale != 1.0 else "unguided"
+    rows.append((f"FlowTok sample 77x16 tokens, {steps} Euler steps {kind}, batch {b}", "jaxtok",
+                 t * 1e3, f"{b / t:.3g} images/s, {77 * b / t:.4g} tokens/s; W128 L4 + 1-block "
+                 f"projector"))
+  stage("flowtok: MaskGen-VQ reference")
+  gcfg = dict(codebook_size=1024, seq_len=32, num_classes=0, width=128, depth=4, heads=4,
+              text_dim=256, micro_condition=True, micro_condition_dim=64)
+  gdef, gparams = nnx.split(maskgen.make_model(gcfg, rngs=nnx.Rngs(0)))
+  cond = {"text": text, "pooled": pooled}
+  null = {k: v[:1] for k, v in cond.items()}
+  sample = jax.jit(lambda p, key: maskgen.sample(nnx.merge(gdef, p), key, cond, null))
+  t = time_call(lambda: sample(gparams, jax.random.key(1)), max(1, args.repeats // 2),
+                jax.block_until_ready)
+  rows.append((f"MaskGen-VQ sample 32 tokens, 16 guided steps, batch {b}", "jaxtok", t * 1e3,
+               f"{b / t:.3g} images/s, {32 * b / t:.4g} tokens/s; W128 L4, 77 text tokens"))
+  return rows
+
+
 SUITES = {"quantizers": quantizer_suite, "tokenizers": tokenizer_suite, "train": train_suite,
           "samplers": sampler_suite, "data": data_suite,
           "official": official_suite,
@@ -1700,6 +1739,7 @@ SUITES = {"quantizers": quantizer_suite, "tokenizers": tokenizer_suite, "train":
           "semantic": semantic_suite,
           "maskgen_kl": maskgen_kl_suite,
           "cross": cross_suite,
+          "flowtok": flowtok_suite,
           }
 
 

@@ -370,9 +370,17 @@ def _maskgen_kl(model, rng, cond, null, opts: Options):
   return maskgen_kl.sample(model, rng, cond, null, **settings)
 
 
+def _flowtok(model, rng, cond, null, opts: Options):
+  """FlowTok from text: image tokens float32 [B, K, D] by `generators.flowtok.sample` (Euler,
+  opts.steps or 50, guidance by its indicator at opts.cfg_scale; null unused)."""
+  from jaxtok.generators import flowtok  # pylint: disable=g-import-not-at-top
+  return flowtok.sample(model, rng, cond, null, steps=opts.steps or 50, cfg_scale=opts.cfg_scale)
+
+
 # Text-conditioned generators: condition dicts from a caption's CLIP features instead of class ids.
 TEXT_SAMPLERS = {"maskgen": _maskgen}
 TEXT_SAMPLERS.update(maskgen_kl=_maskgen_kl)
+TEXT_SAMPLERS.update(flowtok=_flowtok)
 
 
 def make_text_sampler(name: str, graphdef: Any, params: Any,

@@ -12,6 +12,7 @@ Generators (config.model.name):
             labels are a text-condition dict (see that module), not class ids
   maskgen_kl  MaskGen-KL: the same over continuous TA-TiTok VAE tokens, MAR's DDPM head
             (jaxtok.generators.maskgen_kl); labels as maskgen's
+  flowtok   text <-> image-token flow matching (generators.flowtok): maskgen's label dict, float tokens
   tokenbridge  MAR over dimension-wise quantized VAE tokens, channel-AR head (generators.tokenbridge)
   cubid     masked diffusion over (token, dimension) elements of quantized tokens (generators.cubid)
   xar       next-X flow AR over continuous tokens (jaxtok.generators.xar) e.g. VAE tokens
@@ -60,6 +61,7 @@ GENERATORS = {"gpt": "jaxtok.generators.gpt", "maskgit": "jaxtok.generators.bert
               "binary_ar": "jaxtok.generators.binary_ar"}
 GENERATORS.update(tokenbridge="jaxtok.generators.tokenbridge", cubid="jaxtok.generators.cubid")
 GENERATORS.update(maskgen_kl="jaxtok.generators.maskgen_kl")
+GENERATORS.update(flowtok="jaxtok.generators.flowtok")
 
 
 def generator_module(name: str):
