@@ -1,8 +1,9 @@
 """RAR (randomized autoregressive) generator over MaskGIT-VQGAN tokens (256 tokens, 1024 codes), with
 the released recipe (1d-tokenizer configs/training/generator/rar.yaml): AdamW 4e-4, betas (0.9,
-0.96), wd 0.03, 62.5k warmup steps of 250k, batch 2048, no EMA, class dropout 0.1, the random-order
-chance annealed from 1 to 0 between steps 125k and 187.5k; sampling in raster order with the
-power-cosine guidance schedule and each size's released temperature / scale / power.
+0.96), wd 0.03, 62.5k warmup steps of 250k, batch 2048, no EMA, class dropout 0.1, dropout 0.1
+(attention output and MLP) and 0.1 on the attention probabilities, the random-order chance annealed
+from 1 to 0 between steps 125k and 187.5k; sampling in raster order with the power-cosine guidance
+schedule and each size's released temperature / scale / power.
 
   python tools/train_generator.py --config configs/rar.py:tiny --data runs/tokens --workdir runs/rar
 
@@ -30,7 +31,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                  seq_len=int(args.get("tokens", 8 if tiny else 256)),
                  num_classes=int(args.get("classes", 2 if tiny else 1000)), width=width,
                  depth=depth, heads=heads, mlp_ratio=4.0, class_dropout=0.1,
-                 anneal_start=1 if tiny else 125_000, anneal_end=3 if tiny else 187_500),
+                 anneal_start=1 if tiny else 125_000, anneal_end=3 if tiny else 187_500,
+                 # the release's training dropout (configs/training/generator/rar.yaml); the tiny
+                 # smoke config trains without it
+                 dropout=0.0 if tiny else 0.1, attn_dropout=0.0 if tiny else 0.1),
       optim=dict(lr=1e-3 if tiny else 4e-4, warmup_steps=0 if tiny else 62_500, end_lr=1e-5,
                  b1=0.9, b2=0.96, wd=0.03, clip=1.0),
       sampling=dict(temperature=temperature, top_k=0, top_p=1.0, cfg_scale=scale,

@@ -19,8 +19,10 @@ checkpoints load (`jaxtok.convert.rar`):
 Id layout of the input embedding (the released one): image tokens [0, K), K unused (MaskGIT's mask
 id in the shared table), class c at K + 1 + c, the null class at K + 1 + C.
 
-Not implemented: dropout (0.1 on the residual branches and attention in the released training
-config); the forward pass is the inference one. Class dropout for guidance is implemented.
+Dropout as the released training config (`dropout` 0.1 on the attention output projection and the
+MLP's hidden activation and output, timm's proj_drop / Mlp drop; `attn_dropout` 0.1 on the attention
+probabilities): active only in training passes (train=True with rng), through the shared Block's
+dropout; class dropout for guidance as released.
 
 Generation: `init_cache` / `prefill` / `step` follow `samplers.autoregressive`'s contract (as
 `generators.gpt.GPT`), in raster order as the release samples; the cache carries the condition
@@ -92,6 +94,7 @@ class RAR(nnx.Module):
     codebook_size, seq_len, num_classes: K, N, C.
     width, depth, heads, mlp_ratio: transformer shape (released: 16 heads, MLP 4 W).
     class_dropout: chance of the null class per sample in training (guidance).
+    dropout, attn_dropout: the blocks' dropout rates in training (`nn.block.Block`; released 0.1).
     anneal_start, anneal_end: training steps between which the random-order chance falls
       linearly from 1 to 0 (released: 125k and 187.5k of 250k).
     dtype, remat, scan_layers, attention_impl: `nn.options.COMMON`.
@@ -100,7 +103,7 @@ class RAR(nnx.Module):
   def __init__(self, *, codebook_size: int, seq_len: int, num_classes: int = 1000,
                width: int = 768, depth: int = 24, heads: int = 16, mlp_ratio: float = 4.0,
                class_dropout: float = 0.1, anneal_start: int = 125_000, anneal_end: int = 187_500,
-               dtype=jnp.float32, remat="none", scan_layers: bool = False, attention_impl=None,
+               dropout: float = 0.0, attn_dropout: float = 0.0, dtype=jnp.float32, remat="none", scan_layers: bool = False, attention_impl=None,
                rngs: nnx.Rngs):
     if codebook_size < 2 or seq_len < 1 or num_classes < 0:
       raise ValueError(f"need codebook_size >= 2, seq_len >= 1, num_classes >= 0, got "
@@ -123,7 +126,8 @@ class RAR(nnx.Module):
     self.blocks = Stack(depth, lambda r: Block(
         width, heads, mlp_hidden=int(width * mlp_ratio), norm_eps=1e-6, adaln=True,
         qk_norm="layer", qk_norm_affine=True, qk_norm_bias=True, qk_norm_eps=1e-6, qkv_init=init,
-        out_init=init, mlp_init=init, implementation=attention_impl, dtype=dtype, rngs=r),
+        out_init=init, mlp_init=init, implementation=attention_impl, dropout=dropout,
+        attn_dropout=attn_dropout, dtype=dtype, rngs=r),
         scan_layers=scan_layers, remat=remat, rngs=rngs)
     self.head_norm = Norm(width, eps=1e-6, affine=False, dtype=dtype, rngs=rngs)
     self.head_ada = Dense(width, 2 * width, ("embed", "mlp"), kernel_init=nnx.initializers.zeros,
@@ -158,7 +162,8 @@ class RAR(nnx.Module):
                rng: jax.Array | None = None) -> jax.Array:
     """Teacher-forced logits [B, N, K] float32 for tokens [B, N] int32 in the order `orders` [B, N]
     (a permutation of 0..N-1 per sample; None = raster): logits[:, j] predicts tokens[:, orders[:, j]].
-    train=True with class_dropout > 0 needs rng (the null class replaces the label at random)."""
+    train=True with class_dropout > 0 needs rng (the null class replaces the label at random); with
+    rng, train=True also applies the blocks' dropout (key fold_in(rng, 1))."""
     b, n = tokens.shape
     if n != self.seq_len:
       raise ValueError(f"tokens must be [B, seq_len={self.seq_len}], got {tuple(tokens.shape)}")
@@ -177,7 +182,8 @@ class RAR(nnx.Module):
         self._prefix(cond_emb, orders[:, 0]),
         table[shuffled[:, :-1]] + pos[PREFIX + orders[:, :-1]] + ta[orders[:, 1:]]], axis=1)
     c = cond_emb[:, None] + self.timesteps_embeddings(n + 1)[None]
-    x = self.blocks(x.astype(self.dtype), causal=True, cond=c.astype(self.dtype))
+    drop = jax.random.fold_in(rng, 1) if train and rng is not None else None
+    x = self.blocks(x.astype(self.dtype), causal=True, cond=c.astype(self.dtype), dropout_rng=drop)
     return self._head(x[:, 1:], c[:, 1:].astype(self.dtype))
 
   # ---- generation (samplers.autoregressive contract, raster order) ----
@@ -242,7 +248,7 @@ def loss(model: RAR, tokens: jax.Array, labels, *, rng: jax.Array, train: bool =
 
 
 FIELDS = ("codebook_size", "seq_len", "num_classes", "width", "depth", "heads", "mlp_ratio",
-          "class_dropout", "anneal_start", "anneal_end")
+          "class_dropout", "anneal_start", "anneal_end", "dropout", "attn_dropout")
 
 
 def make_model(cfg: Mapping, *, rngs: nnx.Rngs) -> RAR:

@@ -110,9 +110,36 @@ def _attend_heads_major(q, k, v, mask, scale):
   return jnp.einsum("bhts,bhse->bthe", probs, v)
 
 
+def dropout(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
+  """Inverted dropout: each entry kept with probability 1 - rate and scaled by 1 / (1 - rate)."""
+  if isinstance(rate, (int, float)) and rate == 0:
+    return x
+  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros((), x.dtype))
+
+
+def _attend_dropout(q, k, v, mask, causal, scale, rate, rng):
+  """The attention with dropout on the probabilities (torch SDPA's dropout_p, timm's attn_drop):
+  float32 scores, masked keys at the most negative float, softmax, then `dropout`."""
+  scale = scale if scale is not None else q.shape[-1]**-0.5
+  scores = jnp.einsum("bthe,bshe->bhts", q, k, preferred_element_type=jnp.float32) * jnp.float32(scale)
+  if causal:
+    t, s = scores.shape[-2:]
+    scores = jnp.where(jnp.tril(jnp.ones((t, s), bool)), scores, jnp.finfo(jnp.float32).min)
+  if mask is not None:
+    mask = _as_4d(mask)
+    if jnp.issubdtype(mask.dtype, jnp.bool_):
+      scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    else:
+      scores = scores + mask.astype(jnp.float32)
+  probs = dropout(jax.nn.softmax(scores, axis=-1), rate, rng).astype(q.dtype)
+  return jnp.einsum("bhts,bshe->bthe", probs, v)
+
+
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: jax.Array | None = None,
            causal: bool = False, scale: float | None = None, implementation=None,
-           kv_heads_major: bool = False) -> jax.Array:
+           kv_heads_major: bool = False, dropout_rate: float = 0.0,
+           dropout_rng: jax.Array | None = None) -> jax.Array:
   """softmax(q k^T * scale + additive mask, masked) v through `jax.nn.dot_product_attention`.
 
   Args:
@@ -122,11 +149,17 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: jax.Array | None =
     causal: also mask keys after the query (query t sees keys <= t; needs T == S).
     scale: score scale; None = 1/sqrt(E).
     implementation: None, "xla" or "cudnn" (falls back to "xla", logged once per reason).
+    dropout_rate, dropout_rng: dropout on the attention probabilities (training), applied when the
+      rate is > 0 and a key is given; then the scores are computed with einsums (no fused kernel).
 
   Returns:
     [B, T, H, E] in v's dtype.
   """
   check_implementation(implementation)
+  if dropout_rate > 0 and dropout_rng is not None:
+    if kv_heads_major:
+      raise ValueError("attend: attention dropout is for training passes, not the KV cache's layout")
+    return _attend_dropout(q, k, v, mask, causal, scale, dropout_rate, dropout_rng)
   if kv_heads_major:
     if causal:
       raise ValueError("attend: causal=True needs k, v [B, S, H, E]; pass the causal mask instead")
@@ -310,16 +343,19 @@ class Attention(nnx.Module):
 
   def __call__(self, x: jax.Array, *, mask: jax.Array | None = None, causal: bool = False,
                positions: jax.Array | None = None, context: jax.Array | None = None,
-               context_positions: jax.Array | None = None) -> jax.Array:
+               context_positions: jax.Array | None = None, dropout_rate: float = 0.0,
+               dropout_rng: jax.Array | None = None) -> jax.Array:
     """x [B, T, W]; mask bool/additive broadcastable to [B, H, T, T] ([B, H, T, S] with context
     [B, S, Wc]); positions for RoPE ([T] or [B, T] for 1D, [T, 2] or [B, T, 2] for 2D), and
-    context_positions likewise for the context. Returns [B, T, W] in the compute dtype."""
+    context_positions likewise for the context; dropout_rate / dropout_rng: dropout on the
+    attention probabilities (`attend`). Returns [B, T, W] in the compute dtype."""
     if context is not None and causal:
       raise ValueError("causal=True needs self-attention; cross-attention takes a mask over the "
                        "context positions")
     q, k, v = self.project(x, positions, context=context, context_positions=context_positions)
     y = attend(q, k, v, mask=mask, causal=causal, scale=self.scale,
-               implementation=self.implementation)
+               implementation=self.implementation, dropout_rate=dropout_rate,
+               dropout_rng=dropout_rng)
     return self.output(y)
 
   def context_kv(self, context: jax.Array, *, context_positions: jax.Array | None = None,

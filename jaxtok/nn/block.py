@@ -47,7 +47,7 @@ import numpy as np
 from flax import nnx
 
 from jaxtok import sharding
-from jaxtok.nn.attention import Attention, KVCache
+from jaxtok.nn.attention import Attention, KVCache, dropout
 from jaxtok.nn.dense import Dense
 from jaxtok.nn.mlp import Mlp
 from jaxtok.nn.norm import Norm
@@ -82,6 +82,9 @@ class Block(nnx.Module):
     head_dim, qkv_bias, out_bias, qk_norm, qk_norm_eps, qk_norm_affine, qk_norm_bias, rope,
       rope_theta, scale, implementation, qkv_init, out_init: passed to `Attention`. mlp_init: the
       MLP kernels' initializer.
+    dropout: dropout rate of the attention output projection, the MLP hidden activation and the
+      MLP output (timm's proj_drop / Mlp drop, as RAR's training config); attn_dropout: dropout
+      rate of the attention probabilities. Both act only in a call given `dropout_rng`.
     dtype: compute dtype (parameters float32).
   """
 
@@ -95,7 +98,12 @@ class Block(nnx.Module):
                qk_norm_eps: float = 1e-5, qk_norm_affine: bool = False,
                qk_norm_bias: bool = False, rope: str | None = None, rope_theta: float = 10000.0,
                scale: float | None = None, implementation=None, qkv_init=None, out_init=None,
-               mlp_init=None, dtype=jnp.float32, rngs: nnx.Rngs):
+               mlp_init=None, dropout: float = 0.0, attn_dropout: float = 0.0, dtype=jnp.float32,
+               rngs: nnx.Rngs):
+    for name, rate in (("dropout", dropout), ("attn_dropout", attn_dropout)):
+      if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+        raise ValueError(f"{name} must be a rate in [0, 1), got {rate!r}")
+    self.dropout, self.attn_dropout = float(dropout), float(attn_dropout)
     if adaln and post_norm:
       raise ValueError("AdaLN modulates a pre-norm block; post_norm=True cannot take it")
     if layerscale is not None and post_norm:
@@ -187,13 +195,21 @@ class Block(nnx.Module):
       context = self.norm_ctx(self.context_mlp(context))
     return context
 
-  def _run(self, x: jax.Array, attend: Callable, cond, segments, cross: Callable | None = None):
-    """The residual branches around attend(h) -> (y, extra) (and cross(h) -> y, the cross branch);
-    returns (x, extra)."""
+  def _mlp(self, h: jax.Array, keys) -> jax.Array:
+    """The MLP branch; keys: None, or two keys for the hidden and output dropout."""
+    if keys is None:
+      return self.mlp(h)
+    return dropout(self.mlp(h, dropout_rate=self.dropout, dropout_rng=keys[0]), self.dropout,
+                   keys[1])
+
+  def _run(self, x: jax.Array, attend: Callable, cond, segments, cross: Callable | None = None,
+           mlp_keys=None):
+    """The residual branches around attend(h) -> (y, extra) (and cross(h) -> y, the cross branch;
+    mlp_keys: the MLP's dropout keys); returns (x, extra)."""
     if self.post_norm:
       y, extra = attend(x)
       x = self.norm1(x + y)
-      x = self.norm2(x + self.mlp(x))
+      x = self.norm2(x + self._mlp(x, mlp_keys))
       return sharding.constrain(x, ("act_batch", "act_seq", "act_embed")), extra
     if self.cross == "ada":  # D-AR: the cross output joins the condition, one per position
       if cond is None or segments is not None:
@@ -214,7 +230,7 @@ class Block(nnx.Module):
     h = self.norm2(x)
     if mods is not None:
       h = h * (1 + sc_mlp) + sh_mlp
-    y = self._scale(self.ls2, self.mlp(h))
+    y = self._scale(self.ls2, self._mlp(h, mlp_keys))
     x = x + (y if mods is None else g_mlp * y)
     return sharding.constrain(x, ("act_batch", "act_seq", "act_embed")), extra
 
@@ -222,15 +238,27 @@ class Block(nnx.Module):
                positions: jax.Array | None = None, cond: jax.Array | None = None,
                segments: Sequence[int] | None = None, context: jax.Array | None = None,
                context_mask: jax.Array | None = None,
-               context_positions: jax.Array | None = None) -> jax.Array:
+               context_positions: jax.Array | None = None,
+               dropout_rng: jax.Array | None = None) -> jax.Array:
     """x [B, T, W]; mask/causal/positions as `Attention`; cond [B, C] (with segments) or [B, T, C]
     for AdaLN; context [B, S, Wc] (with context_mask over its positions, broadcastable to
-    [B, H, T, S], and context_positions for RoPE) for a cross block."""
+    [B, H, T, S], and context_positions for RoPE) for a cross block; dropout_rng: a key turns on
+    the block's dropout (training), None is the deterministic pass."""
     context = self._context(context)
-    attend = lambda h: (self.attn(h, mask=mask, causal=causal, positions=positions), None)
+    keys = None
+    if dropout_rng is not None and (self.dropout > 0 or self.attn_dropout > 0):
+      keys = jax.random.split(dropout_rng, 4)
+
+    def attend(h):
+      if keys is None:
+        return self.attn(h, mask=mask, causal=causal, positions=positions), None
+      y = self.attn(h, mask=mask, causal=causal, positions=positions,
+                    dropout_rate=self.attn_dropout, dropout_rng=keys[0])
+      return dropout(y, self.dropout, keys[1]), None
+
     cross = lambda h: self.cross_attn(h, mask=context_mask, positions=positions, context=context,
                                       context_positions=context_positions)
-    return self._run(x, attend, cond, segments, cross)[0]
+    return self._run(x, attend, cond, segments, cross, None if keys is None else keys[2:])[0]
 
   def init_cache(self, batch: int, length: int, dtype=None, *, context: jax.Array | None = None,
                  context_positions: jax.Array | None = None) -> KVCache | CrossCache:

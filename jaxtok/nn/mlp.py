@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxtok.nn.attention import dropout
 from jaxtok.nn.dense import Dense
 
 KINDS = ("gelu", "swiglu", "quick_gelu", "gelu_tanh", "geglu", "silu")
@@ -35,7 +36,10 @@ class Mlp(nnx.Module):
     self.up = dense(width, hidden, ("embed", "mlp"))
     self.down = dense(hidden, width, ("mlp", "embed"))
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, *, dropout_rate: float = 0.0,
+               dropout_rng: jax.Array | None = None) -> jax.Array:
+    """x [..., W] -> [..., W]; with dropout_rate > 0 and a key, dropout on the hidden activation
+    (timm Mlp's drop1; the caller drops the output)."""
     if self.kind == "swiglu":
       h = jax.nn.silu(self.gate(x)) * self.up(x)
     elif self.kind == "quick_gelu":
@@ -47,4 +51,6 @@ class Mlp(nnx.Module):
       h = jax.nn.silu(self.up(x))
     else:
       h = jax.nn.gelu(self.up(x), approximate=self.approximate or self.kind == "gelu_tanh")
+    if dropout_rate > 0 and dropout_rng is not None:
+      h = dropout(h, dropout_rate, dropout_rng)
     return self.down(h)

@@ -91,37 +91,44 @@ class Stack(nnx.Module):
       self.blocks = nnx.List([make_block(rngs) for _ in range(depth)])
 
   def _layer_fn(self, graphdef, kwargs, start):
-    """(state, x, cache) -> (x, cache) of one block, rematerialised by the policy."""
+    """(state, x, cache, rng) -> (x, cache) of one block, rematerialised by the policy; rng: the
+    layer's dropout key or None."""
 
-    def run(state, x, cache):
-      return _call(nnx.merge(graphdef, state), x, cache, start, kwargs)
+    def run(state, x, cache, rng):
+      kw = kwargs if rng is None else dict(kwargs, dropout_rng=rng)
+      return _call(nnx.merge(graphdef, state), x, cache, start, kw)
 
     if self.remat == "none":
       return run
     return jax.checkpoint(run, policy=_POLICY[self.remat])
 
   def _apply(self, x, cache, start, kwargs, capture=None):
-    """(x, cache) after all blocks, plus the hidden state after block `capture` when given."""
+    """(x, cache) after all blocks, plus the hidden state after block `capture` when given. A
+    `dropout_rng` in kwargs gives layer i the key fold_in(dropout_rng, i) (scanned or not)."""
     x = sharding.constrain(x, ("act_batch", "act_seq", "act_embed"))
+    kwargs = dict(kwargs)
+    drop = kwargs.pop("dropout_rng", None)
+    layer_rng = lambda i: None if drop is None else jax.random.fold_in(drop, i)
     hidden = None
     if self.scan_layers:
       graphdef, state = nnx.split(self.blocks)
       run = self._layer_fn(graphdef, kwargs, start)
-      body = lambda x, layer: run(layer[0], x, layer[1])
+      body = lambda x, layer: run(layer[0], x, layer[1], layer_rng(layer[2]))
+      index = jnp.arange(self.depth)
       if capture is None:
-        return jax.lax.scan(body, x, (state, cache)) + (None,)
+        return jax.lax.scan(body, x, (state, cache, index)) + (None,)
       # No cache here (training only): the layers [0, capture) and [capture, L) as two scans.
       part = lambda lo, hi: jax.tree.map(lambda a: a[lo:hi], state)
-      hidden, _ = jax.lax.scan(body, x, (part(0, capture), None))
+      hidden, _ = jax.lax.scan(body, x, (part(0, capture), None, index[:capture]))
       x = hidden
       if capture < self.depth:
-        x, _ = jax.lax.scan(body, x, (part(capture, self.depth), None))
+        x, _ = jax.lax.scan(body, x, (part(capture, self.depth), None, index[capture:]))
       return x, None, hidden
     caches = []
     for i, block in enumerate(self.blocks):
       graphdef, state = nnx.split(block)
       x, layer_cache = self._layer_fn(graphdef, kwargs, start)(
-          state, x, None if cache is None else cache[i])
+          state, x, None if cache is None else cache[i], layer_rng(i))
       caches.append(layer_cache)
       if capture == i + 1:
         hidden = x
