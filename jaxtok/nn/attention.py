@@ -98,16 +98,22 @@ def _attend_heads_major(q, k, v, mask, scale):
   a KV cache is read in place (no per-step transpose of it): float32 scores, a masked key gets the
   most negative float (not -inf), so a query with every key masked gets uniform weights, as
   `jax.nn.dot_product_attention` does."""
+  probs = jax.nn.softmax(_scores(q, k, mask, scale, "bthe,bhse->bhts"), axis=-1).astype(q.dtype)
+  return jnp.einsum("bhts,bhse->bthe", probs, v)
+
+
+def _scores(q, k, mask, scale, spec):
+  """Float32 scores [B, H, T, S] = q k^T * scale (einsum `spec`), a bool mask's masked keys at the
+  most negative float, an additive mask added."""
   scale = scale if scale is not None else q.shape[-1]**-0.5
-  scores = jnp.einsum("bthe,bhse->bhts", q, k, preferred_element_type=jnp.float32) * jnp.float32(scale)
+  scores = jnp.einsum(spec, q, k, preferred_element_type=jnp.float32) * jnp.float32(scale)
   if mask is not None:
     mask = _as_4d(mask)
     if jnp.issubdtype(mask.dtype, jnp.bool_):
       scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     else:
       scores = scores + mask.astype(jnp.float32)
-  probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-  return jnp.einsum("bhts,bhse->bthe", probs, v)
+  return scores
 
 
 def dropout(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
@@ -121,17 +127,10 @@ def dropout(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
 def _attend_dropout(q, k, v, mask, causal, scale, rate, rng):
   """The attention with dropout on the probabilities (torch SDPA's dropout_p, timm's attn_drop):
   float32 scores, masked keys at the most negative float, softmax, then `dropout`."""
-  scale = scale if scale is not None else q.shape[-1]**-0.5
-  scores = jnp.einsum("bthe,bshe->bhts", q, k, preferred_element_type=jnp.float32) * jnp.float32(scale)
+  scores = _scores(q, k, mask, scale, "bthe,bshe->bhts")
   if causal:
     t, s = scores.shape[-2:]
     scores = jnp.where(jnp.tril(jnp.ones((t, s), bool)), scores, jnp.finfo(jnp.float32).min)
-  if mask is not None:
-    mask = _as_4d(mask)
-    if jnp.issubdtype(mask.dtype, jnp.bool_):
-      scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    else:
-      scores = scores + mask.astype(jnp.float32)
   probs = dropout(jax.nn.softmax(scores, axis=-1), rate, rng).astype(q.dtype)
   return jnp.einsum("bhts,bshe->bthe", probs, v)
 
