@@ -14,11 +14,13 @@ The compression ratio is the number of image tokens N (`num_latent_tokens`; the 
 
 The captions are an argument of every call: `encode(images, text_ids, text_mask)`,
 `decode(tokens, text_ids, text_mask)`, `train_forward(images, *, rng, text_ids, text_mask)`. The
-`tokenizers.build` facade's encode/decode pass images only (they refuse TexTok for want of the
-caption); tools/train.py trains it on the bundled photographs' captions (`data.photo_captions`:
+`tokenizers.build` facade's encode/decode pass images only, which TexTok cannot use (the tools built
+on them, tools/evaluate.py and tools/tokenize_images.py, refuse text-aware tokenizers up front).
+tools/train.py trains it on the bundled photographs' captions (`data.photo_captions`:
 `caption_inputs` maps captions to word ids of `data.captions.WordVocab`, the step passes the batch's
-"text_ids" / "text_mask"), and `encode_captioned` / `reconstruct_captioned` serve the tools. The T5 tower lives under `t5/`, stop-gradient'ed and never decayed; load released
-weights with `with_t5(params, path)` (`convert.t5`; the paper uses a T5-XL encoder), random otherwise.
+"text_ids" / "text_mask"), and `encode_captioned` / `reconstruct_captioned` serve the tools. The T5
+tower lives under `t5/`, stop-gradient'ed and never decayed; load released weights with
+`with_t5(params, path)` (`convert.t5`; the paper uses a T5-XL encoder), random otherwise.
 
 Differences from the paper: the paper's tokenizer also trains with perceptual and GAN losses (the
 trainer's business, not the model's); sizes here are configurable, not the paper's.
@@ -162,7 +164,6 @@ class TexTok(nnx.Module):
                        "tools/train.py the config's `text` section makes the batches carry them")
     out = self.encode(images, text_ids, text_mask, rng=rng)
     return TrainOutput(self.decode(out.tokens, text_ids, text_mask), out.losses, out.metrics)
-
 
   def _check_num_tokens(self, num_tokens) -> None:
     if num_tokens is not None and num_tokens != self.num_latent_tokens:

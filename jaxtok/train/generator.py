@@ -164,8 +164,7 @@ def text_labels(module: Any, path: str) -> Callable[[dict], dict] | None:
   def fn(batch: dict) -> dict:
     rows = np.asarray(batch["caption"])
     labels = {k: np.asarray(v) for k, v in condition({k: v[rows] for k, v in feats.items()}).items()}
-    labels.update({f"null_{k}": np.broadcast_to(v, (len(rows),) + v.shape[1:])
-                   for k, v in null.items()})
+    labels.update({f"null_{k}": np.repeat(v, len(rows), axis=0) for k, v in null.items()})
     return {"tokens": batch["tokens"], "label": labels}
 
   return fn
