@@ -23,19 +23,30 @@ def _train_cmd(config, workdir, *extra):
 
 
 def _run(cmd):
+  """Runs a tool in a subprocess with this process's XLA flags (8 CPU devices, as in-process runs)
+  and its persistent compilation cache, so in- and out-of-process runs compile the same programs."""
+  import jax
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)  # one CPU device: the runs compare by checksum across processes
+  cache = jax.config.jax_compilation_cache_dir
+  if cache:
+    env.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
   out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   return out.stdout + out.stderr
 
 
+def _logged(workdir):
+  """(step, loss) of every training line of the run's metrics.jsonl (eval lines have no loss)."""
+  lines = [json.loads(l) for l in open(os.path.join(workdir, "tb", "metrics.jsonl"))]
+  return [(l["step"], l["loss"]) for l in lines if "loss" in l]
+
+
 def _losses(workdir):
-  return [json.loads(l)["loss"] for l in open(os.path.join(workdir, "tb", "metrics.jsonl"))]
+  return [loss for _, loss in _logged(workdir)]
 
 
-TATITOK_ARGS = (f"--config.total_steps={STEPS}", "--config.ckpt_every=6", "--config.eval_every=100",
-                "--config.keep_checkpoints=3")
+TATITOK_OVERRIDES = dict(total_steps=STEPS, ckpt_every=6, eval_every=100, keep_checkpoints=3)
+TATITOK_ARGS = tuple(f"--config.{k}={v}" for k, v in TATITOK_OVERRIDES.items())
 
 
 @pytest.fixture(scope="session")
@@ -70,31 +81,43 @@ def test_tatitok_trains_through_tools_train_and_scores_heldout_with_captions(tat
 
 @pytest.mark.slow
 def test_tatitok_resumes_bitwise(tatitok_run, tmp_path):
-  """The run's workdir cut back to its step-6 checkpoint and run again ends bitwise equal to it:
-  the captioned batches resume exactly (the crops' state is checkpointed)."""
+  """The run's workdir cut back to its step-6 checkpoint and trained again (jaxtok.train.loop.train,
+  what tools/train.py runs) ends bitwise equal to it, with the same losses at steps 7-12: the
+  captioned batches resume exactly (the crops' state is checkpointed)."""
+  from jaxtok.configs import tatitok
+  from jaxtok.train import loop
   workdir = tatitok_run[0]
   cut = str(tmp_path / "cut")
   shutil.copytree(workdir, cut)
   shutil.rmtree(os.path.join(cut, "checkpoints", str(STEPS)))
   os.remove(os.path.join(cut, "final.json"))
-  log = _run(_train_cmd("tatitok.py:tiny", cut, *TATITOK_ARGS, "--config.final_eval=False"))
-  assert "resumed from step 6" in log
+  c = tatitok.get_config("tiny")
+  c.update(TATITOK_OVERRIDES)
+  c.final_eval = False
+  report = loop.train(c, cut, show_progress=False)
   a = json.load(open(os.path.join(workdir, "final.json")))
-  b = json.load(open(os.path.join(cut, "final.json")))
-  assert a["step"] == b["step"] == STEPS and a["params_sha256"] == b["params_sha256"]
+  assert report["step"] == a["step"] == STEPS and report["params_sha256"] == a["params_sha256"]
+  logged = _logged(cut)  # the copied lines 1-12, then the resumed run's 7-12
+  assert [s for s, _ in logged] == list(range(1, STEPS + 1)) + list(range(7, STEPS + 1))
+  assert logged[STEPS:] == logged[6:STEPS]
 
 
 @pytest.mark.slow
-def test_textok_trains_through_tools_train(tmp_path):
+def test_textok_trains_through_the_loop(tmp_path):
+  """configs/textok.py:tiny through jaxtok.train.loop.train (tools/train.py's body): batches of
+  caption word ids, falling loss, held-out crops scored with their captions."""
+  from jaxtok.configs import textok
+  from jaxtok.train import loop
+  c = textok.get_config("tiny")
+  c.update(total_steps=12, ckpt_every=12, eval_every=6)
+  c.optim.lr = 3e-3
   workdir = str(tmp_path / "textok")
-  log = _run(_train_cmd("textok.py:tiny", workdir, "--config.total_steps=12",
-                        "--config.optim.lr=3e-3", "--config.ckpt_every=12"))
+  report = loop.train(c, workdir, show_progress=False)
   losses = _losses(workdir)
   assert len(losses) == 12 and np.all(np.isfinite(losses))
   assert np.mean(losses[-3:]) < np.mean(losses[:2]), losses
-  report = json.load(open(os.path.join(workdir, "final_metrics.json")))
-  assert np.isfinite(report["per_token_count"]["all"]["psnr"])
-  assert "FINAL step=12" in log
+  assert report["step"] == 12 and np.isfinite(report["per_token_count"]["all"]["psnr"])
+  assert os.path.exists(os.path.join(workdir, "images", "recon_0000006.png"))
 
 
 @pytest.mark.slow
@@ -202,9 +225,17 @@ def test_caption_tables_and_batches_for_textok():
     photo_captions.training_data(c, seed=0)
 
 
-def test_captionless_tools_refuse_text_tokenizers():
-  from jaxtok.data import photo_captions
+@pytest.mark.slow
+def test_captionless_tools_refuse_the_text_aware_run(tatitok_run, tmp_path):
+  """tools/evaluate.py and tools/tokenize_images.py have no captions for their images: they refuse
+  the TA-TiTok run, naming what is missing and where its captioned scores are."""
+  workdir = tatitok_run[0]
   with pytest.raises(ValueError, match="tools/evaluate.py cannot run the text-aware tokenizer "
-                                       "'textok'.*final_metrics.json"):
-    photo_captions.refuse_captionless({"name": "textok"}, "tools/evaluate.py")
+                                       "'tatitok'.*carry none.*final_metrics.json"):
+    load_tool("evaluate").main(["evaluate", f"--checkpoint={workdir}", f"--out={tmp_path / 'e'}"])
+  with pytest.raises(ValueError, match="tools/tokenize_images.py cannot run the text-aware "
+                                       "tokenizer 'tatitok'"):
+    load_tool("tokenize_images").main(["tokenize_images", f"--checkpoint={workdir}",
+                                       f"--input={tmp_path}", f"--output={tmp_path / 't'}"])
+  from jaxtok.data import photo_captions
   photo_captions.refuse_captionless({"name": "titok"}, "tools/evaluate.py")  # others pass
