@@ -76,7 +76,8 @@ def make_train_step(name: str, model: state_lib.ModelDef, tx: optax.GradientTran
                     ema_decay: float = 0.0) -> Callable:
   """`train_step(state, batch, rng) -> (state, metrics)` for generator `name` (not yet jitted).
 
-  batch: {"tokens": int32 [B, N] or float [B, N, D], "label": int32 [B] (-1 = unconditional)}.
+  batch: {"tokens": int32 [B, N] or float [B, N, D], "label": int32 [B] (-1 = unconditional), or
+  a text-conditioned generator's condition dict (`text_labels`)}.
   """
   module = generator_module(name)
 
