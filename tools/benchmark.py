@@ -1489,7 +1489,7 @@ def _semantic_configs() -> dict:
   tf = tokenflow.get_config("tiny").model
   tf.update(image_size=64, siglip=dict(_SEM_SIGLIP), codebook_size=4096, semantic_dim=32, pixel_dim=8,
             ch=32, ch_mult=(1, 1, 2, 4), num_res_blocks=1, z_channels=64, num_groups=8,
-            decoder_width=192, decoder_depth=2, decoder_heads=3)
+            decoder_width=192, decoder_depth=2, decoder_heads=3, scales=None)
   dt = dualtoken.get_config("tiny").model
   dt.update(image_size=64, siglip=dict(_SEM_SIGLIP), pixel_layer=2, codebook_size=4096, code_dim=32,
             decoder_width=192, decoder_depth=4, decoder_heads=3)
@@ -1563,6 +1563,52 @@ def _textok_rows(args, batch, rows):
                f"{batch / t_dec:.3g} images/s (T5 run on the captions inside)"))
 
 
+# ---- MaskGen-KL: the continuous MaskGen (MM-DiT backbone + MAR's DDPM head) beside MaskGen-VQ
+
+def maskgen_kl_suite(args) -> list[tuple[str, str, float, str]]:
+  """MaskGen-KL at a small size (random weights; 32 tokens of 16 dims, W128 L4, head 128 x 2, 77
+  random text features of width 256), batch --batch (default 4): the release's guided sampling (32
+  iterations, CFG 3 linear) with 100 and with 25 DDPM head steps, MaskGen-VQ's guided sampling on
+  the same backbone (16 steps, 1024 codes), and one training loss-and-gradient evaluation."""
+  from flax import nnx
+  from jaxtok.generators import maskgen, maskgen_kl
+  b = args.batch or 4
+  reps = max(1, args.repeats // 3)
+  rows = Rows()
+  rng = np.random.default_rng(0)
+  backbone = dict(seq_len=32, width=128, depth=4, heads=4, text_dim=256, micro_condition=True,
+                  micro_condition_dim=64)
+  cond = {"text": jnp.asarray(rng.normal(size=(b, 77, 256)), jnp.float32),
+          "pooled": jnp.asarray(rng.normal(size=(b, 256)), jnp.float32)}
+  null = {k: v[:1] for k, v in cond.items()}
+  g, p = nnx.split(maskgen_kl.make_model(dict(backbone, token_dim=16, head_width=128, head_depth=2),
+                                         rngs=nnx.Rngs(0)))
+  for respacing in ("100", "25"):
+    stage(f"maskgen_kl: sample, {respacing} head steps")
+    run = jax.jit(lambda p, key, r=respacing: maskgen_kl.sample(nnx.merge(g, p), key, cond, null,
+                                                                head_respacing=r))
+    t = time_call(lambda: run(p, jax.random.key(1)), reps, jax.block_until_ready)
+    rows.append((f"MaskGen-KL sample 32 x 16-dim tokens, batch {b}", f"jaxtok, 32 guided "
+                 f"iterations, {respacing} DDPM steps", t * 1e3,
+                 f"{b / t:.3g} images/s (tokens only); W128 L4, head 128x2, 77 text tokens"))
+  stage("maskgen_kl: MaskGen-VQ sample")
+  gv, pv = nnx.split(maskgen.make_model(dict(backbone, codebook_size=1024, num_classes=0),
+                                        rngs=nnx.Rngs(0)))
+  run_vq = jax.jit(lambda p, key: maskgen.sample(nnx.merge(gv, p), key, cond, null))
+  t = time_call(lambda: run_vq(pv, jax.random.key(1)), reps, jax.block_until_ready)
+  rows.append((f"MaskGen-VQ sample 32 tokens, batch {b}", "jaxtok, 16 guided steps", t * 1e3,
+               f"{b / t:.3g} images/s (tokens only); the same backbone, 1024 codes"))
+  stage("maskgen_kl: loss and gradient")
+  tokens = jnp.asarray(rng.normal(size=(b, 32, 16)), jnp.float32)
+  labels = dict(cond, null_text=jnp.zeros_like(cond["text"]), null_pooled=jnp.zeros_like(cond["pooled"]))
+  grad = jax.jit(jax.grad(lambda p, key: maskgen_kl.loss(nnx.merge(g, p), tokens, labels,
+                                                         rng=key)[0]))
+  t = time_call(lambda: grad(p, jax.random.key(2)), reps, jax.block_until_ready)
+  rows.append((f"MaskGen-KL loss + gradient, batch {b}", "jaxtok (diffusion batch x4)", t * 1e3,
+               f"{b / t:.3g} samples/s"))
+  return rows
+
+
 # ---- captions: the host-side cost of caption-carrying batches (tools/train.py, train_generator.py)
 
 def captions_suite(args) -> list[tuple[str, str, float, str]]:
@@ -1632,6 +1678,7 @@ SUITES = {"quantizers": quantizer_suite, "tokenizers": tokenizer_suite, "train":
           "next_x": next_x_suite,
           "resgen": resgen_suite,
           "semantic": semantic_suite,
+          "maskgen_kl": maskgen_kl_suite,
           "captions": captions_suite,
           }
 

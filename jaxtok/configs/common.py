@@ -83,8 +83,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.final_eval = True
   # device_prefetch: batches transferred ahead of the step (`data.prefetch.DevicePrefetch`).
   c.data.update(source="photos", image_size=32, heldout=16, max_scale=4, device_prefetch=2)
+  # perceptual_net / perceptual_weights / convnext_weights: `losses.perceptual.from_config` (the
+  # network and the user's weights files; used only when perceptual > 0).
   c.loss = ml_collections.ConfigDict(dict(l1=0.0, l2=1.0, perceptual=0.0, proxy=0.0, gan=0.0,
-                                          gan_start=0, disc_start=0, lecam=0.0, lecam_decay=0.999))
+                                          gan_start=0, disc_start=0, lecam=0.0, lecam_decay=0.999,
+                                          perceptual_net="lpips_vgg16", perceptual_weights="",
+                                          convnext_weights=""))
   c.disc = None
   c.disc_optim = None
   # REPA / semantic regularisation with a frozen DINOv2 (`losses.repa`), off (None); see add_repa

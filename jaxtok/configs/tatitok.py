@@ -10,9 +10,11 @@ features come from them), tiny.
 
 Recipe (bytedance/1d-tokenizer configs/training/TA-TiTok/*.yaml): AdamW lr 1e-4 (b1 0.9, b2 0.999,
 wd 1e-4), 10k warmup, cosine to 1e-5, 650k steps at batch 32 per GPU, grad clip 1.0, EMA, L2 1.0,
-PatchGAN weight 0.1 + LeCAM 0.001 from step 200k, discriminator lr 1e-4. Not reproduced: the 1.1 x
-LPIPS-ConvNeXt-S perceptual term (no such network here: loss.perceptual stays 0 unless an LPIPS file
-is given) and the official `clustering_vq` codebook restarts of the VQ runs.
+PatchGAN weight 0.1 + LeCAM 0.001 from step 200k, discriminator lr 1e-4. The release's 1.1 x
+"lpips-convnext_s-1.0-0.1" perceptual term is `loss.perceptual_net` here; it needs the user's LPIPS
+and ConvNeXt-S weights, so loss.perceptual stays 0 unless set (`--config.loss.perceptual=1.1
+--config.loss.perceptual_weights=vgg.pth --config.loss.convnext_weights=convnext_small.pth`). Not
+reproduced: the official `clustering_vq` codebook restarts of the VQ runs.
 
 Training data: captioned images; here the bundled photographs with one caption each
 (`data.photo_captions`), each caption's CLIP "tokens" features computed once by the frozen text
@@ -60,7 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.batch_size = 256
   c.optim.update(lr=1e-4, warmup_steps=10_000, end_lr=1e-5, b1=0.9, b2=0.999, wd=1e-4, clip=1.0)
   c.ema_decay = 0.999
-  c.loss.update(l2=1.0)
+  c.loss.update(l2=1.0, perceptual_net="lpips-convnext_s-1.0-0.1")
   common.add_gan(c, weight=0.1, start=200_000, lecam=0.001, disc_lr=1e-4)
   c.eval.token_counts = [a.tokens]
   if a.tiny:

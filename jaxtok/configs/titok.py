@@ -106,7 +106,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.ema_decay = 0.999
   if a.recipe == "single":
     # Pixel L2 from step 0 (the perceptual term needs a feature-network weights file:
-    # set config.loss.perceptual and config.perceptual_weights to enable it).
+    # set config.loss.perceptual and config.loss.perceptual_weights to enable it).
     c.loss.update(l2=1.0)
     if a.gan:
       # bytedance/1d-tokenizer configs/training/TiTok/stage2: discriminator_weight 0.01,
@@ -165,12 +165,15 @@ def stage2(c: ml_collections.ConfigDict) -> None:
   and pixel_decoder, on pixels. Differences from stage 1: l2 1.0 instead of the proxy CE,
   quantizer_weight 0, commitment_cost 0, AdamW b2 0.999, warmup 5k, 500k steps, PatchGAN weight 0.01
   (fixed, no adaptive weight) with LeCAM 0.001 from step 20k, discriminator lr 1e-4. The release's
-  0.1 * ConvNeXt-S perceptual term needs a network jaxtok does not ship: `loss.perceptual` stays 0
-  unless `loss.perceptual_weights` names an LPIPS file. `init_from.pixel_decoder` should name the
+  0.1 * ConvNeXt-S perceptual term (`loss.perceptual_net="convnext_s"`, `losses.convnext_perceptual`)
+  needs torchvision's ConvNeXt-S weights, which only the user can supply: `loss.perceptual` stays 0
+  unless set, e.g. `--config.loss.perceptual=0.1 --config.loss.convnext_weights=convnext_small.pth`
+  gives the release's term. `init_from.pixel_decoder` should name the
   MaskGIT-VQGAN weights (the stage-1 teacher) as the release does; left empty, the stage-1
   checkpoint's pixel decoder is kept.
   """
   c.total_steps = 500_000
+  c.loss.perceptual_net = "convnext_s"
   c.optim.update(lr=1e-4, warmup_steps=5_000, end_lr=1e-5, b1=0.9, b2=0.999, wd=1e-4, clip=1.0)
   c.model.commitment_cost = 0.0
   c.loss.update(l2=1.0, proxy=0.0)

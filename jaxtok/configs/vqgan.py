@@ -8,7 +8,7 @@ Arguments: res, codebook, quantizer (vq, fsq, lfq, bsq, rvq, rfsq, binary; the n
 narrower latent: z_channels 6 with FSQ levels (8, 8, 8, 5, 5, 5), 12 for lfq/bsq/binary), gan (add a PatchGAN discriminator with hinge + LeCAM, weight 0.1 from step
 20k; MaskGIT's own VQGAN uses a StyleGAN discriminator, which jaxtok does not implement), tiny.
 The full recipe also adds a perceptual term (needs a feature-network weights file: set
-config.loss.perceptual and config.perceptual_weights).
+config.loss.perceptual and config.loss.perceptual_weights).
 """
 from __future__ import annotations
 

@@ -17,6 +17,7 @@
   "tatitok"   TA-TiTok (text-aware TiTok, VQ / VAE)                  convert/tatitok.py
   "clip_text" CLIP text tower (frozen, `nn.clip_text`)               convert/clip_text.py
   "maskgen"   MaskGen-VQ text-to-image generators (L / XL)           convert/maskgen.py
+  "maskgen_kl" MaskGen-KL text-to-image generators (L / XL)          convert/maskgen_kl.py
   "siglip"    SigLIP vision tower (HF layout, `nn.siglip`)           convert/siglip.py
   "t5"        T5 encoder (HF layout, `nn.t5`)                        convert/t5.py
 `config`: for FlexTok, None (the hydra config in the file), a name of flextok.RELEASED, or a
@@ -35,7 +36,7 @@ import os
 from typing import Any
 
 MODELS = ("titok", "onedpiece", "vqgan", "maskgit", "rar", "flextok", "dinov2", "tatitok", "clip_text",
-          "maskgen", "siglip", "t5")
+          "maskgen", "siglip", "t5", "maskgen_kl")
 # Frozen feature towers: `jaxtok.convert.<name>.load(weights, overrides) -> (config, params)` and
 # `jaxtok.nn.<name>.abstract_params(config)`.
 FROZEN_TOWERS = ("clip_text", "siglip", "t5")
@@ -77,6 +78,9 @@ def convert(model: str, weights: str | os.PathLike, config: Any = None):
   if model == "maskgen":
     from jaxtok.convert import maskgen
     return maskgen.load(weights, config)
+  if model == "maskgen_kl":
+    from jaxtok.convert import maskgen_kl
+    return maskgen_kl.load(weights, config)
   if model == "tatitok":
     from jaxtok.convert import tatitok
     return tatitok.load(weights, config)
@@ -107,7 +111,7 @@ def resolve_config(config: Any, flat, *, released, aliases, infer, from_official
   return config
 
 
-GENERATORS = ("maskgit_official", "rar", "maskgen")  # config names of converted generators
+GENERATORS = ("maskgit_official", "rar", "maskgen", "maskgen_kl")  # config names of converted generators
 
 
 def _generator_converter(config: dict):
@@ -121,6 +125,9 @@ def _generator_converter(config: dict):
   if config.get("name") == "maskgen":
     from jaxtok.convert import maskgen
     return maskgen
+  if config.get("name") == "maskgen_kl":
+    from jaxtok.convert import maskgen_kl
+    return maskgen_kl
   return None
 
 

@@ -353,8 +353,24 @@ def _maskgen(model, rng, cond, null, opts: Options):
   return maskgen.sample(model, rng, cond, null, **settings)
 
 
+def _maskgen_kl(model, rng, cond, null, opts: Options):
+  """MaskGen-KL from text: `generators.maskgen_kl.SAMPLING` with opts' steps, cfg_schedule,
+  temperature and cfg_scale (1, the Options default, keeps the release's 3 as for MaskGen-VQ);
+  continuous tokens float32 [B, K, D] (unscaled VAE latents)."""
+  from jaxtok.generators import maskgen_kl  # pylint: disable=g-import-not-at-top
+  settings = dict(temperature=opts.temperature)
+  if float(opts.cfg_scale) != 1.0:
+    settings["cfg_scale"] = opts.cfg_scale
+  if opts.steps:
+    settings["steps"] = opts.steps
+  if opts.cfg_schedule:
+    settings["cfg_schedule"] = opts.cfg_schedule
+  return maskgen_kl.sample(model, rng, cond, null, **settings)
+
+
 # Text-conditioned generators: condition dicts from a caption's CLIP features instead of class ids.
 TEXT_SAMPLERS = {"maskgen": _maskgen}
+TEXT_SAMPLERS.update(maskgen_kl=_maskgen_kl)
 
 
 def make_text_sampler(name: str, graphdef: Any, params: Any,

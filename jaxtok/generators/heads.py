@@ -55,27 +55,48 @@ class _ResBlock(nnx.Module):
 
 
 class FlowHead(nnx.Module):
-  """MAR-style per-token velocity MLP v(x_t, t, z) for continuous tokens of dimension `token_dim`."""
+  """MAR-style per-token velocity MLP v(x_t, t, z) for continuous tokens of dimension `token_dim`.
+
+  time_freq None: t enters as Linear(timestep_embedding(t, width)). time_freq F: MAR's / DiT's
+  TimestepEmbedder, Linear(F, width), SiLU, Linear(width, width) (`time`, `time_out`) on an F-dim
+  embedding (MaskGen-KL's DDPM head: F = 256). time_scale multiplies t in the embedding (1000 for
+  t in [0, 1]; 1 for integer DDPM steps). out_dim: the output width (default token_dim; a DDPM
+  head with learned variance has 2 token_dim: eps | variance value).
+  """
 
   def __init__(self, *, token_dim: int, cond_dim: int, width: int = 1024, depth: int = 3,
-               rngs: nnx.Rngs):
+               time_freq: int | None = None, time_scale: float = 1000.0,
+               out_dim: int | None = None, rngs: nnx.Rngs):
     if token_dim < 1 or cond_dim < 1 or width < 2 or depth < 1:
       raise ValueError(f"need token_dim, cond_dim, depth >= 1 and width >= 2, got {token_dim}, "
                        f"{cond_dim}, {depth}, {width}")
-    self.token_dim, self.width = token_dim, width
+    if (time_freq is not None and time_freq < 2) or (out_dim is not None and out_dim < 1):
+      raise ValueError(f"time_freq must be None or >= 2 and out_dim None or >= 1, got "
+                       f"{time_freq}, {out_dim}")
+    self.token_dim, self.width, self.time_freq = token_dim, width, time_freq
+    self.time_scale = float(time_scale)
     self.inp = nnx.Linear(token_dim, width, kernel_init=logical_init(_INIT, None, "embed"), rngs=rngs)
-    self.time = nnx.Linear(width, width, kernel_init=logical_init(_INIT, None, "embed"), rngs=rngs)
+    time_init = _INIT if time_freq is None else nnx.initializers.normal(0.02)
+    self.time = nnx.Linear(time_freq or width, width, kernel_init=logical_init(time_init, None, "embed"),
+                           rngs=rngs)
     self.cond = nnx.Linear(cond_dim, width, kernel_init=logical_init(_INIT, None, "embed"), rngs=rngs)
     self.blocks = nnx.List([_ResBlock(width, rngs=rngs) for _ in range(depth)])
     self.final_norm = nnx.LayerNorm(width, epsilon=1e-6, use_scale=False, use_bias=False, rngs=rngs)
     self.final_ada = nnx.Linear(width, 2 * width,
                                 kernel_init=logical_init(nnx.initializers.zeros, "embed", "mlp"), rngs=rngs)
-    self.out = nnx.Linear(width, token_dim, kernel_init=logical_init(nnx.initializers.zeros, "embed", None),
-                          rngs=rngs)
+    self.out = nnx.Linear(width, out_dim or token_dim,
+                          kernel_init=logical_init(nnx.initializers.zeros, "embed", None), rngs=rngs)
+    # Created last so that the default head draws its initial weights exactly as before.
+    self.time_out = None if time_freq is None else nnx.Linear(
+        width, width, kernel_init=logical_init(nnx.initializers.normal(0.02), "embed", "mlp"), rngs=rngs)
 
   def __call__(self, x_t: jax.Array, t: jax.Array, z: jax.Array) -> jax.Array:
-    """Velocity [N, D] float32 for noisy tokens x_t [N, D], times t [N] and conditions z [N, W]."""
-    c = self.time(timestep_embedding(t, self.width)) + self.cond(z.astype(jnp.float32))
+    """Velocity [N, D] (or [N, out_dim]) float32 for noisy tokens x_t [N, D], times t [N] and
+    conditions z [N, W]."""
+    c = self.time(timestep_embedding(t, self.time_freq or self.width, scale=self.time_scale))
+    if self.time_out is not None:
+      c = self.time_out(jax.nn.silu(c))
+    c = c + self.cond(z.astype(jnp.float32))
     h = self.inp(x_t.astype(jnp.float32))
     for block in self.blocks:
       h = block(h, c)

@@ -243,12 +243,17 @@ def load_lpips_vgg16(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> 
   return lpips_vgg16_weights(merged, source=",".join(paths))
 
 
-def _require(weights: Any) -> LPIPSWeights:
-  if not isinstance(weights, LPIPSWeights):
-    raise ValueError("LPIPS needs its trained weights, loaded from a file with "
-                     "load_lpips_vgg16(path) (an untrained network is not perceptual); got "
-                     f"{type(weights).__name__}")
+def require_loaded(weights: Any, cls: type, network: str, loader: str) -> Any:
+  """weights, if it is a `cls` (weights read from a file by `loader`); else ValueError: a perceptual
+  network with untrained weights measures nothing perceptual."""
+  if not isinstance(weights, cls):
+    raise ValueError(f"{network} needs its trained weights, loaded from a file with {loader}(path) "
+                     f"(an untrained network is not perceptual); got {type(weights).__name__}")
   return weights
+
+
+def _require(weights: Any) -> LPIPSWeights:
+  return require_loaded(weights, LPIPSWeights, "LPIPS", "load_lpips_vgg16")
 
 
 def _conv3x3(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
@@ -288,23 +293,28 @@ def lpips_loss(weights: LPIPSWeights, x: jax.Array, y: jax.Array) -> jax.Array:
   return jnp.mean(lpips_vgg16(weights, x, y))
 
 
-NETWORKS = ("lpips_vgg16",)
+NETWORKS = ("lpips_vgg16", "convnext_s", "lpips-convnext_s-A-B")
 
 
-def from_config(loss_cfg: Any, config: Any = None) -> tuple[Callable, LPIPSWeights]:
+def from_config(loss_cfg: Any, config: Any = None) -> tuple[Callable, Any]:
   """(perceptual_fn(weights, x, x^) -> scalar, weights) for `config.loss` (the training step's form).
 
-  The weights file comes from `loss.perceptual_weights` (or, for older configs, the top-level
-  `config.perceptual_weights`); `loss.perceptual_net` names the network ("lpips_vgg16").
+  `loss.perceptual_net` names the network: "lpips_vgg16" (default), or the release's ConvNeXt forms
+  "convnext_s" and "lpips-convnext_s-A-B" (e.g. "lpips-convnext_s-1.0-0.1", the 1d-tokenizer
+  recipes: (A * LPIPS + B * ConvNeXt) / (A + B), `losses.convnext_perceptual`). The LPIPS file(s)
+  come from `loss.perceptual_weights` (or, for older configs, the top-level
+  `config.perceptual_weights`), the ConvNeXt file from `loss.convnext_weights`.
 
   Raises:
-    ValueError: when no weights file is configured (the loss would compare untrained features).
+    ValueError: when a needed weights file is not configured (the loss would compare untrained
+      features) or the network name is unknown.
   """
   get = lambda c, k: (c.get(k, None) if hasattr(c, "get") else getattr(c, k, None)) if c is not None else None
   net = get(loss_cfg, "perceptual_net") or "lpips_vgg16"
-  if net not in NETWORKS:
-    raise ValueError(f"config.loss.perceptual_net must be one of {NETWORKS}, got {net!r}")
   path = get(loss_cfg, "perceptual_weights") or get(config, "perceptual_weights")
+  if net != "lpips_vgg16":
+    from jaxtok.losses import convnext_perceptual  # pylint: disable=g-import-not-at-top
+    return convnext_perceptual.from_paths(net, path, get(loss_cfg, "convnext_weights"))
   if not path:
     raise ValueError("config.loss.perceptual > 0 needs config.loss.perceptual_weights: the path of "
                      "the LPIPS-VGG16 weights (safetensors or a torch state dict; an untrained "

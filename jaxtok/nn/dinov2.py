@@ -49,7 +49,7 @@ from flax import nnx
 from jaxtok.nn.block import Block
 from jaxtok.nn.embeddings import trunc_normal
 from jaxtok.nn.norm import Norm
-from jaxtok.nn.options import model_kwargs
+from jaxtok.nn import options
 from jaxtok.nn.stack import Stack
 from jaxtok.nn.vit import PatchEmbed
 from jaxtok.sharding import logical_init
@@ -256,17 +256,14 @@ def config_for(size: str, num_registers: int = 0, **overrides: Any) -> dict[str,
 def make_model(cfg: Mapping[str, Any], *, rngs: nnx.Rngs) -> DINOv2:
   """A DINOv2 from plain fields (`_FIELDS`, `size` for a preset, the common options); unknown keys
   raise ValueError naming the valid ones."""
-  cfg = dict(cfg.to_dict()) if hasattr(cfg, "to_dict") else dict(cfg)
-  size = cfg.pop("size", None)
-  kwargs = model_kwargs(cfg, _FIELDS, model="DINOv2", extra=("name",), cls=DINOv2)
-  if size is not None:
-    kwargs = {**config_for(size, kwargs.pop("num_registers", 0)), **kwargs}
+  kwargs = options.preset_model_kwargs(cfg, _FIELDS, model="DINOv2", cls=DINOv2,
+                                       preset=lambda size, kw: config_for(size, kw.get("num_registers", 0)))
   return DINOv2(**kwargs, rngs=rngs)
 
 
 def abstract_params(cfg: Mapping[str, Any]) -> nnx.State:
   """The parameter shapes of `make_model(cfg)` (nothing allocated)."""
-  return nnx.state(nnx.eval_shape(lambda: make_model(cfg, rngs=nnx.Rngs(0))), nnx.Param)
+  return options.abstract_params(make_model, cfg)
 
 
 def features_fn(cfg: Mapping[str, Any]):

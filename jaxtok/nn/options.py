@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from jaxtok.nn.attention import check_implementation
 from jaxtok.nn.stack import check_remat
@@ -113,3 +114,18 @@ def model_kwargs(cfg: Any, fields: Sequence[str], *, model: str, extra: Sequence
     check_types(cls, kwargs, model=model)
   kwargs.update(common_options(cfg))
   return kwargs
+
+
+def preset_model_kwargs(cfg: Any, fields: Sequence[str], *, model: str, cls: type,
+                        preset) -> dict[str, Any]:
+  """`model_kwargs` of a network with named sizes: cfg's optional `size` selects
+  `preset(size, kwargs) -> defaults`, which the explicitly given fields override."""
+  cfg = dict(cfg.to_dict()) if hasattr(cfg, "to_dict") else dict(cfg)
+  size = cfg.pop("size", None)
+  kwargs = model_kwargs(cfg, fields, model=model, extra=("name",), cls=cls)
+  return kwargs if size is None else {**preset(size, kwargs), **kwargs}
+
+
+def abstract_params(make_model, cfg: Any) -> nnx.State:
+  """The parameter shapes of `make_model(cfg, rngs=...)` (nothing allocated)."""
+  return nnx.state(nnx.eval_shape(lambda: make_model(cfg, rngs=nnx.Rngs(0))), nnx.Param)

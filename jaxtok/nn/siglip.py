@@ -39,7 +39,7 @@ from jaxtok.nn.block import Block
 from jaxtok.nn.embeddings import trunc_normal
 from jaxtok.nn.mlp import Mlp
 from jaxtok.nn.norm import Norm
-from jaxtok.nn.options import model_kwargs
+from jaxtok.nn import options
 from jaxtok.nn.stack import Stack
 from jaxtok.nn.vit import PatchEmbed
 from jaxtok.sharding import logical_init
@@ -199,14 +199,11 @@ def config_for(size: str, **overrides: Any) -> dict[str, Any]:
 def make_model(cfg: Mapping[str, Any], *, rngs: nnx.Rngs) -> SigLIPVision:
   """A SigLIP vision tower from plain fields (`_FIELDS`, `size` for a preset, the common options);
   unknown keys raise ValueError naming the valid ones."""
-  cfg = dict(cfg.to_dict()) if hasattr(cfg, "to_dict") else dict(cfg)
-  size = cfg.pop("size", None)
-  kwargs = model_kwargs(cfg, _FIELDS, model="SigLIP", extra=("name",), cls=SigLIPVision)
-  if size is not None:
-    kwargs = {**config_for(size), **kwargs}
+  kwargs = options.preset_model_kwargs(cfg, _FIELDS, model="SigLIP", cls=SigLIPVision,
+                                       preset=lambda size, kw: config_for(size))
   return SigLIPVision(**kwargs, rngs=rngs)
 
 
 def abstract_params(cfg: Mapping[str, Any]) -> nnx.State:
   """The parameter shapes of `make_model(cfg)` (nothing allocated)."""
-  return nnx.state(nnx.eval_shape(lambda: make_model(cfg, rngs=nnx.Rngs(0))), nnx.Param)
+  return options.abstract_params(make_model, cfg)

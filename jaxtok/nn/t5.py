@@ -31,6 +31,7 @@ from flax import nnx
 
 from jaxtok.nn.block import Block
 from jaxtok.nn.norm import Norm
+from jaxtok.nn import options
 from jaxtok.nn.options import model_kwargs
 from jaxtok.nn.stack import Stack
 from jaxtok.sharding import logical_init
@@ -126,4 +127,4 @@ def make_model(cfg: Mapping[str, Any], *, rngs: nnx.Rngs) -> T5Encoder:
 
 def abstract_params(cfg: Mapping[str, Any]) -> nnx.State:
   """The parameter shapes of `make_model(cfg)` (nothing allocated)."""
-  return nnx.state(nnx.eval_shape(lambda: make_model(cfg, rngs=nnx.Rngs(0))), nnx.Param)
+  return options.abstract_params(make_model, cfg)

@@ -55,7 +55,8 @@ def _head_steps(head_steps, steps):
 
 def sample(rng, condition_fn, head_fn, *, batch, num_tokens, token_dim, steps, head_steps,
            cond=None, uncond=None, cfg_scale=1.0, cfg_schedule="linear", cfg_power=1.0,
-           temperature=1.0, head_method="euler", head_shift=1.0, head_sampler=None):
+           temperature=1.0, head_method="euler", head_shift=1.0, head_sampler=None,
+           cfg_min_masked=0):
   """Generates continuous tokens; returns `MARSample` (tokens float32 [B, N, D], order, step).
 
   steps in [1, N] iterations; head_steps an int or int [steps] (DiSA); temperature >= 0.
@@ -63,6 +64,9 @@ def sample(rng, condition_fn, head_fn, *, batch, num_tokens, token_dim, steps, h
   head_sampler: instead of the flow head, ``head_sampler(key, zc [M, W], zu [M, W] or None, scale)
   -> tokens float32 [M, D]`` draws the new tokens (TokenBridge's categorical channel head; head_fn
   and head_steps are then unused) with the key ``fold_in(rng, s + 1)``.
+  cfg_min_masked: the guidance ratio r counts at least this many tokens as still masked (MAR's and
+  MaskGen-KL's released loops clamp mask_len to >= 1 even at the last iteration, so their last
+  scale is 1 + (g - 1)(N - 1) / N: pass 1); 0: r reaches 1 at the last iteration.
   """
   for name, v in (("batch", batch), ("num_tokens", num_tokens), ("token_dim", token_dim),
                   ("steps", steps)):
@@ -70,6 +74,10 @@ def sample(rng, condition_fn, head_fn, *, batch, num_tokens, token_dim, steps, h
   if steps > num_tokens:
     raise ValueError(f"steps must be <= num_tokens={num_tokens}, got {steps}")
   _checks.temperature(temperature)
+  if (isinstance(cfg_min_masked, bool) or not isinstance(cfg_min_masked, (int, np.integer))
+      or not 0 <= cfg_min_masked < num_tokens):
+    raise ValueError(f"cfg_min_masked must be an int in [0, num_tokens={num_tokens}), got "
+                     f"{cfg_min_masked!r}")
   guidance.check_schedule(cfg_schedule)
   guidance.check_scale(cfg_scale)
   hs = _head_steps(head_steps, steps)
@@ -96,7 +104,7 @@ def sample(rng, condition_fn, head_fn, *, batch, num_tokens, token_dim, steps, h
     valid = j < s_count
     pos = jnp.take_along_axis(order, jnp.minimum(s_start + j, n - 1)[None].repeat(b, 0), -1)
     rows = lambda z: jnp.take_along_axis(z, pos[..., None], 1).reshape(b * width, -1)
-    r = (s_start + s_count) / n
+    r = jnp.minimum(s_start + s_count, n - cfg_min_masked) / n
     scale = guidance.scale_at(cfg_schedule, cfg_scale, r, cfg_power)
     key = jax.random.fold_in(rng, s + 1)
     if head_sampler is not None:

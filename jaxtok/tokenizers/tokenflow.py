@@ -6,7 +6,9 @@ per position that selects a semantic code AND a pixel code (`quantizers.dual`, s
    |     penultimate block of SigLIP-so400m) -> task layer (Dense, tanh, Dense) -> s [B, g*g, Ds]
    |-- VQGAN conv encoder (`nn.conv`) -> 1x1 quant conv -> p [B, g*g, Dp]
   -> `dual.quantize(s, p)`: i* = argmin w_sem ||s - e_sem||^2 + w_pix ||p - e_pix||^2 (l2-normalised)
-  -> tokens int32 [B, g*g] (row-major grid)
+  -> tokens int32 [B, g*g] (row-major grid); or, with `scales` (the release's setting), the
+     multi-scale residual quantization of `quantizers.multiscale`: tokens int32 [B, sum s^2], one
+     shared index per cell of every scale, and the codes summed over the scales at g x g
   decoders, both from the same tokens:
    pixel:    e_pix[i*] -> 1x1 post-quant conv -> VQGAN conv decoder -> images [B, S, S, 3]
    semantic: e_sem[i*] -> Dense -> + positions -> transformer (shared Blocks) -> LayerNorm -> task
@@ -25,14 +27,19 @@ released weights call `with_siglip(params, path, config)` on the initialised par
 (`convert.siglip`; google/siglip-so400m-patch14-384 is the official teacher). `tools/train.py` does
 not do that by itself.
 
-Differences from the release (documented, not hidden): the release fine-tunes the semantic encoder
-(all SigLIP blocks but the last); here the tower is frozen and only the task layer learns. The
-release quantizes multi-scale residually (VAR-style scales 1, 2, 4, ... 14/16/27, each scale through
-the same shared-mapping quantizer); here one scale (the full g x g grid) is quantized once, which is
-the quantizer's defining shared mapping. For the 384 px SigLIP teacher the release resizes the image
-to 16 * 27 px for the pixel encoder; here the two grids must agree (S / patch == S / f).
+Multi-scale (`scales`, e.g. the SigLIP-384 release's 1, 2, 3, ..., 22, 27): each scale quantizes the
+area-downsampled residual with the same shared-mapping codebooks and its codes, bicubic-upsampled,
+are summed and subtracted (`quantizers.multiscale`, torch's resize kernels as matrices); in
+training one scale (not the first) is skipped with probability `scale_drop` (the release's 0.1).
+`scales=None` quantizes the single g x g grid once.
 
-Dimension names: B batch, S image size, g grid side, Wt tower width, Ds / Dp code dims, K codebook.
+Differences from the release (documented, not hidden): the release fine-tunes the semantic encoder
+(all SigLIP blocks but the last); here the tower is frozen and only the task layer learns. For the
+384 px SigLIP teacher the release resizes the image to 16 * 27 px for the pixel encoder; here the two
+grids must agree (S / patch == S / f).
+
+Dimension names: B batch, S image size, g grid side, T tokens (g*g, or sum s^2 over scales), Wt
+tower width, Ds / Dp code dims, K codebook.
 """
 from __future__ import annotations
 
@@ -51,6 +58,7 @@ from jaxtok.nn.norm import Norm
 from jaxtok.nn.options import model_kwargs
 from jaxtok.nn.stack import Stack
 from jaxtok.quantizers import dual
+from jaxtok.quantizers import multiscale
 from jaxtok.sharding import logical_init
 from jaxtok.tokenizers.bottleneck import symmetric_uniform
 from jaxtok.tokenizers.api import (EncodeOutput, TrainOutput, as_dict, check_images,
@@ -134,7 +142,7 @@ def with_siglip(params: nnx.State, path: str, siglip: Mapping[str, Any], *,
 
 
 class TokenFlow(nnx.Module):
-  """TokenFlow: images [B, S, S, 3] -> tokens int32 [B, g*g] -> images (and semantic features)."""
+  """TokenFlow: images [B, S, S, 3] -> tokens int32 [B, T] -> images (and semantic features)."""
 
   def __init__(self, *, image_size: int = 256, siglip: dict | None = None, siglip_layer: int = -2,
                codebook_size: int = 16384, semantic_dim: int = 32, pixel_dim: int = 8,
@@ -142,7 +150,8 @@ class TokenFlow(nnx.Module):
                z_channels: int = 256, num_groups: int = 32, decoder_width: int = 768,
                decoder_depth: int = 3, decoder_heads: int = 12, semantic_weight: float = 1.0,
                pixel_weight: float = 1.0, commitment_cost: float = 0.25,
-               semantic_loss_weight: float = 1.0, l2_norm: bool = True, dtype: Any = jnp.float32,
+               semantic_loss_weight: float = 1.0, l2_norm: bool = True,
+               scales: Sequence[int] | None = None, scale_drop: float = 0.1, dtype: Any = jnp.float32,
                remat: Any = "none", scan_layers: bool = False, attention_impl: str | None = None,
                rngs: nnx.Rngs):
     dtype = compute_dtype(dtype)
@@ -162,7 +171,13 @@ class TokenFlow(nnx.Module):
       if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
         raise ValueError(f"TokenFlow {name} must be a number >= 0, got {v!r}")
     self.image_size, self.codebook_size = image_size, codebook_size
-    self.num_latent_tokens = self.grid**2
+    self.scales = None if scales is None else multiscale.check_scales(scales, self.grid)
+    if not isinstance(scale_drop, (int, float)) or isinstance(scale_drop, bool) or not (
+        0.0 <= scale_drop <= 1.0):
+      raise ValueError(f"TokenFlow scale_drop must be a number in [0, 1], got {scale_drop!r}")
+    self.scale_drop = float(scale_drop)
+    self.num_latent_tokens = (self.grid**2 if self.scales is None
+                              else multiscale.num_tokens(self.scales))
     self.weights = (float(semantic_weight), float(pixel_weight))
     self.commitment_cost, self.semantic_loss_weight = float(commitment_cost), float(semantic_loss_weight)
     self.l2_norm = bool(l2_norm)
@@ -182,7 +197,7 @@ class TokenFlow(nnx.Module):
                                     z_channels=z_channels, num_groups=num_groups, dtype=dtype,
                                     rngs=rngs)
     self.semantic_decoder = SemanticDecoder(
-        semantic_dim, tower_width, self.num_latent_tokens, width=decoder_width, depth=decoder_depth,
+        semantic_dim, tower_width, self.grid**2, width=decoder_width, depth=decoder_depth,
         num_heads=decoder_heads, dtype=dtype, remat=remat, scan_layers=scan_layers,
         attention_impl=attention_impl, rngs=rngs)
 
@@ -193,16 +208,25 @@ class TokenFlow(nnx.Module):
     k = self.siglip_layer
     return sg(self.siglip(images, layers=(k,))[f"hidden_states_{k}"])
 
-  def _quantize(self, images: jax.Array):
-    """(teacher features, DualOutput) of images."""
+  def _quantize(self, images: jax.Array, drop: jax.Array | int = -1):
+    """(teacher features, semantic codes [B, g*g, Ds], pixel codes [B, g*g, Dp], tokens [B, T],
+    token codes [B, T, Ds + Dp], losses, metrics) of images; `drop`: the multi-scale drop index."""
     target = self.teacher_features(images)
     s = self.semantic_in(target).astype(jnp.float32)
     z = self.encoder(images)
     p = self.quant_conv(z.reshape(z.shape[0], -1, z.shape[-1])).astype(jnp.float32)
-    out = dual.quantize(s, p, self.semantic_codebook.get_value(), self.pixel_codebook.get_value(),
-                        semantic_weight=self.weights[0], pixel_weight=self.weights[1],
-                        beta=self.commitment_cost, l2_norm=self.l2_norm)
-    return target, out
+    books = (self.semantic_codebook.get_value(), self.pixel_codebook.get_value())
+    kw = dict(semantic_weight=self.weights[0], pixel_weight=self.weights[1],
+              beta=self.commitment_cost, l2_norm=self.l2_norm)
+    if self.scales is None:
+      out = dual.quantize(s, p, *books, **kw)
+      codes = jnp.concatenate([out.semantic, out.pixel], -1)
+      return target, out.semantic, out.pixel, out.indices, codes, out.losses, out.metrics
+    b, g = s.shape[0], self.grid
+    out = multiscale.quantize(s.reshape(b, g, g, -1), p.reshape(b, g, g, -1), *books, self.scales,
+                              drop=drop, **kw)
+    return (target, out.semantic.reshape(b, g * g, -1), out.pixel.reshape(b, g * g, -1),
+            out.indices, out.codes, out.losses, out.metrics)
 
   def decode_pixel_codes(self, codes: jax.Array) -> jax.Array:
     """Pixel codes [B, g*g, Dp] -> images [B, S, S, 3] float32."""
@@ -210,39 +234,43 @@ class TokenFlow(nnx.Module):
     return self.decoder(z).astype(jnp.float32)
 
   def _codes(self, tokens: jax.Array):
+    """(semantic [B, g*g, Ds], pixel [B, g*g, Dp]) codes of tokens [B, T] (summed over the scales)."""
     if tokens.ndim != 2 or tokens.shape[1] != self.num_latent_tokens:
-      raise ValueError(f"tokens must have shape [B, {self.num_latent_tokens}] (the full grid), got "
+      raise ValueError(f"tokens must have shape [B, {self.num_latent_tokens}] (all tokens), got "
                        f"{tuple(tokens.shape)}")
-    return dual.indices_to_codes(tokens, self.semantic_codebook.get_value(),
-                                 self.pixel_codebook.get_value(), l2_norm=self.l2_norm)
+    books = (self.semantic_codebook.get_value(), self.pixel_codebook.get_value())
+    if self.scales is None:
+      return dual.indices_to_codes(tokens, *books, l2_norm=self.l2_norm)
+    s, p = multiscale.indices_to_grid(tokens, *books, self.scales, l2_norm=self.l2_norm)
+    b = tokens.shape[0]
+    return s.reshape(b, self.grid**2, -1), p.reshape(b, self.grid**2, -1)
 
   # ---- the tokenizer contract
 
   def encode(self, images: jax.Array, *, num_tokens: int | None = None,
              rng: jax.Array | None = None, train: bool = False) -> EncodeOutput:
-    """images [B, S, S, 3] in [0, 1] -> tokens int32 [B, g*g], codes [B, g*g, Ds + Dp] (semantic
-    then pixel code of each token). num_tokens: None or g*g (a 2D grid)."""
+    """images [B, S, S, 3] in [0, 1] -> tokens int32 [B, T], codes [B, T, Ds + Dp] (semantic then
+    pixel code of each token). num_tokens: None or T (all tokens)."""
     del rng, train
     check_images(images, self.image_size)
     self._check_full_grid(num_tokens)
-    _, out = self._quantize(images)
-    return EncodeOutput(out.indices, jnp.concatenate([out.semantic, out.pixel], -1), out.losses,
-                        out.metrics)
+    _, _, _, tokens, codes, losses, metrics = self._quantize(images)
+    return EncodeOutput(tokens, codes, losses, metrics)
 
   def _check_full_grid(self, num_tokens):
     num_tokens = check_num_tokens(num_tokens, self.num_latent_tokens)
     if num_tokens not in (None, self.num_latent_tokens):
-      raise ValueError(f"num_tokens must be None or {self.num_latent_tokens} for TokenFlow's 2D grid, "
-                       f"got {num_tokens}")
+      raise ValueError(f"num_tokens must be None or {self.num_latent_tokens} (all of TokenFlow's "
+                       f"tokens), got {num_tokens}")
 
   def decode(self, tokens: jax.Array, *, rng: jax.Array | None = None,
              train: bool = False) -> jax.Array:
-    """tokens int32 [B, g*g] -> images [B, S, S, 3] float32 (through the pixel codes)."""
+    """tokens int32 [B, T] -> images [B, S, S, 3] float32 (through the pixel codes)."""
     del rng, train
     return self.decode_pixel_codes(self._codes(tokens)[1])
 
   def decode_semantic(self, tokens: jax.Array) -> jax.Array:
-    """tokens int32 [B, g*g] -> reconstructed SigLIP features [B, g*g, Wt] float32 (through the
+    """tokens int32 [B, T] -> reconstructed SigLIP features [B, g*g, Wt] float32 (through the
     semantic codes of the same indices)."""
     return self.semantic_decoder(self._codes(tokens)[0])
 
@@ -250,26 +278,29 @@ class TokenFlow(nnx.Module):
                     target: str = "pixels", perturb: dict | None = None,
                     num_tokens: int | None = None) -> TrainOutput:
     """Training pass: recon [B, S, S, 3]; losses {codebook, commitment, semantic}; metrics of the
-    quantizer plus `semantic_cosine` (mean cos to the teacher). No proxy head, no perturbation."""
-    del rng, step
+    quantizer plus `semantic_cosine` (mean cos to the teacher). No proxy head, no perturbation.
+    With scales, rng draws the random scale drop (`scale_drop`)."""
+    del step
     check_target(target, proxy_head=False, model="TokenFlow")
     if perturb is not None:
       raise ValueError("TokenFlow does not implement RobusTok perturbation (loss.perturb); got "
                        f"{perturb!r}")
     self._check_full_grid(num_tokens)
     check_images(images, self.image_size)
-    teacher, out = self._quantize(images)
-    features = self.semantic_decoder(out.semantic)
+    drop = -1 if self.scales is None else multiscale.drop_index(rng, len(self.scales),
+                                                                 self.scale_drop)
+    teacher, semantic, pixel, _, _, q_losses, q_metrics = self._quantize(images, drop)
+    features = self.semantic_decoder(semantic)
     sem = cosine_loss(features, teacher)
-    losses = dict(out.losses, semantic=self.semantic_loss_weight * sem)
-    metrics = dict(out.metrics, semantic_cosine=1.0 - sem)
-    return TrainOutput(self.decode_pixel_codes(out.pixel), losses, metrics)
+    losses = dict(q_losses, semantic=self.semantic_loss_weight * sem)
+    metrics = dict(q_metrics, semantic_cosine=1.0 - sem)
+    return TrainOutput(self.decode_pixel_codes(pixel), losses, metrics)
 
 
 _FIELDS = ("image_size", "siglip", "siglip_layer", "codebook_size", "semantic_dim", "pixel_dim", "ch",
            "ch_mult", "num_res_blocks", "z_channels", "num_groups", "decoder_width", "decoder_depth",
            "decoder_heads", "semantic_weight", "pixel_weight", "commitment_cost",
-           "semantic_loss_weight", "l2_norm")
+           "semantic_loss_weight", "l2_norm", "scales", "scale_drop")
 
 
 def make_model(cfg: Mapping[str, Any], *, rngs: nnx.Rngs) -> TokenFlow:
@@ -277,6 +308,8 @@ def make_model(cfg: Mapping[str, Any], *, rngs: nnx.Rngs) -> TokenFlow:
   kwargs = model_kwargs(as_dict(cfg), _FIELDS, model="TokenFlow", cls=TokenFlow)
   if "ch_mult" in kwargs:
     kwargs["ch_mult"] = tuple(int(v) for v in kwargs["ch_mult"])
+  if "scales" in kwargs:
+    kwargs["scales"] = tuple(kwargs["scales"])
   if "siglip" in kwargs:
     kwargs["siglip"] = dict(kwargs["siglip"])
   return TokenFlow(**kwargs, rngs=rngs)

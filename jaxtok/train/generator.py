@@ -10,6 +10,8 @@ Generators (config.model.name):
   ecar      stage-wise multistage flow, continuous (jaxtok.generators.ecar) e.g. VAE tokens
   maskgen   text-to-image masked (MaskGen-VQ)   (jaxtok.generators.maskgen) TA-TiTok tokens; its
             labels are a text-condition dict (see that module), not class ids
+  maskgen_kl  MaskGen-KL: the same over continuous TA-TiTok VAE tokens, MAR's DDPM head
+            (jaxtok.generators.maskgen_kl); labels as maskgen's
   tokenbridge  MAR over dimension-wise quantized VAE tokens, channel-AR head (generators.tokenbridge)
   cubid     masked diffusion over (token, dimension) elements of quantized tokens (generators.cubid)
   xar       next-X flow AR over continuous tokens (jaxtok.generators.xar) e.g. VAE tokens
@@ -64,6 +66,7 @@ GENERATORS = {"gpt": "jaxtok.generators.gpt", "maskgit": "jaxtok.generators.bert
               "binary_diffusion": "jaxtok.generators.binary_diffusion",
               "binary_ar": "jaxtok.generators.binary_ar"}
 GENERATORS.update(tokenbridge="jaxtok.generators.tokenbridge", cubid="jaxtok.generators.cubid")
+GENERATORS.update(maskgen_kl="jaxtok.generators.maskgen_kl")
 
 
 def generator_module(name: str):

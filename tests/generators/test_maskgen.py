@@ -64,6 +64,42 @@ def _gelu_tanh(x):
   return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
 
 
+def joint_blocks(sd, x, c, p, depth, heads=HEADS, prefix="blocks"):
+  """numpy float64 diffusers JointTransformerBlocks `{prefix}.i` (the last context-pre-only) over
+  image tokens x [B, K, W] and text c [B, T, W] conditioned on p [B, W] -> x. Also MaskGen-KL's
+  reference (tests/convert/test_maskgen_kl.py)."""
+  lin = lambda name, x: x @ sd[name + ".weight"].T + sd[name + ".bias"]
+  b, k, w = x.shape
+  e = w // heads
+  split_heads = lambda t: t.reshape(b, t.shape[1], heads, e)
+  for i in range(depth):
+    q = lambda n: f"{prefix}.{i}.{n}"
+    last = i == depth - 1
+    sh, sc, g, sh2, sc2, g2 = np.split(lin(q("norm1.linear"), _silu(p)), 6, -1)
+    nx = _ln(x) * (1 + sc[:, None]) + sh[:, None]
+    if last:
+      scale, shift = np.split(lin(q("norm1_context.linear"), _silu(p)), 2, -1)
+      nc = _ln(c) * (1 + scale[:, None]) + shift[:, None]
+    else:
+      csh, csc, cg, csh2, csc2, cg2 = np.split(lin(q("norm1_context.linear"), _silu(p)), 6, -1)
+      nc = _ln(c) * (1 + csc[:, None]) + csh[:, None]
+    qkv = [np.concatenate([split_heads(lin(q(f"attn.to_{n}"), nx)),
+                           split_heads(lin(q(f"attn.add_{n}_proj"), nc))], 1) for n in "qkv"]
+    s = np.einsum("bthe,bshe->bhts", qkv[0], qkv[1]) / np.sqrt(e)
+    s = np.exp(s - s.max(-1, keepdims=True))
+    s /= s.sum(-1, keepdims=True)
+    o = np.einsum("bhts,bshe->bthe", s, qkv[2]).reshape(b, -1, w)
+    ox, oc = o[:, :k], o[:, k:]
+    x = x + g[:, None] * lin(q("attn.to_out.0"), ox)
+    nx = _ln(x) * (1 + sc2[:, None]) + sh2[:, None]
+    x = x + g2[:, None] * lin(q("ff.net.2"), _gelu_tanh(lin(q("ff.net.0.proj"), nx)))
+    if not last:
+      c = c + cg[:, None] * lin(q("attn.to_add_out"), oc)
+      nc = _ln(c) * (1 + csc2[:, None]) + csh2[:, None]
+      c = c + cg2[:, None] * lin(q("ff_context.net.2"), _gelu_tanh(lin(q("ff_context.net.0.proj"), nc)))
+  return x
+
+
 def reference(sd, ids, text, pooled, aes, depth=DEPTH):
   """numpy float64 MaskGen_VQ.forward (eval) -> logits [B, K, V]."""
   sd = {k: np.asarray(v, np.float64) for k, v in sd.items()}
@@ -74,35 +110,7 @@ def reference(sd, ids, text, pooled, aes, depth=DEPTH):
   freqs = np.exp(-np.log(1000) * np.arange(half) / half)
   arg = (aes * 100)[:, None] * freqs
   p = lin("cond_pooled_proj", np.concatenate([pooled, np.sin(arg), np.cos(arg)], -1))
-  b = x.shape[0]
-  e = W // HEADS
-  heads = lambda t: t.reshape(b, t.shape[1], HEADS, e)
-  for i in range(depth):
-    q = lambda n: f"blocks.{i}.{n}"
-    last = i == depth - 1
-    sh, sc, g, sh2, sc2, g2 = np.split(lin(q("norm1.linear"), _silu(p)), 6, -1)
-    nx = _ln(x) * (1 + sc[:, None]) + sh[:, None]
-    if last:
-      scale, shift = np.split(lin(q("norm1_context.linear"), _silu(p)), 2, -1)
-      nc = _ln(c) * (1 + scale[:, None]) + shift[:, None]
-    else:
-      csh, csc, cg, csh2, csc2, cg2 = np.split(lin(q("norm1_context.linear"), _silu(p)), 6, -1)
-      nc = _ln(c) * (1 + csc[:, None]) + csh[:, None]
-    qq = np.concatenate([heads(lin(q("attn.to_q"), nx)), heads(lin(q("attn.add_q_proj"), nc))], 1)
-    kk = np.concatenate([heads(lin(q("attn.to_k"), nx)), heads(lin(q("attn.add_k_proj"), nc))], 1)
-    vv = np.concatenate([heads(lin(q("attn.to_v"), nx)), heads(lin(q("attn.add_v_proj"), nc))], 1)
-    s = np.einsum("bthe,bshe->bhts", qq, kk) / np.sqrt(e)
-    s = np.exp(s - s.max(-1, keepdims=True))
-    s /= s.sum(-1, keepdims=True)
-    o = np.einsum("bhts,bshe->bthe", s, vv).reshape(b, -1, W)
-    ox, oc = o[:, :K], o[:, K:]
-    x = x + g[:, None] * lin(q("attn.to_out.0"), ox)
-    nx = _ln(x) * (1 + sc2[:, None]) + sh2[:, None]
-    x = x + g2[:, None] * lin(q("ff.net.2"), _gelu_tanh(lin(q("ff.net.0.proj"), nx)))
-    if not last:
-      c = c + cg[:, None] * lin(q("attn.to_add_out"), oc)
-      nc = _ln(c) * (1 + csc2[:, None]) + csh2[:, None]
-      c = c + cg2[:, None] * lin(q("ff_context.net.2"), _gelu_tanh(lin(q("ff_context.net.0.proj"), nc)))
+  x = joint_blocks(sd, x, c, p, depth)
   scale, shift = np.split(lin("norm.linear", _silu(p)), 2, -1)
   x = _ln(x) * (1 + scale[:, None]) + shift[:, None]
   return x @ sd["embeddings.weight"][:V].T

@@ -1,4 +1,5 @@
-"""TokenFlow (`tokenizers.tokenflow`) on the tiny config: shared indices, frozen tower, falling losses."""
+"""TokenFlow (`tokenizers.tokenflow`) on the tiny config: shared indices, frozen tower, falling losses;
+single-scale (scales=single) and the release's multi-scale residual quantization."""
 import functools
 
 import jax
@@ -11,13 +12,17 @@ from flax import nnx
 from jaxtok.configs import tokenflow as config_lib
 from jaxtok.data import photos
 from jaxtok.quantizers import dual
+from jaxtok.quantizers import multiscale
 from jaxtok.tokenizers import api
 from jaxtok.tokenizers import tokenflow as T
 
 
+SINGLE, MULTI = "tiny,scales=single", "tiny"  # the tiny grid once; scales 1, 2, 4 (21 tokens)
+
+
 @functools.lru_cache(maxsize=None)
-def _setup():
-  cfg = config_lib.get_config("tiny").model
+def _setup(arg=SINGLE):
+  cfg = config_lib.get_config(arg).model
   tok = api.build(cfg)
   params = nnx.state(T.make_model(cfg, rngs=nnx.Rngs(0)), nnx.Param)  # eager: no init compile
   _, crops = photos.load_photos(16, heldout=8)
@@ -82,8 +87,9 @@ def test_one_index_selects_the_semantic_and_the_pixel_code():
 
 
 @pytest.mark.slow
-def test_reconstruction_and_semantic_losses_fall_and_the_tower_stays_frozen():
-  _, tok, params, images = _setup()
+@pytest.mark.parametrize("arg", [SINGLE, MULTI])
+def test_reconstruction_and_semantic_losses_fall_and_the_tower_stays_frozen(arg):
+  _, tok, params, images = _setup(arg)
   hist, trained, grads = train_losses(
       lambda p, rng: tok.model(p).train_forward(images, rng=rng), params, images, steps=30)
   for term in ("pixel", "semantic"):
@@ -154,3 +160,36 @@ def test_bad_configs_and_inputs():
     tok.model(params).decode(jnp.zeros((1, 4), jnp.int32))
   with pytest.raises(ValueError, match="perturbation"):
     tok.model(params).train_forward(images, rng=jax.random.key(0), perturb=dict(alpha=0.1))
+
+
+def test_multiscale_tokens_decode_to_the_summed_codes_of_every_scale():
+  cfg, tok, params, images = _setup(MULTI)
+  assert tuple(cfg.scales) == (1, 2, 4) and tok.model(params).num_latent_tokens == 21
+
+  @jax.jit
+  def run(params):
+    model = tok.model(params)
+    out = model.encode(images)
+    _, sem, pix, tokens, _, _, _ = model._quantize(images)  # the training path, no scale dropped
+    return (out, sem, pix, tokens, model.decode(out.tokens), model.decode_pixel_codes(pix),
+            model.decode_semantic(out.tokens), model.semantic_decoder(sem))
+
+  out, sem, pix, tokens, decoded, direct, feats, feats_direct = run(params)
+  assert out.tokens.shape == (8, 21) and out.codes.shape == (8, 21, cfg.semantic_dim + cfg.pixel_dim)
+  np.testing.assert_array_equal(out.tokens, tokens)
+  # Decoding the tokens (each scale's codes upsampled and summed) is the encoder's own reconstruction.
+  np.testing.assert_allclose(decoded, direct, atol=1e-5)
+  assert feats.shape == (8, 16, cfg.siglip["width"])  # SigLIP's grid, whatever the token count
+  np.testing.assert_allclose(feats, feats_direct, atol=1e-5)
+  ms_s, ms_p = multiscale.indices_to_grid(out.tokens, params["semantic_codebook"].get_value(),
+                                          params["pixel_codebook"].get_value(), (1, 2, 4))
+  np.testing.assert_allclose(ms_s.reshape(8, 16, -1), sem, atol=1e-5)
+  np.testing.assert_allclose(ms_p.reshape(8, 16, -1), pix, atol=1e-5)
+  # The first token of each image is the 1 x 1 scale: the code of the mean feature.
+  assert np.unique(np.asarray(out.tokens[:, 1:])).size > 1
+  with pytest.raises(ValueError, match=r"tokens must have shape \[B, 21\]"):
+    tok.model(params).decode(out.tokens[:, :16])
+  with pytest.raises(ValueError, match="last scale must equal the feature grid side 4"):
+    nnx.eval_shape(lambda: T.make_model(dict(cfg.to_dict(), scales=(1, 2)), rngs=nnx.Rngs(0)))
+  with pytest.raises(ValueError, match="scale_drop must be a number in"):
+    nnx.eval_shape(lambda: T.make_model(dict(cfg.to_dict(), scale_drop=2.0), rngs=nnx.Rngs(0)))
