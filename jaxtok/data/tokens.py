@@ -176,7 +176,7 @@ def check_data(config, meta: dict, path: str) -> None:
   if shape and g.get("seq_len") is not None and shape[0] != g.seq_len:
     problems.append(f"config.model.seq_len is {g.seq_len}, the data have {shape[0]} tokens per "
                     f"image (--config.model.seq_len={shape[0]})")
-  if g.name in ("mar", "ecar", "tokenbridge", "cubid", "xar", "himar"):  # the continuous-token generators
+  if g.name in ("mar", "ecar", "tokenbridge", "cubid", "xar", "himar", "maskgen_kl"):  # continuous
     if not continuous:
       problems.append(f"generator {g.name!r} needs continuous tokens [N, K, D]; {path!r} holds discrete "
                       f"{meta.get('token_dtype')} tokens")

@@ -239,3 +239,23 @@ def test_captionless_tools_refuse_the_text_aware_run(tatitok_run, tmp_path):
                                        f"--input={tmp_path}", f"--output={tmp_path / 't'}"])
   from jaxtok.data import photo_captions
   photo_captions.refuse_captionless({"name": "titok"}, "tools/evaluate.py")  # others pass
+
+
+@pytest.mark.slow
+def test_any_text_conditioned_generator_trains_on_captioned_continuous_tokens(tmp_path):
+  """The trainer's text path is generic: MaskGen-KL (continuous tokens; its module defines
+  text_condition too) trains through tools/train_generator.py on a captioned dataset of float
+  tokens [N, 8, 4] whose caption features are CLIP-shaped (T 8, width 16, as the tiny tower)."""
+  from jaxtok.data import tokens as token_data
+  rng = np.random.default_rng(0)
+  texts = ["a photo of a cat", "a photo of a flower", "a telescope image of galaxies"]
+  ids = rng.integers(0, 3, 16)
+  feats = {"tokens": rng.normal(size=(4, 8, 16)), "penultimate": rng.normal(size=(4, 8, 16)),
+           "pooled": rng.normal(size=(4, 16))}
+  data = str(tmp_path / "vae_tokens")
+  token_data.write_token_dataset(data, rng.normal(size=(16, 8, 4)).astype(np.float32), ids, {},
+                                 captions={"ids": ids, "texts": texts, "features": feats})
+  cfg = "--config=" + os.path.join(ROOT, "configs", "maskgen_kl.py") + ":tiny"
+  metrics = load_tool("train_generator").main(["train_generator", cfg, f"--workdir={tmp_path / 'kl'}",
+                                               f"--data={data}"])
+  assert np.isfinite(metrics["loss"])
