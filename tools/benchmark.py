@@ -1725,6 +1725,63 @@ def flowtok_suite(args) -> list[tuple[str, str, float, str]]:
   return rows
 
 
+# ---- captions: the host-side cost of caption-carrying batches (tools/train.py, train_generator.py)
+
+def captions_suite(args) -> list[tuple[str, str, float, str]]:
+  """What captions add to the input path, per batch on the host: photo crops alone against the same
+  crops carrying the released TA-TiTok's caption features (CLIP ViT-L/14: 77 x 768 float32 per
+  crop, a random table) or TexTok's word ids; and a text-conditioned generator's labels built from
+  a captioned token dataset (MaskGen's condition + the empty caption's) against plain class ids.
+  --batch (default 32), 64 px crops."""
+  import tempfile
+  from jaxtok.data import captions as captions_lib
+  from jaxtok.data import photo_captions, photos
+  from jaxtok.data import tokens as token_data
+  from jaxtok.generators import maskgen
+  from jaxtok.train import generator
+  b = args.batch or 32
+  rows = Rows()
+  rng = np.random.default_rng(0)
+  train, texts = photo_captions.captioned_photos()
+  stage("captions: crop batches")
+  plain = photos.PhotoCrops(train, image_size=64, global_batch=b, seed=0)
+  clip = photo_captions.CaptionedCrops(
+      train, {"text_features": rng.standard_normal((len(train), 77, 768)).astype(np.float32)},
+      image_size=64, global_batch=b, seed=0)
+  ids, mask = captions_lib.WordVocab().encode(texts, 12)
+  words = photo_captions.CaptionedCrops(train, {"text_ids": ids, "text_mask": mask},
+                                        image_size=64, global_batch=b, seed=0)
+  t_plain = time_call(lambda: next(plain), args.repeats, lambda x: x)
+  rows.append((f"photo crops 64px, batch {b}", "images only", t_plain * 1e3,
+               f"{b / t_plain:.3g} crops/s"))
+  for name, data, note in (("TA-TiTok caption features 77x768", clip, "float32 rows"),
+                           ("TexTok caption word ids 12", words, "int32 + mask rows")):
+    t = time_call(lambda: next(data), args.repeats, lambda x: x)
+    rows.append((f"photo crops 64px + {name}, batch {b}", "captioned", t * 1e3,
+                 f"{b / t:.3g} crops/s; {t / t_plain:.2f}x the images-only batch ({note})"))
+  stage("captions: generator labels")
+  with tempfile.TemporaryDirectory() as tmp:
+    n, p = 4 * b, len(texts)
+    feats = {"tokens": rng.standard_normal((p + 1, 77, 768)).astype(np.float32),
+             "penultimate": rng.standard_normal((p + 1, 77, 768)).astype(np.float32),
+             "pooled": rng.standard_normal((p + 1, 768)).astype(np.float32)}
+    path = os.path.join(tmp, "tokens")
+    caption_ids = rng.integers(0, p, n)
+    token_data.write_token_dataset(path, rng.integers(0, 8192, (n, 128)), caption_ids,
+                                   {"codebook_size": 8192},
+                                   captions={"ids": caption_ids, "texts": texts, "features": feats})
+    it = token_data.token_iterator(path, batch_size=b, seed=0)
+    to_text = generator.text_labels(maskgen, path)
+    t_ids = time_call(lambda: next(it), args.repeats, lambda x: x)
+    rows.append((f"token batch 128 tokens, batch {b}", "class ids", t_ids * 1e3,
+                 f"{b / t_ids:.3g} examples/s"))
+    t_text = time_call(lambda: to_text(next(it)), args.repeats, lambda x: x)
+    rows.append((f"token batch 128 tokens + MaskGen text condition, batch {b}", "captioned",
+                 t_text * 1e3, f"{b / t_text:.3g} examples/s; {t_text / t_ids:.2f}x; condition + "
+                 "null rows of 77x768 CLIP features"))
+  return rows
+
+
 SUITES = {"quantizers": quantizer_suite, "tokenizers": tokenizer_suite, "train": train_suite,
           "samplers": sampler_suite, "data": data_suite,
           "official": official_suite,
@@ -1740,6 +1797,7 @@ SUITES = {"quantizers": quantizer_suite, "tokenizers": tokenizer_suite, "train":
           "maskgen_kl": maskgen_kl_suite,
           "cross": cross_suite,
           "flowtok": flowtok_suite,
+          "captions": captions_suite,
           }
 
 

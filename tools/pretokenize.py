@@ -17,6 +17,15 @@ Writes a directory (`jaxtok.data.tokens.write_token_dataset`): tokens.npy (int32
 codebook.npy (float32 [Q, C, D], RVQ tokenizers only: the code vectors ResGen needs) and meta.json,
 which records the tokenizer (its model config, the checkpoint path and weights) so tools/sample.py
 can decode what a generator trained on it makes.
+
+A text-aware tokenizer's run (TA-TiTok, TexTok: its training config has a `text` section) reads
+captions: --source photos only (each crop carries its photo's caption, `data.photo_captions`;
+TexTok's encoder reads it). The dataset then also holds the captions (`data.tokens`: captions.json
+with the run's `text` config, caption_ids.npy, and for a CLIP text section caption_features.npz:
+every caption's and the empty caption's CLIP features), which tools/train_generator.py turns into a
+text-conditioned generator's labels (MaskGen) and tools/sample.py --prompt reuses (the same tower):
+
+  python tools/pretokenize.py --checkpoint runs/tatitok --out runs/tatitok_tokens --num_examples 256
 """
 from __future__ import annotations
 
@@ -25,6 +34,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 
 from jaxtok.data import image_sets  # noqa: E402
@@ -43,6 +53,47 @@ flags.DEFINE_integer("num_tokens", None, "tokens kept per image (default: all K)
 flags.DEFINE_integer("seed", 0, "photos: crop seed", flag_values=FLAGS)
 
 
+def caption_setup(info: dict) -> dict | None:
+  """For a text-aware tokenizer run: {"config": its `text` section (plain dict), "captions": [P],
+  "inputs": the model's caption tables {name: [P, ...]}, "features": the text encoder's outputs
+  {name: [P + 1, ...]} with the empty caption last ({} when the model has none)}; None otherwise."""
+  from jaxtok.data import photo_captions  # pylint: disable=g-import-not-at-top
+  from jaxtok.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  name = info["model_config"].get("name")
+  module = photo_captions.text_module(name)
+  if module is None:
+    return None
+  if FLAGS.source != "photos":
+    raise ValueError(f"--source {FLAGS.source}: the text-aware tokenizer {name!r} reads each image's "
+                     "caption, and only --source photos carries captions (the bundled photographs')")
+  run = FLAGS.config if FLAGS.config is not None else ckpt_lib.read_config(FLAGS.checkpoint)
+  text_cfg = run.get("text") if run is not None and hasattr(run, "get") else None
+  if text_cfg is None:
+    raise ValueError(f"{name!r} needs its training config's `text` section (how captions become its "
+                     f"inputs): pass --config (e.g. configs/{name}.py:tiny) or a training checkpoint "
+                     "that stores its config")
+  text_cfg = ml_collections.ConfigDict(text_cfg.to_dict() if hasattr(text_cfg, "to_dict")
+                                       else dict(text_cfg))
+  _, captions = photo_captions.captioned_photos()
+  config = ml_collections.ConfigDict({"model": info["model_config"], "text": text_cfg})
+  features = {}
+  if hasattr(module, "caption_features"):
+    features = module.caption_features(text_cfg, list(captions) + [""])
+  return {"config": text_cfg.to_dict(), "captions": captions,
+          "inputs": photo_captions.caption_tables(config, captions),
+          "features": {k: np.asarray(v, np.float32) for k, v in features.items()}}
+
+
+def captioned_encode_fn(tokenizer, num_tokens):
+  """jitted fn(params, images, text) -> tokens of a text-aware tokenizer (`encode_captioned`)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  graphdef = tokenizer.graphdef
+  return jax.jit(lambda p, x, t: nnx.merge(graphdef, p).encode_captioned(
+      x, t, num_tokens=num_tokens).tokens)
+
+
 def main(argv) -> str:
   cli.parse(FLAGS, argv, __doc__)
   from jaxtok.data import tokens as token_data  # pylint: disable=g-import-not-at-top
@@ -54,6 +105,7 @@ def main(argv) -> str:
   tokenizer, params, info = checkpoints.load_tokenizer(FLAGS.config, FLAGS.checkpoint,
                                                        use_ema=FLAGS.use_ema)
   num_tokens = cli.check_num_tokens(tokenizer, FLAGS.num_tokens)
+  text = caption_setup(info)
   size = tokenizer.image_size
   if FLAGS.source == "photos":
     images, labels, meta = image_sets.photo_crops(size, FLAGS.num_examples or 1024, FLAGS.seed,
@@ -75,18 +127,33 @@ def main(argv) -> str:
     bar.update(len(x))
     return tokenizer.encode(params, jnp.asarray(x), num_tokens=num_tokens).tokens
 
-  tokens = cli.batched(encode, images, FLAGS.batch_size)
+  if text is None:
+    tokens = cli.batched(encode, images, FLAGS.batch_size)
+  else:
+    encode_text = captioned_encode_fn(tokenizer, num_tokens)
+    rows = np.arange(len(images))
+
+    def encode(r):  # noqa: F811  (text-aware: the crops' caption inputs too)
+      bar.update(len(r))
+      return encode_text(params, jnp.asarray(images[r]),
+                         {k: jnp.asarray(v[labels[r]]) for k, v in text["inputs"].items()})
+
+    tokens = cli.batched(encode, rows, FLAGS.batch_size)
   bar.close()
   meta.update(codebook_size=tokenizer.vocab_size, image_size=int(size),
               tokenizer={"config": info["model_config"], "checkpoint": info["path"],
                          "weights": info["weights"], "step": info["step"],
                          "num_tokens": int(tokens.shape[1])})
-  import numpy as np  # pylint: disable=g-import-not-at-top
   arrays = {}
   if getattr(tokenizer.model(params), "quantizer", None) == "rvq":
     # The code vectors of every level, for generators that work in code space (ResGen).
     arrays["codebook"] = np.asarray(checkpoints.codebook_vectors(tokenizer, params), np.float32)
-  token_data.write_token_dataset(FLAGS.out, tokens, labels, meta, arrays=arrays)
+  captions = None
+  if text is not None:
+    meta["text"] = text["config"]  # copied to the generator's data_meta.json: tools/sample.py --prompt
+    captions = {"ids": labels, "texts": text["captions"], "text": text["config"],
+                "features": text["features"]}
+  token_data.write_token_dataset(FLAGS.out, tokens, labels, meta, arrays=arrays, captions=captions)
   print(f"wrote {FLAGS.out}: tokens {tokens.dtype} {tokens.shape}, labels in "
         f"[{labels.min()}, {labels.max()}]", flush=True)
   return FLAGS.out

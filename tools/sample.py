@@ -27,8 +27,11 @@ tools/train_generator.py from the dataset's meta.json), unless --tokenizer_check
 
 Text-to-image (MaskGen, `jaxtok.generators.maskgen`; a converted release, tools/convert.py --model
 maskgen): --prompt "a photo of an astronaut" (repeatable) with the user's CLIP text-tower weights
-(--clip_weights) and BPE merges file (--bpe); without them it refuses. A TA-TiTok tokenizer decodes
-with the prompts' CLIP features:
+(--clip_weights) and BPE merges file (--bpe). A run of tools/train_generator.py on a captioned
+token dataset (tools/pretokenize.py on a TA-TiTok run) needs neither: the dataset's meta names the
+text tower its captions were encoded with (the user's files, or the tiny configs' random tower),
+and the prompts go through the same one. Otherwise, without them it refuses. A TA-TiTok tokenizer
+decodes with the prompts' CLIP features:
 
   python tools/sample.py --workdir converted/maskgen_vq_l --tokenizer_checkpoint converted/tatitok_bl128_vq \
       --prompt "a photo of an astronaut" --clip_weights open_clip_vit_l14_336.bin \
@@ -161,30 +164,37 @@ def load_generator(config, workdir: str, use_ema: bool):
   return gcfg, graphdef, params
 
 
-def sample_from_text(gcfg, graphdef, params, opts, tokenizer, tok_params, tok_loaded, key):
+def sample_from_text(gcfg, graphdef, params, opts, tokenizer, tok_params, tok_loaded, key,
+                     meta=None):
   """(prompts [N], tokens int32 [N, K], images uint8 [N, S, S, 3]) for --prompt with a text-to-image
-  generator: the captions' CLIP features (the user's --clip_weights and --bpe) condition it, the
-  empty caption's give the guidance's unconditional branch, and a TA-TiTok decoder reads the
-  captions' features too."""
+  generator: the captions' CLIP features (the user's --clip_weights and --bpe, else the text tower
+  of the token dataset the run trained on: data_meta.json's "text") condition it, the empty
+  caption's give the guidance's unconditional branch, and a TA-TiTok decoder reads the captions'
+  features too."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from jaxtok.eval import generate  # pylint: disable=g-import-not-at-top
-  from jaxtok.generators import maskgen  # pylint: disable=g-import-not-at-top
   from jaxtok.text import encoder as encoder_lib  # pylint: disable=g-import-not-at-top
   if not FLAGS.prompt:
     raise ValueError(f"--prompt is required: {gcfg.name} generates images from text")
   if gcfg.name not in generate.TEXT_SAMPLERS:
     raise ValueError(f"--prompt needs a text-to-image generator ({sorted(generate.TEXT_SAMPLERS)}), "
                      f"got {gcfg.name!r}")
-  text = encoder_lib.TextEncoder.from_files(FLAGS.clip_weights, FLAGS.bpe)
+  from jaxtok.train import generator  # pylint: disable=g-import-not-at-top
+  text_cfg = (meta or {}).get("text")
+  if text_cfg and not (FLAGS.clip_weights or FLAGS.bpe):  # the tower the training captions used
+    text = encoder_lib.from_config(text_cfg)
+  else:
+    text = encoder_lib.TextEncoder.from_files(FLAGS.clip_weights, FLAGS.bpe)
+  text_condition = generator.generator_module(gcfg.name).text_condition
   prompts = [FLAGS.prompt[i % len(FLAGS.prompt)] for i in range(FLAGS.num_samples)]
   feats, null = text(prompts), text([""])
   sampler = generate.make_text_sampler(gcfg.name, graphdef, params, opts)
-  null_cond = maskgen.text_condition(null)
+  null_cond = text_condition(null)
   counter = iter(range(1 << 30))
 
   def run(rows):
-    cond = maskgen.text_condition({k: v[rows] for k, v in feats.items()})
+    cond = text_condition({k: v[rows] for k, v in feats.items()})
     return sampler(jax.random.fold_in(key, next(counter)), cond, null_cond)
 
   rows = np.arange(len(prompts))
@@ -224,6 +234,12 @@ def main(argv) -> dict:
     raise FileNotFoundError(f"--workdir: expected a generator run directory with checkpoints/ "
                             f"(tools/train_generator.py) or a converted generator (tools/convert.py "
                             f"--out: params/ and config.json), got {FLAGS.workdir!r}")
+  if FLAGS.prompt and config is not None and config.get("model") is not None:
+    from jaxtok.eval import generate  # pylint: disable=g-import-not-at-top
+    if config.model.get("name") not in generate.TEXT_SAMPLERS:  # before any weights are read
+      raise ValueError(f"--prompt needs a text-to-image generator ({sorted(generate.TEXT_SAMPLERS)}), "
+                       f"got config.model.name {config.model.get('name')!r} (class-conditional: "
+                       "use --labels)")
   if FLAGS.num_samples < 1 or FLAGS.batch_size < 1:
     raise ValueError(f"--num_samples and --batch_size must be >= 1, got {FLAGS.num_samples} and "
                      f"{FLAGS.batch_size}")
@@ -267,7 +283,7 @@ def main(argv) -> dict:
   prompts = None
   if FLAGS.prompt or gcfg.name in generate.TEXT_SAMPLERS:
     prompts, tokens, decoded = sample_from_text(gcfg, graphdef, params, opts, tokenizer,
-                                                tok_params, tok_loaded, key)
+                                                tok_params, tok_loaded, key, meta)
     labels = np.full((len(tokens),), -1, np.int32)
   else:
     sampler = generate.make_sampler(gcfg.name, graphdef, params, opts)

@@ -3,6 +3,10 @@
 Resumes automatically from the newest intact checkpoint in the workdir. Config fields can be
 overridden (`--config.total_steps=100`). Multi-process (one process per host, or several on one CPU
 machine with gloo): `--coordinator 127.0.0.1:1234 --num_processes 2 --process_id 0`.
+
+Text-aware tokenizers (configs/tatitok.py, configs/textok.py) train on the bundled photographs'
+captions: their config's `text` section turns each crop's caption into the model's text inputs
+(`jaxtok.data.photo_captions`), and the held-out crops are scored with their captions.
 """
 from __future__ import annotations
 

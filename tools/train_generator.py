@@ -11,6 +11,15 @@ training, the dataset's meta.json is checked against the generator: codebook siz
 class-conditional generator; the error names the config field to override. The dataset's
 meta.json is copied to <workdir>/data_meta.json: it names the tokenizer, so tools/sample.py can
 decode the generator's samples without being told the tokenizer again.
+
+A text-conditioned generator (its module defines `text_condition`: MaskGen) reads the captions a
+text-aware tokenizer's dataset holds (tools/pretokenize.py on a TA-TiTok run): its labels are the
+condition dict of each example's caption (`jaxtok.train.generator.text_labels`); a dataset without
+captions is refused. Class-conditional generators read labels.npy as before (on a captioned photo
+dataset: the photo index).
+
+  python tools/train_generator.py --config configs/maskgen.py:tiny --data runs/tatitok_tokens \
+      --workdir runs/maskgen
 """
 from __future__ import annotations
 

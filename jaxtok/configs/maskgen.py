@@ -12,9 +12,16 @@ release's (`generators.maskgen.SAMPLING`: 16 steps, guidance 12 with its cosine 
 temperature 2, softmax annealing, aesthetic score 6.5); tools/sample.py --prompt.
 
 Training batches are {"tokens": int32 [B, K], "label": {"text", "pooled", "null_text",
-"null_pooled"[, "aesthetic"]}} (the captions' CLIP features, `generators.maskgen`), for
-`train.generator.make_train_step("maskgen", ...)`. tools/train_generator.py reads token datasets
-with integer labels only, so it does not train this config.
+"null_pooled"[, "aesthetic"]}} (the captions' CLIP features, `generators.maskgen`).
+tools/train_generator.py builds them from a captioned token dataset (`train.generator.text_labels`):
+tools/pretokenize.py on a TA-TiTok run writes each crop's caption and the captions' CLIP features
+(the TA-TiTok run's text tower), and tools/sample.py --prompt encodes prompts with the same tower:
+
+  python tools/train.py --config configs/tatitok.py:tiny --workdir runs/tatitok
+  python tools/pretokenize.py --checkpoint runs/tatitok --out runs/tatitok_tokens --num_examples 256
+  python tools/train_generator.py --config configs/maskgen.py:tiny --data runs/tatitok_tokens \
+      --workdir runs/maskgen
+  python tools/sample.py --config configs/maskgen.py:tiny --workdir runs/maskgen --prompt "a photo of a cat"
 """
 import ml_collections
 

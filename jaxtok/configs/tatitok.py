@@ -19,9 +19,13 @@ reproduced: the official `clustering_vq` codebook restarts of the VQ runs.
 Training data: captioned images; here the bundled photographs with one caption each
 (`data.photo_captions`), each caption's CLIP "tokens" features computed once by the frozen text
 encoder (`text.encoder.TextEncoder`, or a tiny random one with `text.random_init_for_smoke_test`) and
-given to train_forward through the batch ("text_features"; `train.step`). tools/train.py does not run
-this config: its loop feeds image-only batches and evaluates by reconstruction without captions; use
-`data.photo_captions.training_data` with `train.step.make_train_step`.
+given to train_forward through the batch ("text_features"; `train.step`). tools/train.py trains it
+(`train.loop` reads `data.photo_captions` for a text-aware config, and scores the held-out crops
+with their captions); tools/pretokenize.py writes its tokens with the captions and their CLIP
+features for MaskGen (configs/maskgen.py). tools/evaluate.py and tools/tokenize_images.py refuse it
+(their images carry no captions).
+
+  python tools/train.py --config configs/tatitok.py:tiny --workdir runs/tatitok
 """
 from __future__ import annotations
 

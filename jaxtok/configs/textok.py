@@ -1,6 +1,15 @@
 """TexTok (text-conditioned 1D tokenizer; `jaxtok.tokenizers.textok`).
 
-  model config only: the trainer passes images alone, TexTok needs captions (see the module).
+  python tools/train.py --config configs/textok.py:tiny --workdir runs/textok
+
+tools/train.py trains it on the bundled photographs and their captions (`data.photo_captions`): the
+`text` section says how a caption becomes the model's text inputs, {"vocab": "words", "length": L}
+(`data.captions.WordVocab` ids, cut / padded to L, with their mask), and each batch carries the
+crops' "text_ids" / "text_mask". The word vocabulary is the only text tokenizer bundled: released T5
+weights (`tokenizers.textok.with_t5`) expect SentencePiece ids, which this repository cannot make,
+so the full-size config trains over a frozen random T5 too. tools/evaluate.py and
+tools/tokenize_images.py refuse TexTok (their images carry no captions); the training run's
+final_metrics.json scores the captioned held-out crops.
 
 Arguments: tokens (N image tokens: the compression ratio; the paper sweeps 32 to 256), tiny.
 Full size: 256 px, patch 16, ViT-B encoder and decoder, 8-dim KL tokens, a T5-base-shaped encoder
@@ -24,6 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       name="textok", image_size=256, patch_size=16, num_latent_tokens=a.tokens, token_size=8,
       width=768, depth=12, num_heads=12, t5=dict(T5_BASE), kl_weight=1e-6, dtype="bfloat16"))
   c.data.image_size = 256
+  c.text = ml_collections.ConfigDict(dict(vocab="words", length=32))
   if a.tiny:
     from jaxtok.data import captions  # pylint: disable=g-import-not-at-top
     common.tiny_training(c)
@@ -31,4 +41,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                    token_size=4, width=32, depth=1, num_heads=2, dtype="float32",
                    t5=dict(vocab_size=len(captions.WordVocab()), width=16, depth=1, num_heads=2,
                            head_dim=8, mlp_hidden=32, mlp="geglu"))
+    c.text.length = 12  # the longest bundled caption: 9 words + <bos> + <eos>
   return c

@@ -2,7 +2,8 @@
 
 `CAPTIONS` gives one short caption per bundled photograph (`data.photos`: scikit-image's names, and
 "china" / "flower" for scikit-learn's two), in the "a photo of ..." style of CLIP's prompts, so that a
-text-conditioned tokenizer or generator can train locally with nothing downloaded. `captions_for`
+text-conditioned tokenizer or generator can train locally with nothing downloaded. It is the one
+caption table: `data.photo_captions` (captioned training batches) reads it too. `captions_for`
 lists them in the order `photos.bundled_photos()` returns the photographs that exist in this install
 (its `label` order).
 
@@ -20,16 +21,16 @@ from typing import Iterable, Sequence
 import numpy as np
 
 CAPTIONS: dict[str, str] = {
-    "astronaut": "a photo of an astronaut in a white space suit in front of a flag",
-    "coffee": "a photo of a cup of coffee on a saucer",
+    "astronaut": "a photo of an astronaut",
+    "coffee": "a photo of a cup of coffee",
     "chelsea": "a photo of a cat",
     "rocket": "a photo of a rocket on a launch pad",
     "immunohistochemistry": "a microscope image of stained tissue",
-    "motorcycle_left": "a photo of a motorcycle in a garage",
-    "retina": "a photo of the retina of an eye",
-    "hubble_deep_field": "a telescope image of distant galaxies",
-    "china": "a photo of a chinese temple among trees",
-    "flower": "a photo of a pink flower",
+    "motorcycle_left": "a photo of a motorcycle",
+    "retina": "a photo of a retina",
+    "hubble_deep_field": "a telescope image of galaxies",
+    "china": "a photo of a temple",
+    "flower": "a photo of a flower",
 }
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
 PAD, BOS, EOS, UNK = range(4)

@@ -1,30 +1,28 @@
-"""The bundled photographs with one caption each, for text-conditioned training (TA-TiTok, MaskGen).
+"""The bundled photographs with one caption each, for text-aware training (TA-TiTok, TexTok, MaskGen).
 
-`CAPTIONS` names what each bundled photograph shows ("a photo of an astronaut", ...).
+The captions are `data.captions.CAPTIONS` (one table for every text-aware model). A text-aware
+tokenizer module (one whose module defines `caption_inputs(text_cfg, captions)`, e.g.
+`tokenizers.tatitok`, `tokenizers.textok`) turns the list of captions into per-caption tables, dicts
+of arrays with one row per caption:
+  TA-TiTok  {"text_features": float32 [P, T, C]}   (the frozen CLIP tower's "tokens" features)
+  TexTok    {"text_ids": int32 [P, L], "text_mask": bool [P, L]}   (`captions.WordVocab` ids)
 `CaptionedCrops` is `photos.PhotoCrops` (same crops, same resumable state) whose batches are dicts
-  {"image": float32 [B, S, S, 3] in [0, 1], "text_features": float32 [B, T, C], "caption": int32 [B]}
-where text_features are a per-photo table (the CLIP features of each caption, computed once by the
-caller, e.g. `text.encoder.TextEncoder`'s "tokens") indexed by the photo each crop was cut from, and
-caption is that photo's index.
+  {"image": float32 [B, S, S, 3] in [0, 1], <each table's rows for the batch>, "caption": int32 [B]}
+indexed by the photo each crop was cut from; "caption" is that photo's index (= its caption row).
+The held-out crops (`photos.heldout_crops`) are cut from the held-out strips in turn, so held-out
+crop i shows photo i mod P and carries that caption (`heldout_captions`).
+
+Dimension names: P photographs (= captions), B batch, T / L text length, C text feature width.
 """
 from __future__ import annotations
+
+import importlib
+from typing import Any, Mapping
 
 import numpy as np
 
 from jaxtok.data import photos as photos_lib
-
-CAPTIONS = {
-    "astronaut": "a photo of an astronaut",
-    "coffee": "a photo of a cup of coffee",
-    "chelsea": "a photo of a cat",
-    "rocket": "a photo of a rocket on a launch pad",
-    "immunohistochemistry": "a microscope image of stained tissue",
-    "motorcycle_left": "a photo of a motorcycle",
-    "retina": "a photo of a retina",
-    "hubble_deep_field": "a telescope image of galaxies",
-    "china": "a photo of a temple",
-    "flower": "a photo of a flower",
-}
+from jaxtok.data.captions import CAPTIONS  # noqa: F401  (the one caption table, re-exported)
 
 
 def captioned_photos() -> tuple[list[np.ndarray], list[str]]:
@@ -34,23 +32,49 @@ def captioned_photos() -> tuple[list[np.ndarray], list[str]]:
   return train, [CAPTIONS[n] for n, _ in named]
 
 
+def heldout_captions(count: int, num_photos: int) -> np.ndarray:
+  """int32 [count]: the caption row (photo index) of each held-out crop (`photos.heldout_crops`
+  cuts crop i from strip i mod num_photos)."""
+  return (np.arange(int(count)) % int(num_photos)).astype(np.int32)
+
+
+def _tables(tables: Any, rows: int) -> dict[str, np.ndarray]:
+  if not isinstance(tables, Mapping):  # a bare array is TA-TiTok's text-features table
+    tables = {"text_features": np.asarray(tables, np.float32)}
+  out = {}
+  for name, table in tables.items():
+    table = np.asarray(table)
+    if table.ndim < 2 or table.shape[0] != rows:
+      raise ValueError(f"caption table {name!r} must be [{rows}, ...] (one row per photo), got "
+                       f"{table.shape}")
+    out[name] = table
+  if not out or "image" in out or "caption" in out:
+    raise ValueError(f"caption tables must be a non-empty dict of arrays not named 'image' or "
+                     f"'caption', got {sorted(out)}")
+  return out
+
+
 class CaptionedCrops:
-  """Batches {"image", "text_features", "caption"} (module docstring) over `photos`.
+  """Batches {"image", <tables' rows>, "caption"} (module docstring) over `photos`.
 
   Args:
-    photos: uint8 [h, w, 3] photographs; text_features: float [len(photos), T, C], row j the
-      features of photo j's caption. The other arguments are `photos.PhotoCrops`'.
+    photos: uint8 [h, w, 3] photographs.
+    tables: {name: array [len(photos), ...]}, row j for photo j's caption; a bare float array
+      [len(photos), T, C] is taken as {"text_features": ...}.
+    The other arguments are `photos.PhotoCrops`'.
   """
 
-  def __init__(self, photos: list[np.ndarray], text_features: np.ndarray, *, image_size: int,
-               global_batch: int, seed: int, max_scale: int = 4):
-    text_features = np.asarray(text_features, np.float32)
-    if text_features.ndim != 3 or text_features.shape[0] != len(photos):
-      raise ValueError(f"text_features must be [{len(photos)}, T, C] (one row per photo), got "
-                       f"{text_features.shape}")
-    self.text_features = text_features
+  def __init__(self, photos: list[np.ndarray], tables: Any, *, image_size: int,
+               global_batch: int, seed: int, max_scale: int = 4, process_index: int = 0,
+               process_count: int = 1):
+    self.tables = _tables(tables, len(photos))
     self.crops = photos_lib.PhotoCrops(photos, image_size=image_size, global_batch=global_batch,
-                                       seed=seed, max_scale=max_scale)
+                                       seed=seed, max_scale=max_scale, process_index=process_index,
+                                       process_count=process_count)
+
+  @property
+  def text_features(self) -> np.ndarray | None:
+    return self.tables.get("text_features")
 
   def get_state(self) -> dict:
     return self.crops.get_state()
@@ -64,16 +88,70 @@ class CaptionedCrops:
   def __next__(self) -> dict:
     images = next(self.crops)
     rows = self.crops.last_photos
-    return {"image": images, "text_features": self.text_features[rows], "caption": rows.copy()}
+    out = {"image": images}
+    out.update({name: table[rows] for name, table in self.tables.items()})
+    out["caption"] = rows.copy()
+    return out
 
 
-def training_data(config, *, seed: int = 0) -> CaptionedCrops:
-  """`CaptionedCrops` over the bundled photographs for a text-aware tokenizer config (`configs/
-  tatitok.py`): config.data (image_size, batch_size, max_scale) and config.text (the CLIP text
-  encoder, `text.encoder.from_config`), whose "tokens" features of each caption fill the table."""
-  from jaxtok.text import encoder as encoder_lib  # pylint: disable=g-import-not-at-top
+def text_module(model_name: str | None):
+  """The tokenizer module of `model_name` when it reads captions (defines `caption_inputs`), else
+  None."""
+  from jaxtok.tokenizers import api  # pylint: disable=g-import-not-at-top
+  if model_name not in api.MODULES:
+    return None
+  module = importlib.import_module(f"jaxtok.tokenizers.{api.MODULES[model_name]}")
+  return module if hasattr(module, "caption_inputs") else None
+
+
+def caption_tables(config: Any, captions: list[str]) -> dict[str, np.ndarray]:
+  """The model's per-caption tables ({name: [len(captions), ...]}) for a text-aware tokenizer
+  config, from its `config.text` section (`caption_inputs` of the model's module)."""
+  name = config.model.get("name")
+  module = text_module(name)
+  if module is None:
+    raise ValueError(f"config.model.name {name!r} does not read captions (no caption_inputs in its "
+                     "module); captioned data are for TA-TiTok and TexTok")
+  text_cfg = config.get("text")
+  if text_cfg is None:
+    raise ValueError(f"{name} trains on captions: config.text must say how captions become its text "
+                     f"inputs (see configs/{name}.py), got none")
+  return {k: np.asarray(v) for k, v in module.caption_inputs(text_cfg, list(captions)).items()}
+
+
+def training_data(config: Any, *, seed: int = 0, process_index: int = 0,
+                  process_count: int = 1) -> CaptionedCrops:
+  """`CaptionedCrops` over the bundled photographs for a text-aware tokenizer config:
+  config.data (image_size, batch_size, max_scale) and config.text (`caption_tables`)."""
   photos, captions = captioned_photos()
-  features = encoder_lib.from_config(config.text)(captions)["tokens"]
-  return CaptionedCrops(photos, features, image_size=int(config.data.image_size),
+  return CaptionedCrops(photos, caption_tables(config, captions),
+                        image_size=int(config.data.image_size),
                         global_batch=int(config.data.batch_size), seed=seed,
-                        max_scale=int(config.data.get("max_scale", 4)))
+                        max_scale=int(config.data.get("max_scale", 4)),
+                        process_index=process_index, process_count=process_count)
+
+
+def from_config(config: Any, *, seed: int, process_index: int = 0, process_count: int = 1
+                ) -> tuple[CaptionedCrops, np.ndarray, dict[str, np.ndarray]]:
+  """What the training loop reads for a text-aware tokenizer: (training batches, held-out images
+  float32 [N, S, S, 3] (`pipeline.heldout_images`), their caption inputs {name: [N, ...]})."""
+  from jaxtok.data import pipeline  # pylint: disable=g-import-not-at-top
+  source = config.data.get("source") or "photos"
+  if source != "photos":
+    raise ValueError(f"captioned training reads the bundled photographs and their captions only: "
+                     f"config.data.source must be 'photos' for {config.model.name}, got {source!r}")
+  data = training_data(config, seed=seed, process_index=process_index, process_count=process_count)
+  heldout = pipeline.heldout_images(config.data)
+  rows = heldout_captions(len(heldout), len(next(iter(data.tables.values()))))
+  return data, heldout, {k: v[rows] for k, v in data.tables.items()}
+
+
+def refuse_captionless(model_config: Mapping[str, Any], tool: str) -> None:
+  """Raises ValueError when a tool whose images carry no captions (`tool`) is given a text-aware
+  tokenizer (its decoder, and TexTok's encoder, read each image's caption)."""
+  name = model_config.get("name")
+  if text_module(name) is not None:
+    raise ValueError(f"{tool} cannot run the text-aware tokenizer {name!r}: it reads each image's "
+                     f"caption, and {tool}'s images carry none. Its training run scores the "
+                     "captioned held-out crops (<workdir>/final_metrics.json); tools/pretokenize.py "
+                     "--source photos tokenizes the captioned photographs")

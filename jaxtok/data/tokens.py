@@ -6,6 +6,15 @@ A token dataset is a directory holding
   codebook.npy optional float32 [Q, C, D]: an RVQ tokenizer's code vectors (ResGen reads them)
   labels.npy   int32 [N] class labels (-1 where unlabelled)
   meta.json    {"num_examples", "token_shape", "token_dtype", "codebook_size", "tokenizer": {...}, ...}
+and, for a text-aware tokenizer's run (tools/pretokenize.py on TA-TiTok / TexTok), the captions:
+  captions.json  {"captions": [P str], "text": the tokenizer run's `text` config (how to recompute
+                 the features, e.g. for new prompts), "features": [names]}
+  caption_ids.npy int32 [N]: each example's row in "captions"
+  caption_features.npz  {name: float32 [P + 1, ...]}: the text encoder's outputs for each caption
+                 (TA-TiTok's CLIP: "tokens", "penultimate", "pooled"), the last row the empty
+                 caption's ("", the unconditional branch); absent when the tokenizer's text inputs
+                 are no features (TexTok's word ids)
+Items then carry "caption" (int32) too, and `read_captions` gives the table back.
 It is written atomically (into a temporary sibling directory, then renamed), read by memory mapping
 (no copy of the whole array per process), and loaded through grain so that iteration is
 deterministic, sharded per process, reshuffled every epoch and resumable from `get_state()`.
@@ -24,13 +33,43 @@ import grain
 import numpy as np
 
 
+CAPTIONS_FILE, CAPTION_IDS, CAPTION_FEATURES = "captions.json", "caption_ids", "caption_features.npz"
+
+
+def _check_captions(captions: Mapping[str, Any], n: int) -> tuple[np.ndarray, list[str], dict]:
+  """(ids int32 [N], texts, features) of a `captions` argument, or ValueError naming the field."""
+  unknown = sorted(set(captions) - {"ids", "texts", "text", "features"})
+  if unknown or "ids" not in captions or "texts" not in captions:
+    raise ValueError(f"captions must be a dict with ids, texts [, text, features], got keys "
+                     f"{sorted(captions)}")
+  texts = list(captions["texts"])
+  if not texts or not all(isinstance(t, str) for t in texts):
+    raise TypeError(f"captions['texts'] must be a non-empty list of str, got {captions['texts']!r}")
+  ids = np.asarray(captions["ids"])
+  if ids.shape != (n,) or not np.issubdtype(ids.dtype, np.integer):
+    raise ValueError(f"captions['ids'] must be ints of shape ({n},) to match tokens, got "
+                     f"{ids.dtype} {ids.shape}")
+  if n and (ids.min() < 0 or ids.max() >= len(texts)):
+    raise ValueError(f"captions['ids'] must lie in [0, {len(texts)}) (rows of captions['texts']), "
+                     f"got [{ids.min()}, {ids.max()}]")
+  features = {k: np.asarray(v, np.float32) for k, v in (captions.get("features") or {}).items()}
+  bad = {k: v.shape for k, v in features.items() if v.ndim < 2 or v.shape[0] != len(texts) + 1}
+  if bad:
+    raise ValueError(f"captions['features'] must be [{len(texts) + 1}, ...] (one row per caption, "
+                     f"then the empty caption's), got {bad}")
+  return ids.astype(np.int32), texts, features
+
+
 def write_token_dataset(path: str, tokens: np.ndarray, labels: np.ndarray | None = None,
                         meta: Mapping[str, Any] | None = None,
-                        arrays: Mapping[str, np.ndarray] | None = None) -> None:
+                        arrays: Mapping[str, np.ndarray] | None = None,
+                        captions: Mapping[str, Any] | None = None) -> None:
   """Writes a token dataset directory atomically (an existing directory at `path` is replaced).
 
   Integer tokens (ndim 2 or 3) are stored int32, floating [N, K, D] float32. `arrays`: extra
-  <name>.npy files (e.g. {"codebook": [Q, C, D]}).
+  <name>.npy files (e.g. {"codebook": [Q, C, D]}). `captions`: {"ids": int [N], "texts": [P str],
+  "text": the text config (JSON-able) or None, "features": {name: [P + 1, ...]} or None} (the
+  caption files of the module docstring).
   """
   tokens = np.asarray(tokens)
   if tokens.ndim not in (2, 3):
@@ -46,6 +85,8 @@ def write_token_dataset(path: str, tokens: np.ndarray, labels: np.ndarray | None
   labels = np.full((n,), -1, np.int32) if labels is None else np.asarray(labels).astype(np.int32)
   if labels.shape != (n,):
     raise ValueError(f"labels must have shape ({n},) to match tokens, got {labels.shape}")
+  if captions is not None:
+    caption_ids, texts, features = _check_captions(captions, n)
   info = dict(meta or {})
   info.update(num_examples=n, token_shape=list(tokens.shape[1:]), token_dtype=str(tokens.dtype))
   parent = os.path.dirname(os.path.abspath(path)) or "."
@@ -56,6 +97,13 @@ def write_token_dataset(path: str, tokens: np.ndarray, labels: np.ndarray | None
     np.save(os.path.join(tmp, "labels.npy"), labels)
     for name, value in (arrays or {}).items():
       np.save(os.path.join(tmp, f"{name}.npy"), np.asarray(value))
+    if captions is not None:
+      np.save(os.path.join(tmp, f"{CAPTION_IDS}.npy"), caption_ids)
+      with open(os.path.join(tmp, CAPTIONS_FILE), "w") as f:
+        json.dump({"captions": texts, "text": captions.get("text"), "features": sorted(features)},
+                  f, indent=2, sort_keys=True)
+      if features:
+        np.savez(os.path.join(tmp, CAPTION_FEATURES), **features)
     with open(os.path.join(tmp, "meta.json"), "w") as f:
       json.dump(info, f, indent=2, sort_keys=True)
     if os.path.exists(path):
@@ -76,13 +124,31 @@ def read_meta(path: str) -> dict[str, Any]:
     return json.load(f)
 
 
+def read_captions(path: str) -> dict[str, Any] | None:
+  """The caption table of a token dataset: {"captions": [P str], "text": config or None, "features":
+  {name: float32 [P + 1, ...]} (last row: the empty caption)}, or None when it holds no captions."""
+  where = os.path.join(path, CAPTIONS_FILE)
+  if not os.path.exists(where):
+    return None
+  with open(where) as f:
+    table = json.load(f)
+  features = {}
+  if table.get("features"):
+    with np.load(os.path.join(path, CAPTION_FEATURES)) as npz:
+      features = {k: np.asarray(npz[k]) for k in table["features"]}
+  return {"captions": list(table["captions"]), "text": table.get("text"), "features": features}
+
+
 class TokenSource:
-  """grain random-access source over a token dataset: item i is {"tokens": ..., "label": int32}."""
+  """grain random-access source over a token dataset: item i is {"tokens": ..., "label": int32}
+  (and "caption": int32, the row of its caption, when the dataset holds captions)."""
 
   def __init__(self, path: str):
     self.meta = read_meta(path)
     self._tokens = np.load(os.path.join(path, "tokens.npy"), mmap_mode="r")
     self._labels = np.load(os.path.join(path, "labels.npy"), mmap_mode="r")
+    ids = os.path.join(path, f"{CAPTION_IDS}.npy")
+    self._captions = np.load(ids, mmap_mode="r") if os.path.exists(ids) else None
     if self._tokens.shape[0] != self.meta["num_examples"] or self._labels.shape[0] != self._tokens.shape[0]:
       raise ValueError(f"token dataset {path!r} is inconsistent: meta says {self.meta['num_examples']} "
                        f"examples, tokens.npy has {self._tokens.shape[0]}, labels.npy {self._labels.shape[0]}")
@@ -91,7 +157,10 @@ class TokenSource:
     return self._tokens.shape[0]
 
   def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-    return {"tokens": np.array(self._tokens[i]), "label": np.int32(self._labels[i])}
+    item = {"tokens": np.array(self._tokens[i]), "label": np.int32(self._labels[i])}
+    if self._captions is not None:
+      item["caption"] = np.int32(self._captions[i])
+    return item
 
 
 def check_data(config, meta: dict, path: str) -> None:
@@ -107,7 +176,7 @@ def check_data(config, meta: dict, path: str) -> None:
   if shape and g.get("seq_len") is not None and shape[0] != g.seq_len:
     problems.append(f"config.model.seq_len is {g.seq_len}, the data have {shape[0]} tokens per "
                     f"image (--config.model.seq_len={shape[0]})")
-  if g.name in ("mar", "ecar", "tokenbridge", "cubid", "xar", "himar"):  # the continuous-token generators
+  if g.name in ("mar", "ecar", "tokenbridge", "cubid", "xar", "himar", "maskgen_kl"):  # continuous
     if not continuous:
       problems.append(f"generator {g.name!r} needs continuous tokens [N, K, D]; {path!r} holds discrete "
                       f"{meta.get('token_dtype')} tokens")

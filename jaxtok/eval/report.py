@@ -97,6 +97,8 @@ def evaluate_tokenizer(config: Any, checkpoint: str, *, out: str, dataset: str =
   if config is None:
     config = ckpt_lib.read_config(checkpoint) if checkpoint else None
   tokenizer, params, info = checkpoints.load_tokenizer(config, checkpoint, use_ema=use_ema)
+  from jaxtok.data import photo_captions  # pylint: disable=g-import-not-at-top
+  photo_captions.refuse_captionless(info["model_config"], "tools/evaluate.py")
   stored_eval = None
   if config is not None and hasattr(config, "get") and config.get("eval"):
     stored_eval = config.get("eval").get("token_counts")

@@ -120,6 +120,8 @@ def main(argv) -> dict:
                      f"decode), got --input={FLAGS.input!r} and --tokens={FLAGS.tokens!r}")
   tokenizer, params, info = checkpoints.load_tokenizer(FLAGS.config, FLAGS.checkpoint,
                                                        use_ema=FLAGS.use_ema)
+  from jaxtok.data import photo_captions  # pylint: disable=g-import-not-at-top
+  photo_captions.refuse_captionless(info["model_config"], "tools/tokenize_images.py")
   os.makedirs(FLAGS.output, exist_ok=True)
   if FLAGS.tokens:
     data = load_token_file(FLAGS.tokens)

@@ -103,6 +103,7 @@ MODULES = {
     "tatitok": "tatitok",
     "tokenflow": "tokenflow",
     "dualtoken": "dualtoken",
+    "textok": "textok",
 }
 
 

@@ -16,7 +16,10 @@ whole, as the official does.
 
 Contract: `encode(images)` as TiTok; `decode(tokens, text_features)`; `train_forward(images, *, rng,
 text_features, ...)`, the step passing the batch's "text_features" (`train.step`). The Tokenizer
-facade's `decode`/`reconstruct` have no text argument: use `decode_fn` / the module itself.
+facade's `decode`/`reconstruct` have no text argument: use `decode_fn` / the module itself. The
+training tools read captions through `caption_inputs` (captions -> {"text_features"} with the
+config's frozen CLIP tower) and `encode_captioned` / `reconstruct_captioned` (the text-aware
+tokenizers' common interface, `data.photo_captions`).
 
 Dimension names: B batch, K' tokens, S text length, C text feature width, W decoder width.
 """
@@ -92,6 +95,20 @@ class TATiTok(titok.TiTok):
     context = self._batch_text(text_features, tokens.shape[0])
     return self.decode_codes(self.tokens_to_codes(tokens), num_tokens=num_tokens, context=context)
 
+  def encode_captioned(self, images: jax.Array, text: Mapping[str, jax.Array], *,
+                       num_tokens: int | None = None):
+    """`encode` (the encoder never reads the caption; `text` is accepted for the common interface)."""
+    del text
+    return self.encode(images, num_tokens=num_tokens)
+
+  def reconstruct_captioned(self, images: jax.Array, text: Mapping[str, jax.Array], *,
+                            num_tokens: int | None = None, rng: jax.Array | None = None) -> jax.Array:
+    """images [B, H, W, 3] + text {"text_features": [B, S, C]} -> images float32 [B, H, W, 3]
+    decoded from the first num_tokens tokens."""
+    del rng
+    tokens = self.encode(images, num_tokens=num_tokens).tokens
+    return self.decode(tokens, text["text_features"])
+
   def decode_logits(self, tokens, *, num_tokens=None):
     raise ValueError("TA-TiTok has no proxy-code head (single-stage pixel decoder)")
 
@@ -115,6 +132,20 @@ def make_model(cfg: Mapping[str, Any], *, rngs: nnx.Rngs) -> TATiTok:
     raise ValueError(f"TA-TiTok decodes pixels (single-stage), got decoder_head "
                      f"{kwargs['decoder_head']!r}")
   return TATiTok(**kwargs, rngs=rngs)
+
+
+def caption_features(text_cfg: Mapping[str, Any], captions: list[str]) -> dict[str, Any]:
+  """The frozen CLIP text tower's outputs {"tokens", "penultimate" [N, S, C], "pooled" [N, D]}
+  float32 of captions, the tower being the one `text_cfg` (a config's `text` section,
+  `text.encoder.from_config`) names (what MaskGen conditions on, `data.tokens` captions)."""
+  from jaxtok.text import encoder as encoder_lib  # pylint: disable=g-import-not-at-top
+  return encoder_lib.from_config(text_cfg)(list(captions))
+
+
+def caption_inputs(text_cfg: Mapping[str, Any], captions: list[str]) -> dict[str, Any]:
+  """{"text_features": float32 [N, S, C]}: the "tokens" features of each caption
+  (`caption_features`), what the decoder reads."""
+  return {"text_features": caption_features(text_cfg, captions)["tokens"]}
 
 
 def decode_fn(tokenizer):

@@ -14,10 +14,13 @@ The compression ratio is the number of image tokens N (`num_latent_tokens`; the 
 
 The captions are an argument of every call: `encode(images, text_ids, text_mask)`,
 `decode(tokens, text_ids, text_mask)`, `train_forward(images, *, rng, text_ids, text_mask)`. The
-`tokenizers.build` facade and the trainer pass images only, so TexTok is not in `api.MODULES`: it is
-driven through its module (tests, `tools/benchmark.py --suite semantic`). Local captions:
-`data.captions`. The T5 tower lives under `t5/`, stop-gradient'ed and never decayed; load released
-weights with `with_t5(params, path)` (`convert.t5`; the paper uses a T5-XL encoder), random otherwise.
+`tokenizers.build` facade's encode/decode pass images only, which TexTok cannot use (the tools built
+on them, tools/evaluate.py and tools/tokenize_images.py, refuse text-aware tokenizers up front).
+tools/train.py trains it on the bundled photographs' captions (`data.photo_captions`:
+`caption_inputs` maps captions to word ids of `data.captions.WordVocab`, the step passes the batch's
+"text_ids" / "text_mask"), and `encode_captioned` / `reconstruct_captioned` serve the tools. The T5
+tower lives under `t5/`, stop-gradient'ed and never decayed; load released weights with
+`with_t5(params, path)` (`convert.t5`; the paper uses a T5-XL encoder), random otherwise.
 
 Differences from the paper: the paper's tokenizer also trains with perceptual and GAN losses (the
 trainer's business, not the model's); sizes here are configurable, not the paper's.
@@ -40,7 +43,7 @@ from jaxtok.nn.norm import Norm
 from jaxtok.nn.options import model_kwargs
 from jaxtok.nn.vit import PatchEmbed, unpatchify, vit_stack
 from jaxtok.tokenizers import vae
-from jaxtok.tokenizers.api import EncodeOutput, TrainOutput, check_images, compute_dtype
+from jaxtok.tokenizers.api import EncodeOutput, TrainOutput, check_images, check_target, compute_dtype
 
 sg = jax.lax.stop_gradient
 
@@ -143,13 +146,57 @@ class TexTok(nnx.Module):
     kl = self.kl_weight * jnp.mean(vae.kl_divergence(mean, logvar))
     return EncodeOutput(z, z, {"kl": kl}, {"logvar": jnp.mean(logvar)})
 
-  def train_forward(self, images: jax.Array, *, rng: jax.Array, text_ids: jax.Array,
-                    text_mask: jax.Array | None = None, step: int | jax.Array | None = None
+  def train_forward(self, images: jax.Array, *, rng: jax.Array, text_ids: jax.Array | None = None,
+                    text_mask: jax.Array | None = None, step: int | jax.Array | None = None,
+                    target: str = "pixels", perturb: Any = None, num_tokens: int | None = None
                     ) -> TrainOutput:
-    """Training pass: recon [B, S, S, 3] from a posterior sample; losses {kl}."""
+    """Training pass (the trainer's contract, `api.TrainOutput`): recon [B, S, S, 3] from a
+    posterior sample; losses {kl}. target must be "pixels", perturb None (continuous tokens) and
+    num_tokens None or N (no prefix decoding)."""
     del step
+    check_target(target, proxy_head=False, model="TexTok")
+    if perturb is not None:
+      raise ValueError(f"TexTok's tokens are continuous: loss.perturb (RobusTok) does not apply, got "
+                       f"{perturb!r}")
+    self._check_num_tokens(num_tokens)
+    if text_ids is None:
+      raise ValueError("TexTok trains on captions: pass text_ids int32 [B, Lt] (and text_mask); with "
+                       "tools/train.py the config's `text` section makes the batches carry them")
     out = self.encode(images, text_ids, text_mask, rng=rng)
     return TrainOutput(self.decode(out.tokens, text_ids, text_mask), out.losses, out.metrics)
+
+  def _check_num_tokens(self, num_tokens) -> None:
+    if num_tokens is not None and num_tokens != self.num_latent_tokens:
+      raise ValueError(f"TexTok decodes all {self.num_latent_tokens} tokens (no prefix decoding), got "
+                       f"num_tokens={num_tokens!r}")
+
+  def encode_captioned(self, images: jax.Array, text: Mapping[str, jax.Array], *,
+                       num_tokens: int | None = None) -> EncodeOutput:
+    """`encode` with text {"text_ids": int32 [B, Lt], "text_mask": bool [B, Lt]} (`caption_inputs`)."""
+    self._check_num_tokens(num_tokens)
+    return self.encode(images, text["text_ids"], text.get("text_mask"))
+
+  def reconstruct_captioned(self, images: jax.Array, text: Mapping[str, jax.Array], *,
+                            num_tokens: int | None = None, rng: jax.Array | None = None) -> jax.Array:
+    """decode(encode(images)) (the posterior mean) with the captions' text: [B, S, S, 3] float32."""
+    del rng
+    tokens = self.encode_captioned(images, text, num_tokens=num_tokens).tokens
+    return self.decode(tokens, text["text_ids"], text.get("text_mask"))
+
+
+TEXT_VOCABS = ("words",)
+
+
+def caption_inputs(text_cfg: Mapping[str, Any], captions: list[str]) -> dict[str, Any]:
+  """{"text_ids": int32 [N, L], "text_mask": bool [N, L]} of captions, per a config's `text` section
+  {"vocab": "words" (`data.captions.WordVocab`, the only tokenizer bundled), "length": L}."""
+  from jaxtok.data import captions as captions_lib  # pylint: disable=g-import-not-at-top
+  get = text_cfg.get if hasattr(text_cfg, "get") else (lambda k, d=None: d)
+  vocab, length = get("vocab", None), get("length", None)
+  if vocab not in TEXT_VOCABS:
+    raise ValueError(f"config.text.vocab must be one of {TEXT_VOCABS} for TexTok, got {vocab!r}")
+  ids, mask = captions_lib.WordVocab().encode(list(captions), length)
+  return {"text_ids": ids, "text_mask": mask}
 
 
 _FIELDS = ("image_size", "patch_size", "num_latent_tokens", "token_size", "width", "depth", "num_heads",

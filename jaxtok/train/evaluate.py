@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from jaxtok.metrics import psnr as psnr_lib
 from jaxtok.metrics import ssim as ssim_lib
@@ -39,14 +40,34 @@ def reconstruct_fn(tokenizer: Any, params: Any, *, seed: int = 0) -> Callable:
   return lambda images, k: tokenizer.reconstruct(params, images, num_tokens=k, rng=key)
 
 
-def evaluate(reconstruct: Callable[[jax.Array, int | None], jax.Array], images: np.ndarray,
-             token_counts: Sequence[int | None]) -> tuple[dict, dict]:
+def captioned_reconstruct_fn(tokenizer: Any, params: Any, *, seed: int = 0) -> Callable:
+  """`(images [n, H, W, 3] float32, k, text) -> reconstructions` of a text-aware tokenizer's weights
+  (its model's `reconstruct_captioned`; text: {name: [n, ...]} caption inputs of those images,
+  `data.photo_captions`). One jitted function per tokenizer, shared by every call."""
+  fn = getattr(tokenizer, "_captioned_reconstruct", None)
+  if fn is None:
+    graphdef = tokenizer.graphdef
+
+    def body(p, images, text, rng, num_tokens):
+      return nnx.merge(graphdef, p).reconstruct_captioned(images, text, num_tokens=num_tokens, rng=rng)
+
+    fn = tokenizer._captioned_reconstruct = jax.jit(body, static_argnums=4)
+  key = jax.random.key(seed)
+  return lambda images, k, text: fn(params, images, {n: jnp.asarray(v) for n, v in text.items()},
+                                    key, k)
+
+
+def evaluate(reconstruct: Callable[..., jax.Array], images: np.ndarray,
+             token_counts: Sequence[int | None], *,
+             inputs: dict[str, np.ndarray] | None = None) -> tuple[dict, dict]:
   """Mean PSNR / SSIM of `reconstruct(images, k)` for each k in token_counts.
 
   Args:
-    reconstruct: (images [n, H, W, 3] float32 in [0, 1], k) -> reconstructions [n, H, W, 3].
+    reconstruct: (images [n, H, W, 3] float32 in [0, 1], k) -> reconstructions [n, H, W, 3]; with
+      `inputs`, (images, k, {name: rows of inputs for those images}) (`captioned_reconstruct_fn`).
     images: held-out images [N, H, W, 3] float32 in [0, 1].
     token_counts: prefix lengths k to decode from (None = all tokens).
+    inputs: None, or per-image arrays {name: [N, ...]} the reconstruction also reads (captions).
 
   Returns:
     (metrics {str(k): {"psnr": dB, "ssim": float}}, recons {str(k): uint8 [N, H, W, 3]}); "ssim"
@@ -58,7 +79,8 @@ def evaluate(reconstruct: Callable[[jax.Array, int | None], jax.Array], images: 
     outs, ps, ss = [], [], []
     for i in range(0, len(images), EVAL_CHUNK):
       x = jnp.asarray(images[i:i + EVAL_CHUNK])
-      r = jnp.clip(jnp.asarray(reconstruct(x, k), jnp.float32), 0.0, 1.0)
+      args = () if inputs is None else ({n: v[i:i + EVAL_CHUNK] for n, v in inputs.items()},)
+      r = jnp.clip(jnp.asarray(reconstruct(x, k, *args), jnp.float32), 0.0, 1.0)
       # Score the 8-bit image that would be saved, as the reference evaluations do.
       r = jnp.round(r * 255.0) / 255.0
       ps.append(np.asarray(psnr_lib.psnr(x, r)))
@@ -97,13 +119,15 @@ def save_png(path: str, grid: np.ndarray, *, scale: int = 1) -> None:
 
 
 def final_report(reconstruct: Callable, images: np.ndarray, token_counts: Sequence[int | None],
-                 out_dir: str, *, prefix: str = "final", extra: dict | None = None) -> dict:
+                 out_dir: str, *, prefix: str = "final", extra: dict | None = None,
+                 inputs: dict[str, np.ndarray] | None = None) -> dict:
   """Writes `<prefix>_grid.png` (rows = images, columns = original + each k) and `<prefix>_metrics.json`.
+  inputs: per-image caption inputs, as `evaluate`'s.
 
   Returns:
     the metrics dict written to the JSON ({"per_token_count": {k: {psnr, ssim}}, ...extra}).
   """
-  metrics, recons = evaluate(reconstruct, images, token_counts)
+  metrics, recons = evaluate(reconstruct, images, token_counts, inputs=inputs)
   grid = image_grid(images, [recons[k] for k in metrics])
   scale = max(1, 128 // images.shape[1])
   save_png(os.path.join(out_dir, f"{prefix}_grid.png"), grid, scale=scale)

@@ -25,6 +25,13 @@ random-order chance with it, the others ignore it). The data are a token dataset
 tools/pretokenize.py (jaxtok.data.tokens), read by grain, one slice per process. The state, its sharding, the optimizer and the checkpoints are the
 tokenizer trainer's (jaxtok.train.state / optim / checkpoint), so a generator run resumes exactly
 like a tokenizer run: the per-step key is fold_in(base, step) and the iterator state is checkpointed.
+
+Text-conditioned generators: a generator module that defines `text_condition(features) -> dict`
+(MaskGen; its `labels` are that dict plus "null_<key>" entries, the empty caption's, for caption
+dropout) is trained on a token dataset holding captions (tools/pretokenize.py on a TA-TiTok run:
+`tokens.read_captions`): each batch's "caption" rows of the dataset's caption features become
+`labels` = text_condition(rows) | {"null_" + k: text_condition(empty caption)[k]} (`text_labels`).
+Any other generator reads the int32 class labels as before.
 """
 from __future__ import annotations
 
@@ -74,7 +81,8 @@ def make_train_step(name: str, model: state_lib.ModelDef, tx: optax.GradientTran
                     ema_decay: float = 0.0) -> Callable:
   """`train_step(state, batch, rng) -> (state, metrics)` for generator `name` (not yet jitted).
 
-  batch: {"tokens": int32 [B, N] or float [B, N, D], "label": int32 [B] (-1 = unconditional)}.
+  batch: {"tokens": int32 [B, N] or float [B, N, D], "label": int32 [B] (-1 = unconditional), or
+  a text-conditioned generator's condition dict (`text_labels`)}.
   """
   module = generator_module(name)
 
@@ -126,8 +134,8 @@ def model_config(config: Any) -> Any:
 
 def check_batch(batch: dict, num_classes: int, gcfg: Any) -> None:
   """Host-side range checks (an embedding lookup out of range would silently give NaN on device)."""
-  labels = np.asarray(batch["label"])
-  if num_classes > 0 and labels.max(initial=-1) >= num_classes:
+  labels = None if isinstance(batch["label"], dict) else np.asarray(batch["label"])  # dict: text
+  if labels is not None and num_classes > 0 and labels.max(initial=-1) >= num_classes:
     raise ValueError(f"data labels must be < model.num_classes={num_classes}, got {labels.max()}")
   tokens = np.asarray(batch["tokens"])
   k = gcfg.get("codebook_size", None)
@@ -138,10 +146,39 @@ def check_batch(batch: dict, num_classes: int, gcfg: Any) -> None:
     raise ValueError(f"data tokens have {tokens.shape[1]} positions, model.seq_len is {want}")
 
 
+def text_labels(module: Any, path: str) -> Callable[[dict], dict] | None:
+  """For a text-conditioned generator module (it defines `text_condition`), a host function
+  batch {"tokens", "caption" int32 [B], ...} -> {"tokens", "label": the condition dict of
+  the batch's captions, with "null_<key>" [B, ...] of the empty caption}; None for the others.
+  Raises ValueError naming what the dataset `path` lacks."""
+  condition = getattr(module, "text_condition", None)
+  if condition is None:
+    return None
+  table = token_data.read_captions(path)
+  name = module.__name__.rsplit(".", 1)[-1]
+  if table is None:
+    raise ValueError(f"generator {name!r} is text-conditioned: --data must hold captions "
+                     f"({token_data.CAPTIONS_FILE}, written by tools/pretokenize.py on a text-aware "
+                     f"tokenizer's run, e.g. TA-TiTok), {path!r} has none")
+  feats = table["features"]
+  if not feats:
+    raise ValueError(f"generator {name!r} conditions on the captions' text-encoder features, but "
+                     f"{path!r} holds captions without features (its tokenizer's text inputs are "
+                     f"not a text encoder's, e.g. TexTok's word ids)")
+  null = {k: np.asarray(v) for k, v in condition({k: v[-1:] for k, v in feats.items()}).items()}
+
+  def fn(batch: dict) -> dict:
+    rows = np.asarray(batch["caption"])
+    labels = {k: np.asarray(v) for k, v in condition({k: v[rows] for k, v in feats.items()}).items()}
+    labels.update({f"null_{k}": np.repeat(v, len(rows), axis=0) for k, v in null.items()})
+    return {"tokens": batch["tokens"], "label": labels}
+
+  return fn
+
+
 def _global_batch(batch: dict, mesh, rules) -> dict:
-  return {k: jax.make_array_from_process_local_data(shd.batch_sharding(mesh, np.ndim(v), rules),
-                                                    np.asarray(v))
-          for k, v in batch.items()}
+  return jax.tree.map(lambda v: jax.make_array_from_process_local_data(
+      shd.batch_sharding(mesh, np.ndim(v), rules), np.asarray(v)), batch)
 
 
 def train(config: Any, workdir: str, *, progress: bool = True, stop_at: int | None = None) -> dict[str, float]:
@@ -163,6 +200,7 @@ def _train_locked(config: Any, workdir: str, *, progress: bool, stop_at: int | N
   mesh = state_lib.mesh_from_config(config)
   rules = state_lib.rules_from_config(config)
   model, _, init_fn, step_fn = build(config, total)
+  to_text = text_labels(generator_module(config.model.name), config.data.path)
   base_rng = jax.random.key(int(config.seed))
   per_process = int(config.data.batch_size) // jax.process_count()
   it = token_data.token_iterator(config.data.path, batch_size=per_process, seed=int(config.seed),
@@ -191,6 +229,8 @@ def _train_locked(config: Any, workdir: str, *, progress: bool, stop_at: int | N
     end = total if stop_at is None else min(int(stop_at), total)
     for step in range(start, end):
       host_batch = next(it)
+      if to_text is not None:
+        host_batch = to_text(host_batch)
       check_batch(host_batch, num_classes, config.model)
       batch = _global_batch(host_batch, mesh, rules)
       state, m = jstep(state, batch, base_rng)

@@ -25,7 +25,10 @@ Data (`jaxtok.data.pipeline.from_config`): `config.data.source = "photos"` (defa
 crops of the bundled photographs (`jaxtok.data.photos.PhotoCrops`) as a pure function of
 (seed, step, process), so its state is one integer and resuming is exact; `"tfds"` reads a named
 tensorflow-datasets dataset through `tfds.data_source` with a grain pipeline whose iterator state is
-checkpointed the same way.
+checkpointed the same way. A text-aware tokenizer (TA-TiTok, TexTok: its module defines
+`caption_inputs`) reads `jaxtok.data.photo_captions.from_config` instead: the same photo crops as
+dict batches {"image", its caption inputs, "caption"} built from `config.text` (the step passes the
+caption inputs to train_forward), and the held-out images are scored with their captions.
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtok import sharding as shd
+from jaxtok.data import photo_captions
 from jaxtok.data import pipeline as data_pipeline
 from jaxtok.data import prefetch as prefetch_lib
 from jaxtok.data.photos import PhotoCrops, load_photos  # noqa: F401  (re-exported)
@@ -218,13 +222,19 @@ def _train_locked(config: Any, workdir: str, *, show_progress: bool,
 
   # ---- data
   image_size = int(config.data.image_size)
-  data, heldout = data_pipeline.from_config(config.data, seed=seed,
-                                            process_index=jax.process_index(),
-                                            process_count=jax.process_count())
-  batch_sharding = shd.batch_sharding(mesh, 4, rules)
-  data = prefetch_lib.DevicePrefetch(
-      data, lambda local: jax.make_array_from_process_local_data(batch_sharding, local),
-      size=int(config.data.get("device_prefetch", 2)))
+  heldout_text = None  # caption inputs of the held-out images (text-aware tokenizers)
+  if photo_captions.text_module(config.model.get("name")) is not None:
+    data, heldout, heldout_text = photo_captions.from_config(
+        config, seed=seed, process_index=jax.process_index(), process_count=jax.process_count())
+    put = lambda local: {k: jax.make_array_from_process_local_data(
+        shd.batch_sharding(mesh, np.ndim(v), rules), v) for k, v in local.items()}
+  else:
+    data, heldout = data_pipeline.from_config(config.data, seed=seed,
+                                              process_index=jax.process_index(),
+                                              process_count=jax.process_count())
+    batch_sharding = shd.batch_sharding(mesh, 4, rules)
+    put = lambda local: jax.make_array_from_process_local_data(batch_sharding, local)
+  data = prefetch_lib.DevicePrefetch(data, put, size=int(config.data.get("device_prefetch", 2)))
 
   # ---- resume or init
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
@@ -284,7 +294,11 @@ def _train_locked(config: Any, workdir: str, *, show_progress: bool,
   use_ema = ema_decay > 0
 
   def reconstruct(params):
+    if heldout_text is not None:
+      return eval_lib.captioned_reconstruct_fn(tokenizer, params)
     return eval_lib.reconstruct_fn(tokenizer, params)
+
+  eval_text = None if heldout_text is None else {k: v[:8] for k, v in heldout_text.items()}
 
   log_every, eval_every, ckpt_every = int(config.log_every), int(config.eval_every), int(config.ckpt_every)
   delay = float(config.get("step_delay_s", 0.0))
@@ -313,7 +327,8 @@ def _train_locked(config: Any, workdir: str, *, show_progress: bool,
         bar.set_postfix(loss=f"{host['loss']:.4f}", sps=f"{rate:.2f}")
     if done % eval_every == 0 and done != total:
       params = _full_params(state, use_ema)
-      em, recons = eval_lib.evaluate(reconstruct(params), heldout[:8], [eval_counts[-1]])
+      em, recons = eval_lib.evaluate(reconstruct(params), heldout[:8], [eval_counts[-1]],
+                                     inputs=eval_text)
       key = next(iter(em))
       writer.scalars(done, {"eval/psnr": em[key]["psnr"], "eval/ssim": em[key]["ssim"]})
       if bar is not None:
@@ -341,8 +356,8 @@ def _train_locked(config: Any, workdir: str, *, show_progress: bool,
   if config.get("final_eval", True):
     extra = {"step": report["step"], "weights": "ema" if use_ema else "params",
              "train_seconds_this_run": time.time() - t0}
-    final = eval_lib.final_report(reconstruct(params), heldout, eval_counts, workdir, extra=extra) \
-        if is_main else {}
+    final = eval_lib.final_report(reconstruct(params), heldout, eval_counts, workdir, extra=extra,
+                                  inputs=heldout_text) if is_main else {}
     report.update(final)
   ckpt.close()
   writer.close()

@@ -22,8 +22,9 @@ The step knows the model only through its training contract (`jaxtok.tokenizers.
   out = model.train_forward(images, rng=rng, step=step, target="pixels" | "proxy_logits",
                             perturb=settings or None)
 
-A dict batch with "text_features" (float [B, S, C], a caption's CLIP features) also passes
-text_features=... to train_forward (TA-TiTok's text-aware decoder).
+A dict batch with caption inputs (`TEXT_KEYS`: "text_features" float [B, S, C], a caption's CLIP
+features, for TA-TiTok's text-aware decoder; "text_ids" int32 / "text_mask" bool [B, L] for TexTok)
+also passes them to train_forward under the same names.
 
 target "proxy_logits" when loss.proxy > 0 (TiTok stage 1: out.logits [B, N, V] against the teacher's
 codes), "pixels" otherwise. Everything model-specific lives in the model: the kept length (One-D-Piece
@@ -70,6 +71,7 @@ from jaxtok.train import optim
 from jaxtok.train.state import ModelDef, TrainState
 
 f32 = jnp.float32
+TEXT_KEYS = ("text_features", "text_ids", "text_mask")  # caption inputs a batch may carry
 
 
 # --------------------------------------------------------------------------------------------------
@@ -285,8 +287,8 @@ def make_train_step(model: ModelDef, loss_cfg: Any, tx: optax.GradientTransforma
                            f"(TiTok / One-D-Piece); {type(m).__name__} has none")
         labels = batch.get("label") if isinstance(batch, dict) else None
         extra["resample"] = lambda tok, key: resample_fn(frozen["generator"], tok, labels, key)
-      if isinstance(batch, dict) and "text_features" in batch:  # text-aware models (TA-TiTok)
-        extra["text_features"] = batch["text_features"]
+      # Text-aware models read the batch's caption inputs (TA-TiTok text_features, TexTok ids).
+      extra.update({k: batch[k] for k in TEXT_KEYS if isinstance(batch, dict) and k in batch})
       out = m.train_forward(images, rng=k_model, step=step, target=target, perturb=perturb_cfg,
                             **extra)
       recon, model_losses, model_metrics = out.recon, dict(out.losses), dict(out.metrics)
