@@ -385,7 +385,8 @@ TEXT_SAMPLERS.update(flowtok=_flowtok)
 
 def make_text_sampler(name: str, graphdef: Any, params: Any,
                       opts: Options) -> Callable[[jax.Array, Any, Any], jax.Array]:
-  """A jitted `sample(rng, cond, null) -> tokens int32 [B, N]` for a text-conditioned generator;
+  """A jitted `sample(rng, cond, null) -> tokens` for a text-conditioned generator (int32 [B, N]
+  for MaskGen-VQ, float32 [B, N, D] for MaskGen-KL and FlowTok);
   cond / null: the model's condition dicts (`generators.maskgen.text_condition`), null the empty
   caption's ([1, ...] rows broadcast), None for unguided sampling."""
   if name not in TEXT_SAMPLERS:
