@@ -114,6 +114,21 @@ class JointBlock(nnx.Module):
     return x, c
 
 
+def pooled_with_micro_condition(model: Any, cond: Mapping[str, jax.Array],
+                                embed=None) -> jax.Array:
+  """cond["pooled"] [B, C] float32, followed (when model.micro_condition) by the aesthetic score's
+  embedding `embed(score [B], dim)` (default `aesthetic_embedding`; MaskGen-KL has its own) of
+  cond["aesthetic"] [B] or model.sample_aesthetic_score: [B, C (+ micro dim)]."""
+  embed = aesthetic_embedding if embed is None else embed
+  pooled = jnp.asarray(cond["pooled"], jnp.float32)
+  if model.micro_condition:
+    score = cond.get("aesthetic")
+    if score is None:
+      score = jnp.full(pooled.shape[:1], model.sample_aesthetic_score, jnp.float32)
+    pooled = jnp.concatenate([pooled, embed(score, model.micro_condition_dim)], -1)
+  return pooled
+
+
 def aesthetic_embedding(score: jax.Array, dim: int) -> jax.Array:
   """MaskGen-VQ's micro-condition float32 [B, dim] of aesthetic scores [B]: [sin, cos] of
   100 * score * 1000^(-i / (dim/2)) (its `get_sinusoidal_encoding`, max_period 1000), zero-padded
@@ -174,13 +189,7 @@ class MaskGenVQ(nnx.Module):
     return self.codebook_size
 
   def _pooled(self, cond: Mapping[str, jax.Array]) -> jax.Array:
-    pooled = jnp.asarray(cond["pooled"], jnp.float32)
-    if self.micro_condition:
-      score = cond.get("aesthetic")
-      if score is None:
-        score = jnp.full(pooled.shape[:1], self.sample_aesthetic_score, jnp.float32)
-      pooled = jnp.concatenate([pooled, aesthetic_embedding(score, self.micro_condition_dim)], -1)
-    return self.cond_pooled_proj(pooled)
+    return self.cond_pooled_proj(pooled_with_micro_condition(self, cond))
 
   def __call__(self, tokens: jax.Array, cond: Mapping[str, jax.Array]) -> jax.Array:
     """Logits float32 [B, K, V] for tokens int32 [B, K] in [0, V] and cond {"text", "pooled"[,

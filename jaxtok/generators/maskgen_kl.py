@@ -133,13 +133,8 @@ class MaskGenKL(nnx.Module):
 
   def pooled(self, cond: Mapping[str, jax.Array]) -> jax.Array:
     """p [B, W] of cond["pooled"] [B, C] (+ the aesthetic micro-condition)."""
-    pooled = jnp.asarray(cond["pooled"], jnp.float32)
-    if self.micro_condition:
-      score = cond.get("aesthetic")
-      if score is None:
-        score = jnp.full(pooled.shape[:1], self.sample_aesthetic_score, jnp.float32)
-      pooled = jnp.concatenate([pooled, aesthetic_embedding(score, self.micro_condition_dim)], -1)
-    return self.text_pooled_emb(pooled)
+    return self.text_pooled_emb(maskgen.pooled_with_micro_condition(self, cond,
+                                                                    aesthetic_embedding))
 
   def condition(self, tokens: jax.Array, mask: jax.Array, cond: Mapping[str, jax.Array]) -> jax.Array:
     """z float32 [B, K, W] for scaled latents tokens [B, K, D] (values at mask ignored), mask bool
