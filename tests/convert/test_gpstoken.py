@@ -147,3 +147,23 @@ def test_released_configs_have_the_release_state_dict_shapes(name):
   # proj_out (weight + bias each: 8 tensors) become 4 (qkv, qkv_bias, out, out_bias).
   assert len(shapes) == len(converted) + 4 + 4
   assert sum("temb_proj" in k for k in shapes) == 4
+
+
+def test_convert_dispatch_then_the_tokenizer_contract_runs():
+  """`convert.convert("gpstoken", ...)` (tools/convert.py's path) gives a tokenizer whose encode
+  (with the numpy partition) and decode run under jit; decode of the release's tokens equals
+  (release decoder output + 1) / 2 clipped, through the renderer."""
+  from jaxtok import convert
+  assert "gpstoken" in convert.MODELS
+  flat, _ = common.read_checkpoint(WEIGHTS)
+  cfg = dict(G.infer_config(flat, num_gaussians=6, image_size=16), min_size=4)
+  cfg, params = convert.convert("gpstoken", WEIGHTS, json.dumps(cfg))
+  tok = api.build(cfg)
+  io = _io()
+  out = tok.encode(params, jnp.asarray(io["images"]))
+  assert out.tokens.shape == (2, 6, 9) and np.all(np.isfinite(np.asarray(out.tokens)))
+  img = np.asarray(tok.decode(params, jnp.asarray(io["tokens"])))
+  model = nnx.merge(tok.graphdef, params)
+  fmap = model.render(jnp.asarray(io["tokens"]))
+  want = np.clip((np.asarray(model.decoder(fmap)) + 1) / 2, 0, 1)
+  np.testing.assert_allclose(img, want, atol=1e-5)
