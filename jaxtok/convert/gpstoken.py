@@ -24,7 +24,13 @@ Key map (official -> jaxtok; conv weights [O, I, kh, kw] -> kernels [kh, kw, I, 
   decoder.up.i.block.j.nin_shortcut                      decoder.up_blocks.i.j.shortcut
   decoder.up.i.upsample.conv                             decoder.up_convs.(i-1)
 
+  loss.*                                                 dropped: training-loss modules (discriminator,
+                                                         perceptual nets); the release's
+                                                         inference loads only the keys its model has
+
 Any other key is refused by name (ValueError listing missing, unexpected and mis-shaped tensors).
+The released files (HF xtudbxk/GPSToken, `gpstoken_{s64,m128,l256}.safetensors`) were not available
+here; the layout is checked against the release's classes (tests/convert/test_gpstoken.py).
 The number of heads (8) and of Gaussians are not in the weights: the RELEASED configs give them.
 """
 from __future__ import annotations
@@ -45,7 +51,7 @@ RELEASED: dict[str, dict[str, Any]] = {
     f"gpstoken_{tag}": dict(_RELEASE, num_gaussians=n)
     for tag, n in (("s64", 64), ("m128", 128), ("l256", 256))}
 
-_DROPPED = re.compile(r"^preprocess_img\.\d+\.temb_proj\.(weight|bias)$")
+_DROPPED = re.compile(r"^(preprocess_img\.\d+\.temb_proj\.(weight|bias)|loss\..+)$")
 _RENAMES = (  # (official pattern, jaxtok replacement); first match wins
     (r"^preprocess_img\.0\.", "stem."),
     (r"^preprocess_img\.(\d+)\.", lambda m: f"stem_blocks.{int(m.group(1)) - 1}."),
@@ -114,7 +120,8 @@ def _attention(flat: Mapping[str, np.ndarray], out: dict, heads: int) -> set[str
 
 def convert(flat: Mapping[str, np.ndarray], heads: int = 8) -> dict[str, np.ndarray]:
   """Official GPSToken state dict -> {jaxtok name: array}. Unknown keys pass through under their
-  own names so that `common.fill_state` refuses them by name; temb_proj is dropped (module doc)."""
+  own names so that `common.fill_state` refuses them by name; temb_proj and loss.* are dropped
+  (module doc)."""
   out: dict[str, np.ndarray] = {}
   used = _attention(flat, out, heads)
   for key, value in flat.items():
