@@ -31,7 +31,11 @@ pipeline end to end through the renderer.
 
 Approximations (stated, not hidden): `DecoderNP`'s GroupNorm divides by (std + eps) instead of
 sqrt(var + eps) (eps 1e-6: a relative difference of about eps / std); the release also splits large
-images into _np x _np patches of Gaussians, which is not supported here (_np = 1).
+images into _np x _np patches of Gaussians, which is not supported here (_np = 1); `refine` clips
+the initial values to [1e-4, 1 - 1e-4] before the logit (the release takes the logit unclipped; the
+partition's initial Gaussians lie inside that range). Cost: `roi_align` is two dense contractions
+with per-region weight matrices, an intermediate of B * S * r * W_img * Cs floats (about 134 MB per
+256 px image at M128), traded for exactness and static shapes.
 
 Generation order (`layout_then_texture` / `from_layout_texture`): GPSToken generates in two stages,
 spatial layout (all Gaussians' geometry) first, then texture conditioned on it. A GPT over GPSToken
