@@ -9,7 +9,8 @@ magnitude, a 512-bin histogram over [-5.5, 5.5] gives the entropy E (bits), and
 Greedy splitting (the release's `adaptive_initialize`): start from the whole image; while there are
 fewer than `num_regions` regions, take the most complex region that can still be split (one whose
 row or column span h-1 / w-1 exceeds `min_size`), and halve it across its longer side (a square
-region: across the side whose halves have the smaller least complexity, ties to columns). The result
+region: across the side whose halves have the smaller least complexity; on a tie the rows are
+split (top and bottom halves), as the release's `else` branch). The result
 is a partition: every pixel lies in exactly one region.
 
 A region [r0, r1] x [c0, c1] (inclusive) initialises a Gaussian in the [-1, 1] pixel frame:

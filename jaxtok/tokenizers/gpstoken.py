@@ -4,30 +4,38 @@ Token s = (sigma_x, sigma_y, rho, x, y, f_1..f_C): a Gaussian in the [-1, 1] pix
 deviations, correlation coefficient, mean; see `gaussian_render`) and a C-dim texture feature.
 Tokens are continuous: float32 [B, S, 5 + C].
 
-Encode:
+Encode (the release's architecture, xtudbxk/GPSToken `models/gpstoken.py` + `models/attnblock.py`,
+commit 372231d; parameter names map one to one, see `convert/gpstoken.py`):
   1. `gps_partition.partition_batch` (numpy, through jax.pure_callback: discrete, no gradient) cuts
      each image into S texture-homogeneous regions by entropy-driven greedy splitting and turns each
      region into an initial Gaussian (sigma = 2/3 of the region's extent, rho 0, mean at its centre).
-  2. A conv stem (3x3 conv + MaskGIT ResnetBlock) gives image features; each region's features are
-     sampled bilinearly on an r x r grid of bin centres (RoIAlign with one sample per bin), flattened
-     and projected to the width W. Gaussian token = learned embedding + MLP(initial Gaussian) + RoI
-     feature.
-  3. A transformer (`nn.Stack` of pre-LN `nn.Block`s) over [S Gaussian tokens, image patch tokens
-     (patch embedding + 2D sin-cos)] refines them. Heads on the Gaussian outputs: a zero-initialised
-     Linear(W -> 5) gives deltas applied in logit space (sigma = sigmoid(logit(sigma0) + d), and
-     (rho, x, y) = 2 sigmoid(logit((v0 + 1) / 2) + d) - 1, as the release), a Linear(W -> C) gives
-     the features.
+  2. Stem on the image in [-1, 1]: conv3x3 (3 -> Cs) + two taming ResNet blocks (release:
+     `preprocess_img`, Cs = 128). Each region's features are pooled to r x r bins by RoIAlign exactly
+     as the release calls torchvision's (`aligned=True`, `sampling_ratio=-1`: ceil(side / r) samples
+     per bin and axis, box = the region's inclusive pixel range; `roi_align`), then a 1x1 conv
+     (Dense Cs -> W, `roialign_layer`) gives RoI features [B, S, r*r, W].
+  3. Gaussian token = learned embedding + MLP(initial Gaussian) (Linear 5 -> W, exact GELU,
+     Linear W -> W). Each of `depth` refinement layers first adds Linear(r*r -> 1) of the token's own
+     RoI features (`roimlp`, per layer), then runs a pre-LN `nn.Block` (8 heads, MLP 4W, exact GELU,
+     LayerNorm eps 1e-5) over the S Gaussian tokens only (no image patch tokens, no final norm).
+  4. Heads: a zero-initialised Linear(W -> 5) gives deltas applied in logit space (sigma =
+     sigmoid(logit(sigma0) + d), (rho, x, y) = 2 sigmoid(logit((v0 + 1) / 2) + d) - 1), a
+     Linear(W -> C) gives the features.
 Decode: `gaussian_render.render` splats the features at render_size x render_size (peak-normalised
-densities, cut-off dmax) -> the VQGAN conv decoder (`nn.conv.Decoder`, z_channels = C) -> pixels.
+densities, support |dx| <= dmax sigma_x and |dy| <= dmax sigma_y, as gscuda's kernel) -> the
+release's taming decoder (`DecoderNP` at _np = 1: conv_in, mid ResNet / attention / ResNet, per
+level num_res_blocks + 1 ResNet blocks and nearest x2 + conv3x3, GroupNorm, SiLU, conv_out), whose
+output in [-1, 1] is mapped to [0, 1].
 Training: train_forward returns recon; the trainer's pixel / perceptual / GAN losses train the whole
 pipeline end to end through the renderer.
 
-Differences from the release (stated, not hidden): the release (xtudbxk/GPSToken
-`models/attnblock.py`, every version to 372231d) has no cross-attention: each `AttnBlock` adds
-Linear(r*r -> 1) of the Gaussian's own RoI features to its token, then self-attends over the S
-Gaussian tokens only and applies the MLP. Here the RoI features enter once, additively, and the
-Gaussians self-attend together with image patch tokens in one sequence. RoIAlign averages several
-samples per bin; here one bilinear sample at each bin centre.
+Approximations (stated, not hidden): `DecoderNP`'s GroupNorm divides by (std + eps) instead of
+sqrt(var + eps) (eps 1e-6: a relative difference of about eps / std); the release also splits large
+images into _np x _np patches of Gaussians, which is not supported here (_np = 1); `refine` clips
+the initial values to [1e-4, 1 - 1e-4] before the logit (the release takes the logit unclipped; the
+partition's initial Gaussians lie inside that range). Cost: `roi_align` is two dense contractions
+with per-region weight matrices, an intermediate of B * S * r * W_img * Cs floats (about 134 MB per
+256 px image at M128), traded for exactness and static shapes.
 
 Generation order (`layout_then_texture` / `from_layout_texture`): GPSToken generates in two stages,
 spatial layout (all Gaussians' geometry) first, then texture conditioned on it. A GPT over GPSToken
@@ -37,7 +45,8 @@ C-d features, each position attending to all earlier ones, so every texture is p
 whole layout in context; continuous tokens need a continuous head (e.g. `generators.heads.FlowHead`,
 as MAR), and two separate input/output projections for the two token kinds.
 
-Dimension names: B batch, S Gaussians (tokens), C feature dim, W width, r RoI side, R render size.
+Dimension names: B batch, S Gaussians (tokens), C feature dim, W width, Cs stem channels, r RoI
+side, R render size.
 """
 from __future__ import annotations
 
@@ -45,17 +54,16 @@ from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from jaxtok.nn import conv as conv_lib
 from jaxtok.nn.dense import Dense
-from jaxtok.nn.embeddings import LearnedEmbedding, sincos_2d
-from jaxtok.nn.norm import Norm
+from jaxtok.nn.block import Block
+from jaxtok.nn.embeddings import LearnedEmbedding
 from jaxtok.nn.options import model_kwargs
-from jaxtok.nn.vit import PatchEmbed, vit_stack
+from jaxtok.nn.stack import remat_call
 from jaxtok.quantizers import base
-from jaxtok.tokenizers import gaussian_render, gps_partition
+from jaxtok.tokenizers import flextok_vae, gaussian_render, gps_partition
 from jaxtok.tokenizers.api import (EncodeOutput, TrainOutput, as_dict, check_images,
                                    check_num_tokens, check_target, compute_dtype)
 
@@ -90,30 +98,46 @@ def from_layout_texture(layout: jax.Array, texture: jax.Array) -> jax.Array:
   return jnp.concatenate([layout, texture], axis=-1)
 
 
-def bilinear_sample(feat: jax.Array, ys: jax.Array, xs: jax.Array) -> jax.Array:
-  """feat [B, H, W, C] at pixel coordinates ys/xs [B, N] (clamped to the image) -> [B, N, C]."""
+def _roi_axis_weights(start: jax.Array, end: jax.Array, r: int, size: int) -> jax.Array:
+  """Per-bin pixel weights along one axis of torchvision's RoIAlign (aligned, adaptive sampling):
+  start, end [B, S] box edges in pixel units (already shifted by -0.5) -> float32 [B, S, r, size].
+
+  Bin p spans [start + p L / r, start + (p + 1) L / r], L = end - start; it averages g = ceil(L / r)
+  samples at (i + 0.5) / g of the bin (i < g). A sample below -1 or above `size` counts as 0; one in
+  [-1, 0] reads pixel 0; from size - 1 on it reads the last pixel; else linear interpolation. The 2D
+  average of bilinear samples factorises into these per-axis weights (the validity test and the
+  count g_y g_x are products too), so RoIAlign is wy @ feature @ wx^T.
+  """
+  length = end - start
+  grid = jnp.ceil(length / r)  # torchvision's roi_bin_grid for sampling_ratio <= 0
+  max_grid = max(1, -(-size // r))  # L <= size - 1, so g never exceeds this
+  step = (length / r)[..., None, None]
+  i = jnp.arange(max_grid, dtype=jnp.float32)
+  p = jnp.arange(r, dtype=jnp.float32)[:, None]
+  pos = start[..., None, None] + p * step + (i + 0.5) * step / jnp.maximum(grid, 1.0)[..., None, None]
+  use = (i < grid[..., None, None]) & (pos >= -1.0) & (pos <= size)
+  y = jnp.maximum(pos, 0.0)
+  low = jnp.floor(y)
+  last = low >= size - 1
+  low = jnp.where(last, size - 1.0, low)
+  high = jnp.where(last, size - 1.0, low + 1.0)
+  frac = jnp.where(last, 0.0, y - low)
+  cols = jnp.arange(size, dtype=jnp.float32)
+  w = ((cols == low[..., None]) * (1.0 - frac)[..., None] + (cols == high[..., None]) * frac[..., None])
+  w = jnp.sum(w * use[..., None], axis=-2)  # [B, S, r, size]
+  return w / jnp.maximum(grid, 1.0)[..., None, None]
+
+
+def roi_align(feat: jax.Array, regions: jax.Array, r: int) -> jax.Array:
+  """RoIAlign of feat [B, H, W, C] over regions [B, S, 4] (r0, r1, c0, c1 inclusive pixel ranges)
+  -> float32 [B, S, r, r, C], as the release calls torchvision.ops.RoIAlign(output_size=r,
+  spatial_scale=1, sampling_ratio=-1, aligned=True) on the boxes (c0, r0, c1, r1)."""
   _, h, w, _ = feat.shape
-  ys, xs = jnp.clip(ys, 0.0, h - 1.0), jnp.clip(xs, 0.0, w - 1.0)
-  y0, x0 = jnp.floor(ys), jnp.floor(xs)
-  fy, fx = (ys - y0)[..., None], (xs - x0)[..., None]
-  y0, x0 = y0.astype(jnp.int32), x0.astype(jnp.int32)
-  y1, x1 = jnp.minimum(y0 + 1, h - 1), jnp.minimum(x0 + 1, w - 1)
-  at = jax.vmap(lambda f, yy, xx: f[yy, xx])
-  top = at(feat, y0, x0) * (1 - fx) + at(feat, y0, x1) * fx
-  bottom = at(feat, y1, x0) * (1 - fx) + at(feat, y1, x1) * fx
-  return top * (1 - fy) + bottom * fy
-
-
-def roi_points(regions: jax.Array, r: int) -> tuple[jax.Array, jax.Array]:
-  """Bin centres of an r x r grid in each region [B, S, 4] (r0, r1, c0, c1) -> ys, xs [B, S*r*r]."""
-  b, s, _ = regions.shape
-  reg = regions.astype(jnp.float32)
-  frac = (jnp.arange(r, dtype=jnp.float32) + 0.5) / r
-  ys = reg[..., 0:1] + frac * (reg[..., 1:2] - reg[..., 0:1])  # [B, S, r]
-  xs = reg[..., 2:3] + frac * (reg[..., 3:4] - reg[..., 2:3])
-  ys = jnp.broadcast_to(ys[..., :, None], (b, s, r, r))
-  xs = jnp.broadcast_to(xs[..., None, :], (b, s, r, r))
-  return ys.reshape(b, -1), xs.reshape(b, -1)
+  reg = regions.astype(jnp.float32) - 0.5  # aligned=True: pixel centres at integer + 0.5
+  wy = _roi_axis_weights(reg[..., 0], reg[..., 1], r, h)
+  wx = _roi_axis_weights(reg[..., 2], reg[..., 3], r, w)
+  rows = jnp.einsum("bsph,bhwc->bspwc", wy, feat.astype(jnp.float32))
+  return jnp.einsum("bspwc,bsqw->bspqc", rows, wx)
 
 
 def _logit(p: jax.Array) -> jax.Array:
@@ -132,68 +156,105 @@ def refine(init: jax.Array, delta: jax.Array) -> jax.Array:
 # ----------------------------------------------------------------------------- the model
 
 
+class ReleaseDecoder(nnx.Module):
+  """The release's pixel decoder (taming `DecoderNP` at _np = 1): feature map [B, R, R, C] ->
+  [B, R f, R f, 3] (about [-1, 1]), f = 2**(len(ch_mult) - 1); levels stored in level order
+  (`up_blocks[i]`, `up_convs[i - 1]` for i >= 1) and run from the last to the first."""
+
+  def __init__(self, *, ch: int, ch_mult: Sequence[int], num_res_blocks: int, z_channels: int,
+               num_groups: int, attention_impl=None, dtype=jnp.float32, rngs: nnx.Rngs):
+    n, top = len(ch_mult), ch * ch_mult[-1]
+    kw = dict(dtype=dtype, rngs=rngs)
+    self.conv_in = conv_lib.Conv(z_channels, top, 3, **kw)
+    self.mid = flextok_vae.MidBlock(top, num_groups, True, implementation=attention_impl, **kw)
+    levels, block_in = [None] * n, top
+    for i in reversed(range(n)):
+      out = ch * ch_mult[i]
+      blocks = []
+      for _ in range(num_res_blocks + 1):
+        blocks.append(flextok_vae.ResnetBlock(block_in, out, num_groups, **kw))
+        block_in = out
+      levels[i] = nnx.List(blocks)
+    self.up_blocks = nnx.List(levels)
+    self.up_convs = nnx.List([conv_lib.Conv(ch * ch_mult[i], ch * ch_mult[i], 3, **kw)
+                              for i in range(1, n)])
+    self.norm_out = conv_lib.GroupNorm(ch * ch_mult[0], num_groups=num_groups, **kw)
+    self.conv_out = conv_lib.Conv(ch * ch_mult[0], 3, 3, **kw)
+
+  def __call__(self, z: jax.Array) -> jax.Array:
+    x = self.mid(self.conv_in(z))
+    for i in reversed(range(len(self.up_blocks))):
+      for blk in self.up_blocks[i]:
+        x = blk(x)
+      if i > 0:
+        x = self.up_convs[i - 1].after_upsample2(x)  # nearest x2, then conv3x3
+    return self.conv_out(jax.nn.silu(self.norm_out(x)))
+
+
 class GPSToken(nnx.Module):
-  """GPSToken tokenizer (see the module docstring).
+  """GPSToken tokenizer (see the module docstring; release names in brackets).
 
   Args:
-    image_size: S_img, input side.
-    num_gaussians: S (128 in the paper's main model).
-    feature_dim: C (16 in the release).
+    image_size: input side.
+    num_gaussians: S [gps_num] (64 / 128 / 256 in the released S64 / M128 / L256).
+    feature_dim: C [gps_c] (16 in the release).
     min_size, split_weight: the partition's minimum splittable span and entropy exponent (8, 2.5).
-    width, depth, num_heads, patch_size: the refining transformer and its image patch tokens.
-    stem_channels, roi_size: the conv stem's width and r (RoI samples per side; release 8).
-    render_size: R, side of the rendered feature map (release: 64 for 256px).
-    dmax: the renderer's cut-off in standard deviations (release 3); None renders everywhere.
-    dec_ch, dec_ch_mult, dec_num_res_blocks, dec_num_groups: the conv decoder, which upsamples by
-      2**(len(dec_ch_mult) - 1) = image_size / render_size.
-    dtype, remat, scan_layers, attention_impl: common options.
+    width, depth, num_heads: W [gpsenc_c], the number of refinement layers [gpsenc_n] and heads
+      (release 512, 30, 8).
+    stem_channels, roi_size: the stem's width (release 128) and r [rois] (release 8).
+    render_size: R [gps_rs], side of the rendered feature map (release: 64 for 256px).
+    dmax: the renderer's support in standard deviations [gps_dmax] (release 3); None: everywhere.
+    dec_ch, dec_ch_mult, dec_num_res_blocks: the decoder, which upsamples by
+      2**(len(dec_ch_mult) - 1) = image_size / render_size (release 128, (1, 2, 4), 2).
+    num_groups: GroupNorm groups of the stem and the decoder (release 32).
+    dtype, remat, attention_impl: common options (remat applies per refinement block).
+    scan_layers: must be False (each layer adds its own RoI projection between blocks).
   """
 
   def __init__(self, *, image_size: int = 256, num_gaussians: int = 128, feature_dim: int = 16,
                min_size: int = 8, split_weight: float = 2.5, width: int = 512, depth: int = 30,
-               num_heads: int = 8, patch_size: int = 16, stem_channels: int = 128,
-               roi_size: int = 8, render_size: int = 64, dmax: float | None = 3.0,
-               dec_ch: int = 128, dec_ch_mult: Sequence[int] = (1, 2, 4),
-               dec_num_res_blocks: int = 2, dec_num_groups: int = 32, dtype: Any = jnp.float32,
-               remat: Any = "none", scan_layers: bool = False, attention_impl: str | None = None,
-               rngs: nnx.Rngs):
+               num_heads: int = 8, stem_channels: int = 128, roi_size: int = 8,
+               render_size: int = 64, dmax: float | None = 3.0, dec_ch: int = 128,
+               dec_ch_mult: Sequence[int] = (1, 2, 4), dec_num_res_blocks: int = 2,
+               num_groups: int = 32, dtype: Any = jnp.float32, remat: Any = "none",
+               scan_layers: bool = False, attention_impl: str | None = None, rngs: nnx.Rngs):
     for name, value in (("image_size", image_size), ("num_gaussians", num_gaussians),
-                        ("feature_dim", feature_dim), ("roi_size", roi_size),
-                        ("patch_size", patch_size)):
+                        ("feature_dim", feature_dim), ("roi_size", roi_size), ("depth", depth)):
       base.check_positive_int(name, value)
     if base.check_positive_int("min_size", min_size) < 2:
       raise ValueError(f"min_size must be >= 2 (halves of a split region then span >= 2 pixels, "
                        f"so sigma > 0), got {min_size}")
-    if image_size % patch_size:
-      raise ValueError(f"image_size ({image_size}) must be divisible by patch_size ({patch_size})")
     if render_size * 2 ** (len(dec_ch_mult) - 1) != image_size:
       raise ValueError(f"render_size * 2**(len(dec_ch_mult) - 1) must equal image_size {image_size}, "
                        f"got {render_size} * {2 ** (len(dec_ch_mult) - 1)}")
     if dmax is not None and dmax <= 0:
       raise ValueError(f"dmax must be > 0 or None, got {dmax}")
+    if scan_layers:
+      raise ValueError("GPSToken cannot scan its layers (scan_layers must be False): each layer "
+                       "adds its own RoI projection before its block")
     dtype = compute_dtype(dtype)
     self.image_size, self.num_gaussians, self.feature_dim = image_size, num_gaussians, feature_dim
     self.num_tokens = num_gaussians
     self.min_size, self.split_weight, self.roi_size = min_size, float(split_weight), roi_size
     self.render_size, self.dmax, self.dtype = render_size, None if dmax is None else float(dmax), dtype
-    self.grid = image_size // patch_size
+    self.remat = remat
     kw = dict(dtype=dtype, rngs=rngs)
     self.stem = conv_lib.Conv(3, stem_channels, 3, **kw)
-    self.stem_block = conv_lib.ResnetBlock(stem_channels, stem_channels,
-                                           num_groups=min(32, stem_channels), **kw)
-    self.roi_proj = Dense(roi_size * roi_size * stem_channels, width, (None, "embed"), **kw)
+    self.stem_blocks = nnx.List([flextok_vae.ResnetBlock(stem_channels, stem_channels, num_groups,
+                                                         **kw) for _ in range(2)])
+    self.roi_proj = Dense(stem_channels, width, (None, "embed"), **kw)
     self.gauss_embed = LearnedEmbedding(1, width, rngs=rngs)
     self.geom_fc1 = Dense(GEOMETRY, width, (None, "embed"), **kw)
     self.geom_fc2 = Dense(width, width, ("mlp", "embed"), **kw)
-    self.patch_embed = PatchEmbed(patch_size, width, **kw)
-    self.transformer = vit_stack(width, depth, num_heads, dtype=dtype, remat=remat,
-                                 scan_layers=scan_layers, attention_impl=attention_impl, rngs=rngs)
-    self.ln_post = Norm(width, **kw)
+    self.roi_mlps = nnx.List([Dense(roi_size * roi_size, 1, (None, None), **kw)
+                              for _ in range(depth)])
+    self.blocks = nnx.List([Block(width, num_heads, mlp_hidden=4 * width, norm_eps=1e-5,
+                                  implementation=attention_impl, **kw) for _ in range(depth)])
     self.to_delta = Dense(width, GEOMETRY, ("embed", None), kernel_init=nnx.initializers.zeros, **kw)
     self.to_features = Dense(width, feature_dim, ("embed", None), **kw)
-    self.decoder = conv_lib.Decoder(ch=dec_ch, ch_mult=tuple(dec_ch_mult),
-                                    num_res_blocks=dec_num_res_blocks, z_channels=feature_dim,
-                                    num_groups=dec_num_groups, **kw)
+    self.decoder = ReleaseDecoder(ch=dec_ch, ch_mult=tuple(dec_ch_mult),
+                                  num_res_blocks=dec_num_res_blocks, z_channels=feature_dim,
+                                  num_groups=num_groups, attention_impl=attention_impl, **kw)
 
   # ---- pieces
 
@@ -211,20 +272,29 @@ class GPSToken(nnx.Module):
                                       vmap_method="sequential")
     return regions, init
 
+  def refine_gaussians(self, images: jax.Array, regions: jax.Array, init: jax.Array) -> jax.Array:
+    """The release's `encode` given the partition: images [B, H, W, 3] in [0, 1], regions [B, S, 4]
+    (r0, r1, c0, c1 inclusive), initial Gaussians [B, S, 5] -> tokens float32 [B, S, 5 + C]."""
+    b, s = init.shape[:2]
+    x = images.astype(self.dtype) * 2.0 - 1.0
+    feat = self.stem(x)
+    for blk in self.stem_blocks:
+      feat = blk(feat)
+    roi = roi_align(feat, regions, self.roi_size).astype(self.dtype)  # [B, S, r, r, Cs]
+    roi = self.roi_proj(roi).reshape(b, s, self.roi_size * self.roi_size, -1)
+    roi = jnp.swapaxes(roi, -1, -2)  # [B, S, W, r*r]: each layer mixes a token's r*r bins
+    geom = self.geom_fc2(jax.nn.gelu(self.geom_fc1(init.astype(self.dtype)), approximate=False))
+    g = self.gauss_embed().astype(self.dtype) + geom
+    for roi_mlp, blk in zip(self.roi_mlps, self.blocks):
+      g = g + roi_mlp(roi)[..., 0]
+      g = remat_call(blk, g, remat=self.remat)
+    geometry = refine(init, self.to_delta(g).astype(jnp.float32))
+    return jnp.concatenate([geometry, self.to_features(g).astype(jnp.float32)], axis=-1)
+
   def encode_tokens(self, images: jax.Array) -> jax.Array:
     """images [B, H, W, 3] in [0, 1] -> tokens float32 [B, S, 5 + C]."""
-    b = images.shape[0]
     regions, init = self.initial_gaussians(images)
-    x = images.astype(self.dtype) * 2.0 - 1.0
-    feat = self.stem_block(self.stem(x))
-    ys, xs = roi_points(regions, self.roi_size)
-    roi = bilinear_sample(feat, ys, xs).reshape(b, self.num_gaussians, -1)
-    g = (self.gauss_embed().astype(self.dtype) + self.roi_proj(roi)
-         + self.geom_fc2(jax.nn.gelu(self.geom_fc1(init.astype(self.dtype)))))
-    p = self.patch_embed(x) + sincos_2d(self.grid, self.grid, g.shape[-1]).astype(self.dtype)
-    out = self.ln_post(self.transformer(jnp.concatenate([g, p], axis=1))[:, :self.num_gaussians])
-    geometry = refine(init, self.to_delta(out).astype(jnp.float32))
-    return jnp.concatenate([geometry, self.to_features(out).astype(jnp.float32)], axis=-1)
+    return self.refine_gaussians(images, regions, init)
 
   def render(self, tokens: jax.Array) -> jax.Array:
     """tokens [B, S, 5 + C] -> feature map float32 [B, R, R, C]."""
@@ -232,8 +302,10 @@ class GPSToken(nnx.Module):
     return gaussian_render.render(sigmas, means, feats, self.render_size, self.render_size, self.dmax)
 
   def decode_raw(self, tokens: jax.Array) -> jax.Array:
-    """tokens -> decoder output float32 [B, H, W, 3] (unclipped: the training reconstruction)."""
-    return self.decoder(self.render(tokens).astype(self.dtype)).astype(jnp.float32)
+    """tokens -> images float32 [B, H, W, 3] about [0, 1], unclipped (the training reconstruction):
+    the release's decoder output in [-1, 1] mapped by (y + 1) / 2."""
+    y = self.decoder(self.render(tokens).astype(self.dtype)).astype(jnp.float32)
+    return (y + 1.0) * 0.5
 
   # ---- the tokenizer contract
 
@@ -277,8 +349,8 @@ class GPSToken(nnx.Module):
 
 
 _FIELDS = ("image_size", "num_gaussians", "feature_dim", "min_size", "split_weight", "width", "depth",
-           "num_heads", "patch_size", "stem_channels", "roi_size", "render_size", "dmax", "dec_ch",
-           "dec_ch_mult", "dec_num_res_blocks", "dec_num_groups")
+           "num_heads", "stem_channels", "roi_size", "render_size", "dmax", "dec_ch", "dec_ch_mult",
+           "dec_num_res_blocks", "num_groups")
 
 
 def make_model(cfg: Mapping[str, Any], *, rngs: nnx.Rngs) -> GPSToken:

@@ -149,10 +149,14 @@ def test_contract_encode_decode_and_jit(tiny):
 @pytest.mark.slow
 def test_tiny_config_loss_falls_on_a_fixed_batch(tiny):
   """The tiny config's model (the tiny training recipe's Adam on l1 + model losses) fits one batch:
-  the same-rng loss falls. (tools/train.py with configs/gpstoken.py:tiny runs the same contract.)"""
+  the same-rng loss falls. (tools/train.py with configs/gpstoken.py:tiny runs the same contract.)
+  The images are smooth (4 x 4 noise upsampled bilinearly): the release's encoder sees the image
+  only through r x r RoI bins per region, which average pixel noise away, so white noise is not a
+  reconstructable target for it."""
   tok, params = tiny[:2]
-  images = jnp.asarray(np.random.default_rng(12).uniform(size=(4, 16, 16, 3)), jnp.float32)
-  losses, final = fixed_batch_losses(tok, params, images, 25)
+  coarse = jnp.asarray(np.random.default_rng(12).uniform(size=(4, 4, 4, 3)), jnp.float32)
+  images = jax.image.resize(coarse, (4, 16, 16, 3), "linear")
+  losses, final = fixed_batch_losses(tok, params, images, 50)
   assert np.all(np.isfinite(losses))
   assert losses[-3:].mean() < 0.5 * losses[:3].mean(), losses
 
