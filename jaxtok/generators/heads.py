@@ -172,7 +172,8 @@ class DimwiseARHead(nnx.Module):
     init = nnx.initializers.normal(0.02)
     self.embed = nnx.Embed(vocab, width, embedding_init=logical_init(init, "vocab", "embed"), rngs=rngs)
     self.pos = nnx.Param(logical_init(init, None, "embed")(rngs.params(), (num_channels, width)))
-    self.step_cond = nnx.Param(logical_init(init, None, "embed")(rngs.params(), (num_channels, width)))
+    self.step_cond = nnx.Param(logical_init(init, None, "embed")(rngs.params(),
+                                                                 (num_channels, width)))
     self.blocks = Stack(depth, lambda r: Block(
         width, heads, mlp_hidden=4 * width, norm="layer", norm_eps=1e-6, adaln=True,
         cond_dim=width, qk_norm="layer", qk_norm_eps=1e-6, qk_norm_affine=True, qk_norm_bias=True,
