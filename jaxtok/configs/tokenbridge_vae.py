@@ -6,15 +6,19 @@ levels per channel), with the channel-autoregressive adaLN head.
 
 arg: "size=B,tokens=64,token_dim=16,classes=1000,bits=6" or "tiny". The head's channel order is
 `model.channel_order` (None = index order); `jaxtok.generators.tokenbridge.frequency_order(tokens)`
-computes TokenBridge's frequency ordering from a sample of the training tokens.
+computes a frequency ordering from a sample of the training tokens (the release's fixed
+`tokenbridge.RELEASE_CHANNEL_ORDER` fits only MAR's KL-16 VAE latents).
 """
 import ml_collections
 
 from jaxtok.configs import common
 
-# (width, depth, heads, head_width, head_depth, head_heads)
-SIZES = {"B": (768, 12, 12, 1024, 3, 16), "L": (1024, 16, 16, 1024, 3, 16),
-         "tiny": (32, 2, 2, 32, 1, 2)}
+# (width, depth, heads, head_width, head_depth, head_heads). Heads as the release's tokenbridge_large
+# (1024 wide, depth 4, 8 heads) and tokenbridge_huge (depth 6); the release has no B (B takes L's
+# head). Backbones: jaxtok's one MAR trunk, depth as configs/mar_vae (the release's large/huge run a
+# 16 + 16 / 20 + 20 block MAE encoder/decoder at width 1024 / 1280).
+SIZES = {"B": (768, 12, 12, 1024, 4, 8), "L": (1024, 16, 16, 1024, 4, 8),
+         "H": (1280, 20, 16, 1024, 6, 8), "tiny": (32, 2, 2, 32, 1, 2)}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -20,7 +20,7 @@
            FlowHead (t = 1 noise) adapted by `flow.flip_time`; DiSA step annealing of the head.
   ecar     jaxtok.samplers.ecar.sample: one condition call and one window of head steps per stage
            (head_steps at the first stage annealed to head_steps_lower at the last).
-  tokenbridge  the mar loop with TokenBridge's categorical channel head (`head_sampler`); returns
+  tokenbridge  the mar loop with `tokenbridge.sample_head` (CFG on the backbone features); returns
            the dequantized latents float32 [B, N, D];
   cubid    jaxtok.samplers.cubid over the [N, D] cube of level indices (MaskGIT steps, confidence
            choice); returns the dequantized latents float32 [B, N, D].
@@ -240,19 +240,20 @@ def _ecar(model, rng, labels, opts: Options):
 
 def _tokenbridge(model, rng, labels, opts: Options):
   """MAR's loop with TokenBridge's categorical channel head; returns dequantized latents [B, N, D]."""
+  from jaxtok.generators import tokenbridge  # pylint: disable=g-import-not-at-top
   from jaxtok.samplers import mar  # pylint: disable=g-import-not-at-top
   guided = _guided(model, opts)
 
-  def head_sampler(key, zc, zu, scale):
-    idx = model.head.sample(key, zc, temperature=opts.temperature, top_k=opts.top_k,
-                            top_p=opts.top_p, z_uncond=zu, cfg_scale=scale)
-    return model.dequantize(idx)
+  def head_sampler(key, zc, zu, scale):  # guidance on the backbone features, as the release
+    return tokenbridge.sample_head(model, key, zc, zu, scale, temperature=opts.temperature,
+                                   top_k=opts.top_k, top_p=opts.top_p)
 
   out = mar.sample(rng, lambda tok, mask, cond: model.condition(tok, mask, cond), None,
                    batch=labels.shape[0], num_tokens=model.seq_len, token_dim=model.token_dim,
                    steps=opts.steps or min(64, model.seq_len), head_steps=1, cond=labels,
                    uncond=jnp.full_like(labels, -1) if guided else None, cfg_scale=opts.cfg_scale,
-                   cfg_schedule=opts.cfg_schedule or "linear", head_sampler=head_sampler)
+                   cfg_schedule=opts.cfg_schedule or "linear", head_sampler=head_sampler,
+                   cfg_min_masked=1)
   return out.tokens
 
 

@@ -11,9 +11,10 @@ z, the D dimension-wise tokens are generated one channel after another by a smal
 whose first input is the projected condition and whose later inputs are the previous channels' token
 embeddings (a separate embedding table and output head per channel, realised as one table/head of
 D * levels entries, each channel using its own slice). Channel order is a fixed permutation. With
-adaln=True (TokenBridge's form) the blocks and the final norm are modulated by z (adaLN-zero) and a
-learned start vector and per-step position embedding are added; sampling draws with
-`samplers.categorical` and may apply classifier-free guidance per channel.
+adaln=True (TokenBridge's form, as the release's code) a per-step position embedding is added to the
+inputs and the blocks and the final norm are modulated (adaLN-zero) by the projected condition plus
+a learned per-step embedding; sampling draws with `samplers.categorical` and may apply
+classifier-free guidance per channel.
 
 Dimension names: N tokens (rows), D token dimension / channels, W condition width, V levels per channel.
 """
@@ -136,11 +137,21 @@ def flow_loss(head: FlowHead, x: jax.Array, z: jax.Array, rng: jax.Array, *, bat
 class DimwiseARHead(nnx.Module):
   """TokenBridge's channel-autoregressive head over D dimension-wise tokens with V levels each.
 
-  adaln=False: a causal `TokenTrunk` (RoPE, RMSNorm) whose first input is the projected condition.
-  adaln=True (TokenBridge's head): a learned start vector plus the projected condition opens the
-  sequence, a learned position embedding per step is added, the blocks are pre-LayerNorm `Block`s
-  with adaLN-zero modulation from the condition z itself, and the head's norm is modulated by z too
-  (shift and scale, zero-initialised), before the output projection.
+  Both forms open the sequence with c = cond_proj(z) [N, W] and feed the previous channels' token
+  embeddings after it (a table per channel, as D * V rows). Channel k of the order is predicted at
+  step k from steps 0..k (causal).
+
+  adaln=False: a causal `TokenTrunk` (RoPE, RMSNorm) over that sequence.
+  adaln=True (TokenBridge's head, checked against the release `models/tokenbridge.py`
+  `forward_channel_ar`): x_k = input_k + pos[k] (`channel_embed`); every pre-LayerNorm `Block`
+  (eps 1e-6, qkv bias, timm's affine LayerNorm qk-norm, GELU MLP of 4 W, causal) is adaLN-zero
+  modulated by the per-step condition a_k = c + step_cond[k] (`timesteps_embeddings`), which lives
+  in the head's width W, not the backbone's; then an affine LayerNorm (`channel_norm`) and the
+  release's `FinalLayer`: a non-affine LayerNorm modulated by (scale, shift) = final_ada(silu(a_k))
+  (zero-initialised; scale first, as the release splits it), and the per-channel output layer.
+  The first input is c itself: the release's training path adds no start vector (its sampling path
+  adds step_cond[0] to it, which its training never saw; we keep training and sampling identical).
+  Not reproduced: the release's attention/projection dropout (0.1) inside the head.
   """
 
   def __init__(self, *, num_channels: int, levels: int, cond_dim: int, width: int = 256,
@@ -160,50 +171,61 @@ class DimwiseARHead(nnx.Module):
       return
     init = nnx.initializers.normal(0.02)
     self.embed = nnx.Embed(vocab, width, embedding_init=logical_init(init, "vocab", "embed"), rngs=rngs)
-    self.start = nnx.Param(logical_init(init, "embed")(rngs.params(), (width,)))
     self.pos = nnx.Param(logical_init(init, None, "embed")(rngs.params(), (num_channels, width)))
+    self.step_cond = nnx.Param(logical_init(init, None, "embed")(rngs.params(),
+                                                                 (num_channels, width)))
     self.blocks = Stack(depth, lambda r: Block(
         width, heads, mlp_hidden=4 * width, norm="layer", norm_eps=1e-6, adaln=True,
-        cond_dim=cond_dim, rngs=r), rngs=rngs)
+        cond_dim=width, qk_norm="layer", qk_norm_eps=1e-6, qk_norm_affine=True, qk_norm_bias=True,
+        rngs=r), rngs=rngs)
+    self.norm = Norm(width, kind="layer", eps=1e-6, rngs=rngs)
     self.final_norm = Norm(width, kind="layer", eps=1e-6, affine=False, rngs=rngs)
-    self.final_ada = Dense(cond_dim, 2 * width, ("embed", "mlp"), kernel_init=nnx.initializers.zeros,
+    self.final_ada = Dense(width, 2 * width, ("embed", "mlp"), kernel_init=nnx.initializers.zeros,
                            rngs=rngs)
     self.out = Dense(width, vocab, ("embed", "vocab"), kernel_init=init, rngs=rngs)
 
   def _embed(self, ids):
     return (self.embed if self.adaln else self.net.embed)(ids)
 
-  def _start(self, z):
-    """The first input [N, 1, W]: projected condition (plus the learned start vector with adaLN)."""
-    x = self.cond_proj(z)
-    return (x + self.start.get_value() if self.adaln else x)[:, None]
+  def _project(self, z):
+    """c = cond_proj(z): [N, W] float32; the sequence's first input and the adaLN base."""
+    return self.cond_proj(z.astype(jnp.float32))
 
-  def _logits(self, h, z):
-    """All channels' logits [N, T, D*V] float32 of features h [N, T, W] (adaLN path)."""
-    shift, scale = jnp.split(self.final_ada(jax.nn.silu(z.astype(jnp.float32))), 2, axis=-1)
-    h = self.final_norm(h) * (1 + scale[:, None]) + shift[:, None]
+  def _step_cond(self, c, i=None):
+    """adaLN conditions a [N, D, W] (all steps) or [N, 1, W] (step i, may be traced)."""
+    table = self.step_cond.get_value()
+    if i is not None:
+      table = jax.lax.dynamic_slice_in_dim(table, i, 1, axis=0)
+    return c[:, None] + table
+
+  def _logits(self, h, a):
+    """All channels' logits [N, T, D*V] float32 of features h [N, T, W] under conditions a [N, T, W]."""
+    scale, shift = jnp.split(self.final_ada(jax.nn.silu(a)), 2, axis=-1)
+    h = self.final_norm(self.norm(h)) * (1 + scale) + shift
     return self.out(h).astype(jnp.float32)
 
-  def _inputs(self, z, ordered_tokens):
-    """Embedded sequence [N, D, W]: projected condition, then tokens of channels 0..D-2 (in order)."""
+  def _inputs(self, c, ordered_tokens):
+    """Embedded sequence [N, D, W]: c, then tokens of channels 0..D-2 (in order)."""
     offsets = jnp.arange(self.num_channels - 1) * self.levels
     emb = self._embed(ordered_tokens[:, :-1] + offsets)
-    x = jnp.concatenate([self._start(z).astype(emb.dtype), emb], axis=1)
+    x = jnp.concatenate([c[:, None].astype(emb.dtype), emb], axis=1)
     return x + self.pos.get_value() if self.adaln else x
 
-  def _forward(self, z, x):
+  def _forward(self, c, x):
     """Teacher-forced logits [N, D, D*V] of the embedded sequence x [N, D, W]."""
     if not self.adaln:
       return self.net.forward_embedded(x)
-    return self._logits(self.blocks(x, causal=True, cond=z.astype(jnp.float32)), z)
+    a = self._step_cond(c)
+    return self._logits(self.blocks(x, causal=True, cond=a), a)
 
-  def _extend(self, z, x, i, cache):
+  def _extend(self, c, x, i, cache):
     """Logits [N, 1, D*V] of one embedded input x [N, 1, W] at step i, and the new cache."""
     if not self.adaln:
       return self.net.extend_embedded(x, i, cache)
     x = x + jax.lax.dynamic_slice_in_dim(self.pos.get_value(), i, 1, axis=0)
-    h, cache = self.blocks.extend(x, cache, i, cond=z.astype(jnp.float32))
-    return self._logits(h, z), cache
+    a = self._step_cond(c, i)
+    h, cache = self.blocks.extend(x, cache, i, cond=a)
+    return self._logits(h, a), cache
 
   def _init_cache(self, n):
     return (self.blocks if self.adaln else self.net).init_cache(n, self.num_channels)
@@ -216,7 +238,8 @@ class DimwiseARHead(nnx.Module):
     """Teacher-forced logits [N, D, V] (in channel index order) for tokens [N, D] int32."""
     perm = jnp.asarray(self.order)
     ordered = tokens[:, perm].astype(jnp.int32)
-    out = self._forward(z, self._inputs(z, ordered))  # [N, D, D*V]
+    c = self._project(z)
+    out = self._forward(c, self._inputs(c, ordered))  # [N, D, D*V]
     per = out.reshape(out.shape[0], self.num_channels, self.num_channels, self.levels)
     diag = per[:, jnp.arange(self.num_channels), jnp.arange(self.num_channels)]  # [N, D(ordered), V]
     return diag[:, jnp.argsort(perm)]
@@ -233,13 +256,14 @@ class DimwiseARHead(nnx.Module):
     Draws use `samplers.categorical.sample` (temperature, top-k, top-p, full-precision tails).
     Guidance: with z_uncond [N, W] both conditions run as one batch of 2N rows; each channel's
     logits are combined as u + s (c - u) (`guidance.cfg_uncond_base`, s = cfg_scale, which may be
-    traced) and the one drawn token is fed back to both halves.
+    traced) and the one drawn token is fed back to both halves. (TokenBridge's release guides the
+    backbone features instead and samples the head once: `tokenbridge.sample_head`.)
     """
     n, d = z.shape[0], self.num_channels
     categorical.check_args(self.levels, temperature=temperature, top_k=top_k, top_p=top_p)
     guided = z_uncond is not None
-    zz = jnp.concatenate([z, z_uncond], 0) if guided else z
-    cache = self._init_cache(zz.shape[0])
+    cc = self._project(jnp.concatenate([z, z_uncond], 0) if guided else z)
+    cache = self._init_cache(cc.shape[0])
     keys = jax.random.split(rng, d)
 
     def draw(key, logits, i):
@@ -248,14 +272,14 @@ class DimwiseARHead(nnx.Module):
         logits = guidance.cfg_uncond_base(logits[:n], logits[n:], cfg_scale)
       return categorical.sample(key, logits, temperature=temperature, top_k=top_k, top_p=top_p)
 
-    logits, cache = self._extend(zz, self._start(zz), 0, cache)
+    logits, cache = self._extend(cc, cc[:, None], 0, cache)
     first = draw(keys[0], logits, 0)
 
     def body(carry, i):
       prev, cache = carry
       both = jnp.concatenate([prev, prev]) if guided else prev
       x = self._embed(both + (i - 1) * self.levels)[:, None]
-      logits, cache = self._extend(zz, x, i, cache)
+      logits, cache = self._extend(cc, x, i, cache)
       tok = draw(keys[i], logits, i)
       return (tok, cache), tok
 

@@ -11,22 +11,47 @@ generation feeds it; the head predicts the indices.
 
 Model: `MAR`'s trunk (linear token embedding, mask embedding, class token, bidirectional
 `TokenTrunk`) gives a condition z [B, N, W] per position; `heads.DimwiseARHead(adaln=True)` turns z
-into D indices one channel after another (start = proj(z) + learned start vector, causal adaLN-zero
-blocks modulated by z, adaLN before the output projection, as TokenBridge's head).
+into D indices one channel after another (its docstring describes the release's head).
 
-Channel order (`channel_order`, a permutation of range(D), the head's AR order; None = index order):
-`frequency_order` computes the one used here from a sample of training tokens. Each channel's
-sequence over the N token positions (a 2D grid h x w when `grid` is given) is Fourier transformed
-(rfft / rfft2, mean removed); its low-frequency energy ratio is the share of the spectral energy at
-normalised radial frequency <= `cutoff` (default 0.25 of Nyquist), averaged over samples; channels
-are sorted by decreasing ratio, so smooth, global channels come first and detailed ones later (ties
-by channel index). This is the criterion stated for TokenBridge's frequency ordering as we read it;
-for a 1D tokenizer the "spatial" axis is the token sequence.
+Channel order (`channel_order`, a permutation of range(D), the head's AR order; None = index order;
+step k predicts channel channel_order[k], as the release's `quant_indices[..., channel_order]`).
+The release hard-codes `RELEASE_CHANNEL_ORDER` for MAR's KL-16 VAE latents and ships no code that
+derives it; it fits only those latents. For other tokenizers `frequency_order` computes one from a
+sample of training tokens: each channel's sequence over the N token positions (a 2D grid h x w
+when `grid` is given) is Fourier transformed (rfft / rfft2, mean removed); its low-frequency energy
+ratio is the share of the spectral energy at normalised radial frequency <= `cutoff` (default 0.25
+of Nyquist), averaged over samples; channels are sorted by decreasing ratio (ties by index). This
+criterion is our reading of the paper's "frequency-ordered channels", not the release's.
 
-Training: MAR's truncated-normal mask ratio on [0.7, 1]; cross-entropy of the head (mean over
-channels) on masked positions. Generation: `jaxtok.samplers.mar.sample`'s random-order cosine loop
-with `head_sampler` = this head's categorical channel sampler (temperature, top-k, top-p; CFG on
-each channel's logits at the loop's guidance scale, MAR's linear schedule by default).
+Training: MAR's truncated-normal mask ratio on [0.7, 1]; cross-entropy of the head on masked
+positions, a mean over (masked positions x channels) as the release's F.cross_entropy.
+Generation (`sample_head`, used by `eval.generate`): `jaxtok.samplers.mar.sample`'s random-order
+cosine loop; classifier-free guidance combines the backbone FEATURES, z = u + s (c - u), and the
+head samples once from z (the release's `sample_tokens`), at MAR's linear scale with the last
+iteration counting one token as masked (`cfg_min_masked=1`: the release clamps mask_len >= 1).
+One temperature for every channel, as the release; top-k / top-p are extensions (default off).
+
+Checked against the release (YuqingWang1029/TokenBridge `models/tokenbridge.py`,
+`main_tokenbridge.py`, `engine_tokenbridge.py`):
+  agrees  quantization (`quantizers.dimwise.standard_normal`): 2**quant_bits levels (6 bits
+          default), latents (VAE sample x 0.2325) in [quant_min, quant_max] = [-5, 5] mapped
+          linearly onto [-3, 3] std units, clamped, Phi^-1(linspace(0, 1, L + 1)) clamped to +-3,
+          truncated-normal bin means, nearest-mean assignment; the backbone reads dequantized values.
+  agrees  mask ratio ~ truncnorm on [0.7, 1] (mean 1, std 0.25); class dropout 0.1; random order
+          and cosine count schedule at sampling; linear CFG 1 + (g - 1)(N - mask_len) / N.
+  fixed   head conditioning: the release modulates with the projected condition plus a per-step
+          embedding in the head's width (we modulated with raw z); it has no start vector; it adds
+          an affine LayerNorm before the modulated final norm; its attention has qkv bias and an
+          affine LayerNorm qk-norm. Released head sizes: width 1024, 8 heads, depth 4 (large) / 6
+          (huge) (configs now match).
+  fixed   guidance on backbone features, not per-channel logits; last-step guidance scale.
+  differs the mask ratio is drawn per sample and rounded (`mar.training_mask`, shared with MAR);
+          the release draws one ratio per batch and takes ceil(N r).
+  differs the backbone is jaxtok's single bidirectional `TokenTrunk` (MAR's), not the release's
+          MAE encoder/decoder (16 + 16 blocks for large) with a 64-slot class buffer; no dropout
+          (the release uses 0.1 attention/projection dropout in backbone and head).
+  differs the release's sampling path adds timesteps_embeddings[0] to the head's first input,
+          which its training path does not; we follow training (see `DimwiseARHead`).
 
 Dimension names: B batch, N tokens, D channels, L levels (2**bits), W width.
 """
@@ -43,6 +68,7 @@ from jaxtok.generators import mar
 from jaxtok.generators.heads import DimwiseARHead
 from jaxtok.nn.options import model_kwargs
 from jaxtok.quantizers import dimwise
+from jaxtok.samplers import guidance
 
 FIELDS = ("token_dim", "seq_len", "num_classes", "width", "depth", "heads", "head_width",
           "head_depth", "head_heads", "bits", "std_range", "value_range", "channel_order",
@@ -83,6 +109,11 @@ def frequency_order(tokens, *, grid: tuple[int, int] | None = None, cutoff: floa
   total = power.sum(axis=1)
   ratio = np.where(total > 0, (power * low).sum(axis=1) / np.maximum(total, 1e-300), 1.0).mean(0)
   return tuple(int(i) for i in np.lexsort((np.arange(d), -ratio)))
+
+
+# The release's order of MAR's KL-16 VAE channels (`TokenBridge.channel_order`): step k of the
+# channel AR predicts channel RELEASE_CHANNEL_ORDER[k]. Valid only for those 16-channel latents.
+RELEASE_CHANNEL_ORDER = (8, 1, 10, 9, 6, 12, 4, 0, 3, 11, 7, 14, 2, 15, 13, 5)
 
 
 class DimwiseLevels:
@@ -136,6 +167,19 @@ class TokenBridge(mar.MAR, DimwiseLevels):
     return DimwiseARHead(num_channels=token_dim, levels=self.levels, cond_dim=cond_dim, width=width,
                          depth=depth, heads=self.head_heads, order=self.channel_order, adaln=True,
                          rngs=rngs)
+
+
+def sample_head(model: TokenBridge, key: jax.Array, zc: jax.Array, zu: jax.Array | None, scale,
+                *, temperature: float = 1.0, top_k=None, top_p=None) -> jax.Array:
+  """New latents float32 [M, D] (dequantized) for backbone features zc [M, W] (and zu [M, W]).
+
+  With zu the features are guided first, z = u + s (c - u) (s = scale, may be traced), and the
+  head samples once from z, as the release does; zu None samples from zc. The mar loop's
+  `head_sampler`.
+  """
+  z = zc if zu is None else guidance.cfg_uncond_base(zc, zu, scale)
+  idx = model.head.sample(key, z, temperature=temperature, top_k=top_k, top_p=top_p)
+  return model.dequantize(idx)
 
 
 def loss(model: TokenBridge, tokens: jax.Array, labels, *, rng: jax.Array, train: bool = True,
