@@ -134,17 +134,36 @@ def _block(i: int, items: Mapping[str, np.ndarray], heads: int, last: bool, widt
   return out
 
 
-def convert(flat: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> dict[str, np.ndarray]:
-  """Official MaskGen-VQ state dict -> {jaxtok parameter name: array} for `config`."""
-  heads, depth, width = int(config["heads"]), int(config["depth"]), int(config["width"])
-  out: dict[str, np.ndarray] = {}
+def split_blocks(flat: Mapping[str, np.ndarray], prefix: str):
+  """({block index: {key within the block: array}} of the keys `prefix.<i>.<rest>`, [(key, array)
+  of every other key]) (arrays as numpy)."""
   blocks: dict[int, dict[str, np.ndarray]] = {}
+  rest = []
   for key, v in flat.items():
     v = np.asarray(v)
-    m = re.fullmatch(r"blocks\.(\d+)\.(.+)", key)
+    m = re.fullmatch(re.escape(prefix) + r"\.(\d+)\.(.+)", key)
     if m:
       blocks.setdefault(int(m.group(1)), {})[m.group(2)] = v
-    elif key in ("text_embed_proj.weight", "cond_pooled_proj.weight"):
+    else:
+      rest.append((key, v))
+  return blocks, rest
+
+
+def convert_blocks(blocks: Mapping[int, Mapping[str, np.ndarray]], config: Mapping[str, Any]) -> dict:
+  """The MM-DiT joint blocks of `split_blocks` -> jaxtok names (the last one context-pre-only)."""
+  heads, depth, width = int(config["heads"]), int(config["depth"]), int(config["width"])
+  out: dict[str, np.ndarray] = {}
+  for i, items in blocks.items():
+    out.update(_block(i, items, heads, i == depth - 1, width))
+  return out
+
+
+def convert(flat: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """Official MaskGen-VQ state dict -> {jaxtok parameter name: array} for `config`."""
+  blocks, rest = split_blocks(flat, "blocks")
+  out = convert_blocks(blocks, config)
+  for key, v in rest:
+    if key in ("text_embed_proj.weight", "cond_pooled_proj.weight"):
       out[key[:-len("weight")] + "kernel"] = v.T
     elif key == "norm.linear.weight":
       out["norm_ada.kernel"] = v.T
@@ -164,8 +183,6 @@ def convert(flat: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> dict[s
                          "releases'); an untied head is not supported")
     else:
       out[key] = v  # text_embed_proj.bias, cond_pooled_proj.bias (same names), or unexpected
-  for i, items in blocks.items():
-    out.update(_block(i, items, heads, i == depth - 1, width))
   return out
 
 

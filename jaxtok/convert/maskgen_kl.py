@@ -97,17 +97,12 @@ def _head_key(name: str, v: np.ndarray) -> tuple[str, np.ndarray] | None:
 
 def convert(flat: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> dict[str, np.ndarray]:
   """Official MaskGen-KL state dict -> {jaxtok parameter name: array} for `config`."""
-  heads, depth, width = int(config["heads"]), int(config["depth"]), int(config["width"])
-  out: dict[str, np.ndarray] = {}
-  blocks: dict[int, dict[str, np.ndarray]] = {}
-  for key, v in flat.items():
-    v = np.asarray(v)
+  blocks, rest = vq.split_blocks(flat, "decoder_blocks")
+  out = vq.convert_blocks(blocks, config)
+  for key, v in rest:
     module, _, kind = key.rpartition(".")
-    m = re.fullmatch(r"decoder_blocks\.(\d+)\.(.+)", key)
     head = _head_key(key[len("diffloss.net."):], v) if key.startswith("diffloss.net.") else None
-    if m:
-      blocks.setdefault(int(m.group(1)), {})[m.group(2)] = v
-    elif head is not None:
+    if head is not None:
       out[head[0]] = head[1]
     elif key in _PARAMS:
       out[_PARAMS[key]] = v.reshape(v.shape[-1]) if key == "mask_token" else v.reshape(v.shape[-2:])
@@ -117,8 +112,6 @@ def convert(flat: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> dict[s
       out[k] = a
     else:
       out[key] = v  # unexpected: reported by fill_state
-  for i, items in blocks.items():
-    out.update(vq._block(i, items, heads, i == depth - 1, width))  # pylint: disable=protected-access
   return out
 
 
