@@ -142,6 +142,9 @@ class Trainer:
   byte_fallback: bool = False
   treat_whitespace_as_suffix: bool = False
   unk_surface: str = DEFAULT_UNK_SURFACE
+  bos_piece: str = "<s>"
+  eos_piece: str = "</s>"
+  pad_piece: str = "<pad>"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,6 +195,7 @@ def _parse_normalizer(buf: bytes) -> Normalizer:
 
 _TRAINER_INTS = {3: "model_type", 40: "unk_id", 41: "bos_id", 42: "eos_id", 43: "pad_id"}
 _TRAINER_BOOLS = {35: "byte_fallback", 24: "treat_whitespace_as_suffix"}
+_TRAINER_STRINGS = {44: "unk_surface", 46: "bos_piece", 47: "eos_piece", 48: "pad_piece"}
 
 
 def _parse_trainer(buf: bytes) -> Trainer:
@@ -203,9 +207,9 @@ def _parse_trainer(buf: bytes) -> Trainer:
     elif field in _TRAINER_BOOLS:
       _expect(field, wire, 0, what)
       kw[_TRAINER_BOOLS[field]] = bool(value)
-    elif field == 44:
+    elif field in _TRAINER_STRINGS:
       _expect(field, wire, 2, what)
-      kw["unk_surface"] = _text(value, what + ".unk_surface")
+      kw[_TRAINER_STRINGS[field]] = _text(value, f"{what}.{_TRAINER_STRINGS[field]}")
   return Trainer(**kw)
 
 
@@ -301,7 +305,9 @@ class SentencePiece:
   Attributes:
     proto: the parsed ModelProto.
     vocab_size: number of pieces (ids are 0 .. vocab_size - 1).
-    unk_id, eos_id, pad_id, bos_id: the trainer spec's ids (-1 when the model has none).
+    unk_id: the unknown piece's id; eos_id, pad_id, bos_id: the ids of the trainer spec's
+      eos / pad / bos pieces ("</s>", "<pad>", "<s>") when they are control pieces, else -1 (as
+      the C++ `eos_id()` etc.).
   """
 
   def __init__(self, proto: ModelProto, *, source: str = "model"):
@@ -329,9 +335,9 @@ class SentencePiece:
     if len(unk) != 1:
       raise ValueError(f"{source}: a model needs exactly one unknown piece, found ids {unk}")
     self.unk_id = unk[0]
-    for name in ("eos_id", "pad_id", "bos_id"):
-      value = getattr(t, name)
-      setattr(self, name, value if 0 <= value < self.vocab_size else -1)
+    for name in ("eos", "pad", "bos"):  # the id of the named piece when it is a control piece
+      i = self._reserved.get(getattr(t, f"{name}_piece"), -1)
+      setattr(self, f"{name}_id", i if i >= 0 and proto.pieces[i][2] == CONTROL else -1)
     normal = [s for _, s, k in proto.pieces if k == NORMAL]
     self.min_score = min(normal, default=np.finfo(np.float32).max)
     self.max_score = max([FLT_MIN] + normal)  # FLT_MIN start: as the C++ (its max_score_)
@@ -486,8 +492,8 @@ class SentencePiece:
     if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
       raise TypeError(f"texts must be a sequence of str, got {texts!r:.80}")
     if add_eos and self.eos_id < 0:
-      raise ValueError(f"{self.source}: add_eos needs an eos piece, but the model's eos_id is "
-                       f"{self.proto.trainer.eos_id}")
+      raise ValueError(f"{self.source}: add_eos needs an eos piece, but the model has no control "
+                       f"piece {self.proto.trainer.eos_piece!r}")
     ids = np.full((len(texts), int(length)), max(self.pad_id, 0), np.int32)
     mask = np.zeros((len(texts), int(length)), bool)
     for b, text in enumerate(texts):

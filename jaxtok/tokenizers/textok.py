@@ -17,8 +17,9 @@ The captions are an argument of every call: `encode(images, text_ids, text_mask)
 `tokenizers.build` facade's encode/decode pass images only, which TexTok cannot use (the tools built
 on them, tools/evaluate.py and tools/tokenize_images.py, refuse text-aware tokenizers up front).
 tools/train.py trains it on the bundled photographs' captions (`data.photo_captions`:
-`caption_inputs` maps captions to word ids of `data.captions.WordVocab`, the step passes the batch's
-"text_ids" / "text_mask"), and `encode_captioned` / `reconstruct_captioned` serve the tools. The T5
+`caption_inputs` maps captions to word ids of `data.captions.WordVocab`, or, with `text.vocab =
+"spiece"`, to the ids of a SentencePiece model such as the released T5's spiece.model
+(`text.sentencepiece`); the step passes the batch's "text_ids" / "text_mask"), and `encode_captioned` / `reconstruct_captioned` serve the tools. The T5
 tower lives under `t5/`, stop-gradient'ed and never decayed; load released weights with
 `with_t5(params, path)` (`convert.t5`; the paper uses a T5-XL encoder), random otherwise.
 
@@ -184,18 +185,28 @@ class TexTok(nnx.Module):
     return self.decode(tokens, text["text_ids"], text.get("text_mask"))
 
 
-TEXT_VOCABS = ("words",)
+TEXT_VOCABS = ("words", "spiece")
 
 
 def caption_inputs(text_cfg: Mapping[str, Any], captions: list[str]) -> dict[str, Any]:
   """{"text_ids": int32 [N, L], "text_mask": bool [N, L]} of captions, per a config's `text` section
-  {"vocab": "words" (`data.captions.WordVocab`, the only tokenizer bundled), "length": L}."""
+  {"vocab": "words" (`data.captions.WordVocab`, the bundled word list) or "spiece" (the SentencePiece
+  model file at `text.spiece`, e.g. the released T5's spiece.model: pieces then </s>, pad 0, as T5
+  reads text; `text.sentencepiece`), "length": L}."""
   from jaxtok.data import captions as captions_lib  # pylint: disable=g-import-not-at-top
   get = text_cfg.get if hasattr(text_cfg, "get") else (lambda k, d=None: d)
   vocab, length = get("vocab", None), get("length", None)
   if vocab not in TEXT_VOCABS:
     raise ValueError(f"config.text.vocab must be one of {TEXT_VOCABS} for TexTok, got {vocab!r}")
-  ids, mask = captions_lib.WordVocab().encode(list(captions), length)
+  if vocab == "spiece":
+    from jaxtok.text import sentencepiece  # pylint: disable=g-import-not-at-top
+    path = get("spiece", None)
+    if not path:
+      raise ValueError("config.text.vocab 'spiece' needs config.text.spiece: the path of the T5 "
+                       f"SentencePiece model (spiece.model), got {path!r}")
+    ids, mask = sentencepiece.load(path).ids(list(captions), length)
+  else:
+    ids, mask = captions_lib.WordVocab().encode(list(captions), length)
   return {"text_ids": ids, "text_mask": mask}
 
 
