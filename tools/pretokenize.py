@@ -19,10 +19,13 @@ which records the tokenizer (its model config, the checkpoint path and weights) 
 can decode what a generator trained on it makes.
 
 A text-aware tokenizer's run (TA-TiTok, TexTok: its training config has a `text` section) reads
-captions: --source photos only (each crop carries its photo's caption, `data.photo_captions`;
-TexTok's encoder reads it). The dataset then also holds the captions (`data.tokens`: captions.json
-with the run's `text` config, caption_ids.npy, and for a CLIP text section caption_features.npz:
-every caption's and the empty caption's CLIP features), which tools/train_generator.py turns into a
+captions (TexTok's encoder reads them): --source photos (each crop carries its photo's caption,
+`data.photo_captions`), folder (a `captions.jsonl` sidecar in --folder, one line {"file": relative
+path, "caption": text} per image), tfds (the record feature --caption_key, default the run's
+data.caption_key; "/" nests, a list gives its first caption: `data.caption_sources`). The dataset
+then also holds the captions (`data.tokens`: captions.json with the run's `text` config,
+caption_ids.npy (each image's row of the distinct captions), and for a CLIP text section
+caption_features.npz: every caption's and the empty caption's CLIP features), which tools/train_generator.py turns into a
 text-conditioned generator's labels (MaskGen) and tools/sample.py --prompt reuses (the same tower):
 
   python tools/pretokenize.py --checkpoint runs/tatitok --out runs/tatitok_tokens --num_examples 256
@@ -51,23 +54,22 @@ flags.DEFINE_integer("num_examples", None, "examples to tokenize (photos: crops,
                      "folder/tfds: default all)", flag_values=FLAGS)
 flags.DEFINE_integer("num_tokens", None, "tokens kept per image (default: all K)", flag_values=FLAGS)
 flags.DEFINE_integer("seed", 0, "photos: crop seed", flag_values=FLAGS)
+flags.DEFINE_string("caption_key", None, "tfds: the caption feature of a text-aware tokenizer "
+                    "(e.g. captions/text; default the run's data.caption_key)", flag_values=FLAGS)
 
 
-def caption_setup(info: dict) -> dict | None:
-  """For a text-aware tokenizer run: {"config": its `text` section (plain dict), "captions": [P],
-  "inputs": the model's caption tables {name: [P, ...]}, "features": the text encoder's outputs
-  {name: [P + 1, ...]} with the empty caption last ({} when the model has none)}; None otherwise."""
+def caption_setup(info: dict, captions: list[str] | None = None) -> dict | None:
+  """For a text-aware tokenizer run: {"config": its `text` section (plain dict), "captions": [P]
+  (`captions`, default the bundled photographs'), "inputs": the model's caption tables {name: [P,
+  ...]}, "features": the text encoder's outputs {name: [P + 1, ...]} with the empty caption last
+  ({} when the model has none)}; None otherwise."""
   from jaxtok.data import photo_captions  # pylint: disable=g-import-not-at-top
-  from jaxtok.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
   name = info["model_config"].get("name")
   module = photo_captions.text_module(name)
   if module is None:
     return None
-  if FLAGS.source != "photos":
-    raise ValueError(f"--source {FLAGS.source}: the text-aware tokenizer {name!r} reads each image's "
-                     "caption, and only --source photos carries captions (the bundled photographs')")
-  run = FLAGS.config if FLAGS.config is not None else ckpt_lib.read_config(FLAGS.checkpoint)
+  run = _run_config()
   text_cfg = run.get("text") if run is not None and hasattr(run, "get") else None
   if text_cfg is None:
     raise ValueError(f"{name!r} needs its training config's `text` section (how captions become its "
@@ -75,7 +77,8 @@ def caption_setup(info: dict) -> dict | None:
                      "that stores its config")
   text_cfg = ml_collections.ConfigDict(text_cfg.to_dict() if hasattr(text_cfg, "to_dict")
                                        else dict(text_cfg))
-  _, captions = photo_captions.captioned_photos()
+  if captions is None:
+    _, captions = photo_captions.captioned_photos()
   config = ml_collections.ConfigDict({"model": info["model_config"], "text": text_cfg})
   features = {}
   if hasattr(module, "caption_features"):
@@ -83,6 +86,30 @@ def caption_setup(info: dict) -> dict | None:
   return {"config": text_cfg.to_dict(), "captions": captions,
           "inputs": photo_captions.caption_tables(config, captions),
           "features": {k: np.asarray(v, np.float32) for k, v in features.items()}}
+
+
+def _run_config():
+  from jaxtok.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  return FLAGS.config if FLAGS.config is not None else ckpt_lib.read_config(FLAGS.checkpoint)
+
+
+def image_captions(meta: dict, labels: np.ndarray) -> tuple[list[str] | None, np.ndarray]:
+  """(distinct captions [P] (None: the bundled photographs'), each image's caption row int32 [N])
+  for --source (module docstring)."""
+  from jaxtok.data import caption_sources  # pylint: disable=g-import-not-at-top
+  if FLAGS.source == "photos":
+    return None, labels
+  if FLAGS.source == "folder":
+    return caption_sources.caption_table(caption_sources.folder_captions(FLAGS.folder,
+                                                                         meta["names"]))
+  run = _run_config()
+  data = run.get("data") if run is not None and hasattr(run, "get") else None
+  key = FLAGS.caption_key or (data.get("caption_key") if hasattr(data, "get") else None)
+  if not key:
+    raise ValueError("--source tfds with a text-aware tokenizer needs --caption_key (the caption "
+                     "feature, e.g. captions/text) or a run config with data.caption_key")
+  return caption_sources.caption_table(caption_sources.tfds_captions(
+      FLAGS.tfds_name, FLAGS.split, FLAGS.data_dir, len(labels), key))
 
 
 def captioned_encode_fn(tokenizer, num_tokens):
@@ -96,6 +123,7 @@ def captioned_encode_fn(tokenizer, num_tokens):
 
 def main(argv) -> str:
   cli.parse(FLAGS, argv, __doc__)
+  from jaxtok.data import photo_captions  # pylint: disable=g-import-not-at-top
   from jaxtok.data import tokens as token_data  # pylint: disable=g-import-not-at-top
   from jaxtok.eval import checkpoints  # pylint: disable=g-import-not-at-top
   if not FLAGS.out:
@@ -105,7 +133,6 @@ def main(argv) -> str:
   tokenizer, params, info = checkpoints.load_tokenizer(FLAGS.config, FLAGS.checkpoint,
                                                        use_ema=FLAGS.use_ema)
   num_tokens = cli.check_num_tokens(tokenizer, FLAGS.num_tokens)
-  text = caption_setup(info)
   size = tokenizer.image_size
   if FLAGS.source == "photos":
     images, labels, meta = image_sets.photo_crops(size, FLAGS.num_examples or 1024, FLAGS.seed,
@@ -119,6 +146,10 @@ def main(argv) -> str:
                                                   FLAGS.num_examples)
   if len(images) == 0:
     raise ValueError(f"--source {FLAGS.source}: expected at least one image, found 0")
+  text = caption_ids = None
+  if photo_captions.text_module(info["model_config"].get("name")) is not None:
+    texts, caption_ids = image_captions(meta, labels)
+    text = caption_setup(info, texts)
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   bar = tqdm(total=len(images), desc="tokenize", dynamic_ncols=True)
@@ -136,7 +167,7 @@ def main(argv) -> str:
     def encode(r):  # noqa: F811  (text-aware: the crops' caption inputs too)
       bar.update(len(r))
       return encode_text(params, jnp.asarray(images[r]),
-                         {k: jnp.asarray(v[labels[r]]) for k, v in text["inputs"].items()})
+                         {k: jnp.asarray(v[caption_ids[r]]) for k, v in text["inputs"].items()})
 
     tokens = cli.batched(encode, rows, FLAGS.batch_size)
   bar.close()
@@ -151,7 +182,7 @@ def main(argv) -> str:
   captions = None
   if text is not None:
     meta["text"] = text["config"]  # copied to the generator's data_meta.json: tools/sample.py --prompt
-    captions = {"ids": labels, "texts": text["captions"], "text": text["config"],
+    captions = {"ids": caption_ids, "texts": text["captions"], "text": text["config"],
                 "features": text["features"]}
   token_data.write_token_dataset(FLAGS.out, tokens, labels, meta, arrays=arrays, captions=captions)
   print(f"wrote {FLAGS.out}: tokens {tokens.dtype} {tokens.shape}, labels in "

@@ -134,12 +134,18 @@ def training_data(config: Any, *, seed: int = 0, process_index: int = 0,
 def from_config(config: Any, *, seed: int, process_index: int = 0, process_count: int = 1
                 ) -> tuple[CaptionedCrops, np.ndarray, dict[str, np.ndarray]]:
   """What the training loop reads for a text-aware tokenizer: (training batches, held-out images
-  float32 [N, S, S, 3] (`pipeline.heldout_images`), their caption inputs {name: [N, ...]})."""
+  float32 [N, S, S, 3] (`pipeline.heldout_images`), their caption inputs {name: [N, ...]}); with
+  data.source = "tfds", `caption_sources.training_data` (captions from data.caption_key)."""
   from jaxtok.data import pipeline  # pylint: disable=g-import-not-at-top
   source = config.data.get("source") or "photos"
+  if source == "tfds":  # captions from a record feature (data.caption_key)
+    from jaxtok.data import caption_sources  # pylint: disable=g-import-not-at-top
+    return caption_sources.training_data(config, seed=seed, process_index=process_index,
+                                         process_count=process_count)
   if source != "photos":
-    raise ValueError(f"captioned training reads the bundled photographs and their captions only: "
-                     f"config.data.source must be 'photos' for {config.model.name}, got {source!r}")
+    raise ValueError(f"captioned training reads the bundled photographs or a tfds dataset with "
+                     f"data.caption_key: config.data.source must be 'photos' or 'tfds' for "
+                     f"{config.model.name}, got {source!r}")
   data = training_data(config, seed=seed, process_index=process_index, process_count=process_count)
   heldout = pipeline.heldout_images(config.data)
   rows = heldout_captions(len(heldout), len(next(iter(data.tables.values()))))
