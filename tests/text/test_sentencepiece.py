@@ -143,3 +143,25 @@ def test_bad_files_are_refused_with_a_clear_error(tmp_path):
     _sp().encode(b"bytes")
   with pytest.raises(ValueError, match="length must be an int >= 2"):
     _sp().ids(["a"], 1)
+
+
+def test_textok_config_takes_caption_ids_from_the_spiece_model():
+  """configs/textok.py spiece=PATH: text {"vocab": "spiece", "spiece": PATH}; caption_inputs gives
+  the model's T5 ids (pieces, </s>, pad 0); the tiny T5's vocabulary is the model's."""
+  from jaxtok.configs import textok as config_lib
+  from jaxtok.tokenizers import textok
+  tiny = config_lib.get_config(f"tiny,spiece={MODEL}")
+  assert tiny.text.vocab == "spiece" and tiny.text.spiece == MODEL and tiny.text.length == 24
+  assert tiny.model.t5.vocab_size == _sp().vocab_size
+  full = config_lib.get_config(f"spiece={MODEL}")
+  assert full.model.t5.vocab_size == 32128 and full.text.length == 32  # T5's embedding rows kept
+  caps = ["a photo of a cat", "an astronaut floating in a snowy field"]
+  out = textok.caption_inputs(tiny.text, caps)
+  ids, mask = _sp().ids(caps, 24)
+  np.testing.assert_array_equal(out["text_ids"], ids)
+  np.testing.assert_array_equal(out["text_mask"], mask)
+  assert out["text_ids"].max() < tiny.model.t5.vocab_size
+  with pytest.raises(ValueError, match="needs config.text.spiece"):
+    textok.caption_inputs({"vocab": "spiece", "length": 8}, caps)
+  with pytest.raises(ValueError, match="is not a file"):
+    config_lib.get_config("tiny,spiece=/nonexistent/spiece.model")
