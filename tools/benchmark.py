@@ -1782,6 +1782,37 @@ def captions_suite(args) -> list[tuple[str, str, float, str]]:
   return rows
 
 
+# ---- spm: the pure-Python SentencePiece encoder (TexTok's caption ids for the released T5)
+
+def spm_suite(args) -> list[tuple[str, str, float, str]]:
+  """Host cost of caption ids: `text.sentencepiece` (pure-Python unigram Viterbi + nmt_nfkc charsmap)
+  on the test fixture model (261 pieces) against `data.captions.WordVocab`, for a batch of --batch
+  (default 32) captions of the bundled photographs cut / padded to 24 ids, plus one model load."""
+  from jaxtok.data import captions as captions_lib
+  from jaxtok.text import sentencepiece
+  b = args.batch or 32
+  rows = Rows()
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests",
+                      "fixtures", "sentencepiece", "tiny_unigram.model")
+  texts = [list(captions_lib.CAPTIONS.values())[i % len(captions_lib.CAPTIONS)] for i in range(b)]
+  stage("spm: load")
+  t_load = time_call(lambda: sentencepiece.SentencePiece.from_file(path), args.repeats, lambda x: x)
+  rows.append(("spiece model load (fixture: 261 pieces, 238 KB nmt_nfkc charsmap)", "jaxtok",
+               t_load * 1e3, "parse + piece table"))
+  sp, vocab = sentencepiece.load(path), captions_lib.WordVocab()
+  stage("spm: encode")
+  t_words = time_call(lambda: vocab.encode(texts, 24), args.repeats, lambda x: x)
+  rows.append((f"caption ids, batch {b}, L 24", "WordVocab", t_words * 1e3,
+               f"{b / t_words:.4g} captions/s"))
+  t_norm = time_call(lambda: [sp.normalize(t) for t in texts], args.repeats, lambda x: x)
+  rows.append((f"normalise only (charsmap), batch {b}", "sentencepiece", t_norm * 1e3,
+               f"{b / t_norm:.4g} captions/s"))
+  t_sp = time_call(lambda: sp.ids(texts, 24), args.repeats, lambda x: x)
+  rows.append((f"caption ids, batch {b}, L 24", "sentencepiece", t_sp * 1e3,
+               f"{b / t_sp:.4g} captions/s; {t_sp / t_words:.1f}x WordVocab"))
+  return rows
+
+
 SUITES = {"quantizers": quantizer_suite, "tokenizers": tokenizer_suite, "train": train_suite,
           "samplers": sampler_suite, "data": data_suite,
           "official": official_suite,
@@ -1798,6 +1829,7 @@ SUITES = {"quantizers": quantizer_suite, "tokenizers": tokenizer_suite, "train":
           "cross": cross_suite,
           "flowtok": flowtok_suite,
           "captions": captions_suite,
+          "spm": spm_suite,
           }
 
 
