@@ -12,8 +12,10 @@ tfds: `data.caption_key` (tools/pretokenize.py --caption_key) names the record's
   always has the same caption (tokens and the captions written beside them agree run to run).
 
 Training on tfds (`training_data`): the grain pipeline of `data.pipeline` with the image
-preprocessing of `pipeline.image_preprocess`, each example's caption turned into the model's
-caption inputs (`photo_captions.caption_tables` of that one caption) before batching, so batches are
+preprocessing of `pipeline.image_preprocess`; each example keeps its caption string, and each batch's
+captions become the model's caption inputs on the host (`photo_captions.caption_tables` of the
+batch's captions: TexTok's ids, TA-TiTok's CLIP features, one text-tower call per batch), so batches
+are
   {"image": float32 [B, S, S, 3], <caption inputs, e.g. "text_ids" int32 [B, L], "text_mask" bool
   [B, L]>}
 as the photo batches (which also carry "caption", the photo index, that no step reads); the
@@ -108,6 +110,30 @@ def caption_table(captions: Sequence[str]) -> tuple[list[str], np.ndarray]:
   return list(rows), ids
 
 
+class CaptionedBatches:
+  """Batches {"image", <caption inputs>} of a Pipeline whose examples are {"image", "caption": str}:
+  `to_inputs(captions) -> {name: [B, ...]}` runs once per batch. get_state / set_state are the
+  pipeline's."""
+
+  def __init__(self, pipeline: Any, to_inputs: Any):
+    self.pipeline, self.to_inputs = pipeline, to_inputs
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    batch = next(self.pipeline)
+    out = {"image": np.asarray(batch["image"], np.float32)}
+    out.update(self.to_inputs([str(c) for c in batch["caption"]]))
+    return out
+
+  def get_state(self) -> dict:
+    return self.pipeline.get_state()
+
+  def set_state(self, state: dict) -> None:
+    self.pipeline.set_state(state)
+
+
 def _caption_key(cfg: Any, model: str) -> str:
   key = cfg.get("caption_key") if hasattr(cfg, "get") else None
   if not key:
@@ -139,15 +165,13 @@ def training_data(config: Any, *, seed: int, process_index: int = 0, process_cou
                                        flip=bool(cfg.get("flip", True)), label_key=None)
 
   def preprocess(record, rng):
-    out = image_fn(record, rng)
-    tables = photo_captions.caption_tables(config, [record_caption(record, key)])
-    out.update({k: v[0] for k, v in tables.items()})
-    return out
+    return {"image": image_fn(record, rng)["image"], "caption": record_caption(record, key)}
 
   src = tfds_source.source(name, split=str(cfg.get("split") or "train"), data_dir=data_dir)
-  data = pipeline.Pipeline(src, batch_size=global_batch // process_count, seed=int(seed) % 2**32,
+  pipe = pipeline.Pipeline(src, batch_size=global_batch // process_count, seed=int(seed) % 2**32,
                            preprocess=preprocess, shard=(process_index, process_count),
                            num_threads=int(cfg.get("num_threads") or 2))
+  data = CaptionedBatches(pipe, lambda texts: photo_captions.caption_tables(config, texts))
   heldout = pipeline.heldout_images(cfg)
   captions = tfds_captions(name, str(cfg.get("heldout_split") or "validation"), data_dir,
                            len(heldout), key)

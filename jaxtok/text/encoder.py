@@ -66,7 +66,25 @@ class TextEncoder:
     return {k: np.asarray(v) for k, v in out.items()}
 
 
+_ENCODERS: dict[str, TextEncoder] = {}
+
+
 def from_config(text_cfg: Mapping[str, Any]) -> TextEncoder:
+  """`_from_config`, kept per process for the same section and unchanged files (callers such as
+  captioned tfds batches ask once per batch; loading the tower each time would dominate)."""
+  import json  # pylint: disable=g-import-not-at-top
+  cfg = text_cfg.to_dict() if hasattr(text_cfg, "to_dict") else dict(text_cfg)
+  files = [(os.stat(p).st_size, os.stat(p).st_mtime_ns) if isinstance(p, str) and os.path.isfile(p)
+           else None for p in (cfg.get("clip_weights"), cfg.get("bpe"))]  # a rewritten file reloads
+  key = json.dumps([cfg, files], sort_keys=True, default=str)
+  if key not in _ENCODERS:
+    if len(_ENCODERS) >= 4:
+      _ENCODERS.pop(next(iter(_ENCODERS)))
+    _ENCODERS[key] = _from_config(text_cfg)
+  return _ENCODERS[key]
+
+
+def _from_config(text_cfg: Mapping[str, Any]) -> TextEncoder:
   """The TextEncoder a config's `text` section names: {clip_weights, bpe} (the user's files), or with `random_init_for_smoke_test` and no files a
   randomly initialised tower of the `clip` fields with a byte-level tokenizer (no merges): plumbing
   only, its features mean nothing. Raises ValueError naming the missing files otherwise."""

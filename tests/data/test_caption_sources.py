@@ -229,3 +229,24 @@ def test_pretokenize_reads_a_captioned_folder_and_a_captioned_tfds_split(textok_
     tool.main(["pretokenize", f"--checkpoint={workdir}", f"--out={tmp_path / 'y'}",
                "--source=folder", f"--folder={folder}"])
 
+
+
+def test_tatitok_tfds_batches_carry_the_batch_captions_clip_features():
+  """TA-TiTok's caption inputs (the tiny random CLIP tower's "tokens" features) are computed per
+  batch from the batch's captions, with one text tower per process (`text.encoder.from_config`)."""
+  from jaxtok.configs import tatitok as config_lib
+  from jaxtok.data import photo_captions
+  from jaxtok.text import encoder
+  from jaxtok.tokenizers import tatitok
+  c = config_lib.get_config("tiny")
+  c.data.update(source="tfds", name="tiny_captions", split="train", heldout_split="test", heldout=2,
+                caption_key="captions/text", batch_size=4)
+  assert encoder.from_config(c.text) is encoder.from_config(c.text)
+  with mock_captions():
+    data, _, held = photo_captions.from_config(c, seed=0)
+    batch = next(data)
+  assert sorted(batch) == ["image", "text_features"]
+  rec = np.rint(batch["image"].mean(axis=(1, 2, 3)) * 255 / 20).astype(int)
+  want = tatitok.caption_inputs(c.text, [_record(i)["captions"]["text"][0].decode() for i in rec])
+  np.testing.assert_allclose(batch["text_features"], want["text_features"], atol=1e-6)
+  assert held["text_features"].shape[0] == 2
