@@ -160,4 +160,5 @@ def refuse_captionless(model_config: Mapping[str, Any], tool: str) -> None:
     raise ValueError(f"{tool} cannot run the text-aware tokenizer {name!r}: it reads each image's "
                      f"caption, and {tool}'s images carry none. Its training run scores the "
                      "captioned held-out crops (<workdir>/final_metrics.json); tools/pretokenize.py "
-                     "--source photos tokenizes the captioned photographs")
+                     "tokenizes captioned images (--source photos, folder with captions.jsonl, "
+                     "tfds with --caption_key)")

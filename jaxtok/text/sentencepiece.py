@@ -2,7 +2,7 @@
 Python: no `sentencepiece` or protobuf dependency.
 
   sp = SentencePiece.from_file("spiece.model")
-  sp.encode("A photo of a cat")          # [71, 1202, 13, 3, 9, 1712] for T5's file (no </s>)
+  sp.encode("A photo of a cat")          # piece ids (list of int, no </s>)
   ids, mask = sp.ids(captions, 32)       # T5 inputs: pieces + </s>, cut / padded to 32
   sp.decode(ids[0])                      # "A photo of a cat"
 

@@ -16,10 +16,11 @@ The captions are an argument of every call: `encode(images, text_ids, text_mask)
 `decode(tokens, text_ids, text_mask)`, `train_forward(images, *, rng, text_ids, text_mask)`. The
 `tokenizers.build` facade's encode/decode pass images only, which TexTok cannot use (the tools built
 on them, tools/evaluate.py and tools/tokenize_images.py, refuse text-aware tokenizers up front).
-tools/train.py trains it on the bundled photographs' captions (`data.photo_captions`:
-`caption_inputs` maps captions to word ids of `data.captions.WordVocab`, or, with `text.vocab =
-"spiece"`, to the ids of a SentencePiece model such as the released T5's spiece.model
-(`text.sentencepiece`); the step passes the batch's "text_ids" / "text_mask"), and `encode_captioned` / `reconstruct_captioned` serve the tools. The T5
+tools/train.py trains it on the bundled photographs' captions (`data.photo_captions`) or a tfds
+dataset's (`data.caption_key`, `data.caption_sources`): `caption_inputs` maps captions to word ids
+of `data.captions.WordVocab`, or, with `text.vocab = "spiece"`, to the ids of a SentencePiece model
+such as the released T5's spiece.model (`text.sentencepiece`); the step passes the batch's
+"text_ids" / "text_mask", and `encode_captioned` / `reconstruct_captioned` serve the tools. The T5
 tower lives under `t5/`, stop-gradient'ed and never decayed; load released weights with
 `with_t5(params, path)` (`convert.t5`; the paper uses a T5-XL encoder), random otherwise.
 
