@@ -386,15 +386,22 @@ class SentencePiece:
       if hit is not None:
         return hit
     n = _char_len(data, pos)
+    try:
+      data[pos:pos + n].decode("utf-8")
+    except UnicodeDecodeError:  # malformed UTF-8 (a lone surrogate): U+FFFD for one byte, as the C++
+      return "\ufffd".encode(), 1
     return data[pos:pos + n], n
 
-  def normalize_bytes(self, text: str) -> bytes:
+  def normalize_bytes(self, text: str | bytes) -> bytes:
     """The UTF-8 normalised text the encoder segments (module docstring; spaces as "▁" when
     escape_whitespaces)."""
-    if not isinstance(text, str):
-      raise TypeError(f"text must be a str, got {type(text).__name__}")
+    if isinstance(text, (bytes, bytearray)):  # raw UTF-8, possibly malformed (as the library takes)
+      data = bytes(text)
+    elif isinstance(text, str):
+      data = text.encode("utf-8", "surrogatepass")
+    else:
+      raise TypeError(f"text must be a str or UTF-8 bytes, got {type(text).__name__}")
     spec = self.proto.normalizer
-    data = text.encode("utf-8", "surrogatepass")
     pos, n = 0, len(data)
     if spec.remove_extra_whitespaces:  # leading spaces (after normalisation) are dropped
       while pos < n:

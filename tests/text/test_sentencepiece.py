@@ -52,6 +52,14 @@ def test_matches_the_official_library(row):
   assert sp.decode(g["ids"]) == g["decoded"]
 
 
+def test_malformed_utf8_bytes_match_the_library():
+  """A lone surrogate (Python's "surrogatepass" bytes) and stray bytes: U+FFFD per bad byte, as the
+  C++ normaliser does; the str form of the surrogate gives the same ids."""
+  for g in _golden()["bytes"]:
+    assert _sp().encode(bytes.fromhex(g["utf8_hex"])) == g["ids"]
+  assert _sp().encode("a\ud800b") == _golden()["bytes"][0]["ids"]
+
+
 def test_the_golden_strings_cover_the_hard_cases():
   rows = {g["text"]: g for g in _golden()["strings"]}
   assert rows[""]["ids"] == [] and rows["   "]["ids"] == []
@@ -139,8 +147,8 @@ def test_bad_files_are_refused_with_a_clear_error(tmp_path):
     S.SentencePiece.from_bytes(bpe)
   with pytest.raises(ValueError, match=r"ids must be ints in \[0, 261\), got 999"):
     _sp().decode([5, 999])
-  with pytest.raises(TypeError, match="text must be a str"):
-    _sp().encode(b"bytes")
+  with pytest.raises(TypeError, match="text must be a str or UTF-8 bytes, got int"):
+    _sp().encode(3)
   with pytest.raises(ValueError, match="length must be an int >= 2"):
     _sp().ids(["a"], 1)
 
