@@ -148,6 +148,12 @@ def main(argv) -> str:
   if getattr(tokenizer.model(params), "quantizer", None) == "rvq":
     # The code vectors of every level, for generators that work in code space (ResGen).
     arrays["codebook"] = np.asarray(checkpoints.codebook_vectors(tokenizer, params), np.float32)
+  if info["model_config"].get("name") == "gpstoken":  # the generator's initial layouts + statistics
+    from jaxtok.generators import gpstoken_gen  # pylint: disable=g-import-not-at-top
+    extra_arrays, extra_meta = gpstoken_gen.dataset_extras(tokenizer.model(params), images, tokens,
+                                                           FLAGS.batch_size)
+    arrays.update(extra_arrays)
+    meta.update(extra_meta)
   captions = None
   if text is not None:
     meta["text"] = text["config"]  # copied to the generator's data_meta.json: tools/sample.py --prompt

@@ -287,8 +287,9 @@ def main(argv) -> dict:
     labels = np.full((len(tokens),), -1, np.int32)
   else:
     sampler = generate.make_sampler(gcfg.name, graphdef, params, opts)
-    tokens = cli.batched(lambda lab: sampler(jax.random.fold_in(key, next(counter)), lab), labels,
-                         FLAGS.batch_size)
+    side = generate.sampling_labels(gcfg, meta)  # GPSToken: + layouts from the data's bank
+    tokens = cli.batched(lambda lab: sampler(jax.random.fold_in(key, next(counter)), side(lab)),
+                         labels, FLAGS.batch_size)
     from jaxtok.eval import tokenize_cli  # pylint: disable=g-import-not-at-top
     decoded = tokenize_cli.decode_tokens(tokenizer, tok_params, tokens,
                                          batch_size=FLAGS.batch_size, seed=FLAGS.seed)
