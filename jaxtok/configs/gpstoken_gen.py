@@ -20,10 +20,10 @@ SIZES = {"XL": (1152, 28, 16), "S": (384, 12, 6), "tiny": (32, 2, 2)}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  if not arg or ("size=" not in arg and "tiny" not in arg):  # the release's size by default
+    arg = ",".join(a for a in (arg, "size=XL") if a)
   args, tiny, (width, depth, heads) = common.generator_arg(
       arg, SIZES, keys=("tokens", "token_dim", "classes"))
-  if not tiny and "size" not in args:
-    width, depth, heads = SIZES["XL"]
   token_dim = int(args.get("token_dim", 9 if tiny else 21))
   return common.generator_base(
       args, tiny, batch_size=256, total_steps=400_000,
