@@ -16,7 +16,9 @@ Writes a directory (`jaxtok.data.tokens.write_token_dataset`): tokens.npy (int32
 [N, K', Q] for residual / unpacked-bit tokens, or float32 [N, K', D]), labels.npy (int32 [N]),
 codebook.npy (float32 [Q, C, D], RVQ tokenizers only: the code vectors ResGen needs) and meta.json,
 which records the tokenizer (its model config, the checkpoint path and weights) so tools/sample.py
-can decode what a generator trained on it makes.
+can decode what a generator trained on it makes. A GPSToken run also writes layouts.npy (float32
+[N, S, 5]: each image's initial Gaussians, the layout bank of `generators.gpstoken_gen`) and the
+residual tokens' statistics (meta.json "gpstoken_stats").
 
 A text-aware tokenizer's run (TA-TiTok, TexTok: its training config has a `text` section) reads
 captions: --source photos only (each crop carries its photo's caption, `data.photo_captions`;
