@@ -16,6 +16,7 @@ Usage:
   python tools/benchmark.py --suite resgen [--other-batch 4] [--ar-size 256x4]
       (ResGen beside MaskGIT / MAR; Instella's binary diffusion and binary AR beside the GPT)
   python tools/benchmark.py --suite semantic [--batch 8] [--repeats 5]   (TokenFlow, DualToken, TexTok, TiTok)
+  python tools/benchmark.py --suite gpstoken_gen [--other-batch 4] [--repeats 3]   (GPSToken SiT SDE)
   python tools/benchmark.py --compare-official ../1d-tokenizer [--models titok_s128,titok_bl64,rar]
       [--batch 8] [--repeats 2] [--breakdown]   (suite "official": jaxtok beside the PyTorch originals)
 
@@ -1813,6 +1814,37 @@ def spm_suite(args) -> list[tuple[str, str, float, str]]:
   return rows
 
 
+# ---- GPSToken's generator: the release's SDE sampler over M128-shaped tokens
+
+def gpstoken_gen_suite(args) -> list[tuple[str, str, float, str]]:
+  """Rows (case, implementation, ms per batch, images/s): `gpstoken_gen.sample` over 128 tokens of
+  21 channels (GPSToken-M128's shape) with a small SiT (W 128, L 4, 4 heads; the release's is
+  SiT-XL), the release's SDE (Euler-Maruyama) with 250 steps and with 50, guided (cfg 1.5 on t in
+  [0.2, 1]: a 2B batch per step) and unguided. --other-batch (default 4), --repeats."""
+  from flax import nnx
+  from jaxtok.generators import gpstoken_gen
+  b, s, d = args.other_batch or 4, 128, 21
+  rows = Rows()
+  stage("gpstoken_gen: building")
+  gdef, gparams = nnx.split(gpstoken_gen.make_model(dict(token_dim=d, seq_len=s, num_classes=1000,
+                                                         width=128, depth=4, heads=4),
+                                                    rngs=nnx.Rngs(0)))
+  layout = jnp.asarray(np.random.default_rng(0).uniform(0.05, 0.5, (b, s, 5)), jnp.float32)
+  labels = jnp.arange(b, dtype=jnp.int32)
+  mean, std = jnp.asarray(gpstoken_gen.RELEASED_MEAN), jnp.asarray(gpstoken_gen.RELEASED_STD)
+  for steps, scale in ((250, 1.5), (250, 1.0), (50, 1.5)):
+    run = jax.jit(lambda p, key, steps=steps, scale=scale: gpstoken_gen.sample(
+        nnx.merge(gdef, p), key, labels, layout, mean, std, steps=steps, cfg_scale=scale,
+        guidance_low=0.2, guidance_high=1.0))
+    stage(f"gpstoken_gen: {steps} steps, cfg {scale}")
+    t = time_call(lambda: run(gparams, jax.random.key(1)), max(1, args.repeats // 3),
+                  jax.block_until_ready)
+    kind = "cfg 1.5 on t in [0.2, 1] (2B batch)" if scale != 1.0 else "unguided"
+    rows.append((f"GPSToken generator SDE, {steps} steps, {kind}, 128x21 tokens, batch {b}",
+                 "jaxtok", t * 1e3, f"{b / t:.3g} images/s; SiT W128 L4 (release: XL)"))
+  return rows
+
+
 SUITES = {"quantizers": quantizer_suite, "tokenizers": tokenizer_suite, "train": train_suite,
           "samplers": sampler_suite, "data": data_suite,
           "official": official_suite,
@@ -1830,6 +1862,7 @@ SUITES = {"quantizers": quantizer_suite, "tokenizers": tokenizer_suite, "train":
           "flowtok": flowtok_suite,
           "captions": captions_suite,
           "spm": spm_suite,
+          "gpstoken_gen": gpstoken_gen_suite,
           }
 
 

@@ -16,7 +16,9 @@ Writes a directory (`jaxtok.data.tokens.write_token_dataset`): tokens.npy (int32
 [N, K', Q] for residual / unpacked-bit tokens, or float32 [N, K', D]), labels.npy (int32 [N]),
 codebook.npy (float32 [Q, C, D], RVQ tokenizers only: the code vectors ResGen needs) and meta.json,
 which records the tokenizer (its model config, the checkpoint path and weights) so tools/sample.py
-can decode what a generator trained on it makes.
+can decode what a generator trained on it makes. A GPSToken run also writes layouts.npy (float32
+[N, S, 5]: each image's initial Gaussians, the layout bank of `generators.gpstoken_gen`) and the
+residual tokens' statistics (meta.json "gpstoken_stats").
 
 A text-aware tokenizer's run (TA-TiTok, TexTok: its training config has a `text` section) reads
 captions (TexTok's encoder reads them): --source photos (each crop carries its photo's caption,
@@ -179,6 +181,12 @@ def main(argv) -> str:
   if getattr(tokenizer.model(params), "quantizer", None) == "rvq":
     # The code vectors of every level, for generators that work in code space (ResGen).
     arrays["codebook"] = np.asarray(checkpoints.codebook_vectors(tokenizer, params), np.float32)
+  if info["model_config"].get("name") == "gpstoken":  # the generator's initial layouts + statistics
+    from jaxtok.generators import gpstoken_gen  # pylint: disable=g-import-not-at-top
+    extra_arrays, extra_meta = gpstoken_gen.dataset_extras(tokenizer.model(params), images, tokens,
+                                                           FLAGS.batch_size)
+    arrays.update(extra_arrays)
+    meta.update(extra_meta)
   captions = None
   if text is not None:
     meta["text"] = text["config"]  # copied to the generator's data_meta.json: tools/sample.py --prompt

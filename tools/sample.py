@@ -37,6 +37,10 @@ decodes with the prompts' CLIP features:
       --prompt "a photo of an astronaut" --clip_weights open_clip_vit_l14_336.bin \
       --bpe bpe_simple_vocab_16e6.txt.gz --num_samples 4
 
+GPSToken's generator (configs/gpstoken_gen.py) draws each sample's initial layout from the layout
+bank of the token dataset it trained on (layouts.npy by class, `gpstoken_gen.LayoutBank`) and runs
+the release's SDE (--steps, default 250; --cfg_scale on t in [0.2, 1]).
+
 A D-AR tokenizer (configs/gpt_dar.py) also streams: --previews writes the image after each group
 of tokens (`<out>/previews/<i>.png`, coarse to fine).
 
@@ -287,8 +291,9 @@ def main(argv) -> dict:
     labels = np.full((len(tokens),), -1, np.int32)
   else:
     sampler = generate.make_sampler(gcfg.name, graphdef, params, opts)
-    tokens = cli.batched(lambda lab: sampler(jax.random.fold_in(key, next(counter)), lab), labels,
-                         FLAGS.batch_size)
+    side = generate.sampling_labels(gcfg, meta)  # GPSToken: + layouts from the data's bank
+    tokens = cli.batched(lambda lab: sampler(jax.random.fold_in(key, next(counter)), side(lab)),
+                         labels, FLAGS.batch_size)
     from jaxtok.eval import tokenize_cli  # pylint: disable=g-import-not-at-top
     decoded = tokenize_cli.decode_tokens(tokenizer, tok_params, tokens,
                                          batch_size=FLAGS.batch_size, seed=FLAGS.seed)

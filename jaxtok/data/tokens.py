@@ -15,6 +15,8 @@ and, for a text-aware tokenizer's run (tools/pretokenize.py on TA-TiTok / TexTok
                  caption's ("", the unconditional branch); absent when the tokenizer's text inputs
                  are no features (TexTok's word ids)
 Items then carry "caption" (int32) too, and `read_captions` gives the table back.
+A GPSToken run (tools/pretokenize.py) adds layouts.npy, float32 [N, S, 5]: each example's initial
+Gaussians (the partition's), which items then carry as "layout" (`generators.gpstoken_gen`).
 It is written atomically (into a temporary sibling directory, then renamed), read by memory mapping
 (no copy of the whole array per process), and loaded through grain so that iteration is
 deterministic, sharded per process, reshuffled every epoch and resumable from `get_state()`.
@@ -149,6 +151,8 @@ class TokenSource:
     self._labels = np.load(os.path.join(path, "labels.npy"), mmap_mode="r")
     ids = os.path.join(path, f"{CAPTION_IDS}.npy")
     self._captions = np.load(ids, mmap_mode="r") if os.path.exists(ids) else None
+    lay = os.path.join(path, "layouts.npy")  # GPSToken runs: initial layouts [N, S, 5]
+    self._layouts = np.load(lay, mmap_mode="r") if os.path.exists(lay) else None
     if self._tokens.shape[0] != self.meta["num_examples"] or self._labels.shape[0] != self._tokens.shape[0]:
       raise ValueError(f"token dataset {path!r} is inconsistent: meta says {self.meta['num_examples']} "
                        f"examples, tokens.npy has {self._tokens.shape[0]}, labels.npy {self._labels.shape[0]}")
@@ -160,6 +164,8 @@ class TokenSource:
     item = {"tokens": np.array(self._tokens[i]), "label": np.int32(self._labels[i])}
     if self._captions is not None:
       item["caption"] = np.int32(self._captions[i])
+    if self._layouts is not None:
+      item["layout"] = np.array(self._layouts[i], np.float32)
     return item
 
 
@@ -176,7 +182,7 @@ def check_data(config, meta: dict, path: str) -> None:
   if shape and g.get("seq_len") is not None and shape[0] != g.seq_len:
     problems.append(f"config.model.seq_len is {g.seq_len}, the data have {shape[0]} tokens per "
                     f"image (--config.model.seq_len={shape[0]})")
-  if g.name in ("mar", "ecar", "tokenbridge", "cubid", "xar", "himar", "maskgen_kl"):  # continuous
+  if g.name in ("mar", "ecar", "tokenbridge", "cubid", "xar", "himar", "maskgen_kl", "gpstoken_gen"):  # continuous
     if not continuous:
       problems.append(f"generator {g.name!r} needs continuous tokens [N, K, D]; {path!r} holds discrete "
                       f"{meta.get('token_dtype')} tokens")

@@ -331,6 +331,7 @@ SAMPLERS = {"gpt": _gpt, "rar": _gpt, "maskgit": _maskgit, "maskgit_official": _
 SAMPLERS.update(tokenbridge=_tokenbridge, cubid=_cubid)
 SAMPLERS.update(xar=_xar, himar=_himar)
 SAMPLERS.update(resgen=_by_module, binary_diffusion=_by_module, binary_ar=_by_module)
+SAMPLERS.update(gpstoken_gen=_by_module)  # labels: {"label", "layout", "mean", "std"} (`sampling_labels`)
 
 
 def make_sampler(name: str, graphdef: Any, params: Any, opts: Options) -> Callable[[jax.Array, jax.Array], jax.Array]:
@@ -341,9 +342,20 @@ def make_sampler(name: str, graphdef: Any, params: Any, opts: Options) -> Callab
 
   @jax.jit
   def sample(params, rng, labels):
-    return body(nnx.merge(graphdef, params), rng, jnp.asarray(labels, jnp.int32), opts)
+    labels = labels if isinstance(labels, dict) else jnp.asarray(labels, jnp.int32)
+    return body(nnx.merge(graphdef, params), rng, labels, opts)
 
   return lambda rng, labels: sample(params, rng, labels)
+
+
+def sampling_labels(gcfg: Any, meta: dict) -> Callable[[np.ndarray], Any]:
+  """Host fn class ids int32 [B] -> the labels argument of `make_sampler`'s sample: the ids, or
+  for gpstoken_gen {"label", "layout", "mean", "std"} with layouts popped from the layout bank of
+  the token dataset the run trained on (`meta`: its data_meta.json)."""
+  if gcfg.get("name") != "gpstoken_gen":
+    return lambda labels: labels
+  from jaxtok.generators import gpstoken_gen  # pylint: disable=g-import-not-at-top
+  return gpstoken_gen.LayoutBank.from_meta(gcfg, meta).labels
 
 
 def _maskgen(model, rng, cond, null, opts: Options):

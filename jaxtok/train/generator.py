@@ -19,6 +19,8 @@ Generators (config.model.name):
   himar     pivots then masked AR, continuous   (jaxtok.generators.himar) e.g. VAE tokens
   resgen    masked RVQ, sum-of-codes MoG head   (jaxtok.generators.resgen) e.g. RVQ TiTok tokens
   binary_diffusion / binary_ar  Bernoulli diffusion / AR over bit tokens (Instella-T2I bits)
+  gpstoken_gen  SiT flow over normalised GPSToken tokens given initial layouts (generators.gpstoken_gen;
+            labels {"label", "layout", "mean", "std"} from the module's `batch_labels`)
 Each module has `make_model(cfg, *, rngs)` and `loss(model, tokens, labels, *, rng, train, step) ->
 (loss, metrics)`, `step` being the number of completed updates (int32, traced; RAR anneals its
 random-order chance with it, the others ignore it). The data are a token dataset written by
@@ -69,6 +71,7 @@ GENERATORS = {"gpt": "jaxtok.generators.gpt", "maskgit": "jaxtok.generators.bert
 GENERATORS.update(tokenbridge="jaxtok.generators.tokenbridge", cubid="jaxtok.generators.cubid")
 GENERATORS.update(maskgen_kl="jaxtok.generators.maskgen_kl")
 GENERATORS.update(flowtok="jaxtok.generators.flowtok")
+GENERATORS.update(gpstoken_gen="jaxtok.generators.gpstoken_gen")
 
 
 def generator_module(name: str):
@@ -176,6 +179,13 @@ def text_labels(module: Any, path: str) -> Callable[[dict], dict] | None:
   return fn
 
 
+def side_labels(module: Any, gcfg: Any, path: str) -> Callable[[dict], dict] | None:
+  """A generator module's own `batch_labels(gcfg, path)` host function (per-example side data as
+  its labels, e.g. GPSToken's initial layouts), or None when it defines none."""
+  fn = getattr(module, "batch_labels", None)
+  return None if fn is None else fn(gcfg, path)
+
+
 def _global_batch(batch: dict, mesh, rules) -> dict:
   return jax.tree.map(lambda v: jax.make_array_from_process_local_data(
       shd.batch_sharding(mesh, np.ndim(v), rules), np.asarray(v)), batch)
@@ -201,6 +211,7 @@ def _train_locked(config: Any, workdir: str, *, progress: bool, stop_at: int | N
   rules = state_lib.rules_from_config(config)
   model, _, init_fn, step_fn = build(config, total)
   to_text = text_labels(generator_module(config.model.name), config.data.path)
+  to_text = to_text or side_labels(generator_module(config.model.name), config.model, config.data.path)
   base_rng = jax.random.key(int(config.seed))
   per_process = int(config.data.batch_size) // jax.process_count()
   it = token_data.token_iterator(config.data.path, batch_size=per_process, seed=int(config.seed),
