@@ -40,7 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                  entity_size=int(args.get("entity_size", 2 if tiny else 8)),
                  num_classes=int(args.get("classes", 0 if tiny else 1000)),
                  width=width, depth=depth, heads=heads, mlp_ratio=4.0, class_dropout=0.1,
-                 noisy_context=True),
+                 noisy_context=True, rope="2d"),
       optim=dict(lr=1e-3 if tiny else 4e-4, warmup_steps=0 if tiny else 62_500, end_lr=0.0,
                  b1=0.9, b2=0.95, wd=0.02, clip=3.0),
       sampling=dict(num_steps=4 if tiny else 40, cfg_scale=1.0 if tiny else 2.7,

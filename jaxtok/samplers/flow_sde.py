@@ -1,5 +1,5 @@
-"""Euler-Maruyama sampling of a linear-path flow's reverse SDE (xAR's released sampler, after SiT /
-REPA's `euler_maruyama_sampler`).
+"""Euler-Maruyama sampling of a linear-path flow's reverse SDE (xAR's released sampler, after
+SiT / REPA's `euler_maruyama_sampler`).
 
 Convention of this module: the FlowHead / xAR one, x_t = (1 - t) x + t eps with t = 1 noise, and
 ``velocity_fn(x float32 [B, ...], t float32 scalar, cond) -> v = E[eps - x | x_t]`` (cond: any pytree
