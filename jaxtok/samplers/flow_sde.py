@@ -2,8 +2,8 @@
 SiT / REPA's `euler_maruyama_sampler`).
 
 Convention of this module: the FlowHead / xAR one, x_t = (1 - t) x + t eps with t = 1 noise, and
-``velocity_fn(x float32 [B, ...], t float32 scalar, cond) -> v = E[eps - x | x_t]`` (cond: any pytree
-with batch axis 0, passed through). On this path the score follows from the velocity,
+``velocity_fn(x float32 [B, ...], t float32 scalar, cond) -> v = E[eps - x | x_t]`` (cond: any
+pytree with batch axis 0, passed through). On this path the score follows from the velocity,
   s(x, t) = -((1 - t) v + x) / t,
 and the reverse-time SDE with diffusion g(t)^2 = 2 t (the release's `compute_diffusion`) keeps the
 marginals of the flow:
