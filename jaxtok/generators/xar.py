@@ -32,7 +32,7 @@ channels by the token's grid row and the second half by its column, E/4 frequenc
 each (EVA-02's `VisionRotaryEmbeddingFast` with dim E/2), and keeps the learned absolute position
 embedding added to the inputs; so does this model (`nn.rope.rope_2d` at `Layout.positions`: a
 token's own (row, column) whatever entity holds it; the scale kind's coarse tokens sit at the
-centres of the blocks they average). rope=None is the previous model (learned embedding only);
+centres of the blocks they average). rope="none" is the previous model (learned embedding only);
 RoPE has no parameters, so both load the same checkpoints, with different numerics.
 
 Differences from the release: one `nn.Stack` of Llama-style blocks (RMSNorm, SwiGLU, AdaLN-zero)
@@ -69,6 +69,7 @@ FIELDS = ("token_dim", "seq_len", "grid_width", "entity", "entity_size", "num_cl
           "depth", "heads", "mlp_ratio", "class_dropout", "noisy_context", "rope")
 _INIT = nnx.initializers.normal(0.02)
 _FREQ = 256  # the release's TimestepEmbedder frequency width
+ROPES = ("2d", "none")
 
 
 def logit_normal(rng: jax.Array, shape) -> jax.Array:
@@ -93,12 +94,12 @@ class XAR(nnx.Module):
   def __init__(self, *, token_dim: int, seq_len: int, grid_width: int = 0, entity: str = "cell",
                entity_size: int = 2, num_classes: int = 0, width: int = 768, depth: int = 12,
                heads: int = 12, mlp_ratio: float = 4.0, class_dropout: float = 0.1,
-               noisy_context: bool = True, rope: str | None = "2d", dtype=jnp.float32,
+               noisy_context: bool = True, rope: str = "2d", dtype=jnp.float32,
                remat="none", scan_layers: bool = False, attention_impl=None, rngs: nnx.Rngs):
     check_generator_args(num_classes=num_classes, class_dropout=class_dropout, token_dim=token_dim)
-    if rope not in (None, "2d"):
-      raise ValueError(f"rope must be '2d' (the release's grid RoPE) or None, got {rope!r}")
-    if rope and (width % heads or (width // heads) % 4):
+    if rope not in ROPES:
+      raise ValueError(f"rope must be one of {ROPES} ('2d': the release's grid RoPE), got {rope!r}")
+    if rope == "2d" and (width % heads or (width // heads) % 4):
       raise ValueError(f"rope='2d' needs a head dim width / heads divisible by 4, got "
                        f"width={width}, heads={heads}")
     h, w = grid_shape(seq_len, grid_width)
@@ -118,7 +119,7 @@ class XAR(nnx.Module):
                                rngs=rngs)
     self.blocks = Stack(depth, lambda r: Block(
         width, heads, mlp_hidden=swiglu_hidden(width, mlp_ratio), mlp="swiglu", mlp_bias=False,
-        norm="rms", norm_eps=1e-6, adaln=True, qkv_bias=True, rope=rope,
+        norm="rms", norm_eps=1e-6, adaln=True, qkv_bias=True, rope=self._rope_kind,
         implementation=attention_impl, qkv_init=_INIT, out_init=_INIT, mlp_init=_INIT, dtype=dtype,
         rngs=r),
         scan_layers=scan_layers, remat=remat, rngs=rngs)
@@ -155,6 +156,11 @@ class XAR(nnx.Module):
     return self.out(self.norm(h)).astype(jnp.float32)
 
   @property
+  def _rope_kind(self) -> str | None:
+    """The `nn.Attention` rope argument: "2d" or None."""
+    return None if self.rope == "none" else self.rope
+
+  @property
   def rope_positions(self) -> np.ndarray:
     """float32 [T, 2]: the 2D RoPE (row, column) of each sequence position (`Layout.positions`)."""
     return self.layout.positions
@@ -165,7 +171,8 @@ class XAR(nnx.Module):
     copies = x_seq.shape[1] // self.layout.length
     pos = jnp.concatenate([self.pos_embedding.get_value()] * copies, axis=0)
     x, c = self._embed(x_seq, t_seq, cls, pos)
-    rope = jnp.asarray(np.concatenate([self.rope_positions] * copies)) if self.rope else None
+    rope = (jnp.asarray(np.concatenate([self.rope_positions] * copies)) if self._rope_kind
+            else None)
     return self._head(self.blocks(x, mask=jnp.asarray(mask), cond=c, positions=rope))
 
   def velocity(self, x_seq: jax.Array, t_seq: jax.Array, labels=None) -> jax.Array:
@@ -215,7 +222,7 @@ class XAR(nnx.Module):
     # Slots written so far: the context (< start) and this entity; later slots hold stale values.
     seen = (jnp.arange(self.layout.length) < start + n)[None, :]
     rope = (jax.lax.dynamic_slice_in_dim(jnp.asarray(self.rope_positions), start, n, axis=0)
-            if self.rope else None)
+            if self._rope_kind else None)
     h, cache = self.blocks.extend(h, cache, start, mask=seen, causal=False, cond=c, positions=rope)
     return self._head(h), cache
 
