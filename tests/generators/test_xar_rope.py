@@ -1,6 +1,7 @@
 """xAR's 2D RoPE: the grid positions of each entity kind by hand, attention scores that depend only
 on the 2D offset of two tokens, the KV-cached entity call equal to the whole-sequence velocity for
-kinds whose positions are not in sequence order, and the option's checks (same parameters with and without RoPE)."""
+kinds whose positions are not in sequence order, and the option's checks (same parameters with and
+without RoPE)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
