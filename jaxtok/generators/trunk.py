@@ -3,8 +3,8 @@
 A composition of the shared parts in the LlamaGen/Llama layout used by modern image AR models:
 bias-free projections, pre-norm RMSNorm (eps 1e-6), SwiGLU MLP (hidden 2/3 of mlp_ratio * width,
 rounded up to a multiple of 8), rotary positions on queries and keys (1D; 2D grid positions with
-rope="2d", NAR's), N(0, 0.02) weights. It is
-causal for GPT-style models and bidirectional for MaskGIT/MAR-style ones. Causal trunks also run
+rope="2d", NAR's), N(0, 0.02) weights. It is causal for GPT-style models and bidirectional for
+MaskGIT/MAR-style ones. Causal trunks also run
 incrementally against a preallocated KV cache (`init_cache`, `extend`), giving exactly the logits of
 a full recompute (tested).
 
