@@ -1348,7 +1348,8 @@ def next_x_suite(args) -> list[tuple[str, str, float, str]]:
   continuous 16-dim tokens (an 8 x 8 grid), one 4 x 256 transformer size for all, unconditional,
   10 flow steps per entity (xAR) or per head call (MAR, Hi-MAR). Each xAR kind runs twice on the
   same model: the whole-sequence recompute (`next_x.sample`) and the KV cache
-  (`next_x.sample_cached`), the latter's note giving its speed-up."""
+  (`next_x.sample_cached`), the latter's note giving its speed-up; cell 2x2 also runs the KV cache
+  with the release's SDE sampler (method "sde"). xAR uses its default 2D RoPE."""
   from flax import nnx
   from jaxtok.generators import himar as himar_lib
   from jaxtok.generators import mar as mar_lib
@@ -1391,6 +1392,11 @@ def next_x_suite(args) -> list[tuple[str, str, float, str]]:
     timed(label + ", KV cache", x, lambda model, r: next_x.sample_cached(
         r, model.extend, model.init_cache, batch=b, entity_ids=model.entity_ids, token_dim=d,
         steps=steps), f"{e * steps} entity-sized (+ {e - 1} prefill)", recompute=full)
+    if (kind, k) == ("cell", 2):  # the release's SDE sampler: the same calls, plus its noise
+      timed(label + ", KV cache, SDE", x, lambda model, r: next_x.sample_cached(
+          r, model.extend, model.init_cache, batch=b, entity_ids=model.entity_ids, token_dim=d,
+          steps=steps, method="sde"), f"{e * steps} entity-sized (+ {e - 1} prefill)",
+          recompute=full)
   hm = himar_lib.HiMAR(token_dim=d, seq_len=n, pivot_factor=4, head_width=256, head_depth=2,
                        rngs=nnx.Rngs(0), **size)
 

@@ -20,4 +20,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       seq_len=int(args.get("tokens", 8 if tiny else 256)),
       grid_width=int(args.get("grid_width", 4 if tiny else 0)),
       num_classes=int(args.get("classes", 0 if tiny else 1000)),
-      width=width, depth=depth, heads=heads, class_dropout=0.1))
+      width=width, depth=depth, heads=heads, class_dropout=0.1, rope="2d"))

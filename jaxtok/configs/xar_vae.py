@@ -9,7 +9,10 @@ cell | subsample | scale | image (`jaxtok.generators.entities`); entity_size: th
 stride (cell, subsample) or the number of scales (scale, 0 = all). B/L/H are the release's xAR-B/L/H widths with
 its encoder and decoder depths added (8 + 8, 16 + 16, 20 + 20); its recipe: batch 2048, 800 epochs,
 lr 5e-5 x batch / 256 with 100 warm-up epochs, 2 x 2 cells of 8 x 8 tokens on a 16 x 16 grid,
-sampling with 40 (B) / 50 (L) flow steps per entity and guidance rising linearly over entities.
+sampling with 40 (B) / 50 (L) flow steps per entity and guidance rising linearly over entities,
+by the release's SDE sampler (flow_method "sde"; tiny keeps the ODE's Euler). The model rotates
+queries and keys by 2D RoPE on the grid as released (model.rope "2d"; "none" = learned positions
+only).
 """
 import ml_collections
 
@@ -40,8 +43,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                  entity_size=int(args.get("entity_size", 2 if tiny else 8)),
                  num_classes=int(args.get("classes", 0 if tiny else 1000)),
                  width=width, depth=depth, heads=heads, mlp_ratio=4.0, class_dropout=0.1,
-                 noisy_context=True),
+                 noisy_context=True, rope="2d"),
       optim=dict(lr=1e-3 if tiny else 4e-4, warmup_steps=0 if tiny else 62_500, end_lr=0.0,
                  b1=0.9, b2=0.95, wd=0.02, clip=3.0),
       sampling=dict(num_steps=4 if tiny else 40, cfg_scale=1.0 if tiny else 2.7,
-                    cfg_schedule="linear"))
+                    cfg_schedule="linear", flow_method="euler" if tiny else "sde"))

@@ -25,7 +25,8 @@
   cubid    jaxtok.samplers.cubid over the [N, D] cube of level indices (MaskGIT steps, confidence
            choice); returns the dequantized latents float32 [B, N, D].
   xar      jaxtok.samplers.next_x: entity by entity, `steps` flow steps each (default 40), each step
-           over the current entity against the KV cache of the clean context (`sample_cached`).
+           over the current entity against the KV cache of the clean context (`sample_cached`);
+           `flow_method` "euler" (default) / "heun" (ODE) or "sde" (the release's Euler-Maruyama).
   himar    jaxtok.samplers.himar: MAR's loop over the pivots (4 x their grid side iterations),
            then over the dense tokens (`steps`), the scale-aware head told the phase; DiSA as mar.
   resgen, binary_diffusion, binary_ar   the generator module's own `generate(model, rng, labels,
@@ -73,6 +74,7 @@ class Options:
   guidance_scale_pow: float | None = None
   randomize_temperature: float | None = None
   softmax_temperature_annealing: bool | None = None
+  flow_method: str | None = None    # xAR: "euler" | "heun" | "sde" (next_x's methods; None: euler)
 
   def titok_settings(self) -> dict[str, Any]:
     """The `maskgit_released.sample` settings (preset, then the ones set here; `steps` too)."""
@@ -96,7 +98,8 @@ def options_from_config(sampling: Any, **overrides: Any) -> Options:
   if unknown:
     raise ValueError(f"unknown config.sampling key(s) {unknown}; valid keys: {sorted(SAMPLING_KEYS)}")
   for key in ("temperature", "top_k", "top_p", "cfg_scale", "cfg_schedule", "cfg_power",
-              "schedule", "choice_temperature", "annealing", "mode", "preset") + TITOK_KEYS:
+              "schedule", "choice_temperature", "annealing", "mode", "preset",
+              "flow_method") + TITOK_KEYS:
     if key in s:
       kw[key] = s[key]
   if "num_steps" in s:
@@ -130,7 +133,8 @@ def options_from_config(sampling: Any, **overrides: Any) -> Options:
 
 SAMPLING_KEYS = frozenset({"temperature", "top_k", "top_p", "cfg_scale", "cfg_schedule",
                            "cfg_power", "schedule", "choice_temperature", "annealing", "mode", "preset", "num_steps",
-                           "num_iters", "head_steps_upper", "head_steps_lower"} | set(TITOK_KEYS))
+                           "num_iters", "head_steps_upper", "head_steps_lower", "flow_method"}
+                          | set(TITOK_KEYS))
 
 
 def _guided(model, opts: Options) -> bool:
@@ -290,7 +294,8 @@ def _xar(model, rng, labels, opts: Options):
   guided = _guided(model, opts)
   seq = next_x.sample_cached(rng, model.extend, model.init_cache, batch=labels.shape[0],
                              entity_ids=model.entity_ids, token_dim=model.token_dim,
-                             steps=opts.steps or 40, cond=labels,
+                             steps=opts.steps or 40, method=opts.flow_method or "euler",
+                             cond=labels,
                              uncond=jnp.full_like(labels, -1) if guided else None,
                              cfg_scale=opts.cfg_scale, cfg_schedule=opts.cfg_schedule or "linear",
                              cfg_power=opts.cfg_power, temperature=opts.temperature)

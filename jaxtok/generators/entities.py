@@ -120,6 +120,21 @@ class Layout:
     return np.repeat(np.arange(self.num_entities), self.sizes).astype(np.int32)
 
   @property
+  def positions(self) -> np.ndarray:
+    """float32 [T, 2]: the (row, column) of each sequence position in grid-token units, the 2D RoPE
+    positions of xAR: a grid token's own (i, j) for every kind but scale (the release rotates each
+    token of its 2 x 2 cells by its own grid coordinates); for scale, the centre of the f x f block
+    that coarse token (i, j) averages, (f i + (f - 1) / 2, f j + (f - 1) / 2), so every scale lies
+    on the finest grid's coordinates (the release has no scale kind: our choice)."""
+    if self.kind != "scale":
+      return np.stack(np.divmod(self.gather, self.w), axis=-1).astype(np.float32)
+    out = []
+    for f in self.factors:
+      i, j = np.divmod(np.arange((self.h // f) * (self.w // f)), self.w // f)
+      out.append(np.stack([f * i, f * j], axis=-1) + (f - 1) / 2)
+    return np.concatenate(out).astype(np.float32)
+
+  @property
   def gather(self) -> np.ndarray:
     """int64 [N]: grid index at each sequence position (a permutation; not for scale)."""
     return groups(self.kind, self.h, self.w, self.k).reshape(-1)

@@ -15,8 +15,20 @@ head predicts the neighbour below (i + 1, j). The logits of a token are
   (i, j), i, j > 0:   the mean of the horizontal head at (i, j - 1) and the vertical head at (i - 1, j)
 (the released code averages the two heads' logits where both neighbours exist, in training and in
 sampling alike). Every token but the last feeds a prediction, so one teacher-forced pass over
-[cond, t_0, ..., t_{N-1}] (N + 1 positions, 1D RoPE positions 0..N; the paper uses 2D RoPE) trains
-all tokens.
+[cond, t_0, ..., t_{N-1}] (N + 1 positions) trains all tokens.
+
+Positions (`rope`): "2d" (the default, the paper's and the release's, LlamaGen's
+`precompute_freqs_cis_2d`): token (i, j) rotated by its row i in the first half of each head's
+channels and its column j in the second, theta 10000, E/4 frequencies theta^(-4i/E) per half
+(`nn.rope.rope_2d`). The condition sits at (0, 0) (see the differences below). "1d" is the model
+before this option: sequence positions 0..N (condition 0, raster token r at r + 1); both have the
+same parameters, so a checkpoint loads under either, with different numerics.
+
+Differences from the release: its 2D table gives the condition slot cos = sin = 0, which zeroes the
+condition's query and key (every token's score with the condition is 0 and only its value counts);
+a rotation cannot zero a vector, so here the condition is rotated at (0, 0) and keeps its key. RoPE
+pairs channel i with i + E/4 inside each half where the release pairs 2i with 2i + 1: the same
+rotation up to a fixed permutation of the head's channels (of the qkv weights).
 
 Near-causal mask (`near_causal_mask`): the condition has distance -1; a query of distance d sees every
 key of distance <= d: all smaller distances and the other tokens of its own diagonal, which are known
@@ -47,7 +59,8 @@ from jaxtok.nn.dense import Dense
 from jaxtok.nn.norm import Norm
 from jaxtok.nn.options import model_kwargs
 
-FIELDS = TOKEN_MODEL_FIELDS + ("grid_width",)
+FIELDS = TOKEN_MODEL_FIELDS + ("grid_width", "rope")
+ROPES = ("1d", "2d")
 _FAR = 1 << 30  # the distance of a padded cache slot: never seen
 
 
@@ -113,12 +126,19 @@ def combine(horizontal: jax.Array, vertical: jax.Array, left, above) -> jax.Arra
 class NAR(gpt.GPT):
   """Next-neighbour AR over an h x w token grid (see the module docstring).
 
-  Args (beyond the GPT's): grid_width: w (0: square grid of seq_len tokens).
+  Args (beyond the GPT's): grid_width: w (0: square grid of seq_len tokens); rope: "2d" (grid
+  positions, the paper's) or "1d" (sequence positions).
   """
 
-  def __init__(self, *, grid_width: int = 0, width: int = 768, dtype=jnp.float32, rngs: nnx.Rngs,
-               **kw):
-    super().__init__(width=width, dtype=dtype, rngs=rngs, **kw)
+  def __init__(self, *, grid_width: int = 0, rope: str = "2d", width: int = 768, heads: int = 12,
+               dtype=jnp.float32, rngs: nnx.Rngs, **kw):
+    if rope not in ROPES:
+      raise ValueError(f"rope must be one of {ROPES}, got {rope!r}")
+    if rope == "2d" and (width % heads or (width // heads) % 4):
+      raise ValueError(f"rope='2d' needs a head dim width / heads divisible by 4, got "
+                       f"width={width}, heads={heads}")
+    super().__init__(width=width, heads=heads, dtype=dtype, rope=rope, rngs=rngs, **kw)
+    self.rope = rope
     self.grid = grid_shape(self.seq_len, grid_width)
     self.v_norm = Norm(width, kind="rms", eps=1e-6, dtype=dtype, rngs=rngs)
     self.v_head = Dense(width, self.codebook_size, ("embed", "vocab"), use_bias=False, dtype=dtype,
@@ -128,6 +148,15 @@ class NAR(gpt.GPT):
     """(horizontal, vertical) logits [B, T, K] float32 of transformer features h [B, T, W]."""
     return self.net.logits(h), self.v_head(self.v_norm(h)).astype(jnp.float32)
 
+  def positions(self, cells) -> jax.Array:
+    """RoPE positions of raster indices `cells` int [T'] (-1: the condition, or padding): 1D
+    int32 [T'] = cell + 1 (condition 0); 2D int32 [T', 2] = (row, column) (condition (0, 0))."""
+    cells = jnp.asarray(cells)
+    if self.rope == "1d":
+      return jnp.where(cells >= 0, cells + 1, 0)
+    rows, cols = jnp.divmod(jnp.maximum(cells, 0), self.grid[1])
+    return jnp.stack([rows, cols], axis=-1).astype(jnp.int32)
+
   def __call__(self, tokens: jax.Array, labels: jax.Array | None = None, *, train: bool = False,
                rng: jax.Array | None = None) -> jax.Array:
     """Teacher-forced logits [B, N, K] float32 (raster order) for tokens [B, N] int32, one pass."""
@@ -136,7 +165,8 @@ class NAR(gpt.GPT):
       raise ValueError(f"tokens must have seq_len={self.seq_len} positions, got {n}")
     cond = self.training_condition_ids(labels, b, train=train, rng=rng)
     ids = jnp.concatenate([cond[:, None], tokens.astype(jnp.int32)], axis=1)
-    h = self.net.features(self.net.embed(ids), mask=jnp.asarray(near_causal_mask(*self.grid)))
+    h = self.net.features(self.net.embed(ids), mask=jnp.asarray(near_causal_mask(*self.grid)),
+                          positions=self.positions(np.arange(-1, n)))
     return combine(*self.heads(h), *target_sources(*self.grid))
 
   @property
@@ -156,7 +186,8 @@ class NAR(gpt.GPT):
     """Writes the condition ids [B, 1] at slot 0; (logits [B, K] of token (0, 0), cache)."""
     if prompt.ndim != 2 or prompt.shape[1] != 1:
       raise ValueError(f"prompt must be condition ids [B, 1], got shape {tuple(prompt.shape)}")
-    h, cache = self.net.extend_features(self.net.embed(prompt.astype(jnp.int32)), 0, cache)
+    h, cache = self.net.extend_features(self.net.embed(prompt.astype(jnp.int32)), 0, cache,
+                                        positions=self.positions(np.array([-1])))
     horizontal, vertical = self.heads(h)
     return (horizontal[:, 0] + vertical[:, 0]) / 2, cache
 
@@ -173,7 +204,7 @@ class NAR(gpt.GPT):
     mask = (jnp.asarray(slot_dist)[None, :] <= d)  # [1, S]: same for every query of the step
     h, cache = self.net.extend_features(
         self.net.embed(tokens.astype(jnp.int32)), 1 + d * longest, cache, mask=mask,
-        positions=jnp.where(cells >= 0, cells + 1, 0), causal=False)
+        positions=self.positions(cells), causal=False)
     left, above = (jnp.asarray(t)[jnp.minimum(d + 1, num - 1)] for t in step_sources(*self.grid))
     return combine(*self.heads(h), left, above), cache
 

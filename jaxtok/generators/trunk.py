@@ -2,8 +2,9 @@
 
 A composition of the shared parts in the LlamaGen/Llama layout used by modern image AR models:
 bias-free projections, pre-norm RMSNorm (eps 1e-6), SwiGLU MLP (hidden 2/3 of mlp_ratio * width,
-rounded up to a multiple of 8), 1D rotary positions on queries and keys, N(0, 0.02) weights. It is
-causal for GPT-style models and bidirectional for MaskGIT/MAR-style ones. Causal trunks also run
+rounded up to a multiple of 8), rotary positions on queries and keys (1D; 2D grid positions with
+rope="2d", NAR's), N(0, 0.02) weights. It is causal for GPT-style models and bidirectional for
+MaskGIT/MAR-style ones. Causal trunks also run
 incrementally against a preallocated KV cache (`init_cache`, `extend`), giving exactly the logits of
 a full recompute (tested).
 
@@ -61,20 +62,21 @@ class TokenTrunk(nnx.Module):
     output_vocab: logits per position (the codebook size, or a condition width for MAR).
     width, depth, heads, mlp_ratio: transformer shape.
     causal: GPT-style causal mask (True) or bidirectional (False).
+    rope: "1d" (positions 0..T-1 by default) or "2d" (then every call passes positions [T, 2]).
     dtype: compute dtype (parameters float32; attention softmax and norms in float32).
     remat, scan_layers, attention_impl: see `nn.stack` / `nn.attention`.
   """
 
   def __init__(self, *, input_vocab: int, output_vocab: int, width: int, depth: int, heads: int,
                mlp_ratio: float = 4.0, causal: bool = True, dtype=jnp.float32, remat="none",
-               scan_layers: bool = False, attention_impl=None, rngs: nnx.Rngs):
+               scan_layers: bool = False, attention_impl=None, rope: str = "1d", rngs: nnx.Rngs):
     self.causal, self.dtype, self.output_vocab = causal, dtype, output_vocab
     self.embed = nnx.Embed(input_vocab, width, dtype=dtype,
                            embedding_init=logical_init(_INIT, "vocab", "embed"), rngs=rngs)
     hidden = swiglu_hidden(width, mlp_ratio)
     self.blocks = Stack(depth, lambda r: Block(
         width, heads, mlp_hidden=hidden, mlp="swiglu", mlp_bias=False, norm="rms", norm_eps=1e-6,
-        qkv_bias=False, out_bias=False, rope="1d", implementation=attention_impl, qkv_init=_INIT,
+        qkv_bias=False, out_bias=False, rope=rope, implementation=attention_impl, qkv_init=_INIT,
         out_init=_INIT, mlp_init=_INIT, dtype=dtype, rngs=r),
         scan_layers=scan_layers, remat=remat, rngs=rngs)
     self.norm = Norm(width, kind="rms", eps=1e-6, dtype=dtype, rngs=rngs)
@@ -90,16 +92,18 @@ class TokenTrunk(nnx.Module):
     """Logits [B, T, output_vocab] float32 for input ids [B, T] int32."""
     return self.forward_embedded(self.embed(ids))
 
-  def features(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
+  def features(self, x: jax.Array, *, mask: jax.Array | None = None,
+               positions: jax.Array | None = None) -> jax.Array:
     """Transformer features [B, T, W] (before the final norm) of embedded inputs x [B, T, W].
 
     mask: None (the trunk's own causal / bidirectional rule) or a boolean [T, T] (or broadcastable
     to [B, H, T, T]) mask that replaces it (True = may attend), e.g. NAR's near-causal mask.
+    positions: RoPE positions ([T] for 1D, default 0..T-1; [T, 2] for 2D, required).
     """
     x = x.astype(self.dtype)
     if mask is None:
-      return self.blocks(x, causal=self.causal)
-    return self.blocks(x, mask=mask)
+      return self.blocks(x, causal=self.causal, positions=positions)
+    return self.blocks(x, mask=mask, positions=positions)
 
   def forward_embedded(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
     """Logits [B, T, output_vocab] float32 for already-embedded inputs x [B, T, W] (mask: see
@@ -161,7 +165,7 @@ class ClassConditionalTokenModel(nnx.Module):
   def __init__(self, *, codebook_size: int, seq_len: int, num_classes: int = 0, width: int = 768,
                depth: int = 12, heads: int = 12, mlp_ratio: float = 4.0, class_dropout: float = 0.1,
                dtype=jnp.float32, remat="none", scan_layers: bool = False, attention_impl=None,
-               rngs: nnx.Rngs):
+               rope: str = "1d", rngs: nnx.Rngs):
     if codebook_size < 2:
       raise ValueError(f"codebook_size must be >= 2, got {codebook_size}")
     check_generator_args(num_classes=num_classes, class_dropout=class_dropout, seq_len=seq_len)
@@ -170,5 +174,6 @@ class ClassConditionalTokenModel(nnx.Module):
     self.net = TokenTrunk(input_vocab=codebook_size + num_classes + self.EXTRA_IDS,
                           output_vocab=codebook_size, width=width, depth=depth, heads=heads,
                           mlp_ratio=mlp_ratio, causal=self.CAUSAL, dtype=dtype, remat=remat,
-                          scan_layers=scan_layers, attention_impl=attention_impl, rngs=rngs)
+                          scan_layers=scan_layers, attention_impl=attention_impl, rope=rope,
+                          rngs=rngs)
 

@@ -26,9 +26,21 @@ sequence with `teacher_forcing_mask` (noisy entity e sees the clean entities < e
 loss on the noisy copy only. With entity "token" this is next-token flow AR with a causal
 transformer (tested against the sampler's single-sequence call).
 
+Positions (`rope`, default "2d" as released): the release rotates queries and keys of every block
+(encoder and decoder) by 2D RoPE on the token grid, theta 10000, the first half of each head's
+channels by the token's grid row and the second half by its column, E/4 frequencies theta^(-4i/E)
+each (EVA-02's `VisionRotaryEmbeddingFast` with dim E/2), and keeps the learned absolute position
+embedding added to the inputs; so does this model (`nn.rope.rope_2d` at `Layout.positions`: a
+token's own (row, column) whatever entity holds it; the scale kind's coarse tokens sit at the
+centres of the blocks they average). rope="none" is the previous model (learned embedding only);
+RoPE has no parameters, so both load the same checkpoints, with different numerics.
+
 Differences from the release: one `nn.Stack` of Llama-style blocks (RMSNorm, SwiGLU, AdaLN-zero)
 stands in for its encoder + decoder pair of stacks (the same computation without the linear
-between them); no RoPE (the learned position embedding is kept).
+between them); RoPE pairs channel i with i + E/4 inside each half (jaxtok's half-split layout)
+where the release pairs neighbouring channels 2i, 2i + 1: the same rotation up to a fixed
+permutation of the head's channels (q and k alike), i.e. of the qkv weights; the release's sampler
+is `samplers.next_x` method "sde" (`samplers.flow_sde`), the default there stays the ODE's Euler.
 
 Dimension names: B batch, N grid tokens, T sequence positions, E entities, D token dimension,
 W width, C classes.
@@ -54,9 +66,10 @@ from jaxtok.nn.stack import Stack
 from jaxtok.sharding import logical_init
 
 FIELDS = ("token_dim", "seq_len", "grid_width", "entity", "entity_size", "num_classes", "width",
-          "depth", "heads", "mlp_ratio", "class_dropout", "noisy_context")
+          "depth", "heads", "mlp_ratio", "class_dropout", "noisy_context", "rope")
 _INIT = nnx.initializers.normal(0.02)
 _FREQ = 256  # the release's TimestepEmbedder frequency width
+ROPES = ("2d", "none")
 
 
 def logit_normal(rng: jax.Array, shape) -> jax.Array:
@@ -81,13 +94,19 @@ class XAR(nnx.Module):
   def __init__(self, *, token_dim: int, seq_len: int, grid_width: int = 0, entity: str = "cell",
                entity_size: int = 2, num_classes: int = 0, width: int = 768, depth: int = 12,
                heads: int = 12, mlp_ratio: float = 4.0, class_dropout: float = 0.1,
-               noisy_context: bool = True, dtype=jnp.float32, remat="none",
-               scan_layers: bool = False, attention_impl=None, rngs: nnx.Rngs):
+               noisy_context: bool = True, rope: str = "2d", dtype=jnp.float32,
+               remat="none", scan_layers: bool = False, attention_impl=None, rngs: nnx.Rngs):
     check_generator_args(num_classes=num_classes, class_dropout=class_dropout, token_dim=token_dim)
+    if rope not in ROPES:
+      raise ValueError(f"rope must be one of {ROPES} ('2d': the release's grid RoPE), got {rope!r}")
+    if rope == "2d" and (width % heads or (width // heads) % 4):
+      raise ValueError(f"rope='2d' needs a head dim width / heads divisible by 4, got "
+                       f"width={width}, heads={heads}")
     h, w = grid_shape(seq_len, grid_width)
     self.layout = entities.Layout(entity, h, w, entity_size)
     self.token_dim, self.seq_len, self.num_classes = token_dim, seq_len, num_classes
     self.class_dropout, self.noisy_context, self.dtype = class_dropout, bool(noisy_context), dtype
+    self.rope = rope
     t = self.layout.length
     self.token_in = nnx.Linear(token_dim, width, kernel_init=logical_init(_INIT, None, "embed"),
                                rngs=rngs)
@@ -100,8 +119,9 @@ class XAR(nnx.Module):
                                rngs=rngs)
     self.blocks = Stack(depth, lambda r: Block(
         width, heads, mlp_hidden=swiglu_hidden(width, mlp_ratio), mlp="swiglu", mlp_bias=False,
-        norm="rms", norm_eps=1e-6, adaln=True, qkv_bias=True, implementation=attention_impl,
-        qkv_init=_INIT, out_init=_INIT, mlp_init=_INIT, dtype=dtype, rngs=r),
+        norm="rms", norm_eps=1e-6, adaln=True, qkv_bias=True, rope=self._rope_kind,
+        implementation=attention_impl, qkv_init=_INIT, out_init=_INIT, mlp_init=_INIT, dtype=dtype,
+        rngs=r),
         scan_layers=scan_layers, remat=remat, rngs=rngs)
     self.norm = Norm(width, kind="rms", eps=1e-6, dtype=dtype, rngs=rngs)
     self.out = Dense(width, token_dim, ("embed", None), dtype=dtype, kernel_init=_INIT, rngs=rngs)
@@ -135,12 +155,25 @@ class XAR(nnx.Module):
   def _head(self, h):
     return self.out(self.norm(h)).astype(jnp.float32)
 
+  @property
+  def _rope_kind(self) -> str | None:
+    """The `nn.Attention` rope argument: "2d" or None."""
+    return None if self.rope == "none" else self.rope
+
+  @property
+  def rope_positions(self) -> np.ndarray:
+    """float32 [T, 2]: the 2D RoPE (row, column) of each sequence position (`Layout.positions`)."""
+    return self.layout.positions
+
   def _features(self, x_seq, t_seq, cls, mask):
-    """Velocity [B, T', D] float32 of inputs [B, T', D] at times [B, T'] under a [T', T'] mask."""
-    pos = self.pos_embedding.get_value()
-    pos = jnp.concatenate([pos] * (x_seq.shape[1] // pos.shape[0]), axis=0)
+    """Velocity [B, T', D] float32 of inputs [B, T', D] at times [B, T'] under a [T', T'] mask
+    (T' a multiple of T: the teacher-forcing pass repeats every position's embeddings)."""
+    copies = x_seq.shape[1] // self.layout.length
+    pos = jnp.concatenate([self.pos_embedding.get_value()] * copies, axis=0)
     x, c = self._embed(x_seq, t_seq, cls, pos)
-    return self._head(self.blocks(x, mask=jnp.asarray(mask), cond=c))
+    rope = (jnp.asarray(np.concatenate([self.rope_positions] * copies)) if self._rope_kind
+            else None)
+    return self._head(self.blocks(x, mask=jnp.asarray(mask), cond=c, positions=rope))
 
   def velocity(self, x_seq: jax.Array, t_seq: jax.Array, labels=None) -> jax.Array:
     """Velocity eps - x [B, T, D] float32 for the entity sequence x_seq [B, T, D] at per-position
@@ -188,7 +221,9 @@ class XAR(nnx.Module):
     h, c = self._embed(x, t, self.class_ids(labels, b), pos)
     # Slots written so far: the context (< start) and this entity; later slots hold stale values.
     seen = (jnp.arange(self.layout.length) < start + n)[None, :]
-    h, cache = self.blocks.extend(h, cache, start, mask=seen, causal=False, cond=c)
+    rope = (jax.lax.dynamic_slice_in_dim(jnp.asarray(self.rope_positions), start, n, axis=0)
+            if self._rope_kind else None)
+    h, cache = self.blocks.extend(h, cache, start, mask=seen, causal=False, cond=c, positions=rope)
     return self._head(h), cache
 
   def tokens_from_sequence(self, seq: jax.Array) -> jax.Array:

@@ -24,7 +24,10 @@ Callables:
 
 AR step e (of E): positions of entities < e hold the generated tokens at time 0 (clean context, as
 the release's sampler caches them), entity e starts from ``temperature`` * N(0, 1) noise and is
-integrated by `flow.sample` (Euler or Heun, ``steps`` steps, ``shift``) from t = 1 to t = 0;
+integrated from t = 1 to t = 0 by ``method``: "euler" / "heun" (`flow.sample`'s ODE, ``steps``
+steps, ``shift``) or "sde" (`flow_sde.sample`, the release's Euler-Maruyama: ``steps`` velocity
+calls on its grid linspace(1, ``sde_last_t``, steps) then 0, diffusion ``noise_scale`` * 2 t, the
+last step drift only; ``noise_scale`` = 0 is the ODE's Euler on that grid);
 positions of later entities hold zeros, which the mask keeps from every position that matters.
 The reference calls ``velocity_fn`` once per flow step on the whole sequence (twice per Heun step;
 guidance runs cond and uncond as one doubled batch, the cached path's cache holding both halves),
@@ -32,16 +35,20 @@ so a sample costs E * steps calls with Euler.
 
 Guidance: ``u + s (c - u)`` on the velocity at scale ``guidance.scale_at(cfg_schedule, cfg_scale,
 r_e)`` with r_e = e / (E - 1) (the release: linear from 1 at the first entity to the full scale
-at the last). The release integrates an SDE (Euler-Maruyama); this sampler integrates the ODE.
+at the last). The release integrates the SDE (method "sde", its 0.04 last grid point and
+noise_scale 1); the default here stays the ODE's Euler ("euler"), as before.
 
-Keys: entity e's starting noise from ``fold_in(rng, e)`` (drawn for the whole [B, T, D] sequence and
-read at e's positions, so both paths start every entity from the same noise).
+Keys: entity e's starting noise from ``fold_in(rng, e)``, and its SDE noise of step i from
+``fold_in(fold_in(fold_in(rng, e), 1), i)``, both drawn for the whole [B, T, D] sequence and read at
+e's positions, so both paths integrate every entity with the same noise.
 """
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtok.samplers import _checks, flow, guidance
+from jaxtok.samplers import _checks, flow, flow_sde, guidance
+
+METHODS = ("euler", "heun", "sde")
 
 
 def check_entity_ids(entity_ids) -> np.ndarray:
@@ -54,8 +61,15 @@ def check_entity_ids(entity_ids) -> np.ndarray:
   return ids.astype(np.int32)
 
 
-def _check(batch, entity_ids, token_dim, steps, temperature, cfg_schedule, cfg_scale):
+def _check(batch, entity_ids, token_dim, steps, temperature, cfg_schedule, cfg_scale,
+           method="euler", shift=1.0, noise_scale=0.0):
   """The checked entity ids int32 [T]."""
+  if method not in METHODS:
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+  if method == "sde" and shift != 1.0:
+    raise ValueError(f"method 'sde' runs the release's grid (no shift); got shift={shift}")
+  if _checks.is_concrete(noise_scale) and not noise_scale >= 0:
+    raise ValueError(f"noise_scale must be >= 0, got {noise_scale}")
   _checks.positive_int("batch", batch)
   _checks.positive_int("token_dim", token_dim)
   _checks.positive_int("steps", steps)
@@ -81,35 +95,53 @@ def runs(entity_ids) -> list[tuple[int, int, int, int]]:
   return out
 
 
+def _integrate(velocity, x1, cond, noise_fn, *, steps, method, shift, uncond, cfg_scale,
+               noise_scale, sde_last_t):
+  """One entity's integration from x1 (t = 1) to t = 0 with ``velocity(x, t, c)`` in the t = 1 noise
+  convention: the ODE (`flow.sample` on the flipped field) or the SDE (`flow_sde.sample`)."""
+  if method == "sde":
+    return flow_sde.sample(velocity, x1, cond, steps=steps, noise_scale=noise_scale,
+                           last_t=sde_last_t, uncond=uncond, cfg_scale=cfg_scale, noise_fn=noise_fn)
+  return flow.sample(flow.flip_time(velocity), x1, cond, steps=steps, method=method, shift=shift,
+                     uncond=uncond, cfg_scale=cfg_scale)
+
+
+def _sde_noise(rng, e, shape):
+  """noise_fn(i) of entity e: N(0, 1) of the whole sequence's shape (module docstring, Keys)."""
+  key = jax.random.fold_in(jax.random.fold_in(rng, e), 1)
+  return lambda i: jax.random.normal(jax.random.fold_in(key, i), shape)
+
+
 def sample(rng, velocity_fn, *, batch, entity_ids, token_dim, steps, method="euler", shift=1.0,
            cond=None, uncond=None, cfg_scale=1.0, cfg_schedule="linear", cfg_power=1.0,
-           temperature=1.0):
+           temperature=1.0, noise_scale=1.0, sde_last_t=flow_sde.LAST_T):
   """The reference path (whole-sequence recompute at every flow step): the entity sequence
-  float32 [B, T, D] (steps: flow steps per entity)."""
-  ids_np = _check(batch, entity_ids, token_dim, steps, temperature, cfg_schedule, cfg_scale)
+  float32 [B, T, D] (steps: flow steps per entity; noise_scale, sde_last_t: method "sde" only)."""
+  ids_np = _check(batch, entity_ids, token_dim, steps, temperature, cfg_schedule, cfg_scale,
+                  method, shift, noise_scale)
   num = int(ids_np[-1]) + 1
   ids = jnp.asarray(ids_np)
   shape = (batch, ids_np.size, token_dim)
 
   def body(seq, e):
     current = (ids == e)[None, :, None]
-    # Model times: generated context 0 (clean), the current entity 1 - s, later entities 1.
+    # Model times: generated context 0 (clean), the current entity t, later entities 1.
     base_t = jnp.where(ids < e, 0.0, 1.0)
 
-    def field(x, s, c):  # flow's convention (s = 0 noise): dx/ds = -v(x, t = 1 - s)
-      t = jnp.where(ids == e, 1.0 - s, base_t)
-      t = jnp.broadcast_to(t, x.shape[:2])
-      v = velocity_fn(jnp.where(current, x, seq_for(x)), t, c)
-      return jnp.where(current, -jnp.asarray(v, jnp.float32), 0.0)
+    def velocity(x, t, c):  # t = 1 noise; only the current entity moves
+      tt = jnp.broadcast_to(jnp.where(ids == e, t, base_t), x.shape[:2])
+      v = velocity_fn(jnp.where(current, x, seq_for(x)), tt, c)
+      return jnp.where(current, jnp.asarray(v, jnp.float32), 0.0)
 
     def seq_for(x):  # the context broadcast to x's batch (doubled under guidance)
       return jnp.concatenate([seq] * (x.shape[0] // seq.shape[0]), axis=0)
 
-    x0 = jnp.where(current, temperature * jax.random.normal(jax.random.fold_in(rng, e), shape), seq)
+    x1 = jnp.where(current, temperature * jax.random.normal(jax.random.fold_in(rng, e), shape), seq)
     r = e / max(num - 1, 1)
     scale = guidance.scale_at(cfg_schedule, cfg_scale, r, cfg_power)
-    new = flow.sample(field, x0, cond, steps=steps, method=method, shift=shift, uncond=uncond,
-                      cfg_scale=scale)
+    new = _integrate(velocity, x1, cond, _sde_noise(rng, e, shape), steps=steps, method=method,
+                     shift=shift, uncond=uncond, cfg_scale=scale, noise_scale=noise_scale,
+                     sde_last_t=sde_last_t)
     return jnp.where(current, new, seq), None
 
   seq, _ = jax.lax.scan(body, jnp.zeros(shape, jnp.float32), jnp.arange(num, dtype=jnp.int32))
@@ -118,11 +150,13 @@ def sample(rng, velocity_fn, *, batch, entity_ids, token_dim, steps, method="eul
 
 def sample_cached(rng, extend_fn, init_cache, *, batch, entity_ids, token_dim, steps,
                   method="euler", shift=1.0, cond=None, uncond=None, cfg_scale=1.0,
-                  cfg_schedule="linear", cfg_power=1.0, temperature=1.0):
+                  cfg_schedule="linear", cfg_power=1.0, temperature=1.0, noise_scale=1.0,
+                  sde_last_t=flow_sde.LAST_T):
   """The KV-cached path: the same entity sequence float32 [B, T, D] as `sample` (same keys, same
-  guidance), with flow steps over one entity's tokens only. Under guidance the cache holds the
-  doubled batch [cond; uncond], whose contexts differ through the class embedding."""
-  ids_np = _check(batch, entity_ids, token_dim, steps, temperature, cfg_schedule, cfg_scale)
+  guidance, same method), with flow steps over one entity's tokens only. Under guidance the cache
+  holds the doubled batch [cond; uncond], whose contexts differ through the class embedding."""
+  ids_np = _check(batch, entity_ids, token_dim, steps, temperature, cfg_schedule, cfg_scale,
+                  method, shift, noise_scale)
   num = int(ids_np[-1]) + 1
   shape = (batch, ids_np.size, token_dim)
   doubled = uncond is not None
@@ -134,16 +168,18 @@ def sample_cached(rng, extend_fn, init_cache, *, batch, entity_ids, token_dim, s
 
     def body(cache, e, first=first, size=size, pos=pos):
       start = pos + (e - first) * size
+      here = lambda a: jax.lax.dynamic_slice_in_dim(a, start, size, axis=1)  # e's positions
 
-      def field(x, s, c):  # flow's convention (s = 0 noise): dx/ds = -v(x, t = 1 - s)
-        v, _ = extend_fn(x, jnp.broadcast_to(1.0 - s, x.shape[:2]), start, cache, c)
-        return -jnp.asarray(v, jnp.float32)
+      def velocity(x, t, c):  # t = 1 noise, over entity e's tokens against the cache
+        v, _ = extend_fn(x, jnp.broadcast_to(t, x.shape[:2]), start, cache, c)
+        return jnp.asarray(v, jnp.float32)
 
-      noise = jax.random.normal(jax.random.fold_in(rng, e), shape)
-      x0 = temperature * jax.lax.dynamic_slice_in_dim(noise, start, size, axis=1)
+      x1 = temperature * here(jax.random.normal(jax.random.fold_in(rng, e), shape))
       scale = guidance.scale_at(cfg_schedule, cfg_scale, e / max(num - 1, 1), cfg_power)
-      new = flow.sample(field, x0, cond, steps=steps, method=method, shift=shift, uncond=uncond,
-                        cfg_scale=scale)
+      whole_noise = _sde_noise(rng, e, shape)
+      new = _integrate(velocity, x1, cond, lambda i: here(whole_noise(i)), steps=steps,
+                       method=method, shift=shift, uncond=uncond, cfg_scale=scale,
+                       noise_scale=noise_scale, sde_last_t=sde_last_t)
 
       def prefill(cache):  # the clean entity at t = 0: context of every later entity
         x = pair(new)
