@@ -1381,7 +1381,8 @@ def next_x_suite(args) -> list[tuple[str, str, float, str]]:
       head_steps=steps).tokens, f"{iters} (+ {iters * steps} head)")
   for kind, k in (("token", 1), ("cell", 2), ("cell", 4), ("subsample", 2), ("scale", 0),
                   ("image", 1)):
-    x = xar_lib.XAR(token_dim=d, seq_len=n, entity=kind, entity_size=k, rngs=nnx.Rngs(0), **size)
+    x = xar_lib.XAR(token_dim=d, seq_len=n, entity=kind, entity_size=k, rope="2d", rngs=nnx.Rngs(0),
+                    **size)
     e = x.layout.num_entities
     label = f"xAR {kind}" + (f" {k}x{k}" if kind == "cell" else f" stride {k}" if kind == "subsample"
                              else "") + f", {e} entities"

@@ -17,12 +17,14 @@ head predicts the neighbour below (i + 1, j). The logits of a token are
 sampling alike). Every token but the last feeds a prediction, so one teacher-forced pass over
 [cond, t_0, ..., t_{N-1}] (N + 1 positions) trains all tokens.
 
-Positions (`rope`): "2d" (the default, the paper's and the release's, LlamaGen's
+Positions (`rope`): "2d" (configs/nar_vqgan.py's choice, the paper's and the release's, LlamaGen's
 `precompute_freqs_cis_2d`): token (i, j) rotated by its row i in the first half of each head's
 channels and its column j in the second, theta 10000, E/4 frequencies theta^(-4i/E) per half
 (`nn.rope.rope_2d`). The condition sits at (0, 0) (see the differences below). "1d" is the model
 before this option: sequence positions 0..N (condition 0, raster token r at r + 1); both have the
-same parameters, so a checkpoint loads under either, with different numerics.
+same parameters, so a checkpoint loads under either, with different numerics; "1d" stays the
+constructor's default so that a stored config written before the option existed (no `rope` key)
+rebuilds the model it trained.
 
 Differences from the release: its 2D table gives the condition slot cos = sin = 0, which zeroes the
 condition's query and key (every token's score with the condition is 0 and only its value counts);
@@ -127,10 +129,10 @@ class NAR(gpt.GPT):
   """Next-neighbour AR over an h x w token grid (see the module docstring).
 
   Args (beyond the GPT's): grid_width: w (0: square grid of seq_len tokens); rope: "2d" (grid
-  positions, the paper's) or "1d" (sequence positions).
+  positions, the paper's; the configs' choice) or "1d" (sequence positions; the default, see above).
   """
 
-  def __init__(self, *, grid_width: int = 0, rope: str = "2d", width: int = 768, heads: int = 12,
+  def __init__(self, *, grid_width: int = 0, rope: str = "1d", width: int = 768, heads: int = 12,
                dtype=jnp.float32, rngs: nnx.Rngs, **kw):
     if rope not in ROPES:
       raise ValueError(f"rope must be one of {ROPES}, got {rope!r}")

@@ -26,14 +26,16 @@ sequence with `teacher_forcing_mask` (noisy entity e sees the clean entities < e
 loss on the noisy copy only. With entity "token" this is next-token flow AR with a causal
 transformer (tested against the sampler's single-sequence call).
 
-Positions (`rope`, default "2d" as released): the release rotates queries and keys of every block
+Positions (`rope`; configs/xar_vae.py sets "2d", as released): the release rotates queries and keys of every block
 (encoder and decoder) by 2D RoPE on the token grid, theta 10000, the first half of each head's
 channels by the token's grid row and the second half by its column, E/4 frequencies theta^(-4i/E)
 each (EVA-02's `VisionRotaryEmbeddingFast` with dim E/2), and keeps the learned absolute position
 embedding added to the inputs; so does this model (`nn.rope.rope_2d` at `Layout.positions`: a
 token's own (row, column) whatever entity holds it; the scale kind's coarse tokens sit at the
-centres of the blocks they average). rope="none" is the previous model (learned embedding only);
-RoPE has no parameters, so both load the same checkpoints, with different numerics.
+centres of the blocks they average). rope="none" is the previous model (learned embedding only)
+and the constructor's default: RoPE has no parameters, so a checkpoint loads under either with
+different numerics, and a stored config written before the option existed (no `rope` key) must
+rebuild the model it trained.
 
 Differences from the release: one `nn.Stack` of Llama-style blocks (RMSNorm, SwiGLU, AdaLN-zero)
 stands in for its encoder + decoder pair of stacks (the same computation without the linear
@@ -94,7 +96,7 @@ class XAR(nnx.Module):
   def __init__(self, *, token_dim: int, seq_len: int, grid_width: int = 0, entity: str = "cell",
                entity_size: int = 2, num_classes: int = 0, width: int = 768, depth: int = 12,
                heads: int = 12, mlp_ratio: float = 4.0, class_dropout: float = 0.1,
-               noisy_context: bool = True, rope: str = "2d", dtype=jnp.float32,
+               noisy_context: bool = True, rope: str = "none", dtype=jnp.float32,
                remat="none", scan_layers: bool = False, attention_impl=None, rngs: nnx.Rngs):
     check_generator_args(num_classes=num_classes, class_dropout=class_dropout, token_dim=token_dim)
     if rope not in ROPES:

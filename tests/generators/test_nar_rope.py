@@ -15,7 +15,7 @@ CFG = dict(codebook_size=11, seq_len=12, grid_width=4, num_classes=3, width=16, 
 
 
 def _model(**kw):
-  return nar_lib.NAR(**{**CFG, **kw}, rngs=nnx.Rngs(0))
+  return nar_lib.NAR(**{**CFG, "rope": "2d", **kw}, rngs=nnx.Rngs(0))
 
 
 def test_positions_by_hand():
@@ -96,4 +96,4 @@ def test_same_parameters_as_1d_different_logits_and_option_checks():
   with pytest.raises(ValueError, match="rope must be one of \\('1d', '2d'\\), got '3d'"):
     nar_lib.make_model(dict(cfg, rope="3d"), rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="divisible by 4, got width=24, heads=4"):
-    nar_lib.make_model(dict(cfg, width=24, heads=4), rngs=nnx.Rngs(0))
+    nar_lib.make_model(dict(cfg, width=24, heads=4, rope="2d"), rngs=nnx.Rngs(0))

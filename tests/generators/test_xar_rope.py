@@ -128,8 +128,10 @@ def test_rope_changes_numerics_not_parameters_and_option_checks():
   assert float(jnp.abs(with_rope.velocity(x, t) - without.velocity(x, t)).max()) > 1e-3
   cfg = dict(name="xar", token_dim=2, seq_len=16, width=16, depth=1, heads=2)
   assert xar.make_model(dict(cfg, rope="none"), rngs=nnx.Rngs(0)).rope == "none"
-  assert xar.make_model(cfg, rngs=nnx.Rngs(0)).rope == "2d"  # the release's default
+  # No `rope` key (a config stored before the option existed): the pre-RoPE model it trained.
+  assert xar.make_model(cfg, rngs=nnx.Rngs(0)).rope == "none"
+  assert xar.make_model(dict(cfg, rope="2d"), rngs=nnx.Rngs(0)).rope == "2d"
   with pytest.raises(ValueError, match="rope must be one of .*'2d'.*'none'.*got '1d'"):
     xar.make_model(dict(cfg, rope="1d"), rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="divisible by 4, got width=24, heads=4"):
-    xar.make_model(dict(cfg, width=24, heads=4), rngs=nnx.Rngs(0))
+    xar.make_model(dict(cfg, width=24, heads=4, rope="2d"), rngs=nnx.Rngs(0))

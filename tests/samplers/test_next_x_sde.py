@@ -124,11 +124,11 @@ def test_next_x_sde_at_zero_noise_is_euler_and_its_calls():
 
 @pytest.mark.slow
 def test_cached_sde_equals_recompute_on_a_rope_model():
-  """A 1-layer xAR (2D RoPE, the default) on a 4 x 4 grid of 2 x 2 cells: `sample_cached` with the
+  """A 1-layer xAR (2D RoPE, as released) on a 4 x 4 grid of 2 x 2 cells: `sample_cached` with the
   SDE draws the same noise at each entity's positions as `sample`, so both give one sample (to
   float32 round-off), guided; the cached path makes E x steps entity calls + E - 1 prefills."""
   m = xar.XAR(token_dim=2, seq_len=16, entity="cell", entity_size=2, num_classes=3, width=16,
-              depth=1, heads=2, rngs=nnx.Rngs(0))
+              depth=1, heads=2, rope="2d", rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(m)
   leaves, tree = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.key(1), len(leaves))
