@@ -39,7 +39,8 @@ decodes with the prompts' CLIP features:
 
 GPSToken's generator (configs/gpstoken_gen.py) draws each sample's initial layout from the layout
 bank of the token dataset it trained on (layouts.npy by class, `gpstoken_gen.LayoutBank`) and runs
-the release's SDE (--steps, default 250; --cfg_scale on t in [0.2, 1]).
+the release's SDE (--steps, default 250; --cfg_scale on t in [0.2, 1]); a converted release
+(tools/convert.py --model gpstoken_gen --initg initg.pickle) draws them from its own bank.
 
 A D-AR tokenizer (configs/gpt_dar.py) also streams: --previews writes the image after each group
 of tokens (`<out>/previews/<i>.png`, coarse to fine).
@@ -253,7 +254,8 @@ def main(argv) -> dict:
   gcfg, graphdef, params = load_generator(config, FLAGS.workdir, FLAGS.use_ema)
   num_classes = int(gcfg.get("num_classes", 0))
   labels = sample_labels(FLAGS.labels, FLAGS.num_samples, num_classes, FLAGS.seed)
-  meta = {} if converted else data_meta(config, FLAGS.workdir)
+  # A converted GPSToken generator's layout bank is its own directory (tools/convert.py --initg).
+  meta = {"path": FLAGS.workdir} if converted else data_meta(config, FLAGS.workdir)
   tok_info = meta.get("tokenizer", {})
   tok_ckpt = FLAGS.tokenizer_checkpoint or tok_info.get("checkpoint")
   if not tok_ckpt:

@@ -21,6 +21,7 @@
   "siglip"    SigLIP vision tower (HF layout, `nn.siglip`)           convert/siglip.py
   "t5"        T5 encoder (HF layout, `nn.t5`)                        convert/t5.py
   "gpstoken"  GPSToken (S64 / M128 / L256)                           convert/gpstoken.py
+  "gpstoken_gen" GPSToken's generator (SiT-XL/2-gs)                  convert/gpstoken_gen.py
 `config`: for FlexTok, None (the hydra config in the file), a name of flextok.RELEASED, or a
 mapping of overrides; for the others, a released model name (e.g. "tokenizer_titok_l32_imagenet"), a jaxtok config (mapping,
 JSON string or file), an official config (with a "model" key, e.g. the HF config.json), or None to
@@ -37,7 +38,7 @@ import os
 from typing import Any
 
 MODELS = ("titok", "onedpiece", "vqgan", "maskgit", "rar", "flextok", "dinov2", "tatitok", "clip_text",
-          "maskgen", "siglip", "t5", "maskgen_kl", "gpstoken")
+          "maskgen", "siglip", "t5", "maskgen_kl", "gpstoken", "gpstoken_gen")
 # Frozen feature towers: `jaxtok.convert.<name>.load(weights, overrides) -> (config, params)` and
 # `jaxtok.nn.<name>.abstract_params(config)`.
 FROZEN_TOWERS = ("clip_text", "siglip", "t5")
@@ -63,6 +64,9 @@ def convert(model: str, weights: str | os.PathLike, config: Any = None):
   if model == "maskgit":
     from jaxtok.convert import maskgit
     return maskgit.load(weights, config)
+  if model == "gpstoken_gen":
+    from jaxtok.convert import gpstoken_gen
+    return gpstoken_gen.load(weights, config)
   if model == "rar":
     from jaxtok.convert import rar
     return rar.load(weights, config)
@@ -115,7 +119,7 @@ def resolve_config(config: Any, flat, *, released, aliases, infer, from_official
   return config
 
 
-GENERATORS = ("maskgit_official", "rar", "maskgen", "maskgen_kl")  # config names of converted generators
+GENERATORS = ("maskgit_official", "rar", "maskgen", "maskgen_kl", "gpstoken_gen")  # config names of converted generators
 
 
 def _generator_converter(config: dict):
@@ -132,6 +136,9 @@ def _generator_converter(config: dict):
   if config.get("name") == "maskgen_kl":
     from jaxtok.convert import maskgen_kl
     return maskgen_kl
+  if config.get("name") == "gpstoken_gen":
+    from jaxtok.convert import gpstoken_gen
+    return gpstoken_gen
   return None
 
 
