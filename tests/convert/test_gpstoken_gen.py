@@ -8,6 +8,7 @@ tests/fixtures/official/gpstoken_gen_tiny.safetensors: a tiny re-randomised offi
 make_gpstoken_gen_fixture.py.txt).
 """
 import functools
+import json
 import os
 import pickle
 
@@ -170,3 +171,42 @@ def test_initg_bank_pops_like_the_release(tmp_path):
   path.write_bytes(pickle.dumps({0: [_Evil()]}))
   with pytest.raises(ValueError, match="refusing global"):
     C.read_initg(path)
+
+
+@pytest.mark.slow
+def test_convert_tool_then_sample_tool_writes_images(tmp_path):
+  """tools/convert.py --model gpstoken_gen --initg on the fixture, then tools/sample.py on the output
+  with a random tiny GPSToken tokenizer (16 Gaussians, 16 texture channels): the tool's tokens are
+  the converted model's samples from the layouts the release would pop."""
+  from jaxtok.configs import gpstoken
+  from jaxtok.tokenizers import api
+  from tests.convert.test_tool import _run_tool
+  from tests.tools.conftest import load_tool, random_like, save_train_checkpoint
+  rng = np.random.default_rng(1)
+  initg = {c: [np.concatenate([rng.uniform(0.05, 0.5, (16, 2)), rng.uniform(-0.5, 0.5, (16, 3)),
+                               rng.normal(size=(16, 16))], -1) for _ in range(2)] for c in (3, 7)}
+  (tmp_path / "initg.pickle").write_bytes(pickle.dumps(initg))
+  out = str(tmp_path / "converted")
+  _run_tool("--model=gpstoken_gen", f"--weights={PATH}", f"--out={out}",
+            f"--initg={tmp_path / 'initg.pickle'}", "--config=" + json.dumps(TINY))
+  assert np.load(os.path.join(out, "layouts.npy")).shape == (4, 16, 5)
+
+  config = gpstoken.get_config("tiny")
+  config.model.update(num_gaussians=16, feature_dim=16)
+  tok = str(tmp_path / "tokenizer")
+  save_train_checkpoint(tok, {"step": jnp.int32(1), "params": random_like(
+      api.build(config.model).abstract_params(), seed=0, scale=0.2)}, config)
+  res = load_tool("sample").main([
+      "sample", f"--workdir={out}", f"--tokenizer_checkpoint={tok}", f"--out={tmp_path / 's'}",
+      "--num_samples=3", "--batch_size=2", "--labels=3,-1", "--steps=4", "--cfg_scale=1.5"])
+  assert res["tokens"].shape == (3, 16, 21) and np.isfinite(res["tokens"]).all()
+  assert res["images"].shape == (3, 16, 16, 3) and res["images"].dtype == np.uint8
+  assert os.path.exists(tmp_path / "s" / "images" / "00002.png")
+  # The first batch (labels 3, -1) by hand: class 3's last initg layout, then the whole bank's last.
+  bank = G.LayoutBank(*C.bank_arrays(initg, TINY), G.RELEASED_MEAN, G.RELEASED_STD, 10)
+  lab = bank.labels(np.asarray([3, -1], np.int32))
+  np.testing.assert_array_equal(lab["layout"][0], initg[3][1][:, :5].astype(np.float32))
+  np.testing.assert_array_equal(lab["layout"][1], initg[7][1][:, :5].astype(np.float32))
+  want = G.sample(_model(), jax.random.fold_in(jax.random.key(0), 0), lab["label"], lab["layout"],
+                  lab["mean"], lab["std"], steps=4, cfg_scale=1.5, guidance_low=0.2, guidance_high=1.0)
+  np.testing.assert_allclose(res["tokens"][:2], np.asarray(want), atol=1e-4, rtol=1e-4)

@@ -24,7 +24,7 @@ def _run_tool(*args):
   from absl import flags
   spec = importlib.util.spec_from_file_location("convert_tool", os.path.join(ROOT, "tools", "convert.py"))
   tool = importlib.util.module_from_spec(spec)
-  saved = {name: flags.FLAGS[name] for name in ("model", "config", "weights", "out", "list")
+  saved = {name: flags.FLAGS[name] for name in ("model", "config", "weights", "out", "list", "initg")
            if name in flags.FLAGS}
   for name in saved:
     delattr(flags.FLAGS, name)
@@ -33,7 +33,7 @@ def _run_tool(*args):
     flags.FLAGS(["convert.py", *args])
     return tool.main([])
   finally:
-    for name in ("model", "config", "weights", "out", "list"):
+    for name in ("model", "config", "weights", "out", "list", "initg"):
       if name in flags.FLAGS:
         delattr(flags.FLAGS, name)
     flags.FLAGS.unparse_flags()
