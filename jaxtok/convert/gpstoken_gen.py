@@ -198,7 +198,7 @@ class _ArraysOnly(pickle.Unpickler):
   _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
               ("numpy._core.multiarray", "scalar"), ("collections", "OrderedDict"),
-              ("collections", "defaultdict"), ("builtins", "list")}
+              ("collections", "defaultdict"), ("builtins", "list")}  # defaultdict(list)
 
   def find_class(self, module, name):
     if (module, name) not in self._ALLOWED:

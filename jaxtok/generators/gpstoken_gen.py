@@ -352,7 +352,8 @@ def read_layouts(path: str) -> np.ndarray:
   where = os.path.join(path, f"{LAYOUTS}.npy")
   if not os.path.exists(where):
     raise ValueError(f"GPSToken's generator trains and samples on initial layouts: {path!r} has no "
-                     f"{LAYOUTS}.npy (run tools/pretokenize.py on a GPSToken tokenizer's run)")
+                     f"{LAYOUTS}.npy (run tools/pretokenize.py on a GPSToken tokenizer's run; a "
+                     f"converted release: tools/convert.py --initg)")
   return np.load(where, mmap_mode="r")
 
 

@@ -7,6 +7,7 @@ tests/fixtures/official/gpstoken_gen_tiny.safetensors: a tiny re-randomised offi
 "ema_model." prefix; gpstoken_gen_tiny_io.npz: its forward and forward_with_cfg outputs (see
 make_gpstoken_gen_fixture.py.txt).
 """
+import collections
 import functools
 import json
 import os
@@ -168,6 +169,10 @@ def test_initg_bank_pops_like_the_release(tmp_path):
   np.testing.assert_array_equal(bank.pop(7), a[:, :5].astype(np.float32))
   with pytest.raises(ValueError, match=r"initg\[3\]\[0\] must be \[8, >= 5\]"):
     C.bank_arrays({3: [c]}, dict(TINY, seq_len=8))
+  grouped = collections.defaultdict(list)  # another way to build such a file
+  grouped[3].append(c)
+  path.write_bytes(pickle.dumps(grouped))
+  np.testing.assert_array_equal(C.read_initg(path)[3][0], c)
   path.write_bytes(pickle.dumps({0: [_Evil()]}))
   with pytest.raises(ValueError, match="refusing global"):
     C.read_initg(path)
