@@ -45,7 +45,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from jaxtok.convert import common
-from jaxtok.convert.rar import _block as dit_block  # DiT block names: SiT's blocks are the same
+from jaxtok.convert.rar import dit_block  # DiT block names: SiT's blocks are the same
 from jaxtok.tokenizers.gpstoken import GEOMETRY
 
 EMA = "ema_model."

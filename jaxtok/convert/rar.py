@@ -82,7 +82,7 @@ def _linear(name: str, kind: str, v: np.ndarray) -> dict[str, np.ndarray]:
   return {f"{name}.kernel": v.T} if kind == "weight" else {f"{name}.bias": v}
 
 
-def _block(pre: str, name: str, kind: str, v: np.ndarray, heads: int) -> dict[str, np.ndarray]:
+def dit_block(pre: str, name: str, kind: str, v: np.ndarray, heads: int) -> dict[str, np.ndarray]:
   """One `blocks.i.<name>.<kind>` tensor -> {jaxtok name: array} (name unchanged when unknown)."""
   if name == "attn.qkv":  # [3W, W] -> [W, 3, H, E]; bias [3W] -> [3, H, E]
     return {pre + "attn.qkv": v.T.reshape(v.shape[1], 3, heads, -1)} if kind == "weight" else {
@@ -111,7 +111,7 @@ def convert(flat: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> dict[s
     v = np.asarray(v)
     m = re.fullmatch(r"blocks\.(\d+)\.(.+)\.(weight|bias)", key)
     if m:
-      out.update(_block(f"blocks.blocks.{m.group(1)}.", m.group(2), m.group(3), v, heads))
+      out.update(dit_block(f"blocks.blocks.{m.group(1)}.", m.group(2), m.group(3), v, heads))
     elif key in tables:
       out[f"{key}.embedding"] = _table(v, *tables[key], key)
     elif key == "cls_token":
