@@ -21,6 +21,7 @@
   "siglip"    SigLIP vision tower (HF layout, `nn.siglip`)           convert/siglip.py
   "t5"        T5 encoder (HF layout, `nn.t5`)                        convert/t5.py
   "gpstoken"  GPSToken (S64 / M128 / L256)                           convert/gpstoken.py
+  "instella"  Instella-T2I's binary autoencoder                      convert/instella.py
 `config`: for FlexTok, None (the hydra config in the file), a name of flextok.RELEASED, or a
 mapping of overrides; for the others, a released model name (e.g. "tokenizer_titok_l32_imagenet"), a jaxtok config (mapping,
 JSON string or file), an official config (with a "model" key, e.g. the HF config.json), or None to
@@ -37,7 +38,7 @@ import os
 from typing import Any
 
 MODELS = ("titok", "onedpiece", "vqgan", "maskgit", "rar", "flextok", "dinov2", "tatitok", "clip_text",
-          "maskgen", "siglip", "t5", "maskgen_kl", "gpstoken")
+          "maskgen", "siglip", "t5", "maskgen_kl", "gpstoken", "instella")
 # Frozen feature towers: `jaxtok.convert.<name>.load(weights, overrides) -> (config, params)` and
 # `jaxtok.nn.<name>.abstract_params(config)`.
 FROZEN_TOWERS = ("clip_text", "siglip", "t5")
@@ -60,6 +61,9 @@ def convert(model: str, weights: str | os.PathLike, config: Any = None):
   if model == "gpstoken":
     from jaxtok.convert import gpstoken
     return gpstoken.load(weights, config)
+  if model == "instella":
+    from jaxtok.convert import instella
+    return instella.load(weights, config)
   if model == "maskgit":
     from jaxtok.convert import maskgit
     return maskgit.load(weights, config)
