@@ -1,4 +1,5 @@
-"""Instella-T2I's 1D binary tokenizer as a configuration of TiTok: `configs/titok.py` with the binary
+"""Instella-T2I's 1D binary tokenizer approximated as a configuration of TiTok (the released
+autoencoder is a different network: the "release" variant below): `configs/titok.py` with the binary
 Bernoulli quantizer (`jaxtok.quantizers.binary`, the release's BinaryQuantizer) and `bits` bits per
 latent token (the release: 128 tokens of 64 bits). With bits > 31 the tokens are the bits themselves,
 int32 [K, bits] in {0, 1}: the data of the binary generators (configs/binary_diffusion.py,
