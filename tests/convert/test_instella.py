@@ -4,9 +4,12 @@ tests/fixtures/official/instella_tiny.safetensors: the release's `BAE_Model` at 
 patch 4, 4 latent tokens of 64 bits, encoder and decoder 2 blocks of 2 heads x 16, one down / up
 block after block 0, RoPE axes (4, 6, 6)), float16-rounded random weights; instella_tiny_outputs.npz:
 its encoder bit logits, eval bits, `decode(bits)` and `forward` on two images, with
-`set_scale(32)` (RoPE scale 8) and without (suffix _noscale). See make_instella_fixture.py.txt.
+`set_scale(32)` (RoPE scale 8) and without (suffix _noscale); instella_release_shapes.json.gz: the
+state-dict shapes of the released configuration (torch meta device). See make_instella_fixture.py.txt.
 """
 import functools
+import gzip
+import json
 import os
 
 import jax
@@ -94,6 +97,18 @@ def test_facade_reconstruct_is_the_release_forward_in_unit_range():
   np.testing.assert_array_equal(np.asarray(out.tokens), _io()["bits_noscale"])
   np.testing.assert_allclose(np.asarray(tok.reconstruct(params, images)),
                              (_io()["forward_noscale"] + 1) / 2, atol=TOL, rtol=0)
+
+
+def test_the_released_layout_converts_to_the_released_config():
+  with gzip.open(os.path.join(FIXTURES, "instella_release_shapes.json.gz"), "rt") as f:
+    shapes = json.load(f)
+  # Zero-stride arrays: the converter's transposes and reshapes stay views (no 427M-value copy).
+  flat = {k: np.broadcast_to(np.zeros((), np.float16), v) for k, v in shapes.items()}
+  cfg = I.infer_config(flat)
+  assert cfg == I.RELEASED["instella_t2i_bae"]
+  expected = {k.replace("/", "."): v for k, v in
+              api.param_shapes(api.build(cfg).abstract_params()).items()}
+  common.check_keys(expected, I.convert(flat))
 
 
 def test_wrong_files_are_refused_by_name(tmp_path):
