@@ -38,6 +38,11 @@ training loop (losses, weights, temperature schedule) is not released; `train_fo
 reconstruction and the quantizer's aux loss, the trainer adding pixel/perceptual losses as for any
 tokenizer.
 
+No parameter depends on the image size: the release decodes its 128 x 64 bits at 512, 768 or
+1024 px (`test_diff.py --image_size`) with one set of weights; here each size is a config
+(`image_size`) over the same parameters. RoPE angles are computed in float32 (diffusers: float64
+frequencies times float32 positions, then float32 tables); the parity test holds to 1e-4.
+
 Contract (`tokenizers.api`): images float [B, H, W, 3] in [0, 1]; tokens int32 [B, K, n] bits in
 {0, 1} (n > 31, the release's 64) or [B, K] packed (n <= 31, `quantizers.binary`); decode returns
 float32 images nominally in [0, 1].
