@@ -1852,6 +1852,60 @@ def gpstoken_gen_suite(args) -> list[tuple[str, str, float, str]]:
   return rows
 
 
+# ---- Instella-T2I as released: the binary autoencoder and the bit generators' release options
+
+def instella_suite(args) -> list[tuple[str, str, float, str]]:
+  """Rows (case, implementation, ms per batch, images/s): the released binary autoencoder
+  (`tokenizers.instella_bae`) at reduced width (256 px, patch 16, 128 tokens of 64 bits, W 256 L 4
+  H 4 each side, one resize after block 1, RoPE scale 32; the release: W 768 / 1024, L 12 / 16 at
+  512 px) encoding and decoding; the binary-diffusion sampler (20 steps) with protocol 1 and 2 and
+  the AR sampler with delta 0 and 0.5, over 128 x 64 bits with a W 128 L 4 trunk. --other-batch
+  (default 4), --repeats."""
+  from flax import nnx
+  from jaxtok.generators import binary_ar, binary_diffusion
+  from jaxtok.samplers import binary_diffusion as bd_sampler
+  from jaxtok.tokenizers import api
+  b = args.other_batch or 4
+  reps = max(1, args.repeats // 3)
+  rows = Rows()
+  stage("instella: autoencoder")
+  tok = api.build(dict(name="instella_bae", image_size=256, patch_size=16, num_latent_tokens=128,
+                       bits=64, encoder_width=256, encoder_depth=4, encoder_heads=4,
+                       decoder_width=256, decoder_depth=4, decoder_heads=4, downsample_idx=(1,),
+                       upsample_idx=(1,), axes_dim=(8, 28, 28), rope_scale=32.0))
+  params = tok.init(jax.random.key(0))
+  images = jax.random.uniform(jax.random.key(1), (b, 256, 256, 3))
+  tokens = tok.encode(params, images).tokens
+  t_enc = time_call(lambda: tok.encode(params, images).tokens, reps, jax.block_until_ready)
+  rows.append((f"Instella BAE encode 256 px -> 128x64 bits, batch {b}", "jaxtok", t_enc * 1e3,
+               f"{b / t_enc:.3g} images/s; W256 L4"))
+  t_dec = time_call(lambda: tok.decode(params, tokens), reps, jax.block_until_ready)
+  rows.append((f"Instella BAE decode 128x64 bits -> 256 px, batch {b}", "jaxtok", t_dec * 1e3,
+               f"{b / t_dec:.3g} images/s; W256 L4"))
+  kw = dict(num_bits=64, seq_len=128, num_classes=10, width=128, depth=4, heads=4)
+  diff = binary_diffusion.make_model(dict(kw, time_sampling="logit_normal"), rngs=nnx.Rngs(0))
+  gd, gp = nnx.split(diff)
+  labels = jnp.arange(b, dtype=jnp.int32) % 10
+  for protocol in (1, 2):
+    stage(f"instella: diffusion protocol {protocol}")
+    run = jax.jit(lambda p, key, protocol=protocol: bd_sampler.sample(
+        key, lambda x, t, c: nnx.merge(gd, p)(x, t, c), (b, 128, 64), steps=20, cond=labels,
+        uncond=jnp.full_like(labels, -1), cfg_scale=7.5, protocol=protocol))
+    t = time_call(lambda: run(gp, jax.random.key(2)), reps, jax.block_until_ready)
+    rows.append((f"binary diffusion 20 steps, protocol {protocol}, cfg w 7.5, batch {b}", "jaxtok",
+                 t * 1e3, f"{b / t:.3g} images/s; W128 L4"))
+  ar = binary_ar.make_model(kw, rngs=nnx.Rngs(0))
+  ad, ap = nnx.split(ar)
+  for delta in (0.0, 0.5):
+    stage(f"instella: AR delta {delta}")
+    run = jax.jit(lambda p, key, delta=delta: binary_ar.sample(
+        key, nnx.merge(ad, p), labels, cfg_scale=7.5, guided=True, delta=delta))
+    t = time_call(lambda: run(ap, jax.random.key(3)), reps, jax.block_until_ready)
+    rows.append((f"binary AR 128 tokens, delta {delta}, cfg w 7.5, batch {b}", "jaxtok", t * 1e3,
+                 f"{b / t:.3g} images/s; W128 L4" + ("; bits drawn one by one" if delta else "")))
+  return rows
+
+
 SUITES = {"quantizers": quantizer_suite, "tokenizers": tokenizer_suite, "train": train_suite,
           "samplers": sampler_suite, "data": data_suite,
           "official": official_suite,
@@ -1870,6 +1924,7 @@ SUITES = {"quantizers": quantizer_suite, "tokenizers": tokenizer_suite, "train":
           "captions": captions_suite,
           "spm": spm_suite,
           "gpstoken_gen": gpstoken_gen_suite,
+          "instella": instella_suite,
           }
 
 

@@ -11,7 +11,24 @@ bits. A token therefore carries correlations between its bits only through earli
 Sampling (`sample`, one jit): prefill the class token into the trunk's preallocated KV cache, then
 one cached `extend` per token (N model calls); guidance is Instella's (1 + w) l_c - w l_u on the
 logits (`guidance.cfg_instella`) over a doubled batch, temperature divides the logits (0: threshold
-at 1/2).
+at 1/2). `delta` (the release's `BinaryAR.sample(delta=...)`, default 0) biases each bit j > 0 of a
+token toward the opposite of bit j - 1 of the same token: its logit (after guidance and temperature)
+gains +delta when bit j - 1 is 0 and -delta when it is 1, so the bits are then drawn one after
+another within a token (`draw_bits`).
+
+Checked against the release (Instella-T2I `models/ar_model.py`, `scripts/train_ar.py`,
+`test_ar.py`, vendored in sprintml/BitMark):
+  - loss: BCE with logits of all bits of tokens 1..N given [start, tokens 1..N-1]: same.
+  - sampling: every bit of a token from its own sigmoid, temperature dividing the logits before
+    guidance (equal to after: guidance is linear), (1 + w) c - w u with w = 7.5 in test_ar.py,
+    temperature 0 thresholding: same. The `delta` bit bias was missing; added (default 0 as in the
+    release).
+  - network (not matched, documented): the release's blocks are pre-RMSNorm causal attention
+    (q/k RMS-normed) whose keys also include a per-layer projection of one AMD-OLMo-1B hidden state
+    (text prefix, masked by the text's padding), a learned position embedding added to the normed
+    input of every block, a GELU-tanh FeedForward, a learned split (start) token and an RMSNorm +
+    Linear head. Here: the class token as the start token and the library's `TokenTrunk` with one
+    position embedding at the input. OLMo conversion is out of scope.
 
 Dimension names: B batch, N tokens, n bits, W width.
 """
@@ -71,13 +88,47 @@ def loss(model: BinaryAR, tokens: jax.Array, labels, *, rng: jax.Array, train: b
   return value, {"loss": value, "accuracy": acc}
 
 
+def draw_bits(key: jax.Array, logits: jax.Array, *, temperature: float = 1.0,
+              delta: float = 0.0) -> jax.Array:
+  """The bits int32 [B, n] of one token from its logits [B, n] (already guided).
+
+  logits / temperature, then bit j > 0 gains +delta if bit j - 1 is 0, -delta if it is 1 (the
+  release's bias; delta = 0: independent bits); each bit ~ Bernoulli(sigmoid(.)), or thresholded at
+  1/2 when temperature == 0.
+  """
+  logits = logits.astype(jnp.float32)
+  greedy = temperature == 0
+  scaled = logits if greedy else logits / temperature
+  if delta == 0:
+    if greedy:
+      return (scaled > 0).astype(jnp.int32)
+    return jax.random.bernoulli(key, jax.nn.sigmoid(scaled)).astype(jnp.int32)
+  u = jax.random.uniform(key, scaled.shape)
+
+  def one(prev, xs):
+    logit, uj = xs
+    logit = logit + jnp.where(prev == 0, delta, -delta)
+    p = jax.nn.sigmoid(logit)
+    bit = (p > 0.5) if greedy else (uj < p)
+    return bit.astype(jnp.int32), bit.astype(jnp.int32)
+
+  # Bit 0 has no previous bit in its token: no bias.
+  first = (scaled[:, 0] > 0) if greedy else (u[:, 0] < jax.nn.sigmoid(scaled[:, 0]))
+  first = first.astype(jnp.int32)
+  _, rest = jax.lax.scan(one, first, (scaled[:, 1:].T, u[:, 1:].T))
+  return jnp.concatenate([first[:, None], rest.T], axis=1)
+
+
 def sample(rng: jax.Array, model: BinaryAR, labels: jax.Array, *, temperature: float = 1.0,
-           cfg_scale: float = 0.0, guided: bool = False) -> jax.Array:
+           cfg_scale: float = 0.0, guided: bool = False, delta: float = 0.0) -> jax.Array:
   """Bits int32 [B, N, n] for labels int32 [B] (-1: unconditional).
 
   cfg_scale: w of Instella's (1 + w) l_c - w l_u, used when `guided` (the null class as u).
+  delta: the release's within-token bit bias (`draw_bits`; 0 = independent bits).
   """
   _checks.temperature(temperature)
+  if isinstance(delta, bool) or not isinstance(delta, (int, float)):
+    raise TypeError(f"delta must be a real number, got {type(delta).__name__} ({delta!r})")
   b, n = labels.shape[0], model.seq_len
   cond = model.condition_ids(labels, b)
   ids = guidance.concat_batch(cond, jnp.full_like(cond, model.null_id)) if guided else cond
@@ -86,10 +137,7 @@ def sample(rng: jax.Array, model: BinaryAR, labels: jax.Array, *, temperature: f
   def draw(key, logits):
     if guided:
       logits = guidance.cfg_instella(logits[:b], logits[b:], cfg_scale)
-    logits = logits.astype(jnp.float32)
-    if temperature == 0:
-      return (logits > 0).astype(jnp.int32)
-    return jax.random.bernoulli(key, jax.nn.sigmoid(logits / temperature)).astype(jnp.int32)
+    return draw_bits(key, logits, temperature=temperature, delta=delta)
 
   def feed(bits):
     return jnp.concatenate([bits, bits]) if guided else bits

@@ -7,7 +7,11 @@ Corruption (Instella-T2I's released training code, following Binary Latent Diffu
 time t in [0, 1], each bit independently
     x_t ~ Bernoulli(x_0 (1 - t) + t / 2),
 so P(x_t = x_0) = 1 - t / 2: t = 0 is the data, t = 1 is uniform noise (`corrupt`, `keep_prob`).
-Training draws t ~ U(0, 1) per sample.
+Training draws t per sample from `time_sampling`: "logit_normal" (the release's configs set
+`non_uniform_t = True`: t = sigmoid(e), e ~ N(0, 1), torch's LogisticNormal(0, 1) on two classes,
+first component) or "uniform" (t ~ U(0, 1), the release's fallback and this module's behaviour
+before the release was checked). The model default is "uniform" so that stored configs train as
+they did; `configs/binary_diffusion.py` selects "logit_normal".
 
 Parameterisation ("epsilon" in the release): the network outputs flip logits f, the logit of
 P(x_0 != x_t); the logits of x_0 = 1 are then (1 - 2 x_t) f (`x0_logits`), and the loss is the binary
@@ -19,8 +23,27 @@ bidirectional `TokenTrunk`, and n flip logits per token. (The release conditions
 AdaLN-Zero MMDiT blocks; here the condition is a class id and t is a token, the trunk being the
 library's one transformer.)
 
-Sampling: `jaxtok.samplers.binary_diffusion` (the release's "protocol 1").
+Sampling: `jaxtok.samplers.binary_diffusion` (the release's "protocol 1", and "protocol 2" as an
+option).
 
+Checked against the release (Instella-T2I `models/diff_model.py`, `scripts/train_diff.py`,
+`configs/diff_config.py`, `test_diff.py`, vendored in sprintml/BitMark):
+  - corruption x_t ~ Bernoulli(x_0 (1 - t) + t / 2) (`BinaryDiffusion.add_noise`): same.
+  - target "epsilon" (the configs' `prediction_target`): x_0 logits = x_t (-f) + (1 - x_t) f, BCE
+    with logits against x_0, mean over all bits: same (`x0_logits`, `loss`). The release's "x"
+    target (the output is the x_0 logits directly) is not offered.
+  - time: the release samples logit-normal t (`non_uniform_t = True`); this module sampled U(0, 1)
+    only. Fixed: `time_sampling` (above).
+  - data: bits of the autoencoder in eval mode (deterministic threshold): the tokens pretokenized
+    with `train=False` here.
+  - network (not matched, documented): the release runs AdaLN-Zero blocks (diffusers
+    AdaLayerNormZero, GELU-tanh FeedForward, q/k RMS-normed attention) whose attention also reads a
+    per-layer projection of one hidden state of the AMD-OLMo-1B text model, a learned per-block
+    position embedding, a TimestepEmbedding of the raw t (Linear(1, W), SiLU, Linear) and an
+    AdaLayerNormContinuous output. Here: class (or null) and time tokens in front of the library's
+    bidirectional `TokenTrunk`, sinusoidal time features. OLMo conversion is out of scope.
+  - classifier-free guidance on the flip logits after the temperature, (1 + w) c - w u with the
+    empty prompt as u: same (`generate`; the class-dropout null class plays the empty prompt).
 Dimension names: B batch, N tokens, n bits per token, W width, C classes.
 """
 from __future__ import annotations
@@ -38,6 +61,19 @@ from jaxtok.sharding import logical_init
 
 FIELDS = ("num_bits", "seq_len", "num_classes", "width", "depth", "heads", "mlp_ratio",
           "class_dropout")
+DIFFUSION_FIELDS = FIELDS + ("time_sampling",)
+TIME_SAMPLING = ("uniform", "logit_normal")
+
+
+def sample_times(rng: jax.Array, batch: int, kind: str = "uniform") -> jax.Array:
+  """Training times t float32 [batch] in (0, 1): "uniform" U(0, 1) or "logit_normal" sigmoid(N(0, 1))
+  (the release's `logistic_normal_t_sample`: LogisticNormal(0, 1) over two classes, whose first
+  component is sigmoid of the normal draw)."""
+  if kind == "uniform":
+    return jax.random.uniform(rng, (batch,))
+  if kind == "logit_normal":
+    return jax.nn.sigmoid(jax.random.normal(rng, (batch,)))
+  raise ValueError(f"time_sampling must be one of {TIME_SAMPLING}, got {kind!r}")
 
 
 def keep_prob(t: jax.Array) -> jax.Array:
@@ -105,8 +141,11 @@ class BitModel(nnx.Module):
 class BinaryDiffusion(BitModel):
   """Bidirectional flip-logit model over [class, time, bits_1..bits_N]."""
 
-  def __init__(self, *, width: int = 768, rngs: nnx.Rngs, **kw):
+  def __init__(self, *, width: int = 768, time_sampling: str = "uniform", rngs: nnx.Rngs, **kw):
+    if time_sampling not in TIME_SAMPLING:
+      raise ValueError(f"time_sampling must be one of {TIME_SAMPLING}, got {time_sampling!r}")
     super().__init__(width=width, causal=False, rngs=rngs, **kw)
+    self.time_sampling = time_sampling
     self.time_in = nnx.Linear(width, width, kernel_init=logical_init(nnx.initializers.normal(0.02),
                                                                      None, "embed"), rngs=rngs)
     self.width = width
@@ -130,7 +169,7 @@ def loss(model: BinaryDiffusion, tokens: jax.Array, labels, *, rng: jax.Array, t
   del step
   r_t, r_x, r_drop = jax.random.split(rng, 3)
   b = tokens.shape[0]
-  t = jax.random.uniform(r_t, (b,))
+  t = sample_times(r_t, b, model.time_sampling)
   x_t = corrupt(r_x, tokens, t)
   logits = x0_logits(model(x_t, t, labels, train=train, rng=r_drop), x_t)
   target = tokens.astype(jnp.float32)
@@ -147,8 +186,8 @@ def bce_with_logits(logits: jax.Array, target: jax.Array) -> jax.Array:
 def make_model(cfg: Mapping, *, rngs: nnx.Rngs) -> BinaryDiffusion:
   """A BinaryDiffusion from its constructor's fields plus `nn.options.COMMON` and `name`; any other
   key raises ValueError."""
-  return BinaryDiffusion(**model_kwargs(cfg, FIELDS, model="binary_diffusion", cls=BitModel),
-                         rngs=rngs)
+  return BinaryDiffusion(**model_kwargs(cfg, DIFFUSION_FIELDS, model="binary_diffusion",
+                                       cls=BitModel), rngs=rngs)
 
 
 def generate(model: BinaryDiffusion, rng: jax.Array, labels: jax.Array, opts) -> jax.Array:

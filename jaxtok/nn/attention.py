@@ -196,7 +196,7 @@ class Attention(nnx.Module):
       affine parameters unless qk_norm_affine (then scale [E] per norm, and bias [E] too with
       qk_norm_bias and "layer": timm's / RAR's full LayerNorm).
     qk_norm_eps: its epsilon.
-    rope: None, "1d" or "2d" (positions then come with each call; 1D defaults to 0..T-1).
+    rope: None, "1d", "2d" or "angles" (`nn.rope`; positions then come with each call; 1D defaults to 0..T-1).
     rope_theta: RoPE base.
     scale: score scale; None = 1/sqrt(E).
     implementation: None, "xla" or "cudnn" (see `attend`).
@@ -290,6 +290,8 @@ class Attention(nnx.Module):
     if positions is None:
       if self.rope == "2d":
         raise ValueError("2D RoPE needs positions [T, 2] or [B, T, 2] (e.g. rope.grid_positions)")
+      if self.rope == "angles":
+        raise ValueError("angle RoPE needs per-channel angles [T, E] or [B, T, E] as positions")
       positions = jnp.arange(length)
     return positions
 

@@ -28,11 +28,15 @@ Metrics treat every bit as a 2-level quantizer, averaged over bits (like the per
 mean of exp(H(bit)) in [1, 2]. `joint_perplexity_bound` = exp(sum of the bit entropies) bounds the
 perplexity of whole codes from above (equal when bits are independent).
 
-Temperature: `BinaryQuantizer.__init__` defaults `train_temp` to 1.0 and `bae/ae_model.py` passes
-`config.train_temp`, which the released `configs/bae_config.py` does not set; the 0.1 default here
-follows the project's reference notes (shared/reference, A.8) and should be checked against the paper.
-The release's autoencoder training loop is also not released, so the weight of the aux loss is unknown;
-`aux_weight` defaults to 1.0 (the loss as the quantizer returns it).
+Checked against the release (Instella-T2I `bae/bnl.py`, `bae/ae_model.py`, vendored in
+sprintml/BitMark): Bernoulli sampling of sigmoid(z / T) in training, the eval threshold on
+sigmoid(z), the straight-through through sigmoid(z) (not z / T), the aux loss mean(sigma (1 - sigma))
+and {0, 1} codes: the same; no other prior or entropy term. T: `BinaryQuantizer.__init__` defaults
+`train_temp` to 1.0 but `BAE_Model` passes `config.get('train_temp', 0.1)` and the released
+`configs/bae_config.py` sets none, so the released autoencoder trains at T = 0.1, the default here.
+The release's autoencoder training loop is not released, so the weight of the aux loss is unknown;
+`aux_weight` defaults to 1.0 (the loss as the quantizer returns it). The generators' data are the
+codes in eval mode (the release encodes with `bae.eval()`).
 
 Dimension names: n bits per token, D embedding width.
 """

@@ -104,6 +104,7 @@ MODULES = {
     "tokenflow": "tokenflow",
     "dualtoken": "dualtoken",
     "textok": "textok",
+    "instella_bae": "instella_bae",
 }
 
 
