@@ -20,8 +20,10 @@ def bit_generator_config(arg: str | None, name: str, *, steps: int | None = None
   """The config shared by the two bit generators (`name`: binary_ar | binary_diffusion)."""
   args, tiny, (width, depth, heads) = common.generator_arg(arg, SIZES, keys=("tokens", "bits", "classes"))
   sampling = dict(temperature=1.0, cfg_scale=1.0)
-  if steps is not None:
-    sampling["num_steps"] = 8 if tiny else steps
+  if steps is not None:  # the diffusion sampler: steps and the release's protocol (1 | 2)
+    sampling.update(num_steps=8 if tiny else steps, protocol=1)
+  else:  # the AR sampler: the release's within-token bit bias (0 = independent bits)
+    sampling.update(bit_delta=0.0)
   return common.generator_base(
       args, tiny, batch_size=256, total_steps=400_000,
       model=dict(name=name, num_bits=int(args.get("bits", 32 if tiny else 64)),

@@ -75,6 +75,8 @@ class Options:
   randomize_temperature: float | None = None
   softmax_temperature_annealing: bool | None = None
   flow_method: str | None = None    # xAR: "euler" | "heun" | "sde" (next_x's methods; None: euler)
+  protocol: int = 1                 # binary diffusion: the release's sampler protocol (1 | 2)
+  bit_delta: float = 0.0            # binary AR: the release's within-token bit bias (0: independent)
 
   def titok_settings(self) -> dict[str, Any]:
     """The `maskgit_released.sample` settings (preset, then the ones set here; `steps` too)."""
@@ -99,7 +101,7 @@ def options_from_config(sampling: Any, **overrides: Any) -> Options:
     raise ValueError(f"unknown config.sampling key(s) {unknown}; valid keys: {sorted(SAMPLING_KEYS)}")
   for key in ("temperature", "top_k", "top_p", "cfg_scale", "cfg_schedule", "cfg_power",
               "schedule", "choice_temperature", "annealing", "mode", "preset",
-              "flow_method") + TITOK_KEYS:
+              "flow_method", "protocol", "bit_delta") + TITOK_KEYS:
     if key in s:
       kw[key] = s[key]
   if "num_steps" in s:
@@ -133,7 +135,8 @@ def options_from_config(sampling: Any, **overrides: Any) -> Options:
 
 SAMPLING_KEYS = frozenset({"temperature", "top_k", "top_p", "cfg_scale", "cfg_schedule",
                            "cfg_power", "schedule", "choice_temperature", "annealing", "mode", "preset", "num_steps",
-                           "num_iters", "head_steps_upper", "head_steps_lower", "flow_method"}
+                           "num_iters", "head_steps_upper", "head_steps_lower", "flow_method",
+                           "protocol", "bit_delta"}
                           | set(TITOK_KEYS))
 
 

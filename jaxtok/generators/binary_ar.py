@@ -165,7 +165,8 @@ def make_model(cfg: Mapping, *, rngs: nnx.Rngs) -> BinaryAR:
 
 def generate(model: BinaryAR, rng: jax.Array, labels: jax.Array, opts) -> jax.Array:
   """The generate dispatch's entry (opts: `eval.generate.Options`; cfg_scale s in the library's
-  u + s (c - u) convention = Instella's w = s - 1)."""
+  u + s (c - u) convention = Instella's w = s - 1; opts.bit_delta: the release's `delta`,
+  `config.sampling.bit_delta`)."""
   guided = model.num_classes > 0 and float(opts.cfg_scale) != 1.0
   return sample(rng, model, labels, temperature=opts.temperature,
-                cfg_scale=float(opts.cfg_scale) - 1.0, guided=guided)
+                cfg_scale=float(opts.cfg_scale) - 1.0, guided=guided, delta=opts.bit_delta)

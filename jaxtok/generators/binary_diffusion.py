@@ -194,11 +194,12 @@ def generate(model: BinaryDiffusion, rng: jax.Array, labels: jax.Array, opts) ->
   """Bits int32 [B, N, n] for labels int32 [B] (`samplers.binary_diffusion.sample`; opts:
   `eval.generate.Options`: steps, temperature, cfg_scale s in the library's u + s (c - u)
   convention, i.e. Instella's (1 + w) c - w u with w = s - 1; guidance runs for a class-conditional
-  model when s != 1)."""
+  model when s != 1; protocol: the release's protocol 1 or 2, `config.sampling.protocol`)."""
   from jaxtok.samplers import binary_diffusion as sampler  # pylint: disable=g-import-not-at-top
   b = labels.shape[0]
   guided = model.num_classes > 0 and float(opts.cfg_scale) != 1.0
   return sampler.sample(rng, lambda x, t, cond: model(x, t, cond), (b, model.seq_len, model.num_bits),
                         steps=opts.steps or 20, temperature=opts.temperature, cond=labels,
                         uncond=jnp.full_like(labels, -1) if guided else None,
-                        cfg_scale=float(opts.cfg_scale) - 1.0 if guided else 0.0)
+                        cfg_scale=float(opts.cfg_scale) - 1.0 if guided else 0.0,
+                        protocol=opts.protocol)

@@ -92,3 +92,33 @@ def test_ar_sampler_with_delta_runs_under_jit():
   assert out.shape == (2, 3, 3) and set(np.unique(np.asarray(out))) <= {0, 1}
   with pytest.raises(TypeError, match="delta"):
     binary_ar.sample(jax.random.key(0), model, jnp.full((2,), -1), delta="1")
+
+
+def test_sampling_config_reaches_the_release_options_through_the_generate_dispatch():
+  """`config.sampling.protocol` / `bit_delta` (what `tools/sample.py --config.sampling.X=...`
+  sets) reach the samplers: the dispatch's bits equal a direct call with the same options, and
+  the options change the bits."""
+  from jaxtok.configs import binary_ar as bar_config  # pylint: disable=g-import-not-at-top
+  from jaxtok.eval import generate  # pylint: disable=g-import-not-at-top
+  rng, labels = jax.random.key(3), jnp.full((4,), -1)
+  dcfg = bd_config.get_config("tiny")
+  assert dcfg.sampling.protocol == 1
+  dmodel = bd.make_model(dcfg.model, rngs=nnx.Rngs(0))
+  opts = generate.options_from_config(dict(dcfg.sampling, protocol=2))
+  got = bd.generate(dmodel, rng, labels, opts)
+  want = sampler.sample(rng, lambda x, t, c: dmodel(x, t, c), (4, dmodel.seq_len, dmodel.num_bits),
+                        steps=opts.steps, cond=labels, protocol=2)
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  one = bd.generate(dmodel, rng, labels, generate.options_from_config(dcfg.sampling))
+  assert np.any(np.asarray(one) != np.asarray(got))
+  acfg = bar_config.get_config("tiny")
+  assert acfg.sampling.bit_delta == 0.0 and "protocol" not in acfg.sampling
+  amodel = binary_ar.make_model(acfg.model, rngs=nnx.Rngs(0))
+  opts = generate.options_from_config(dict(acfg.sampling, bit_delta=3.0))
+  got = binary_ar.generate(amodel, rng, labels, opts)
+  np.testing.assert_array_equal(np.asarray(got),
+                                np.asarray(binary_ar.sample(rng, amodel, labels, delta=3.0)))
+  plain = binary_ar.generate(amodel, rng, labels, generate.options_from_config(acfg.sampling))
+  assert np.any(np.asarray(plain) != np.asarray(got))
+  with pytest.raises(ValueError, match="protocol"):
+    bd.generate(dmodel, rng, labels, generate.options_from_config(dict(dcfg.sampling, protocol=3)))
