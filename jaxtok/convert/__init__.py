@@ -34,6 +34,7 @@ jaxtok.tokenizers.api.build(config).abstract_params())` or simply `load_converte
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from typing import Any
@@ -42,7 +43,10 @@ MODELS = ("titok", "onedpiece", "vqgan", "maskgit", "rar", "flextok", "dinov2", 
           "maskgen", "siglip", "t5", "maskgen_kl", "gpstoken", "gpstoken_gen", "instella")
 # Frozen feature towers: `jaxtok.convert.<name>.load(weights, overrides) -> (config, params)` and
 # `jaxtok.nn.<name>.abstract_params(config)`.
-FROZEN_TOWERS = ("clip_text", "siglip", "t5")
+FROZEN_TOWERS = ("clip_text", "siglip", "t5", "dinov2")
+# Converters called as `jaxtok.convert.<model>.load(weights, config) -> (config, params)`.
+_PLAIN = ("vqgan", "gpstoken", "instella", "maskgit", "gpstoken_gen", "rar", "maskgen", "maskgen_kl",
+          "tatitok")
 
 
 def convert(model: str, weights: str | os.PathLike, config: Any = None):
@@ -56,24 +60,8 @@ def convert(model: str, weights: str | os.PathLike, config: Any = None):
                          f"this config has decoder_head {cfg.get('decoder_head')!r}")
       cfg = dict(cfg, name="onedpiece")
     return cfg, params
-  if model == "vqgan":
-    from jaxtok.convert import vqgan
-    return vqgan.load(weights, config)
-  if model == "gpstoken":
-    from jaxtok.convert import gpstoken
-    return gpstoken.load(weights, config)
-  if model == "instella":
-    from jaxtok.convert import instella
-    return instella.load(weights, config)
-  if model == "maskgit":
-    from jaxtok.convert import maskgit
-    return maskgit.load(weights, config)
-  if model == "gpstoken_gen":
-    from jaxtok.convert import gpstoken_gen
-    return gpstoken_gen.load(weights, config)
-  if model == "rar":
-    from jaxtok.convert import rar
-    return rar.load(weights, config)
+  if model in _PLAIN:
+    return importlib.import_module(f"jaxtok.convert.{model}").load(weights, config)
   if model == "flextok":
     from jaxtok.convert import flextok
     if config is None or isinstance(config, str):  # None, or a name of flextok.RELEASED
@@ -81,23 +69,7 @@ def convert(model: str, weights: str | os.PathLike, config: Any = None):
     else:  # a mapping of overrides (flextok.jaxtok_config's keywords)
       cfg, _, params = flextok.load(weights, **dict(config))
     return cfg, params
-  if model == "dinov2":  # config: None (the shapes) or overrides (mapping, JSON string or file)
-    from jaxtok.convert import common, dinov2
-    overrides = None if config is None else {
-        k: v for k, v in common.config_arg(config).items() if k != "name"}
-    cfg, params = dinov2.load(weights, overrides)
-    return dict(cfg, name="dinov2"), params
-  if model == "maskgen":
-    from jaxtok.convert import maskgen
-    return maskgen.load(weights, config)
-  if model == "maskgen_kl":
-    from jaxtok.convert import maskgen_kl
-    return maskgen_kl.load(weights, config)
-  if model == "tatitok":
-    from jaxtok.convert import tatitok
-    return tatitok.load(weights, config)
   if model in FROZEN_TOWERS:  # config: None (the shapes) or overrides (mapping, JSON string or file)
-    import importlib  # pylint: disable=g-import-not-at-top
     from jaxtok.convert import common
     overrides = None if config is None else {
         k: v for k, v in common.config_arg(config).items() if k != "name"}
@@ -123,35 +95,20 @@ def resolve_config(config: Any, flat, *, released, aliases, infer, from_official
   return config
 
 
-GENERATORS = ("maskgit_official", "rar", "maskgen", "maskgen_kl", "gpstoken_gen")  # config names of converted generators
+# Config names of converted generators -> their converter module in jaxtok.convert.
+_GENERATOR_MODULES = {"maskgit_official": "maskgit", "rar": "rar", "maskgen": "maskgen",
+                      "maskgen_kl": "maskgen_kl", "gpstoken_gen": "gpstoken_gen"}
+GENERATORS = tuple(_GENERATOR_MODULES)
 
 
 def _generator_converter(config: dict):
   """The converter module of a generator config (None for a tokenizer config)."""
-  if config.get("name") == "maskgit_official":
-    from jaxtok.convert import maskgit
-    return maskgit
-  if config.get("name") == "rar":
-    from jaxtok.convert import rar
-    return rar
-  if config.get("name") == "maskgen":
-    from jaxtok.convert import maskgen
-    return maskgen
-  if config.get("name") == "maskgen_kl":
-    from jaxtok.convert import maskgen_kl
-    return maskgen_kl
-  if config.get("name") == "gpstoken_gen":
-    from jaxtok.convert import gpstoken_gen
-    return gpstoken_gen
-  return None
+  module = _GENERATOR_MODULES.get(config.get("name"))
+  return None if module is None else importlib.import_module(f"jaxtok.convert.{module}")
 
 
 def _abstract(config: dict):
-  if config.get("name") == "dinov2":
-    from jaxtok.nn import dinov2
-    return dinov2.abstract_params(config)
   if config.get("name") in FROZEN_TOWERS:
-    import importlib  # pylint: disable=g-import-not-at-top
     return importlib.import_module(f"jaxtok.nn.{config['name']}").abstract_params(config)
   converter = _generator_converter(config)
   if converter is not None:

@@ -131,14 +131,7 @@ def load(path: str | os.PathLike, config: Mapping[str, Any] | None = None):
     raise ValueError(f"CLIP text weights file {path!r} does not exist (TA-TiTok / MaskGen use the "
                      f"OpenAI ViT-L/14-336 text tower: open_clip 'ViT-L-14-336', pretrained "
                      f"'openai')")
-  if config is not None and not isinstance(config, Mapping) and not hasattr(config, "to_dict"):
-    raise TypeError(f"config must be a mapping of CLIPText fields or None, got "
-                    f"{type(config).__name__}")
-  flat, _ = common.read_checkpoint(path)
-  flat = official_tensors(flat)
-  overrides = dict(config.to_dict() if hasattr(config, "to_dict") else config or {})
-  cfg = infer_config(flat, overrides.get("num_heads"))
-  cfg.update(overrides)
-  params = common.fill_state(clip_text.abstract_params(cfg), convert(flat, int(cfg["num_heads"])),
-                             source=path)
-  return cfg, params
+  overrides = common.tower_overrides(config, "CLIPText")
+  flat = official_tensors(common.read_checkpoint(path)[0])
+  return common.fill_tower(flat, overrides, infer_config=infer_config, convert=convert,
+                           abstract_params=clip_text.abstract_params, source=path)

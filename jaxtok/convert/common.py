@@ -215,6 +215,25 @@ def fill_state(abstract, flat: Mapping[str, Any], *, source: str = "checkpoint")
                               for p, v in entries])
 
 
+def tower_overrides(config: Any, what: str) -> dict:
+  """The field overrides a frozen tower's converter was given: {} for None, the mapping (or
+  ConfigDict) as a dict; TypeError naming `what` (e.g. "SigLIP") otherwise."""
+  if config is not None and not isinstance(config, Mapping) and not hasattr(config, "to_dict"):
+    raise TypeError(f"config must be a mapping of {what} fields or None, got "
+                    f"{type(config).__name__}")
+  return dict(config.to_dict() if hasattr(config, "to_dict") else config or {})
+
+
+def fill_tower(flat: Mapping[str, Any], overrides: Mapping[str, Any], *, infer_config, convert,
+               abstract_params, source: str):
+  """(config, nnx.State) of a frozen tower: the config read off the shapes
+  (`infer_config(flat, overrides.get("num_heads"))`, heads not being visible in fused weights)
+  updated by `overrides`, then `convert(flat, num_heads)` filled into `abstract_params(config)`."""
+  cfg = infer_config(flat, overrides.get("num_heads"))
+  cfg.update(overrides)
+  return cfg, fill_state(abstract_params(cfg), convert(flat, int(cfg["num_heads"])), source=source)
+
+
 def abstract_model(make_model, config: Mapping[str, Any]):
   """The abstract nnx.State of `make_model(config, rngs=...)` (a generator module's make_model),
   without allocating it."""

@@ -139,12 +139,6 @@ def load(path: str | os.PathLike, config: Mapping[str, Any] | None = None, *, pr
   """
   from jaxtok.nn import dinov2
   flat = read(path, prefix=prefix)
-  if config is not None and not isinstance(config, Mapping) and not hasattr(config, "to_dict"):
-    raise TypeError(f"config must be a mapping of DINOv2 fields or None, got "
-                    f"{type(config).__name__}")
-  overrides = dict(config.to_dict() if hasattr(config, "to_dict") else config or {})
-  cfg = infer_config(flat, overrides.get("num_heads"))
-  cfg.update(overrides)
-  params = common.fill_state(dinov2.abstract_params(cfg), convert(flat, int(cfg["num_heads"])),
-                             source=os.fspath(path))
-  return cfg, params
+  return common.fill_tower(flat, common.tower_overrides(config, "DINOv2"), infer_config=infer_config,
+                           convert=convert, abstract_params=dinov2.abstract_params,
+                           source=os.fspath(path))

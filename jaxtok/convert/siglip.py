@@ -158,14 +158,9 @@ def load(path: str | os.PathLike, config: Mapping[str, Any] | None = None, *, pr
   unexpected or mis-shaped tensor.
   """
   from jaxtok.nn import siglip
-  if config is not None and not isinstance(config, Mapping) and not hasattr(config, "to_dict"):
-    raise TypeError(f"config must be a mapping of SigLIP fields or None, got {type(config).__name__}")
+  overrides = common.tower_overrides(config, "SigLIP")
   if not os.path.exists(os.fspath(path)):
     raise ValueError(f"SigLIP weights {os.fspath(path)!r} do not exist; expected {WEIGHTS_HELP}")
-  flat = read(path, prefix=prefix)
-  overrides = dict(config.to_dict() if hasattr(config, "to_dict") else config or {})
-  cfg = infer_config(flat, overrides.get("num_heads"))
-  cfg.update(overrides)
-  params = common.fill_state(siglip.abstract_params(cfg), convert(flat, int(cfg["num_heads"])),
-                             source=os.fspath(path))
-  return cfg, params
+  return common.fill_tower(read(path, prefix=prefix), overrides, infer_config=infer_config,
+                           convert=convert, abstract_params=siglip.abstract_params,
+                           source=os.fspath(path))

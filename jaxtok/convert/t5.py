@@ -105,13 +105,10 @@ def load(path: str | os.PathLike, config: Mapping[str, Any] | None = None):
   unexpected or mis-shaped tensor.
   """
   from jaxtok.nn import t5
-  if config is not None and not isinstance(config, Mapping):
-    raise TypeError(f"config must be a mapping of T5 fields or None, got {type(config).__name__}")
+  overrides = common.tower_overrides(config, "T5")
   if not os.path.exists(os.fspath(path)):
     raise ValueError(f"T5 weights {os.fspath(path)!r} do not exist; expected {WEIGHTS_HELP}")
-  flat, _ = common.read_checkpoint(path)
-  cfg = infer_config(flat)
-  cfg.update(dict(config or {}))
-  params = common.fill_state(t5.abstract_params(cfg), convert(flat, int(cfg["num_heads"])),
-                             source=os.fspath(path))
-  return cfg, params
+  # T5 heads are read off the relative-position bias table, so infer_config needs no override.
+  return common.fill_tower(common.read_checkpoint(path)[0], overrides,
+                           infer_config=lambda flat, _heads: infer_config(flat), convert=convert,
+                           abstract_params=t5.abstract_params, source=os.fspath(path))
