@@ -6,7 +6,8 @@ For every token count and every prior (uniform = raw ids, unigram, per-position 
 codes the held-out crops into whole token files and measures their bytes (headers included), and the
 bytes each image codec needs to reach the same PSNR per image (whole files; `jaxtok.codec.evaluate`).
 --image_size 96 --max_scale 1 evaluates larger held-out crops, coded as whole tiles of the tokenizer's
-size in one file (3 x 3 tiles of the 32 px main job). Writes <out>/rate_distortion.json,
+size in one file (3 x 3 tiles of the 32 px main job). --images unseen evaluates 256 x 256 crops of
+photographs no run trains on (8 x 8 tiles of the main job per file). Writes <out>/rate_distortion.json,
 <out>/rate_distortion.png and prints a table.
 """
 from __future__ import annotations
@@ -30,6 +31,9 @@ flags.DEFINE_integer("heldout", None, "held-out crops (default: the run's data.h
 flags.DEFINE_list("counts", None, "token counts per tile (default 1..K)", flag_values=FLAGS)
 flags.DEFINE_integer("image_size", None, "held-out crop size, a multiple of the tokenizer's (coded "
                      "as tiles; default: the run's)", flag_values=FLAGS)
+flags.DEFINE_enum("images", "heldout", ["heldout", "unseen"], "heldout: the run's held-out crops; "
+                  "unseen: every --image_size grid crop (default 256) of the photographs no run "
+                  "trains on (`data.photos.UNSEEN_PHOTOS`), at full resolution", flag_values=FLAGS)
 flags.DEFINE_integer("max_scale", None, "held-out crops' largest down-scale (default: the run's)",
                      flag_values=FLAGS)
 
@@ -54,9 +58,14 @@ def main(argv) -> dict:
   model = prior_training.load_model(FLAGS.checkpoint, FLAGS.prior, "uniform")
   priors = {kind: prior_training.load(FLAGS.prior, kind, model.tokenizer)
             for kind in prior_training.KINDS}
-  images = prior_training.heldout_images(prior_training.run_data_config(FLAGS.checkpoint),
-                                         FLAGS.heldout, image_size=FLAGS.image_size,
-                                         max_scale=FLAGS.max_scale)
+  if FLAGS.images == "unseen":
+    from jaxtok.data import photos  # pylint: disable=g-import-not-at-top
+    images = photos.grid_crops([p for _, p in photos.unseen_photos()], FLAGS.image_size or 256)
+    images = images[:FLAGS.heldout] if FLAGS.heldout else images
+  else:
+    images = prior_training.heldout_images(prior_training.run_data_config(FLAGS.checkpoint),
+                                           FLAGS.heldout, image_size=FLAGS.image_size,
+                                           max_scale=FLAGS.max_scale)
   counts = [int(c) for c in FLAGS.counts] if FLAGS.counts else None
   result = evaluate.evaluate(model.tokenizer, model.params, priors, images, counts=counts)
   result["targets"] = evaluate.targets(result)

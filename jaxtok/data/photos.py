@@ -55,6 +55,42 @@ def named_photos() -> list[tuple[str, np.ndarray]]:
   return photos
 
 
+# Photographs that ship with dependencies but that no training run reads: whole unseen scenes, for
+# evaluations at sizes the held-out strips cannot give (256 x 256). The scikit-image ones are
+# greyscale and enter as three equal channels.
+UNSEEN_PHOTOS: tuple[str, ...] = ("grace_hopper", "camera", "brick", "gravel", "grass", "moon")
+
+
+def unseen_photos() -> list[tuple[str, np.ndarray]]:
+  """(name, uint8 [h, w, 3]) of `UNSEEN_PHOTOS`: matplotlib's sample `grace_hopper.jpg` (colour,
+  600 x 512) and scikit-image's greyscale 512 x 512 photographs; none is in `bundled_photos`."""
+  import matplotlib.cbook  # pylint: disable=g-import-not-at-top
+  import skimage.data as skd  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  out = []
+  for name in UNSEEN_PHOTOS:
+    if name == "grace_hopper":
+      path = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+      im = np.asarray(Image.open(path).convert("RGB"), np.uint8)
+    else:
+      im = np.repeat(np.asarray(getattr(skd, name)(), np.uint8)[..., None], 3, axis=-1)
+    out.append((name, im))
+  return out
+
+
+def grid_crops(photos: list[np.ndarray], image_size: int) -> np.ndarray:
+  """Every non-overlapping image_size x image_size crop of each photo on a grid from its top-left
+  corner, at full resolution, uint8 [N, S, S, 3] (photo by photo, rows then columns)."""
+  if not isinstance(image_size, int) or image_size < 1:
+    raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+  crops = [p[y:y + image_size, x:x + image_size] for p in photos
+           for y in range(0, p.shape[0] - image_size + 1, image_size)
+           for x in range(0, p.shape[1] - image_size + 1, image_size)]
+  if not crops:
+    raise ValueError(f"no photo is at least {image_size} x {image_size}")
+  return np.stack(crops).astype(np.uint8)
+
+
 def split_photos(photos: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
   """(left three quarters of each photo for training, right quarter held out)."""
   train, held = [], []

@@ -81,3 +81,9 @@ def test_codec_eval_reports_whole_file_sizes(fitted, tmp_path):
   # file that many bits (whole bytes, within 2 bits) plus one 10-byte header.
   assert row["token_bytes"] == pytest.approx(8 * uni["ideal"] / 8, rel=1e-3)   # 8 tokens x log2 K bits
   assert abs(row["uniform_bytes"] - 10 - row["token_bytes"]) <= 1
+  # Unseen photographs (--heldout keeps the first grid crop), coded as whole tiles of the run's size.
+  unseen = load_tool("codec_eval").main(["codec_eval", f"--checkpoint={run}", f"--prior={prior}",
+                                         f"--out={tmp_path / 'u'}", "--images=unseen", "--heldout=1",
+                                         "--counts=1", f"--image_size={2 * s}"])
+  row = unseen["rows"][0]
+  assert abs(row["uniform_bytes"] - 10 - 4 * uni["ideal"] / 8) <= 1   # 2 x 2 tiles, 1 token each

@@ -53,3 +53,26 @@ def test_photo_source():
   assert len(src) == 2 and src[1]["image"].shape == (7, 8, 3) and int(src[1]["label"]) == 1
   with pytest.raises(ValueError, match=r"photos\[0\] must be a uint8"):
     photos.PhotoSource([np.zeros((5, 6, 3), np.float32)])
+
+
+def test_grid_crops_tile_each_photo_without_overlap():
+  a = np.arange(5 * 7 * 3, dtype=np.uint8).reshape(5, 7, 3)
+  b = np.full((4, 4, 3), 9, np.uint8)
+  crops = photos.grid_crops([a, b], 2)
+  # a: rows 0, 2 (row 4 left over) x columns 0, 2, 4 (column 6 left over); b: 2 x 2.
+  assert crops.shape == (6 + 4, 2, 2, 3) and crops.dtype == np.uint8
+  np.testing.assert_array_equal(crops[4], a[2:4, 2:4])
+  np.testing.assert_array_equal(crops[6:], np.full((4, 2, 2, 3), 9, np.uint8))
+  with pytest.raises(ValueError, match="at least 8 x 8"):
+    photos.grid_crops([b], 8)
+
+
+def test_unseen_photos_are_not_training_photos():
+  unseen = photos.unseen_photos()
+  assert [n for n, _ in unseen] == list(photos.UNSEEN_PHOTOS)
+  bundled = photos.bundled_photos()
+  for name, im in unseen:
+    assert im.dtype == np.uint8 and im.ndim == 3 and im.shape[-1] == 3
+    assert min(im.shape[:2]) >= 256, name
+    assert not any(p.shape == im.shape and np.array_equal(p, im) for p in bundled), name
+  assert photos.grid_crops([im for _, im in unseen], 256).shape == (24, 256, 256, 3)
