@@ -17,7 +17,7 @@ Usage:
       (ResGen beside MaskGIT / MAR; Instella's binary diffusion and binary AR beside the GPT)
   python tools/benchmark.py --suite semantic [--batch 8] [--repeats 5]   (TokenFlow, DualToken, TexTok, TiTok)
   python tools/benchmark.py --suite gpstoken_gen [--other-batch 4] [--repeats 3]   (GPSToken SiT SDE)
-  python tools/benchmark.py --suite hf_bpe [--batch 32] [--repeats 10]   (HF tokenizer.json BPE prompts)
+  python tools/benchmark.py --suite hf_bpe [--batch 32] [--repeats 10]   (tokenizer.json BPE ids)
   python tools/benchmark.py --compare-official ../1d-tokenizer [--models titok_s128,titok_bl64,rar]
       [--batch 8] [--repeats 2] [--breakdown]   (suite "official": jaxtok beside the PyTorch originals)
 

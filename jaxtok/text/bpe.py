@@ -1,13 +1,14 @@
 """Byte-level BPE primitives shared by CLIP's tokenizer (`clip_bpe`) and HF `tokenizer.json` files
 (`hf_bpe`): GPT-2's reversible byte <-> printable character table and the greedy merge loop.
 
-The merge loop is the one of HF `tokenizers` (`models/bpe/word.rs`, `Word::merge_all`): a min-queue of
-(rank, position) over adjacent pairs; the lowest-ranked pair is merged, leftmost first among equal
-ranks, and the pairs it forms with its neighbours are queued. For merge tables in which every merge's
-parts are made by earlier (lower-ranked) merges -- every trained table, CLIP's and GPT-2's included --
-this equals GPT-2 / CLIP's loop ("merge every occurrence of the lowest-ranked pair, left to right,
-repeat"). The two differ only for hand-made tables where a merge ranks below one that makes its part:
-with merges (a, a) rank 1 and (aa, a) rank 0, "aaaa" gives [aaa, a] here and [aa, aa] in GPT-2's loop.
+The merge loop is the one of HF `tokenizers` (`models/bpe/word.rs`, `Word::merge_all`): a
+min-queue of (rank, position) over adjacent pairs; the lowest-ranked pair is merged, leftmost first
+among equal ranks, and the pairs it forms with its neighbours are queued. For merge tables in which
+every merge's parts are made by earlier (lower-ranked) merges -- every trained table, CLIP's and
+GPT-2's included -- this equals GPT-2 / CLIP's loop ("merge every occurrence of the lowest-ranked
+pair, left to right, repeat"). The two differ only for hand-made tables where a merge ranks below
+one that makes its part: with merges (a, a) rank 1 and (aa, a) rank 0, "aaaa" gives [aaa, a] here
+(as `tokenizers`) and [aa, aa] in GPT-2's loop.
 """
 from __future__ import annotations
 

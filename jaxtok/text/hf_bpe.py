@@ -2,7 +2,7 @@
 `tokenizers`, `transformers` or `regex` dependency.
 
   tok = ByteLevelBPE.from_file("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-  tok.encode("a photo of a cat", max_length=128)     # list of int (post-processor's tokens included)
+  tok.encode("a photo of a cat", max_length=128)     # list of int (post-processor's tokens in)
   ids, mask = tok.batch(prompts, max_length=128)     # int32 [B, T] each, left-padded to the longest
   tok.decode(ids[0][mask[0] == 1])                   # text
 
@@ -20,12 +20,12 @@ What HF `tokenizers` 0.22.2 does (`tokenizer/mod.rs`, `added_vocabulary.rs`, `mo
                  's|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+
              (Oniguruma; case-sensitive contractions), each match's UTF-8 bytes as GPT-2's byte
              characters. Python's `re` has no \\p{..}: the classes are built from `unicodedata`
-             (L* and N* general categories; \\s = White_Space = 9-13, 0x85, Zs, Zl, Zp -- Python's own
-             \\s would also take the separators 0x1C-0x1F).
+             (L* and N* general categories; \\s = White_Space = 9-13, 0x85, Zs, Zl, Zp --
+             Python's own \\s would also take the separators 0x1C-0x1F).
   model      BPE: vocab, merges ("a b" strings or [a, b] lists, "#version" lines skipped), the merge
              loop of `text.bpe.merge`, ignore_merges (a whole piece in the vocab is one token),
-             continuing_subword_prefix / end_of_word_suffix, unk_token + fuse_unk (a character not in
-             the vocab becomes unk, or is dropped when there is none, as the Rust).
+             continuing_subword_prefix / end_of_word_suffix, unk_token + fuse_unk (a character not
+             in the vocab becomes unk, or is dropped when there is none, as the Rust).
   post_processor ByteLevel (ids unchanged), TemplateProcessing (the "single" template's special
              tokens around $A), a Sequence of those, or none.
   truncation `max_length` counts the post-processor's tokens: the pieces' ids are cut (right side)
@@ -36,18 +36,22 @@ What HF `tokenizers` 0.22.2 does (`tokenizer/mod.rs`, `added_vocabulary.rs`, `mo
 
 With `tokenizer_config.json` the tokenizer is what `transformers` 4.57.6 `AutoTokenizer` builds
 (`PreTrainedTokenizerFast.__init__`, `GPTNeoXTokenizerFast`): `add_prefix_space` from the config
-(default false) replaces the ByteLevel pre-tokenizer's; special tokens (bos / eos / unk / sep / pad /
-cls / mask / additional_special_tokens, `special_tokens_map.json` overriding the config) that are not
-yet added tokens are added as special ones; for GPTNeoXTokenizer (also when tokenizer_class is absent:
-AutoTokenizer picks GPTNeoXTokenizerFast for OLMo) bos / eos / unk default to "<|endoftext|>" and the
-post-processor becomes [bos if add_bos_token] $A [eos if add_eos_token] (both default false).
-`pad_id` is the config's / map's pad_token, else the tokenizer.json padding section's.
+(default false) replaces the ByteLevel pre-tokenizer's; special tokens (bos / eos / unk / sep /
+pad / cls / mask / additional_special_tokens, `special_tokens_map.json` overriding the config) that
+are not yet added tokens are added as special ones; for GPTNeoXTokenizer (also when tokenizer_class
+is absent: AutoTokenizer picks GPTNeoXTokenizerFast for OLMo) bos / eos / unk default to
+"<|endoftext|>" and the post-processor becomes [bos if add_bos_token] $A [eos if add_eos_token]
+(both default false). `pad_id` is the config's / map's pad_token, else the tokenizer.json padding
+section's. The tokenizer.json truncation section is not read: `max_length` is an argument.
 
-Refused with the option named: byte_fallback, BPE dropout, other normalizers / pre-tokenizers /
-post-processors / decoders (Bert / Roberta processing, Split, Digits, Metaspace, ...), pair
-templates are ignored (single texts only). Not reproduced: offsets, transformers' decode clean-up of
-spaces before punctuation (`decode` is `tokenizers`' decode), characters new in Unicode after
-Python's `unicodedata` version (14.0 for Python 3.11).
+Refused with the option named: byte_fallback, BPE dropout, other models / normalizers /
+pre-tokenizers (Sequence, Split, Digits, Metaspace: GPT-NeoX / OLMo use ByteLevel alone) /
+post-processors (Bert / Roberta processing) / decoders, a config `added_tokens_decoder` entry that
+differs from tokenizer.json's (transformers would re-add it). Pair templates are ignored (single
+texts only). Not reproduced: offsets; transformers' decode clean-up of spaces before punctuation
+(`decode` is `tokenizers`' decode); characters assigned after Python's `unicodedata` version (14.0
+for Python 3.11; against the Rust classes every code point assigned in 14.0 agrees, checked by the
+fixture script's --check).
 
 Dimension names: B texts, T tokens.
 """
@@ -134,7 +138,7 @@ def _space_runs() -> tuple[re.Pattern, re.Pattern]:
 
 
 def is_word_char(c: str) -> bool:
-  """Rust `regex`'s Unicode \\w: Alphabetic, marks, decimal digits, connector punctuation, ZWNJ/ZWJ."""
+  """Rust `regex`'s Unicode \\w: Alphabetic, marks, decimal digits, connector punctuation, ZWJ."""
   cat = unicodedata.category(c)
   if cat[0] in "LM" or cat in ("Nd", "Nl", "Pc") or c in "\u200c\u200d":
     return True
@@ -378,7 +382,7 @@ class ByteLevelBPE:
       want = {k: v for k, v in entry.items() if k in ADDED_FIELDS}
       if tok is None or tok.id != int(key) or want != {k: getattr(tok, k) for k in want}:
         raise ValueError(f"tokenizer_config added_tokens_decoder[{key}] = {entry!r} differs from "
-                         f"tokenizer.json's added token {tok!r} (re-adding tokens is not supported)")
+                         f"tokenizer.json's added token {tok!r} (re-adding is not supported)")
     specials = {k: config[k] for k in (*SPECIAL_KEYS, "additional_special_tokens") if k in config}
     for key, value in special_map.items():
       if key in (*SPECIAL_KEYS, "additional_special_tokens"):

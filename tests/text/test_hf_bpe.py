@@ -1,5 +1,5 @@
-"""HF tokenizer.json byte-level BPE against ids made by `tokenizers` 0.22.2 and `transformers` 4.57.6
-(tests/fixtures/hf_bpe, built by make_hf_bpe_fixture.py.txt), plus hand-derived cases."""
+"""HF tokenizer.json byte-level BPE against ids made by `tokenizers` 0.22.2 and `transformers`
+4.57.6 (tests/fixtures/hf_bpe, built by make_hf_bpe_fixture.py.txt), plus hand-derived cases."""
 import json
 import os
 import unicodedata
@@ -27,8 +27,8 @@ def golden():
 
 @pytest.fixture(scope="module")
 def toks():
-  out = {k: hf_bpe.ByteLevelBPE.from_file(_path(n)) for k, n in
-         (("base", "tokenizer.json"), ("list", "tokenizer_list.json"), ("eos", "tokenizer_eos.json"))}
+  names = {"base": "tokenizer.json", "list": "tokenizer_list.json", "eos": "tokenizer_eos.json"}
+  out = {k: hf_bpe.ByteLevelBPE.from_file(_path(n)) for k, n in names.items()}
   for key, (tj, tc) in COMBOS.items():
     out[key] = hf_bpe.ByteLevelBPE.from_file(_path(tj), _path(tc), _path("special_tokens_map.json"))
   return out
