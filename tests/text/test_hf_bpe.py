@@ -12,7 +12,8 @@ from jaxtok.text import bpe, hf_bpe
 D = os.path.join(os.path.dirname(__file__), "..", "fixtures", "hf_bpe")
 COMBOS = {"base+config": ("tokenizer.json", "tokenizer_config.json"),
           "base+config_eos": ("tokenizer.json", "tokenizer_config_eos.json"),
-          "eos+config": ("tokenizer_eos.json", "tokenizer_config.json")}
+          "eos+config": ("tokenizer_eos.json", "tokenizer_config.json"),
+          "base+config_extra": ("tokenizer.json", "tokenizer_config_extra.json")}
 
 
 def _path(name):
@@ -70,6 +71,11 @@ def test_transformers_batches_left_padded(toks, golden):
         assert mask.tolist() == rows["attention_mask"], (key, max_length, group)
   assert toks["base+config_eos"].suffix_ids == [0] and toks["eos+config"].suffix_ids == []
   assert toks["eos"].suffix_ids == [0]
+  # special tokens of the config that were no added tokens get transformers' ids (next free ones)
+  extra, want = toks["base+config_extra"], golden["transformers"]["base+config_extra"]["added"]
+  assert {t: extra.added_tokens[t].id for t in want} == want == {"<|begin|>": 1006, "the": 1007,
+                                                                 "<|new|>": 1008}
+  assert extra.prefix_ids == [1006]
 
 
 def test_decode_matches_tokenizers_and_round_trips(toks, golden):
