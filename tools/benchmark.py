@@ -17,6 +17,7 @@ Usage:
       (ResGen beside MaskGIT / MAR; Instella's binary diffusion and binary AR beside the GPT)
   python tools/benchmark.py --suite semantic [--batch 8] [--repeats 5]   (TokenFlow, DualToken, TexTok, TiTok)
   python tools/benchmark.py --suite gpstoken_gen [--other-batch 4] [--repeats 3]   (GPSToken SiT SDE)
+  python tools/benchmark.py --suite hf_bpe [--batch 32] [--repeats 10]   (tokenizer.json BPE ids)
   python tools/benchmark.py --compare-official ../1d-tokenizer [--models titok_s128,titok_bl64,rar]
       [--batch 8] [--repeats 2] [--breakdown]   (suite "official": jaxtok beside the PyTorch originals)
 
@@ -1906,6 +1907,62 @@ def instella_suite(args) -> list[tuple[str, str, float, str]]:
   return rows
 
 
+# ---- HF tokenizer.json byte-level BPE (Instella-T2I's OLMo prompt tokenizer)
+
+def hf_bpe_suite(args) -> list[tuple[str, str, float, str]]:
+  """Host cost of prompt ids: `text.hf_bpe` (pure-Python added-token split, NFC, GPT-2 pattern,
+  BPE merge queue) on the test fixture (tiny byte-level BPE: vocab 1000 + 6 added tokens, 742
+  merges, OLMo-like GPTNeoX config): `batch` of --batch (default 32) prompts at max_length 128,
+  left-padded (the release's call), with the per-piece BPE cache cleared before every call (cold)
+  and kept (warm), plus one load and the one-off Unicode class build."""
+  import json
+  from jaxtok.data import captions as captions_lib
+  from jaxtok.text import hf_bpe
+  b = args.batch or 32
+  rows = Rows()
+  d = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests",
+                   "fixtures", "hf_bpe")
+  files = [os.path.join(d, n) for n in ("tokenizer.json", "tokenizer_config.json",
+                                         "special_tokens_map.json")]
+  stage("hf_bpe: load")
+
+  def classes():
+    hf_bpe._classes.cache_clear()
+    hf_bpe.gpt2_pattern.cache_clear()
+    return hf_bpe.gpt2_pattern()
+
+  t_cls = time_call(classes, max(1, args.repeats // 5), lambda x: x)
+  rows.append(("Unicode \\p{L} / \\p{N} / \\s classes + GPT-2 pattern (once per process)",
+               "jaxtok", t_cls * 1e3, "unicodedata scan of 1.1M code points"))
+  t_load = time_call(lambda: hf_bpe.ByteLevelBPE.from_file(*files), args.repeats, lambda x: x)
+  rows.append(("tokenizer.json + config load (fixture: vocab 1000, 742 merges, 6 added)", "jaxtok",
+               t_load * 1e3, "parse + merge table"))
+  tok = hf_bpe.ByteLevelBPE.from_file(*files)
+  with open(os.path.join(d, "golden.json"), encoding="utf-8") as f:
+    prompts = json.load(f)["texts"]
+  short = list(captions_lib.CAPTIONS.values())
+  sets = {"bundled captions (4-6 words)": [short[i % len(short)] for i in range(b)],
+          # the fixture's first prompts (multilingual, emoji, whitespace) and its two long ones
+          "fixture prompts (multilingual, emoji, 2 long)": [prompts[i % (len(prompts) - 2)]
+                                                           for i in range(b - 2)] + prompts[-2:]}
+  for name, texts in sets.items():
+    stage(f"hf_bpe: {name}")
+    n_ids = int(tok.batch(texts, max_length=128)[1].sum())
+
+    def cold(texts=texts):
+      tok._cache.clear()
+      return tok.batch(texts, max_length=128)
+
+    t_cold = time_call(cold, args.repeats, lambda x: x)
+    rows.append((f"batch {b} {name}, max_length 128, left pad, cold BPE cache", "jaxtok",
+                 t_cold * 1e3, f"{b / t_cold:.4g} prompts/s; {n_ids} ids"))
+    t_warm = time_call(lambda texts=texts: tok.batch(texts, max_length=128), args.repeats,
+                       lambda x: x)
+    rows.append((f"batch {b} {name}, max_length 128, left pad, warm BPE cache", "jaxtok",
+                 t_warm * 1e3, f"{b / t_warm:.4g} prompts/s"))
+  return rows
+
+
 SUITES = {"quantizers": quantizer_suite, "tokenizers": tokenizer_suite, "train": train_suite,
           "samplers": sampler_suite, "data": data_suite,
           "official": official_suite,
@@ -1925,6 +1982,7 @@ SUITES = {"quantizers": quantizer_suite, "tokenizers": tokenizer_suite, "train":
           "spm": spm_suite,
           "gpstoken_gen": gpstoken_gen_suite,
           "instella": instella_suite,
+          "hf_bpe": hf_bpe_suite,
           }
 
 

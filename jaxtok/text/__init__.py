@@ -1,2 +1,2 @@
-"""Text tokenizers for text-conditioned models (CLIP's byte-level BPE, SentencePiece unigram models)
-and the captions -> CLIP text features encoder."""
+"""Text tokenizers for text-conditioned models (CLIP's byte-level BPE, SentencePiece unigram models,
+HF tokenizer.json byte-level BPE) and the captions -> CLIP text features encoder."""

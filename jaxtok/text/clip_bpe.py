@@ -9,7 +9,8 @@ rebuilt from the merges file the user supplies (gzip or plain text, first line a
         -> split by the official pattern (special tokens, 's 't 're 've 'm 'll 'd, letter runs,
            single digits, runs of other non-space symbols)
         -> each piece's UTF-8 bytes as byte symbols, the last one marked "</w>", merged greedily by
-           merge rank (lowest first, every occurrence left to right) until no ranked pair is left.
+           merge rank (lowest first, leftmost first) until no ranked pair is left (`text.bpe.merge`,
+           shared with `hf_bpe`; the official loop's result for the official, trained merges).
   tokenize(texts, context_length=77) -> int32 [N, 77]: [SOT] + ids + [EOT], cut to the context with
   EOT kept as the last id, zero-padded (as open_clip's `tokenize`).
 
@@ -21,7 +22,6 @@ is not applied: ftfy is not a dependency; it changes only broken text.
 """
 from __future__ import annotations
 
-import functools
 import gzip
 import html
 import os
@@ -29,28 +29,14 @@ import re
 
 import numpy as np
 
+from jaxtok.text.bpe import bytes_to_unicode, byte_symbols, merge, unicode_to_bytes
+
 SOT, EOT = "<start_of_text>", "<end_of_text>"
 MAX_MERGES = 49152 - 256 - 2  # the official slice merges[1:49152-256-2+1]
 CONTEXT_LENGTH = 77
 _PATTERN = re.compile(
     r"<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|(?:[^\s\w]|_)+",
     re.IGNORECASE)
-
-
-@functools.lru_cache(maxsize=None)
-def bytes_to_unicode() -> dict[int, str]:
-  """GPT-2's reversible byte -> printable character map (the printable Latin-1 bytes map to
-  themselves, the other 68 to chr(256 + i) in byte order)."""
-  bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-      range(ord("®"), ord("ÿ") + 1))
-  cs = list(bs)
-  n = 0
-  for b in range(256):
-    if b not in bs:
-      bs.append(b)
-      cs.append(256 + n)
-      n += 1
-  return dict(zip(bs, map(chr, cs)))
 
 
 def clean(text: str) -> str:
@@ -92,7 +78,8 @@ class CLIPTokenizer:
     vocab += [SOT, EOT]
     self.encoder = {s: i for i, s in enumerate(vocab)}
     self.decoder = {i: s for s, i in self.encoder.items()}
-    self.ranks = {m: i for i, m in enumerate(merges)}
+    # (a, b) -> (rank, a + b); a pair listed twice keeps its last rank, as the official dict
+    self.merges = {m: (i, m[0] + m[1]) for i, m in enumerate(merges)}
     self.sot_id, self.eot_id = self.encoder[SOT], self.encoder[EOT]
     self.vocab_size = len(vocab)
     self._cache = {SOT: SOT, EOT: EOT}
@@ -101,21 +88,7 @@ class CLIPTokenizer:
     """The BPE symbols of one pre-tokenized piece (byte symbols), the last marked "</w>"."""
     if piece in self._cache:
       return self._cache[piece].split(" ")
-    word = list(piece[:-1]) + [piece[-1] + "</w>"]
-    while len(word) > 1:
-      pairs = {(a, b) for a, b in zip(word, word[1:])}
-      best = min(pairs, key=lambda p: self.ranks.get(p, float("inf")))
-      if best not in self.ranks:
-        break
-      merged, i = [], 0
-      while i < len(word):  # every occurrence of the pair, left to right
-        if i < len(word) - 1 and (word[i], word[i + 1]) == best:
-          merged.append(word[i] + word[i + 1])
-          i += 2
-        else:
-          merged.append(word[i])
-          i += 1
-      word = merged
+    word = merge(list(piece[:-1]) + [piece[-1] + "</w>"], self.merges)
     self._cache[piece] = " ".join(word)
     return word
 
@@ -123,11 +96,9 @@ class CLIPTokenizer:
     """The ids of `text` (no SOT/EOT)."""
     if not isinstance(text, str):
       raise TypeError(f"text must be a str, got {type(text).__name__}")
-    byte_encoder = bytes_to_unicode()
     ids = []
     for piece in _PATTERN.findall(clean(text)):
-      symbols = "".join(byte_encoder[b] for b in piece.encode("utf-8"))
-      ids.extend(self.encoder[s] for s in self.bpe(symbols))
+      ids.extend(self.encoder[s] for s in self.bpe(byte_symbols(piece)))
     return ids
 
   def decode(self, ids) -> str:
@@ -140,7 +111,7 @@ class CLIPTokenizer:
         break
       if i != self.sot_id:
         symbols.append(self.decoder[i])
-    return _join("".join(symbols), {c: b for b, c in bytes_to_unicode().items()})
+    return _join("".join(symbols), unicode_to_bytes())
 
   def tokenize(self, texts: str | list[str], context_length: int = CONTEXT_LENGTH) -> np.ndarray:
     """int32 [N, context_length]: [SOT] + encode(text) + [EOT], cut with EOT kept last, 0-padded."""
