@@ -81,7 +81,7 @@ def convert(flat: Mapping[str, np.ndarray], num_heads: int) -> dict[str, np.ndar
   for key, value in flat.items():
     if key.startswith(_IGNORED):
       continue
-    v = np.asarray(value, np.float32)
+    v = np.asarray(value)  # dtype kept (fill_state casts): no float32 copy of a 1B-value file
     m = _LAYER.match(key)
     if key == "model.embed_tokens.weight":
       out["embed"] = v
