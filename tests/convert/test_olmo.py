@@ -103,3 +103,30 @@ def test_wrong_checkpoints_are_refused_by_name(tmp_path):
   os.remove(bad / "model.safetensors")
   with pytest.raises(ValueError, match="holds no model.safetensors, model.safetensors.index.json"):
     C.load(bad)
+
+
+def test_attention_bias_tensors_map_onto_the_fused_biases(tmp_path):
+  """attention_bias (False in every released OLMo v1): zero biases give the bias-free outputs;
+  the q/k/v biases land in qkv_bias [3, H, E] in order and o_proj's in out_bias."""
+  from safetensors.numpy import save_file
+  flat, _ = common.read_checkpoint(os.path.join(TINY, "plain", "model.safetensors"))
+  flat = {k: np.asarray(v, np.float32) for k, v in flat.items()}
+  for i in range(2):
+    for j, c in enumerate("qkvo"):
+      flat[f"model.layers.{i}.self_attn.{c}_proj.bias"] = np.full((32,), float(j), np.float32)
+  d = tmp_path / "biased"
+  d.mkdir()
+  save_file(flat, os.fspath(d / "model.safetensors"))
+  hf = json.loads(open(os.path.join(TINY, "plain", "config.json")).read())
+  (d / "config.json").write_text(json.dumps(dict(hf, attention_bias=True)))
+  cfg, params = C.load(d)
+  attn = params["layers"]["blocks"][1]["attn"]
+  np.testing.assert_array_equal(attn["qkv_bias"].get_value()[:, 0, 0], [0.0, 1.0, 2.0])
+  np.testing.assert_array_equal(attn["out_bias"].get_value(), np.full((32,), 3.0))
+  for i in range(2):  # zeroed in place: then the biased tower is the plain one
+    for name in ("qkv_bias", "out_bias"):
+      p = params["layers"]["blocks"][i]["attn"][name]
+      p.set_value(jnp.zeros_like(p.get_value()))
+  io = _io()
+  got = olmo.hidden_states_fn(cfg)(params, jnp.asarray(io["ids"]), jnp.asarray(io["mask"]))
+  np.testing.assert_allclose(np.asarray(got), _loaded("plain")[2], atol=1e-5)

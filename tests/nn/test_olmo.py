@@ -121,17 +121,16 @@ def test_scan_layers_and_remat_match_the_unrolled_tower(tower):
 
 
 def test_stack_capture_all_equals_each_capture_k():
-  make = lambda r: Block(16, 2, mlp_hidden=32, rngs=r)
-  x = jax.random.normal(jax.random.key(0), (2, 3, 16))
+  make = lambda r: Block(8, 2, mlp_hidden=16, rngs=r)
+  x = jax.random.normal(jax.random.key(0), (2, 3, 8))
   for scan in (False, True):
-    stack = Stack(3, make, scan_layers=scan, rngs=nnx.Rngs(1))
+    stack = Stack(2, make, scan_layers=scan, rngs=nnx.Rngs(1))
     out, every = stack(x, capture="all", causal=True)
-    assert every.shape == (3, 2, 3, 16)
+    assert every.shape == (2, 2, 3, 8)
     np.testing.assert_allclose(np.asarray(every[-1]), np.asarray(out), atol=1e-6)
-    for k in (1, 2):
-      np.testing.assert_allclose(np.asarray(every[k - 1]),
-                                 np.asarray(stack(x, capture=k, causal=True)[1]), atol=1e-5)
-  with pytest.raises(ValueError, match="capture must be an int in \\[1, 3\\].*or 'all'"):
+    np.testing.assert_allclose(np.asarray(every[0]),
+                               np.asarray(stack(x, capture=1, causal=True)[1]), atol=1e-5)
+  with pytest.raises(ValueError, match="capture must be an int in \\[1, 2\\].*or 'all'"):
     stack(x, capture="some")
 
 
