@@ -30,8 +30,9 @@ Padded positions: the release masks them out downstream (the DiT's joint attenti
 query of a left-padded row sees no key (its causal keys are all pads); `nn.attention` then gives it
 uniform weights over all T keys, as HF's eager attention does (its additive mask puts the most
 negative float on every key): finite values, equal to HF eager's to rounding (tested against the
-fixture). HF's sdpa and flash-attention kernels return other (finite) values there; the release
-(flash_attention_2, bf16) zeroes those rows' attention output. None of it reaches the generator.
+fixture). HF's sdpa path returns other finite values there (up to ~10 apart from eager's on the
+fixture); the release's flash_attention_2 path (bf16) unpads the queries and writes zeros as the
+attention output at padded positions (`_pad_input`). None of it reaches the generator.
 
 `SIZES["amd-olmo-1b"]` is AMD-OLMo-1B's config.json (as mirrored by onnx-community/AMD-OLMo-1B,
 `_name_or_path` amd/AMD-OLMo-1B; identical to amd/AMD-OLMo-1B-SFT's): hidden 2048, 16 layers, 16

@@ -16,6 +16,9 @@ rows are padded on the LEFT with `tokenizer.pad_id` to the longest row of the ba
 "features" float32 [L, B, T, W] with "mask" int32 [B, T]. A batch whose texts all encode to no
 token (HF would return T = 0) gets T = 1: one padding column, mask 0, which the DiT's mask ignores.
 
+The release runs the LM in bfloat16 (flash_attention_2); `from_files(..., config={"dtype":
+"bfloat16"})` computes in that dtype too (parameters stay float32, features are returned float32).
+
 The tower is jitted once; jax.jit keeps one compiled program per (B, T) it has seen, so a training
 loop with a fixed caption length compiles once.
 
