@@ -55,9 +55,12 @@ def test_hidden_states_match_transformers(variant):
   assert cfg["clip_qkv"] == (None if variant == "plain" else 0.3)
 
 
-def test_tool_registry_route_with_overrides_scans_the_same():
+def test_tool_registry_route_with_overrides_scans_the_same(tmp_path):
   cfg, params = convert.convert("olmo", os.path.join(TINY, "clip"), '{"scan_layers": true}')
   assert cfg["name"] == "olmo" and cfg["scan_layers"] is True
+  # What tools/convert.py writes loads back through the frozen-tower registry.
+  convert.save_converted(tmp_path / "out", cfg, params)
+  cfg, params = convert.load_converted(tmp_path / "out")
   assert params["layers"]["blocks"]["attn"]["qkv"].get_value().shape == (2, 32, 3, 4, 8)
   io = _io()
   got = olmo.hidden_states_fn(cfg)(params, jnp.asarray(io["ids"]), jnp.asarray(io["mask"]))
