@@ -18,6 +18,7 @@ Usage:
   python tools/benchmark.py --suite semantic [--batch 8] [--repeats 5]   (TokenFlow, DualToken, TexTok, TiTok)
   python tools/benchmark.py --suite gpstoken_gen [--other-batch 4] [--repeats 3]   (GPSToken SiT SDE)
   python tools/benchmark.py --suite hf_bpe [--batch 32] [--repeats 10]   (tokenizer.json BPE ids)
+  python tools/benchmark.py --suite olmo [--batch 8] [--repeats 5]   (OLMo text tower hidden states)
   python tools/benchmark.py --compare-official ../1d-tokenizer [--models titok_s128,titok_bl64,rar]
       [--batch 8] [--repeats 2] [--breakdown]   (suite "official": jaxtok beside the PyTorch originals)
 
@@ -1963,6 +1964,30 @@ def hf_bpe_suite(args) -> list[tuple[str, str, float, str]]:
   return rows
 
 
+def olmo_suite(args) -> list[tuple[str, str, float, str]]:
+  """Rows (case, implementation, ms per batch, prompts/s): every layer's hidden state of an OLMo v1
+  tower (`nn.olmo`, HF hidden_states[1:], Instella-T2I's text condition) at reduced size (W 256,
+  L 4, H 4, MLP 1024, vocab 50304; AMD-OLMo-1B: W 2048, L 16, MLP 8192), random weights, left
+  padded prompts (a quarter of each row padding), float32 and bfloat16 at 32 tokens, float32 at
+  the release's 128. --batch (default 8), --repeats."""
+  from flax import nnx
+  from jaxtok.nn import olmo
+  b = args.batch or 8
+  rows = Rows()
+  cfg = dict(width=256, depth=4, num_heads=4, mlp_hidden=1024, vocab_size=50304)
+  params = nnx.state(olmo.make_model(cfg, rngs=nnx.Rngs(0)), nnx.Param)
+  rng = np.random.default_rng(0)
+  for t, dtype in ((32, "float32"), (32, "bfloat16"), (128, "float32")):
+    stage(f"olmo: T {t} {dtype}")
+    fn = jax.jit(olmo.hidden_states_fn(dict(cfg, dtype=dtype)))
+    ids = jnp.asarray(rng.integers(3, 50304, (b, t)), jnp.int32)
+    mask = jnp.asarray(np.arange(t)[None] >= t // 4, jnp.int32).repeat(b, 0)
+    sec = time_call(lambda: fn(params, ids, mask), args.repeats, jax.block_until_ready)
+    rows.append((f"OLMo hidden states W256 L4, {t} tokens, batch {b}, {dtype}", "jaxtok", sec * 1e3,
+                 f"{b / sec:.3g} prompts/s; output [4, {b}, {t}, 256] float32"))
+  return rows
+
+
 SUITES = {"quantizers": quantizer_suite, "tokenizers": tokenizer_suite, "train": train_suite,
           "samplers": sampler_suite, "data": data_suite,
           "official": official_suite,
@@ -1983,6 +2008,7 @@ SUITES = {"quantizers": quantizer_suite, "tokenizers": tokenizer_suite, "train":
           "gpstoken_gen": gpstoken_gen_suite,
           "instella": instella_suite,
           "hf_bpe": hf_bpe_suite,
+          "olmo": olmo_suite,
           }
 
 

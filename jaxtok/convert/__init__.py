@@ -23,6 +23,7 @@
   "gpstoken"  GPSToken (S64 / M128 / L256)                           convert/gpstoken.py
   "gpstoken_gen" GPSToken's generator (SiT-XL/2-gs)                  convert/gpstoken_gen.py
   "instella"  Instella-T2I's binary autoencoder                      convert/instella.py
+  "olmo"      OLMo v1 text tower (HF checkpoint directory, `nn.olmo`) convert/olmo.py
 `config`: for FlexTok, None (the hydra config in the file), a name of flextok.RELEASED, or a
 mapping of overrides; for the others, a released model name (e.g. "tokenizer_titok_l32_imagenet"), a jaxtok config (mapping,
 JSON string or file), an official config (with a "model" key, e.g. the HF config.json), or None to
@@ -40,10 +41,10 @@ import os
 from typing import Any
 
 MODELS = ("titok", "onedpiece", "vqgan", "maskgit", "rar", "flextok", "dinov2", "tatitok", "clip_text",
-          "maskgen", "siglip", "t5", "maskgen_kl", "gpstoken", "gpstoken_gen", "instella")
+          "maskgen", "siglip", "t5", "maskgen_kl", "gpstoken", "gpstoken_gen", "instella", "olmo")
 # Frozen feature towers: `jaxtok.convert.<name>.load(weights, overrides) -> (config, params)` and
 # `jaxtok.nn.<name>.abstract_params(config)`.
-FROZEN_TOWERS = ("clip_text", "siglip", "t5", "dinov2")
+FROZEN_TOWERS = ("clip_text", "siglip", "t5", "dinov2", "olmo")
 # Converters called as `jaxtok.convert.<model>.load(weights, config) -> (config, params)`.
 _PLAIN = ("vqgan", "gpstoken", "instella", "maskgit", "gpstoken_gen", "rar", "maskgen", "maskgen_kl",
           "tatitok")

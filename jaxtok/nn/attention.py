@@ -199,6 +199,8 @@ class Attention(nnx.Module):
     rope: None, "1d", "2d" or "angles" (`nn.rope`; positions then come with each call; 1D defaults to 0..T-1).
     rope_theta: RoPE base.
     scale: score scale; None = 1/sqrt(E).
+    qkv_clip: None, or c > 0: q, k and v are clamped to [-c, c] right after their projections
+      (before qk-norm and RoPE; OLMo's `clip_qkv`).
     implementation: None, "xla" or "cudnn" (see `attend`).
     dtype: compute dtype; parameters are float32.
     qkv_init, out_init: initializers (default PyTorch MultiheadAttention's xavier-uniform on the
@@ -212,7 +214,11 @@ class Attention(nnx.Module):
                qk_norm_affine: bool = False, qk_norm_bias: bool = False, qk_norm_eps: float = 1e-5,
                rope: str | None = None, rope_theta: float = 10000.0, scale: float | None = None,
                implementation=None, dtype=jnp.float32, qkv_init=None, out_init=None,
-               rngs: nnx.Rngs):
+               qkv_clip: float | None = None, rngs: nnx.Rngs):
+    if qkv_clip is not None and (isinstance(qkv_clip, bool) or not isinstance(qkv_clip, (int, float))
+                                 or not qkv_clip > 0):
+      raise ValueError(f"qkv_clip must be None or a number > 0, got {qkv_clip!r}")
+    self.qkv_clip = None if qkv_clip is None else float(qkv_clip)
     if head_dim is None:
       if width % num_heads:
         raise ValueError(f"width must be divisible by heads, got width={width}, "
@@ -274,6 +280,7 @@ class Attention(nnx.Module):
       qkv = jnp.einsum("btw,wche->btche", x.astype(dt), self.qkv.get_value().astype(dt))
       if self.qkv_bias is not None:
         qkv = qkv + self.qkv_bias.get_value().astype(dt)
+      qkv = self._clip(qkv)
       q, k, v = (sharding.constrain(qkv[:, :, i], ("act_batch", "act_seq", "act_heads", None))
                  for i in range(3))
       if self.q_norm is not None:
@@ -285,6 +292,10 @@ class Attention(nnx.Module):
       return q, k, v
     k, v = self._context_kv(context, context_positions)
     return self._query(x, positions), k, v
+
+  def _clip(self, t: jax.Array) -> jax.Array:
+    """t clamped to [-qkv_clip, qkv_clip] (unchanged without qkv_clip)."""
+    return t if self.qkv_clip is None else jnp.clip(t, -self.qkv_clip, self.qkv_clip)
 
   def _positions(self, positions, length: int):
     if positions is None:
@@ -311,6 +322,7 @@ class Attention(nnx.Module):
     q = jnp.einsum("btw,whe->bthe", x.astype(dt), wq.astype(dt))
     if bq is not None:
       q = q + bq.astype(dt)
+    q = self._clip(q)
     q = sharding.constrain(q, ("act_batch", "act_seq", "act_heads", None))
     if self.q_norm is not None:
       q = self.q_norm(q)
@@ -327,6 +339,7 @@ class Attention(nnx.Module):
     kv = jnp.einsum("bsw,wche->bsche", context.astype(dt), wkv.astype(dt))
     if bkv is not None:
       kv = kv + bkv.astype(dt)
+    kv = self._clip(kv)
     k, v = (sharding.constrain(kv[:, :, i], ("act_batch", "act_seq", "act_heads", None))
             for i in range(2))
     if self.k_norm is not None:

@@ -80,7 +80,7 @@ class Block(nnx.Module):
       context_dim: its width Wc (default W); context_mlp: None or an `Mlp` kind for the per-block
       context map.
     head_dim, qkv_bias, out_bias, qk_norm, qk_norm_eps, qk_norm_affine, qk_norm_bias, rope,
-      rope_theta, scale, implementation, qkv_init, out_init: passed to `Attention`. mlp_init: the
+      rope_theta, scale, implementation, qkv_init, out_init, qkv_clip: passed to `Attention`. mlp_init: the
       MLP kernels' initializer.
     dropout: dropout rate of the attention output projection, the MLP hidden activation and the
       MLP output (timm's proj_drop / Mlp drop, as RAR's training config); attn_dropout: dropout
@@ -99,7 +99,7 @@ class Block(nnx.Module):
                qk_norm_bias: bool = False, rope: str | None = None, rope_theta: float = 10000.0,
                scale: float | None = None, implementation=None, qkv_init=None, out_init=None,
                mlp_init=None, dropout: float = 0.0, attn_dropout: float = 0.0, dtype=jnp.float32,
-               rngs: nnx.Rngs):
+               qkv_clip: float | None = None, rngs: nnx.Rngs):
     for name, rate in (("dropout", dropout), ("attn_dropout", attn_dropout)):
       if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
         raise ValueError(f"{name} must be a rate in [0, 1), got {rate!r}")
@@ -130,7 +130,8 @@ class Block(nnx.Module):
                           out_bias=out_bias, qk_norm=qk_norm, qk_norm_eps=qk_norm_eps,
                           qk_norm_affine=qk_norm_affine, qk_norm_bias=qk_norm_bias, rope=rope,
                           rope_theta=rope_theta, scale=scale, implementation=implementation,
-                          dtype=dtype, qkv_init=qkv_init, out_init=out_init, rngs=rngs)
+                          dtype=dtype, qkv_init=qkv_init, out_init=out_init, qkv_clip=qkv_clip,
+                          rngs=rngs)
     self.norm2 = make_norm()
     self.mlp = Mlp(width, mlp_hidden, kind=mlp, use_bias=mlp_bias, dtype=dtype,
                    kernel_init=mlp_init, rngs=rngs)
@@ -149,7 +150,7 @@ class Block(nnx.Module):
         out_bias=out_bias, qk_norm=qk_norm, qk_norm_eps=qk_norm_eps, qk_norm_affine=qk_norm_affine,
         qk_norm_bias=qk_norm_bias, rope=rope, rope_theta=rope_theta, scale=scale,
         implementation=implementation, dtype=dtype, qkv_init=qkv_init, out_init=out_init,
-        rngs=rngs) if cross is not None else None
+        qkv_clip=qkv_clip, rngs=rngs) if cross is not None else None
     self.context_mlp = Mlp(wc, wc, kind=context_mlp, use_bias=mlp_bias, dtype=dtype,
                            kernel_init=mlp_init, rngs=rngs) if context_mlp is not None else None
     self.norm_ctx = Norm(wc, kind=norm, eps=norm_eps, affine=norm_affine, dtype=dtype,

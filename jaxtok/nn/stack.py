@@ -20,7 +20,8 @@ block (scanned or not, under any remat policy); their caches are `block.CrossCac
 
 `Stack(x, capture=k)` also returns the hidden state after the first k blocks (1 <= k <= L), for
 losses on intermediate features (REPA, GigaTok's semantic regularisation); a scanned stack then runs
-two scans, over layers [0, k) and [k, L).
+two scans, over layers [0, k) and [k, L). `capture="all"` returns every block's output stacked,
+[L, B, T, W] (entry i after block i + 1; a scanned stack emits them from its one scan).
 
 Dimension names: L layers, B batch, T sequence, S cache length, W width, H heads, E head dim.
 """
@@ -103,8 +104,9 @@ class Stack(nnx.Module):
     return jax.checkpoint(run, policy=_POLICY[self.remat])
 
   def _apply(self, x, cache, start, kwargs, capture=None):
-    """(x, cache) after all blocks, plus the hidden state after block `capture` when given. A
-    `dropout_rng` in kwargs gives layer i the key fold_in(dropout_rng, i) (scanned or not)."""
+    """(x, cache) after all blocks, plus the hidden state after block `capture` when given (every
+    block's output stacked [L, ...] for capture "all"). A `dropout_rng` in kwargs gives layer i the
+    key fold_in(dropout_rng, i) (scanned or not)."""
     x = sharding.constrain(x, ("act_batch", "act_seq", "act_embed"))
     kwargs = dict(kwargs)
     drop = kwargs.pop("dropout_rng", None)
@@ -115,6 +117,10 @@ class Stack(nnx.Module):
       run = self._layer_fn(graphdef, kwargs, start)
       body = lambda x, layer: run(layer[0], x, layer[1], layer_rng(layer[2]))
       index = jnp.arange(self.depth)
+      if capture == "all":  # each layer's output is also the scan's per-layer result
+        x, (cache, hidden) = jax.lax.scan(
+            lambda x, layer: (lambda y, c: (y, (c, y)))(*body(x, layer)), x, (state, cache, index))
+        return x, cache, hidden
       if capture is None:
         return jax.lax.scan(body, x, (state, cache, index)) + (None,)
       # No cache here (training only): the layers [0, capture) and [capture, L) as two scans.
@@ -124,26 +130,32 @@ class Stack(nnx.Module):
       if capture < self.depth:
         x, _ = jax.lax.scan(body, x, (part(capture, self.depth), None, index[capture:]))
       return x, None, hidden
-    caches = []
+    caches, outputs = [], []
     for i, block in enumerate(self.blocks):
       graphdef, state = nnx.split(block)
       x, layer_cache = self._layer_fn(graphdef, kwargs, start)(
           state, x, None if cache is None else cache[i], layer_rng(i))
       caches.append(layer_cache)
+      outputs.append(x)
       if capture == i + 1:
         hidden = x
+    if capture == "all":
+      hidden = jnp.stack(outputs)
     return x, None if cache is None else tuple(caches), hidden
 
-  def __call__(self, x: jax.Array, *, capture: int | None = None, **kwargs):
+  def __call__(self, x: jax.Array, *, capture: int | str | None = None, **kwargs):
     """x [B, T, W]; keyword arguments (mask, causal, positions, cond, segments, context,
     context_mask, context_positions) go to every block.
 
-    Returns [B, T, W]; with capture=k (1 <= k <= L) the pair (output, hidden state after block k).
+    Returns [B, T, W]; with capture=k (1 <= k <= L) the pair (output, hidden state after block k);
+    with capture="all" the pair (output, every block's output [L, B, T, W]).
     """
     if capture is None:
       return self._apply(x, None, None, kwargs)[0]
-    if isinstance(capture, bool) or not isinstance(capture, int) or not 1 <= capture <= self.depth:
-      raise ValueError(f"capture must be an int in [1, {self.depth}] (a block count), got {capture!r}")
+    if capture != "all" and (isinstance(capture, bool) or not isinstance(capture, int)
+                             or not 1 <= capture <= self.depth):
+      raise ValueError(f"capture must be an int in [1, {self.depth}] (a block count) or 'all', got "
+                       f"{capture!r}")
     out, _, hidden = self._apply(x, None, None, kwargs, capture)
     return out, hidden
 
