@@ -154,11 +154,9 @@ def load(path: str | os.PathLike, config: Mapping[str, Any] | None = None):
   scan_layers). Raises ValueError naming every missing, unexpected or mis-shaped tensor.
   """
   from jaxtok.nn import olmo
-  if config is not None and not isinstance(config, Mapping) and not hasattr(config, "to_dict"):
-    raise TypeError(f"config must be a mapping of OLMo fields or None, got {type(config).__name__}")
+  overrides = common.tower_overrides(config, "OLMo")
   hf, flat = read(path)
-  cfg = config_from_hf(hf)
-  cfg.update(dict(config.to_dict() if hasattr(config, "to_dict") else config or {}))
-  params = common.fill_state(olmo.abstract_params(cfg), convert(flat, int(cfg["num_heads"])),
-                             source=os.fspath(path))
-  return cfg, params
+  # The sizes come from config.json (heads are not visible in the q/k/v shapes).
+  return common.fill_tower(flat, overrides, infer_config=lambda _flat, _heads: config_from_hf(hf),
+                           convert=convert, abstract_params=olmo.abstract_params,
+                           source=os.fspath(path))
