@@ -23,6 +23,7 @@
   "gpstoken"  GPSToken (S64 / M128 / L256)                           convert/gpstoken.py
   "gpstoken_gen" GPSToken's generator (SiT-XL/2-gs)                  convert/gpstoken_gen.py
   "instella"  Instella-T2I's binary autoencoder                      convert/instella.py
+  "instella_diff" / "instella_ar" Instella-T2I's text-to-image generators  convert/instella_t2i.py
 `config`: for FlexTok, None (the hydra config in the file), a name of flextok.RELEASED, or a
 mapping of overrides; for the others, a released model name (e.g. "tokenizer_titok_l32_imagenet"), a jaxtok config (mapping,
 JSON string or file), an official config (with a "model" key, e.g. the HF config.json), or None to
@@ -39,7 +40,8 @@ import os
 from typing import Any
 
 MODELS = ("titok", "onedpiece", "vqgan", "maskgit", "rar", "flextok", "dinov2", "tatitok", "clip_text",
-          "maskgen", "siglip", "t5", "maskgen_kl", "gpstoken", "gpstoken_gen", "instella")
+          "maskgen", "siglip", "t5", "maskgen_kl", "gpstoken", "gpstoken_gen", "instella",
+          "instella_diff", "instella_ar")
 # Frozen feature towers: `jaxtok.convert.<name>.load(weights, overrides) -> (config, params)` and
 # `jaxtok.nn.<name>.abstract_params(config)`.
 FROZEN_TOWERS = ("clip_text", "siglip", "t5")
@@ -65,6 +67,9 @@ def convert(model: str, weights: str | os.PathLike, config: Any = None):
   if model == "instella":
     from jaxtok.convert import instella
     return instella.load(weights, config)
+  if model in ("instella_diff", "instella_ar"):
+    from jaxtok.convert import instella_t2i
+    return instella_t2i.load(weights, config, model=model)
   if model == "maskgit":
     from jaxtok.convert import maskgit
     return maskgit.load(weights, config)
@@ -123,7 +128,7 @@ def resolve_config(config: Any, flat, *, released, aliases, infer, from_official
   return config
 
 
-GENERATORS = ("maskgit_official", "rar", "maskgen", "maskgen_kl", "gpstoken_gen")  # config names of converted generators
+GENERATORS = ("maskgit_official", "rar", "maskgen", "maskgen_kl", "gpstoken_gen", "instella_diff", "instella_ar")  # config names of converted generators
 
 
 def _generator_converter(config: dict):
@@ -143,6 +148,9 @@ def _generator_converter(config: dict):
   if config.get("name") == "gpstoken_gen":
     from jaxtok.convert import gpstoken_gen
     return gpstoken_gen
+  if config.get("name") in ("instella_diff", "instella_ar"):
+    from jaxtok.convert import instella_t2i
+    return instella_t2i.CONVERTERS[config["name"]]
   return None
 
 
