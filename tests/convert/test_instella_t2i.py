@@ -60,11 +60,14 @@ def test_shapes_give_the_tiny_config(name):
   assert {k: cfg[k] for k in TINY} == TINY and cfg["name"] == name
 
 
+_call = nnx.jit(lambda m, *args: m(*args))
+
+
 @functools.lru_cache(maxsize=None)
 def _diff_outputs():
   _, model = _model("instella_diff")
   io = _io()
-  run = nnx.jit(lambda m, x, t, f, k: m(x, t, f, k))
+  run = _call
   feats, mask = jnp.asarray(io["features"]), jnp.asarray(io["mask"])
   return [np.asarray(run(model, jnp.asarray(io["bits"]), jnp.asarray(io[t]), feats, mask))
           for t in ("t_a", "t_b")]
@@ -85,7 +88,7 @@ def test_ar_matches_release(inputs, key):
   """Logits for bits[:, :M] (M = 7: training's input; 3; 0: the split token alone)."""
   _, model = _model("instella_ar")
   io = _io()
-  got = model(jnp.asarray(io["bits"])[:, :inputs], jnp.asarray(io["features"]),
+  got = _call(model, jnp.asarray(io["bits"])[:, :inputs], jnp.asarray(io["features"]),
               jnp.asarray(io["mask"]))
   assert got.shape == (3, inputs + 1, 8)
   np.testing.assert_allclose(np.asarray(got), io[key], atol=TOL, rtol=0)
@@ -98,11 +101,12 @@ def test_text_mask_matters_and_padding_is_hidden():
   io = _io()
   feats, mask = jnp.asarray(io["features"]), jnp.asarray(io["mask"])
   bits, t = jnp.asarray(io["bits"]), jnp.asarray(io["t_a"])
-  base = model(bits, t, feats, mask)
+  base = _call(model, bits, t, feats, mask)
   noisy = feats.at[:, 1, :2].add(5.0).at[:, 2].add(5.0)  # row 1's padding, all of row 2
-  np.testing.assert_allclose(np.asarray(model(bits, t, noisy, mask)), np.asarray(base), atol=1e-6)
+  np.testing.assert_allclose(np.asarray(_call(model, bits, t, noisy, mask)), np.asarray(base),
+                             atol=1e-6)
   real = feats.at[:, 1, 3].add(1.0)
-  assert np.abs(np.asarray(model(bits, t, real, mask) - base))[1].max() > 1e-3
+  assert np.abs(np.asarray(_call(model, bits, t, real, mask) - base))[1].max() > 1e-3
 
 
 def test_load_reads_a_file_and_names_missing_tensors(tmp_path):
@@ -133,6 +137,7 @@ def test_ar_converter_drops_the_unused_time_embedding():
   assert not any("time" in n for n in names)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,key", [("instella_diff", "diff"), ("instella_ar", "ar")])
 def test_release_shapes_convert(name, key):
   """The released sizes (64 bits, 128 tokens, 16 layers of 16 x 128 heads, text width 2048) read

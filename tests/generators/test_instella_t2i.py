@@ -18,6 +18,9 @@ from jaxtok.generators import instella_diff as D
 from jaxtok.nn.block import Block
 
 
+_call = nnx.jit(lambda m, *args: m(*args))
+
+
 def _cfg(model):
   return dict(config_lib.get_config(f"model={model},tiny").model)
 
@@ -99,8 +102,9 @@ def test_diffusion_two_steps_follow_the_release_formulas(protocol):
   null_m = jnp.broadcast_to(null[1], mask.shape)
 
   def p0_at(x, t):
-    c = np.asarray(model(jnp.asarray(x, jnp.int32), t, feats, mask), np.float64)
-    u = np.asarray(model(jnp.asarray(x, jnp.int32), t, null_f, null_m), np.float64)
+    xi, tb = jnp.asarray(x, jnp.int32), jnp.full((3,), t)
+    c = np.asarray(_call(model, xi, tb, feats, mask), np.float64)
+    u = np.asarray(_call(model, xi, tb, null_f, null_m), np.float64)
     s = 1 / (1 + np.exp(-((1 + w) * c / temp - w * u / temp)))
     return x * (1 - s) + (1 - x) * s
 
@@ -129,7 +133,7 @@ def test_ar_sampler_equals_the_release_growing_prefix_loop():
                                               temperature=0.0, cfg_scale=w, delta=delta))(model))
   null_f = jnp.broadcast_to(null[0], feats.shape)
   null_m = jnp.broadcast_to(null[1], mask.shape)
-  call = nnx.jit(lambda m, z, f, k: m(z, f, k))
+  call = _call
   out = np.zeros((3, 0, 8), np.int32)
   for _ in range(8):
     c = np.asarray(call(model, jnp.asarray(out), feats, mask))[:, -1]
@@ -148,8 +152,8 @@ def test_ar_is_causal_over_image_tokens():
   model = _model("ar")
   feats, mask, _ = _cond()
   bits = jax.random.bernoulli(jax.random.key(4), 0.5, (3, 7, 8)).astype(jnp.int32)
-  full = model(bits, feats, mask)
-  np.testing.assert_allclose(np.asarray(model(bits[:, :3], feats, mask)),
+  full = _call(model, bits, feats, mask)
+  np.testing.assert_allclose(np.asarray(_call(model, bits[:, :3], feats, mask)),
                              np.asarray(full[:, :4]), atol=1e-5)
 
 
