@@ -17,8 +17,12 @@ with logits of all N tokens' bits, with the caption replaced by the caller's emp
 with probability uncond_prob (see `instella_diff.drop_condition`).
 
 Sampling (`sample`): the release's `BinaryAR.sample` recomputes the whole prefix at every token (no
-KV cache); so does this loop, over a fixed-length input (tokens not yet drawn are zeros that the
-causal mask hides, so position i equals the release's growing-prefix call; tested). Each token:
+KV cache). Here each layer's KV cache holds its projected text keys/values in slots 0..T-1 (computed
+once, `InstellaLayer.text_cache`) and one `step` per token writes the new token's keys at slot
+T + i (`nn.Block.extend` with the per-block position embedding); recompute=True runs the release's
+way over a fixed-length input (tokens not yet drawn are zeros that the causal mask hides, so
+position i equals the release's growing-prefix call). Both are tested equal to the release's
+growing-prefix loop. Each token:
 logits at its position, (1 + w) c - w u with the null condition as u, then
 `generators.binary_ar.draw_bits` (temperature, the within-token bit bias `delta`, 0 = greedy). N
 model calls of 2B rows with guidance. The release's loop draws range(64) bits (its n); here n.
@@ -27,7 +31,7 @@ Checked against the release: the network's outputs equal its (converted weights,
 1e-4 (`tests/convert/test_instella_t2i.py`). The release's AR model also carries an unused
 TimestepEmbedding (`time_embed.*`): the converter drops it. Not matched: initialisation (the release
 keeps PyTorch's Linear defaults, normal(0, 0.02) for the split token, zeros for pos; here
-trunc_normal(0.02) kernels, the same split token and pos); no KV cache.
+trunc_normal(0.02) kernels, the same split token and pos).
 
 Dimension names: B batch, N image tokens, M input tokens (<= N - 1), n bits, W width, L depth,
 T text length, Dt text width.
@@ -91,6 +95,29 @@ class InstellaAR(nnx.Module):
                    attention_mask(mask, m, causal=True), remat=self.remat)
     return self.proj_out(self.norm_out(x)).astype(jnp.float32)
 
+  def init_cache(self, features: jax.Array, mask: jax.Array, dtype=None):
+    """(per-layer KVCaches [B, H, T + N, E] holding each layer's text keys/values in slots 0..T-1,
+    slot mask bool [B, 1, 1, T + N]: the text mask, then ones) for `step`."""
+    check_condition(features, mask, depth=self.depth, text_dim=self.text_dim)
+    caches = tuple(layer.text_cache(features[l], self.seq_len, dtype)
+                   for l, layer in enumerate(self.layers))
+    slots = jnp.concatenate([mask != 0, jnp.ones((mask.shape[0], self.seq_len), bool)], axis=1)
+    return caches, slots[:, None, None, :]
+
+  def step(self, prev: jax.Array, position, caches, slot_mask: jax.Array):
+    """Logits float32 [B, n] of token `position` (int32, may be traced) from the bits prev [B, n]
+    of token position - 1 (ignored at position 0: the split token), writing that input's keys and
+    values at slot T + position of every layer's cache. Returns (logits, caches)."""
+    x = self.x_embed(prev[:, None].astype(jnp.float32))
+    split = jnp.broadcast_to(self.split.get_value().astype(x.dtype), x.shape)
+    x = jnp.where(position == 0, split, x)
+    slot = slot_mask.shape[-1] - self.seq_len + position
+    new = []
+    for layer, cache in zip(self.layers, caches):
+      x, cache = layer.extend(x, cache, slot, position, slot_mask)
+      new.append(cache)
+    return self.proj_out(self.norm_out(x))[:, 0].astype(jnp.float32), tuple(new)
+
 
 def loss(model: InstellaAR, bits: jax.Array, features: jax.Array, mask: jax.Array, *,
          rng: jax.Array, null=None, train: bool = True):
@@ -110,12 +137,13 @@ def loss(model: InstellaAR, bits: jax.Array, features: jax.Array, mask: jax.Arra
 
 def sample(rng: jax.Array, model: InstellaAR, features: jax.Array, mask: jax.Array, *,
            null=None, temperature: float = 1.0, cfg_scale: float = 0.0,
-           delta: float = 0.0) -> jax.Array:
+           delta: float = 0.0, recompute: bool = False) -> jax.Array:
   """Bits int32 [B, N, n] for the text condition (features [L, B, T, Dt], mask [B, T]).
 
   null: the empty prompt's (features [L, 1 or B, T, Dt], mask [1 or B, T]) for guidance;
   cfg_scale: w of (1 + w) c - w u (0 = unguided, null optional); temperature (0 = greedy) and
-  delta: `binary_ar.draw_bits`. One `lax.fori_loop` of N full recomputes.
+  delta: `binary_ar.draw_bits`. One `lax.fori_loop` over the N tokens: one cached `step` each
+  (text keys/values computed once), or with recompute=True the release's full recompute.
   """
   _checks.temperature(temperature)
   if isinstance(delta, bool) or not isinstance(delta, (int, float)):
@@ -128,17 +156,32 @@ def sample(rng: jax.Array, model: InstellaAR, features: jax.Array, mask: jax.Arr
   feats = jnp.moveaxis(feats, 1, 0)
   keys = jax.random.split(rng, n)
 
+  def draw(i, logits):
+    if guided:
+      logits = guidance.cfg_instella(logits[:b], logits[b:], cfg_scale)
+    return draw_bits(keys[i], logits, temperature=temperature, delta=delta)
+
+  out = jnp.zeros((b, n, model.num_bits), jnp.int32)
+  if not recompute:
+    caches, slot_mask = model.init_cache(feats, m)
+
+    def cached(i, carry):
+      out, prev, caches = carry
+      logits, caches = model.step(jnp.concatenate([prev, prev]) if guided else prev, i, caches,
+                                  slot_mask)
+      bits = draw(i, logits)
+      return out.at[:, i].set(bits), bits, caches
+
+    return jax.lax.fori_loop(0, n, cached, (out, out[:, 0], caches))[0]
+
   def body(i, out):
     inp = out[:, :n - 1]
     logits = jax.lax.dynamic_index_in_dim(
         model(jnp.concatenate([inp, inp]) if guided else inp, feats, m), i, axis=1,
         keepdims=False)
-    if guided:
-      logits = guidance.cfg_instella(logits[:b], logits[b:], cfg_scale)
-    bits = draw_bits(keys[i], logits, temperature=temperature, delta=delta)
-    return out.at[:, i].set(bits)
+    return out.at[:, i].set(draw(i, logits))
 
-  return jax.lax.fori_loop(0, n, body, jnp.zeros((b, n, model.num_bits), jnp.int32))
+  return jax.lax.fori_loop(0, n, body, out)
 
 
 def make_model(cfg: Mapping, *, rngs: nnx.Rngs) -> InstellaAR:

@@ -58,6 +58,7 @@ from flax import nnx
 
 from jaxtok.generators.binary_diffusion import (bce_with_logits, check_bits, corrupt,
                                                 sample_times, x0_logits, TIME_SAMPLING)
+from jaxtok.nn.attention import KVCache
 from jaxtok.nn.block import Block
 from jaxtok.nn.dense import Dense
 from jaxtok.nn.norm import Norm
@@ -147,6 +148,21 @@ class InstellaLayer(nnx.Module):
     (`attention_mask`), cond [B, W] (temb, AdaLN only) -> [B, M, W]."""
     pos = self.pos.get_value()[:x.shape[1]]
     return self.block(x, mask=mask, cond=cond, prefix=self.proj_cond(feature), attn_pos=pos)
+
+
+  def text_cache(self, feature: jax.Array, length: int, dtype=None) -> KVCache:
+    """A KV cache k, v [B, H, T + length, E] whose slots 0..T-1 hold this layer's text keys and
+    values (k-normalised, as the attention computes them) and the rest zeros, for `extend`."""
+    text = self.block.attn.context_kv(self.proj_cond(feature), dtype=dtype)
+    empty = self.block.attn.init_cache(feature.shape[0], length, dtype or text.k.dtype)
+    return KVCache(*(jnp.concatenate([a, z.astype(a.dtype)], axis=2) for a, z in zip(text, empty)))
+
+  def extend(self, x: jax.Array, cache: KVCache, slot, position, slot_mask: jax.Array):
+    """x [B, 1, W], the image token at `position` (int32, may be traced) written at cache `slot`
+    (T + position); slot_mask bool [B, 1, 1, T + length] (text mask, then ones). Returns
+    (y [B, 1, W], cache)."""
+    pos = jax.lax.dynamic_slice_in_dim(self.pos.get_value(), position, 1)
+    return self.block.extend(x, cache, slot, mask=slot_mask, attn_pos=pos)
 
 
 def run_layers(layers, x: jax.Array, features: jax.Array, mask: jax.Array, *, remat,

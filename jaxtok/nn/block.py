@@ -287,16 +287,18 @@ class Block(nnx.Module):
   def extend(self, x: jax.Array, cache: KVCache | CrossCache, start, *,
              mask: jax.Array | None = None, positions: jax.Array | None = None,
              cond: jax.Array | None = None, segments: Sequence[int] | None = None,
-             causal: bool = True, context_mask: jax.Array | None = None):
+             causal: bool = True, context_mask: jax.Array | None = None,
+             attn_pos: jax.Array | None = None):
     """The block over x [B, T, W] at cache slots start..start+T-1 (see `Attention.extend`); a cross
     block takes the `CrossCache` of `init_cache(..., context=)` and attends to its fixed context
-    keys/values. Returns (y [B, T, W], new cache)."""
+    keys/values; attn_pos [T, W] / [B, T, W] as in `__call__`. Returns (y [B, T, W], new cache)."""
     if (self.cross is not None) != isinstance(cache, CrossCache):
       raise ValueError(f"a block with cross={self.cross!r} needs "
                        f"{'a CrossCache from init_cache(..., context=)' if self.cross else 'a KVCache'}"
                        f", got {type(cache).__name__}")
     self_kv = cache.self_kv if self.cross is not None else cache
-    attend = lambda h: self.attn.extend(h, self_kv, start, mask=mask, positions=positions,
+    shift = (lambda h: h) if attn_pos is None else (lambda h: h + attn_pos.astype(h.dtype))
+    attend = lambda h: self.attn.extend(shift(h), self_kv, start, mask=mask, positions=positions,
                                         causal=causal)
     if self.cross is None:
       return self._run(x, attend, cond, segments)

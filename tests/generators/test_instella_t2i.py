@@ -122,15 +122,17 @@ def test_diffusion_two_steps_follow_the_release_formulas(protocol):
   np.testing.assert_array_equal(got, want)
 
 
-def test_ar_sampler_equals_the_release_growing_prefix_loop():
-  """Greedy (temperature 0), guided (w = 2) with the bit bias delta = 0.8: the fixed-length
-  recompute equals calling the model on the growing prefix as the release does, token by token,
-  each bit thresholded after the bias from the previous bit."""
+@pytest.mark.parametrize("recompute", [False, True])
+def test_ar_sampler_equals_the_release_growing_prefix_loop(recompute):
+  """Greedy (temperature 0), guided (w = 2) with the bit bias delta = 0.8: the KV-cached loop and
+  the fixed-length recompute both equal calling the model on the growing prefix as the release
+  does, token by token, each bit thresholded after the bias from the previous bit."""
   model = _model("ar")
   feats, mask, null = _cond()
   w, delta = 2.0, 0.8
   got = np.asarray(nnx.jit(lambda m: A.sample(jax.random.key(0), m, feats, mask, null=null,
-                                              temperature=0.0, cfg_scale=w, delta=delta))(model))
+                                              temperature=0.0, cfg_scale=w, delta=delta,
+                                              recompute=recompute))(model))
   null_f = jnp.broadcast_to(null[0], feats.shape)
   null_m = jnp.broadcast_to(null[1], mask.shape)
   call = _call
@@ -145,6 +147,26 @@ def test_ar_sampler_equals_the_release_growing_prefix_loop():
       bits[:, j] = lj > 0
     out = np.concatenate([out, bits[:, None]], axis=1)
   np.testing.assert_array_equal(got, out)
+
+
+def test_ar_cached_steps_equal_the_full_pass():
+  """Teacher-forced through the cache (the text's keys written once, one token per step), every
+  position's logits equal one full causal pass (a left-padded and a mostly padded text row)."""
+  model = _model("ar")
+  feats, mask, _ = _cond()
+  bits = jax.random.bernoulli(jax.random.key(4), 0.5, (3, 8, 8)).astype(jnp.int32)
+
+  @nnx.jit
+  def cached(m):
+    caches, slot_mask = m.init_cache(feats, mask)
+    rows = []
+    for i in range(8):
+      logits, caches = m.step(bits[:, max(i - 1, 0)], i, caches, slot_mask)
+      rows.append(logits)
+    return jnp.stack(rows, axis=1)
+
+  np.testing.assert_allclose(np.asarray(cached(model)),
+                             np.asarray(_call(model, bits[:, :-1], feats, mask)), atol=2e-5)
 
 
 def test_ar_is_causal_over_image_tokens():
