@@ -118,6 +118,13 @@ def test_load_reads_a_file_and_names_missing_tensors(tmp_path):
   want = np.asarray(flat["transformer_blocks.1.proj_cond.weight"]).T
   np.testing.assert_array_equal(np.asarray(params["layers"][1]["proj_cond"]["kernel"].get_value()),
                                 want)
+  # tools/convert.py's round trip: saved, then rebuilt as a generator.
+  out = convert_lib.save_converted(str(tmp_path / "conv"), cfg, params)
+  cfg2, graphdef, params2 = convert_lib.load_converted_generator(out)
+  assert cfg2 == cfg
+  np.testing.assert_array_equal(np.asarray(params2["x_embed"]["kernel"].get_value()),
+                                np.asarray(flat["x_embedder.weight"]).T)
+  assert isinstance(nnx.merge(graphdef, params2), instella_diff.InstellaDiff)
   broken = {k: v for k, v in flat.items() if k != "transformer_blocks.1.attn.o_proj.weight"}
   bad = str(tmp_path / "broken.safetensors")
   save_file(broken, bad)
