@@ -32,9 +32,14 @@ Training (`loss`, the release's `scripts/train_diff.py`): t ~ logit-normal (its 
 cross-entropy against x_0, mean over every bit; with probability uncond_prob (0.1) a sample's caption
 is replaced by the empty prompt ''. The empty prompt's features are the CALLER's `null` condition:
 the release tokenizes '' with the OLMo tokenizer (left padding to the batch's length) and runs OLMo
-on it; whether that adds special tokens is the tokenizer's business, so this module does not guess
-(an all-zero mask row is NOT assumed to be ''). The release's `bae_scale` (1024) only rescales the
-autoencoder's RoPE positions (`BAE_Model.set_scale`), not the bits: nothing to do here.
+on it; whether that adds special tokens is the tokenizer's business, so this module does not guess.
+(If the tokenizer adds none, as allenai's OLMo HF tokenizers do by default, not checked here for
+AMD-OLMo-1B's files, '' is an all-padding row: its mask is all zeros, every text key is masked, its
+features never reach the network (tested), and null = (any features, zeros [1, T]) is exact.) The release's `bae_scale` (1024, both generator
+configs) is `BAE_Model.set_scale(1024)`: the autoencoder's RoPE positions scaled by 1024 / patch 16
+= 64 in encoder and decoder, so it decides which bits an image encodes to, but it is not part of
+the generator: the training bits must come from the autoencoder converted with rope_scale 64
+(`convert/instella.py`'s released config), and samples decode through the same.
 
 Sampling (`sample`): `samplers.binary_diffusion` (the release's `BinaryDiffusion.sample`: times
 (1 - i/S)^rho, temperature, then (1 + w) c - w u with the null condition as u, protocol 1 or 2,
