@@ -132,16 +132,19 @@ class InstellaLayer(nnx.Module):
   the diffusion model, RMSNorm with weight for the AR model; q/k/v/o without bias, per-head RMSNorm
   on q and k, GELU-tanh FF 4W), plus proj_cond Linear(Dt, W) of this layer's text feature and a
   learned position embedding pos [P, W] (zeros, as the release) added to the normed attention
-  input."""
+  input. init: the kernels' initializer; None = xavier-uniform per projection (the diffusion
+  release's `_basic_init`)."""
 
   def __init__(self, width: int, heads: int, text_dim: int, positions: int, *, adaln: bool,
-               dtype, attention_impl, rngs: nnx.Rngs, init=_XAVIER):
+               dtype, attention_impl, rngs: nnx.Rngs, init=None):
+    qkv_init, out_init = (_QKV_INIT, _OUT_INIT) if init is None else (init, init)
+    init = _XAVIER if init is None else init
     self.block = Block(width, heads, mlp_hidden=4 * width, mlp="gelu_tanh",
                        norm="layer" if adaln else "rms", norm_eps=_EPS, norm_affine=not adaln,
                        adaln=adaln, qkv_bias=False, out_bias=False, qk_norm="rms",
                        qk_norm_eps=_EPS, qk_norm_affine=True, implementation=attention_impl,
-                       dtype=dtype, qkv_init=_QKV_INIT if init is _XAVIER else init,
-                       out_init=_OUT_INIT if init is _XAVIER else init, mlp_init=init, rngs=rngs)
+                       dtype=dtype, qkv_init=qkv_init, out_init=out_init, mlp_init=init,
+                       rngs=rngs)
     self.proj_cond = Dense(text_dim, width, (None, "embed"), kernel_init=init, dtype=dtype,
                            rngs=rngs)
     self.pos = nnx.Param(logical_init(nnx.initializers.zeros, None, "embed")(
