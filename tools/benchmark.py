@@ -19,6 +19,7 @@ Usage:
   python tools/benchmark.py --suite gpstoken_gen [--other-batch 4] [--repeats 3]   (GPSToken SiT SDE)
   python tools/benchmark.py --suite hf_bpe [--batch 32] [--repeats 10]   (tokenizer.json BPE ids)
   python tools/benchmark.py --suite olmo [--batch 8] [--repeats 5]   (OLMo text tower hidden states)
+  python tools/benchmark.py --suite instella_t2i [--other-batch 2] [--repeats 5]   (Instella-T2I T2I nets)
   python tools/benchmark.py --compare-official ../1d-tokenizer [--models titok_s128,titok_bl64,rar]
       [--batch 8] [--repeats 2] [--breakdown]   (suite "official": jaxtok beside the PyTorch originals)
 
@@ -1988,6 +1989,45 @@ def olmo_suite(args) -> list[tuple[str, str, float, str]]:
   return rows
 
 
+# ---- Instella-T2I's released text-to-image generators (text-conditioned networks)
+
+def instella_t2i_suite(args) -> list[tuple[str, str, float, str]]:
+  """Rows (case, implementation, ms per sample call, steps/s or tokens/s): the released
+  text-conditioned networks (`generators.instella_diff` / `instella_ar`) at a small size (W 128,
+  4 layers of 4 heads; the release: W 2048, 16 x 16) over the release's 128 tokens of 64 bits, with
+  random text features of 16 tokens x 256 (the release: AMD-OLMo-1B's 2048), one row left-padded,
+  and an empty-prompt null row: the diffusion sampler (20 guided steps, protocol 1) and the AR
+  sampler (128 guided tokens) with its KV cache and with the release's full recompute per token.
+  --other-batch (default 2), --repeats."""
+  from flax import nnx
+  from jaxtok.generators import instella_ar, instella_diff
+  b = args.other_batch or 2
+  reps = max(1, args.repeats // 5)
+  rows = Rows()
+  kw = dict(num_bits=64, seq_len=128, text_dim=256, width=128, depth=4, heads=4)
+  feats = jax.random.normal(jax.random.key(1), (4, b, 16, 256))
+  mask = jnp.ones((b, 16), jnp.int32).at[0, :5].set(0)
+  null = (jax.random.normal(jax.random.key(2), (4, 1, 16, 256)),
+          jnp.zeros((1, 16), jnp.int32).at[0, -1].set(1))
+  stage("instella_t2i: diffusion")
+  gd, gp = nnx.split(instella_diff.make_model(kw, rngs=nnx.Rngs(0)))
+  run = jax.jit(lambda p, key: instella_diff.sample(key, nnx.merge(gd, p), feats, mask, null=null,
+                                                    steps=20, cfg_scale=7.5))
+  t = time_call(lambda: run(gp, jax.random.key(3)), reps, jax.block_until_ready)
+  rows.append((f"Instella-T2I diffusion 20 steps, cfg w 7.5, 128x64 bits, text 16, batch {b}",
+               "jaxtok", t * 1e3, f"{20 / t:.3g} steps/s; W128 L4"))
+  ad, ap = nnx.split(instella_ar.make_model(kw, rngs=nnx.Rngs(0)))
+  for recompute in (False, True):
+    stage(f"instella_t2i: AR, recompute={recompute}")
+    run = jax.jit(lambda p, key, r=recompute: instella_ar.sample(
+        key, nnx.merge(ad, p), feats, mask, null=null, cfg_scale=7.5, recompute=r))
+    t = time_call(lambda: run(ap, jax.random.key(4)), reps, jax.block_until_ready)
+    how = "full recompute per token (the release's way)" if recompute else "KV cache"
+    rows.append((f"Instella-T2I AR 128 tokens, cfg w 7.5, {how}, text 16, batch {b}", "jaxtok",
+                 t * 1e3, f"{128 * b / t:.3g} tokens/s; W128 L4"))
+  return rows
+
+
 SUITES = {"quantizers": quantizer_suite, "tokenizers": tokenizer_suite, "train": train_suite,
           "samplers": sampler_suite, "data": data_suite,
           "official": official_suite,
@@ -2009,6 +2049,7 @@ SUITES = {"quantizers": quantizer_suite, "tokenizers": tokenizer_suite, "train":
           "instella": instella_suite,
           "hf_bpe": hf_bpe_suite,
           "olmo": olmo_suite,
+          "instella_t2i": instella_t2i_suite,
           }
 
 

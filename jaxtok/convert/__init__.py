@@ -24,6 +24,7 @@
   "gpstoken_gen" GPSToken's generator (SiT-XL/2-gs)                  convert/gpstoken_gen.py
   "instella"  Instella-T2I's binary autoencoder                      convert/instella.py
   "olmo"      OLMo v1 text tower (HF checkpoint directory, `nn.olmo`) convert/olmo.py
+  "instella_diff" / "instella_ar" Instella-T2I's text-to-image generators  convert/instella_t2i.py
 `config`: for FlexTok, None (the hydra config in the file), a name of flextok.RELEASED, or a
 mapping of overrides; for the others, a released model name (e.g. "tokenizer_titok_l32_imagenet"), a jaxtok config (mapping,
 JSON string or file), an official config (with a "model" key, e.g. the HF config.json), or None to
@@ -41,7 +42,8 @@ import os
 from typing import Any
 
 MODELS = ("titok", "onedpiece", "vqgan", "maskgit", "rar", "flextok", "dinov2", "tatitok", "clip_text",
-          "maskgen", "siglip", "t5", "maskgen_kl", "gpstoken", "gpstoken_gen", "instella", "olmo")
+          "maskgen", "siglip", "t5", "maskgen_kl", "gpstoken", "gpstoken_gen", "instella", "olmo",
+          "instella_diff", "instella_ar")
 # Frozen feature towers: `jaxtok.convert.<name>.load(weights, overrides) -> (config, params)` and
 # `jaxtok.nn.<name>.abstract_params(config)`.
 FROZEN_TOWERS = ("clip_text", "siglip", "t5", "dinov2", "olmo")
@@ -63,6 +65,9 @@ def convert(model: str, weights: str | os.PathLike, config: Any = None):
     return cfg, params
   if model in _PLAIN:
     return importlib.import_module(f"jaxtok.convert.{model}").load(weights, config)
+  if model in _INSTELLA_T2I:
+    from jaxtok.convert import instella_t2i
+    return instella_t2i.load(weights, config, model=model)
   if model == "flextok":
     from jaxtok.convert import flextok
     if config is None or isinstance(config, str):  # None, or a name of flextok.RELEASED
@@ -99,11 +104,16 @@ def resolve_config(config: Any, flat, *, released, aliases, infer, from_official
 # Config names of converted generators -> their converter module in jaxtok.convert.
 _GENERATOR_MODULES = {"maskgit_official": "maskgit", "rar": "rar", "maskgen": "maskgen",
                       "maskgen_kl": "maskgen_kl", "gpstoken_gen": "gpstoken_gen"}
-GENERATORS = tuple(_GENERATOR_MODULES)
+# Instella-T2I's two generators share one converter module holding a converter per network.
+_INSTELLA_T2I = ("instella_diff", "instella_ar")
+GENERATORS = tuple(_GENERATOR_MODULES) + _INSTELLA_T2I
 
 
 def _generator_converter(config: dict):
   """The converter module of a generator config (None for a tokenizer config)."""
+  if config.get("name") in _INSTELLA_T2I:
+    from jaxtok.convert import instella_t2i
+    return instella_t2i.CONVERTERS[config["name"]]
   module = _GENERATOR_MODULES.get(config.get("name"))
   return None if module is None else importlib.import_module(f"jaxtok.convert.{module}")
 

@@ -29,6 +29,13 @@ with separate q and kv projections, and its own norm `norm_c`), in one of two or
   and the context's k, v [B, H, S, E], computed once by `init_cache(..., context=)` and reused by
   every `extend`.
 
+Key prefix and input position (Instella-T2I's blocks; both off by default): `prefix` [B, P, W]
+adds keys/values ahead of the sequence's own: the attention's queries come from the T positions,
+its keys and values from [prefix; h] through the same projections and k-norm (a self-attention
+called with `context`), `mask` then ranging over the P + T keys (causal must be False: pass the
+mask); `attn_pos` [T, W] or [B, T, W] is added to the attention branch's normed (and modulated)
+input h before q, k and v, and is not part of the residual.
+
 Public pieces for models that wire the branches themselves (MaskGen's MM-DiT JointBlock):
 `modulation(cond, segments, length)`, `attn.project`, `attn.output`, `norm1`, `norm2`, `mlp`.
 
@@ -240,20 +247,26 @@ class Block(nnx.Module):
                segments: Sequence[int] | None = None, context: jax.Array | None = None,
                context_mask: jax.Array | None = None,
                context_positions: jax.Array | None = None,
-               dropout_rng: jax.Array | None = None) -> jax.Array:
+               dropout_rng: jax.Array | None = None, prefix: jax.Array | None = None,
+               attn_pos: jax.Array | None = None) -> jax.Array:
     """x [B, T, W]; mask/causal/positions as `Attention`; cond [B, C] (with segments) or [B, T, C]
     for AdaLN; context [B, S, Wc] (with context_mask over its positions, broadcastable to
     [B, H, T, S], and context_positions for RoPE) for a cross block; dropout_rng: a key turns on
-    the block's dropout (training), None is the deterministic pass."""
+    the block's dropout (training), None is the deterministic pass; prefix [B, P, W] (extra keys,
+    `mask` over P + T keys) and attn_pos [T, W] / [B, T, W]: see the module docstring."""
     context = self._context(context)
     keys = None
     if dropout_rng is not None and (self.dropout > 0 or self.attn_dropout > 0):
       keys = jax.random.split(dropout_rng, 4)
 
     def attend(h):
+      if attn_pos is not None:
+        h = h + attn_pos.astype(h.dtype)
+      # Queries from h only; keys and values over [prefix; h] with the same weights.
+      ctx = None if prefix is None else jnp.concatenate([prefix.astype(h.dtype), h], axis=1)
       if keys is None:
-        return self.attn(h, mask=mask, causal=causal, positions=positions), None
-      y = self.attn(h, mask=mask, causal=causal, positions=positions,
+        return self.attn(h, mask=mask, causal=causal, positions=positions, context=ctx), None
+      y = self.attn(h, mask=mask, causal=causal, positions=positions, context=ctx,
                     dropout_rate=self.attn_dropout, dropout_rng=keys[0])
       return dropout(y, self.dropout, keys[1]), None
 
@@ -275,16 +288,18 @@ class Block(nnx.Module):
   def extend(self, x: jax.Array, cache: KVCache | CrossCache, start, *,
              mask: jax.Array | None = None, positions: jax.Array | None = None,
              cond: jax.Array | None = None, segments: Sequence[int] | None = None,
-             causal: bool = True, context_mask: jax.Array | None = None):
+             causal: bool = True, context_mask: jax.Array | None = None,
+             attn_pos: jax.Array | None = None):
     """The block over x [B, T, W] at cache slots start..start+T-1 (see `Attention.extend`); a cross
     block takes the `CrossCache` of `init_cache(..., context=)` and attends to its fixed context
-    keys/values. Returns (y [B, T, W], new cache)."""
+    keys/values; attn_pos [T, W] / [B, T, W] as in `__call__`. Returns (y [B, T, W], new cache)."""
     if (self.cross is not None) != isinstance(cache, CrossCache):
       raise ValueError(f"a block with cross={self.cross!r} needs "
                        f"{'a CrossCache from init_cache(..., context=)' if self.cross else 'a KVCache'}"
                        f", got {type(cache).__name__}")
     self_kv = cache.self_kv if self.cross is not None else cache
-    attend = lambda h: self.attn.extend(h, self_kv, start, mask=mask, positions=positions,
+    shift = (lambda h: h) if attn_pos is None else (lambda h: h + attn_pos.astype(h.dtype))
+    attend = lambda h: self.attn.extend(shift(h), self_kv, start, mask=mask, positions=positions,
                                         causal=causal)
     if self.cross is None:
       return self._run(x, attend, cond, segments)
