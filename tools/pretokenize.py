@@ -31,6 +31,11 @@ caption_features.npz: every caption's and the empty caption's CLIP features), wh
 text-conditioned generator's labels (MaskGen) and tools/sample.py --prompt reuses (the same tower):
 
   python tools/pretokenize.py --checkpoint runs/tatitok --out runs/tatitok_tokens --num_examples 256
+
+--captions stores the same caption files (texts and rows, no features) for any other tokenizer, for
+generators that encode captions themselves (Instella-T2I with its OLMo tower, `generators.instella_t2i`):
+
+  python tools/pretokenize.py --checkpoint runs/instella_bae --out runs/bae_bits --captions
 """
 from __future__ import annotations
 
@@ -56,6 +61,10 @@ flags.DEFINE_integer("num_examples", None, "examples to tokenize (photos: crops,
                      "folder/tfds: default all)", flag_values=FLAGS)
 flags.DEFINE_integer("num_tokens", None, "tokens kept per image (default: all K)", flag_values=FLAGS)
 flags.DEFINE_integer("seed", 0, "photos: crop seed", flag_values=FLAGS)
+flags.DEFINE_bool("captions", False, "also store the images' captions (as for a text-aware "
+                  "tokenizer, without text features) for any tokenizer: the datasets of generators "
+                  "that encode captions themselves (Instella-T2I's, with its OLMo tower)",
+                  flag_values=FLAGS)
 flags.DEFINE_string("caption_key", None, "tfds: the caption feature of a text-aware tokenizer "
                     "(e.g. captions/text; default the run's data.caption_key)", flag_values=FLAGS)
 
@@ -108,7 +117,7 @@ def image_captions(meta: dict, labels: np.ndarray) -> tuple[list[str] | None, np
   data = run.get("data") if run is not None and hasattr(run, "get") else None
   key = FLAGS.caption_key or (data.get("caption_key") if hasattr(data, "get") else None)
   if not key:
-    raise ValueError("--source tfds with a text-aware tokenizer needs --caption_key (the caption "
+    raise ValueError("--source tfds with captions needs --caption_key (the caption "
                      "feature, e.g. captions/text) or a run config with data.caption_key")
   return caption_sources.caption_table(caption_sources.tfds_captions(
       FLAGS.tfds_name, FLAGS.split, FLAGS.data_dir, len(labels), key))
@@ -149,9 +158,14 @@ def main(argv) -> str:
   if len(images) == 0:
     raise ValueError(f"--source {FLAGS.source}: expected at least one image, found 0")
   text = caption_ids = None
+  plain_captions = None
   if photo_captions.text_module(info["model_config"].get("name")) is not None:
     texts, caption_ids = image_captions(meta, labels)
     text = caption_setup(info, texts)
+  elif FLAGS.captions:  # the texts only: no text-aware tokenizer, no text encoder here
+    texts, caption_ids = image_captions(meta, labels)
+    plain_captions = {"ids": caption_ids, "texts": texts or photo_captions.captioned_photos()[1],
+                      "text": None, "features": {}}
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   bar = tqdm(total=len(images), desc="tokenize", dynamic_ncols=True)
@@ -187,7 +201,7 @@ def main(argv) -> str:
                                                            FLAGS.batch_size)
     arrays.update(extra_arrays)
     meta.update(extra_meta)
-  captions = None
+  captions = plain_captions
   if text is not None:
     meta["text"] = text["config"]  # copied to the generator's data_meta.json: tools/sample.py --prompt
     captions = {"ids": caption_ids, "texts": text["captions"], "text": text["config"],

@@ -116,6 +116,40 @@ flags.DEFINE_string("clip_weights", None, "--prompt: the CLIP text tower's offic
                     flag_values=FLAGS)
 flags.DEFINE_string("bpe", None, "--prompt: CLIP's BPE merges file (bpe_simple_vocab_16e6.txt.gz)",
                     flag_values=FLAGS)
+flags.DEFINE_string("olmo_checkpoint", None, "--prompt with Instella-T2I (instella_diff / instella_ar): "
+                    "the AMD-OLMo-1B text tower (tools/convert.py --model olmo output, or the HF "
+                    "folder); default the run's config.model.text", flag_values=FLAGS)
+flags.DEFINE_string("olmo_tokenizer", None, "--prompt with Instella-T2I: the tower's tokenizer.json",
+                    flag_values=FLAGS)
+
+
+def text_generators() -> set[str]:
+  """Generator names that take --prompt: eval.generate's text samplers and Instella-T2I's."""
+  from jaxtok.eval import generate  # pylint: disable=g-import-not-at-top
+  from jaxtok.generators import instella_t2i  # pylint: disable=g-import-not-at-top
+  return set(generate.TEXT_SAMPLERS) | set(instella_t2i.NETWORKS)
+
+
+def sample_instella(gcfg, graphdef, params, opts, key) -> tuple[list[str], np.ndarray]:
+  """(prompts [N], bits int32 [N, K, n]) for --prompt with Instella-T2I's generators
+  (`generators.instella_t2i.sample_prompts`); the OLMo tower from --olmo_checkpoint /
+  --olmo_tokenizer, else the run's config.model.text."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from jaxtok.generators import instella_t2i  # pylint: disable=g-import-not-at-top
+  if not FLAGS.prompt:
+    raise ValueError(f"--prompt is required: {gcfg.name} generates images from text")
+  text = gcfg.get("text") or {}
+  if FLAGS.olmo_checkpoint or FLAGS.olmo_tokenizer:
+    text = {"olmo_checkpoint": FLAGS.olmo_checkpoint, "tokenizer_json": FLAGS.olmo_tokenizer}
+  encoder = instella_t2i.text_encoder({"name": gcfg.name, "text": text})
+  model = nnx.merge(graphdef, params)
+  prompts = [FLAGS.prompt[i % len(FLAGS.prompt)] for i in range(FLAGS.num_samples)]
+  counter = iter(range(1 << 30))
+  bits = cli.batched(lambda rows: instella_t2i.sample_prompts(
+      model, gcfg, jax.random.fold_in(key, next(counter)), [prompts[int(r)] for r in rows], opts,
+      encoder), np.arange(len(prompts)), FLAGS.batch_size)
+  return prompts, bits
 
 
 def sample_labels(spec: str | None, n: int, num_classes: int, seed: int) -> np.ndarray:
@@ -240,9 +274,8 @@ def main(argv) -> dict:
                             f"(tools/train_generator.py) or a converted generator (tools/convert.py "
                             f"--out: params/ and config.json), got {FLAGS.workdir!r}")
   if FLAGS.prompt and config is not None and config.get("model") is not None:
-    from jaxtok.eval import generate  # pylint: disable=g-import-not-at-top
-    if config.model.get("name") not in generate.TEXT_SAMPLERS:  # before any weights are read
-      raise ValueError(f"--prompt needs a text-to-image generator ({sorted(generate.TEXT_SAMPLERS)}), "
+    if config.model.get("name") not in text_generators():  # before any weights are read
+      raise ValueError(f"--prompt needs a text-to-image generator ({sorted(text_generators())}), "
                        f"got config.model.name {config.model.get('name')!r} (class-conditional: "
                        "use --labels)")
   if FLAGS.num_samples < 1 or FLAGS.batch_size < 1:
@@ -282,12 +315,18 @@ def main(argv) -> dict:
       preset=FLAGS.preset,
       head_steps=FLAGS.head_steps, head_steps_lower=FLAGS.head_steps_lower,
       num_tokens=FLAGS.num_tokens)
-  if num_classes == 0 and opts.cfg_scale != 1.0:
+  if num_classes == 0 and opts.cfg_scale != 1.0 and gcfg.name not in text_generators():
     log.warning("cfg_scale %s ignored: the generator is unconditional (num_classes = 0)", opts.cfg_scale)
   key = jax.random.key(FLAGS.seed)
   counter = iter(range(1 << 30))
   prompts = None
-  if FLAGS.prompt or gcfg.name in generate.TEXT_SAMPLERS:
+  if gcfg.name in text_generators() - set(generate.TEXT_SAMPLERS):  # Instella-T2I
+    prompts, tokens = sample_instella(gcfg, graphdef, params, opts, key)
+    labels = np.full((len(tokens),), -1, np.int32)
+    from jaxtok.eval import tokenize_cli  # pylint: disable=g-import-not-at-top
+    decoded = tokenize_cli.decode_tokens(tokenizer, tok_params, tokens,
+                                         batch_size=FLAGS.batch_size, seed=FLAGS.seed)
+  elif FLAGS.prompt or gcfg.name in generate.TEXT_SAMPLERS:
     prompts, tokens, decoded = sample_from_text(gcfg, graphdef, params, opts, tokenizer,
                                                 tok_params, tok_loaded, key, meta)
     labels = np.full((len(tokens),), -1, np.int32)

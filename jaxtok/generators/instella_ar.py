@@ -187,4 +187,5 @@ def sample(rng: jax.Array, model: InstellaAR, features: jax.Array, mask: jax.Arr
 def make_model(cfg: Mapping, *, rngs: nnx.Rngs) -> InstellaAR:
   """An InstellaAR from its constructor's fields plus `nn.options.COMMON` and `name`; any other key
   raises ValueError."""
-  return InstellaAR(**model_kwargs(cfg, FIELDS, model="instella_ar", cls=InstellaAR), rngs=rngs)
+  return InstellaAR(**model_kwargs(cfg, FIELDS, model="instella_ar", extra=("name", "text"),
+                                 cls=InstellaAR), rngs=rngs)

@@ -288,7 +288,8 @@ def sample(rng: jax.Array, model: InstellaDiff, features: jax.Array, mask: jax.A
 
 
 def make_model(cfg: Mapping, *, rngs: nnx.Rngs) -> InstellaDiff:
-  """An InstellaDiff from its constructor's fields plus `nn.options.COMMON` and `name`; any other
-  key raises ValueError."""
-  return InstellaDiff(**model_kwargs(cfg, FIELDS, model="instella_diff", cls=InstellaDiff),
+  """An InstellaDiff from its constructor's fields plus `nn.options.COMMON`, `name` and `text` (the
+  OLMo tower's section, read by `generators.instella_t2i`); any other key raises ValueError."""
+  return InstellaDiff(**model_kwargs(cfg, FIELDS, model="instella_diff", extra=("name", "text"),
+                                   cls=InstellaDiff),
                       rngs=rngs)

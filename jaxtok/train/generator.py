@@ -72,6 +72,8 @@ GENERATORS.update(tokenbridge="jaxtok.generators.tokenbridge", cubid="jaxtok.gen
 GENERATORS.update(maskgen_kl="jaxtok.generators.maskgen_kl")
 GENERATORS.update(flowtok="jaxtok.generators.flowtok")
 GENERATORS.update(gpstoken_gen="jaxtok.generators.gpstoken_gen")
+GENERATORS.update(instella_diff="jaxtok.generators.instella_t2i",
+                  instella_ar="jaxtok.generators.instella_t2i")
 
 
 def generator_module(name: str):

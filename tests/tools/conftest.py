@@ -31,6 +31,28 @@ def save_train_checkpoint(workdir, state, config, step=1):
   ckpt.close()
 
 
+def random_tokenizer_run(tmp_path_factory, config, name, *, ema=False):
+  """(workdir, params): a training-run directory holding random weights of the tokenizer
+  `config.model` (and the same as EMA weights when ema), without a jitted init."""
+  from jaxtok.tokenizers import api
+  params = random_like(api.build(config.model).abstract_params(), seed=0)
+  workdir = str(tmp_path_factory.mktemp(name))
+  state = {"step": jnp.int32(1), "params": params}
+  if ema:
+    state["ema_params"] = params
+  save_train_checkpoint(workdir, state, config)
+  return workdir, params
+
+
+def pretokenize_photos(tmp_path_factory, workdir, name, num, *flags):
+  """tools/pretokenize.py of `num` bundled photo crops (batch 8) through the run at `workdir`."""
+  out = str(tmp_path_factory.mktemp("data") / name)
+  load_tool("pretokenize").main(["pretokenize", f"--checkpoint={workdir}", f"--out={out}",
+                                 "--source=photos", f"--num_examples={num}", "--batch_size=8",
+                                 *flags])
+  return out
+
+
 def random_like(abstract, seed=0, scale=0.1):
   """A pytree of abstract arrays filled with N(0, scale^2) values (integers: zeros), placed with
   their shardings when they carry one."""

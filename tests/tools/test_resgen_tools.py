@@ -2,27 +2,18 @@
 [N, 8, 2] tokens and its codebook.npy, tools/train_generator.py with falling loss, tools/sample.py."""
 import os
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.tools.conftest import load_tool, random_like, save_train_checkpoint
+from tests.tools.conftest import load_tool, pretokenize_photos, random_tokenizer_run
 
 
 @pytest.fixture(scope="module")
 def rvq_tokens(tmp_path_factory):
   from jaxtok.configs import titok
-  from jaxtok.tokenizers import api
-  config = titok.get_config("tiny,quantizer=rvq")
-  tokenizer = api.build(config.model)
-  params = random_like(tokenizer.abstract_params(), seed=0)
-  workdir = str(tmp_path_factory.mktemp("rvq_titok"))
-  save_train_checkpoint(workdir, {"step": jnp.int32(1), "params": params}, config)
-  out = str(tmp_path_factory.mktemp("data") / "rvq_tokens")
-  load_tool("pretokenize").main(["pretokenize", f"--checkpoint={workdir}", f"--out={out}",
-                                 "--source=photos", "--num_examples=8", "--batch_size=8",
-                                 "--use_ema=false"])
-  return out, params
+  workdir, params = random_tokenizer_run(tmp_path_factory, titok.get_config("tiny,quantizer=rvq"),
+                                         "rvq_titok")
+  return pretokenize_photos(tmp_path_factory, workdir, "rvq_tokens", 8, "--use_ema=false"), params
 
 
 @pytest.mark.slow
