@@ -23,6 +23,7 @@
   "gpstoken"  GPSToken (S64 / M128 / L256)                           convert/gpstoken.py
   "gpstoken_gen" GPSToken's generator (SiT-XL/2-gs)                  convert/gpstoken_gen.py
   "instella"  Instella-T2I's binary autoencoder                      convert/instella.py
+  "ldm_vae"   Stable Diffusion's VAE (AutoencoderKL; diffusers or ldm) convert/ldm_vae.py
 `config`: for FlexTok, None (the hydra config in the file), a name of flextok.RELEASED, or a
 mapping of overrides; for the others, a released model name (e.g. "tokenizer_titok_l32_imagenet"), a jaxtok config (mapping,
 JSON string or file), an official config (with a "model" key, e.g. the HF config.json), or None to
@@ -39,7 +40,7 @@ import os
 from typing import Any
 
 MODELS = ("titok", "onedpiece", "vqgan", "maskgit", "rar", "flextok", "dinov2", "tatitok", "clip_text",
-          "maskgen", "siglip", "t5", "maskgen_kl", "gpstoken", "gpstoken_gen", "instella")
+          "maskgen", "siglip", "t5", "maskgen_kl", "gpstoken", "gpstoken_gen", "instella", "ldm_vae")
 # Frozen feature towers: `jaxtok.convert.<name>.load(weights, overrides) -> (config, params)` and
 # `jaxtok.nn.<name>.abstract_params(config)`.
 FROZEN_TOWERS = ("clip_text", "siglip", "t5")
@@ -65,6 +66,9 @@ def convert(model: str, weights: str | os.PathLike, config: Any = None):
   if model == "instella":
     from jaxtok.convert import instella
     return instella.load(weights, config)
+  if model == "ldm_vae":  # config: None, a released name, config.json, or field overrides
+    from jaxtok.convert import ldm_vae
+    return ldm_vae.load(weights, config)
   if model == "maskgit":
     from jaxtok.convert import maskgit
     return maskgit.load(weights, config)
@@ -147,6 +151,9 @@ def _generator_converter(config: dict):
 
 
 def _abstract(config: dict):
+  if config.get("name") == "ldm_vae":
+    from jaxtok.convert import ldm_vae
+    return ldm_vae.abstract_params(config)
   if config.get("name") == "dinov2":
     from jaxtok.nn import dinov2
     return dinov2.abstract_params(config)

@@ -35,9 +35,13 @@ tensor shapes; GroupNorm groups and the scaling factor are not in the shapes (de
 
   load(path, config=None) -> (config, nnx.State of FlexTokVAE)
   make_model(config, *, rngs) / abstract_params(config)
+  read_weights(path) / load_into(vae, path, expected): a converted (or official) VAE as the frozen
+    VAE of another model (Layton's `vae_checkpoint`), read once per file and usable while that
+    model's constructor is traced.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -410,3 +414,59 @@ def load(path: str | os.PathLike, config: Any = None):
   sd, _ = to_diffusers_names(raw)
   cfg = resolve_config(config, official, sd)
   return cfg, common.fill_state(abstract_params(cfg), convert(sd, cfg), source=path)
+
+
+# ----------------------------------------------------------------------------- frozen use in models
+
+
+def _is_converted(path: str) -> bool:
+  return os.path.isdir(os.path.join(path, "params")) and os.path.isfile(
+      os.path.join(path, "config.json"))
+
+
+@functools.lru_cache(maxsize=4)
+def _read_weights(path: str, stamp: tuple) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+  del stamp  # part of the cache key only: a rewritten file is read again
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  # Eager even when called while a model is traced (jit / eval_shape of its constructor).
+  with jax.ensure_compile_time_eval():
+    if _is_converted(path):
+      from jaxtok import convert as convert_lib  # pylint: disable=g-import-not-at-top
+      cfg, params = convert_lib.load_converted(path)
+      cfg = check_config(cfg)
+    else:
+      cfg, params = load(path)
+    flat = {".".join(str(k) for k in p): np.asarray(v.get_value())
+            for p, v in nnx.to_flat_state(params)}
+  for v in flat.values():
+    v.flags.writeable = False  # shared by every caller through the cache
+  return cfg, flat
+
+
+def read_weights(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+  """(converted config, {FlexTokVAE parameter path: read-only float32 array}) of `path`: a directory
+  written by `tools/convert.py --model ldm_vae` (params/ + config.json), or anything `load` reads
+  (then the sizes come from the file; norm_groups 32 and scaling_factor 0.18215 unless its
+  config.json says otherwise). Cached per path and modification time, and safe to call while a
+  model constructor is being traced."""
+  path = os.path.abspath(os.fspath(path))
+  if not os.path.exists(path):
+    raise ValueError(f"VAE checkpoint {path!r} does not exist (convert one with tools/convert.py "
+                     f"--model ldm_vae)")
+  st = os.stat(path if not _is_converted(path) else os.path.join(path, "config.json"))
+  return _read_weights(path, (st.st_mtime_ns, st.st_size))
+
+
+def load_into(vae, path: str | os.PathLike, expected: Mapping[str, Any]) -> None:
+  """Sets every parameter of the FlexTokVAE `vae` (in place) from the VAE checkpoint `path`
+  (`read_weights`). `expected`: the converted-config fields the caller built `vae` with (and its
+  scaling_factor); any that differ from the checkpoint's raise ValueError naming them."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  cfg, flat = read_weights(path)
+  want = check_config(expected)
+  diff = [f"{k}: model {want[k]!r} vs checkpoint {cfg[k]!r}" for k in _FIELDS if want[k] != cfg[k]]
+  if diff:
+    raise ValueError(f"VAE checkpoint {os.fspath(path)!r} does not fit the model's VAE fields: "
+                     + "; ".join(diff))
+  nnx.update(vae, common.fill_state(nnx.state(vae, nnx.Param), flat, source=os.fspath(path)))
