@@ -428,17 +428,23 @@ def _is_converted(path: str) -> bool:
 def _read_weights(path: str, stamp: tuple) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
   del stamp  # part of the cache key only: a rewritten file is read again
   import jax  # pylint: disable=g-import-not-at-top
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  # Eager even when called while a model is traced (jit / eval_shape of its constructor).
-  with jax.ensure_compile_time_eval():
-    if _is_converted(path):
-      from jaxtok import convert as convert_lib  # pylint: disable=g-import-not-at-top
-      cfg, params = convert_lib.load_converted(path)
-      cfg = check_config(cfg)
-    else:
-      cfg, params = load(path)
-    flat = {".".join(str(k) for k in p): np.asarray(v.get_value())
-            for p, v in nnx.to_flat_state(params)}
+  if not _is_converted(path):  # numpy only: nothing here is traced when a constructor calls it
+    raw, official = _read(path)
+    sd, _ = to_diffusers_names(raw)
+    cfg = resolve_config(None, official, sd)
+    flat = convert(sd, cfg)
+  else:
+    from jaxtok.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+    from flax import nnx  # pylint: disable=g-import-not-at-top
+    with open(os.path.join(path, "config.json")) as f:
+      cfg = check_config(json.load(f))
+    abstract = abstract_params(cfg)
+    # Restored eagerly even while a model constructor is traced (jit / eval_shape of it); only the
+    # restore runs under compile-time evaluation (an initialiser there would run op by op).
+    with jax.ensure_compile_time_eval():
+      params, _ = ckpt_lib.load_params(os.path.join(path, "params"), abstract, flag=path)
+      flat = {".".join(str(k) for k in p): np.asarray(v.get_value())
+              for p, v in nnx.to_flat_state(params)}
   for v in flat.values():
     v.flags.writeable = False  # shared by every caller through the cache
   return cfg, flat
