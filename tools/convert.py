@@ -26,7 +26,8 @@ _MODEL = flags.DEFINE_enum("model", None, ["titok", "onedpiece", "vqgan", "maskg
                            "kind of official checkpoint")
 _CONFIG = flags.DEFINE_string("config", None, "released name, JSON config (string or file), or "
                               "omitted (inferred from the shapes)")
-_WEIGHTS = flags.DEFINE_string("weights", None, "official checkpoint (.safetensors/.bin/.pt/.pth)")
+_WEIGHTS = flags.DEFINE_string("weights", None, "official checkpoint (.safetensors/.bin/.pt/.pth; "
+                              "ldm_vae: also .ckpt or a diffusers model directory)")
 _OUT = flags.DEFINE_string("out", None, "output directory (params/ and config.json)")
 _INITG = flags.DEFINE_string("initg", None, "gpstoken_gen: the release's initg.pickle, written as "
                              "OUT's layout bank (layouts.npy, labels.npy)")
