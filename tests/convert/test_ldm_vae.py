@@ -168,7 +168,6 @@ def test_wrong_files_and_configs_are_refused_naming_the_problem(tmp_path):
     L.load(tmp_path / "empty")
 
 
-@pytest.mark.slow  # orbax writes and reads the checkpoint (~9 s)
 def test_convert_registry_round_trip(tmp_path, diffusers_dir, reference):
   """convert.convert("ldm_vae", ...) -> save_converted -> load_converted (what tools/convert.py
   --model ldm_vae writes) gives back the config and the parameters bitwise; read_weights reads the
