@@ -14,7 +14,9 @@ Two official layouts are read (the layout is recognised from the names):
              {en,de}coder.mid.{block_1,attn_1,block_2} (attn_1.{norm,q,k,v,proj_out}: 1x1 convs),
              decoder.up.N.block.M / upsample.conv with N the resolution level (diffusers' up_blocks in
              reverse order), {en,de}coder.{conv_in,norm_out,conv_out}, quant_conv, post_quant_conv.
-             Keys under `loss.` (the LPIPS / discriminator of ldm's training wrapper) are dropped.
+             Keys under `loss.` (the LPIPS / discriminator of ldm's training wrapper) and the EMA
+             bookkeeping scalars model_ema.decay / model_ema.num_updates (in the released
+             vae-ft-*-pruned.ckpt files) are dropped; EMA weights (other model_ema.*) are refused.
 ldm names are first renamed to diffusers names, then one key map (`diffusers_entries`, also used by
 convert/flextok.py for FlexTok's VAE) fills the jaxtok parameters: convolutions OIHW -> HWIO, the
 single-head attention's q/k/v fused into `nn.Attention`'s qkv [C, 3, 1, C].
@@ -197,19 +199,24 @@ def rename_old_attention(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   return out
 
 
+# Scalars of ldm's EMA helper kept in the released VAE .ckpt files; not weights.
+_LDM_BOOKKEEPING = ("model_ema.decay", "model_ema.num_updates")
+
+
 def to_diffusers_names(sd: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], str]:
   """(state dict with diffusers names, the layout read: "diffusers" or "ldm").
 
   A whole Stable Diffusion checkpoint is reduced to its `first_stage_model.` tensors (prefix
-  stripped); ldm's `loss.` tensors are dropped; every other key is kept, so a foreign one is named
-  by the key check that follows.
+  stripped); ldm's `loss.` tensors and EMA bookkeeping scalars are dropped; every other key is kept,
+  so a foreign one is named by the key check that follows.
   """
   if any(k.startswith(SD_PREFIX) for k in sd):
     sd = {k[len(SD_PREFIX):]: v for k, v in sd.items() if k.startswith(SD_PREFIX)}
   if any(k.startswith(("encoder.down.", "encoder.mid.", "decoder.up.", "decoder.mid."))
          for k in sd):
     levels = len({m.group(1) for k in sd for m in [re.match(r"encoder\.down\.(\d+)\.", k)] if m})
-    return {_ldm_rename(k, levels): v for k, v in sd.items() if not k.startswith("loss.")}, "ldm"
+    return {_ldm_rename(k, levels): v for k, v in sd.items()
+            if not k.startswith("loss.") and k not in _LDM_BOOKKEEPING}, "ldm"
   return rename_old_attention(sd), "diffusers"
 
 

@@ -89,9 +89,10 @@ def test_both_layouts_match_the_official_encoder_and_decoder(layout, diffusers_d
 
 
 def test_old_diffusers_names_and_whole_sd_checkpoints_give_the_same_parameters(tmp_path, reference):
-  """Pre-0.14 diffusers attention names (query/key/value/proj_attn) and a full Stable Diffusion
-  checkpoint (ldm names under first_stage_model., next to UNet / text-encoder tensors and ldm's
-  `loss.` modules) convert to exactly the parameters of the diffusers file."""
+  """Pre-0.14 diffusers attention names (query/key/value/proj_attn), a VAE-only ldm file with EMA
+  bookkeeping and loss tensors, and a full Stable Diffusion checkpoint (ldm names under
+  first_stage_model., next to UNet / text-encoder tensors) convert to exactly the parameters of the
+  diffusers file; EMA weight copies are refused, named."""
   flat, _ = common.read_checkpoint(DIFFUSERS)
   old = {}
   for k, v in flat.items():
@@ -105,6 +106,20 @@ def test_old_diffusers_names_and_whole_sd_checkpoints_give_the_same_parameters(t
   _leaves_equal(params, reference[1])
 
   ldm, _ = common.read_checkpoint(LDM)
+  # A VAE-only ldm file as released (vae-ft-mse-840000-ema-pruned.ckpt): EMA bookkeeping scalars and
+  # the training loss's tensors beside the weights.
+  released = dict(ldm, **{"model_ema.decay": np.array(0.9999, np.float32),
+                          "model_ema.num_updates": np.array(7, np.int32),
+                          "loss.logvar": np.zeros((), np.float32)})
+  save_file(released, str(tmp_path / "vae.safetensors"))
+  cfg, params = L.load(tmp_path / "vae.safetensors", {"norm_groups": 4})
+  assert cfg == TINY
+  _leaves_equal(params, reference[1])
+  save_file(dict(released, **{"model_ema.encoderconv_inweight": ldm["encoder.conv_in.weight"]}),
+            str(tmp_path / "ema.safetensors"))
+  with pytest.raises(ValueError, match=r"unexpected keys \['model_ema.encoderconv_inweight'\]"):
+    L.load(tmp_path / "ema.safetensors", {"norm_groups": 4})
+
   full = {L.SD_PREFIX + k: v for k, v in ldm.items()}
   full["first_stage_model.loss.logvar"] = np.zeros((), np.float32)
   full["model.diffusion_model.input_blocks.0.0.weight"] = np.ones((2, 4, 3, 3), np.float16)
