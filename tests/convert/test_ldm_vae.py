@@ -162,6 +162,10 @@ def test_wrong_files_and_configs_are_refused_naming_the_problem(tmp_path):
     L.convert(bad, TINY)
   with open(CONFIG) as f:
     official = json.load(f)
+  named = dict(official, _class_name="AutoencoderKL", _diffusers_version="0.4.2")
+  assert L.config_from_diffusers(named) == TINY
+  with pytest.raises(ValueError, match="describes a 'UNet2DModel'; expected an AutoencoderKL"):
+    L.config_from_diffusers(dict(named, _class_name="UNet2DModel"))
   with pytest.raises(ValueError, match=r"layers_per_block=2 but the tensors' shapes say 1"):
     L.resolve_config(dict(official, layers_per_block=2), None, sd)
   with pytest.raises(ValueError, match=r"shift_factor=0.06.*only shift_factor=None"):
