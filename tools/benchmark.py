@@ -2028,6 +2028,44 @@ def instella_t2i_suite(args) -> list[tuple[str, str, float, str]]:
   return rows
 
 
+# ---- Stable Diffusion's VAE (convert/ldm_vae.py onto FlexTokVAE): Layton's frozen latent space
+
+def ldm_vae_suite(args) -> list[tuple[str, str, float, str]]:
+  """Rows (case, implementation, ms per batch, images/s): encode (images [0, 1] -> posterior mean x
+  0.18215) and decode (latents -> images) of a FlexTokVAE with sd-vae-ft-mse's released shapes
+  (`convert.ldm_vae.RELEASED`: channels 128-256-512-512, 2 ResNets per level, GroupNorm 32, mid
+  attention, 4 latent channels; random weights, PyTorch-style init) and of the tiny parity fixture's
+  shape (8-16, 1 ResNet per level, 4 groups), both at 64 x 64 (8 x 8 x 4 latents). --other-batch
+  (default 2; the tiny one runs 4x that), --repeats."""
+  from flax import nnx
+  from jaxtok.convert import ldm_vae
+  b = args.other_batch or 2
+  reps = max(1, args.repeats // 3)
+  rows = Rows()
+  tiny = dict(channels=(8, 16), latent_channels=4, layers_per_block=1, norm_groups=4,
+              mid_attention=True, scaling_factor=0.18215)
+  for label, cfg, batch in (("sd-vae-ft-mse shape (83.7M params)",
+                             ldm_vae.RELEASED["stabilityai/sd-vae-ft-mse"], b),
+                            ("tiny fixture shape", tiny, 4 * b)):
+    stage(f"ldm_vae: init {label}")
+    gdef = nnx.graphdef(nnx.eval_shape(lambda cfg=cfg: ldm_vae.make_model(cfg, rngs=nnx.Rngs(0))))
+    params = jax.jit(lambda cfg=cfg: nnx.state(ldm_vae.make_model(cfg, rngs=nnx.Rngs(0))))()
+    scale = cfg["scaling_factor"]
+    enc = jax.jit(lambda p, x: nnx.merge(gdef, p).encode(x * 2.0 - 1.0)[0] * scale)
+    dec = jax.jit(lambda p, z: nnx.merge(gdef, p).decode(z / scale))
+    images = jax.random.uniform(jax.random.key(1), (batch, 64, 64, 3))
+    stage(f"ldm_vae: encode {label}")
+    t = time_call(lambda: enc(params, images), reps, jax.block_until_ready)
+    rows.append((f"SD VAE encode 64 px -> 8x8x4, {label}, batch {batch}", "jaxtok", t * 1e3,
+                 f"{batch / t:.3g} images/s"))
+    latents = enc(params, images)
+    stage(f"ldm_vae: decode {label}")
+    t = time_call(lambda: dec(params, latents), reps, jax.block_until_ready)
+    rows.append((f"SD VAE decode 8x8x4 -> 64 px, {label}, batch {batch}", "jaxtok", t * 1e3,
+                 f"{batch / t:.3g} images/s"))
+  return rows
+
+
 SUITES = {"quantizers": quantizer_suite, "tokenizers": tokenizer_suite, "train": train_suite,
           "samplers": sampler_suite, "data": data_suite,
           "official": official_suite,
@@ -2050,6 +2088,7 @@ SUITES = {"quantizers": quantizer_suite, "tokenizers": tokenizer_suite, "train":
           "hf_bpe": hf_bpe_suite,
           "olmo": olmo_suite,
           "instella_t2i": instella_t2i_suite,
+          "ldm_vae": ldm_vae_suite,
           }
 
 

@@ -3,7 +3,7 @@
   python tools/convert.py --model titok --config tokenizer_titok_l32_imagenet \
       --weights tokenizer_titok_l32.bin --out /tmp/titok_l32
 
---model: titok | onedpiece | vqgan | maskgit | rar | flextok | dinov2 | tatitok | clip_text | maskgen | siglip | t5 | maskgen_kl | gpstoken | gpstoken_gen | instella | olmo | instella_diff | instella_ar. --config: a released model name (see
+--model: titok | onedpiece | vqgan | maskgit | rar | flextok | dinov2 | tatitok | clip_text | maskgen | siglip | t5 | maskgen_kl | gpstoken | gpstoken_gen | instella | olmo | instella_diff | instella_ar | ldm_vae. --config: a released model name (see
 --list), a jaxtok config as JSON (a string or a file), an official config (e.g. the HF config.json),
 or omitted to read the sizes off the tensor shapes. --weights: .safetensors, or a PyTorch file read
 with torch.load(weights_only=True) (needs torch). Writes OUT/params (orbax) and OUT/config.json;
@@ -23,11 +23,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-_MODEL = flags.DEFINE_enum("model", None, ["titok", "onedpiece", "vqgan", "maskgit", "rar", "flextok", "dinov2", "tatitok", "clip_text", "maskgen", "siglip", "t5", "maskgen_kl", "gpstoken", "gpstoken_gen", "instella", "olmo", "instella_diff", "instella_ar"],
+_MODEL = flags.DEFINE_enum("model", None, ["titok", "onedpiece", "vqgan", "maskgit", "rar", "flextok", "dinov2", "tatitok", "clip_text", "maskgen", "siglip", "t5", "maskgen_kl", "gpstoken", "gpstoken_gen", "instella", "olmo", "instella_diff", "instella_ar", "ldm_vae"],
                            "kind of official checkpoint")
 _CONFIG = flags.DEFINE_string("config", None, "released name, JSON config (string or file), or "
                               "omitted (inferred from the shapes)")
-_WEIGHTS = flags.DEFINE_string("weights", None, "official checkpoint (.safetensors/.bin/.pt/.pth)")
+_WEIGHTS = flags.DEFINE_string("weights", None, "official checkpoint (.safetensors/.bin/.pt/.pth; "
+                              "ldm_vae: also .ckpt or a diffusers model directory)")
 _OUT = flags.DEFINE_string("out", None, "output directory (params/ and config.json)")
 _INITG = flags.DEFINE_string("initg", None, "gpstoken_gen: the release's initg.pickle, written as "
                              "OUT's layout bank (layouts.npy, labels.npy)")

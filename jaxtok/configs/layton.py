@@ -4,10 +4,16 @@ plus pixel losses on the 1-step reconstruction.
 
   python tools/train.py --config configs/layton.py --workdir /tmp/layton       # 1024px, 256 tokens
   python tools/train.py --config configs/layton.py:tiny --workdir /tmp/layton_tiny
+  python tools/convert.py --model ldm_vae --weights /path/to/sd-vae-ft-mse --out /tmp/sd_vae
+  python tools/train.py --config configs/layton.py:sd_vae,vae_checkpoint=/tmp/sd_vae --workdir /tmp/l
 
 Model fields follow `jaxtok.tokenizers.layton.Layton`. The full config's VAE has Stable Diffusion's
 shape (f8, 4 channels, scaling 0.18215) and is frozen (stop_gradient in the model, no weight decay);
-load pretrained weights into it (warm start) before training, since jaxtok ships none. The
+`sd_vae,vae_checkpoint=DIR` sets the VAE fields to a released SD VAE's exactly
+(`convert.ldm_vae.RELEASED`, `vae=sd-vae-ft-mse` by default, or `vae=sdxl-vae`: scaling 0.13025)
+and builds the model with the converted weights of DIR (tools/convert.py --model ldm_vae; jaxtok
+downloads nothing); any size that differs from DIR's is refused when the model is built.
+`vae_checkpoint=DIR` alone keeps the config's VAE fields (they must equal DIR's). The
 encoder/decoder widths, the codebook size (16384) and the token size (16) of the full config are our
 assumptions, not numbers from the paper. `steps=N` sets the consistency steps of training and
 decoding (1-4).
@@ -17,11 +23,13 @@ from __future__ import annotations
 import ml_collections
 
 from jaxtok.configs import common
+from jaxtok.convert import ldm_vae
 from jaxtok.train import optim
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  a = common.parse_arg(arg, tokens=256, res=1024, steps=1, tiny=False)
+  a = common.parse_arg(arg, tokens=256, res=1024, steps=1, tiny=False, sd_vae=False,
+                       vae="sd-vae-ft-mse", vae_checkpoint="")
   c = common.base_config()
   c.model = ml_collections.ConfigDict(dict(
       name="layton", image_size=a.res, patch_size=32, enc_width=1024, enc_depth=24, enc_heads=16,
@@ -46,4 +54,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                    dec_width=32, dec_depth=1, dec_heads=2, dtype="float32")
     c.eval.token_counts = [8]
     c.ema_decay = 0.9
+  if a.sd_vae:
+    released = ldm_vae.RELEASED.get(f"stabilityai/{a.vae}")
+    if released is None:
+      raise ValueError(f"vae must be one of {[n.split('/')[1] for n in ldm_vae.RELEASED]}, got "
+                       f"{a.vae!r}")
+    if not a.vae_checkpoint:
+      raise ValueError("sd_vae needs vae_checkpoint=DIR (the output of tools/convert.py --model "
+                       "ldm_vae on the released weights)")
+    c.model.update({f"vae_{k}": v for k, v in released.items()})
+    c.model.use_vae = True
+  if a.vae_checkpoint:
+    c.model.vae_checkpoint = a.vae_checkpoint
   return c

@@ -25,6 +25,7 @@
   "instella"  Instella-T2I's binary autoencoder                      convert/instella.py
   "olmo"      OLMo v1 text tower (HF checkpoint directory, `nn.olmo`) convert/olmo.py
   "instella_diff" / "instella_ar" Instella-T2I's text-to-image generators  convert/instella_t2i.py
+  "ldm_vae"   Stable Diffusion's VAE (AutoencoderKL; diffusers or ldm) convert/ldm_vae.py
 `config`: for FlexTok, None (the hydra config in the file), a name of flextok.RELEASED, or a
 mapping of overrides; for the others, a released model name (e.g. "tokenizer_titok_l32_imagenet"), a jaxtok config (mapping,
 JSON string or file), an official config (with a "model" key, e.g. the HF config.json), or None to
@@ -43,13 +44,13 @@ from typing import Any
 
 MODELS = ("titok", "onedpiece", "vqgan", "maskgit", "rar", "flextok", "dinov2", "tatitok", "clip_text",
           "maskgen", "siglip", "t5", "maskgen_kl", "gpstoken", "gpstoken_gen", "instella", "olmo",
-          "instella_diff", "instella_ar")
+          "instella_diff", "instella_ar", "ldm_vae")
 # Frozen feature towers: `jaxtok.convert.<name>.load(weights, overrides) -> (config, params)` and
 # `jaxtok.nn.<name>.abstract_params(config)`.
 FROZEN_TOWERS = ("clip_text", "siglip", "t5", "dinov2", "olmo")
 # Converters called as `jaxtok.convert.<model>.load(weights, config) -> (config, params)`.
 _PLAIN = ("vqgan", "gpstoken", "instella", "maskgit", "gpstoken_gen", "rar", "maskgen", "maskgen_kl",
-          "tatitok")
+          "tatitok", "ldm_vae")
 
 
 def convert(model: str, weights: str | os.PathLike, config: Any = None):
@@ -119,6 +120,9 @@ def _generator_converter(config: dict):
 
 
 def _abstract(config: dict):
+  if config.get("name") == "ldm_vae":
+    from jaxtok.convert import ldm_vae
+    return ldm_vae.abstract_params(config)
   if config.get("name") in FROZEN_TOWERS:
     return importlib.import_module(f"jaxtok.nn.{config['name']}").abstract_params(config)
   converter = _generator_converter(config)

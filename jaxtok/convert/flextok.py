@@ -26,7 +26,8 @@ This module reads both, derives a jaxtok config (`name="flextok"`, usable with
   dec_to_patches.adaLN_modulation.1 / .proj                             dec_head_ada / dec_head
   vae.vae.* (diffusers AutoencoderKL)                                   vae.* (FlexTokVAE; the mid
                                                                         attention's to_{q,k,v} fused
-                                                                        into attn.attn.qkv)
+                                                                        into attn.attn.qkv; the map
+                                                                        is convert/ldm_vae.py's)
 
 Linear weights are transposed ([out, in] -> [in, out]), convolutions go OIHW -> HWIO. Layouts the
 jaxtok model cannot reproduce exactly (no QK-norm, a plain MLP, biases in attention, another
@@ -57,7 +58,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from jaxtok.convert import common
+from jaxtok.convert import common, ldm_vae
 
 # ----------------------------------------------------------------------------- released models
 
@@ -376,31 +377,15 @@ def _lin(w: np.ndarray) -> np.ndarray:
   return np.asarray(w).T
 
 
-def _conv(w: np.ndarray) -> np.ndarray:
-  return np.asarray(w).transpose(2, 3, 1, 0)
-
-
-def _attn_lin(w: np.ndarray) -> np.ndarray:
-  w = np.asarray(w)
-  return (w.reshape(w.shape[:2]) if w.ndim == 4 else w).T  # old diffusers: 1x1 conv weights
-
-
 # (official key, or a tuple of keys fused into one tensor; jaxtok path; transform of the arrays).
-Entry = tuple[str | tuple[str, ...], str, Callable[..., np.ndarray]]
-
-
-def _sources(src: str | tuple[str, ...]) -> tuple[str, ...]:
-  return src if isinstance(src, tuple) else (src,)
+Entry = ldm_vae.Entry
+_sources = ldm_vae.sources
 
 
 def _qkv(heads: int) -> Callable[..., np.ndarray]:
   """q, k, v Linear weights [W_out, W_in] each -> nn.Attention's fused qkv [W_in, 3, H, E]."""
   return lambda q, k, v: np.stack([np.asarray(w).T for w in (q, k, v)], 1).reshape(
       q.shape[1], 3, heads, -1)
-
-
-def _qkv_bias(heads: int) -> Callable[..., np.ndarray]:
-  return lambda q, k, v: np.stack([np.asarray(b) for b in (q, k, v)]).reshape(3, heads, -1)
 
 
 def _attn_out(heads: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -422,48 +407,6 @@ def _block(src: str, dst: str, ada: bool, heads: int) -> list[Entry]:
     out += _linear(f"{src}.mlp.{name}", f"{dst}.mlp.{ours}", bias=False)
   if ada:
     out += _linear(f"{src}.adaLN_modulation.1", f"{dst}.ada")
-  return out
-
-
-def _vae_conv(src: str, dst: str) -> list[Entry]:
-  return [(src + ".weight", dst + ".kernel", _conv), (src + ".bias", dst + ".bias", np.asarray)]
-
-
-def _vae_norm(src: str, dst: str) -> list[Entry]:
-  return [(src + ".weight", dst + ".scale", np.asarray), (src + ".bias", dst + ".bias", np.asarray)]
-
-
-def _vae_resnet(src: str, dst: str, shortcut: bool) -> list[Entry]:
-  out = _vae_norm(src + ".norm1", dst + ".norm1") + _vae_conv(src + ".conv1", dst + ".conv1")
-  out += _vae_norm(src + ".norm2", dst + ".norm2") + _vae_conv(src + ".conv2", dst + ".conv2")
-  return out + (_vae_conv(src + ".conv_shortcut", dst + ".shortcut") if shortcut else [])
-
-
-def _vae_mid(src: str, dst: str, attention: bool) -> list[Entry]:
-  out = _vae_resnet(src + ".resnets.0", dst + ".res1", False)
-  out += _vae_resnet(src + ".resnets.1", dst + ".res2", False)
-  if attention:
-    a = src + ".attentions.0"
-    out += _vae_norm(a + ".group_norm", dst + ".attn.norm")
-    qkv = ("to_q", "to_k", "to_v")
-    out += [(tuple(f"{a}.{n}.weight" for n in qkv), f"{dst}.attn.attn.qkv",
-             lambda *w: _qkv(1)(*(_attn_lin(x).T for x in w))),
-            (tuple(f"{a}.{n}.bias" for n in qkv), f"{dst}.attn.attn.qkv_bias", _qkv_bias(1)),
-            (f"{a}.to_out.0.weight", f"{dst}.attn.attn.out",
-             lambda w: _attn_out(1)(_attn_lin(w).T)),
-            (f"{a}.to_out.0.bias", f"{dst}.attn.attn.out_bias", np.asarray)]
-  return out
-
-
-# Older diffusers attention names, renamed on load as diffusers itself does.
-_OLD_ATTN = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
-
-
-def _rename_old_attention(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  out = {}
-  for k, v in sd.items():
-    m = re.match(r"(.*\.mid_block\.attentions\.0\.)(query|key|value|proj_attn)\.(weight|bias)$", k)
-    out[f"{m.group(1)}{_OLD_ATTN[m.group(2)]}.{m.group(3)}" if m else k] = v
   return out
 
 
@@ -493,33 +436,8 @@ def key_map(cfg: Mapping[str, Any]) -> list[Entry]:
   e += _linear(_DEC + "dec_to_patches.adaLN_modulation.1", "dec_head_ada")
   e += _linear(_DEC + "dec_to_patches.proj", "dec_head")
 
-  chans, lpb = tuple(cfg["vae_channels"]), cfg["vae_layers_per_block"]
-  attn = cfg.get("vae_mid_attention", True)
-  v, j = _VAE + "encoder.", 0
-  e += _vae_conv(v + "conv_in", "vae.enc_in")
-  prev = chans[0]
-  for i, c in enumerate(chans):
-    for r in range(lpb):
-      e += _vae_resnet(f"{v}down_blocks.{i}.resnets.{r}", f"vae.down.{j}", prev != c)
-      prev, j = c, j + 1
-    if i < len(chans) - 1:
-      e += _vae_conv(f"{v}down_blocks.{i}.downsamplers.0.conv", f"vae.down.{j}")
-      j += 1
-  e += _vae_mid(v + "mid_block", "vae.enc_mid", attn)
-  e += _vae_norm(v + "conv_norm_out", "vae.enc_norm") + _vae_conv(v + "conv_out", "vae.enc_out")
-  e += _vae_conv(_VAE + "quant_conv", "vae.quant_conv")
-  e += _vae_conv(_VAE + "post_quant_conv", "vae.post_quant_conv")
-  v, j = _VAE + "decoder.", 0
-  e += _vae_conv(v + "conv_in", "vae.dec_in") + _vae_mid(v + "mid_block", "vae.dec_mid", attn)
-  prev = chans[-1]
-  for i, c in enumerate(chans[::-1]):
-    for r in range(lpb + 1):
-      e += _vae_resnet(f"{v}up_blocks.{i}.resnets.{r}", f"vae.up.{j}", prev != c)
-      prev, j = c, j + 1
-    if i < len(chans) - 1:
-      e += _vae_conv(f"{v}up_blocks.{i}.upsamplers.0.conv", f"vae.up.{j}")
-      j += 1
-  e += _vae_norm(v + "conv_norm_out", "vae.dec_norm") + _vae_conv(v + "conv_out", "vae.dec_out")
+  e += ldm_vae.diffusers_entries(cfg["vae_channels"], cfg["vae_layers_per_block"],
+                                 cfg.get("vae_mid_attention", True), src=_VAE, dst="vae.")
   return e
 
 
@@ -548,7 +466,7 @@ def convert_state_dict(sd: Mapping[str, np.ndarray], cfg: Mapping[str, Any]) -> 
   Raises ValueError naming every missing and every unexpected official key (the release's VAE
   `logvar`, if present, and FSQ buffers are not parameters of either model).
   """
-  sd = _rename_old_attention(sd)
+  sd = ldm_vae.rename_old_attention(sd)
   entries = key_map(cfg)
   used = {k for src, _, _ in entries for k in _sources(src)} | set(_POSEMB_KEYS)
   missing = sorted(k for k in used if k not in sd)

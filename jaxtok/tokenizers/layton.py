@@ -138,10 +138,14 @@ class Layton(nnx.Module):
     num_latent_tokens: K (256 in the paper's 1024px model).
     token_size, quantizer, codebook_size, use_l2_norm, commitment_cost, fsq_levels,
       quantizer_options: the codebook (`tokenizers.bottleneck`, any discrete kind).
-    use_vae: decode into the latent space of a frozen `flextok_vae.FlexTokVAE` (the stand-in for the
-      pretrained LDM VAE); False uses pixels in [-1, 1] as the "latents" (tests, quick runs).
+    use_vae: decode into the latent space of a frozen `flextok_vae.FlexTokVAE` (Stable Diffusion's
+      VAE layout: pretrained weights through vae_checkpoint, else random); False uses pixels in [-1, 1] as the "latents" (tests, quick runs).
     vae_channels, vae_latent_channels, vae_layers_per_block, vae_norm_groups, vae_mid_attention,
       vae_scaling_factor: that VAE (SD: 4 latent channels, scaling factor 0.18215).
+    vae_checkpoint: "" (the VAE starts random) or a pretrained VAE to start from and keep frozen: a
+      directory written by `tools/convert.py --model ldm_vae` (e.g. stabilityai/sd-vae-ft-mse) or an
+      official file (`convert.ldm_vae.read_weights`); its sizes and scaling factor must equal the
+      vae_* fields (ValueError naming the ones that differ). Read when the model is built.
     latent_patch_size, dec_width, dec_depth, dec_heads: the consistency network F.
     prediction: "epsilon" (LCM / SD) or "sample" (F predicts x0).
     num_train_timesteps, beta_start, beta_end: the DDPM schedule (SD's scaled_linear).
@@ -162,7 +166,8 @@ class Layton(nnx.Module):
                use_vae: bool = True, vae_channels: Sequence[int] = (128, 256, 512, 512),
                vae_latent_channels: int = 4, vae_layers_per_block: int = 2,
                vae_norm_groups: int = 32, vae_mid_attention: bool = True,
-               vae_scaling_factor: float = 0.18215, latent_patch_size: int = 4,
+               vae_scaling_factor: float = 0.18215, vae_checkpoint: str = "",
+               latent_patch_size: int = 4,
                dec_width: int = 1024, dec_depth: int = 24, dec_heads: int = 16,
                prediction: str = "epsilon", num_train_timesteps: int = 1000,
                beta_start: float = 0.00085, beta_end: float = 0.012, num_origin_steps: int = 50,
@@ -218,6 +223,14 @@ class Layton(nnx.Module):
           layers_per_block=vae_layers_per_block, norm_groups=vae_norm_groups,
           mid_attention=vae_mid_attention, attention_impl=attention_impl, dtype=dtype, rngs=rngs)
       factor, self.latent_channels = self.vae.downsample_factor, vae_latent_channels
+      if vae_checkpoint:  # the pretrained LDM VAE replaces the random initialisation
+        from jaxtok.convert import ldm_vae  # pylint: disable=g-import-not-at-top
+        ldm_vae.load_into(self.vae, vae_checkpoint, dict(
+            channels=list(vae_channels), latent_channels=vae_latent_channels,
+            layers_per_block=vae_layers_per_block, norm_groups=vae_norm_groups,
+            mid_attention=vae_mid_attention, scaling_factor=vae_scaling_factor))
+    elif vae_checkpoint:
+      raise ValueError(f"vae_checkpoint={vae_checkpoint!r} needs use_vae=True")
     else:
       self.vae, factor, self.latent_channels = None, 1, 3
     if image_size % factor:
@@ -400,7 +413,7 @@ _FIELDS = ("image_size", "patch_size", "enc_width", "enc_depth", "enc_heads", "n
            "token_size", "quantizer", "codebook_size", "use_l2_norm", "commitment_cost", "fsq_levels",
            "quantizer_options", "use_vae", "vae_channels", "vae_latent_channels",
            "vae_layers_per_block", "vae_norm_groups", "vae_mid_attention", "vae_scaling_factor",
-           "latent_patch_size", "dec_width", "dec_depth", "dec_heads", "prediction",
+           "vae_checkpoint", "latent_patch_size", "dec_width", "dec_depth", "dec_heads", "prediction",
            "num_train_timesteps", "beta_start", "beta_end", "num_origin_steps", "sigma_data",
            "timestep_scaling", "huber_c", "consistency_weight", "target_decay", "train_steps",
            "decode_steps")

@@ -5,15 +5,15 @@ import numpy as np
 from flax import nnx
 
 
-def fixed_batch_losses(tok, params, images, steps, lr=3e-3):
-  """Adam on one batch with one rng (same noise and timesteps every step), the train step's loss
-  (l1 on recon + the model's losses; model state carried): (loss per step float [steps], the final
-  parameters)."""
+def fixed_batch_losses(tok, params, images, steps, lr=3e-3, tx=None):
+  """Adam (or the optax `tx` given) on one batch with one rng (same noise and timesteps every step),
+  the train step's loss (l1 on recon + the model's losses; model state carried): (loss per step
+  float [steps], the final parameters)."""
   import optax
   from jaxtok.train import state as state_lib
   graphdef = tok.graphdef
   p, rest = state_lib.split_params(params)
-  tx = optax.adam(lr)
+  tx = optax.adam(lr) if tx is None else tx
   rng = jax.random.key(11)
 
   def loss_fn(p, rest):
