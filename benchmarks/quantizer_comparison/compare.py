@@ -35,6 +35,12 @@ VARIANTS = {
     "rvq": dict(quantizer="rvq", token_size=12, codebook_size=4096, use_l2_norm=True,
                 commitment_cost=0.25, quantizer_options=dict(num_quantizers=2)),
     "rfsq": dict(quantizer="rfsq", quantizer_options=dict(num_quantizers=2)),
+    # Follow-ups on plain VQ's collapse (one code per position): a better gradient to the encoder,
+    # or a codebook-usage loss (MaskGIT / GigaTok entropy, weight 0.1, temperature 0.01).
+    "vq_rotation": dict(quantizer="vq", token_size=12, codebook_size=4096, use_l2_norm=True,
+                        commitment_cost=0.25, quantizer_options=dict(rotation_trick=True)),
+    "vq_entropy": dict(quantizer="vq", token_size=12, codebook_size=4096, use_l2_norm=True,
+                       commitment_cost=0.25, quantizer_options=dict(entropy_weight=0.1)),
 }
 
 

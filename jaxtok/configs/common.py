@@ -159,6 +159,19 @@ def tiny_training(c: ml_collections.ConfigDict, steps: int = 4) -> None:
     c.loss.update(gan_start=2, disc_start=2)
 
 
+def l1_schedule(c: ml_collections.ConfigDict, *, total_steps: int, image_size: int, tokens: int,
+                batch_size: int = 64, tiny: bool = False) -> None:
+  """The paper-recipe schedule shared by GPSToken and Layton: total_steps at image_size, batch 64,
+  an L1 pixel loss (no L2), evaluated at `tokens`; tiny: `tiny_training` on top."""
+  c.total_steps = total_steps
+  c.data.image_size = image_size
+  c.data.batch_size = batch_size
+  c.loss.update(l1=1.0, l2=0.0)
+  c.eval.token_counts = [tokens]
+  if tiny:
+    tiny_training(c)
+
+
 def generator_arg(arg: str | None, sizes: dict,
                   keys: tuple[str, ...] = ("tokens", "codebook", "classes")) -> tuple[dict, bool, tuple]:
   """(key=value dict of the given arguments, tiny flag, sizes[size]) of a generator config arg like

@@ -24,13 +24,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       split_weight=2.5, width=512, depth=30, num_heads=8, stem_channels=128, roi_size=8,
       render_size=a.res // 4, dmax=3.0, dec_ch=128, dec_ch_mult=(1, 2, 4), dec_num_res_blocks=2,
       num_groups=32, dtype="bfloat16"))
-  c.total_steps = 400_000
-  c.data.image_size = a.res
-  c.data.batch_size = 64
-  c.loss.update(l1=1.0, l2=0.0)
-  c.eval.token_counts = [a.tokens]
+  common.l1_schedule(c, total_steps=400_000, image_size=a.res, tokens=a.tokens, tiny=a.tiny)
   if a.tiny:
-    common.tiny_training(c)
     c.model.update(image_size=16, num_gaussians=8, feature_dim=4, min_size=2, width=32, depth=1,
                    num_heads=2, stem_channels=8, roi_size=2, render_size=8, dec_ch=8,
                    dec_ch_mult=(1, 2), dec_num_res_blocks=1, num_groups=4,

@@ -40,13 +40,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       dtype="bfloat16"))
   # The VAE gets zero gradients (stop_gradient in the model); no weight decay keeps it unchanged.
   c.optim.no_decay_patterns = optim.NO_DECAY_PATTERNS + (r"^vae/",)
-  c.total_steps = 200_000
-  c.data.image_size = a.res
-  c.data.batch_size = 64
-  c.loss.update(l1=1.0, l2=0.0)
-  c.eval.token_counts = [a.tokens]
+  common.l1_schedule(c, total_steps=200_000, image_size=a.res, tokens=a.tokens, tiny=a.tiny)
   if a.tiny:
-    common.tiny_training(c)
     c.model.update(image_size=16, patch_size=4, enc_width=32, enc_depth=1, enc_heads=2,
                    num_latent_tokens=8, token_size=8, codebook_size=64, vae_channels=(8, 8),
                    vae_latent_channels=4, vae_layers_per_block=1, vae_norm_groups=4,

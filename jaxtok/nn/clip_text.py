@@ -111,25 +111,13 @@ def config_for(size: str, **overrides: Any) -> dict[str, Any]:
                  activation="quick_gelu"), **overrides}
 
 
-def make_model(cfg: Mapping[str, Any], *, rngs: nnx.Rngs) -> CLIPText:
-  """A CLIPText from plain fields (`_FIELDS`, `size` for a preset, the common options); unknown keys
-  raise ValueError naming the valid ones."""
-  kwargs = options.preset_model_kwargs(cfg, _FIELDS, model="CLIPText", cls=CLIPText,
-                                       preset=lambda size, kw: config_for(size))
-  return CLIPText(**kwargs, rngs=rngs)
-
-
-def abstract_params(cfg: Mapping[str, Any]) -> nnx.State:
-  """The parameter shapes of `make_model(cfg)` (nothing allocated)."""
-  return options.abstract_params(make_model, cfg)
+# make_model(cfg, *, rngs) -> CLIPText from plain fields (`_FIELDS`, `size` for a preset, the common
+# options; unknown keys raise ValueError); abstract_params(cfg): its parameter shapes, unallocated.
+make_model, abstract_params = options.tower_builders(CLIPText, _FIELDS, model="CLIPText",
+                                                     preset=lambda size, kw: config_for(size))
 
 
 def features_fn(cfg: Mapping[str, Any]):
   """fn(params, ids) -> the `__call__` dict of `make_model(cfg)` holding `params` (frozen use:
   jit-friendly, the parameters are only read)."""
-  graphdef, _ = nnx.split(nnx.eval_shape(lambda: make_model(cfg, rngs=nnx.Rngs(0))))
-
-  def fn(params, ids):
-    return nnx.merge(graphdef, params)(ids)
-
-  return fn
+  return options.frozen_apply(make_model, cfg)

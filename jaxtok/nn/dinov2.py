@@ -253,26 +253,15 @@ def config_for(size: str, num_registers: int = 0, **overrides: Any) -> dict[str,
   return cfg
 
 
-def make_model(cfg: Mapping[str, Any], *, rngs: nnx.Rngs) -> DINOv2:
-  """A DINOv2 from plain fields (`_FIELDS`, `size` for a preset, the common options); unknown keys
-  raise ValueError naming the valid ones."""
-  kwargs = options.preset_model_kwargs(cfg, _FIELDS, model="DINOv2", cls=DINOv2,
-                                       preset=lambda size, kw: config_for(size, kw.get("num_registers", 0)))
-  return DINOv2(**kwargs, rngs=rngs)
-
-
-def abstract_params(cfg: Mapping[str, Any]) -> nnx.State:
-  """The parameter shapes of `make_model(cfg)` (nothing allocated)."""
-  return options.abstract_params(make_model, cfg)
+# make_model(cfg, *, rngs) -> DINOv2 from plain fields (`_FIELDS`, `size` for a preset, the common
+# options; unknown keys raise ValueError); abstract_params(cfg): its parameter shapes, unallocated.
+make_model, abstract_params = options.tower_builders(
+    DINOv2, _FIELDS, model="DINOv2",
+    preset=lambda size, kw: config_for(size, kw.get("num_registers", 0)))
 
 
 def features_fn(cfg: Mapping[str, Any]):
   """fn(params, images) -> the `__call__` dict of `make_model(cfg)` with `params` (an nnx.State, e.g.
   from `convert.dinov2.load`), for frozen use: it merges the parameters into a fresh module each
   call (jit-friendly; the parameters are only read)."""
-  graphdef, _ = nnx.split(nnx.eval_shape(lambda: make_model(cfg, rngs=nnx.Rngs(0))))
-
-  def fn(params, images):
-    return nnx.merge(graphdef, params)(images)
-
-  return fn
+  return options.frozen_apply(make_model, cfg)

@@ -139,26 +139,14 @@ def config_for(size: str, **overrides: Any) -> dict[str, Any]:
           **overrides}
 
 
-def make_model(cfg: Mapping[str, Any], *, rngs: nnx.Rngs) -> Olmo:
-  """An Olmo from plain fields (`_FIELDS`, `size` for a preset, the common options); unknown keys
-  raise ValueError naming the valid ones."""
-  kwargs = options.preset_model_kwargs(cfg, _FIELDS, model="Olmo", cls=Olmo,
-                                       preset=lambda size, kw: config_for(size))
-  return Olmo(**kwargs, rngs=rngs)
-
-
-def abstract_params(cfg: Mapping[str, Any]) -> nnx.State:
-  """The parameter shapes of `make_model(cfg)` (nothing allocated)."""
-  return options.abstract_params(make_model, cfg)
+# make_model(cfg, *, rngs) -> Olmo from plain fields (`_FIELDS`, `size` for a preset, the common
+# options; unknown keys raise ValueError); abstract_params(cfg): its parameter shapes, unallocated.
+make_model, abstract_params = options.tower_builders(Olmo, _FIELDS, model="Olmo",
+                                                     preset=lambda size, kw: config_for(size))
 
 
 def hidden_states_fn(cfg: Mapping[str, Any]):
   """fn(params, ids int32 [B, T], mask int32 [B, T]) -> float32 [L, B, T, W], HF's
   `hidden_states[1:]` of `make_model(cfg)` holding `params` (frozen use: jit-friendly, the
   parameters are only read)."""
-  graphdef, _ = nnx.split(nnx.eval_shape(lambda: make_model(cfg, rngs=nnx.Rngs(0))))
-
-  def fn(params, ids, mask):
-    return nnx.merge(graphdef, params)(ids, mask)
-
-  return fn
+  return options.frozen_apply(make_model, cfg)

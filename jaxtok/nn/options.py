@@ -126,6 +126,26 @@ def preset_model_kwargs(cfg: Any, fields: Sequence[str], *, model: str, cls: typ
   return kwargs if size is None else {**preset(size, kwargs), **kwargs}
 
 
+def tower_builders(cls: type, fields: Sequence[str], *, model: str, preset):
+  """(make_model(cfg, *, rngs) -> cls, abstract_params(cfg) -> nnx.State) of a frozen feature
+  network with named sizes (CLIP text, SigLIP, DINOv2, OLMo): plain fields, `size` for a preset
+  (`preset_model_kwargs`), the common options; unknown keys raise ValueError naming the valid ones.
+  abstract_params allocates nothing."""
+
+  def make_model(cfg: Any, *, rngs: nnx.Rngs):
+    return cls(**preset_model_kwargs(cfg, fields, model=model, cls=cls, preset=preset), rngs=rngs)
+
+  return make_model, lambda cfg: abstract_params(make_model, cfg)
+
+
 def abstract_params(make_model, cfg: Any) -> nnx.State:
   """The parameter shapes of `make_model(cfg, rngs=...)` (nothing allocated)."""
   return nnx.state(nnx.eval_shape(lambda: make_model(cfg, rngs=nnx.Rngs(0))), nnx.Param)
+
+
+def frozen_apply(make_model, cfg: Any):
+  """fn(params, *inputs) -> `make_model(cfg)(*inputs)` with `params` (an nnx.State) merged into the
+  module's graph each call: a frozen network as a pure, jit-friendly function (the parameters are
+  only read)."""
+  graphdef, _ = nnx.split(nnx.eval_shape(lambda: make_model(cfg, rngs=nnx.Rngs(0))))
+  return lambda params, *inputs: nnx.merge(graphdef, params)(*inputs)

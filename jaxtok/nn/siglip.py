@@ -196,14 +196,7 @@ def config_for(size: str, **overrides: Any) -> dict[str, Any]:
   return cfg
 
 
-def make_model(cfg: Mapping[str, Any], *, rngs: nnx.Rngs) -> SigLIPVision:
-  """A SigLIP vision tower from plain fields (`_FIELDS`, `size` for a preset, the common options);
-  unknown keys raise ValueError naming the valid ones."""
-  kwargs = options.preset_model_kwargs(cfg, _FIELDS, model="SigLIP", cls=SigLIPVision,
-                                       preset=lambda size, kw: config_for(size))
-  return SigLIPVision(**kwargs, rngs=rngs)
-
-
-def abstract_params(cfg: Mapping[str, Any]) -> nnx.State:
-  """The parameter shapes of `make_model(cfg)` (nothing allocated)."""
-  return options.abstract_params(make_model, cfg)
+# make_model(cfg, *, rngs) -> SigLIPVision from plain fields (`_FIELDS`, `size` for a preset, the common
+# options; unknown keys raise ValueError); abstract_params(cfg): its parameter shapes, unallocated.
+make_model, abstract_params = options.tower_builders(SigLIPVision, _FIELDS, model="SigLIP",
+                                                     preset=lambda size, kw: config_for(size))
