@@ -11,10 +11,10 @@ tokenizer.json, or a random tiny tower for smoke tests).
 Conditioning as the release computes it (`scripts/train_*.py`, `test_*.py`): a batch's prompts and
 the empty prompt '' are tokenized together, padded on the left to the batch's longest row, and every
 layer's hidden state is read. The empty prompt's row is the unconditional condition (text dropout in
-training, classifier-free guidance in sampling). After the tower, this module pads the features on
-the left with masked zero rows to a multiple of `PAD_TO` tokens: the networks never attend to masked
+training, classifier-free guidance in sampling). The batch is padded further on the left to a
+multiple of `PAD_TO` tokens (`OlmoTextEncoder(..., pad_to=)`): the networks never attend to masked
 text keys and OLMo's RoPE makes the real tokens' features independent of the left padding, so the
-result is the release's while the jitted step sees few distinct shapes.
+result is the release's while the jitted tower and step see few distinct shapes.
 
 Training (`batch_labels`, the `side_labels` hook of `train.generator`): the token dataset must hold
 captions (tools/pretokenize.py with captions); each batch's captions go through the tower on the
@@ -97,12 +97,9 @@ def encode(encoder, texts: Sequence[str], max_length: int = 128):
   """((features float32 [B, L, T, Dt], mask int32 [B, T]), (null features [1, L, T, Dt], null mask
   [1, T])): the texts and '' through the tower in one batch (the release's call), padded on the
   left to T, a multiple of PAD_TO."""
-  out = encoder(list(texts) + [""], max_length=max_length)
+  out = encoder(list(texts) + [""], max_length=max_length, pad_to=PAD_TO)
   feats = np.moveaxis(np.asarray(out["features"], np.float32), 1, 0)
   mask = np.asarray(out["mask"], np.int32)
-  pad = -mask.shape[1] % PAD_TO
-  feats = np.pad(feats, ((0, 0), (0, 0), (pad, 0), (0, 0)))
-  mask = np.pad(mask, ((0, 0), (pad, 0)))
   return (feats[:-1], mask[:-1]), (feats[-1:], mask[-1:])
 
 

@@ -100,9 +100,12 @@ class OlmoTextEncoder:
     cfg, params = convert_olmo.load(checkpoint_dir, config)
     return cls(cfg, params, hf_bpe.ByteLevelBPE.from_file(os.fspath(tokenizer_json)))
 
-  def ids(self, texts: Sequence[str], max_length: int = MAX_LENGTH) -> tuple[np.ndarray, np.ndarray]:
+  def ids(self, texts: Sequence[str], max_length: int = MAX_LENGTH,
+          pad_to: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """(ids int32 [B, T], mask int32 [B, T]): the texts' tokens padded on the left with pad_id to the
-    longest row (T >= 1), mask 1 on real tokens."""
+    longest row (T >= 1) rounded up to a multiple of pad_to, mask 1 on real tokens. The real
+    tokens' features do not depend on the left padding (masked keys, relative RoPE), so pad_to only
+    bounds the shapes the jitted tower sees."""
     if isinstance(texts, str) or not all(isinstance(t, str) for t in texts) or not len(texts):
       raise TypeError(f"texts must be a non-empty sequence of str, got {texts!r}")
     max_length = _check_length(max_length)
@@ -114,7 +117,10 @@ class OlmoTextEncoder:
       if any(not 0 <= i < self.vocab_size for i in row):
         raise ValueError(f"tokenizer gave ids outside [0, {self.vocab_size}) (the tower's "
                          f"vocab_size) for {text!r}: {row}")
+    if isinstance(pad_to, bool) or not isinstance(pad_to, (int, np.integer)) or pad_to < 1:
+      raise ValueError(f"pad_to must be an int >= 1, got {pad_to!r}")
     t = max(1, max(len(r) for r in rows))
+    t += -t % int(pad_to)
     ids = np.full((len(rows), t), self.pad_id, np.int32)
     mask = np.zeros((len(rows), t), np.int32)
     for i, row in enumerate(rows):
@@ -122,9 +128,11 @@ class OlmoTextEncoder:
         ids[i, t - len(row):], mask[i, t - len(row):] = row, 1
     return ids, mask
 
-  def __call__(self, texts: Sequence[str], max_length: int = MAX_LENGTH) -> dict[str, np.ndarray]:
-    """{"features": float32 [L, B, T, W] (HF hidden_states[1:]), "mask": int32 [B, T]}."""
-    ids, mask = self.ids(texts, max_length)
+  def __call__(self, texts: Sequence[str], max_length: int = MAX_LENGTH,
+               pad_to: int = 1) -> dict[str, np.ndarray]:
+    """{"features": float32 [L, B, T, W] (HF hidden_states[1:]), "mask": int32 [B, T]}; pad_to as
+    in `ids`."""
+    ids, mask = self.ids(texts, max_length, pad_to)
     features = self._fn(self.params, jnp.asarray(ids), jnp.asarray(mask))
     return {"features": np.asarray(features), "mask": mask}
 

@@ -140,3 +140,17 @@ def test_from_config_smoke_mode_and_refusals():
     E.from_config({"random_init_for_smoke_test": True, "olmo": dict(tower, vocab_size=64)})
   with pytest.raises(ValueError, match="need the tokenizer.json"):
     E.from_config({})
+
+
+def test_pad_to_rounds_the_length_without_changing_real_tokens(encoder):
+  texts = ["a photo of a cat", "dog"]
+  plain, padded = encoder(texts), encoder(texts, pad_to=8)
+  t = plain["mask"].shape[1]
+  assert t == 5 and padded["mask"].shape == (2, 8) and padded["features"].shape[2] == 8
+  np.testing.assert_array_equal(padded["mask"][:, -t:], plain["mask"])
+  assert not padded["mask"][:, :-t].any()
+  real = plain["mask"].astype(bool)
+  np.testing.assert_allclose(padded["features"][:, :, -t:][:, real], plain["features"][:, real],
+                             atol=1e-5)
+  with pytest.raises(ValueError, match="pad_to must be an int >= 1, got 0"):
+    encoder.ids(texts, pad_to=0)
