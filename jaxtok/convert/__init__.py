@@ -48,9 +48,17 @@ MODELS = ("titok", "onedpiece", "vqgan", "maskgit", "rar", "flextok", "dinov2", 
 # Frozen feature towers: `jaxtok.convert.<name>.load(weights, overrides) -> (config, params)` and
 # `jaxtok.nn.<name>.abstract_params(config)`.
 FROZEN_TOWERS = ("clip_text", "siglip", "t5", "dinov2", "olmo")
-# Converters called as `jaxtok.convert.<model>.load(weights, config) -> (config, params)`.
-_PLAIN = ("vqgan", "gpstoken", "instella", "maskgit", "gpstoken_gen", "rar", "maskgen", "maskgen_kl",
-          "tatitok", "ldm_vae")
+# Converters called as `.load(weights, config) -> (config, params)`: model -> module, the converter
+# being jaxtok.convert.<module>, or its CONVERTERS[model] when it holds one per network (instella_t2i).
+_PLAIN = {name: name for name in ("vqgan", "gpstoken", "instella", "maskgit", "gpstoken_gen", "rar",
+                                  "maskgen", "maskgen_kl", "tatitok", "ldm_vae")}
+_PLAIN.update(instella_diff="instella_t2i", instella_ar="instella_t2i")
+
+
+def _converter(name: str, module: str):
+  """jaxtok.convert.<module>, or its CONVERTERS[name] when it defines one for `name`."""
+  mod = importlib.import_module(f"jaxtok.convert.{module}")
+  return getattr(mod, "CONVERTERS", {}).get(name, mod)
 
 
 def convert(model: str, weights: str | os.PathLike, config: Any = None):
@@ -65,10 +73,7 @@ def convert(model: str, weights: str | os.PathLike, config: Any = None):
       cfg = dict(cfg, name="onedpiece")
     return cfg, params
   if model in _PLAIN:
-    return importlib.import_module(f"jaxtok.convert.{model}").load(weights, config)
-  if model in _INSTELLA_T2I:
-    from jaxtok.convert import instella_t2i
-    return instella_t2i.load(weights, config, model=model)
+    return _converter(model, _PLAIN[model]).load(weights, config)
   if model == "flextok":
     from jaxtok.convert import flextok
     if config is None or isinstance(config, str):  # None, or a name of flextok.RELEASED
@@ -104,19 +109,15 @@ def resolve_config(config: Any, flat, *, released, aliases, infer, from_official
 
 # Config names of converted generators -> their converter module in jaxtok.convert.
 _GENERATOR_MODULES = {"maskgit_official": "maskgit", "rar": "rar", "maskgen": "maskgen",
-                      "maskgen_kl": "maskgen_kl", "gpstoken_gen": "gpstoken_gen"}
-# Instella-T2I's two generators share one converter module holding a converter per network.
-_INSTELLA_T2I = ("instella_diff", "instella_ar")
-GENERATORS = tuple(_GENERATOR_MODULES) + _INSTELLA_T2I
+                      "maskgen_kl": "maskgen_kl", "gpstoken_gen": "gpstoken_gen",
+                      "instella_diff": "instella_t2i", "instella_ar": "instella_t2i"}
+GENERATORS = tuple(_GENERATOR_MODULES)
 
 
 def _generator_converter(config: dict):
   """The converter module of a generator config (None for a tokenizer config)."""
-  if config.get("name") in _INSTELLA_T2I:
-    from jaxtok.convert import instella_t2i
-    return instella_t2i.CONVERTERS[config["name"]]
-  module = _GENERATOR_MODULES.get(config.get("name"))
-  return None if module is None else importlib.import_module(f"jaxtok.convert.{module}")
+  name = config.get("name")
+  return None if name not in _GENERATOR_MODULES else _converter(name, _GENERATOR_MODULES[name])
 
 
 def _abstract(config: dict):
