@@ -944,11 +944,17 @@ def _pixel_decoder_rows(args, name, tok, params, theirs, rows):
 
 
 def _official_rar(args, rar_mod, rows):
-  """Official RAR generate() (KV cache, guidance by doubling the batch) against jaxtok's GPT under
-  `samplers.autoregressive.sample` with the same guidance: both run 2B rows per step."""
+  """Official RAR generate() (KV cache, guidance by doubling the batch) against jaxtok's RAR holding
+  the same weights (converted from the official model's state dict by `convert.rar`) under
+  `samplers.autoregressive.sample` with the same guidance: both run 2B rows per step. jaxtok runs
+  twice: reading the whole preallocated cache at every step, and with `segment=--ar-segment`
+  (each step reads only the filled slots). Then jaxtok's GPT (LlamaGen layout) at the same width,
+  depth and heads, for reference (12 W^2 multiply-adds per token and block against RAR's 18)."""
   import torch
   from flax import nnx
   from omegaconf import OmegaConf
+  from jaxtok.convert import common as convert_common
+  from jaxtok.convert import rar as rar_convert
   from jaxtok.generators import gpt
   from jaxtok.samplers import autoregressive as ar
 
@@ -956,55 +962,79 @@ def _official_rar(args, rar_mod, rows):
   width, heads, classes = 768, 16, 1000
   # configs/training/generator/rar.yaml (RAR-B: 24 layers; --rar-depth sets the depth) and its
   # sampling settings: guidance 16.0 with the power-cosine schedule (power 2.75), temperature 1.0.
-  cfg = OmegaConf.create({"model": {
+  official = {"model": {
       "vq_model": {"codebook_size": vocab},
       "generator": dict(hidden_size=width, num_hidden_layers=depth, num_attention_heads=heads,
                         intermediate_size=4 * width, dropout=0.1, attn_drop=0.1,
-                        class_label_dropout=0.1, image_seq_len=n, condition_num_classes=classes)}})
+                        class_label_dropout=0.1, image_seq_len=n, condition_num_classes=classes)}}
   stage("rar: building the official model")
   torch.manual_seed(0)
-  theirs = rar_mod.RAR(cfg).eval()
+  theirs = rar_mod.RAR(OmegaConf.create(official)).eval()
+  # Official init leaves adaLN at zero (every block the identity): perturb every tensor, so that
+  # both sides sample from a network that depends on its input (the work is the same either way).
+  with torch.no_grad():
+    for t in theirs.parameters():
+      t.add_(0.02 * torch.randn_like(t))
+  flat = {k: v.detach().numpy() for k, v in theirs.state_dict().items()}
+  cfg = rar_convert.resolve_config(official, flat)
+  model = rar_convert.build(cfg, convert_common.fill_state(rar_convert.abstract_params(cfg),
+                                                           rar_convert.convert(flat, cfg)))
   labels = np.arange(b) % classes
   t_labels = torch.from_numpy(labels)
-  model = gpt.GPT(codebook_size=vocab, seq_len=n, num_classes=classes, width=width, depth=depth,
-                  heads=heads, rngs=nnx.Rngs(0))
-  graphdef, params = nnx.split(model)
-
-  @jax.jit
-  def sample(params, labels, rng):
-    m = nnx.merge(graphdef, params)
-    prompt = m.condition_ids(labels, b)[:, None]
-    null = jnp.full_like(prompt, m.null_id)
-    return ar.sample(rng, m.prefill, m.step, m.init_cache(2 * b), prompt, num_tokens=n,
-                     uncond_prompt_tokens=null, cfg_scale=16.0, cfg_schedule="power-cosine",
-                     cfg_power=2.75, temperature=1.0)
-
   j_labels = jnp.asarray(labels, jnp.int32)
-  stage("rar: compiling the jaxtok sampler")
-  compiled = sample.lower(params, j_labels, jax.random.key(0)).compile()
+  guidance = dict(num_tokens=n, cfg_scale=16.0, cfg_schedule="power-cosine", cfg_power=2.75,
+                  temperature=1.0)
+
+  def compile_sampler(m, segment):
+    graphdef, params = nnx.split(m)
+
+    @jax.jit
+    def sample(params, labels, rng):
+      m = nnx.merge(graphdef, params)
+      prompt = m.condition_ids(labels, b)[:, None]
+      return ar.sample(rng, m.prefill, m.step, m.init_cache(2 * b), prompt,
+                       uncond_prompt_tokens=jnp.full_like(prompt, m.null_id), segment=segment,
+                       **guidance)
+    compiled = sample.lower(params, j_labels, jax.random.key(0)).compile()
+    jax.block_until_ready(compiled(params, j_labels, jax.random.key(1)))  # warm-up
+    return sample, params, (lambda: jax.block_until_ready(compiled(params, j_labels,
+                                                                   jax.random.key(0))))
+
+  stage("rar: compiling jaxtok's RAR samplers (whole cache; segments)")
+  seg = args.ar_segment
+  rar_fn, rar_params, ours_full = compile_sampler(model, None)
+  _, _, ours_seg = compile_sampler(model, seg)
+  ref = gpt.GPT(codebook_size=vocab, seq_len=n, num_classes=classes, width=width, depth=depth,
+                heads=heads, rngs=nnx.Rngs(0))
+  _, _, gpt_full = compile_sampler(ref, None)
+  _, _, gpt_seg = compile_sampler(ref, seg)
 
   def theirs_fn():
     with torch.no_grad():
       return theirs.generate(t_labels, guidance_scale=16.0, randomize_temperature=1.0,
                              guidance_scale_pow=2.75, kv_cache=True)
 
-  # Warm-up of both (PyTorch's first calls create its kernels): a few steps of the official loop
-  # (generate runs image_seq_len steps) and one full jaxtok call, which is cheap by comparison.
+  # Warm-up of the official loop (PyTorch's first calls create its kernels): a few of its steps.
   theirs.image_seq_len = 4
   theirs_fn()
   theirs.image_seq_len = n
-  jax.block_until_ready(compiled(params, j_labels, jax.random.key(1)))
   stage(f"rar: timing {args.ar_repeats} rounds")
-  t = time_rounds({"ours": lambda: jax.block_until_ready(compiled(params, j_labels,
-                                                                  jax.random.key(0))),
+  t = time_rounds({"ours": ours_full, "ours_seg": ours_seg, "gpt": gpt_full, "gpt_seg": gpt_seg,
                    "theirs": theirs_fn}, args.ar_repeats, warmup=False)
   if args.breakdown:
-    _profile_row(rows, f"AR sample {n} tokens, batch {b} (+{b} guidance rows)", sample, params,
-                 j_labels, jax.random.key(0))
+    _profile_row(rows, f"RAR sample {n} tokens, batch {b} (+{b} guidance rows)", rar_fn,
+                 rar_params, j_labels, jax.random.key(0))
   per = b * n
-  case = (f"AR sample {n} tokens, batch {b} (+{b} guidance rows), {depth} x {width}, {heads} heads, "
-          f"vocab {vocab}")
+  case = (f"RAR sample {n} tokens, batch {b} (+{b} guidance rows), {depth} x {width}, {heads} "
+          f"heads, vocab {vocab}, same weights")
   rows += _pair_rows(case, t["ours"], t["theirs"], per, unit="tokens/s")
+  load = _load_note()
+  rows.append((case, f"jaxtok, segment={seg}", t["ours_seg"] * 1e3,
+               f"{per / t['ours_seg']:.3g} tokens/s; official / this {t['theirs'] / t['ours_seg']:.2f}x; {load}"))
+  gcase = f"GPT (LlamaGen layout) sample, same size, guidance and batch (reference)"
+  for key, label in (("gpt", "jaxtok GPT"), ("gpt_seg", f"jaxtok GPT, segment={seg}")):
+    rows.append((gcase, label, t[key] * 1e3,
+                 f"{per / t[key]:.3g} tokens/s; official RAR / this {t['theirs'] / t[key]:.2f}x; {load}"))
 
 
 def ecar_suite(args) -> list[tuple[str, str, float, str]]:
@@ -2127,6 +2157,9 @@ def main(argv=None) -> int:
   parser.add_argument("--breakdown", action="store_true",
                       help="official: also time the MaskGIT-VQGAN pixel decoder alone")
   parser.add_argument("--rar-depth", type=int, default=12, help="official: RAR/GPT layers")
+  parser.add_argument("--ar-segment", type=int, default=32,
+                      help="official: jaxtok's sampler segment (tokens per loop; each step reads "
+                           "only the filled cache slots)")
   parser.add_argument("--ar-repeats", type=int, default=1,
                       help="official: timed sampling rounds (each a full generation per side)")
   parser.add_argument("--out", default=None, help="append the table to this markdown file")

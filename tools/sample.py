@@ -104,6 +104,9 @@ flags.DEFINE_integer("head_steps_lower", None, "MAR: flow-head steps at the last
                      flag_values=FLAGS)
 flags.DEFINE_integer("num_tokens", None, "GPT: generate only this many leading tokens",
                      flag_values=FLAGS)
+flags.DEFINE_integer("segment", None, "GPT / RAR: sample in segments of this many tokens, each "
+                     "step attending only to the filled cache slots (same tokens, faster at long "
+                     "sequences; one compiled step per segment)", flag_values=FLAGS)
 flags.DEFINE_bool("use_ema", True, "use EMA weights when kept", flag_values=FLAGS)
 flags.DEFINE_bool("previews", False, "D-AR tokenizers: also write each sample's streaming previews, "
                   "the image decoded after each group of tokens (<out>/previews/<i>.png, groups "
@@ -314,7 +317,7 @@ def main(argv) -> dict:
       schedule=FLAGS.schedule, choice_temperature=FLAGS.choice_temperature, mode=FLAGS.mode,
       preset=FLAGS.preset,
       head_steps=FLAGS.head_steps, head_steps_lower=FLAGS.head_steps_lower,
-      num_tokens=FLAGS.num_tokens)
+      num_tokens=FLAGS.num_tokens, segment=FLAGS.segment)
   if num_classes == 0 and opts.cfg_scale != 1.0 and gcfg.name not in text_generators():
     log.warning("cfg_scale %s ignored: the generator is unconditional (num_classes = 0)", opts.cfg_scale)
   key = jax.random.key(FLAGS.seed)

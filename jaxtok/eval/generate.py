@@ -66,6 +66,9 @@ class Options:
   head_steps_lower: int | None = None  # MAR: at the last iteration (None: = head_steps, no annealing)
   annealing: str = "linear"         # MAR: DiSA strategy
   num_tokens: int | None = None     # GPT: generate this prefix only (None: seq_len)
+  # GPT / RAR: run the cached loop in segments of this many tokens, each step reading only the
+  # filled cache slots (same tokens; one compiled step per segment). None: one loop.
+  segment: int | None = None
   mode: str = "maskgit"             # MaskGIT procedure: "maskgit" | "titok" (the released one)
   # mode "titok" only: a `maskgit_released.PRESETS` name and settings overriding it (None: preset's)
   preset: str | None = None
@@ -101,7 +104,7 @@ def options_from_config(sampling: Any, **overrides: Any) -> Options:
     raise ValueError(f"unknown config.sampling key(s) {unknown}; valid keys: {sorted(SAMPLING_KEYS)}")
   for key in ("temperature", "top_k", "top_p", "cfg_scale", "cfg_schedule", "cfg_power",
               "schedule", "choice_temperature", "annealing", "mode", "preset",
-              "flow_method", "protocol", "bit_delta") + TITOK_KEYS:
+              "flow_method", "protocol", "bit_delta", "segment") + TITOK_KEYS:
     if key in s:
       kw[key] = s[key]
   if "num_steps" in s:
@@ -119,7 +122,7 @@ def options_from_config(sampling: Any, **overrides: Any) -> Options:
     kw["guidance_scale"] = overrides["cfg_scale"]  # --cfg_scale is the released guidance scale there
   # The samplers read 0 / None as "the default" (`opts.steps or ...`): an explicit 0 or a negative
   # count must fail here instead of silently becoming the default.
-  for key in ("steps", "head_steps", "head_steps_lower", "num_tokens"):
+  for key in ("steps", "head_steps", "head_steps_lower", "num_tokens", "segment"):
     v = kw.get(key)
     if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
       raise ValueError(f"{key} must be an int >= 1 (leave it unset for the config's default), got "
@@ -136,7 +139,7 @@ def options_from_config(sampling: Any, **overrides: Any) -> Options:
 SAMPLING_KEYS = frozenset({"temperature", "top_k", "top_p", "cfg_scale", "cfg_schedule",
                            "cfg_power", "schedule", "choice_temperature", "annealing", "mode", "preset", "num_steps",
                            "num_iters", "head_steps_upper", "head_steps_lower", "flow_method",
-                           "protocol", "bit_delta"}
+                           "protocol", "bit_delta", "segment"}
                           | set(TITOK_KEYS))
 
 
@@ -164,7 +167,8 @@ def _gpt(model, rng, labels, opts: Options):
   if not 1 <= n <= model.seq_len:
     raise ValueError(f"--num_tokens must be in [1, seq_len={model.seq_len}], got {n}")
   prompt, cache, kw = _ar_setup(model, labels, opts)
-  return autoregressive.sample(rng, model.prefill, model.step, cache, prompt, num_tokens=n, **kw)
+  return autoregressive.sample(rng, model.prefill, model.step, cache, prompt, num_tokens=n,
+                               segment=opts.segment, **kw)
 
 
 def _whole_grid(model, opts: Options, kind: str) -> None:

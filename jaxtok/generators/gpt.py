@@ -72,10 +72,12 @@ class GPT(ClassConditionalTokenModel):
     logits, cache = self.net.extend(prompt.astype(jnp.int32), 0, cache)
     return logits[:, -1], cache
 
-  def step(self, token: jax.Array, position, cache):
+  def step(self, token: jax.Array, position, cache, *, kv_len: int | None = None):
     """Writes token [B] (token t_{position-1}) at slot `position`; returns (logits [B, K] for
-    t_position, new cache). `position` is an int32 scalar and may be traced."""
-    logits, cache = self.net.extend(token[:, None].astype(jnp.int32), position, cache)
+    t_position, new cache). `position` is an int32 scalar and may be traced; kv_len (static, >
+    position): attend only to positions < kv_len (`samplers.autoregressive.sample(segment=)`)."""
+    logits, cache = self.net.extend(token[:, None].astype(jnp.int32), position, cache,
+                                    kv_len=kv_len)
     return logits[:, 0], cache
 
 

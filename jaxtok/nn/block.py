@@ -289,10 +289,11 @@ class Block(nnx.Module):
              mask: jax.Array | None = None, positions: jax.Array | None = None,
              cond: jax.Array | None = None, segments: Sequence[int] | None = None,
              causal: bool = True, context_mask: jax.Array | None = None,
-             attn_pos: jax.Array | None = None):
-    """The block over x [B, T, W] at cache slots start..start+T-1 (see `Attention.extend`); a cross
-    block takes the `CrossCache` of `init_cache(..., context=)` and attends to its fixed context
-    keys/values; attn_pos [T, W] / [B, T, W] as in `__call__`. Returns (y [B, T, W], new cache)."""
+             attn_pos: jax.Array | None = None, kv_len: int | None = None):
+    """The block over x [B, T, W] at cache slots start..start+T-1 (see `Attention.extend`, also for
+    kv_len: the self-attention reads only the first kv_len slots); a cross block takes the
+    `CrossCache` of `init_cache(..., context=)` and attends to its fixed context keys/values;
+    attn_pos [T, W] / [B, T, W] as in `__call__`. Returns (y [B, T, W], new cache)."""
     if (self.cross is not None) != isinstance(cache, CrossCache):
       raise ValueError(f"a block with cross={self.cross!r} needs "
                        f"{'a CrossCache from init_cache(..., context=)' if self.cross else 'a KVCache'}"
@@ -300,7 +301,7 @@ class Block(nnx.Module):
     self_kv = cache.self_kv if self.cross is not None else cache
     shift = (lambda h: h) if attn_pos is None else (lambda h: h + attn_pos.astype(h.dtype))
     attend = lambda h: self.attn.extend(shift(h), self_kv, start, mask=mask, positions=positions,
-                                        causal=causal)
+                                        causal=causal, kv_len=kv_len)
     if self.cross is None:
       return self._run(x, attend, cond, segments)
     if positions is None and self.cross_attn.rope == "1d":

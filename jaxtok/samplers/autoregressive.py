@@ -31,6 +31,7 @@ sequence sampled from the model along a partly ground-truth prefix. The noise of
 from the same logits.
 """
 import jax
+import numpy as np
 import jax.numpy as jnp
 
 from jaxtok.samplers import _checks, categorical, guidance
@@ -56,7 +57,7 @@ def _check(num_tokens, lengths, uncond, prompt, cfg_schedule, forced=None):
     if tuple(jnp.shape(lengths)) != (prompt.shape[0],):
       raise ValueError(f"lengths must have shape ({prompt.shape[0]},), got {tuple(jnp.shape(lengths))}")
     if _checks.is_concrete(lengths):
-      lo, hi = int(jnp.min(lengths)), int(jnp.max(lengths))
+      lo, hi = int(np.min(np.asarray(lengths))), int(np.max(np.asarray(lengths)))
       if lo < 1 or hi > num_tokens:
         raise ValueError(f"lengths must be in [1, num_tokens={num_tokens}], got min {lo}, max {hi}")
 
@@ -109,18 +110,28 @@ def _setup(rng, prompt_tokens, uncond_prompt_tokens, num_tokens, lengths, *, cfg
 
 def sample(rng, prefill_fn, step_fn, cache, prompt_tokens, *, num_tokens, temperature=1.0,
            top_k=None, top_p=None, uncond_prompt_tokens=None, cfg_scale=1.0,
-           cfg_schedule="constant", cfg_power=1.0, lengths=None, pad_id=0, forced=None):
+           cfg_schedule="constant", cfg_power=1.0, lengths=None, pad_id=0, forced=None,
+           segment=None):
   """Returns generated tokens int32 [B, N] ([B, N, G] for token groups; see the module docstring).
 
   cache: the callables' cache for B rows (2B with ``uncond_prompt_tokens``), any pytree.
   temperature >= 0 (0 = greedy), top_k in [1, V], top_p in (0, 1].
   forced: optional (tokens int32 [B, N], keep bool [B, N]), teacher forcing (module docstring);
     single tokens only.
+  segment: optional int >= 1: run the steps in segments of this many tokens, each its own loop
+    whose calls are ``step_fn(token, position, cache, kv_len=L)`` with L static, the segment's
+    last position + 1: the step attends only to positions < L (``GPT.step``, ``RAR.step``), so
+    it reads the filled part of the preallocated cache instead of all of it. Same tokens (the
+    masked slots contribute nothing); costs one compiled copy of the step per segment. At RAR's
+    size on 2 CPU cores, attention over the whole 257-slot cache was a third of a step
+    (benchmarks/RESULTS.md, "Against the originals").
   """
   b, p, guided, draw = _setup(rng, prompt_tokens, uncond_prompt_tokens, num_tokens, lengths,
                               temperature=temperature, top_k=top_k, top_p=top_p,
                               cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, cfg_power=cfg_power,
                               forced=forced)
+  if segment is not None:
+    _checks.positive_int("segment", segment)
   feed = (lambda t: jnp.concatenate([t, t])) if guided else (lambda t: t)
   prompt = jnp.concatenate([prompt_tokens, uncond_prompt_tokens]) if guided else prompt_tokens
   logits, cache = prefill_fn(prompt.astype(jnp.int32), cache)
@@ -129,15 +140,22 @@ def sample(rng, prefill_fn, step_fn, cache, prompt_tokens, *, num_tokens, temper
   stop = num_tokens if lengths is None else jnp.max(lengths)
 
   # Token i comes from the logits of step_fn(token i-1); no call is made after the last token.
-  def body(carry):
+  def body(carry, **kw):
     i, prev, cache, out = carry
-    logits, cache = step_fn(feed(prev), p + i - 1, cache)
+    logits, cache = step_fn(feed(prev), p + i - 1, cache, **kw)
     tok = draw(logits, i)
     return i + 1, tok, cache, out.at[:, i].set(tok)
 
   carry = (jnp.int32(1), first, cache, out)
-  out = jax.lax.while_loop(lambda c: c[0] < stop, body, carry)[3]
-  return _finish(out, lengths, num_tokens, pad_id)
+  if segment is None:
+    return _finish(jax.lax.while_loop(lambda c: c[0] < stop, body, carry)[3], lengths, num_tokens,
+                   pad_id)
+  for s0 in range(1, num_tokens, segment):
+    # Steps i in [s0, s1) run at positions p + i - 1 <= p + s1 - 2.
+    s1 = min(s0 + segment, num_tokens)
+    carry = jax.lax.while_loop(lambda c, s1=s1: c[0] < jnp.minimum(stop, s1),
+                               lambda c, s1=s1: body(c, kv_len=p + s1 - 1), carry)
+  return _finish(carry[3], lengths, num_tokens, pad_id)
 
 
 def sample_recompute(rng, logits_fn, prompt_tokens, *, num_tokens, temperature=1.0, top_k=None,

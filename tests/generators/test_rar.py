@@ -121,6 +121,11 @@ def test_sampling_with_cache_equals_recompute_and_is_deterministic(guided):
       a, autoregressive.sample_recompute(rng, _recompute_fn(model), prompt, **opts))
   draws = np.stack([np.asarray(cached(jax.random.key(s))) for s in range(4)])
   assert len({d.tobytes() for d in draws}) > 1
+  if guided:  # segments: each step reads only the filled cache slots (RAR maps kv_len to slots)
+    for segment in (2, 4):
+      cache = model.init_cache(4)
+      np.testing.assert_array_equal(a, jax.jit(lambda r: autoregressive.sample(
+          r, model.prefill, model.step, cache, prompt, segment=segment, **opts))(rng))
 
 
 def test_loss_and_gradients():
@@ -181,3 +186,10 @@ def test_eval_sampler_runs_rar_with_the_configs_guidance():
       uncond_prompt_tokens=jnp.full_like(prompt, model.null_id), cfg_scale=3.0,
       cfg_schedule="power-cosine", cfg_power=2.75)
   np.testing.assert_array_equal(got, want)
+  # --segment: the same tokens from the segmented loop; 0 is refused, not read as "unset".
+  seg = generate.options_from_config(c.sampling, cfg_scale=3.0, segment=4)
+  assert seg.segment == 4
+  np.testing.assert_array_equal(
+      generate.make_sampler("rar", graphdef, params, seg)(jax.random.key(5), labels), want)
+  with pytest.raises(ValueError, match="segment must be an int >= 1"):
+    generate.options_from_config(c.sampling, segment=0)

@@ -143,6 +143,32 @@ def test_errors():
     run(num_tokens=2, cfg_schedule="cosine")
 
 
+@pytest.mark.parametrize("segment", [1, 2, 4, 5, 9])
+def test_segments_pass_the_exact_kv_len_and_draw_the_same_tokens(segment):
+  """segment=s: steps i in [s0, s0 + s) see kv_len = P + min(s0 + s, N) - 1, the segment's last
+  position + 1 (a smaller one would hide a position the step reads: the toy step then returns NaN
+  logits); the tokens equal the unsegmented loop's, with guidance and variable lengths."""
+  seen = []
+
+  def windowed_step(tok, pos, cache, kv_len):
+    seen.append(kv_len)
+    logits, cache = step(tok, pos, cache)
+    return jnp.where(pos < kv_len, logits, jnp.nan), cache
+
+  lengths = jnp.array([N, 3, 5])
+  kw = dict(num_tokens=N, uncond_prompt_tokens=UNCOND, cfg_scale=2.0, lengths=lengths)
+  cache = jnp.zeros((6,), jnp.int32)
+  want = ar.sample(KEY(4), prefill, step, cache, PROMPT, **kw)
+  got = jax.jit(lambda r: ar.sample(r, prefill, windowed_step, cache, PROMPT, segment=segment,
+                                    **kw))(KEY(4))
+  np.testing.assert_array_equal(got, want)
+  p = PROMPT.shape[1]
+  assert seen == [p + min(s0 + segment, N) - 1 for s0 in range(1, N, segment)]
+  for bad in (0, -1, True, 2.0):
+    with pytest.raises((ValueError, TypeError), match="segment"):
+      ar.sample(KEY(4), prefill, windowed_step, cache, PROMPT, segment=bad, **kw)
+
+
 @pytest.mark.slow
 def test_drives_gpt_kv_cache_with_guidance_and_top_p():
   """The real GPT's prefill/step through the cached sampler equals recomputing the full sequence."""
@@ -159,12 +185,14 @@ def test_drives_gpt_kv_cache_with_guidance_and_top_p():
   def run(state, rng):
     m = nnx.merge(graphdef, state)
     cached = ar.sample(rng, m.prefill, m.step, m.init_cache(4), prompt, **kw)
+    segmented = ar.sample(rng, m.prefill, m.step, m.init_cache(4), prompt, segment=2, **kw)
     recompute = ar.sample_recompute(
         rng, lambda seq, n: jnp.take(m.net(seq), n - 1, axis=1), prompt, **kw)
-    return cached, recompute
+    return cached, segmented, recompute
 
-  cached, recompute = run(state, KEY(3))
+  cached, segmented, recompute = run(state, KEY(3))
   np.testing.assert_array_equal(cached, recompute)
+  np.testing.assert_array_equal(segmented, recompute)
   assert np.all((np.asarray(cached) >= 0) & (np.asarray(cached) < 11))
 
 
