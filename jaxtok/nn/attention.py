@@ -348,9 +348,19 @@ class Attention(nnx.Module):
       k = rope_lib.apply(k, context_positions, self.rope, self.rope_theta)
     return k, v
 
-  def output(self, y: jax.Array) -> jax.Array:
-    """The out-projection of attention outputs y [B, T, H, E]: [B, T, W] in the compute dtype."""
-    y = jnp.einsum("bthe,hew->btw", y, self.out.get_value().astype(self.dtype))
+  def output(self, y: jax.Array, *, rows: bool = False) -> jax.Array:
+    """The out-projection of attention outputs y [B, T, H, E]: [B, T, W] in the compute dtype.
+
+    rows=True (the cached steps of `extend`): the same product as one [B*T, H*E] x [H*E, W] matmul.
+    With the einsum, XLA:CPU transposed the whole kernel at every decoding step (cheaper, it
+    judged, than moving the step's few rows of y into (h, e) order): 12 kernel copies per step at
+    RAR's size. Training keeps the einsum (its rounding is the main job's)."""
+    if rows:
+      h, e, w = self.out.get_value().shape
+      y = jnp.dot(y.reshape(y.shape[:2] + (h * e,)),
+                  self.out.get_value().astype(self.dtype).reshape(h * e, w))
+    else:
+      y = jnp.einsum("bthe,hew->btw", y, self.out.get_value().astype(self.dtype))
     if self.out_bias is not None:
       y = y + self.out_bias.get_value().astype(self.dtype)
     return y
@@ -448,4 +458,4 @@ class Attention(nnx.Module):
     k_read, v_read = (cache.k, cache.v) if read == size else (cache.k[:, :, :read], cache.v[:, :, :read])
     y = attend(q, k_read.astype(q.dtype), v_read.astype(q.dtype), mask=full, scale=self.scale,
                implementation=self.implementation, kv_heads_major=True)
-    return self.output(y), cache
+    return self.output(y, rows=True), cache
