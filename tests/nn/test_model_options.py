@@ -105,10 +105,10 @@ def test_vqgan_honours_dtype_and_remat_and_refuses_transformer_options():
     return jnp.mean(jnp.square(out.recon - images)) + sum(out.losses.values())
 
   ref = vqgan.make_model(VQGAN_TINY, rngs=nnx.Rngs(0))
-  want, want_grads = nnx.value_and_grad(loss)(ref)
+  want, want_grads = nnx.jit(nnx.value_and_grad(loss))(ref)
   for policy in ("full", "dots"):
     model = vqgan.make_model(dict(VQGAN_TINY, remat=policy), rngs=nnx.Rngs(0))
-    got, grads = nnx.value_and_grad(loss)(model)
+    got, grads = nnx.jit(nnx.value_and_grad(loss))(model)
     np.testing.assert_allclose(got, want, rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                  nnx.to_pure_dict(grads), nnx.to_pure_dict(want_grads))
