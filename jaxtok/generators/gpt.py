@@ -72,12 +72,10 @@ class GPT(ClassConditionalTokenModel):
     logits, cache = self.net.extend(prompt.astype(jnp.int32), 0, cache)
     return logits[:, -1], cache
 
-  def step(self, token: jax.Array, position, cache, *, kv_len: int | None = None):
+  def step(self, token: jax.Array, position, cache):
     """Writes token [B] (token t_{position-1}) at slot `position`; returns (logits [B, K] for
-    t_position, new cache). `position` is an int32 scalar and may be traced; kv_len (static, >
-    position): attend only to positions < kv_len (`samplers.autoregressive.sample(segment=)`)."""
-    logits, cache = self.net.extend(token[:, None].astype(jnp.int32), position, cache,
-                                    kv_len=kv_len)
+    t_position, new cache). `position` is an int32 scalar and may be traced."""
+    logits, cache = self.net.extend(token[:, None].astype(jnp.int32), position, cache)
     return logits[:, 0], cache
 
 

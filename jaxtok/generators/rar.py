@@ -193,12 +193,10 @@ class RAR(nnx.Module):
     return {"kv": self.blocks.init_cache(batch, self.seq_len + 1, dtype),
             "cond": jnp.zeros((batch, self.width), jnp.float32)}
 
-  def _extend(self, x, slots, cache, kv_len=None):
-    """Runs x [B, T, W] at cache slots `slots` [T] (consecutive), reading the first kv_len slots
-    (None: all); logits [B, T, K], new cache."""
+  def _extend(self, x, slots, cache):
+    """Runs x [B, T, W] at cache slots `slots` [T] (consecutive); logits [B, T, K], new cache."""
     c = (cache["cond"][:, None] + self.timesteps_embeddings()[slots][None]).astype(self.dtype)
-    x, kv = self.blocks.extend(x.astype(self.dtype), cache["kv"], slots[0], cond=c,
-                               **({} if kv_len is None else {"kv_len": kv_len}))
+    x, kv = self.blocks.extend(x.astype(self.dtype), cache["kv"], slots[0], cond=c)
     return self._head(x, c), dict(cache, kv=kv)
 
   def prefill(self, prompt: jax.Array, cache: dict):
@@ -213,17 +211,14 @@ class RAR(nnx.Module):
     logits, cache = self._extend(x, jnp.arange(PREFIX), dict(cache, cond=cond_emb))
     return logits[:, -1], cache
 
-  def step(self, token: jax.Array, position, cache: dict, *, kv_len: int | None = None):
+  def step(self, token: jax.Array, position, cache: dict):
     """Writes token [B] (token t_{position-1}, raster order) at slot position + 1; returns (logits
-    [B, K] for t_position, new cache). `position` is an int32 scalar and may be traced; kv_len
-    (static, > position): attend only to positions < kv_len, i.e. the cls slot and slots
-    1..kv_len (`samplers.autoregressive.sample(segment=)`)."""
+    [B, K] for t_position, new cache). `position` is an int32 scalar and may be traced."""
     j = jnp.asarray(position, jnp.int32) - 1  # the token's index in the image
     # The target-aware row of the next token; the last token predicts nothing (a zero row).
     ta = jnp.concatenate([self.target_aware_pos_embed(), jnp.zeros((1, self.width))])
     x = self.embeddings()[token.astype(jnp.int32)] + self.pos_embed()[PREFIX + j] + ta[j + 1]
-    logits, cache = self._extend(x[:, None], PREFIX + j + jnp.arange(1), cache,
-                                 None if kv_len is None else kv_len + 1)
+    logits, cache = self._extend(x[:, None], PREFIX + j + jnp.arange(1), cache)
     return logits[:, 0], cache
 
 

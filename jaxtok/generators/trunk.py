@@ -116,23 +116,21 @@ class TokenTrunk(nnx.Module):
       raise ValueError("init_cache needs a causal transformer; this one is bidirectional")
     return self.blocks.init_cache(batch, length, dtype)
 
-  def extend(self, ids: jax.Array, start, cache, *, kv_len: int | None = None):
-    """Runs ids [B, T] at positions start..start+T-1 against the cache; `start` may be traced;
-    kv_len (static, optional): attend only to the first kv_len slots (`Attention.extend`).
+  def extend(self, ids: jax.Array, start, cache):
+    """Runs ids [B, T] at positions start..start+T-1 against the cache; `start` may be traced.
 
     Returns (logits [B, T, output_vocab] float32, new cache).
     """
-    return self.extend_embedded(self.embed(ids), start, cache, kv_len=kv_len)
+    return self.extend_embedded(self.embed(ids), start, cache)
 
   def extend_features(self, x: jax.Array, start, cache, **kwargs):
     """Features [B, T, W] (before the final norm) of embedded x [B, T, W] written at cache slots
-    start..start+T-1, and the new cache; kwargs (mask, positions, causal, kv_len) go to
-    `Attention.extend`."""
+    start..start+T-1, and the new cache; kwargs (mask, positions, causal) go to `Attention.extend`."""
     return self.blocks.extend(x.astype(self.dtype), cache, start, **kwargs)
 
-  def extend_embedded(self, x: jax.Array, start, cache, *, kv_len: int | None = None):
+  def extend_embedded(self, x: jax.Array, start, cache):
     """`extend` for already-embedded inputs x [B, T, W]."""
-    x, cache = self.extend_features(x, start, cache, **({} if kv_len is None else {"kv_len": kv_len}))
+    x, cache = self.extend_features(x, start, cache)
     return self.logits(x), cache
 
 

@@ -407,8 +407,7 @@ class Attention(nnx.Module):
     return KVCache(jnp.zeros(shape, dt), jnp.zeros(shape, dt))
 
   def extend(self, x: jax.Array, cache: KVCache, start, *, mask: jax.Array | None = None,
-             positions: jax.Array | None = None, causal: bool = True,
-             kv_len: int | None = None) -> tuple[jax.Array, KVCache]:
+             positions: jax.Array | None = None, causal: bool = True) -> tuple[jax.Array, KVCache]:
     """Attention of x [B, T, W] at slots start..start+T-1 against the cache.
 
     Writes x's keys/values into the cache first; query t sees slots <= start + t (and, with `mask`
@@ -417,12 +416,6 @@ class Attention(nnx.Module):
     and it must hide the slots not yet written (a block of queries that see each other, as NAR's
     tokens of one distance do). RoPE positions default to start + 0..T-1. Returns (y [B, T, W],
     new cache).
-
-    kv_len: a static int S' <= S: attend to slots [0, S') only (a `mask` then ranges over S').
-      Exact when every slot a query may see lies below S' (start + T <= S' for causal attention,
-      checked when start is concrete): the later slots would be masked anyway, and a cached step
-      reads only the first S' slots of k and v instead of the whole preallocated cache (the
-      attention of a decoding step is memory-bound: `samplers.autoregressive.sample(segment=)`).
     """
     if self.cross:
       raise ValueError("extend writes self-attention keys; a cross Attention attends to fixed "
@@ -432,20 +425,12 @@ class Attention(nnx.Module):
                        f"{None if mask is None else jnp.asarray(mask).dtype}")
     if positions is None and self.rope == "1d":
       positions = start + jnp.arange(x.shape[1])
-    size = cache.k.shape[2]
-    if kv_len is not None:
-      if isinstance(kv_len, bool) or not isinstance(kv_len, (int, np.integer)) or not 1 <= kv_len <= size:
-        raise ValueError(f"kv_len must be a static int in [1, cache length {size}], got {kv_len!r}")
-      if causal and not isinstance(start, jax.core.Tracer) and int(start) + x.shape[1] > kv_len:
-        raise ValueError(f"kv_len={kv_len} hides slots the queries must see: start {int(start)} + "
-                         f"{x.shape[1]} queries > kv_len")
     q, k, v = self.project(x, positions)
     heads_major = lambda t, c: t.transpose(0, 2, 1, 3).astype(c.dtype)  # [B, T, H, E] -> [B, H, T, E]
     cache = KVCache(
         jax.lax.dynamic_update_slice_in_dim(cache.k, heads_major(k, cache.k), start, axis=2),
         jax.lax.dynamic_update_slice_in_dim(cache.v, heads_major(v, cache.v), start, axis=2))
-    read = size if kv_len is None else int(kv_len)
-    slots = np.arange(read)
+    slots = np.arange(cache.k.shape[2])
     seen = slots[None, :] <= (start + jnp.arange(x.shape[1]))[:, None]  # [T, S]
     if not causal:
       full = mask
@@ -455,7 +440,6 @@ class Attention(nnx.Module):
       full = seen & mask
     else:
       full = jnp.where(seen, jnp.asarray(mask, jnp.float32), jnp.finfo(jnp.float32).min)
-    k_read, v_read = (cache.k, cache.v) if read == size else (cache.k[:, :, :read], cache.v[:, :, :read])
-    y = attend(q, k_read.astype(q.dtype), v_read.astype(q.dtype), mask=full, scale=self.scale,
+    y = attend(q, cache.k.astype(q.dtype), cache.v.astype(q.dtype), mask=full, scale=self.scale,
                implementation=self.implementation, kv_heads_major=True)
     return self.output(y, rows=True), cache

@@ -46,7 +46,7 @@ width.
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -68,6 +68,40 @@ class CrossCache(NamedTuple):
   a scanned Stack stacks each along a leading layer axis)."""
   self_kv: KVCache
   context: KVCache
+
+
+def with_cache_length(tree: Any, length: int) -> Any:
+  """`tree` (any pytree) with every self-attention `KVCache` in it cut or zero-padded to `length`
+  slots (axis -2 of k and v, so a scanned stack's [L, B, H, S, E] too); a `CrossCache`'s fixed
+  context keys and every other leaf are left as they are. Slots past the new length must be unused
+  (`samplers.autoregressive.sample(segment=)` grows the caches segment by segment)."""
+  def resize(a):
+    have = a.shape[-2]
+    if have >= length:
+      return a[..., :length, :]
+    return jnp.pad(a, [(0, 0)] * (a.ndim - 2) + [(0, length - have), (0, 0)])
+
+  def fix(node):
+    if isinstance(node, CrossCache):
+      return CrossCache(fix(node.self_kv), node.context)
+    if isinstance(node, KVCache):
+      return KVCache(resize(node.k), resize(node.v))
+    return node
+  return jax.tree.map(fix, tree, is_leaf=lambda n: isinstance(n, (KVCache, CrossCache)))
+
+
+def self_cache_length(tree: Any) -> int | None:
+  """The most slots of any self-attention `KVCache` in `tree` (None when it holds none)."""
+  lengths = []
+
+  def visit(node):
+    if isinstance(node, CrossCache):
+      visit(node.self_kv)
+    elif isinstance(node, KVCache):
+      lengths.append(node.k.shape[-2])
+    return node
+  jax.tree.map(visit, tree, is_leaf=lambda n: isinstance(n, (KVCache, CrossCache)))
+  return max(lengths) if lengths else None
 
 
 class Block(nnx.Module):
@@ -289,11 +323,10 @@ class Block(nnx.Module):
              mask: jax.Array | None = None, positions: jax.Array | None = None,
              cond: jax.Array | None = None, segments: Sequence[int] | None = None,
              causal: bool = True, context_mask: jax.Array | None = None,
-             attn_pos: jax.Array | None = None, kv_len: int | None = None):
-    """The block over x [B, T, W] at cache slots start..start+T-1 (see `Attention.extend`, also for
-    kv_len: the self-attention reads only the first kv_len slots); a cross block takes the
-    `CrossCache` of `init_cache(..., context=)` and attends to its fixed context keys/values;
-    attn_pos [T, W] / [B, T, W] as in `__call__`. Returns (y [B, T, W], new cache)."""
+             attn_pos: jax.Array | None = None):
+    """The block over x [B, T, W] at cache slots start..start+T-1 (see `Attention.extend`); a cross
+    block takes the `CrossCache` of `init_cache(..., context=)` and attends to its fixed context
+    keys/values; attn_pos [T, W] / [B, T, W] as in `__call__`. Returns (y [B, T, W], new cache)."""
     if (self.cross is not None) != isinstance(cache, CrossCache):
       raise ValueError(f"a block with cross={self.cross!r} needs "
                        f"{'a CrossCache from init_cache(..., context=)' if self.cross else 'a KVCache'}"
@@ -301,7 +334,7 @@ class Block(nnx.Module):
     self_kv = cache.self_kv if self.cross is not None else cache
     shift = (lambda h: h) if attn_pos is None else (lambda h: h + attn_pos.astype(h.dtype))
     attend = lambda h: self.attn.extend(shift(h), self_kv, start, mask=mask, positions=positions,
-                                        causal=causal, kv_len=kv_len)
+                                        causal=causal)
     if self.cross is None:
       return self._run(x, attend, cond, segments)
     if positions is None and self.cross_attn.rope == "1d":

@@ -31,9 +31,10 @@ sequence sampled from the model along a partly ground-truth prefix. The noise of
 from the same logits.
 """
 import jax
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 
+from jaxtok.nn import block
 from jaxtok.samplers import _checks, categorical, guidance
 
 
@@ -119,11 +120,14 @@ def sample(rng, prefill_fn, step_fn, cache, prompt_tokens, *, num_tokens, temper
   forced: optional (tokens int32 [B, N], keep bool [B, N]), teacher forcing (module docstring);
     single tokens only.
   segment: optional int >= 1: run the steps in segments of this many tokens, each its own loop
-    whose calls are ``step_fn(token, position, cache, kv_len=L)`` with L static, the segment's
-    last position + 1: the step attends only to positions < L (``GPT.step``, ``RAR.step``), so
-    it reads the filled part of the preallocated cache instead of all of it. Same tokens (the
-    masked slots contribute nothing); costs one compiled copy of the step per segment. At RAR's
-    size on 2 CPU cores, attention over the whole 257-slot cache was a third of a step
+    over caches only as long as the segment needs: every self-attention `nn.attention.KVCache` in
+    `cache` (S slots) is cut to S - (N - end of the segment) slots and zero-padded to the next
+    segment's length between loops (`nn.block.with_cache_length`), so a step reads the filled part
+    of the cache instead of the whole preallocation. Exact for any step that writes one slot per
+    call at consecutive slots (each call one further; the last call fits in S, so the segment's
+    calls fit in the cut cache); the later slots are masked either way, so the tokens are the
+    same. Costs one compiled copy of the step per segment; a cache with no KVCache is left alone.
+    At RAR's size on 2 CPU cores, attention over the whole 257-slot cache was a third of a step
     (benchmarks/RESULTS.md, "Against the originals").
   """
   b, p, guided, draw = _setup(rng, prompt_tokens, uncond_prompt_tokens, num_tokens, lengths,
@@ -140,9 +144,9 @@ def sample(rng, prefill_fn, step_fn, cache, prompt_tokens, *, num_tokens, temper
   stop = num_tokens if lengths is None else jnp.max(lengths)
 
   # Token i comes from the logits of step_fn(token i-1); no call is made after the last token.
-  def body(carry, **kw):
+  def body(carry):
     i, prev, cache, out = carry
-    logits, cache = step_fn(feed(prev), p + i - 1, cache, **kw)
+    logits, cache = step_fn(feed(prev), p + i - 1, cache)
     tok = draw(logits, i)
     return i + 1, tok, cache, out.at[:, i].set(tok)
 
@@ -150,11 +154,18 @@ def sample(rng, prefill_fn, step_fn, cache, prompt_tokens, *, num_tokens, temper
   if segment is None:
     return _finish(jax.lax.while_loop(lambda c: c[0] < stop, body, carry)[3], lengths, num_tokens,
                    pad_id)
+  full = block.self_cache_length(cache)
   for s0 in range(1, num_tokens, segment):
-    # Steps i in [s0, s1) run at positions p + i - 1 <= p + s1 - 2.
+    # Step i writes slot c + i (c: the model's offset); the last, i = N - 1, fits in the full
+    # length S, so c + s1 - 1 < S - (N - s1) slots hold steps i < s1. (A window read of the full
+    # cache instead made XLA fuse each step's cache write into that read and copy the whole cache
+    # twice per step to keep the in-place write apart from it.)
     s1 = min(s0 + segment, num_tokens)
-    carry = jax.lax.while_loop(lambda c, s1=s1: c[0] < jnp.minimum(stop, s1),
-                               lambda c, s1=s1: body(c, kv_len=p + s1 - 1), carry)
+    i, prev, cache, out = carry
+    if full is not None:
+      cache = block.with_cache_length(cache, full - (num_tokens - s1))
+    carry = (i, prev, cache, out)
+    carry = jax.lax.while_loop(lambda c, s1=s1: c[0] < jnp.minimum(stop, s1), body, carry)
   return _finish(carry[3], lengths, num_tokens, pad_id)
 
 

@@ -138,30 +138,6 @@ def test_kv_cache_prefill_then_extend_equals_causal_recompute(impl, dtype):
                              atol=TOL[dtype] * (1 if dtype == jnp.float32 else 2))
 
 
-def test_kv_len_reads_only_the_leading_slots():
-  """extend(kv_len=S') attends to slots [0, S') only: with every visible slot below S' it equals
-  the full-cache step (the later slots are masked either way; summation over fewer exact zeros);
-  a kv_len that hides a slot the queries must see, or is not a static int in [1, S], is refused."""
-  attn = attention.Attention(16, 2, rope="1d", rngs=nnx.Rngs(0))
-  x = jax.random.normal(jax.random.key(6), (2, 5, 16))
-  _, cache = attn.extend(x[:, :3], attn.init_cache(2, 9), 0)
-  # Junk in the unwritten slots: a step that read them would change (here they must be masked).
-  junk = cache._replace(k=cache.k.at[:, :, 5:].set(7.0), v=cache.v.at[:, :, 5:].set(-7.0))
-  full, full_cache = attn.extend(x[:, 3:5], junk, 3)
-  for kv_len in (5, 6, 9):
-    y, new_cache = jax.jit(lambda c, x, n=kv_len: attn.extend(x, c, 3, kv_len=n))(junk, x[:, 3:5])
-    np.testing.assert_allclose(y, full, rtol=1e-6, atol=1e-6)
-    np.testing.assert_array_equal(new_cache.k, full_cache.k)
-  # Reading fewer slots than the queries need changes the answer (the check below refuses it).
-  y4, _ = attn.extend(x[:, 3:4], junk, 3, kv_len=4)
-  np.testing.assert_allclose(y4, attn.extend(x[:, 3:4], junk, 3)[0], rtol=1e-6, atol=1e-6)
-  with pytest.raises(ValueError, match="kv_len=4 hides slots the queries must see: start 3 \\+ 2"):
-    attn.extend(x[:, 3:5], junk, 3, kv_len=4)
-  for bad in (0, 10, True, 5.0):
-    with pytest.raises(ValueError, match="kv_len must be a static int in \\[1, cache length 9\\]"):
-      attn.extend(x[:, 3:5], junk, 3, kv_len=bad)
-
-
 @pytest.mark.parametrize("kind", ("bool", "additive"))
 def test_kv_cache_with_a_mask_equals_masked_recompute(kind):
   attn = attention.Attention(16, 2, rngs=nnx.Rngs(0))

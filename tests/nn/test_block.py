@@ -173,3 +173,28 @@ def test_adaln_chunks_act_on_the_output_per_segment():
   g = jax.jit(jax.grad(loss))(state)
   assert float(jnp.abs(g["ada"]["kernel"].get_value()).sum()) > 0
   assert float(jnp.abs(g["attn"]["qkv"].get_value()).sum()) > 0
+
+
+def test_with_cache_length_cuts_and_pads_only_self_attention_slots():
+  """Every self-attention KVCache (also a scanned [L, B, H, S, E] one and a CrossCache's self_kv)
+  is cut to, or zero-padded up to, the requested slots; a CrossCache's context keys and other
+  leaves (even one whose axis -2 has the same size) are untouched."""
+  from jaxtok.nn.attention import KVCache
+  from jaxtok.nn.block import CrossCache, self_cache_length, with_cache_length
+  r = lambda *s: jax.random.normal(jax.random.key(len(s) + s[-2]), s)
+  tree = {"kv": (KVCache(r(2, 3, 5, 4), r(2, 3, 5, 4)),
+                 CrossCache(KVCache(r(2, 3, 5, 4), r(2, 3, 5, 4)), KVCache(r(2, 3, 7, 4), r(2, 3, 7, 4)))),
+          "scanned": KVCache(r(6, 2, 3, 5, 4), r(6, 2, 3, 5, 4)), "cond": r(2, 5, 4)}
+  for length in (3, 5, 8):
+    got = with_cache_length(tree, length)
+    for old, new in ((tree["kv"][0], got["kv"][0]), (tree["kv"][1].self_kv, got["kv"][1].self_kv),
+                     (tree["scanned"], got["scanned"])):
+      for a, b in zip(old, new):
+        assert b.shape == a.shape[:-2] + (length, a.shape[-1])
+        keep = min(length, a.shape[-2])
+        np.testing.assert_array_equal(b[..., :keep, :], a[..., :keep, :])
+        np.testing.assert_array_equal(b[..., keep:, :], 0)
+    np.testing.assert_array_equal(got["kv"][1].context.k, tree["kv"][1].context.k)
+    np.testing.assert_array_equal(got["cond"], tree["cond"])
+    assert self_cache_length(got) == length  # the context's 7 slots do not count
+  assert self_cache_length({"cond": tree["cond"]}) is None

@@ -144,29 +144,44 @@ def test_errors():
 
 
 @pytest.mark.parametrize("segment", [1, 2, 4, 5, 9])
-def test_segments_pass_the_exact_kv_len_and_draw_the_same_tokens(segment):
-  """segment=s: steps i in [s0, s0 + s) see kv_len = P + min(s0 + s, N) - 1, the segment's last
-  position + 1 (a smaller one would hide a position the step reads: the toy step then returns NaN
-  logits); the tokens equal the unsegmented loop's, with guidance and variable lengths."""
+def test_segments_grow_the_kv_caches_and_draw_the_same_tokens(segment):
+  """segment=s: before steps i in [s0, s0 + s) every KVCache in the cache (S slots) is resized to
+  S - (N - min(s0 + s, N)) slots, here the length the segment's writes need (a step that wrote past it
+  would be clamped by XLA: the toy step returns NaN logits then), keeping what earlier steps wrote
+  (the toy's logits read the sum of all written slots) and leaving other leaves alone; the tokens
+  equal the unsegmented loop's, with guidance and variable lengths."""
+  from jaxtok.nn.attention import KVCache
   seen = []
 
-  def windowed_step(tok, pos, cache, kv_len):
-    seen.append(kv_len)
-    logits, cache = step(tok, pos, cache)
-    return jnp.where(pos < kv_len, logits, jnp.nan), cache
+  def kv_prefill(tokens, cache):
+    kv, cond = cache
+    k = jax.lax.dynamic_update_slice_in_dim(kv.k, tokens[:, None, :, None].astype(jnp.float32), 0, 2)
+    logits, _ = prefill(tokens, None)
+    return logits + 0.1 * jnp.sum(k, (1, 2, 3))[:, None], (KVCache(k, kv.v), tokens[:, 0])
+
+  def kv_step(tok, pos, cache):
+    kv, cond = cache
+    seen.append(kv.k.shape[2])
+    k = jax.lax.dynamic_update_slice_in_dim(kv.k, tok[:, None, None, None].astype(jnp.float32),
+                                            pos, 2)
+    logits, cond = step(tok, pos, cond)
+    logits = logits + 0.1 * jnp.sum(k, (1, 2, 3))[:, None]
+    return jnp.where(pos < kv.k.shape[2], logits, jnp.nan), (KVCache(k, kv.v), cond)
 
   lengths = jnp.array([N, 3, 5])
   kw = dict(num_tokens=N, uncond_prompt_tokens=UNCOND, cfg_scale=2.0, lengths=lengths)
-  cache = jnp.zeros((6,), jnp.int32)
-  want = ar.sample(KEY(4), prefill, step, cache, PROMPT, **kw)
-  got = jax.jit(lambda r: ar.sample(r, prefill, windowed_step, cache, PROMPT, segment=segment,
+  p = PROMPT.shape[1]
+  cache = (KVCache(jnp.zeros((6, 1, p + N - 1, 1)), jnp.zeros((6, 1, p + N - 1, 1))),
+           jnp.zeros((6,), jnp.int32))
+  want = ar.sample(KEY(4), kv_prefill, kv_step, cache, PROMPT, **kw)
+  seen.clear()
+  got = jax.jit(lambda r: ar.sample(r, kv_prefill, kv_step, cache, PROMPT, segment=segment,
                                     **kw))(KEY(4))
   np.testing.assert_array_equal(got, want)
-  p = PROMPT.shape[1]
   assert seen == [p + min(s0 + segment, N) - 1 for s0 in range(1, N, segment)]
   for bad in (0, -1, True, 2.0):
     with pytest.raises((ValueError, TypeError), match="segment"):
-      ar.sample(KEY(4), prefill, windowed_step, cache, PROMPT, segment=bad, **kw)
+      ar.sample(KEY(4), kv_prefill, kv_step, cache, PROMPT, segment=bad, **kw)
 
 
 @pytest.mark.slow
