@@ -121,7 +121,7 @@ def test_sampling_with_cache_equals_recompute_and_is_deterministic(guided):
       a, autoregressive.sample_recompute(rng, _recompute_fn(model), prompt, **opts))
   draws = np.stack([np.asarray(cached(jax.random.key(s))) for s in range(4)])
   assert len({d.tobytes() for d in draws}) > 1
-  if guided:  # segments: each step reads only the filled cache slots (RAR maps kv_len to slots)
+  if guided:  # segments: caches cut to what each segment writes (RAR writes slot position + 1)
     for segment in (2, 4):
       cache = model.init_cache(4)
       np.testing.assert_array_equal(a, jax.jit(lambda r: autoregressive.sample(
