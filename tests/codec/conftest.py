@@ -3,18 +3,17 @@ import os
 
 import pytest
 
-from tests.tools.conftest import load_tool
+from tests.tools.conftest import load_tool, random_tokenizer_run
 
 
 @pytest.fixture(scope="session")
 def fitted(tmp_path_factory):
+  """(tokenizer run, prior folder, train_prior's result): the run holds random weights of the tiny
+  One-D-Piece (a training run's layout and config; compiling two train steps cost ~20 s)."""
   from jaxtok.configs import onedpiece
-  from jaxtok.train import loop
   root = tmp_path_factory.mktemp("codec")
-  config = onedpiece.get_config("tiny")
-  config.total_steps, config.ckpt_every = 2, 2
-  run = str(root / "run")
-  loop.train(config, run, show_progress=False)
+  run, _ = random_tokenizer_run(tmp_path_factory, onedpiece.get_config("tiny"), "codec_run",
+                                ema=True)
   before = {f: os.path.getmtime(os.path.join(d, f)) for d, _, fs in os.walk(run) for f in fs}
   out = str(root / "prior")
   result = load_tool("train_prior").main(["train_prior", f"--checkpoint={run}", f"--out={out}",

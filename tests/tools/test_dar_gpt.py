@@ -1,5 +1,5 @@
-"""D-AR -> GPT end to end, the path a user runs: tools/train.py's loop on configs/dar.py:tiny (a few
-steps), tools/pretokenize.py on that run, tools/train_generator.py with configs/gpt_dar.py:tiny over
+"""D-AR -> GPT end to end, the path a user runs: a configs/dar.py:tiny run (random weights),
+tools/pretokenize.py on that run, tools/train_generator.py with configs/gpt_dar.py:tiny over
 the tokens (loss at step 1, then resumed to step 16: lower), and tools/sample.py decoding the
 samples with the D-AR decoder and writing the streaming previews (--previews: the image after each
 group of tokens)."""
@@ -12,23 +12,19 @@ import pytest
 
 from jaxtok.eval import checkpoints
 from jaxtok.eval import images as img_lib
-from tests.tools.conftest import load_tool
+from tests.tools.conftest import load_tool, random_tokenizer_run
 
 GROUPS, TOKENS, SIDE = 4, 8, 16  # configs/dar.py:tiny
 
 
 @pytest.fixture(scope="module")
 def dar_tokens(tmp_path_factory):
-  """(D-AR run dir, token dataset dir): 3 training steps of the tiny D-AR (the same `loop.train`
-  tools/train.py calls), then 16 photo crops pretokenized through it."""
+  """(D-AR run dir, token dataset dir): a training run of the tiny D-AR holding random weights
+  (tools/train.py on it is tests/tokenizers/test_dar.py's), then 16 photo crops pretokenized
+  through it."""
   from jaxtok.configs import dar
-  from jaxtok.train import loop
   root = tmp_path_factory.mktemp("dar_gpt")
-  config = dar.get_config("tiny")
-  config.update(total_steps=3, eval_every=100, final_eval=False)
-  config.data.device_prefetch = 0
-  run = str(root / "dar")
-  loop.train(config, run, show_progress=False)
+  run, _ = random_tokenizer_run(tmp_path_factory, dar.get_config("tiny"), "dar", ema=True)
   data = str(root / "tokens")
   load_tool("pretokenize").main(["pretokenize", f"--checkpoint={run}", f"--out={data}",
                                  "--source=photos", "--num_examples=16", "--batch_size=8"])

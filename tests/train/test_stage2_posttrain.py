@@ -67,14 +67,16 @@ def _stage2_config(init_path, steps=3):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-  """stage 1 (2 steps) -> stage 2 (3 steps) from a copy of it; returns their paths and configs."""
+  """stage 1 -> stage 2 (3 steps) from a copy of it; returns their paths and configs. The stage-1
+  run is a training checkpoint of random weights (stage 2 only warm-starts from its weights;
+  compiling two stage-1 steps cost ~20 s)."""
+  from tests.tools.conftest import random_tokenizer_run
   root = tmp_path_factory.mktemp("two_stage")
   s1 = titok.get_config("tiny,recipe=two_stage")
-  s1.total_steps = 2
   s1.final_eval = False
-  loop.train(s1, str(root / "s1"), show_progress=False)
+  s1_dir, _ = random_tokenizer_run(tmp_path_factory, s1, "s1", ema=True)
   source = str(root / "s1_copy")  # stage 2 reads this copy; the resume test deletes it later
-  shutil.copytree(root / "s1", source)
+  shutil.copytree(s1_dir, source)
   before = _tree_hash(source)
   c2 = _stage2_config(source)
   report = loop.train(c2, str(root / "s2"), show_progress=False)
