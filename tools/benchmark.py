@@ -20,6 +20,7 @@ Usage:
   python tools/benchmark.py --suite hf_bpe [--batch 32] [--repeats 10]   (tokenizer.json BPE ids)
   python tools/benchmark.py --suite olmo [--batch 8] [--repeats 5]   (OLMo text tower hidden states)
   python tools/benchmark.py --suite instella_t2i [--other-batch 2] [--repeats 5]   (Instella-T2I T2I nets)
+  python tools/benchmark.py --suite kernels [--repeats 6]   (float32 GEMM / conv, XLA beside PyTorch)
   python tools/benchmark.py --compare-official ../1d-tokenizer [--models titok_s128,titok_bl64,rar]
       [--batch 8] [--repeats 2] [--breakdown]   (suite "official": jaxtok beside the PyTorch originals)
 
@@ -2096,6 +2097,82 @@ def ldm_vae_suite(args) -> list[tuple[str, str, float, str]]:
   return rows
 
 
+# ---- float32 kernels, XLA:CPU beside PyTorch (issue 12 section 6: what a same-work speed-up can be)
+
+def kernels_suite(args) -> list[tuple[str, str, float, str]]:
+  """Rows (case, implementation, ms, GFLOP/s): the float32 GEMMs and the 3x3 convolution that
+  TiTok's encoders/decoders and an AR step at RAR's size are made of, jitted in jaxtok's JAX and,
+  when torch is installed (the bench venv), in PyTorch on the same threads; fastest of --repeats
+  calls. "M=32 streamed" multiplies 32 rows by 48 distinct [768, 4608] weights in sequence (680 MB,
+  more than any cache: an AR step reads its weights from memory), the others repeat one call."""
+  try:
+    import torch
+  except ImportError:
+    torch = None
+  if torch is not None:
+    torch.set_num_threads(os.cpu_count() or 1)
+  rows = Rows()
+  reps = max(3, args.repeats // 2)
+
+  def best(fn):
+    fn()
+    times = []
+    for _ in range(reps):
+      start = time.perf_counter()
+      fn()
+      times.append(time.perf_counter() - start)
+    return min(times)
+
+  def pair(case, flops, ours, theirs):
+    stage(f"kernels: {case}")
+    t = best(ours)
+    rows.append((case, "jaxtok (XLA:CPU)", t * 1e3, f"{flops / t / 1e9:.0f} GFLOP/s"))
+    if torch is not None:
+      with torch.no_grad():
+        t2 = best(theirs)
+      rows.append((case, f"PyTorch {torch.__version__}", t2 * 1e3,
+                   f"{flops / t2 / 1e9:.0f} GFLOP/s; XLA / PyTorch {t2 / t:.2f}x"))
+
+  rng = np.random.default_rng(0)
+  mm = jax.jit(lambda a, b: a @ b)
+  for m, k, n, what in ((3080, 512, 2048, "TiTok-S encoder MLP, batch 8"),
+                        (2568, 1024, 4096, "TiTok-L decoder MLP, batch 8"),
+                        (32, 768, 4608, "AR step at RAR's size (adaLN), weight cached")):
+    a, b = rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n), np.float32)
+    ja, jb = jnp.asarray(a), jnp.asarray(b)
+    ta, tb = (torch.from_numpy(a), torch.from_numpy(b)) if torch is not None else (None, None)
+    pair(f"matmul [{m}, {k}] x [{k}, {n}] ({what})", 2 * m * k * n,
+         lambda: jax.block_until_ready(mm(ja, jb)), lambda: ta @ tb)
+  ws = rng.standard_normal((48, 768, 4608), np.float32)
+  x = rng.standard_normal((32, 768), np.float32)
+  chain = jax.jit(lambda x, ws: jax.lax.scan(lambda c, w: ((c @ w)[:, :768] * 1e-3 + c, None),
+                                             x, ws)[0])
+  jws, jx = jnp.asarray(ws), jnp.asarray(x)
+  tws, tx = ([torch.from_numpy(w) for w in ws], torch.from_numpy(x)) if torch is not None else ([], None)
+
+  def torch_chain():
+    c = tx
+    for w in tws:
+      c = (c @ w)[:, :768] * 1e-3 + c
+    return c
+  pair("matmul M=32 streamed: 32 rows x 48 distinct [768, 4608] weights", 2 * 32 * 768 * 4608 * 48,
+       lambda: jax.block_until_ready(chain(jx, jws)), torch_chain)
+  conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+  for bsz, side, c in ((8, 256, 128), (8, 128, 256)):
+    xi = rng.standard_normal((bsz, side, side, c), np.float32)
+    wi = rng.standard_normal((3, 3, c, c), np.float32) * 0.05
+    jx2, jw2 = jnp.asarray(xi), jnp.asarray(wi)
+    if torch is not None:
+      tconv = torch.nn.Conv2d(c, c, 3, padding=1, bias=False)
+      tconv.weight.data = torch.from_numpy(wi.transpose(3, 2, 0, 1).copy())
+      tx2 = torch.from_numpy(xi.transpose(0, 3, 1, 2).copy())
+    pair(f"conv 3x3 {bsz} x {side} x {side} x {c} -> {c} (MaskGIT-VQGAN decoder)",
+         2 * bsz * side * side * c * c * 9, lambda: jax.block_until_ready(conv(jx2, jw2)),
+         (lambda: tconv(tx2)) if torch is not None else None)
+  return rows
+
+
 SUITES = {"quantizers": quantizer_suite, "tokenizers": tokenizer_suite, "train": train_suite,
           "samplers": sampler_suite, "data": data_suite,
           "official": official_suite,
@@ -2119,6 +2196,7 @@ SUITES = {"quantizers": quantizer_suite, "tokenizers": tokenizer_suite, "train":
           "olmo": olmo_suite,
           "instella_t2i": instella_t2i_suite,
           "ldm_vae": ldm_vae_suite,
+          "kernels": kernels_suite,
           }
 
 
