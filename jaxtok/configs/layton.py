@@ -61,4 +61,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.use_vae = True
   if a.vae_checkpoint:
     c.model.vae_checkpoint = a.vae_checkpoint
+    # The pretrained VAE never changes (stop-gradient): no AdamW moments for its weights (two
+    # float32 copies of 83.7M parameters with sd-vae-ft-mse).
+    c.optim.frozen_patterns = (r"^vae/",)
   return c

@@ -167,10 +167,16 @@ def validate_config(config: Any) -> None:
   ema = config.get("ema_decay", 0.0)
   if not 0.0 <= ema < 1.0:
     raise ValueError(f"config.ema_decay must lie in [0, 1), got {ema}")
-  if _get(config.optim, "frozen_patterns", ()) and warm_start.settings(config.get("init_from")) is None:
+  # Pretrained weights come from a warm start or from a model field `*_checkpoint` the model loads
+  # at build (Layton's vae_checkpoint); freezing anything else would freeze random weights.
+  pretrained = [k for k, v in dict(config.model).items() if k.endswith("_checkpoint") and v]
+  if (_get(config.optim, "frozen_patterns", ()) and not pretrained
+      and warm_start.settings(config.get("init_from")) is None):
     raise ValueError(f"config.optim.frozen_patterns {list(config.optim.frozen_patterns)} would "
                      "freeze randomly initialised weights: set config.init_from.path to the run "
-                     "whose weights this one continues (e.g. the TiTok stage-1 workdir), got none")
+                     "whose weights this one continues (e.g. the TiTok stage-1 workdir) or load "
+                     "pretrained weights at build (a config.model.*_checkpoint field, e.g. "
+                     "Layton's vae_checkpoint), got neither")
 
 
 def train(config: Any, workdir: str, *, show_progress: bool = True) -> dict:

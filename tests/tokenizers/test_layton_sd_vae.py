@@ -75,6 +75,11 @@ def test_frozen_pretrained_vae_loaded_under_jit_and_unchanged_by_training(vae_di
   # moves): l1 + the consistency loss. The VAE stays bitwise the checkpoint's; the rest moved.
   c.optim.warmup_steps = 0
   tx = optim.optimizer_from_config(c.optim, c.total_steps)
+  # The config freezes ^vae/: AdamW keeps moments (mu, nu) for every other parameter only.
+  size = lambda tree: sum(int(np.prod(a.shape)) for a in jax.tree.leaves(tree)
+                          if jnp.issubdtype(a.dtype, jnp.floating))
+  assert c.optim.frozen_patterns == (r"^vae/",)
+  assert size(tx.init(params)) == 2 * (size(params) - size(params["vae"]))
   images = jnp.asarray(rs.uniform(size=(2, 16, 16, 3)), jnp.float32)
   losses, final = fixed_batch_losses(tok, params, images, 2, tx=tx)
   assert np.all(np.isfinite(losses))
