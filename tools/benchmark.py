@@ -995,6 +995,7 @@ def _official_rar(args, rar_mod, rows):
       prompt = m.condition_ids(labels, b)[:, None]
       return ar.sample(rng, m.prefill, m.step, m.init_cache(2 * b), prompt,
                        uncond_prompt_tokens=jnp.full_like(prompt, m.null_id), segment=segment,
+                       segment_fn=getattr(m, "prepare_segment", None) if segment else None,
                        **guidance)
     compiled = sample.lower(params, j_labels, jax.random.key(0)).compile()
     jax.block_until_ready(compiled(params, j_labels, jax.random.key(1)))  # warm-up

@@ -167,8 +167,9 @@ def _gpt(model, rng, labels, opts: Options):
   if not 1 <= n <= model.seq_len:
     raise ValueError(f"--num_tokens must be in [1, seq_len={model.seq_len}], got {n}")
   prompt, cache, kw = _ar_setup(model, labels, opts)
-  return autoregressive.sample(rng, model.prefill, model.step, cache, prompt, num_tokens=n,
-                               segment=opts.segment, **kw)
+  return autoregressive.sample(
+      rng, model.prefill, model.step, cache, prompt, num_tokens=n, segment=opts.segment,
+      segment_fn=getattr(model, "prepare_segment", None) if opts.segment else None, **kw)
 
 
 def _whole_grid(model, opts: Options, kind: str) -> None:

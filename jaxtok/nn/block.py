@@ -245,7 +245,7 @@ class Block(nnx.Module):
                    keys[1])
 
   def _run(self, x: jax.Array, attend: Callable, cond, segments, cross: Callable | None = None,
-           mlp_keys=None):
+           mlp_keys=None, modulation=None):
     """The residual branches around attend(h) -> (y, extra) (and cross(h) -> y, the cross branch;
     mlp_keys: the MLP's dropout keys); returns (x, extra)."""
     if self.post_norm:
@@ -259,7 +259,8 @@ class Block(nnx.Module):
                          f"{None if cond is None else tuple(cond.shape)}, segments {segments}")
       s = cross(self.norm_c(x))
       cond = (cond[:, None] if cond.ndim == 2 else cond) + s
-    mods = self.modulation(cond, segments, x.shape[1])
+    mods = (self.modulation(cond, segments, x.shape[1]) if modulation is None
+            else list(modulation))
     h = self.norm1(x)
     if mods is not None:
       g_msa, g_mlp, sh_msa, sc_msa, sh_mlp, sc_mlp = mods
@@ -323,10 +324,12 @@ class Block(nnx.Module):
              mask: jax.Array | None = None, positions: jax.Array | None = None,
              cond: jax.Array | None = None, segments: Sequence[int] | None = None,
              causal: bool = True, context_mask: jax.Array | None = None,
-             attn_pos: jax.Array | None = None):
+             attn_pos: jax.Array | None = None, modulation: Sequence[jax.Array] | None = None):
     """The block over x [B, T, W] at cache slots start..start+T-1 (see `Attention.extend`); a cross
     block takes the `CrossCache` of `init_cache(..., context=)` and attends to its fixed context
-    keys/values; attn_pos [T, W] / [B, T, W] as in `__call__`. Returns (y [B, T, W], new cache)."""
+    keys/values; attn_pos [T, W] / [B, T, W] as in `__call__`; modulation: the six AdaLN
+    modulations as `modulation(cond, ...)` returns them, computed beforehand (then cond is not
+    read; RAR computes a sampling segment's at once). Returns (y [B, T, W], new cache)."""
     if (self.cross is not None) != isinstance(cache, CrossCache):
       raise ValueError(f"a block with cross={self.cross!r} needs "
                        f"{'a CrossCache from init_cache(..., context=)' if self.cross else 'a KVCache'}"
@@ -335,11 +338,15 @@ class Block(nnx.Module):
     shift = (lambda h: h) if attn_pos is None else (lambda h: h + attn_pos.astype(h.dtype))
     attend = lambda h: self.attn.extend(shift(h), self_kv, start, mask=mask, positions=positions,
                                         causal=causal)
+    if modulation is not None:
+      if self.ada is None or self.cross == "ada" or len(modulation) != 6:
+        raise ValueError("modulation needs an AdaLN block (not cross='ada') and the six "
+                         f"modulations, got {'no adaln' if self.ada is None else len(modulation)}")
     if self.cross is None:
-      return self._run(x, attend, cond, segments)
+      return self._run(x, attend, cond, segments, modulation=modulation)
     if positions is None and self.cross_attn.rope == "1d":
       positions = start + jnp.arange(x.shape[1])
     cross = lambda h: self.cross_attn.attend_context(h, cache.context, mask=context_mask,
                                                      positions=positions)
-    y, self_kv = self._run(x, attend, cond, segments, cross)
+    y, self_kv = self._run(x, attend, cond, segments, cross, modulation=modulation)
     return y, CrossCache(self_kv, cache.context)

@@ -112,7 +112,7 @@ def _setup(rng, prompt_tokens, uncond_prompt_tokens, num_tokens, lengths, *, cfg
 def sample(rng, prefill_fn, step_fn, cache, prompt_tokens, *, num_tokens, temperature=1.0,
            top_k=None, top_p=None, uncond_prompt_tokens=None, cfg_scale=1.0,
            cfg_schedule="constant", cfg_power=1.0, lengths=None, pad_id=0, forced=None,
-           segment=None):
+           segment=None, segment_fn=None):
   """Returns generated tokens int32 [B, N] ([B, N, G] for token groups; see the module docstring).
 
   cache: the callables' cache for B rows (2B with ``uncond_prompt_tokens``), any pytree.
@@ -127,6 +127,10 @@ def sample(rng, prefill_fn, step_fn, cache, prompt_tokens, *, num_tokens, temper
     call at consecutive slots (each call one further; the last call fits in S, so the segment's
     calls fit in the cut cache); the later slots are masked either way, so the tokens are the
     same. Costs one compiled copy of the step per segment; a cache with no KVCache is left alone.
+  segment_fn: optional, with segment: ``segment_fn(cache, first, stop) -> cache`` is called
+    before each segment's loop with the (static) positions [first, stop) its steps run at, for
+    per-segment work that does not depend on the sampled tokens (``RAR.prepare_segment``: every
+    AdaLN modulation of the segment in one product per block).
     At RAR's size on 2 CPU cores, attention over the whole 257-slot cache was a third of a step
     (benchmarks/RESULTS.md, "Against the originals").
   """
@@ -136,6 +140,8 @@ def sample(rng, prefill_fn, step_fn, cache, prompt_tokens, *, num_tokens, temper
                               forced=forced)
   if segment is not None:
     _checks.positive_int("segment", segment)
+  elif segment_fn is not None:
+    raise ValueError("segment_fn needs segment (the number of tokens per segment)")
   feed = (lambda t: jnp.concatenate([t, t])) if guided else (lambda t: t)
   prompt = jnp.concatenate([prompt_tokens, uncond_prompt_tokens]) if guided else prompt_tokens
   logits, cache = prefill_fn(prompt.astype(jnp.int32), cache)
@@ -164,6 +170,8 @@ def sample(rng, prefill_fn, step_fn, cache, prompt_tokens, *, num_tokens, temper
     i, prev, cache, out = carry
     if full is not None:
       cache = block.with_cache_length(cache, full - (num_tokens - s1))
+    if segment_fn is not None:
+      cache = segment_fn(cache, p + s0 - 1, p + s1 - 1)
     carry = (i, prev, cache, out)
     carry = jax.lax.while_loop(lambda c, s1=s1: c[0] < jnp.minimum(stop, s1), body, carry)
   return _finish(carry[3], lengths, num_tokens, pad_id)

@@ -124,8 +124,25 @@ def test_sampling_with_cache_equals_recompute_and_is_deterministic(guided):
   if guided:  # segments: caches cut to what each segment writes (RAR writes slot position + 1)
     for segment in (2, 4):
       cache = model.init_cache(4)
-      np.testing.assert_array_equal(a, jax.jit(lambda r: autoregressive.sample(
-          r, model.prefill, model.step, cache, prompt, segment=segment, **opts))(rng))
+      for fn in (None, model.prepare_segment):  # prepare_segment: the segment's AdaLN at once
+        np.testing.assert_array_equal(a, jax.jit(lambda r, fn=fn: autoregressive.sample(
+            r, model.prefill, model.step, cache, prompt, segment=segment, segment_fn=fn,
+            **opts))(rng))
+
+
+def test_prepared_segment_modulations_give_the_step_logits():
+  """RAR.prepare_segment(cache, first, stop): a step at a position in [first, stop) reading the
+  precomputed AdaLN modulations returns the per-step path's logits and cache."""
+  model = _model()
+  prompt = model.condition_ids(jnp.asarray([0, 2]), 2)[:, None]
+  _, cache = model.prefill(prompt, model.init_cache(2))
+  tok = jnp.asarray([3, 5])
+  for position, first, stop in ((1, 1, 3), (2, 1, 3), (4, 3, 6)):
+    want, want_cache = model.step(tok, position, cache)
+    got, got_cache = model.step(tok, position, model.prepare_segment(cache, first, stop))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(got_cache["kv"]), jax.tree.leaves(want_cache["kv"])):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_loss_and_gradients():

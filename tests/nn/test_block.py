@@ -198,3 +198,21 @@ def test_with_cache_length_cuts_and_pads_only_self_attention_slots():
     np.testing.assert_array_equal(got["cond"], tree["cond"])
     assert self_cache_length(got) == length  # the context's 7 slots do not count
   assert self_cache_length({"cond": tree["cond"]}) is None
+
+
+def test_precomputed_modulation_equals_the_condition_path():
+  """Block.extend(modulation=block.modulation(cond, ...)) is the cond path exactly; a block
+  without AdaLN refuses it."""
+  from jaxtok.nn.block import Block as B
+  block = B(16, 2, mlp_hidden=32, adaln=True, rngs=nnx.Rngs(0))
+  block.ada.kernel.set_value(jax.random.normal(jax.random.key(3), block.ada.kernel.get_value().shape))
+  x = jax.random.normal(jax.random.key(1), (2, 3, 16))
+  cond = jax.random.normal(jax.random.key(2), (2, 3, 16))
+  cache = block.init_cache(2, 5)
+  want, want_cache = block.extend(x, cache, 0, cond=cond)
+  got, got_cache = block.extend(x, cache, 0, modulation=block.modulation(cond, None, 3))
+  np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(got_cache.k, want_cache.k)
+  plain = B(16, 2, mlp_hidden=32, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="modulation needs an AdaLN block"):
+    plain.extend(x, plain.init_cache(2, 5), 0, modulation=block.modulation(cond, None, 3))

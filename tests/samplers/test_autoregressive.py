@@ -182,6 +182,13 @@ def test_segments_grow_the_kv_caches_and_draw_the_same_tokens(segment):
   for bad in (0, -1, True, 2.0):
     with pytest.raises((ValueError, TypeError), match="segment"):
       ar.sample(KEY(4), kv_prefill, kv_step, cache, PROMPT, segment=bad, **kw)
+  # segment_fn(cache, first, stop) runs before each segment with its steps' positions.
+  calls = []
+  ar.sample(KEY(4), kv_prefill, kv_step, cache, PROMPT, segment=segment,
+            segment_fn=lambda c, first, stop: calls.append((first, stop)) or c, **kw)
+  assert calls == [(p + s0 - 1, p + min(s0 + segment, N) - 1) for s0 in range(1, N, segment)]
+  with pytest.raises(ValueError, match="segment_fn needs segment"):
+    ar.sample(KEY(4), kv_prefill, kv_step, cache, PROMPT, segment_fn=lambda c, a, b: c, **kw)
 
 
 @pytest.mark.slow
