@@ -70,6 +70,16 @@ class CrossCache(NamedTuple):
   context: KVCache
 
 
+def _map_self_caches(tree: Any, fn: Callable[[KVCache], KVCache]) -> Any:
+  """`tree` with fn applied to every self-attention `KVCache` (a `CrossCache`'s self_kv; its
+  context keys and every other leaf stay as they are)."""
+  def fix(node):
+    if isinstance(node, CrossCache):
+      return CrossCache(fn(node.self_kv), node.context)
+    return fn(node) if isinstance(node, KVCache) else node
+  return jax.tree.map(fix, tree, is_leaf=lambda n: isinstance(n, (KVCache, CrossCache)))
+
+
 def with_cache_length(tree: Any, length: int) -> Any:
   """`tree` (any pytree) with every self-attention `KVCache` in it cut or zero-padded to `length`
   slots (axis -2 of k and v, so a scanned stack's [L, B, H, S, E] too); a `CrossCache`'s fixed
@@ -80,27 +90,13 @@ def with_cache_length(tree: Any, length: int) -> Any:
     if have >= length:
       return a[..., :length, :]
     return jnp.pad(a, [(0, 0)] * (a.ndim - 2) + [(0, length - have), (0, 0)])
-
-  def fix(node):
-    if isinstance(node, CrossCache):
-      return CrossCache(fix(node.self_kv), node.context)
-    if isinstance(node, KVCache):
-      return KVCache(resize(node.k), resize(node.v))
-    return node
-  return jax.tree.map(fix, tree, is_leaf=lambda n: isinstance(n, (KVCache, CrossCache)))
+  return _map_self_caches(tree, lambda kv: KVCache(resize(kv.k), resize(kv.v)))
 
 
 def self_cache_length(tree: Any) -> int | None:
   """The most slots of any self-attention `KVCache` in `tree` (None when it holds none)."""
   lengths = []
-
-  def visit(node):
-    if isinstance(node, CrossCache):
-      visit(node.self_kv)
-    elif isinstance(node, KVCache):
-      lengths.append(node.k.shape[-2])
-    return node
-  jax.tree.map(visit, tree, is_leaf=lambda n: isinstance(n, (KVCache, CrossCache)))
+  _map_self_caches(tree, lambda kv: lengths.append(kv.k.shape[-2]) or kv)
   return max(lengths) if lengths else None
 
 

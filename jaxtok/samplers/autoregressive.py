@@ -127,12 +127,12 @@ def sample(rng, prefill_fn, step_fn, cache, prompt_tokens, *, num_tokens, temper
     call at consecutive slots (each call one further; the last call fits in S, so the segment's
     calls fit in the cut cache); the later slots are masked either way, so the tokens are the
     same. Costs one compiled copy of the step per segment; a cache with no KVCache is left alone.
+    At RAR's size on 2 CPU cores, attention over the whole 257-slot cache was a third of a step
+    (benchmarks/RESULTS.md, "Against the originals").
   segment_fn: optional, with segment: ``segment_fn(cache, first, stop) -> cache`` is called
     before each segment's loop with the (static) positions [first, stop) its steps run at, for
     per-segment work that does not depend on the sampled tokens (``RAR.prepare_segment``: every
     AdaLN modulation of the segment in one product per block).
-    At RAR's size on 2 CPU cores, attention over the whole 257-slot cache was a third of a step
-    (benchmarks/RESULTS.md, "Against the originals").
   """
   b, p, guided, draw = _setup(rng, prompt_tokens, uncond_prompt_tokens, num_tokens, lengths,
                               temperature=temperature, top_k=top_k, top_p=top_p,
